@@ -1,0 +1,191 @@
+//! The allocator's entry points, shared by the `GlobalAlloc` impl, the C ABI and the node API:
+//! size/alignment in, block out; null on failure, never a panic.
+
+use core::ptr;
+
+use crate::heap;
+use crate::huge;
+use crate::segment::{self, PageKind, LARGE_MAX, PAGE_SIZE, SEG_HUGE};
+use crate::size_class::{class_for, class_size, LOOKUP16, LOOKUP8, LOOKUP_MAX};
+use crate::util;
+
+/// Largest size any request may have (isize::MAX less room for alignment arithmetic).
+pub(crate) const MAX_ALLOC: usize = (isize::MAX as usize) - (1 << 30) - (4 << 20);
+/// Largest alignment supported (1 GiB and more: anything up to 2^40).
+pub(crate) const MAX_ALIGN: usize = 1 << 40;
+
+/// Allocates `size` bytes aligned to `align` (a power of two). Null on failure.
+///
+/// # Safety
+/// `align` is a power of two.
+#[inline(always)]
+pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
+    if size <= LOOKUP_MAX && align <= 8 {
+        // SAFETY: table entries are valid classes.
+        return unsafe { heap::alloc_small(*LOOKUP8.get_unchecked((size + 7) >> 3) as usize) };
+    }
+    alloc_generic(size, align, false)
+}
+
+/// C `malloc`: 16-byte alignment above 8 bytes, as glibc.
+///
+/// # Safety
+/// None beyond the allocator's contract.
+#[inline(always)]
+pub unsafe fn malloc(size: usize) -> *mut u8 {
+    if size <= LOOKUP_MAX {
+        // SAFETY: table entries are valid classes.
+        return unsafe { heap::alloc_small(*LOOKUP16.get_unchecked((size + 7) >> 3) as usize) };
+    }
+    alloc_generic(size, 16, false)
+}
+
+/// Allocates zeroed memory. Fresh OS memory (large and huge blocks) is not written, so first
+/// touch by the program decides where its pages go.
+///
+/// # Safety
+/// `align` is a power of two.
+#[inline]
+pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    if size <= LOOKUP_MAX && align <= 16 {
+        let table = if align <= 8 { &LOOKUP8 } else { &LOOKUP16 };
+        // SAFETY: table entries are valid classes.
+        let p = unsafe { heap::alloc_small(*table.get_unchecked((size + 7) >> 3) as usize) };
+        if !p.is_null() {
+            // SAFETY: the block holds at least `size` bytes.
+            unsafe { ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
+    alloc_generic(size, align, true)
+}
+
+#[inline(never)]
+fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if size > MAX_ALLOC || align > MAX_ALIGN || !align.is_power_of_two() {
+        return ptr::null_mut();
+    }
+    if let Some(c) = class_for(size, align) {
+        // SAFETY: valid class.
+        let p = unsafe { heap::alloc_small(c) };
+        if zero && !p.is_null() {
+            // SAFETY: the block holds at least `size` bytes.
+            unsafe { ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
+    let Some(node) = heap::alloc_node() else { return ptr::null_mut() };
+    alloc_big_on(node, size, align, zero, false)
+}
+
+/// Large or huge allocation from node `node`'s domain.
+pub(crate) fn alloc_big_on(node: usize, size: usize, align: usize, zero: bool, placed: bool) -> *mut u8 {
+    if size <= LARGE_MAX && align <= PAGE_SIZE && !placed {
+        heap::alloc_large(node, size, zero)
+    } else {
+        huge::alloc(crate::global::domain(node), size.max(LARGE_MAX + 1), align, zero, placed)
+    }
+}
+
+/// Frees a block (null is ignored). Invalid and double frees are reported and abort where
+/// detected.
+///
+/// # Safety
+/// `p` is null or was returned by this allocator and not freed since.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: forwarded.
+    unsafe { heap::free(p) }
+}
+
+/// Usable size of a live block (at least what was asked for). 0 for null.
+///
+/// # Safety
+/// `p` is null or a live block of this allocator.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    let Some((seg, page)) = segment::lookup(p) else {
+        util::fatal(format_args!("malloc_usable_size(): invalid pointer {:p}", p));
+    };
+    // SAFETY: live segment (lookup checked the map).
+    unsafe {
+        if (*seg).kind == SEG_HUGE {
+            return (*seg).huge_size.get() - (p as usize - (*seg).huge_data.get() as usize);
+        }
+        match (*page).kind() {
+            PageKind::Small | PageKind::Large => (*page).block_size.get() as usize,
+            _ => util::fatal(format_args!("malloc_usable_size(): invalid pointer {:p}", p)),
+        }
+    }
+}
+
+/// Resizes a block, in place where possible (huge blocks by moving pages with `mremap`). On
+/// failure returns null and leaves the block untouched.
+///
+/// # Safety
+/// `p` is a live block of this allocator; `new_size > 0`; `align` is a power of two (the
+/// original alignment).
+pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    if new_size > MAX_ALLOC {
+        return ptr::null_mut();
+    }
+    let Some((seg, page)) = segment::lookup(p) else {
+        util::fatal(format_args!("realloc(): invalid pointer {:p}", p));
+    };
+    // SAFETY: live segment; the caller owns the block.
+    let old = unsafe {
+        if (*seg).kind == SEG_HUGE {
+            let q = huge::realloc(seg, p, new_size);
+            if !q.is_null() {
+                return q;
+            }
+            (*seg).huge_size.get()
+        } else {
+            match (*page).kind() {
+                PageKind::Small => {
+                    let bs = (*page).block_size.get() as usize;
+                    // Same or next-smaller class: stay.
+                    if new_size <= bs && (new_size > bs / 2 || bs <= 16 || class_for(new_size, align).map(class_size) == Some(bs)) {
+                        return p;
+                    }
+                    bs
+                }
+                PageKind::Large => {
+                    let bs = (*page).block_size.get() as usize;
+                    if new_size <= bs && new_size > bs / 2 {
+                        return p;
+                    }
+                    bs
+                }
+                _ => util::fatal(format_args!("realloc(): invalid pointer or double free {:p}", p)),
+            }
+        }
+    };
+    // SAFETY: align is a power of two.
+    let q = unsafe { alloc(new_size, align) };
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both blocks are live and at least min(old, new_size) long; they do not overlap.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(new_size));
+        free(p);
+    }
+    q
+}
+
+/// The node whose domain owns the block `p` (for huge blocks: the node they were allocated for;
+/// their pages are placed by first touch). `None` for foreign pointers.
+pub fn node_of(p: *const u8) -> Option<usize> {
+    if p.is_null() {
+        return None;
+    }
+    let (seg, _) = segment::lookup(p)?;
+    // SAFETY: live segment.
+    Some(unsafe { (*seg).node } as usize)
+}

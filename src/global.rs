@@ -1,0 +1,413 @@
+//! Process-wide state: one-time initialisation, the domain and arena tables, the heap pool, the
+//! orphan heap for threads past teardown, and the fork handlers.
+//!
+//! Initialisation runs on the first allocation of the process (whatever thread, even before any
+//! constructor): options, topology, tables sized by the highest possible CPU and node ids (mapped
+//! from the OS, zero = empty), the thread-exit key, the fork handlers. It never allocates.
+
+use core::mem::size_of;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+
+use crate::arena::Arena;
+use crate::domain::Domain;
+use crate::heap::{self, Heap, HeapCounters};
+
+use crate::options::{self, NumaMode};
+use crate::os::{self, Os, Sys, OS_PAGE};
+use crate::spin::SpinLock;
+use crate::topology;
+
+const UNINIT: u8 = 0;
+const READY: u8 = 2;
+const FAILED: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static INIT_LOCK: SpinLock<()> = SpinLock::new(());
+static NUMA: AtomicBool = AtomicBool::new(false);
+
+struct Tables {
+    domains: *mut Domain,
+    n_domains: usize,
+    arenas: *mut Arena,
+    n_arenas: usize,
+    /// The single domain's node when NUMA is off.
+    solo_node: usize,
+    key: libc::pthread_key_t,
+}
+
+struct TablesCell(core::cell::UnsafeCell<Tables>);
+// SAFETY: written once under INIT_LOCK before STATE is published as READY; read-only after.
+unsafe impl Sync for TablesCell {}
+
+static TABLES: TablesCell = TablesCell(core::cell::UnsafeCell::new(Tables {
+    domains: ptr::null_mut(),
+    n_domains: 0,
+    arenas: ptr::null_mut(),
+    n_arenas: 0,
+    solo_node: 0,
+    key: 0,
+}));
+
+#[inline(always)]
+fn tables() -> &'static Tables {
+    // SAFETY: see `TablesCell`.
+    unsafe { &*TABLES.0.get() }
+}
+
+/// Whether the allocator is initialised (or initialises it). False if it cannot be.
+#[inline]
+pub(crate) fn ensure_init() -> bool {
+    match STATE.load(Ordering::Acquire) {
+        READY => true,
+        FAILED => false,
+        _ => init_slow(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn init_slow() -> bool {
+    let _g = INIT_LOCK.lock();
+    match STATE.load(Ordering::Acquire) {
+        READY => return true,
+        FAILED => return false,
+        _ => {}
+    }
+    let ok = init_locked();
+    STATE.store(if ok { READY } else { FAILED }, Ordering::Release);
+    if ok && options::get().verbose {
+        crate::stats::print_banner();
+    }
+    ok
+}
+
+fn init_locked() -> bool {
+    options::init();
+    let opts = options::get();
+    if !topology::init(opts.topology_root) {
+        return false;
+    }
+    let topo = topology::get();
+    let numa = match opts.numa {
+        NumaMode::Off => false,
+        NumaMode::On => true,
+        NumaMode::Auto => topo.memory_node_count() > 1,
+    };
+    NUMA.store(numa, Ordering::Relaxed);
+    let n_domains = topo.node_ids().max(1);
+    let n_arenas = topo.cpu_ids().max(1);
+    let dom_bytes = round_page(n_domains * size_of::<Domain>());
+    let arena_bytes = round_page(n_arenas * size_of::<Arena>());
+    // SAFETY: page-multiple sizes; fresh zeroed memory is a valid empty Domain/Arena table.
+    let (domains, arenas) = unsafe {
+        (os::map_aligned(dom_bytes, OS_PAGE) as *mut Domain, os::map_aligned(arena_bytes, OS_PAGE) as *mut Arena)
+    };
+    if domains.is_null() || arenas.is_null() {
+        return false;
+    }
+    for n in 0..n_domains {
+        // SAFETY: within the table.
+        unsafe { (*domains.add(n)).init(n) };
+    }
+    let solo_node = (0..n_domains).find(|&n| topo.has_memory(n)).unwrap_or(0);
+    let Some(key) = Sys::thread_key_create(heap::thread_done) else { return false };
+    // SAFETY: single writer before publication.
+    unsafe {
+        *TABLES.0.get() = Tables { domains, n_domains, arenas, n_arenas, solo_node, key };
+    }
+    Sys::atfork(fork_prepare, fork_parent, fork_child);
+    true
+}
+
+fn round_page(n: usize) -> usize {
+    (n + OS_PAGE - 1) & !(OS_PAGE - 1)
+}
+
+/// Whether NUMA logic is on (more than one node with memory, or forced).
+#[inline]
+pub(crate) fn numa_enabled() -> bool {
+    NUMA.load(Ordering::Relaxed)
+}
+
+/// The domain of node `n` (the solo domain when NUMA is off or `n` is out of range).
+#[inline]
+pub(crate) fn domain(n: usize) -> &'static Domain {
+    let t = tables();
+    let n = if n < t.n_domains { n } else { t.solo_node };
+    // SAFETY: index in range; the table lives forever.
+    unsafe { &*t.domains.add(n) }
+}
+
+/// Number of domain slots (highest possible node id + 1).
+pub(crate) fn domain_slots() -> usize {
+    tables().n_domains
+}
+
+/// The node whose memory serves CPU `cpu`.
+#[inline]
+pub(crate) fn node_of_cpu(cpu: usize) -> usize {
+    if !numa_enabled() {
+        return tables().solo_node;
+    }
+    topology::get().home_of_cpu(cpu)
+}
+
+/// Index of CPU `cpu`'s arena.
+#[inline]
+pub(crate) fn arena_index(cpu: usize) -> usize {
+    let n = tables().n_arenas;
+    if n == 0 { 0 } else { cpu % n }
+}
+
+/// Arena number `i` (from [`arena_index`]).
+#[inline]
+pub(crate) fn arena(i: usize) -> &'static Arena {
+    let t = tables();
+    // SAFETY: `i < n_arenas` by construction; the table lives forever.
+    unsafe { &*t.arenas.add(i.min(t.n_arenas - 1)) }
+}
+
+/// CPUs whose arenas serve node `node`.
+pub(crate) fn cpus_of_node(node: usize) -> &'static [u32] {
+    if !numa_enabled() {
+        return &[];
+    }
+    topology::get().cpus_of(node)
+}
+
+/// Periodic work from heap slow paths: purge what is due.
+pub(crate) fn maintain(node: usize) {
+    let d = domain(node);
+    if let Some(mut g) = d.lock.try_lock() {
+        d.maybe_purge(&mut g, Sys::now_ms(), false);
+    }
+    let age = options::get().purge_delay_ms;
+    if age != u64::MAX {
+        d.huge_cache.trim(age.saturating_mul(100).max(1000));
+    }
+}
+
+/// Purges every domain now; with `force`, also memory whose delay has not passed, and the huge
+/// caches.
+pub(crate) fn collect(force: bool) {
+    if STATE.load(Ordering::Acquire) != READY {
+        return;
+    }
+    let h = crate::tls::heap();
+    if !crate::tls::is_sentinel(h) {
+        // SAFETY: our own heap.
+        unsafe { (*h).flush_pending() };
+    }
+    for n in 0..domain_slots() {
+        let d = domain(n);
+        d.purge_all(force);
+        if force {
+            d.huge_cache.trim(0);
+        }
+    }
+}
+
+// ---- heap pool ----
+
+struct Pool {
+    free: *mut Heap,
+    live: *mut Heap,
+    live_count: usize,
+    chunk: *mut u8,
+    chunk_left: usize,
+    retired: [u64; 5],
+}
+// SAFETY: guarded by its lock.
+unsafe impl Send for Pool {}
+
+static POOL: SpinLock<Pool> = SpinLock::new(Pool {
+    free: ptr::null_mut(),
+    live: ptr::null_mut(),
+    live_count: 0,
+    chunk: ptr::null_mut(),
+    chunk_left: 0,
+    retired: [0; 5],
+});
+
+const HEAP_CHUNK: usize = 256 << 10;
+
+/// A heap for a new thread (zeroed or recycled), linked into the live list. Null if out of memory.
+pub(crate) fn heap_acquire() -> *mut Heap {
+    let mut p = POOL.lock();
+    let h = if !p.free.is_null() {
+        let h = p.free;
+        // SAFETY: pool heaps are live memory.
+        p.free = unsafe { (*h).reg_next.get() };
+        h
+    } else {
+        let sz = (size_of::<Heap>() + 63) & !63;
+        if p.chunk_left < sz {
+            // SAFETY: valid size.
+            let c = unsafe { os::map_aligned(HEAP_CHUNK, OS_PAGE) };
+            if c.is_null() {
+                return ptr::null_mut();
+            }
+            p.chunk = c;
+            p.chunk_left = HEAP_CHUNK;
+        }
+        let h = p.chunk as *mut Heap;
+        // SAFETY: within the chunk.
+        p.chunk = unsafe { p.chunk.add(sz) };
+        p.chunk_left -= sz;
+        h
+    };
+    // SAFETY: h is ours; link into the live list.
+    unsafe {
+        (*h).reg_prev.set(ptr::null_mut());
+        (*h).reg_next.set(p.live);
+        if !p.live.is_null() {
+            (*p.live).reg_prev.set(h);
+        }
+    }
+    p.live = h;
+    p.live_count += 1;
+    h
+}
+
+/// Returns a torn-down heap to the pool, folding its counters into the retired totals.
+pub(crate) fn heap_release(h: *mut Heap) {
+    let mut p = POOL.lock();
+    // SAFETY: h is a live heap, no longer used by any thread.
+    unsafe {
+        let c = &(*h).counters;
+        let vals = counters_of(c);
+        for i in 0..5 {
+            p.retired[i] += vals[i];
+        }
+        for a in [&c.remote_frees, &c.remote_batches, &c.migrations, &c.pages_from_arena, &c.pages_fresh] {
+            a.store(0, Ordering::Relaxed);
+        }
+        let (pr, nx) = ((*h).reg_prev.get(), (*h).reg_next.get());
+        if pr.is_null() {
+            p.live = nx;
+        } else {
+            (*pr).reg_next.set(nx);
+        }
+        if !nx.is_null() {
+            (*nx).reg_prev.set(pr);
+        }
+        (*h).reg_next.set(p.free);
+    }
+    p.free = h;
+    p.live_count -= 1;
+}
+
+fn counters_of(c: &HeapCounters) -> [u64; 5] {
+    [
+        c.remote_frees.load(Ordering::Relaxed),
+        c.remote_batches.load(Ordering::Relaxed),
+        c.migrations.load(Ordering::Relaxed),
+        c.pages_from_arena.load(Ordering::Relaxed),
+        c.pages_fresh.load(Ordering::Relaxed),
+    ]
+}
+
+/// Sums heap counters over live and retired heaps: remote frees, remote batches, migrations,
+/// pages from arenas, fresh pages; and the number of live heaps.
+pub(crate) fn heap_totals() -> ([u64; 5], usize) {
+    let p = POOL.lock();
+    let mut t = p.retired;
+    let mut h = p.live;
+    while !h.is_null() {
+        // SAFETY: live heaps under the pool lock; counters are atomics.
+        unsafe {
+            let v = counters_of(&(*h).counters);
+            for i in 0..5 {
+                t[i] += v[i];
+            }
+            h = (*h).reg_next.get();
+        }
+    }
+    (t, p.live_count)
+}
+
+/// Registers the thread-exit destructor for the calling thread's new heap.
+pub(crate) fn register_thread_heap(h: *mut Heap) {
+    Sys::thread_key_set(tables().key, h.cast());
+}
+
+// ---- orphan heap: allocations of threads past their teardown ----
+
+struct Orphan(*mut Heap);
+// SAFETY: guarded by its lock.
+unsafe impl Send for Orphan {}
+static ORPHAN: SpinLock<Orphan> = SpinLock::new(Orphan(ptr::null_mut()));
+
+/// Allocates class `c` from the shared orphan heap (threads in their final destructors).
+#[cold]
+pub(crate) fn orphan_alloc(c: usize) -> *mut u8 {
+    if !ensure_init() {
+        return ptr::null_mut();
+    }
+    let mut g = ORPHAN.lock();
+    if g.0.is_null() {
+        let h = heap_acquire();
+        if h.is_null() {
+            return h.cast();
+        }
+        // SAFETY: fresh heap, ours; it is never any thread's TLS heap.
+        unsafe { (*h).setup(false) };
+        g.0 = h;
+    }
+    // SAFETY: the orphan heap is used only under its lock.
+    unsafe { (*g.0).alloc_refill(c) }
+}
+
+// ---- fork ----
+
+unsafe extern "C" fn fork_prepare() {
+    core::mem::forget(INIT_LOCK.lock());
+    core::mem::forget(ORPHAN.lock());
+    core::mem::forget(POOL.lock());
+    let t = tables();
+    for n in 0..t.n_domains {
+        // SAFETY: table in range.
+        let d = unsafe { &*t.domains.add(n) };
+        core::mem::forget(d.lock.lock());
+    }
+    for i in 0..t.n_arenas {
+        arena(i).lock_for_fork();
+    }
+}
+
+unsafe fn fork_unlock_all() {
+    let t = tables();
+    // SAFETY: every lock below was taken by `fork_prepare` in this thread (or its image in the
+    // child), and the guards were forgotten.
+    unsafe {
+        for i in 0..t.n_arenas {
+            arena(i).unlock_after_fork();
+        }
+        for n in 0..t.n_domains {
+            (*t.domains.add(n)).lock.force_unlock();
+        }
+        POOL.force_unlock();
+        ORPHAN.force_unlock();
+        INIT_LOCK.force_unlock();
+    }
+}
+
+unsafe extern "C" fn fork_parent() {
+    // SAFETY: locks taken by fork_prepare.
+    unsafe { fork_unlock_all() }
+}
+
+unsafe extern "C" fn fork_child() {
+    // SAFETY: locks taken by fork_prepare (copied into the child, held by this thread).
+    unsafe { fork_unlock_all() }
+}
+
+/// Live heaps right now (diagnostics).
+pub(crate) fn live_heaps() -> usize {
+    POOL.lock().live_count
+}
+
+/// Counter of OS mappings (diagnostics).
+#[allow(dead_code)]
+pub(crate) static MAPS: AtomicUsize = AtomicUsize::new(0);

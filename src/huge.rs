@@ -1,0 +1,321 @@
+//! Huge blocks (above [`LARGE_MAX`]): one OS mapping each, headed by a `Segment` of kind huge.
+//!
+//! They are never touched by the allocator beyond their header, so the kernel's first touch
+//! places every page where the program first writes it (a `calloc`'d array filled in parallel
+//! lands on each worker's node). Blocks of 2 MiB and more start on a 2 MiB boundary, so a
+//! transparent huge page never straddles two workers' parts. Freed blocks are kept in a small
+//! per-node cache for reuse; on a multi-node machine a cached block is purged (`MADV_DONTNEED`)
+//! before reuse so its pages are placed again by first touch and read as zero. `realloc` grows
+//! them with `mremap`, moving pages instead of copying.
+
+use core::ptr;
+use core::sync::atomic::Ordering;
+
+use crate::domain::{apply_policy, Domain};
+use crate::global;
+use crate::options::{self, Policy};
+use crate::os::{self, Os, Sys, OS_PAGE};
+use crate::segment::{segmap_set, Segment, PAGE_SIZE, SEGMENT_SIZE, SEG_HUGE, THP_SIZE};
+use crate::spin::SpinLock;
+use crate::util;
+
+pub use crate::segment::LARGE_MAX;
+
+const CACHE_SLOTS: usize = 8;
+
+/// Freed huge blocks kept for reuse (per node).
+pub(crate) struct HugeCache {
+    slots: SpinLock<CacheSlots>,
+}
+
+struct CacheSlots {
+    seg: [*mut Segment; CACHE_SLOTS],
+    freed_at: [u64; CACHE_SLOTS],
+    bytes: usize,
+}
+// SAFETY: the pointers are owned by the cache and guarded by its lock.
+unsafe impl Send for CacheSlots {}
+
+impl HugeCache {
+    fn take(&self, size: usize, align: usize) -> *mut Segment {
+        let mut g = self.slots.lock();
+        let mut best = usize::MAX;
+        let mut best_size = usize::MAX;
+        for i in 0..CACHE_SLOTS {
+            let s = g.seg[i];
+            if s.is_null() {
+                continue;
+            }
+            // SAFETY: cached headers stay mapped.
+            let (hs, ha, data) = unsafe { ((*s).huge_size.get(), (*s).huge_align.get(), (*s).huge_data.get()) };
+            if hs >= size && hs - size <= size / 4 && (data as usize) % align == 0 && ha <= SEGMENT_SIZE / 2 && hs < best_size {
+                best = i;
+                best_size = hs;
+            }
+        }
+        if best == usize::MAX {
+            return ptr::null_mut();
+        }
+        let s = g.seg[best];
+        g.seg[best] = ptr::null_mut();
+        g.bytes -= best_size;
+        s
+    }
+
+    /// Offers a freed block; returns false if the cache does not want it.
+    fn put(&self, seg: *mut Segment, limit: usize) -> bool {
+        // SAFETY: header is live.
+        let size = unsafe { (*seg).huge_size.get() };
+        if size > limit / 2 {
+            return false;
+        }
+        let mut evict = [ptr::null_mut::<Segment>(); CACHE_SLOTS];
+        {
+            let mut g = self.slots.lock();
+            let now = Sys::now_ms();
+            let mut n = 0;
+            // Make room: evict oldest entries until the new one fits.
+            while g.bytes + size > limit || g.seg.iter().all(|s| !s.is_null()) {
+                let mut oldest = usize::MAX;
+                for i in 0..CACHE_SLOTS {
+                    if !g.seg[i].is_null() && (oldest == usize::MAX || g.freed_at[i] < g.freed_at[oldest]) {
+                        oldest = i;
+                    }
+                }
+                if oldest == usize::MAX {
+                    break;
+                }
+                evict[n] = g.seg[oldest];
+                n += 1;
+                // SAFETY: header is live.
+                g.bytes -= unsafe { (*g.seg[oldest]).huge_size.get() };
+                g.seg[oldest] = ptr::null_mut();
+            }
+            let i = g.seg.iter().position(|s| s.is_null()).unwrap_or(0);
+            g.seg[i] = seg;
+            g.freed_at[i] = now;
+            g.bytes += size;
+        }
+        for s in evict {
+            if !s.is_null() {
+                // SAFETY: evicted entries are ours.
+                unsafe { release(s) };
+            }
+        }
+        true
+    }
+
+    /// Releases entries older than `max_age_ms` (all with 0).
+    pub(crate) fn trim(&self, max_age_ms: u64) {
+        let mut out = [ptr::null_mut::<Segment>(); CACHE_SLOTS];
+        {
+            let mut g = self.slots.lock();
+            let now = Sys::now_ms();
+            for i in 0..CACHE_SLOTS {
+                if !g.seg[i].is_null() && now.saturating_sub(g.freed_at[i]) >= max_age_ms {
+                    out[i] = g.seg[i];
+                    // SAFETY: header is live.
+                    g.bytes -= unsafe { (*g.seg[i]).huge_size.get() };
+                    g.seg[i] = ptr::null_mut();
+                }
+            }
+        }
+        for s in out {
+            if !s.is_null() {
+                // SAFETY: removed from the cache, ours.
+                unsafe { release(s) };
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.slots.lock().bytes
+    }
+}
+
+/// Allocates a huge block of `size` bytes aligned to `align` from domain `d`. `placed` says the
+/// block must be bound to `d`'s node (node-targeted allocation) rather than placed by first touch.
+pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: bool) -> *mut u8 {
+    let Some(data_size) = size.checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
+        return ptr::null_mut();
+    };
+    let opts = options::get();
+    if !placed {
+        let seg = d.huge_cache.take(data_size, align);
+        if !seg.is_null() {
+            // SAFETY: a cached header of ours.
+            unsafe {
+                let s = &*seg;
+                let p = s.huge_data.get();
+                let mut is_zero = false;
+                if global::numa_enabled() {
+                    // Placed again by first touch, and zero.
+                    is_zero = Sys::purge(p, s.huge_size.get(), os::PurgeMode::DontNeed) && Sys::DONTNEED_ZEROES;
+                }
+                if zero && !is_zero {
+                    ptr::write_bytes(p, 0, size);
+                }
+                s.freed.store(0, Ordering::Release);
+                d.counters.huge_blocks.fetch_add(1, Ordering::Relaxed);
+                d.counters.huge_bytes.fetch_add(s.huge_size.get() as u64, Ordering::Relaxed);
+                d.counters.huge_total.fetch_add(1, Ordering::Relaxed);
+                return p;
+            }
+        }
+    }
+    let (hdr, p, map_size) = if align >= SEGMENT_SIZE {
+        let Some(total) = data_size.checked_add(align) else { return ptr::null_mut() };
+        // SAFETY: valid sizes.
+        let m = unsafe { os::map_aligned(total, align) };
+        if m.is_null() {
+            return m;
+        }
+        let p = m as usize + align;
+        let hdr = p - SEGMENT_SIZE;
+        if hdr > m as usize {
+            // SAFETY: the unused prefix of our own mapping.
+            unsafe { Sys::unmap(m, hdr - m as usize) };
+        }
+        (hdr as *mut u8, p as *mut u8, SEGMENT_SIZE + data_size)
+    } else {
+        let off = if data_size >= THP_SIZE || align > PAGE_SIZE { THP_SIZE.max(align) } else { PAGE_SIZE };
+        let Some(total) = data_size.checked_add(off) else { return ptr::null_mut() };
+        // SAFETY: valid sizes.
+        let m = unsafe { os::map_aligned(total, SEGMENT_SIZE) };
+        if m.is_null() {
+            return m;
+        }
+        // SAFETY: off < total.
+        (m, unsafe { m.add(off) }, total)
+    };
+    let policy_applies = size >= opts.policy_min_size && !matches!(opts.policy, Policy::Local);
+    if placed || policy_applies {
+        apply_policy(p, data_size, d.node, policy_applies && !placed);
+    }
+    if opts.thp && data_size >= THP_SIZE {
+        // SAFETY: our mapping; the header region stays on small pages.
+        unsafe {
+            Sys::set_huge_pages(p, data_size & !(THP_SIZE - 1), true);
+        }
+    }
+    let seg = hdr as *mut Segment;
+    // SAFETY: fresh zeroed mapping; header fields initialised here.
+    unsafe {
+        let s = &mut *seg;
+        s.kind = SEG_HUGE;
+        s.node = d.node as u32;
+        s.map_start.set(hdr);
+        s.map_size.set(map_size);
+        s.huge_data.set(p);
+        s.huge_size.set(map_size - (p as usize - hdr as usize));
+        s.huge_align.set(align);
+    }
+    segmap_set(seg, true);
+    d.counters.huge_blocks.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: header initialised.
+    d.counters.huge_bytes.fetch_add(unsafe { (*seg).huge_size.get() } as u64, Ordering::Relaxed);
+    d.counters.huge_total.fetch_add(1, Ordering::Relaxed);
+    d.counters.mapped_bytes.fetch_add(map_size as u64, Ordering::Relaxed);
+    p
+}
+
+/// Frees a huge block. Aborts on a double or interior free.
+///
+/// # Safety
+/// `seg` is a live huge header and `p` a pointer the program passed to free.
+pub(crate) unsafe fn free(seg: *mut Segment, p: *mut u8) {
+    // SAFETY: live header.
+    let s = unsafe { &*seg };
+    if s.huge_data.get() != p {
+        util::fatal(format_args!("free(): invalid pointer {:p} (inside a huge block at {:p})", p, s.huge_data.get()));
+    }
+    if s.freed.swap(1, Ordering::AcqRel) != 0 {
+        util::fatal(format_args!("free(): double free of {:p}", p));
+    }
+    let d = global::domain(s.node as usize);
+    d.counters.huge_blocks.fetch_sub(1, Ordering::Relaxed);
+    d.counters.huge_bytes.fetch_sub(s.huge_size.get() as u64, Ordering::Relaxed);
+    let limit = options::get().huge_cache;
+    if limit == 0 || !d.huge_cache.put(seg, limit) {
+        // SAFETY: freed, ours.
+        unsafe { release(seg) };
+    }
+}
+
+/// Unmaps a huge block's mapping.
+///
+/// # Safety
+/// Nobody uses the block; it is in no cache.
+unsafe fn release(seg: *mut Segment) {
+    // SAFETY: live header until the unmap.
+    let (start, size, node) = unsafe { ((*seg).map_start.get(), (*seg).map_size.get(), (*seg).node) };
+    segmap_set(seg, false);
+    global::domain(node as usize).counters.mapped_bytes.fetch_sub(size as u64, Ordering::Relaxed);
+    // SAFETY: our mapping.
+    unsafe { Sys::unmap(start, size) };
+}
+
+/// Resizes a huge block in place or by moving its pages. Returns the (possibly moved) block, or
+/// null if the caller must allocate, copy and free.
+///
+/// # Safety
+/// `seg` is the live header of the block `p`, owned by the caller.
+pub(crate) unsafe fn realloc(seg: *mut Segment, p: *mut u8, new_size: usize) -> *mut u8 {
+    // SAFETY: live header.
+    let s = unsafe { &*seg };
+    let Some(new_data) = new_size.checked_add(OS_PAGE - 1).map(|x| x & !(OS_PAGE - 1)) else {
+        return ptr::null_mut();
+    };
+    let old_data = s.huge_size.get();
+    let off = p as usize - s.map_start.get() as usize;
+    let d = global::domain(s.node as usize);
+    if new_data <= old_data {
+        if new_data >= old_data / 2 || new_size <= LARGE_MAX {
+            return if new_size > LARGE_MAX { p } else { ptr::null_mut() };
+        }
+        // Shrink in place: give the tail back.
+        // SAFETY: our mapping, shrinking.
+        if unsafe { Sys::resize_in_place(s.map_start.get(), s.map_size.get(), off + new_data) } {
+            adjust(d, s, off + new_data, new_data);
+        }
+        return p;
+    }
+    // SAFETY: our mapping.
+    if unsafe { Sys::resize_in_place(s.map_start.get(), s.map_size.get(), off + new_data) } {
+        adjust(d, s, off + new_data, new_data);
+        return p;
+    }
+    if s.huge_align.get() >= SEGMENT_SIZE || s.map_start.get() != seg.cast() {
+        return ptr::null_mut();
+    }
+    let old_map = s.map_size.get();
+    // SAFETY: our mapping; on success the header moved with it.
+    let moved = unsafe { Sys::move_mapping(seg.cast(), old_map, off + new_data, SEGMENT_SIZE) };
+    if moved.is_null() {
+        return ptr::null_mut();
+    }
+    segmap_set(seg, false);
+    let nseg = moved as *mut Segment;
+    // SAFETY: the header now lives at `moved`.
+    unsafe {
+        let ns = &*nseg;
+        ns.map_start.set(moved);
+        ns.huge_data.set(moved.add(off));
+        adjust(d, ns, off + new_data, new_data);
+    }
+    segmap_set(nseg, true);
+    // SAFETY: off within the mapping.
+    unsafe { moved.add(off) }
+}
+
+fn adjust(d: &Domain, s: &Segment, map_size: usize, data: usize) {
+    let old_map = s.map_size.get();
+    let old_data = s.huge_size.get();
+    s.map_size.set(map_size);
+    s.huge_size.set(data);
+    d.counters.mapped_bytes.fetch_add(map_size as u64, Ordering::Relaxed);
+    d.counters.mapped_bytes.fetch_sub(old_map as u64, Ordering::Relaxed);
+    d.counters.huge_bytes.fetch_add(data as u64, Ordering::Relaxed);
+    d.counters.huge_bytes.fetch_sub(old_data as u64, Ordering::Relaxed);
+}

@@ -1,0 +1,132 @@
+//! domalloc: a NUMA-aware memory allocator.
+//!
+//! Memory handed to a thread comes from the NUMA node the thread runs on *now*: after other
+//! threads freed memory to it, after it migrated, after a thread pool was replaced by threads on
+//! another node, and for big arrays that workers first-touch in parallel. A block freed on a node
+//! that does not own it goes home and is never reused there.
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
+//! ```
+//!
+//! # Layers
+//! Each layer uses only the ones below it:
+//!
+//! | layer | file | job |
+//! |---|---|---|
+//! | `GlobalAlloc` / C ABI | `lib.rs`, `alloc.rs` (`ffi/` crate) | Layout or C semantics -> core calls |
+//! | thread cache | `heap.rs`, `tls.rs` | per-thread pages; fast path without atomics |
+//! | page protocol | `page.rs` | carving, collecting, lock-free remote frees |
+//! | per-CPU arenas | `arena.rs` | partly used pages left by exited or migrated threads |
+//! | per-node domains | `domain.rs`, `huge.rs` | segments on one node; spans; purge; huge blocks |
+//! | segments / pages | `segment.rs`, `size_class.rs` | layout; pointer -> metadata in O(1) |
+//! | process state | `global.rs`, `options.rs`, `topology.rs`, `stats.rs` | init, tables, options |
+//! | os | `os/` | map/purge/place/current-CPU/topology; one trait, one file per OS |
+//! | no-alloc helpers | `util.rs`, `spin.rs` | env, parsing, formatting, spin lock |
+//!
+//! # Rules inside the allocator
+//! No allocation, no panic, no std I/O, no lock that may allocate. Every `unsafe` block says why
+//! it is sound (`// SAFETY:`); every unsafe fn has a `# Safety` section.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod alloc;
+mod arena;
+mod domain;
+mod global;
+mod heap;
+mod huge;
+pub mod options;
+mod os;
+mod page;
+mod segment;
+pub mod size_class;
+mod spin;
+pub mod stats;
+mod tls;
+pub mod topology;
+mod util;
+
+use core::alloc::{GlobalAlloc, Layout};
+
+pub use crate::os::{NodeMask, PurgeMode};
+pub use crate::stats::{stats, ClassStats, NodeStats, Stats};
+
+/// The allocator, for `#[global_allocator]`. A zero-sized handle: all state is process-wide.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DomAlloc;
+
+impl DomAlloc {
+    /// The allocator handle.
+    pub const fn new() -> Self {
+        DomAlloc
+    }
+}
+
+// SAFETY: blocks are valid for `layout` (size and alignment) until deallocated; null signals
+// failure; deallocate/realloc accept exactly the pointers this impl returned.
+unsafe impl GlobalAlloc for DomAlloc {
+    #[inline(always)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: Layout alignment is a power of two.
+        unsafe { alloc::alloc(layout.size(), layout.align()) }
+    }
+
+    #[inline(always)]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: the caller passes a block of ours.
+        unsafe { alloc::free(ptr) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: Layout alignment is a power of two.
+        unsafe { alloc::alloc_zeroed(layout.size(), layout.align()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller passes a live block of ours and a non-zero new size.
+        unsafe { alloc::realloc(ptr, new_size, layout.align()) }
+    }
+}
+
+/// The raw allocation entry points, for the C ABI crate and tools. C semantics (errno, overflow
+/// checks, `malloc(0)`) are not applied here.
+#[doc(hidden)]
+pub mod raw {
+    pub use crate::alloc::{alloc, alloc_zeroed, free, malloc, node_of, realloc, usable_size};
+}
+
+/// The NUMA node of the CPU the calling thread runs on now (the node whose memory it gets).
+pub fn current_node() -> usize {
+    if !global::ensure_init() {
+        return 0;
+    }
+    use crate::os::Os;
+    global::node_of_cpu(os::Sys::current_cpu().unwrap_or(0))
+}
+
+/// The node whose domain owns block `ptr` (huge blocks: the node they were allocated for; their
+/// pages are placed by first touch). `None` for pointers domalloc did not hand out.
+pub fn node_of(ptr: *const u8) -> Option<usize> {
+    alloc::node_of(ptr)
+}
+
+/// Whether domalloc runs its NUMA logic (more than one node with memory, or `DOMALLOC_NUMA=1`).
+pub fn numa_enabled() -> bool {
+    global::ensure_init() && global::numa_enabled()
+}
+
+/// Returns memory that is free but not yet given back to the OS. With `force`, also memory
+/// whose purge delay has not passed, and cached huge blocks.
+pub fn collect(force: bool) {
+    global::collect(force)
+}
+
+/// Prints the statistics report to stderr (what `DOMALLOC_STATS=1` prints at exit).
+pub fn print_stats() {
+    stats::print()
+}

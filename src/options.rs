@@ -1,0 +1,264 @@
+//! The options table: every `DOMALLOC_*` environment variable, its default and what it does.
+//!
+//! Options are read once, during global initialisation, straight from the environment block
+//! (no allocation). The README's option table is checked against [`TABLE`] by a test.
+
+use core::cell::UnsafeCell;
+
+use crate::os::{NodeMask, PurgeMode};
+use crate::util::{getenv, parse_bool, parse_size, parse_u64};
+
+/// One documented option.
+pub struct OptionDesc {
+    /// The environment variable.
+    pub name: &'static str,
+    /// The default, as text.
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+/// Every option domalloc reads. Keep in sync with `Options::parse` (a test checks the README).
+pub const TABLE: &[OptionDesc] = &[
+    OptionDesc { name: "DOMALLOC_PURGE_DELAY", default: "10", doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep." },
+    OptionDesc { name: "DOMALLOC_PURGE", default: "dontneed", doc: "How pages are returned: `dontneed` (MADV_DONTNEED, re-placed by first touch) or `free` (MADV_FREE, lazy)." },
+    OptionDesc { name: "DOMALLOC_THP", default: "1", doc: "Ask for transparent huge pages on huge blocks (>= 2 MiB, 2 MiB aligned)." },
+    OptionDesc { name: "DOMALLOC_NUMA", default: "auto", doc: "`auto`: NUMA logic when the machine has more than one node; `0`: act as one node; `1`: force it on." },
+    OptionDesc { name: "DOMALLOC_POLICY", default: "local", doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`)." },
+    OptionDesc { name: "DOMALLOC_TOPOLOGY_ROOT", default: "/sys", doc: "Read the topology from this directory instead of /sys (for tests with fake sysfs trees)." },
+    OptionDesc { name: "DOMALLOC_STATS", default: "0", doc: "Print per-node and per-size-class statistics to stderr at exit." },
+    OptionDesc { name: "DOMALLOC_VERBOSE", default: "0", doc: "Print the options and detected topology to stderr at start-up." },
+    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "64M", doc: "Bytes of freed huge blocks kept per node for reuse (purged before reuse on multi-node machines)." },
+    OptionDesc { name: "DOMALLOC_FAIL_MAP_EVERY", default: "0", doc: "Fault injection: make every Nth OS mapping fail (0 = off)." },
+    OptionDesc { name: "DOMALLOC_FAIL_MAP_AFTER", default: "0", doc: "Fault injection: make every OS mapping after the Nth fail (0 = off)." },
+];
+
+/// NUMA mode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NumaMode {
+    /// On when the machine has more than one node with memory.
+    Auto,
+    /// Off: one domain for the whole machine.
+    Off,
+    /// On even with one node (for testing the NUMA paths).
+    On,
+}
+
+/// A placement policy (see `DOMALLOC_POLICY`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Policy {
+    /// First touch by the allocating thread's node.
+    Local,
+    /// Memory only from these nodes.
+    Bind(NodeMask),
+    /// This node first.
+    Preferred(usize),
+    /// Pages spread round-robin over these nodes.
+    Interleave(NodeMask),
+}
+
+/// Parsed options.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// `DOMALLOC_PURGE_DELAY` in ms; `u64::MAX` = never.
+    pub purge_delay_ms: u64,
+    /// `DOMALLOC_PURGE`.
+    pub purge_mode: PurgeMode,
+    /// `DOMALLOC_THP`.
+    pub thp: bool,
+    /// `DOMALLOC_NUMA`.
+    pub numa: NumaMode,
+    /// `DOMALLOC_POLICY` policy.
+    pub policy: Policy,
+    /// `DOMALLOC_POLICY` threshold: the policy applies to blocks of at least this size (0 = all).
+    pub policy_min_size: usize,
+    /// `DOMALLOC_TOPOLOGY_ROOT`.
+    pub topology_root: Option<&'static [u8]>,
+    /// `DOMALLOC_STATS`.
+    pub stats: bool,
+    /// `DOMALLOC_VERBOSE`.
+    pub verbose: bool,
+    /// `DOMALLOC_HUGE_CACHE` bytes per node.
+    pub huge_cache: usize,
+    /// `DOMALLOC_FAIL_MAP_EVERY`.
+    pub fail_map_every: u64,
+    /// `DOMALLOC_FAIL_MAP_AFTER`.
+    pub fail_map_after: u64,
+}
+
+impl Options {
+    const DEFAULT: Options = Options {
+        purge_delay_ms: 10,
+        purge_mode: PurgeMode::DontNeed,
+        thp: true,
+        numa: NumaMode::Auto,
+        policy: Policy::Local,
+        policy_min_size: 0,
+        topology_root: None,
+        stats: false,
+        verbose: false,
+        huge_cache: 64 << 20,
+        fail_map_every: 0,
+        fail_map_after: 0,
+    };
+
+    /// Reads every option from the environment; malformed values keep the default and are
+    /// reported (once, at start-up) through `bad`.
+    fn parse(bad: &mut dyn FnMut(&'static str, &[u8])) -> Options {
+        let mut o = Options::DEFAULT;
+        if let Some(v) = getenv(b"DOMALLOC_PURGE_DELAY") {
+            match v {
+                b"never" | b"-1" => o.purge_delay_ms = u64::MAX,
+                _ => match parse_u64(v) {
+                    Some(ms) => o.purge_delay_ms = ms,
+                    None => bad("DOMALLOC_PURGE_DELAY", v),
+                },
+            }
+        }
+        if let Some(v) = getenv(b"DOMALLOC_PURGE") {
+            match v {
+                b"dontneed" => o.purge_mode = PurgeMode::DontNeed,
+                b"free" => o.purge_mode = PurgeMode::Free,
+                _ => bad("DOMALLOC_PURGE", v),
+            }
+        }
+        if let Some(v) = getenv(b"DOMALLOC_THP") {
+            match parse_bool(v) {
+                Some(b) => o.thp = b,
+                None => bad("DOMALLOC_THP", v),
+            }
+        }
+        if let Some(v) = getenv(b"DOMALLOC_NUMA") {
+            match v {
+                b"auto" => o.numa = NumaMode::Auto,
+                _ => match parse_bool(v) {
+                    Some(true) => o.numa = NumaMode::On,
+                    Some(false) => o.numa = NumaMode::Off,
+                    None => bad("DOMALLOC_NUMA", v),
+                },
+            }
+        }
+        if let Some(v) = getenv(b"DOMALLOC_POLICY") {
+            match parse_policy(v) {
+                Some((p, min)) => {
+                    o.policy = p;
+                    o.policy_min_size = min;
+                }
+                None => bad("DOMALLOC_POLICY", v),
+            }
+        }
+        o.topology_root = getenv(b"DOMALLOC_TOPOLOGY_ROOT").filter(|v| !v.is_empty());
+        for (name, slot) in [(&b"DOMALLOC_STATS"[..], &mut o.stats), (&b"DOMALLOC_VERBOSE"[..], &mut o.verbose)] {
+            if let Some(v) = getenv(name) {
+                match parse_bool(v) {
+                    Some(b) => *slot = b,
+                    None => bad(if name == b"DOMALLOC_STATS" { "DOMALLOC_STATS" } else { "DOMALLOC_VERBOSE" }, v),
+                }
+            }
+        }
+        if let Some(v) = getenv(b"DOMALLOC_HUGE_CACHE") {
+            match parse_size(v) {
+                Some(n) => o.huge_cache = n as usize,
+                None => bad("DOMALLOC_HUGE_CACHE", v),
+            }
+        }
+        if let Some(v) = getenv(b"DOMALLOC_FAIL_MAP_EVERY") {
+            match parse_u64(v) {
+                Some(n) => o.fail_map_every = n,
+                None => bad("DOMALLOC_FAIL_MAP_EVERY", v),
+            }
+        }
+        if let Some(v) = getenv(b"DOMALLOC_FAIL_MAP_AFTER") {
+            match parse_u64(v) {
+                Some(n) => o.fail_map_after = n,
+                None => bad("DOMALLOC_FAIL_MAP_AFTER", v),
+            }
+        }
+        o
+    }
+}
+
+/// Parses `local`, `bind:0-1`, `preferred:2`, `interleave:0,2@64k`.
+pub fn parse_policy(v: &[u8]) -> Option<(Policy, usize)> {
+    let (body, min) = match v.iter().position(|&c| c == b'@') {
+        Some(i) => (&v[..i], parse_size(&v[i + 1..])? as usize),
+        None => (v, 0),
+    };
+    let (kind, arg) = match body.iter().position(|&c| c == b':') {
+        Some(i) => (&body[..i], &body[i + 1..]),
+        None => (body, &b""[..]),
+    };
+    let mask = |arg: &[u8]| -> Option<NodeMask> {
+        let mut m = NodeMask::empty();
+        let mut ok = true;
+        if !crate::util::for_each_in_list(arg, |n| {
+            if n >= NodeMask::CAPACITY {
+                ok = false
+            } else {
+                m.insert(n)
+            }
+        }) || !ok
+            || m.is_empty()
+        {
+            return None;
+        }
+        Some(m)
+    };
+    let p = match kind {
+        b"local" | b"default" if arg.is_empty() => Policy::Local,
+        b"bind" => Policy::Bind(mask(arg)?),
+        b"interleave" => Policy::Interleave(mask(arg)?),
+        b"preferred" => Policy::Preferred(parse_u64(arg).filter(|&n| (n as usize) < NodeMask::CAPACITY)? as usize),
+        _ => return None,
+    };
+    Some((p, min))
+}
+
+struct Slot(UnsafeCell<Options>);
+// SAFETY: written only by `init` under the global init lock before initialisation is published
+// (release store), read only after (acquire), see `global.rs`.
+unsafe impl Sync for Slot {}
+
+static OPTIONS: Slot = Slot(UnsafeCell::new(Options::DEFAULT));
+
+/// The options in force (defaults before initialisation).
+#[inline]
+pub fn get() -> &'static Options {
+    // SAFETY: see `Slot`.
+    unsafe { &*OPTIONS.0.get() }
+}
+
+/// Reads the environment into the options. Called once by global initialisation, which holds
+/// the init lock and has not yet published initialisation.
+pub(crate) fn init() {
+    let o = Options::parse(&mut |name, v| {
+        let v = &v[..v.len().min(64)];
+        crate::util::eprint(format_args!(
+            "domalloc: warning: ignoring {}={} (malformed; using the default)\n",
+            name,
+            core::str::from_utf8(v).unwrap_or("?")
+        ));
+    });
+    // SAFETY: see `Slot`: single writer before publication.
+    unsafe { *OPTIONS.0.get() = o };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse() {
+        assert_eq!(parse_policy(b"local"), Some((Policy::Local, 0)));
+        let (p, min) = parse_policy(b"interleave:0-2@1M").unwrap();
+        assert_eq!(min, 1 << 20);
+        match p {
+            Policy::Interleave(m) => assert_eq!(m.iter().collect::<std::vec::Vec<_>>(), [0, 1, 2]),
+            _ => panic!(),
+        }
+        assert_eq!(parse_policy(b"preferred:3"), Some((Policy::Preferred(3), 0)));
+        assert!(parse_policy(b"bind:").is_none());
+        assert!(parse_policy(b"bogus").is_none());
+        assert!(parse_policy(b"bind:5000").is_none());
+    }
+}

@@ -1,0 +1,350 @@
+//! Linux: `mmap`/`madvise`/`mremap`, `mbind` for placement, rseq for the current CPU, sysfs for
+//! the topology (`/sys/devices/system/node`, read with raw `open`/`read` into stack buffers).
+
+use core::fmt::Write;
+use core::ptr;
+
+use super::{posix, Os, Placement, PurgeMode, TopologySink};
+use crate::util::{for_each_in_list, parse_u64, BufWriter};
+
+/// The Linux implementation of [`Os`].
+pub(crate) struct Sys;
+
+const MPOL_PREFERRED: libc::c_long = 1;
+const MPOL_BIND: libc::c_long = 2;
+const MPOL_INTERLEAVE: libc::c_long = 3;
+
+impl Os for Sys {
+    const NAME: &'static str = "linux";
+    const DONTNEED_ZEROES: bool = true;
+
+    unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { posix::map_aligned_trim(size, align, libc::MAP_NORESERVE) }
+    }
+
+    unsafe fn unmap(ptr: *mut u8, size: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { posix::unmap(ptr, size) }
+    }
+
+    unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool {
+        match mode {
+            // SAFETY: forwarded contract.
+            PurgeMode::DontNeed => unsafe { posix::madvise(ptr, size, libc::MADV_DONTNEED) },
+            PurgeMode::Free => {
+                // SAFETY: forwarded contract. MADV_FREE needs Linux 4.5; fall back to DONTNEED.
+                if unsafe { posix::madvise(ptr, size, libc::MADV_FREE) } {
+                    false
+                } else {
+                    // SAFETY: as above.
+                    unsafe { posix::madvise(ptr, size, libc::MADV_DONTNEED) }
+                }
+            }
+        }
+    }
+
+    unsafe fn set_huge_pages(ptr: *mut u8, size: usize, enable: bool) {
+        let advice = if enable { libc::MADV_HUGEPAGE } else { libc::MADV_NOHUGEPAGE };
+        // SAFETY: forwarded contract; failure only means no THP.
+        unsafe { posix::madvise(ptr, size, advice) };
+    }
+
+    unsafe fn resize_in_place(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
+        // SAFETY: forwarded contract; without MREMAP_MAYMOVE the mapping stays put or fails.
+        let r = unsafe { libc::mremap(ptr.cast(), old_size, new_size, 0) };
+        r != libc::MAP_FAILED
+    }
+
+    unsafe fn move_mapping(ptr: *mut u8, old_size: usize, new_size: usize, align: usize) -> *mut u8 {
+        // Reserve an aligned destination, then let mremap move the pages over it (no copy).
+        // SAFETY: fresh mapping.
+        let dst = unsafe { posix::map_aligned_trim(new_size, align, libc::MAP_NORESERVE) };
+        if dst.is_null() {
+            return dst;
+        }
+        // SAFETY: [ptr, old_size) is ours (caller) and [dst, new_size) we just mapped.
+        let r = unsafe {
+            libc::mremap(ptr.cast(), old_size, new_size, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dst)
+        };
+        if r == libc::MAP_FAILED {
+            // SAFETY: dst is still ours.
+            unsafe { posix::unmap(dst, new_size) };
+            return ptr::null_mut();
+        }
+        r.cast()
+    }
+
+    unsafe fn place(ptr: *mut u8, size: usize, placement: Placement<'_>) -> bool {
+        let mut single = super::NodeMask::empty();
+        let (mode, mask) = match placement {
+            Placement::Local => return true,
+            Placement::Bind(m) => (MPOL_BIND, m),
+            Placement::Interleave(m) => (MPOL_INTERLEAVE, m),
+            Placement::Preferred(n) => {
+                single.insert(n);
+                (MPOL_PREFERRED, &single)
+            }
+        };
+        // SAFETY: mbind on our own range with a valid 1024-bit mask (maxnode = bits + 1).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mbind,
+                ptr as usize,
+                size,
+                mode,
+                mask.words().as_ptr(),
+                (super::NodeMask::CAPACITY + 1) as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        r == 0
+    }
+
+    fn with_thread_placement(_node: usize, _touch: &mut dyn FnMut()) -> bool {
+        false // Linux places per range (`place`).
+    }
+
+    fn cpu_id_ptr() -> *const u32 {
+        rseq_cpu_id_ptr()
+    }
+
+    fn current_cpu() -> Option<usize> {
+        // SAFETY: no preconditions (vDSO on x86_64).
+        let c = unsafe { libc::sched_getcpu() };
+        if c >= 0 { Some(c as usize) } else { None }
+    }
+
+    fn read_topology(root: Option<&[u8]>, sink: &mut dyn TopologySink) -> bool {
+        read_sysfs_topology(root.unwrap_or(b"/sys"), sink)
+    }
+
+    fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
+        posix::environ_find(name)
+    }
+    fn write_stderr(bytes: &[u8]) {
+        posix::write_stderr(bytes)
+    }
+    fn abort() -> ! {
+        posix::abort()
+    }
+    fn yield_now() {
+        posix::yield_now()
+    }
+    fn now_ms() -> u64 {
+        posix::now_ms()
+    }
+    fn set_errno(e: i32) {
+        // SAFETY: errno location of the calling thread.
+        unsafe { *libc::__errno_location() = e };
+    }
+    fn thread_key_create(dtor: unsafe extern "C" fn(*mut libc::c_void)) -> Option<libc::pthread_key_t> {
+        posix::thread_key_create(dtor)
+    }
+    fn thread_key_set(key: libc::pthread_key_t, value: *mut libc::c_void) {
+        posix::thread_key_set(key, value)
+    }
+    fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) -> bool {
+        posix::atfork(prepare, parent, child)
+    }
+}
+
+#[cfg(all(target_env = "gnu", any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn rseq_cpu_id_ptr() -> *const u32 {
+    extern "C" {
+        // glibc >= 2.35: offset of the registered `struct rseq` from the thread pointer, and its
+        // size (0 when glibc did not register rseq, e.g. GLIBC_TUNABLES=glibc.pthread.rseq=0).
+        static __rseq_offset: isize;
+        static __rseq_size: u32;
+    }
+    // SAFETY: both are constant after startup.
+    let (off, size) = unsafe { (__rseq_offset, __rseq_size) };
+    if size == 0 {
+        return ptr::null();
+    }
+    let tp: usize;
+    // SAFETY: reading the thread pointer has no side effects.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    // SAFETY: reading the thread pointer has no side effects.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nostack, nomem, preserves_flags))
+    };
+    // `struct rseq { u32 cpu_id_start; u32 cpu_id; ... }`: cpu_id is at byte 4.
+    (tp as isize + off + 4) as *const u32
+}
+
+#[cfg(not(all(target_env = "gnu", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+fn rseq_cpu_id_ptr() -> *const u32 {
+    ptr::null()
+}
+
+/// Reads a small file into `buf`, returning the bytes read (None if it cannot be opened).
+fn read_file<'a>(path: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    let mut cpath = [0u8; 512];
+    if path.len() >= cpath.len() {
+        return None;
+    }
+    cpath[..path.len()].copy_from_slice(path);
+    // SAFETY: NUL-terminated path in a stack buffer.
+    let fd = unsafe { libc::open(cpath.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: reading into the unfilled tail of `buf`.
+        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    Some(&buf[..len])
+}
+
+/// Formats `root` + suffix into `out`, returning the path bytes.
+fn path<'a>(out: &'a mut [u8; 512], root: &[u8], args: core::fmt::Arguments<'_>) -> &'a [u8] {
+    let n = root.len().min(400);
+    out[..n].copy_from_slice(&root[..n]);
+    let mut w = BufWriter::new(&mut out[n..]);
+    let _ = w.write_fmt(args);
+    let m = w.as_bytes().len();
+    &out[..n + m]
+}
+
+fn max_in_list(s: &[u8]) -> Option<usize> {
+    let mut max = None;
+    if !for_each_in_list(s, |i| max = Some(max.map_or(i, |m: usize| m.max(i)))) {
+        return None;
+    }
+    max
+}
+
+/// Parses a Linux sysfs tree rooted at `root` (normally `/sys`).
+pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> bool {
+    let mut buf = [0u8; 8192];
+    let mut pbuf = [0u8; 512];
+
+    let cpu_ids = read_file(path(&mut pbuf, root, format_args!("/devices/system/cpu/possible")), &mut buf)
+        .and_then(max_in_list)
+        .map(|m| m + 1);
+    let node_possible = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/possible")), &mut buf)
+        .and_then(max_in_list)
+        .map(|m| m + 1);
+
+    let Some(cpu_ids) = cpu_ids else { return false };
+    let Some(node_ids) = node_possible else {
+        // No NUMA support in this kernel: one node holding every CPU.
+        if !sink.possible(cpu_ids, 1) {
+            return false;
+        }
+        for c in 0..cpu_ids {
+            sink.cpu(c, 0);
+        }
+        sink.node_memory(0, 0);
+        sink.distance(0, 0, 10);
+        return true;
+    };
+    if !sink.possible(cpu_ids, node_ids) {
+        return false;
+    }
+
+    // Online nodes, in id order: `distance` files list one entry per online node, in this order.
+    let mut online = [0u16; 1024];
+    let mut n_online = 0;
+    if let Some(s) = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/online")), &mut buf) {
+        for_each_in_list(s, |i| {
+            if n_online < online.len() && i < node_ids {
+                online[n_online] = i as u16;
+                n_online += 1;
+            }
+        });
+    }
+    let mut has_memory = crate::os::NodeMask::empty();
+    let mem_list_known =
+        match read_file(path(&mut pbuf, root, format_args!("/devices/system/node/has_memory")), &mut buf) {
+            Some(s) => {
+                for_each_in_list(s, |i| has_memory.insert(i));
+                true
+            }
+            None => false,
+        };
+
+    for &node in &online[..n_online] {
+        let node = node as usize;
+        if let Some(s) = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/cpulist", node)), &mut buf) {
+            for_each_in_list(s, |c| {
+                if c < cpu_ids {
+                    sink.cpu(c, node)
+                }
+            });
+        }
+        let mut mem = 0u64;
+        if let Some(s) = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/meminfo", node)), &mut buf) {
+            mem = parse_meminfo_total(s).unwrap_or(0);
+        }
+        if mem_list_known && !has_memory.contains(node) {
+            mem = 0;
+        } else if mem == 0 && (!mem_list_known || has_memory.contains(node)) {
+            mem = 1; // has memory, size unknown
+        }
+        sink.node_memory(node, mem);
+        if let Some(s) = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/distance", node)), &mut buf) {
+            for (i, d) in s.split(|c| c.is_ascii_whitespace()).filter(|t| !t.is_empty()).enumerate() {
+                if i < n_online {
+                    if let Some(d) = parse_u64(d) {
+                        sink.distance(node, online[i] as usize, d as u32);
+                    }
+                }
+            }
+        }
+    }
+    n_online > 0
+}
+
+/// Finds `MemTotal: N kB` in a node's meminfo.
+fn parse_meminfo_total(s: &[u8]) -> Option<u64> {
+    for line in s.split(|&c| c == b'\n') {
+        if let Some(pos) = line.windows(9).position(|w| w == b"MemTotal:") {
+            let rest = &line[pos + 9..];
+            let digits: &[u8] = {
+                let t = crate::util::trim(rest);
+                let end = t.iter().position(|c| !c.is_ascii_digit()).unwrap_or(t.len());
+                &t[..end]
+            };
+            return parse_u64(digits).map(|kb| kb * 1024);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_total() {
+        let s = b"Node 1 MemTotal:       16314468 kB\nNode 1 MemFree: 3 kB\n";
+        assert_eq!(parse_meminfo_total(s), Some(16314468 * 1024));
+        assert_eq!(parse_meminfo_total(b"nothing"), None);
+    }
+
+    #[test]
+    fn rseq_pointer_matches_sched_getcpu() {
+        let p = Sys::cpu_id_ptr();
+        if p.is_null() {
+            return; // glibc did not register rseq here; the fallback path is tested elsewhere
+        }
+        // SAFETY: the pointer is into this thread's rseq area.
+        let a = unsafe { p.read_volatile() } as usize;
+        let b = Sys::current_cpu().unwrap();
+        let c = unsafe { p.read_volatile() } as usize;
+        assert!(a == b || b == c, "rseq cpu {a}/{c} vs sched_getcpu {b}");
+    }
+}

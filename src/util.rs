@@ -1,0 +1,200 @@
+//! Small helpers that never allocate: environment look-up, number parsing, formatting into a
+//! fixed buffer, and the one way the allocator writes to stderr and aborts.
+//!
+//! Everything the allocator would otherwise borrow from `std` (which may allocate) lives here, so
+//! the rule "malloc never calls malloc" is checkable in one file.
+
+use core::fmt;
+
+use crate::os::{Os, Sys};
+
+/// Returns the value of environment variable `name` (given without `=`), read straight from the
+/// process environment block. The slice lives as long as the environment is not modified.
+pub(crate) fn getenv(name: &[u8]) -> Option<&'static [u8]> {
+    Sys::environ_find(name)
+}
+
+/// Parses an unsigned decimal number with an optional binary suffix (`k`, `m`, `g`, case-insensitive).
+pub(crate) fn parse_size(s: &[u8]) -> Option<u64> {
+    let s = trim(s);
+    if s.is_empty() {
+        return None;
+    }
+    let (digits, mult) = match s[s.len() - 1] {
+        b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1u64 << 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 1u64 << 30),
+        _ => (s, 1),
+    };
+    parse_u64(digits)?.checked_mul(mult)
+}
+
+/// Parses an unsigned decimal number; `None` on anything else or on overflow.
+pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
+    let s = trim(s);
+    if s.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(v)
+}
+
+/// Parses a boolean option: `1/0`, `true/false`, `yes/no`, `on/off`.
+pub(crate) fn parse_bool(s: &[u8]) -> Option<bool> {
+    match trim(s) {
+        b"1" | b"true" | b"yes" | b"on" | b"TRUE" | b"YES" | b"ON" => Some(true),
+        b"0" | b"false" | b"no" | b"off" | b"FALSE" | b"NO" | b"OFF" => Some(false),
+        _ => None,
+    }
+}
+
+/// Strips ASCII whitespace on both ends.
+pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if first.is_ascii_whitespace() { s = rest } else { break }
+    }
+    while let [rest @ .., last] = s {
+        if last.is_ascii_whitespace() { s = rest } else { break }
+    }
+    s
+}
+
+/// Calls `f` for each id in a Linux-style list such as `0-3,8,10-11` (as in sysfs `cpulist`).
+/// Returns `false` if the list is malformed; ids already reported stay reported.
+pub(crate) fn for_each_in_list(s: &[u8], mut f: impl FnMut(usize)) -> bool {
+    let s = trim(s);
+    if s.is_empty() {
+        return true;
+    }
+    for part in s.split(|&c| c == b',') {
+        let part = trim(part);
+        if part.is_empty() {
+            continue;
+        }
+        let (lo, hi) = match part.iter().position(|&c| c == b'-') {
+            Some(i) => (parse_u64(&part[..i]), parse_u64(&part[i + 1..])),
+            None => (parse_u64(part), parse_u64(part)),
+        };
+        match (lo, hi) {
+            (Some(lo), Some(hi)) if lo <= hi && hi < (1 << 20) => {
+                for i in lo..=hi {
+                    f(i as usize);
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A `fmt::Write` sink over a fixed byte buffer; output past the end is dropped (and `truncated`
+/// set), never allocated.
+pub(crate) struct BufWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    pub(crate) truncated: bool,
+}
+
+impl<'a> BufWriter<'a> {
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
+        Self { buf, len: 0, truncated: false }
+    }
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl fmt::Write for BufWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len() - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if n < s.len() {
+            self.truncated = true;
+        }
+        Ok(())
+    }
+}
+
+/// Formats into a 512-byte stack buffer and writes the result to stderr in one `write`.
+pub(crate) fn eprint(args: fmt::Arguments<'_>) {
+    let mut buf = [0u8; 512];
+    let mut w = BufWriter::new(&mut buf);
+    let _ = fmt::write(&mut w, args);
+    Sys::write_stderr(w.as_bytes());
+}
+
+/// Prints one line `domalloc: error: ...` to stderr and aborts the process. Used for detected
+/// heap misuse (invalid or double free) so corruption is never silent.
+#[cold]
+#[inline(never)]
+pub(crate) fn fatal(args: fmt::Arguments<'_>) -> ! {
+    eprint(format_args!("domalloc: error: {}\n", args));
+    Sys::abort()
+}
+
+/// Formats `bytes` with a binary unit (`12.3 MiB`) for reports.
+pub(crate) struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0;
+        let mut u = 0;
+        let mut frac = 0u64;
+        while v >= 1024 && u < UNITS.len() - 1 {
+            frac = (v % 1024) * 10 / 1024;
+            v /= 1024;
+            u += 1;
+        }
+        if u == 0 { write!(f, "{} B", v) } else { write!(f, "{}.{} {}", v, frac, UNITS[u]) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::fmt::Write;
+
+    #[test]
+    fn parses_sizes_and_lists() {
+        assert_eq!(parse_size(b"64k"), Some(65536));
+        assert_eq!(parse_size(b" 2M "), Some(2 << 20));
+        assert_eq!(parse_size(b"12"), Some(12));
+        assert_eq!(parse_size(b"x"), None);
+        assert_eq!(parse_u64(b"99999999999999999999999"), None);
+        let mut v = [0usize; 16];
+        let mut n = 0;
+        assert!(for_each_in_list(b"0-2,5,7-8\n", |i| {
+            v[n] = i;
+            n += 1
+        }));
+        assert_eq!(&v[..n], &[0, 1, 2, 5, 7, 8]);
+        assert!(!for_each_in_list(b"3-1", |_| {}));
+        assert_eq!(parse_bool(b"on"), Some(true));
+        assert_eq!(parse_bool(b"0"), Some(false));
+    }
+
+    #[test]
+    fn buf_writer_truncates_without_allocating() {
+        let mut b = [0u8; 8];
+        let mut w = BufWriter::new(&mut b);
+        write!(w, "{}-{}", 1234, 56789).unwrap();
+        assert_eq!(w.as_bytes(), b"1234-567");
+        assert!(w.truncated);
+        let mut b = [0u8; 32];
+        let mut w = BufWriter::new(&mut b);
+        write!(w, "{}", Bytes(3 * 1024 * 1024 + 512 * 1024)).unwrap();
+        assert_eq!(w.as_bytes(), b"3.5 MiB");
+    }
+}
