@@ -47,10 +47,9 @@ pub unsafe fn malloc(size: usize) -> *mut u8 {
 /// `align` is a power of two.
 #[inline]
 pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
-    if size <= LOOKUP_MAX && align <= 16 {
-        let table = if align <= 8 { &LOOKUP8 } else { &LOOKUP16 };
+    if size <= LOOKUP_MAX && align <= 8 {
         // SAFETY: table entries are valid classes.
-        let p = unsafe { heap::alloc_small(*table.get_unchecked((size + 7) >> 3) as usize) };
+        let p = unsafe { heap::alloc_small(*LOOKUP8.get_unchecked((size + 7) >> 3) as usize) };
         if !p.is_null() {
             // SAFETY: the block holds at least `size` bytes.
             unsafe { ptr::write_bytes(p, 0, size) };
@@ -58,6 +57,25 @@ pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
         return p;
     }
     alloc_generic(size, align, true)
+}
+
+/// C `calloc` after the overflow check: `malloc`'s alignment, zeroed. Fresh OS memory is not
+/// written.
+///
+/// # Safety
+/// None beyond the allocator's contract.
+#[inline]
+pub unsafe fn calloc(size: usize) -> *mut u8 {
+    if size <= LOOKUP_MAX {
+        // SAFETY: table entries are valid classes.
+        let p = unsafe { heap::alloc_small(*LOOKUP16.get_unchecked((size + 7) >> 3) as usize) };
+        if !p.is_null() {
+            // SAFETY: the block holds at least `size` bytes.
+            unsafe { ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
+    alloc_generic(size, 16, true)
 }
 
 #[inline(never)]

@@ -184,7 +184,7 @@ pub(crate) fn maintain(node: usize) {
     }
     let age = options::get().purge_delay_ms;
     if age != u64::MAX {
-        d.huge_cache.trim(age.saturating_mul(100).max(1000));
+        d.huge_cache.trim(age);
     }
 }
 
@@ -202,8 +202,11 @@ pub(crate) fn collect(force: bool) {
     for n in 0..domain_slots() {
         let d = domain(n);
         d.purge_all(force);
+        let age = options::get().purge_delay_ms;
         if force {
             d.huge_cache.trim(0);
+        } else if age != u64::MAX {
+            d.huge_cache.trim(age);
         }
     }
 }

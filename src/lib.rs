@@ -97,7 +97,7 @@ unsafe impl GlobalAlloc for DomAlloc {
 /// checks, `malloc(0)`) are not applied here.
 #[doc(hidden)]
 pub mod raw {
-    pub use crate::alloc::{alloc, alloc_zeroed, free, malloc, node_of, realloc, usable_size};
+    pub use crate::alloc::{alloc, alloc_zeroed, calloc, free, malloc, node_of, realloc, usable_size};
 }
 
 /// The NUMA node of the CPU the calling thread runs on now (the node whose memory it gets).

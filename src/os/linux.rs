@@ -20,7 +20,7 @@ impl Os for Sys {
 
     unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
         // SAFETY: forwarded contract.
-        unsafe { posix::map_aligned_trim(size, align, libc::MAP_NORESERVE) }
+        unsafe { posix::map_aligned_trim(size, align, 0) }
     }
 
     unsafe fn unmap(ptr: *mut u8, size: usize) {
@@ -59,7 +59,7 @@ impl Os for Sys {
     unsafe fn move_mapping(ptr: *mut u8, old_size: usize, new_size: usize, align: usize) -> *mut u8 {
         // Reserve an aligned destination, then let mremap move the pages over it (no copy).
         // SAFETY: fresh mapping.
-        let dst = unsafe { posix::map_aligned_trim(new_size, align, libc::MAP_NORESERVE) };
+        let dst = unsafe { posix::map_aligned_trim(new_size, align, 0) };
         if dst.is_null() {
             return dst;
         }
