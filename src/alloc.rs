@@ -83,6 +83,12 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
     if size > MAX_ALLOC || align > MAX_ALIGN || !align.is_power_of_two() {
         return ptr::null_mut();
     }
+    let (policy, min) = crate::global::policy_if_init();
+    if min > 0 && size >= min && !matches!(policy, crate::options::Policy::Local) {
+        // Blocks above the policy threshold get their own mapping with the policy applied.
+        let Some(node) = heap::alloc_node() else { return ptr::null_mut() };
+        return huge::alloc(crate::global::domain(node), size, align.max(crate::os::OS_PAGE), zero, false);
+    }
     if let Some(c) = class_for(size, align) {
         // SAFETY: valid class.
         let p = unsafe { heap::alloc_small(c) };
@@ -101,7 +107,7 @@ pub(crate) fn alloc_big_on(node: usize, size: usize, align: usize, zero: bool, p
     if size <= LARGE_MAX && align <= PAGE_SIZE && !placed {
         heap::alloc_large(node, size, zero)
     } else {
-        huge::alloc(crate::global::domain(node), size.max(LARGE_MAX + 1), align, zero, placed)
+        huge::alloc(crate::global::domain(node), size, align, zero, placed)
     }
 }
 

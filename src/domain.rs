@@ -32,7 +32,6 @@ pub(crate) struct NodeCounters {
     pub(crate) huge_bytes: AtomicU64,
     pub(crate) huge_total: AtomicU64,
     pub(crate) purged_bytes: AtomicU64,
-    pub(crate) remote_frees: AtomicU64,
     pub(crate) migrations_in: AtomicU64,
     pub(crate) mapped_bytes: AtomicU64,
 }
@@ -49,9 +48,19 @@ pub(crate) struct DomainInner {
 pub(crate) struct Domain {
     pub(crate) lock: SpinLock<DomainInner>,
     pub(crate) node: usize,
+    /// Where threads running on this node get memory under the policy in force (this node,
+    /// or the nearest node with memory the policy allows).
+    pub(crate) policy_home: usize,
     pub(crate) counters: NodeCounters,
     pub(crate) huge_cache: crate::huge::HugeCache,
+    /// The heap serving node-targeted small allocations for this node (created on first use).
+    pub(crate) node_heap: SpinLock<NodeHeap>,
 }
+
+/// Slot for a domain's node-targeted heap.
+pub(crate) struct NodeHeap(pub(crate) *mut crate::heap::Heap);
+// SAFETY: guarded by its lock.
+unsafe impl Send for NodeHeap {}
 
 // SAFETY: the raw pointers inside are protected by the lock.
 unsafe impl Send for DomainInner {}
@@ -262,8 +271,9 @@ impl Domain {
         if p.is_null() {
             return ptr::null_mut();
         }
-        if global::numa_enabled() || !matches!(options::get().policy, Policy::Local) {
-            apply_policy(p, SEGMENT_SIZE, self.node, options::get().policy_min_size == 0);
+        let (policy, min) = global::policy();
+        if global::numa_enabled() || !matches!(policy, Policy::Local) {
+            apply_policy(p, SEGMENT_SIZE, self.node, min == 0);
         }
         let seg = p as *mut Segment;
         // SAFETY: fresh zeroed mapping; we initialise the header fields that are not zero.
@@ -309,8 +319,8 @@ impl Domain {
 /// Applies the placement for memory of domain `node`: the configured policy when it applies to
 /// this range, else "this node" (preferred) so pages land on the domain's node.
 pub(crate) fn apply_policy(p: *mut u8, size: usize, node: usize, policy_applies: bool) {
-    let opts = options::get();
-    let placement = match (&opts.policy, policy_applies) {
+    let (policy, _) = global::policy();
+    let placement = match (&policy, policy_applies) {
         (Policy::Bind(m), true) => Placement::Bind(m),
         (Policy::Interleave(m), true) => Placement::Interleave(m),
         (Policy::Preferred(n), true) => Placement::Preferred(*n),
@@ -321,8 +331,7 @@ pub(crate) fn apply_policy(p: *mut u8, size: usize, node: usize, policy_applies:
             Placement::Preferred(node)
         }
     };
-    // SAFETY: our own fresh mapping.
-    unsafe { Sys::place(p, size, placement) };
+    crate::huge::place_range(p, size, placement);
 }
 
 /// Bit mask of pages `i..i+n`.

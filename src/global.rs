@@ -7,13 +7,14 @@
 
 use core::mem::size_of;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::arena::Arena;
 use crate::domain::Domain;
 use crate::heap::{self, Heap, HeapCounters};
 
-use crate::options::{self, NumaMode};
+use crate::options::{self, NumaMode, Policy};
+use crate::os::ProcessPolicy;
 use crate::os::{self, Os, Sys, OS_PAGE};
 use crate::spin::SpinLock;
 use crate::topology;
@@ -34,6 +35,13 @@ struct Tables {
     /// The single domain's node when NUMA is off.
     solo_node: usize,
     key: libc::pthread_key_t,
+    /// The placement policy in force: `DOMALLOC_POLICY`, else the one the process was started
+    /// with (numactl), else local.
+    policy: Policy,
+    /// Blocks below this size are not subject to `policy` (0 = all).
+    policy_min_size: usize,
+    /// Whether `policy` came from outside (numactl) rather than `DOMALLOC_POLICY`.
+    policy_external: bool,
 }
 
 struct TablesCell(core::cell::UnsafeCell<Tables>);
@@ -47,6 +55,9 @@ static TABLES: TablesCell = TablesCell(core::cell::UnsafeCell::new(Tables {
     n_arenas: 0,
     solo_node: 0,
     key: 0,
+    policy: Policy::Local,
+    policy_min_size: 0,
+    policy_external: false,
 }));
 
 #[inline(always)]
@@ -112,9 +123,38 @@ fn init_locked() -> bool {
     }
     let solo_node = (0..n_domains).find(|&n| topo.has_memory(n)).unwrap_or(0);
     let Some(key) = Sys::thread_key_create(heap::thread_done) else { return false };
+    let (mut policy, mut policy_min_size, mut policy_external) = (opts.policy, opts.policy_min_size, false);
+    if policy == Policy::Local {
+        if let Some(pp) = Sys::process_policy() {
+            policy = match pp {
+                ProcessPolicy::Bind(m) => Policy::Bind(m),
+                ProcessPolicy::Preferred(n) => Policy::Preferred(n),
+                ProcessPolicy::Interleave(m) => Policy::Interleave(m),
+            };
+            policy_min_size = 0;
+            policy_external = true;
+        }
+    }
+    // Where each node's threads get memory under the policy.
+    for n in 0..n_domains {
+        let home = if !numa {
+            solo_node
+        } else if policy_min_size == 0 {
+            match policy {
+                Policy::Bind(m) => nearest_in(topo, topo.home_of_node(n), &m),
+                Policy::Preferred(p) if topo.has_memory(p) => p,
+                _ => topo.home_of_node(n),
+            }
+        } else {
+            topo.home_of_node(n)
+        };
+        // SAFETY: within the table.
+        unsafe { (*domains.add(n)).policy_home = home };
+    }
     // SAFETY: single writer before publication.
     unsafe {
-        *TABLES.0.get() = Tables { domains, n_domains, arenas, n_arenas, solo_node, key };
+        *TABLES.0.get() =
+            Tables { domains, n_domains, arenas, n_arenas, solo_node, key, policy, policy_min_size, policy_external };
     }
     Sys::atfork(fork_prepare, fork_parent, fork_child);
     true
@@ -122,6 +162,43 @@ fn init_locked() -> bool {
 
 fn round_page(n: usize) -> usize {
     (n + OS_PAGE - 1) & !(OS_PAGE - 1)
+}
+
+/// The nearest node to `n` that is in `mask` and has memory (`n` itself if it qualifies).
+fn nearest_in(topo: &topology::Topology, n: usize, mask: &crate::os::NodeMask) -> usize {
+    if mask.contains(n) && topo.has_memory(n) {
+        return n;
+    }
+    let mut best = (u32::MAX, n);
+    for m in mask.iter() {
+        if topo.has_memory(m) {
+            let d = match topo.distance(n, m) {
+                0 => 255,
+                d => d,
+            };
+            if d < best.0 {
+                best = (d, m);
+            }
+        }
+    }
+    best.1
+}
+
+/// The placement policy in force and its size threshold.
+pub(crate) fn policy() -> (Policy, usize) {
+    let t = tables();
+    (t.policy, t.policy_min_size)
+}
+
+/// As [`policy`], initialising first; `(Local, 0)` if initialisation fails.
+pub(crate) fn policy_if_init() -> (Policy, usize) {
+    if ensure_init() { policy() } else { (Policy::Local, 0) }
+}
+
+/// Whether the policy in force was inherited from the process (numactl) rather than set by
+/// `DOMALLOC_POLICY`.
+pub(crate) fn policy_is_external() -> bool {
+    tables().policy_external
 }
 
 /// Whether NUMA logic is on (more than one node with memory, or forced).
@@ -150,7 +227,8 @@ pub(crate) fn node_of_cpu(cpu: usize) -> usize {
     if !numa_enabled() {
         return tables().solo_node;
     }
-    topology::get().home_of_cpu(cpu)
+    let n = topology::get().cpu_node(cpu).unwrap_or(tables().solo_node);
+    domain(n).policy_home
 }
 
 /// Index of CPU `cpu`'s arena.
@@ -406,11 +484,3 @@ unsafe extern "C" fn fork_child() {
     unsafe { fork_unlock_all() }
 }
 
-/// Live heaps right now (diagnostics).
-pub(crate) fn live_heaps() -> usize {
-    POOL.lock().live_count
-}
-
-/// Counter of OS mappings (diagnostics).
-#[allow(dead_code)]
-pub(crate) static MAPS: AtomicUsize = AtomicUsize::new(0);

@@ -74,6 +74,8 @@ pub struct Heap {
     /// The arena of `cpu`.
     arena: Cell<u32>,
     kind: Cell<u8>,
+    /// Allocates for a fixed node (node-targeted allocation): never follows the CPU.
+    pinned: Cell<bool>,
     tails: [Cell<*mut Page>; CLASSES],
     full: Cell<*mut Page>,
     /// Pages of ours that received a remote free while full (pushed by the freeing thread).
@@ -107,6 +109,7 @@ const fn sentinel(kind: u8) -> SyncHeap {
         node: Cell::new(0),
         arena: Cell::new(0),
         kind: Cell::new(kind),
+        pinned: Cell::new(false),
         tails: [const { Cell::new(ptr::null_mut()) }; CLASSES],
         full: Cell::new(ptr::null_mut()),
         unfull: AtomicPtr::new(ptr::null_mut()),
@@ -190,6 +193,8 @@ pub(crate) unsafe fn free(p: *mut u8) {
     unsafe {
         let page = segment::page_of(seg, p);
         let h = tls::heap();
+        #[cfg(feature = "check")]
+        check::on_free(seg, page, p);
         if likely((*page).heap.load(Ordering::Relaxed) == h && (*page).flags.get() == 0) {
             let b = p as *mut Block;
             (*b).next = (*page).local_free.get();
@@ -357,6 +362,7 @@ impl Heap {
         self.pend_tail.set(ptr::null_mut());
         self.pend_count.set(0);
         self.kind.set(KIND_NORMAL);
+        self.pinned.set(false);
         let cpu = Sys::current_cpu().unwrap_or(0) as u32;
         self.cpu.set(cpu);
         self.arena.set(global::arena_index(cpu as usize) as u32);
@@ -380,7 +386,16 @@ impl Heap {
     }
 
     /// Refreshes the CPU; on a node change, gives all pages back and follows the thread.
+    /// Fixes the heap to node `node` (node-targeted allocation heaps).
+    pub(crate) fn pin_to_node(&self, node: usize) {
+        self.pinned.set(true);
+        self.node.set(node as u32);
+    }
+
     fn update_cpu(&self) {
+        if self.pinned.get() {
+            return;
+        }
         let tracked = self.cpu_ptr.get() != &self.cpu as *const Cell<u32> as *const u32;
         let cpu = if tracked {
             // SAFETY: rseq area of this thread.
@@ -750,6 +765,40 @@ pub(crate) fn alloc_large(node: usize, size: usize, zero: bool) -> *mut u8 {
             ptr::write_bytes(p, 0, size);
         }
         p
+    }
+}
+
+/// Expensive invariant checks (`--features check`): every test runs with them too.
+#[cfg(feature = "check")]
+mod check {
+    use super::*;
+
+    /// A freed pointer must be the start of a carved block of a live small span, or a large
+    /// span's start, and (for the owner) not already in the page's free lists.
+    pub(super) unsafe fn on_free(seg: *mut Segment, page: *mut Page, p: *mut u8) {
+        // SAFETY: live segment and descriptor (the caller checked the segment map).
+        unsafe {
+            if (*seg).kind == SEG_HUGE || (*page).kind() != PageKind::Small {
+                return;
+            }
+            let pg = &*page;
+            let off = p as usize - pg.start() as usize;
+            let bs = pg.block_size.get() as usize;
+            if off % bs != 0 || off / bs >= pg.capacity.get() as usize {
+                util::fatal(format_args!("free(): invalid pointer {:p} (not a block start; check mode)", p));
+            }
+            if pg.heap.load(Ordering::Relaxed) == tls::heap() {
+                for list in [pg.free.get(), pg.local_free.get()] {
+                    let mut b = list;
+                    while !b.is_null() {
+                        if b as *mut u8 == p {
+                            util::fatal(format_args!("free(): double free of {:p} (check mode)", p));
+                        }
+                        b = (*b).next;
+                    }
+                }
+            }
+        }
     }
 }
 

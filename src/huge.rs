@@ -137,11 +137,10 @@ impl HugeCache {
 /// Allocates a huge block of `size` bytes aligned to `align` from domain `d`. `placed` says the
 /// block must be bound to `d`'s node (node-targeted allocation) rather than placed by first touch.
 pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: bool) -> *mut u8 {
-    let Some(data_size) = size.checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
-        return ptr::null_mut();
-    };
-    let opts = options::get();
     if !placed {
+        let Some(data_size) = size.checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
+            return ptr::null_mut();
+        };
         let seg = d.huge_cache.take(data_size, align);
         if !seg.is_null() {
             // SAFETY: a cached header of ours.
@@ -164,6 +163,15 @@ pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: b
             }
         }
     }
+    alloc_uncached(d, size, align, placed)
+}
+
+/// A fresh mapping for a huge block (see [`alloc`]); `placed` binds it to `d`'s node.
+fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u8 {
+    let Some(data_size) = size.checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
+        return ptr::null_mut();
+    };
+    let opts = options::get();
     let (hdr, p, map_size) = if align >= SEGMENT_SIZE {
         let Some(total) = data_size.checked_add(align) else { return ptr::null_mut() };
         // SAFETY: valid sizes.
@@ -189,7 +197,8 @@ pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: b
         // SAFETY: off < total.
         (m, unsafe { m.add(off) }, total)
     };
-    let policy_applies = size >= opts.policy_min_size && !matches!(opts.policy, Policy::Local);
+    let (policy, min) = global::policy();
+    let policy_applies = size >= min && !matches!(policy, Policy::Local);
     if placed || policy_applies {
         apply_policy(p, data_size, d.node, policy_applies && !placed);
     }
@@ -218,6 +227,58 @@ pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: b
     d.counters.huge_total.fetch_add(1, Ordering::Relaxed);
     d.counters.mapped_bytes.fetch_add(map_size as u64, Ordering::Relaxed);
     p
+}
+
+/// Allocates a block with its own mapping whose pages are interleaved over `nodes`.
+pub(crate) fn alloc_placed(d: &Domain, size: usize, align: usize, nodes: &crate::os::NodeMask) -> *mut u8 {
+    // A private mapping: bypass the cache (cached blocks carry another placement).
+    let p = alloc_uncached(d, size, align, false);
+    if let Some((seg, _)) = crate::segment::lookup(p) {
+        // SAFETY: the header of the block we just mapped.
+        let len = unsafe { (*seg).huge_size.get() };
+        place_range(p, len, os::Placement::Interleave(nodes));
+    }
+    p
+}
+
+/// Applies `placement` to an untouched range: per range where the OS can (Linux `mbind`), else
+/// by first-touching each page while the thread's placement points at the page's node (the
+/// BSDs). Returns whether the placement could be applied.
+pub(crate) fn place_range(p: *mut u8, len: usize, placement: os::Placement<'_>) -> bool {
+    // SAFETY: the caller passes an untouched range of its own mapping.
+    if unsafe { Sys::place(p, len, placement) } {
+        return true;
+    }
+    let pages = len / OS_PAGE;
+    let node_for = |i: usize| -> Option<usize> {
+        match placement {
+            os::Placement::Local => None,
+            os::Placement::Preferred(n) => Some(n),
+            os::Placement::Bind(m) => m.nth_cyclic(0),
+            os::Placement::Interleave(m) => m.nth_cyclic(i),
+        }
+    };
+    let mut i = 0;
+    while i < pages {
+        let Some(node) = node_for(i) else { return true };
+        // Run of pages for the same node.
+        let mut j = i + 1;
+        while j < pages && node_for(j) == Some(node) {
+            j += 1;
+        }
+        let (from, to) = (i, j);
+        let ok = Sys::with_thread_placement(node, &mut || {
+            for k in from..to {
+                // SAFETY: page k of the caller's untouched range; writing zero keeps it zero.
+                unsafe { ptr::write_volatile(p.add(k * OS_PAGE), 0) };
+            }
+        });
+        if !ok {
+            return false;
+        }
+        i = j;
+    }
+    true
 }
 
 /// Frees a huge block. Aborts on a double or interior free.

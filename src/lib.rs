@@ -34,10 +34,12 @@
 
 mod alloc;
 mod arena;
+pub mod c;
 mod domain;
 mod global;
 mod heap;
 mod huge;
+mod node;
 pub mod options;
 mod os;
 mod page;
@@ -51,6 +53,7 @@ mod util;
 
 use core::alloc::{GlobalAlloc, Layout};
 
+pub use crate::node::{alloc_interleaved, alloc_on_node, Interleaved, Node};
 pub use crate::os::{NodeMask, PurgeMode};
 pub use crate::stats::{stats, ClassStats, NodeStats, Stats};
 
@@ -62,6 +65,17 @@ impl DomAlloc {
     /// The allocator handle.
     pub const fn new() -> Self {
         DomAlloc
+    }
+
+    /// Allocates `layout` on NUMA node `node` (see [`alloc_on_node`]). Free it with `dealloc`
+    /// as any other block, from any thread.
+    pub fn alloc_on_node(&self, layout: Layout, node: usize) -> *mut u8 {
+        node::alloc_on_node(layout, node)
+    }
+
+    /// Allocates `layout` with its pages interleaved over all nodes with memory.
+    pub fn alloc_interleaved(&self, layout: Layout) -> *mut u8 {
+        node::alloc_interleaved(layout, None)
     }
 }
 

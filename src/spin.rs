@@ -75,11 +75,6 @@ impl<T> SpinLock<T> {
     pub(crate) unsafe fn force_unlock(&self) {
         self.locked.store(false, Ordering::Release);
     }
-
-    /// Raw access for code that holds the lock by other means (fork handlers, single-threaded init).
-    pub(crate) fn as_ptr(&self) -> *mut T {
-        self.value.get()
-    }
 }
 
 /// Proof of holding a [`SpinLock`]; unlocks on drop.

@@ -163,7 +163,7 @@ pub fn print() {
     let s = stats();
     let mut buf = [0u8; 1024];
     let mut w = BufWriter::new(&mut buf);
-    let mut line = |w: &mut BufWriter<'_>| {
+    let line = |w: &mut BufWriter<'_>| {
         Sys::write_stderr(w.as_bytes());
         w.clear();
     };
@@ -210,7 +210,7 @@ pub(crate) fn print_banner() {
     let o = options::get();
     let t = topology::get();
     eprint(format_args!(
-        "domalloc: {} numa={} nodes-with-memory={} cpu-ids={} node-ids={} purge-delay={}ms purge={:?} thp={} policy={:?}@{}\n",
+        "domalloc: {} numa={} nodes-with-memory={} cpu-ids={} node-ids={} purge-delay={}ms purge={:?} thp={} policy={:?}@{}{}\n",
         <Sys as Os>::NAME,
         global::numa_enabled(),
         t.memory_node_count(),
@@ -219,8 +219,9 @@ pub(crate) fn print_banner() {
         o.purge_delay_ms,
         o.purge_mode,
         o.thp,
-        o.policy,
-        o.policy_min_size
+        global::policy().0,
+        global::policy().1,
+        if global::policy_is_external() { " (inherited from the process, e.g. numactl)" } else { "" }
     ));
     for n in t.nodes() {
         let cpus = t.cpus_of(n);

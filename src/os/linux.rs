@@ -119,6 +119,31 @@ impl Os for Sys {
         read_sysfs_topology(root.unwrap_or(b"/sys"), sink)
     }
 
+    fn process_policy() -> Option<super::ProcessPolicy> {
+        let mut mode: libc::c_int = 0;
+        let mut mask = super::NodeMask::empty();
+        // SAFETY: valid out-pointers; a 1024-bit mask (maxnode = bits + 1).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_get_mempolicy,
+                &mut mode as *mut libc::c_int,
+                mask.words_mut().as_mut_ptr(),
+                (super::NodeMask::CAPACITY + 1) as libc::c_ulong,
+                0usize,
+                0 as libc::c_ulong,
+            )
+        };
+        if r != 0 {
+            return None;
+        }
+        // Strip MPOL_F_STATIC_NODES / MPOL_F_RELATIVE_NODES / MPOL_F_NUMA_BALANCING.
+        match (mode as libc::c_long) & 0xff {
+            MPOL_BIND => Some(super::ProcessPolicy::Bind(mask)),
+            MPOL_INTERLEAVE => Some(super::ProcessPolicy::Interleave(mask)),
+            MPOL_PREFERRED => mask.iter().next().map(super::ProcessPolicy::Preferred),
+            _ => None,
+        }
+    }
     fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
         posix::environ_find(name)
     }

@@ -39,6 +39,7 @@ pub enum PurgeMode {
 
 /// Where the kernel should place the pages of a range.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(dead_code)]
 pub enum Placement<'a> {
     /// First touch: the node of the CPU that first writes a page (the kernel default).
     Local,
@@ -94,6 +95,22 @@ impl NodeMask {
     pub(crate) fn words(&self) -> &[u64; 16] {
         &self.bits
     }
+    /// The raw words, mutable (filled by `get_mempolicy`).
+    #[allow(dead_code)]
+    pub(crate) fn words_mut(&mut self) -> &mut [u64; 16] {
+        &mut self.bits
+    }
+}
+
+/// A memory policy set on the process from outside (numactl, a launcher).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ProcessPolicy {
+    /// Memory only from these nodes.
+    Bind(NodeMask),
+    /// This node first.
+    Preferred(usize),
+    /// Round-robin over these nodes.
+    Interleave(NodeMask),
 }
 
 /// Receives what the platform knows about the machine's topology. Calls come in this order:
@@ -180,6 +197,10 @@ pub(crate) trait Os {
     /// Reports the topology to `sink`. `root` replaces `/sys` (Linux) for tests; other platforms
     /// ignore it. Returns false if nothing usable was found (callers assume one node).
     fn read_topology(root: Option<&[u8]>, sink: &mut dyn TopologySink) -> bool;
+
+    /// The memory policy the process was started with (e.g. by `numactl --membind`), so
+    /// domalloc follows it instead of overriding it. `None` = the default (first touch).
+    fn process_policy() -> Option<ProcessPolicy>;
 
     /// Looks `name` up in the process environment without allocating.
     fn environ_find(name: &[u8]) -> Option<&'static [u8]>;

@@ -44,6 +44,9 @@ impl Os for Sys {
     fn read_topology(_root: Option<&[u8]>, _sink: &mut dyn TopologySink) -> bool {
         false
     }
+    fn process_policy() -> Option<super::ProcessPolicy> {
+        None
+    }
     fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
         posix::environ_find(name)
     }
