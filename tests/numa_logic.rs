@@ -1,0 +1,228 @@
+//! The NUMA logic on this machine, with a fake two-node topology (CPU 0 = node 0, CPU 1 =
+//! node 1; `DOMALLOC_TOPOLOGY_ROOT` + `DOMALLOC_NUMA=1`): which domain every block comes from in
+//! each pattern of the design (own data, cross-node frees, migration, thread replacement).
+//! Pages cannot really move here (one physical node); numa-tests/ proves real placement in
+//! QEMU guests. Each scenario runs in a child process so the allocator starts with the fake
+//! topology.
+
+use std::collections::HashSet;
+use std::process::Command;
+
+#[global_allocator]
+static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
+
+const SIZES: [usize; 6] = [16, 200, 3000, 40_000, 300_000, 3 << 20];
+
+fn pin(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+    // Make sure we run there now (the kernel moves us at the next schedule).
+    std::thread::yield_now();
+    assert_eq!(unsafe { libc::sched_getcpu() } as usize, cpu);
+}
+
+fn alloc_many(n: usize, size: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i as u8; size]).collect()
+}
+
+fn nodes_of(v: &[Vec<u8>]) -> Vec<usize> {
+    v.iter().map(|b| domalloc::node_of(b.as_ptr()).unwrap()).collect()
+}
+
+fn share_on(v: &[Vec<u8>], node: usize) -> f64 {
+    let n = nodes_of(v);
+    n.iter().filter(|&&x| x == node).count() as f64 / n.len() as f64
+}
+
+fn scenario(name: &str) {
+    assert!(domalloc::numa_enabled(), "fake topology not picked up");
+    match name {
+        "own_data" => {
+            for cpu in [0, 1] {
+                std::thread::spawn(move || {
+                    pin(cpu);
+                    for s in SIZES {
+                        let v = alloc_many(if s > 100_000 { 8 } else { 500 }, s);
+                        assert_eq!(share_on(&v, cpu), 1.0, "size {s} on cpu {cpu}");
+                    }
+                })
+                .join()
+                .unwrap();
+            }
+        }
+        "cross_node_free" => {
+            for s in SIZES {
+                let n = if s > 100_000 { 8 } else { 2000 };
+                let (tx, rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+                let a = std::thread::spawn(move || {
+                    pin(0);
+                    let v = alloc_many(n, s);
+                    assert_eq!(share_on(&v, 0), 1.0);
+                    let addrs: HashSet<usize> = v.iter().map(|b| b.as_ptr() as usize).collect();
+                    tx.send(v).unwrap();
+                    addrs
+                });
+                let addrs_a = a.join().unwrap();
+                let b = std::thread::spawn(move || {
+                    pin(1);
+                    drop(rx.recv().unwrap()); // frees node-0 blocks on node 1: they go home
+                    let v = alloc_many(n, s);
+                    assert_eq!(share_on(&v, 1), 1.0, "B got node-0 memory (size {s})");
+                    let reused = v.iter().filter(|b| addrs_a.contains(&(b.as_ptr() as usize))).count();
+                    assert_eq!(reused, 0, "B reused {reused} of A's freed blocks (size {s})");
+                });
+                b.join().unwrap();
+                // A's node gets its memory back: a new thread on node 0 allocates locally.
+                std::thread::spawn(move || {
+                    pin(0);
+                    let v = alloc_many(n, s);
+                    assert_eq!(share_on(&v, 0), 1.0);
+                })
+                .join()
+                .unwrap();
+            }
+        }
+        "producer_consumer_bounded" => {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(4);
+            let p = std::thread::spawn(move || {
+                pin(0);
+                for round in 0..2000 {
+                    tx.send(alloc_many(64, 16 + round % 700)).unwrap();
+                }
+            });
+            let c = std::thread::spawn(move || {
+                pin(1);
+                let mut n = 0;
+                for v in rx {
+                    n += v.len();
+                }
+                n
+            });
+            p.join().unwrap();
+            assert_eq!(c.join().unwrap(), 2000 * 64);
+            let s = domalloc::stats();
+            let n0 = s.nodes[..s.node_count].iter().find(|n| n.node == 0).unwrap();
+            // 128k blocks of up to ~700 B went through; without going home the mapping would grow
+            // to ~50 MiB. Bounded: a few segments.
+            assert!(n0.mapped_bytes <= 24 << 20, "node 0 grew to {} bytes", n0.mapped_bytes);
+            assert!(s.remote_frees >= 2000 * 64 && s.remote_batches < s.remote_frees, "remote frees are batched");
+        }
+        "migration" => {
+            std::thread::spawn(|| {
+                pin(0);
+                let before = alloc_many(300, 100);
+                assert_eq!(share_on(&before, 0), 1.0);
+                pin(1);
+                for s in SIZES {
+                    let after = alloc_many(if s > 100_000 { 4 } else { 300 }, s);
+                    assert_eq!(share_on(&after, 1), 1.0, "after migrating, size {s}");
+                }
+                drop(before); // remote frees now
+                assert!(domalloc::stats().migrations >= 1);
+            })
+            .join()
+            .unwrap();
+        }
+        "thread_replacement" => {
+            for _ in 0..4 {
+                std::thread::spawn(|| {
+                    pin(0);
+                    let v = alloc_many(1000, 64);
+                    drop(v);
+                    let _keep = alloc_many(10, 64);
+                    std::mem::forget(_keep);
+                })
+                .join()
+                .unwrap();
+            }
+            std::thread::spawn(|| {
+                pin(1);
+                let v = alloc_many(5000, 64);
+                assert_eq!(share_on(&v, 1), 1.0, "new thread on node 1 got node-0 pages of dead threads");
+            })
+            .join()
+            .unwrap();
+        }
+        "node_targeted" => {
+            pin(0);
+            let l = std::alloc::Layout::from_size_align(100, 8).unwrap();
+            let p = domalloc::alloc_on_node(l, 1) as usize;
+            assert_eq!(domalloc::node_of(p as *const u8), Some(1));
+            let node1 = domalloc::Node::new(1).unwrap();
+            let mut v: allocator_api2::vec::Vec<u32, _> = allocator_api2::vec::Vec::new_in(node1);
+            v.extend(0..100_000);
+            assert_eq!(domalloc::node_of(v.as_ptr().cast()), Some(1));
+            std::thread::spawn(move || unsafe { domalloc::raw::free(p as *mut u8) }).join().unwrap();
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+fn fake_topology() -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("domalloc-numa-logic-{}", std::process::id()));
+    let n = root.join("devices/system/node");
+    std::fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
+    std::fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
+    for (id, dist) in [(0, "10 20"), (1, "20 10")] {
+        let d = n.join(format!("node{id}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cpulist"), format!("{id}\n")).unwrap();
+        std::fs::write(d.join("distance"), format!("{dist}\n")).unwrap();
+        std::fs::write(d.join("meminfo"), format!("Node {id} MemTotal: 1048576 kB\n")).unwrap();
+    }
+    for f in ["possible", "online", "has_memory"] {
+        std::fs::write(n.join(f), "0-1\n").unwrap();
+    }
+    root
+}
+
+fn run(name: &str) {
+    if let Ok(s) = std::env::var("DOMALLOC_TEST_SCENARIO") {
+        if s == name {
+            scenario(name);
+        }
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipping: needs 2 CPUs");
+        return;
+    }
+    let root = fake_topology();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("DOMALLOC_TEST_SCENARIO", name)
+        .env("DOMALLOC_TOPOLOGY_ROOT", &root)
+        .env("DOMALLOC_NUMA", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scenario {name} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "scenario {name} did not run");
+}
+
+#[test]
+fn own_data() {
+    run("own_data");
+}
+#[test]
+fn cross_node_free() {
+    run("cross_node_free");
+}
+#[test]
+fn producer_consumer_bounded() {
+    run("producer_consumer_bounded");
+}
+#[test]
+fn migration() {
+    run("migration");
+}
+#[test]
+fn thread_replacement() {
+    run("thread_replacement");
+}
+#[test]
+fn node_targeted() {
+    run("node_targeted");
+}
