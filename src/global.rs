@@ -96,6 +96,7 @@ fn init_slow() -> bool {
 fn init_locked() -> bool {
     options::init();
     let opts = options::get();
+    os::set_fault_injection(opts.fail_map_every, opts.fail_map_after);
     if !topology::init(opts.topology_root) {
         return false;
     }

@@ -140,6 +140,13 @@ pub fn collect(force: bool) {
     global::collect(force)
 }
 
+/// Fault injection for tests: make every `every`-th OS mapping fail, and every mapping after
+/// the next `after` (0 = off). Allocations then return null (C: `NULL` with `ENOMEM`); nothing
+/// already allocated is affected. `set_fault_injection(0, 0)` lets memory "come back".
+pub fn set_fault_injection(every: u64, after: u64) {
+    os::set_fault_injection(every, after)
+}
+
 /// Prints the statistics report to stderr (what `DOMALLOC_STATS=1` prints at exit).
 pub fn print_stats() {
     stats::print()

@@ -11,6 +11,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) mod posix;
+// Sysctl parsing for the BSD ports; pure, so compiled (and unit-tested) on every OS.
+mod bsd_sysctl;
 
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
@@ -232,6 +234,16 @@ pub(crate) trait Os {
 
 /// Mappings made so far; with `DOMALLOC_FAIL_MAP_EVERY=N` every Nth fails (fault injection).
 static MAP_CALLS: AtomicU64 = AtomicU64::new(0);
+/// Fault injection settings (from the options at start-up, or [`set_fault_injection`]).
+static FAIL_EVERY: AtomicU64 = AtomicU64::new(0);
+static FAIL_AFTER: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every `every`-th OS mapping fail, and every mapping after the `after`-th (counting from
+/// now); 0 turns each off. For tests of out-of-memory handling.
+pub fn set_fault_injection(every: u64, after: u64) {
+    FAIL_EVERY.store(every, Ordering::Relaxed);
+    FAIL_AFTER.store(if after == 0 { 0 } else { MAP_CALLS.load(Ordering::Relaxed) + after }, Ordering::Relaxed);
+}
 
 /// [`Os::map_aligned`] plus fault injection (`DOMALLOC_FAIL_MAP_EVERY`, `DOMALLOC_FAIL_MAP_AFTER`)
 /// and the address-range check the segment map relies on.
@@ -240,10 +252,8 @@ static MAP_CALLS: AtomicU64 = AtomicU64::new(0);
 /// As [`Os::map_aligned`].
 pub(crate) unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
     let n = MAP_CALLS.fetch_add(1, Ordering::Relaxed) + 1;
-    let opts = crate::options::get();
-    if (opts.fail_map_every != 0 && n % opts.fail_map_every == 0)
-        || (opts.fail_map_after != 0 && n > opts.fail_map_after)
-    {
+    let (every, after) = (FAIL_EVERY.load(Ordering::Relaxed), FAIL_AFTER.load(Ordering::Relaxed));
+    if (every != 0 && n % every == 0) || (after != 0 && n > after) {
         return core::ptr::null_mut();
     }
     // SAFETY: the caller upholds the contract.
