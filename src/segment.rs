@@ -78,7 +78,7 @@ pub const XSTATE_NOTIFYING: usize = 2;
 /// Per-64 KiB-page metadata. For a span, the head descriptor holds the state; the others only
 /// `head_off`. Fields marked *owner* are touched only by the thread whose heap owns the page (or,
 /// for a page in no heap, by whoever holds the lock of the list it is in).
-#[repr(C)]
+#[repr(C, align(64))]
 pub struct Page {
     /// *owner*: blocks ready to allocate.
     pub(crate) free: Cell<*mut Block>,
@@ -201,7 +201,8 @@ pub struct Segment {
 
 const_assert!(size_of::<Segment>() <= PAGE_SIZE);
 const_assert!(PAGES == 64);
-const_assert!(size_of::<Page>() % 8 == 0);
+// Descriptors are two cache lines: `pages[i]` is a shift away, and neighbours share no line.
+const_assert!(size_of::<Page>() == 128);
 const_assert!(LARGE_MAX < SEGMENT_SIZE / 2);
 
 /// The segment containing `p` (if `p` is in a segment's first 4 MiB).
