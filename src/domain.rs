@@ -74,7 +74,7 @@ impl Domain {
     /// Allocates a span of `n` pages (1..=63) for kind `kind`, from an existing segment or a new
     /// one. Returns the initialised head descriptor, or null when the OS has no memory.
     pub(crate) fn alloc_span(&self, n: usize, kind: PageKind, arena: u32) -> *mut Page {
-        debug_assert!(n >= 1 && n < PAGES);
+        debug_assert!((1..PAGES).contains(&n));
         let mut g = self.lock.lock();
         let now = Sys::now_ms();
         self.maybe_purge(&mut g, now, false);

@@ -358,9 +358,8 @@ pub(crate) fn heap_release(h: *mut Heap) {
     // SAFETY: h is a live heap, no longer used by any thread.
     unsafe {
         let c = &(*h).counters;
-        let vals = counters_of(c);
-        for i in 0..5 {
-            p.retired[i] += vals[i];
+        for (r, v) in p.retired.iter_mut().zip(counters_of(c)) {
+            *r += v;
         }
         for a in [&c.remote_frees, &c.remote_batches, &c.migrations, &c.pages_from_arena, &c.pages_fresh] {
             a.store(0, Ordering::Relaxed);

@@ -111,9 +111,9 @@ impl HugeCache {
         {
             let mut g = self.slots.lock();
             let now = Sys::now_ms();
-            for i in 0..CACHE_SLOTS {
+            for (i, o) in out.iter_mut().enumerate() {
                 if !g.seg[i].is_null() && now.saturating_sub(g.freed_at[i]) >= max_age_ms {
-                    out[i] = g.seg[i];
+                    *o = g.seg[i];
                     // SAFETY: header is live.
                     g.bytes -= unsafe { (*g.seg[i]).huge_size.get() };
                     g.seg[i] = ptr::null_mut();

@@ -258,7 +258,7 @@ pub(crate) fn big_aligned_segment(p: *const u8) -> Option<*mut Segment> {
     }
     let seg = (p as usize - SEGMENT_SIZE) as *mut Segment;
     // SAFETY: the map says a header lives there; headers stay mapped while their bit is set.
-    if segmap_contains(seg) && unsafe { (*seg).kind == SEG_HUGE && (*seg).huge_data.get() == p as *mut u8 } {
+    if segmap_contains(seg) && unsafe { (*seg).kind == SEG_HUGE && ptr::eq((*seg).huge_data.get(), p) } {
         Some(seg)
     } else {
         None

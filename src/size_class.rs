@@ -37,7 +37,7 @@ pub const fn class_size(c: usize) -> usize {
 #[inline]
 pub const fn class_of(size: usize) -> usize {
     if size <= 128 {
-        (size + 7) / 8 - 1 + (size == 0) as usize
+        size.div_ceil(8) - 1 + (size == 0) as usize
     } else {
         let s = size - 1;
         let k = (usize::BITS - 1 - s.leading_zeros()) as usize;
@@ -170,9 +170,9 @@ mod tests {
     #[test]
     fn lookup_tables_agree_with_class_for() {
         for size in 1..=LOOKUP_MAX {
-            assert_eq!(LOOKUP8[(size + 7) / 8] as usize, class_for(size, 8).unwrap());
+            assert_eq!(LOOKUP8[size.div_ceil(8)] as usize, class_for(size, 8).unwrap());
             let a = if size <= 8 { 8 } else { 16 };
-            let c = LOOKUP16[(size + 7) / 8] as usize;
+            let c = LOOKUP16[size.div_ceil(8)] as usize;
             assert_eq!(c, class_for(size, a).unwrap());
             assert!(class_size(c) >= size);
         }

@@ -1,6 +1,10 @@
 //! The node-targeted API on this machine (the multi-node proof runs in QEMU guests, see
 //! numa-tests/): handles, placement queries, frees from other threads.
 
+// SAFETY (all unsafe blocks in this file): raw allocator calls on blocks the test itself
+// allocated and still owns, with the layout it allocated them with.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
 use std::alloc::Layout;
 
 use allocator_api2::vec::Vec as AVec;

@@ -5,6 +5,10 @@
 //! QEMU guests. Each scenario runs in a child process so the allocator starts with the fake
 //! topology.
 
+// SAFETY (all unsafe blocks in this file): raw allocator calls on blocks the test itself
+// allocated and still owns, with the layout it allocated them with.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
 use std::collections::HashSet;
 use std::process::Command;
 

@@ -2,6 +2,10 @@
 //! verifying contents, alignment, usable size and non-overlap; on one thread and across threads
 //! (producer -> consumer frees).
 
+// SAFETY (all unsafe blocks in this file): raw allocator calls on blocks the test itself
+// allocated and still owns, with the layout it allocated them with.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::mpsc;
 

@@ -1,5 +1,9 @@
 //! Collection-heavy and thread-heavy work with domalloc as the global allocator.
 
+// SAFETY (all unsafe blocks in this file): raw allocator calls on blocks the test itself
+// allocated and still owns, with the layout it allocated them with.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
 use std::collections::HashMap;
 
 #[global_allocator]

@@ -369,6 +369,7 @@ mod tests {
         // SAFETY: the pointer is into this thread's rseq area.
         let a = unsafe { p.read_volatile() } as usize;
         let b = Sys::current_cpu().unwrap();
+        // SAFETY: as above.
         let c = unsafe { p.read_volatile() } as usize;
         assert!(a == b || b == c, "rseq cpu {a}/{c} vs sched_getcpu {b}");
     }
