@@ -22,7 +22,7 @@ pub struct OptionDesc {
 pub const TABLE: &[OptionDesc] = &[
     OptionDesc { name: "DOMALLOC_PURGE_DELAY", default: "10", doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep." },
     OptionDesc { name: "DOMALLOC_PURGE", default: "dontneed", doc: "How pages are returned: `dontneed` (MADV_DONTNEED, re-placed by first touch) or `free` (MADV_FREE, lazy)." },
-    OptionDesc { name: "DOMALLOC_THP", default: "1", doc: "Ask for transparent huge pages on huge blocks (>= 2 MiB, 2 MiB aligned)." },
+    OptionDesc { name: "DOMALLOC_THP", default: "0", doc: "Ask for transparent huge pages (MADV_HUGEPAGE) on huge blocks (>= 2 MiB, always 2 MiB aligned). Faster TLB, but first-touch placement becomes 2 MiB-granular." },
     OptionDesc { name: "DOMALLOC_NUMA", default: "auto", doc: "`auto`: NUMA logic when the machine has more than one node; `0`: act as one node; `1`: force it on." },
     OptionDesc { name: "DOMALLOC_POLICY", default: "local", doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`)." },
     OptionDesc { name: "DOMALLOC_TOPOLOGY_ROOT", default: "/sys", doc: "Read the topology from this directory instead of /sys (for tests with fake sysfs trees)." },
@@ -90,7 +90,7 @@ impl Options {
     const DEFAULT: Options = Options {
         purge_delay_ms: 10,
         purge_mode: PurgeMode::DontNeed,
-        thp: true,
+        thp: false,
         numa: NumaMode::Auto,
         policy: Policy::Local,
         policy_min_size: 0,
