@@ -328,7 +328,11 @@ pub(crate) fn apply_policy(p: *mut u8, size: usize, node: usize, policy_applies:
             if !global::numa_enabled() {
                 return;
             }
-            Placement::Preferred(node)
+            // "This node" is what first touch gives anyway where placement is per thread: only
+            // bind where the OS can do it per range, without touching the pages now.
+            // SAFETY: our own fresh mapping.
+            unsafe { Sys::place(p, size, Placement::Preferred(node)) };
+            return;
         }
     };
     crate::huge::place_range(p, size, placement);

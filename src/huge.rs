@@ -150,7 +150,7 @@ pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: b
                 let mut is_zero = false;
                 if global::numa_enabled() {
                     // Placed again by first touch, and zero.
-                    is_zero = Sys::purge(p, s.huge_size.get(), os::PurgeMode::DontNeed) && Sys::DONTNEED_ZEROES;
+                    is_zero = Sys::purge(p, s.huge_size.get(), os::PurgeMode::DontNeed);
                 }
                 if zero && !is_zero {
                     ptr::write_bytes(p, 0, size);
@@ -199,8 +199,11 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u
     };
     let (policy, min) = global::policy();
     let policy_applies = size >= min && !matches!(policy, Policy::Local);
-    if placed || policy_applies {
-        apply_policy(p, data_size, d.node, policy_applies && !placed);
+    if placed {
+        // Node-targeted: bound to the node per range, or first-touched from it (the BSDs).
+        place_range(p, data_size, os::Placement::Preferred(d.node));
+    } else if policy_applies {
+        apply_policy(p, data_size, d.node, true);
     }
     if opts.thp && data_size >= THP_SIZE {
         // SAFETY: our mapping; the header region stays on small pages.
@@ -249,7 +252,8 @@ pub(crate) fn place_range(p: *mut u8, len: usize, placement: os::Placement<'_>) 
     if unsafe { Sys::place(p, len, placement) } {
         return true;
     }
-    let pages = len / OS_PAGE;
+    let granule = Sys::PLACEMENT_GRANULE.max(OS_PAGE);
+    let pages = len.div_ceil(granule);
     let node_for = |i: usize| -> Option<usize> {
         match placement {
             os::Placement::Local => None,
@@ -269,8 +273,13 @@ pub(crate) fn place_range(p: *mut u8, len: usize, placement: os::Placement<'_>) 
         let (from, to) = (i, j);
         let ok = Sys::with_thread_placement(node, &mut || {
             for k in from..to {
-                // SAFETY: page k of the caller's untouched range; writing zero keeps it zero.
-                unsafe { ptr::write_volatile(p.add(k * OS_PAGE), 0) };
+                // Touch every OS page of the granule (each needs its first fault here).
+                let mut off = k * granule;
+                while off < ((k + 1) * granule).min(len) {
+                    // SAFETY: inside the caller's untouched range; writing zero keeps it zero.
+                    unsafe { ptr::write_volatile(p.add(off), 0) };
+                    off += OS_PAGE;
+                }
             }
         });
         if !ok {

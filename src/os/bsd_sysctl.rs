@@ -16,23 +16,11 @@
 
 #![cfg_attr(not(any(target_os = "freebsd", target_os = "dragonfly")), allow(dead_code))]
 
-use super::{NodeMask, TopologySink};
+use super::{NodeMask, ProcessPolicy, TopologySink};
 use crate::util::{parse_u64, trim};
 
 /// Highest CPU id + 1 the readers handle (FreeBSD's amd64 `MAXCPU` since 14.0; DragonFly's is 256).
 pub(crate) const MAX_CPUS: usize = 1024;
-
-/// Bits in a userland `domainset_t` (`DOMAINSET_SETSIZE`, `<sys/_domainset.h>`): 4 words.
-pub(crate) const DOMAINSET_BITS: usize = 256;
-
-/// Bits in DragonFly's `cpumask_t` (`__cpumask_t { __uint64_t ary[4]; }`).
-pub(crate) const CPUMASK_BITS: usize = 256;
-
-/// FreeBSD's `MAP_ALIGNMENT_SHIFT` (`<sys/mman.h>`): `MAP_ALIGNED(n)` is `n << 24`.
-const MAP_ALIGNMENT_SHIFT: i32 = 24;
-
-/// The page shift below which FreeBSD rejects `MAP_ALIGNED(n)` with `EINVAL`.
-const PAGE_SHIFT: u32 = 12;
 
 /// Distances reported when the firmware gives none (ACPI's defaults, as Linux uses without SLIT).
 const LOCAL_DISTANCE: u32 = 10;
@@ -45,7 +33,8 @@ pub(crate) trait SysctlSource {
     fn read<'a>(&mut self, name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]>;
 }
 
-/// The real source: `sysctlbyname(3)`, which neither allocates nor takes a lock of libc's.
+/// The real source: `sysctlbyname(3)` (a system call, or a name-to-MIB lookup and one; no
+/// allocation) into the caller's buffer.
 #[cfg(any(target_os = "freebsd", target_os = "dragonfly"))]
 pub(crate) struct SysctlByName;
 
@@ -79,15 +68,6 @@ pub(crate) fn read_int(src: &mut dyn SysctlSource, name: &[u8]) -> Option<i64> {
     }
 }
 
-/// Reads a string sysctl into `buf`, without its terminating NUL.
-pub(crate) fn read_str<'a>(src: &mut dyn SysctlSource, name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
-    let v = src.read(name, buf)?;
-    Some(match v {
-        [rest @ .., 0] => rest,
-        _ => v,
-    })
-}
-
 /// Builds the NUL-terminated name `prefix` + decimal `n` + `suffix` (e.g. `dev.cpu.12.%domain`)
 /// in `buf`. Returns `None` if it does not fit.
 pub(crate) fn indexed_name<'a>(buf: &'a mut [u8; 64], prefix: &[u8], n: usize, suffix: &[u8]) -> Option<&'a [u8]> {
@@ -114,178 +94,6 @@ pub(crate) fn indexed_name<'a>(buf: &'a mut [u8; 64], prefix: &[u8], n: usize, s
     Some(&buf[..=len])
 }
 
-/// Parses a C integer as `printf` writes it: decimal, `-` allowed, or `%#x` hex (`0x...`, and a
-/// bare `0`, which `%#x` prints without the prefix).
-fn parse_c_int(s: &[u8]) -> Option<i64> {
-    let s = trim(s);
-    if let Some(hex) = s.strip_prefix(b"0x").or_else(|| s.strip_prefix(b"0X")) {
-        if hex.is_empty() || hex.len() > 16 {
-            return None;
-        }
-        let mut v: u64 = 0;
-        for &c in hex {
-            let d = (c as char).to_digit(16)? as u64;
-            v = (v << 4) | d;
-        }
-        return i64::try_from(v).ok();
-    }
-    match s.strip_prefix(b"-") {
-        Some(rest) => parse_u64(rest).and_then(|v| i64::try_from(v).ok()).map(|v| -v),
-        None => parse_u64(s).and_then(|v| i64::try_from(v).ok()),
-    }
-}
-
-/// Parses FreeBSD's `vm.phys_segs` report and calls `add(domain, bytes)` for each segment.
-/// Returns whether at least one complete segment was found.
-///
-/// The kernel prints, per segment (`sys/vm/vm_phys.c`, `sysctl_vm_phys_segs`):
-/// `"\nSEGMENT %d:\n\nstart:     %#jx\nend:       %#jx\ndomain:    %d\nfree list: %p\n"`.
-pub(crate) fn parse_phys_segs(s: &[u8], mut add: impl FnMut(usize, u64)) -> bool {
-    let mut found = false;
-    let (mut start, mut end, mut domain) = (None, None, None);
-    let mut flush = |start: &mut Option<i64>, end: &mut Option<i64>, domain: &mut Option<i64>| {
-        if let (Some(a), Some(b), Some(d)) = (*start, *end, *domain) {
-            if b >= a && d >= 0 {
-                add(d as usize, (b - a) as u64);
-                found = true;
-            }
-        }
-        (*start, *end, *domain) = (None, None, None);
-    };
-    for line in s.split(|&c| c == b'\n') {
-        let line = trim(line);
-        if line.starts_with(b"SEGMENT") {
-            flush(&mut start, &mut end, &mut domain);
-        } else if let Some(v) = line.strip_prefix(b"start:") {
-            start = parse_c_int(v);
-        } else if let Some(v) = line.strip_prefix(b"end:") {
-            end = parse_c_int(v);
-        } else if let Some(v) = line.strip_prefix(b"domain:") {
-            domain = parse_c_int(v);
-        }
-    }
-    flush(&mut start, &mut end, &mut domain);
-    found
-}
-
-/// Parses FreeBSD's `vm.phys_locality` (one line `"from: d0 d1 ... "` per domain) and calls
-/// `f(from, to, distance)` for each known entry (the kernel prints `-1` when there is no SLIT).
-pub(crate) fn parse_phys_locality(s: &[u8], mut f: impl FnMut(usize, usize, u32)) {
-    for line in s.split(|&c| c == b'\n') {
-        let Some(colon) = line.iter().position(|&c| c == b':') else { continue };
-        let Some(from) = parse_u64(trim(&line[..colon])) else { continue };
-        let fields = line[colon + 1..].split(|c| c.is_ascii_whitespace()).filter(|t| !t.is_empty());
-        for (to, field) in fields.enumerate() {
-            if let Some(d) = parse_c_int(field) {
-                if d > 0 && d <= u16::MAX as i64 {
-                    f(from as usize, to, d as u32);
-                }
-            }
-        }
-    }
-}
-
-/// Reads the topology of a FreeBSD machine: one node per VM domain (`vm.ndomains`), each CPU's
-/// domain from `dev.cpu.N.%domain`, memory per domain summed from `vm.phys_segs` (1 byte, "has
-/// memory", when that report is unavailable), distances from `vm.phys_locality` (10/20 when the
-/// firmware has no SLIT). Returns false if not even `hw.ncpu` could be read.
-pub(crate) fn read_freebsd_topology(src: &mut dyn SysctlSource, sink: &mut dyn TopologySink) -> bool {
-    let Some(ncpu) = read_int(src, b"hw.ncpu\0").filter(|&n| n > 0) else { return false };
-    let ncpu = ncpu as usize;
-    // CPU ids may have holes (absent CPUs); kern.smp.maxid is the highest one.
-    let cpu_ids = read_int(src, b"kern.smp.maxid\0")
-        .filter(|&m| m >= 0)
-        .map_or(ncpu, |m| (m as usize + 1).max(ncpu))
-        .min(MAX_CPUS);
-    let domains = read_int(src, b"vm.ndomains\0").filter(|&n| n >= 1).map_or(1, |n| n as usize).min(DOMAINSET_BITS);
-    if !sink.possible(cpu_ids, domains) {
-        return false;
-    }
-
-    let mut name = [0u8; 64];
-    for cpu in 0..cpu_ids {
-        let domain = indexed_name(&mut name, b"dev.cpu.", cpu, b".%domain").and_then(|n| read_int(src, n));
-        match domain {
-            Some(d) if d >= 0 && (d as usize) < domains => sink.cpu(cpu, d as usize),
-            // No %domain (a kernel without NUMA, or an absent CPU id): only a guess on one node.
-            _ if domains == 1 => sink.cpu(cpu, 0),
-            _ => {}
-        }
-    }
-
-    let mut buf = [0u8; 8192];
-    let mut mem = [0u64; DOMAINSET_BITS];
-    let mem_known = match read_str(src, b"vm.phys_segs\0", &mut buf) {
-        Some(s) => parse_phys_segs(s, |d, bytes| {
-            if d < mem.len() {
-                mem[d] = mem[d].saturating_add(bytes);
-            }
-        }),
-        None => false,
-    };
-    for (d, &bytes) in mem.iter().enumerate().take(domains) {
-        sink.node_memory(d, if mem_known { bytes } else { 1 });
-    }
-
-    let mut slit = false;
-    if domains > 1 {
-        if let Some(s) = read_str(src, b"vm.phys_locality\0", &mut buf) {
-            parse_phys_locality(s, |from, to, d| {
-                if from < domains && to < domains {
-                    sink.distance(from, to, d);
-                    slit = true;
-                }
-            });
-        }
-    }
-    if !slit {
-        report_default_distances(sink, |d| d < domains);
-    }
-    true
-}
-
-/// Reads the topology of a DragonFly machine: one node per physical package, numbered by the
-/// package id (`hw.cpu_topology.cpuN.physical_id`; ids may be sparse). DragonFly does not report
-/// memory per package, so each node with CPUs is reported as having memory (1 byte); distances are
-/// ACPI's defaults (10 local, 20 remote). Returns false if not even `hw.ncpu` could be read.
-pub(crate) fn read_dragonfly_topology(src: &mut dyn SysctlSource, sink: &mut dyn TopologySink) -> bool {
-    const UNKNOWN: u16 = u16::MAX;
-    let Some(ncpu) = read_int(src, b"hw.ncpu\0").filter(|&n| n > 0) else { return false };
-    let cpu_ids = (ncpu as usize).min(MAX_CPUS);
-    let packages = read_int(src, b"hw.cpu_topology_phys_ids\0").filter(|&n| n >= 1).map_or(1, |n| n as usize);
-
-    let mut package = [UNKNOWN; MAX_CPUS];
-    let mut max_id = None;
-    let mut name = [0u8; 64];
-    for (cpu, slot) in package.iter_mut().enumerate().take(cpu_ids) {
-        let id = indexed_name(&mut name, b"hw.cpu_topology.cpu", cpu, b".physical_id").and_then(|n| read_int(src, n));
-        if let Some(id) = id.filter(|&id| id >= 0 && (id as usize) < NodeMask::CAPACITY) {
-            *slot = id as u16;
-            max_id = Some(max_id.map_or(id as usize, |m: usize| m.max(id as usize)));
-        }
-    }
-    let node_ids = max_id.map_or(1, |m| m + 1).max(packages).min(NodeMask::CAPACITY);
-    if !sink.possible(cpu_ids, node_ids) {
-        return false;
-    }
-    let mut nodes = NodeMask::empty();
-    for (cpu, &p) in package.iter().enumerate().take(cpu_ids) {
-        if p != UNKNOWN {
-            sink.cpu(cpu, p as usize);
-            nodes.insert(p as usize);
-        } else if max_id.is_none() {
-            // No package ids at all (one CPU, or an old kernel): one node.
-            sink.cpu(cpu, 0);
-            nodes.insert(0);
-        }
-    }
-    for n in nodes.iter() {
-        sink.node_memory(n, 1);
-    }
-    report_default_distances(sink, |n| nodes.contains(n));
-    true
-}
-
 /// Reports 10 between a node and itself and 20 between distinct nodes, for nodes `is_node` keeps.
 fn report_default_distances(sink: &mut dyn TopologySink, is_node: impl Fn(usize) -> bool) {
     let nodes = (0..NodeMask::CAPACITY).filter(|&n| is_node(n));
@@ -296,50 +104,306 @@ fn report_default_distances(sink: &mut dyn TopologySink, is_node: impl Fn(usize)
     }
 }
 
-/// FreeBSD: the `mmap` flag `MAP_ALIGNED(log2(align))`, or `None` where the kernel would reject it
-/// (alignment not a power of two, below the page size, or beyond the address width).
-pub(crate) fn map_aligned_flag(align: usize) -> Option<i32> {
-    if !align.is_power_of_two() {
-        return None;
-    }
-    let shift = align.trailing_zeros();
-    if !(PAGE_SHIFT..usize::BITS).contains(&shift) {
-        return None;
-    }
-    Some((shift as i32) << MAP_ALIGNMENT_SHIFT)
-}
+/// FreeBSD: topology from `vm.ndomains` / `dev.cpu.N.%domain` / `vm.phys_segs` /
+/// `vm.phys_locality`, `MAP_ALIGNED`, `domainset` masks and policies.
+#[cfg_attr(not(target_os = "freebsd"), allow(dead_code))]
+pub(crate) mod freebsd {
+    use super::*;
 
-/// DragonFly: whether `MAP_SIZEALIGN` (the mapping is aligned to its own size, which must be a
-/// power of two) gives the requested alignment. It over-aligns when `align < size`, which costs
-/// only address space, and cannot help when `align > size`.
-pub(crate) fn size_align_applies(size: usize, align: usize) -> bool {
-    size.is_power_of_two() && align <= size
-}
+    /// Bits in a userland `domainset_t` (`DOMAINSET_SETSIZE`, `<sys/_domainset.h>`): 4 words.
+    pub(crate) const DOMAINSET_BITS: usize = 256;
+    /// FreeBSD's `DOMAINSET_POLICY_*` (`<sys/domainset.h>`).
+    pub(crate) const DOMAINSET_POLICY_ROUNDROBIN: i32 = 1;
+    pub(crate) const DOMAINSET_POLICY_FIRSTTOUCH: i32 = 2;
+    pub(crate) const DOMAINSET_POLICY_PREFER: i32 = 3;
+    pub(crate) const DOMAINSET_POLICY_INTERLEAVE: i32 = 4;
+    /// FreeBSD's `MAP_ALIGNMENT_SHIFT` (`<sys/mman.h>`): `MAP_ALIGNED(n)` is `n << 24`.
+    const MAP_ALIGNMENT_SHIFT: i32 = 24;
+    /// The page shift below which FreeBSD rejects `MAP_ALIGNED(n)` with `EINVAL`.
+    const PAGE_SHIFT: u32 = 12;
 
-/// FreeBSD: the `domainset_t` words holding only `node`, or `None` if it does not fit.
-pub(crate) fn domain_mask(node: usize) -> Option<[u64; DOMAINSET_BITS / 64]> {
-    if node >= DOMAINSET_BITS {
-        return None;
-    }
-    let mut w = [0u64; DOMAINSET_BITS / 64];
-    w[node / 64] = 1 << (node % 64);
-    Some(w)
-}
-
-/// DragonFly: the `cpumask_t` words of the CPUs whose package is `node`, given `package_of(cpu)`.
-/// Empty when the node has no CPU (the caller then cannot place memory there).
-pub(crate) fn package_cpu_mask(node: usize, package_of: impl Fn(usize) -> Option<usize>) -> [u64; CPUMASK_BITS / 64] {
-    let mut w = [0u64; CPUMASK_BITS / 64];
-    for cpu in 0..CPUMASK_BITS {
-        if package_of(cpu) == Some(node) {
-            w[cpu / 64] |= 1 << (cpu % 64);
+    /// Parses a C integer as `printf` writes it: decimal, `-` allowed, or `%#x` hex (`0x...`, and a
+    /// bare `0`, which `%#x` prints without the prefix).
+    pub(super) fn parse_c_int(s: &[u8]) -> Option<i64> {
+        let s = trim(s);
+        if let Some(hex) = s.strip_prefix(b"0x").or_else(|| s.strip_prefix(b"0X")) {
+            if hex.is_empty() || hex.len() > 16 {
+                return None;
+            }
+            let mut v: u64 = 0;
+            for &c in hex {
+                let d = (c as char).to_digit(16)? as u64;
+                v = (v << 4) | d;
+            }
+            return i64::try_from(v).ok();
+        }
+        match s.strip_prefix(b"-") {
+            Some(rest) => parse_u64(rest).and_then(|v| i64::try_from(v).ok()).map(|v| -v),
+            None => parse_u64(s).and_then(|v| i64::try_from(v).ok()),
         }
     }
-    w
+
+    /// Reads a string sysctl into `buf`, without its terminating NUL.
+    pub(crate) fn read_str<'a>(src: &mut dyn SysctlSource, name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
+        let v = src.read(name, buf)?;
+        Some(match v {
+            [rest @ .., 0] => rest,
+            _ => v,
+        })
+    }
+
+    /// Parses FreeBSD's `vm.phys_segs` report and calls `add(domain, bytes)` for each segment.
+    /// Returns whether at least one complete segment was found.
+    ///
+    /// The kernel prints, per segment (`sys/vm/vm_phys.c`, `sysctl_vm_phys_segs`):
+    /// `"\nSEGMENT %d:\n\nstart:     %#jx\nend:       %#jx\ndomain:    %d\nfree list: %p\n"`.
+    pub(crate) fn parse_phys_segs(s: &[u8], mut add: impl FnMut(usize, u64)) -> bool {
+        let mut found = false;
+        let (mut start, mut end, mut domain) = (None, None, None);
+        let mut flush = |start: &mut Option<i64>, end: &mut Option<i64>, domain: &mut Option<i64>| {
+            if let (Some(a), Some(b), Some(d)) = (*start, *end, *domain) {
+                if b >= a && d >= 0 {
+                    add(d as usize, (b - a) as u64);
+                    found = true;
+                }
+            }
+            (*start, *end, *domain) = (None, None, None);
+        };
+        for line in s.split(|&c| c == b'\n') {
+            let line = trim(line);
+            if line.starts_with(b"SEGMENT") {
+                flush(&mut start, &mut end, &mut domain);
+            } else if let Some(v) = line.strip_prefix(b"start:") {
+                start = parse_c_int(v);
+            } else if let Some(v) = line.strip_prefix(b"end:") {
+                end = parse_c_int(v);
+            } else if let Some(v) = line.strip_prefix(b"domain:") {
+                domain = parse_c_int(v);
+            }
+        }
+        flush(&mut start, &mut end, &mut domain);
+        found
+    }
+
+    /// Parses FreeBSD's `vm.phys_locality` (one line `"from: d0 d1 ... "` per domain) and calls
+    /// `f(from, to, distance)` for each known entry (the kernel prints `-1` when there is no SLIT).
+    pub(crate) fn parse_phys_locality(s: &[u8], mut f: impl FnMut(usize, usize, u32)) {
+        for line in s.split(|&c| c == b'\n') {
+            let Some(colon) = line.iter().position(|&c| c == b':') else { continue };
+            let Some(from) = parse_u64(trim(&line[..colon])) else { continue };
+            let fields = line[colon + 1..].split(|c| c.is_ascii_whitespace()).filter(|t| !t.is_empty());
+            for (to, field) in fields.enumerate() {
+                if let Some(d) = parse_c_int(field) {
+                    if d > 0 && d <= u16::MAX as i64 {
+                        f(from as usize, to, d as u32);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the topology of a FreeBSD machine: one node per VM domain (`vm.ndomains`), each CPU's
+    /// domain from `dev.cpu.N.%domain`, memory per domain summed from `vm.phys_segs` (1 byte, "has
+    /// memory", when that report is unavailable), distances from `vm.phys_locality` (10/20 when the
+    /// firmware has no SLIT). Returns false if not even `hw.ncpu` could be read.
+    pub(crate) fn read_topology(src: &mut dyn SysctlSource, sink: &mut dyn TopologySink) -> bool {
+        let Some(ncpu) = read_int(src, b"hw.ncpu\0").filter(|&n| n > 0) else { return false };
+        let ncpu = ncpu as usize;
+        // CPU ids may have holes (absent CPUs); kern.smp.maxid is the highest one.
+        let cpu_ids = read_int(src, b"kern.smp.maxid\0")
+            .filter(|&m| m >= 0)
+            .map_or(ncpu, |m| (m as usize + 1).max(ncpu))
+            .min(MAX_CPUS);
+        let domains = read_int(src, b"vm.ndomains\0").filter(|&n| n >= 1).map_or(1, |n| n as usize).min(DOMAINSET_BITS);
+        if !sink.possible(cpu_ids, domains) {
+            return false;
+        }
+
+        let mut name = [0u8; 64];
+        for cpu in 0..cpu_ids {
+            let domain = indexed_name(&mut name, b"dev.cpu.", cpu, b".%domain").and_then(|n| read_int(src, n));
+            match domain {
+                Some(d) if d >= 0 && (d as usize) < domains => sink.cpu(cpu, d as usize),
+                // No %domain (a kernel without NUMA, or an absent CPU id): only a guess on one node.
+                _ if domains == 1 => sink.cpu(cpu, 0),
+                _ => {}
+            }
+        }
+
+        let mut buf = [0u8; 8192];
+        let mut mem = [0u64; DOMAINSET_BITS];
+        let mem_known = match read_str(src, b"vm.phys_segs\0", &mut buf) {
+            Some(s) => parse_phys_segs(s, |d, bytes| {
+                if d < mem.len() {
+                    mem[d] = mem[d].saturating_add(bytes);
+                }
+            }),
+            None => false,
+        };
+        for (d, &bytes) in mem.iter().enumerate().take(domains) {
+            sink.node_memory(d, if mem_known { bytes } else { 1 });
+        }
+
+        let mut slit = false;
+        if domains > 1 {
+            if let Some(s) = read_str(src, b"vm.phys_locality\0", &mut buf) {
+                parse_phys_locality(s, |from, to, d| {
+                    if from < domains && to < domains {
+                        sink.distance(from, to, d);
+                        slit = true;
+                    }
+                });
+            }
+        }
+        if !slit {
+            report_default_distances(sink, |d| d < domains);
+        }
+        true
+    }
+
+    /// The `mmap` flag `MAP_ALIGNED(log2(align))`, or `None` where the kernel would reject it
+    /// (alignment not a power of two, below the page size, or beyond the address width).
+    pub(crate) fn map_aligned_flag(align: usize) -> Option<i32> {
+        if !align.is_power_of_two() {
+            return None;
+        }
+        let shift = align.trailing_zeros();
+        if !(PAGE_SHIFT..usize::BITS).contains(&shift) {
+            return None;
+        }
+        Some((shift as i32) << MAP_ALIGNMENT_SHIFT)
+    }
+
+    /// The `domainset_t` words holding only `node`, or `None` if it does not fit.
+    pub(crate) fn domain_mask(node: usize) -> Option<[u64; DOMAINSET_BITS / 64]> {
+        if node >= DOMAINSET_BITS {
+            return None;
+        }
+        let mut w = [0u64; DOMAINSET_BITS / 64];
+        w[node / 64] = 1 << (node % 64);
+        Some(w)
+    }
+
+    /// The policy a thread's `cpuset_getdomain(2)` result (`policy`, `mask`) stands for,
+    /// given `domains` = `vm.ndomains`; `None` for the default, first touch over every domain (the
+    /// kernel's `domainset0`), and on a single domain, where there is nothing to follow.
+    ///
+    /// `cpuset -n` sets these: `first-touch:<list>` restricts first touch to some domains (Linux's
+    /// `--membind`: nearest allowed node first), `prefer:<d>` (the kernel reports only `d` in the
+    /// mask), `round-robin:<list>` / `interleave:<list>`; round-robin over one domain is FreeBSD's
+    /// "fixed" domain, i.e. a bind.
+    pub(crate) fn process_policy(
+        policy: i32,
+        mask: &[u64; DOMAINSET_BITS / 64],
+        domains: usize,
+    ) -> Option<ProcessPolicy> {
+        if domains <= 1 {
+            return None;
+        }
+        let mut nodes = NodeMask::empty();
+        let mut all = true;
+        for d in 0..DOMAINSET_BITS.min(NodeMask::CAPACITY) {
+            let set = mask[d / 64] & (1 << (d % 64)) != 0;
+            if set {
+                nodes.insert(d);
+            } else if d < domains {
+                all = false;
+            }
+        }
+        if nodes.is_empty() {
+            return None;
+        }
+        match policy {
+            DOMAINSET_POLICY_FIRSTTOUCH if all => None,
+            DOMAINSET_POLICY_FIRSTTOUCH => Some(ProcessPolicy::Bind(nodes)),
+            DOMAINSET_POLICY_PREFER => nodes.iter().next().map(ProcessPolicy::Preferred),
+            DOMAINSET_POLICY_ROUNDROBIN | DOMAINSET_POLICY_INTERLEAVE if nodes.len() == 1 => {
+                Some(ProcessPolicy::Bind(nodes))
+            }
+            DOMAINSET_POLICY_ROUNDROBIN | DOMAINSET_POLICY_INTERLEAVE => Some(ProcessPolicy::Interleave(nodes)),
+            _ => None,
+        }
+    }
+}
+
+/// DragonFly: topology from `hw.cpu_topology*`, `MAP_SIZEALIGN`, package CPU masks.
+#[cfg_attr(not(target_os = "dragonfly"), allow(dead_code))]
+pub(crate) mod dragonfly {
+    use super::*;
+
+    /// Bits in DragonFly's `cpumask_t` (`__cpumask_t { __uint64_t ary[4]; }`).
+    pub(crate) const CPUMASK_BITS: usize = 256;
+
+    /// Reads the topology of a DragonFly machine: one node per physical package, numbered by the
+    /// package id (`hw.cpu_topology.cpuN.physical_id`; ids may be sparse). DragonFly does not report
+    /// memory per package, so each node with CPUs is reported as having memory (1 byte); distances are
+    /// ACPI's defaults (10 local, 20 remote). Returns false if not even `hw.ncpu` could be read.
+    pub(crate) fn read_topology(src: &mut dyn SysctlSource, sink: &mut dyn TopologySink) -> bool {
+        const UNKNOWN: u16 = u16::MAX;
+        let Some(ncpu) = read_int(src, b"hw.ncpu\0").filter(|&n| n > 0) else { return false };
+        let cpu_ids = (ncpu as usize).min(MAX_CPUS);
+        let packages = read_int(src, b"hw.cpu_topology_phys_ids\0").filter(|&n| n >= 1).map_or(1, |n| n as usize);
+
+        let mut package = [UNKNOWN; MAX_CPUS];
+        let mut max_id = None;
+        let mut name = [0u8; 64];
+        for (cpu, slot) in package.iter_mut().enumerate().take(cpu_ids) {
+            let key = indexed_name(&mut name, b"hw.cpu_topology.cpu", cpu, b".physical_id");
+            let id = key.and_then(|k| read_int(src, k));
+            if let Some(id) = id.filter(|&id| id >= 0 && (id as usize) < NodeMask::CAPACITY) {
+                *slot = id as u16;
+                max_id = Some(max_id.map_or(id as usize, |m: usize| m.max(id as usize)));
+            }
+        }
+        let node_ids = max_id.map_or(1, |m| m + 1).max(packages).min(NodeMask::CAPACITY);
+        if !sink.possible(cpu_ids, node_ids) {
+            return false;
+        }
+        let mut nodes = NodeMask::empty();
+        for (cpu, &p) in package.iter().enumerate().take(cpu_ids) {
+            if p != UNKNOWN {
+                sink.cpu(cpu, p as usize);
+                nodes.insert(p as usize);
+            } else if max_id.is_none() {
+                // No package ids at all (one CPU, or an old kernel): one node.
+                sink.cpu(cpu, 0);
+                nodes.insert(0);
+            }
+        }
+        for n in nodes.iter() {
+            sink.node_memory(n, 1);
+        }
+        report_default_distances(sink, |n| nodes.contains(n));
+        true
+    }
+
+    /// Whether `MAP_SIZEALIGN` (the mapping is aligned to its own size, which must be a
+    /// power of two) gives the requested alignment. It over-aligns when `align < size`, which costs
+    /// only address space, and cannot help when `align > size`.
+    pub(crate) fn size_align_applies(size: usize, align: usize) -> bool {
+        size.is_power_of_two() && align <= size
+    }
+
+    /// The `cpumask_t` words of the CPUs whose package is `node`, given `package_of(cpu)`.
+    /// Empty when the node has no CPU (the caller then cannot place memory there).
+    pub(crate) fn package_cpu_mask(
+        node: usize,
+        package_of: impl Fn(usize) -> Option<usize>,
+    ) -> [u64; CPUMASK_BITS / 64] {
+        let mut w = [0u64; CPUMASK_BITS / 64];
+        for cpu in 0..CPUMASK_BITS {
+            if package_of(cpu) == Some(node) {
+                w[cpu / 64] |= 1 << (cpu % 64);
+            }
+        }
+        w
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::dragonfly::{package_cpu_mask, size_align_applies};
+    use super::freebsd::*;
     use super::*;
 
     /// A recorded machine: sysctl names (without NUL) and their raw values.
@@ -430,7 +494,8 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
 
     /// 2 sockets x 8 cores x 2 threads; FreeBSD numbers CPUs by APIC id, so socket 0 is 0-15.
     fn freebsd_2s_ints() -> Vec<(String, i64)> {
-        let mut v = vec![("hw.ncpu".to_string(), 32), ("kern.smp.maxid".to_string(), 31), ("vm.ndomains".to_string(), 2)];
+        let mut v: Vec<(String, i64)> =
+            [("hw.ncpu", 32), ("kern.smp.maxid", 31), ("vm.ndomains", 2)].map(|(n, v)| (n.to_string(), v)).into();
         v.extend((0..32).map(|cpu| (format!("dev.cpu.{cpu}.%domain"), (cpu / 16) as i64)));
         v
     }
@@ -464,10 +529,11 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
             assert_eq!(read_int(&mut src, b"vm.ndomains\0"), Some(2));
             assert_eq!(read_int(&mut src, b"vm.nothere\0"), None);
         }
-        let mut src = Recorded::new(&[], &[("kern.ostype", "FreeBSD")], 4);
-        assert_eq!(read_int(&mut src, b"kern.ostype\0"), None); // 8 bytes with NUL, not an int
+        let mut src = Recorded::new(&[], &[("kern.ostype", "DragonFly")], 4);
+        assert_eq!(read_int(&mut src, b"kern.ostype\0"), None); // 10 bytes: not an int
         let mut buf = [0u8; 16];
-        assert_eq!(read_str(&mut src, b"kern.ostype\0", &mut buf), Some(&b"FreeBSD"[..]));
+        assert_eq!(read_str(&mut src, b"kern.ostype\0", &mut buf), Some(&b"DragonFly"[..]));
+        assert_eq!(read_str(&mut src, b"kern.ostype\0", &mut buf[..4]), None); // never truncated
     }
 
     #[test]
@@ -480,7 +546,8 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
         assert_eq!(mem[2], 0);
         // A segment that starts at physical 0 ("%#jx" prints plain 0).
         let mut total = 0;
-        assert!(parse_phys_segs(b"\nSEGMENT 0:\n\nstart:     0\nend:       0x9f000\ndomain:    0\n", |_, b| total += b));
+        let from_zero = b"\nSEGMENT 0:\n\nstart:     0\nend:       0x9f000\ndomain:    0\n";
+        assert!(parse_phys_segs(from_zero, |_, b| total += b));
         assert_eq!(total, 0x9f000);
         assert!(!parse_phys_segs(b"", |_, _| panic!()));
         assert!(!parse_phys_segs(b"\nSEGMENT 0:\n\nstart:     0x1000\n", |_, _| panic!()));
@@ -502,7 +569,7 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
         let mut src = Recorded::new(&[], &strs, 4);
         src.ints = freebsd_2s_ints();
         let mut sink = Sink::default();
-        assert!(read_freebsd_topology(&mut src, &mut sink));
+        assert!(freebsd::read_topology(&mut src, &mut sink));
         assert_eq!(sink.possible, Some((32, 2)));
         assert_eq!(sink.cpus.len(), 32);
         assert_eq!(sink.node_of(0), Some(0));
@@ -522,14 +589,14 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
         let strs = [("vm.phys_segs", big.as_str())];
         let mut src = Recorded::new(&[("hw.ncpu", 4), ("vm.ndomains", 1)], &strs, 4);
         let mut sink = Sink::default();
-        assert!(read_freebsd_topology(&mut src, &mut sink));
+        assert!(freebsd::read_topology(&mut src, &mut sink));
         assert_eq!(sink.possible, Some((4, 1)));
         assert_eq!(sink.cpus, vec![(0, 0), (1, 0), (2, 0), (3, 0)]);
         assert_eq!(sink.mem, vec![(0, 1)]); // present, size unknown
         assert_eq!(sink.dist, vec![(0, 0, 10)]);
         // Nothing at all: the caller falls back to one node.
         let mut empty = Recorded::new(&[], &[], 4);
-        assert!(!read_freebsd_topology(&mut empty, &mut Sink::default()));
+        assert!(!freebsd::read_topology(&mut empty, &mut Sink::default()));
     }
 
     #[test]
@@ -544,7 +611,7 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
         ];
         let mut src = Recorded::new(&ints, &[], 8);
         let mut sink = Sink::default();
-        assert!(read_freebsd_topology(&mut src, &mut sink));
+        assert!(freebsd::read_topology(&mut src, &mut sink));
         assert_eq!(sink.possible, Some((4, 2)));
         assert_eq!(sink.cpus, vec![(0, 0), (1, 1)]);
         assert_eq!(sink.mem, vec![(0, 1), (1, 1)]);
@@ -562,7 +629,7 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
         // 2 packages x 4 cores x 2 threads, numbered package by package as DragonFly's APIC order.
         let mut src = dragonfly(16, 2, |c| (c / 8) as i64);
         let mut sink = Sink::default();
-        assert!(read_dragonfly_topology(&mut src, &mut sink));
+        assert!(dragonfly::read_topology(&mut src, &mut sink));
         assert_eq!(sink.possible, Some((16, 2)));
         assert_eq!(sink.node_of(7), Some(0));
         assert_eq!(sink.node_of(8), Some(1));
@@ -576,7 +643,7 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
         // Firmware that enumerates sockets alternately and names them 0 and 2.
         let mut src = dragonfly(8, 2, |c| if c % 2 == 0 { 0 } else { 2 });
         let mut sink = Sink::default();
-        assert!(read_dragonfly_topology(&mut src, &mut sink));
+        assert!(dragonfly::read_topology(&mut src, &mut sink));
         assert_eq!(sink.possible, Some((8, 3)));
         assert_eq!(sink.node_of(1), Some(2));
         assert_eq!(sink.node_of(2), Some(0));
@@ -588,7 +655,7 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
     fn dragonfly_without_topology_tree() {
         let mut src = Recorded::new(&[("hw.ncpu", 2)], &[], 4);
         let mut sink = Sink::default();
-        assert!(read_dragonfly_topology(&mut src, &mut sink));
+        assert!(dragonfly::read_topology(&mut src, &mut sink));
         assert_eq!(sink.possible, Some((2, 1)));
         assert_eq!(sink.cpus, vec![(0, 0), (1, 0)]);
         assert_eq!(sink.mem, vec![(0, 1)]);
@@ -610,6 +677,29 @@ domain:    1\nfree list: 0xffffffff81f1cb80\n";
         assert!(size_align_applies(4 << 20, 2 << 20));
         assert!(!size_align_applies(6 << 20, 2 << 20));
         assert!(!size_align_applies(2 << 20, 4 << 20));
+    }
+
+    #[test]
+    fn freebsd_policies_from_cpuset() {
+        let both = [0b11, 0, 0, 0];
+        let second = [0b10, 0, 0, 0];
+        // The default (first touch over all domains), and anything on a one-domain machine.
+        assert_eq!(process_policy(DOMAINSET_POLICY_FIRSTTOUCH, &both, 2), None);
+        assert_eq!(process_policy(DOMAINSET_POLICY_INTERLEAVE, &[1, 0, 0, 0], 1), None);
+        let mut one = NodeMask::empty();
+        one.insert(1);
+        let mut two = one;
+        two.insert(0);
+        // cpuset -n first-touch:1
+        assert_eq!(process_policy(DOMAINSET_POLICY_FIRSTTOUCH, &second, 2), Some(ProcessPolicy::Bind(one)));
+        // cpuset -n prefer:1 (the kernel reports the preferred domain alone)
+        assert_eq!(process_policy(DOMAINSET_POLICY_PREFER, &second, 2), Some(ProcessPolicy::Preferred(1)));
+        // cpuset -n interleave:all, round-robin:all, round-robin:1 (a fixed domain)
+        assert_eq!(process_policy(DOMAINSET_POLICY_INTERLEAVE, &both, 2), Some(ProcessPolicy::Interleave(two)));
+        assert_eq!(process_policy(DOMAINSET_POLICY_ROUNDROBIN, &both, 2), Some(ProcessPolicy::Interleave(two)));
+        assert_eq!(process_policy(DOMAINSET_POLICY_ROUNDROBIN, &second, 2), Some(ProcessPolicy::Bind(one)));
+        assert_eq!(process_policy(0, &both, 2), None);
+        assert_eq!(process_policy(DOMAINSET_POLICY_INTERLEAVE, &[0; 4], 2), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ const MPOL_INTERLEAVE: libc::c_long = 3;
 
 impl Os for Sys {
     const NAME: &'static str = "linux";
-    const DONTNEED_ZEROES: bool = true;
+    const PLACEMENT_GRANULE: usize = super::OS_PAGE;
 
     unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
         // SAFETY: forwarded contract.

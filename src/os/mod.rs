@@ -94,6 +94,7 @@ impl NodeMask {
         if n == 0 { None } else { self.iter().nth(i % n) }
     }
     /// The raw words, as `mbind`'s `nodemask` wants them.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn words(&self) -> &[u64; 16] {
         &self.bits
     }
@@ -133,8 +134,9 @@ pub(crate) trait TopologySink {
 pub(crate) trait Os {
     /// Platform name for reports.
     const NAME: &'static str;
-    /// Whether [`PurgeMode::DontNeed`] leaves pages reading as zero (Linux yes, the BSDs no).
-    const DONTNEED_ZEROES: bool;
+    /// The granularity at which per-thread placement decides a page's node (FreeBSD's 2 MiB
+    /// superpage reservations: the first fault in a 2 MiB block decides the whole block).
+    const PLACEMENT_GRANULE: usize;
 
     /// Maps `size` bytes (a multiple of the OS page size) aligned to `align` (a power of two, at
     /// least the OS page size), readable and writable, reading as zero and not yet touched, so

@@ -7,7 +7,7 @@ pub(crate) struct Sys;
 
 impl Os for Sys {
     const NAME: &'static str = "unix";
-    const DONTNEED_ZEROES: bool = false;
+    const PLACEMENT_GRANULE: usize = super::OS_PAGE;
 
     unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
         // SAFETY: forwarded contract.
