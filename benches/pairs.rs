@@ -4,6 +4,10 @@
 //! `cargo bench --bench pairs` (criterion). The allocators are called through `GlobalAlloc`
 //! directly, so one binary measures all three under the same conditions.
 
+// SAFETY (all unsafe blocks in this file): raw allocator calls on non-zero layouts; each block
+// is freed once, by the allocator that returned it, with its own layout.
+#![allow(clippy::undocumented_unsafe_blocks, missing_docs)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
@@ -48,7 +52,7 @@ fn single_thread(c: &mut Criterion) {
 
 fn threads(c: &mut Criterion, nthreads: usize, cross: bool) {
     let label = if cross { "pairs/cross-thread" } else { "pairs/2-threads" };
-    let mut g = c.benchmark_group(format!("{label}"));
+    let mut g = c.benchmark_group(label);
     g.throughput(Throughput::Elements((BATCH * nthreads) as u64));
     for size in [16usize, 256, 4096, 65536] {
         let l = Layout::from_size_align(size, 8).unwrap();

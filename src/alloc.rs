@@ -27,7 +27,7 @@ pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
     alloc_generic(size, align, false)
 }
 
-/// C `malloc`: 16-byte alignment above 8 bytes, as glibc.
+/// C `malloc`: 16-byte alignment for every size, as glibc.
 ///
 /// # Safety
 /// None beyond the allocator's contract.
@@ -139,7 +139,8 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     // SAFETY: live segment (lookup checked the map).
     unsafe {
         if (*seg).kind == SEG_HUGE {
-            return (*seg).huge_size.get() - (p as usize - (*seg).huge_data.get() as usize);
+            huge::check_live(seg, p, "malloc_usable_size");
+            return (*seg).huge_size.get();
         }
         match (*page).kind() {
             PageKind::Small | PageKind::Large => (*page).block_size.get() as usize,
@@ -164,6 +165,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // SAFETY: live segment; the caller owns the block.
     let old = unsafe {
         if (*seg).kind == SEG_HUGE {
+            huge::check_live(seg, p, "realloc");
             let q = huge::realloc(seg, p, new_size);
             if !q.is_null() {
                 return q;

@@ -70,6 +70,48 @@ impl Arena {
         p
     }
 
+    /// Collects the remote frees of every queued page and unlinks the pages that became empty
+    /// (their blocks were all freed by other threads after the owner left). Returns them as a
+    /// list linked through `next`, for the caller to hand back to their domains after the lock
+    /// is released. `None`: the lock was busy and `wait` was false.
+    pub(crate) fn reclaim(&self, wait: bool) -> Option<*mut Page> {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return Some(ptr::null_mut());
+        }
+        let mut q = if wait { self.queues.lock() } else { self.queues.try_lock()? };
+        let mut empty: *mut Page = ptr::null_mut();
+        let mut removed = 0;
+        for c in 0..CLASSES {
+            let mut prev: *mut Page = ptr::null_mut();
+            let mut p = q.head[c];
+            while !p.is_null() {
+                // SAFETY: queued pages are live, owned by nobody, and their links are guarded by
+                // the lock we hold; nobody else collects an unowned page's remote list.
+                unsafe {
+                    let next = (*p).next.get();
+                    if crate::page::is_unused(&*p) {
+                        if prev.is_null() {
+                            q.head[c] = next;
+                        } else {
+                            (*prev).next.set(next);
+                        }
+                        if q.tail[c] == p {
+                            q.tail[c] = prev;
+                        }
+                        (*p).next.set(empty);
+                        empty = p;
+                        removed += 1;
+                    } else {
+                        prev = p;
+                    }
+                    p = next;
+                }
+            }
+        }
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        Some(empty)
+    }
+
     /// Pages queued (hint).
     pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

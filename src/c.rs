@@ -23,23 +23,16 @@
 //! | `aligned_alloc` alignment not a power of two | null, `errno = EINVAL` (glibc 2.38) |
 //! | `memalign` alignment not a power of two | rounded up to one (glibc) |
 
+use core::alloc::Layout;
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
 use crate::alloc;
 use crate::os::{Os, Sys, OS_PAGE};
 
-/// Alignment of every block handed to C (glibc's `MALLOC_ALIGNMENT` on 64-bit targets).
+/// Alignment of every block handed to C (glibc's `MALLOC_ALIGNMENT` on 64-bit targets; the core's
+/// `malloc` and `calloc` give it for every size).
 pub const MIN_ALIGN: usize = 16;
-
-/// Raises sizes below [`MIN_ALIGN`] to it. The core's `malloc` gives blocks of 8 bytes or less
-/// 8-byte alignment; glibc (and so C code written against it, and compilers assuming glibc's
-/// `MALLOC_ALIGNMENT`) guarantees 16 for every block, so the C ABI never hands out the 8-byte
-/// class. One compare and a conditional move on the fast path.
-#[inline(always)]
-fn at_least_min_align(size: usize) -> usize {
-    if size < MIN_ALIGN { MIN_ALIGN } else { size }
-}
 
 /// Sets the calling thread's `errno`.
 #[inline]
@@ -60,7 +53,7 @@ fn fail(e: i32) -> *mut c_void {
 fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
     debug_assert!(align.is_power_of_two() && align >= MIN_ALIGN);
     // SAFETY: `align` is a power of two.
-    let p = unsafe { alloc::alloc(at_least_min_align(size), align) };
+    let p = unsafe { alloc::alloc(size, align) };
     if p.is_null() {
         return fail(libc::ENOMEM);
     }
@@ -74,7 +67,7 @@ fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
 #[inline(always)]
 pub unsafe fn malloc(size: usize) -> *mut c_void {
     // SAFETY: no preconditions.
-    let p = unsafe { alloc::malloc(at_least_min_align(size)) };
+    let p = unsafe { alloc::malloc(size) };
     if p.is_null() {
         return fail(libc::ENOMEM);
     }
@@ -99,8 +92,8 @@ pub unsafe fn free(p: *mut c_void) {
 #[inline]
 pub unsafe fn calloc(nmemb: usize, size: usize) -> *mut c_void {
     let Some(total) = nmemb.checked_mul(size) else { return fail(libc::ENOMEM) };
-    // SAFETY: MIN_ALIGN is a power of two.
-    let p = unsafe { alloc::alloc_zeroed(at_least_min_align(total), MIN_ALIGN) };
+    // SAFETY: no preconditions.
+    let p = unsafe { alloc::calloc(total) };
     if p.is_null() {
         return fail(libc::ENOMEM);
     }
@@ -124,7 +117,7 @@ pub unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     // SAFETY: live block, non-zero size, power-of-two alignment.
-    let q = unsafe { alloc::realloc(p.cast(), at_least_min_align(size), MIN_ALIGN) };
+    let q = unsafe { alloc::realloc(p.cast(), size, MIN_ALIGN) };
     if q.is_null() {
         return fail(libc::ENOMEM);
     }
@@ -153,7 +146,7 @@ pub unsafe fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize
         return libc::EINVAL;
     }
     // SAFETY: power of two.
-    let p = unsafe { alloc::alloc(at_least_min_align(size), align.max(MIN_ALIGN)) };
+    let p = unsafe { alloc::alloc(size, align.max(MIN_ALIGN)) };
     if p.is_null() {
         return libc::ENOMEM;
     }
@@ -388,6 +381,38 @@ pub fn malloc_stats() {
 
 // ---- node-aware extras (`include/domalloc.h`) ----
 
+/// The layout of a C block of `size` bytes, or `None` if no block can be that large.
+fn c_layout(size: usize) -> Option<Layout> {
+    Layout::from_size_align(size, MIN_ALIGN).ok()
+}
+
+/// `domalloc_malloc_on_node`: `size` bytes on NUMA node `node`, whichever thread touches them
+/// first; free with `free`. Null with `errno = EINVAL` if the node does not exist or has no
+/// memory, `ENOMEM` when out of memory.
+pub fn malloc_on_node(size: usize, node: c_int) -> *mut c_void {
+    let Some(node) = usize::try_from(node).ok().filter(|&n| crate::Node::new(n).is_some()) else {
+        return fail(libc::EINVAL);
+    };
+    let Some(layout) = c_layout(size) else { return fail(libc::ENOMEM) };
+    let p = crate::alloc_on_node(layout, node);
+    if p.is_null() {
+        return fail(libc::ENOMEM);
+    }
+    p.cast()
+}
+
+/// `domalloc_malloc_interleaved`: `size` bytes in a mapping of their own whose pages alternate
+/// over every node with memory (for data every thread reads); free with `free`. Null with
+/// `errno = ENOMEM` on failure.
+pub fn malloc_interleaved(size: usize) -> *mut c_void {
+    let Some(layout) = c_layout(size) else { return fail(libc::ENOMEM) };
+    let p = crate::alloc_interleaved(layout, None);
+    if p.is_null() {
+        return fail(libc::ENOMEM);
+    }
+    p.cast()
+}
+
 /// `domalloc_node_of`: the node whose domain owns the block `p`, or -1 for null and pointers
 /// domalloc did not hand out.
 pub fn node_of(p: *const c_void) -> c_int {
@@ -498,6 +523,24 @@ mod tests {
         assert!(node_of(p) >= 0);
         assert_eq!(node_of(ptr::null()), -1);
         assert!(node_count() >= 1);
+        let here = current_node();
+        let q = malloc_on_node(5000, here);
+        assert!(!q.is_null());
+        assert_eq!(node_of(q), here);
+        set_errno(0);
+        assert!(malloc_on_node(10, -1).is_null());
+        assert_eq!(errno(), libc::EINVAL);
+        assert!(malloc_on_node(10, 100_000).is_null());
+        assert!(malloc_on_node(usize::MAX, here).is_null());
+        assert_eq!(errno(), libc::ENOMEM);
+        let r = malloc_interleaved(3 << 20);
+        assert!(!r.is_null());
+        assert!(malloc_interleaved(usize::MAX / 2).is_null());
+        // SAFETY: our own blocks.
+        unsafe {
+            free(q);
+            free(r);
+        }
         // SAFETY: our own block.
         unsafe { free(p) };
         let _ = malloc_trim(0);

@@ -55,6 +55,8 @@ pub(crate) struct Domain {
     pub(crate) huge_cache: crate::huge::HugeCache,
     /// The heap serving node-targeted small allocations for this node (created on first use).
     pub(crate) node_heap: SpinLock<NodeHeap>,
+    /// When (ms) `global::maintain` last swept this node's arenas for emptied pages.
+    pub(crate) last_reclaim_ms: core::sync::atomic::AtomicU64,
 }
 
 /// Slot for a domain's node-targeted heap.

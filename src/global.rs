@@ -21,7 +21,6 @@ use crate::topology;
 
 const UNINIT: u8 = 0;
 const READY: u8 = 2;
-const FAILED: u8 = 3;
 
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 static INIT_LOCK: SpinLock<()> = SpinLock::new(());
@@ -71,7 +70,6 @@ fn tables() -> &'static Tables {
 pub(crate) fn ensure_init() -> bool {
     match STATE.load(Ordering::Acquire) {
         READY => true,
-        FAILED => false,
         _ => init_slow(),
     }
 }
@@ -80,25 +78,40 @@ pub(crate) fn ensure_init() -> bool {
 #[inline(never)]
 fn init_slow() -> bool {
     let _g = INIT_LOCK.lock();
-    match STATE.load(Ordering::Acquire) {
-        READY => return true,
-        FAILED => return false,
-        _ => {}
+    if STATE.load(Ordering::Acquire) == READY {
+        return true;
     }
     let ok = init_locked();
-    STATE.store(if ok { READY } else { FAILED }, Ordering::Release);
+    // A failure (no memory for the tables) is not final: the next allocation tries again, so a
+    // transient mapping failure at start-up does not disable the allocator for good.
+    if ok {
+        STATE.store(READY, Ordering::Release);
+    }
     if ok && options::get().verbose {
         crate::stats::print_banner();
     }
     ok
 }
 
+/// Stages of initialisation already done by an earlier, failed attempt (under `INIT_LOCK`).
+static OPTIONS_READ: AtomicBool = AtomicBool::new(false);
+static TOPOLOGY_READ: AtomicBool = AtomicBool::new(false);
+
 fn init_locked() -> bool {
-    options::init();
+    // Options (and the fault injection they configure) are read once: a retry must not undo a
+    // later `set_fault_injection`.
+    if !OPTIONS_READ.load(Ordering::Relaxed) {
+        options::init();
+        let opts = options::get();
+        os::set_fault_injection(opts.fail_map_every, opts.fail_map_after);
+        OPTIONS_READ.store(true, Ordering::Relaxed);
+    }
     let opts = options::get();
-    os::set_fault_injection(opts.fail_map_every, opts.fail_map_after);
-    if !topology::init(opts.topology_root) {
-        return false;
+    if !TOPOLOGY_READ.load(Ordering::Relaxed) {
+        if !topology::init(opts.topology_root) {
+            return false;
+        }
+        TOPOLOGY_READ.store(true, Ordering::Relaxed);
     }
     let topo = topology::get();
     let numa = match opts.numa {
@@ -115,15 +128,26 @@ fn init_locked() -> bool {
     let (domains, arenas) = unsafe {
         (os::map_aligned(dom_bytes, OS_PAGE) as *mut Domain, os::map_aligned(arena_bytes, OS_PAGE) as *mut Arena)
     };
-    if domains.is_null() || arenas.is_null() {
+    let Some(key) = (!domains.is_null() && !arenas.is_null())
+        .then(|| Sys::thread_key_create(heap::thread_done))
+        .flatten()
+    else {
+        // SAFETY: our own fresh mappings (or null), not published.
+        unsafe {
+            if !domains.is_null() {
+                Sys::unmap(domains.cast(), dom_bytes);
+            }
+            if !arenas.is_null() {
+                Sys::unmap(arenas.cast(), arena_bytes);
+            }
+        }
         return false;
-    }
+    };
     for n in 0..n_domains {
         // SAFETY: within the table.
         unsafe { (*domains.add(n)).init(n) };
     }
     let solo_node = (0..n_domains).find(|&n| topo.has_memory(n)).unwrap_or(0);
-    let Some(key) = Sys::thread_key_create(heap::thread_done) else { return false };
     let (mut policy, mut policy_min_size, mut policy_external) = (opts.policy, opts.policy_min_size, false);
     if policy == Policy::Local {
         if let Some(pp) = Sys::process_policy() {
@@ -258,12 +282,44 @@ pub(crate) fn cpus_of_node(node: usize) -> &'static [u32] {
 /// Periodic work from heap slow paths: purge what is due.
 pub(crate) fn maintain(node: usize) {
     let d = domain(node);
+    let now = Sys::now_ms();
+    // Pages left in this node's arenas by exited threads and then emptied by remote frees go
+    // back to their domains, at most once per purge delay (the walk is over every queued page).
+    let last = d.last_reclaim_ms.load(Ordering::Relaxed);
+    if now >= last.saturating_add(options::get().purge_delay_ms.max(1))
+        && d.last_reclaim_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        let cpus = cpus_of_node(node);
+        if cpus.is_empty() {
+            for i in 0..tables().n_arenas {
+                reclaim_arena(i, false);
+            }
+        } else {
+            for &cpu in cpus {
+                reclaim_arena(cpu as usize, false);
+            }
+        }
+    }
     if let Some(mut g) = d.lock.try_lock() {
-        d.maybe_purge(&mut g, Sys::now_ms(), false);
+        d.maybe_purge(&mut g, now, false);
     }
     let age = options::get().purge_delay_ms;
     if age != u64::MAX {
         d.huge_cache.trim(age);
+    }
+}
+
+/// Returns arena `i`'s pages that remote frees emptied to their domains.
+fn reclaim_arena(i: usize, wait: bool) {
+    let Some(mut p) = arena(i).reclaim(wait) else { return };
+    while !p.is_null() {
+        // SAFETY: `reclaim` unlinked these unused, unowned span heads; we are their only holder.
+        unsafe {
+            let next = (*p).next.get();
+            (*p).next.set(ptr::null_mut());
+            domain((*(*p).segment()).node as usize).free_span(p);
+            p = next;
+        }
     }
 }
 
@@ -277,6 +333,9 @@ pub(crate) fn collect(force: bool) {
     if !crate::tls::is_sentinel(h) {
         // SAFETY: our own heap.
         unsafe { (*h).flush_pending() };
+    }
+    for i in 0..tables().n_arenas {
+        reclaim_arena(i, true);
     }
     for n in 0..domain_slots() {
         let d = domain(n);
@@ -445,8 +504,15 @@ pub(crate) fn orphan_alloc(c: usize) -> *mut u8 {
 unsafe extern "C" fn fork_prepare() {
     core::mem::forget(INIT_LOCK.lock());
     core::mem::forget(ORPHAN.lock());
-    core::mem::forget(POOL.lock());
     let t = tables();
+    // Lock order: the orphan and node heaps are held while refilling (which takes the pool,
+    // domain, arena and huge-cache locks), so they come first; the huge caches take nothing
+    // while held, so they come last.
+    for n in 0..t.n_domains {
+        // SAFETY: table in range.
+        core::mem::forget(unsafe { &*t.domains.add(n) }.node_heap.lock());
+    }
+    core::mem::forget(POOL.lock());
     for n in 0..t.n_domains {
         // SAFETY: table in range.
         let d = unsafe { &*t.domains.add(n) };
@@ -455,6 +521,10 @@ unsafe extern "C" fn fork_prepare() {
     for i in 0..t.n_arenas {
         arena(i).lock_for_fork();
     }
+    for n in 0..t.n_domains {
+        // SAFETY: table in range.
+        unsafe { &*t.domains.add(n) }.huge_cache.lock_for_fork();
+    }
 }
 
 unsafe fn fork_unlock_all() {
@@ -462,6 +532,9 @@ unsafe fn fork_unlock_all() {
     // SAFETY: every lock below was taken by `fork_prepare` in this thread (or its image in the
     // child), and the guards were forgotten.
     unsafe {
+        for n in 0..t.n_domains {
+            (*t.domains.add(n)).huge_cache.unlock_after_fork();
+        }
         for i in 0..t.n_arenas {
             arena(i).unlock_after_fork();
         }
@@ -469,6 +542,9 @@ unsafe fn fork_unlock_all() {
             (*t.domains.add(n)).lock.force_unlock();
         }
         POOL.force_unlock();
+        for n in 0..t.n_domains {
+            (*t.domains.add(n)).node_heap.force_unlock();
+        }
         ORPHAN.force_unlock();
         INIT_LOCK.force_unlock();
     }

@@ -62,8 +62,10 @@ impl HugeCache {
         s
     }
 
-    /// Offers a freed block; returns false if the cache does not want it.
-    fn put(&self, seg: *mut Segment, limit: usize) -> bool {
+    /// Offers a freed block; returns false if the cache does not want it. Entries older than
+    /// `max_age_ms` are released on the way, so a program that keeps freeing huge blocks does
+    /// not hold idle ones past the purge delay.
+    fn put(&self, seg: *mut Segment, limit: usize, max_age_ms: u64) -> bool {
         // SAFETY: header is live.
         let size = unsafe { (*seg).huge_size.get() };
         if size > limit / 2 {
@@ -74,6 +76,15 @@ impl HugeCache {
             let mut g = self.slots.lock();
             let now = Sys::now_ms();
             let mut n = 0;
+            for i in 0..CACHE_SLOTS {
+                if !g.seg[i].is_null() && now.saturating_sub(g.freed_at[i]) >= max_age_ms {
+                    evict[n] = g.seg[i];
+                    n += 1;
+                    // SAFETY: header is live.
+                    g.bytes -= unsafe { (*g.seg[i]).huge_size.get() };
+                    g.seg[i] = ptr::null_mut();
+                }
+            }
             // Make room: evict oldest entries until the new one fits.
             while g.bytes + size > limit || g.seg.iter().all(|s| !s.is_null()) {
                 let mut oldest = usize::MAX;
@@ -126,6 +137,20 @@ impl HugeCache {
                 unsafe { release(s) };
             }
         }
+    }
+
+    /// Takes the cache's lock and keeps it (fork prepare handler).
+    pub(crate) fn lock_for_fork(&self) {
+        core::mem::forget(self.slots.lock());
+    }
+
+    /// Releases the lock taken by [`Self::lock_for_fork`] (fork parent and child handlers).
+    ///
+    /// # Safety
+    /// The lock was taken by `lock_for_fork` in this thread (or its image in a fork child).
+    pub(crate) unsafe fn unlock_after_fork(&self) {
+        // SAFETY: as stated.
+        unsafe { self.slots.force_unlock() }
     }
 
     /// Bytes held.
@@ -290,6 +315,22 @@ pub(crate) fn place_range(p: *mut u8, len: usize, placement: os::Placement<'_>) 
     true
 }
 
+/// Aborts with a clear message naming `what` if `p` is not the live start of the huge block
+/// `seg` (a freed block still held by the cache, or an interior pointer).
+///
+/// # Safety
+/// `seg` is a live huge header.
+pub(crate) unsafe fn check_live(seg: *mut Segment, p: *const u8, what: &str) {
+    // SAFETY: live header.
+    let s = unsafe { &*seg };
+    if s.freed.load(Ordering::Acquire) != 0 {
+        util::fatal(format_args!("{}(): double free or use after free of {:p}", what, p));
+    }
+    if !core::ptr::eq(s.huge_data.get(), p) {
+        util::fatal(format_args!("{}(): invalid pointer {:p} (inside a huge block at {:p})", what, p, s.huge_data.get()));
+    }
+}
+
 /// Frees a huge block. Aborts on a double or interior free.
 ///
 /// # Safety
@@ -306,8 +347,8 @@ pub(crate) unsafe fn free(seg: *mut Segment, p: *mut u8) {
     let d = global::domain(s.node as usize);
     d.counters.huge_blocks.fetch_sub(1, Ordering::Relaxed);
     d.counters.huge_bytes.fetch_sub(s.huge_size.get() as u64, Ordering::Relaxed);
-    let limit = options::get().huge_cache;
-    if limit == 0 || !d.huge_cache.put(seg, limit) {
+    let (limit, age) = (options::get().huge_cache, options::get().purge_delay_ms);
+    if limit == 0 || !d.huge_cache.put(seg, limit, age) {
         // SAFETY: freed, ours.
         unsafe { release(seg) };
     }

@@ -57,6 +57,18 @@ pub enum Policy {
     Interleave(NodeMask),
 }
 
+/// Written in `DOMALLOC_POLICY` syntax (`local`, `bind:0-1`, `preferred:1`, `interleave:0,2`).
+impl core::fmt::Display for Policy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Policy::Local => f.write_str("local"),
+            Policy::Bind(m) => write!(f, "bind:{m}"),
+            Policy::Preferred(n) => write!(f, "preferred:{n}"),
+            Policy::Interleave(m) => write!(f, "interleave:{m}"),
+        }
+    }
+}
+
 /// Parsed options.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -260,5 +272,14 @@ mod tests {
         assert!(parse_policy(b"bind:").is_none());
         assert!(parse_policy(b"bogus").is_none());
         assert!(parse_policy(b"bind:5000").is_none());
+    }
+
+    #[test]
+    fn policies_print_as_they_parse() {
+        for text in ["local", "bind:0-1", "preferred:3", "interleave:0,2-4,7", "bind:5"] {
+            let (p, _) = parse_policy(text.as_bytes()).unwrap();
+            assert_eq!(p.to_string(), text);
+            assert_eq!(parse_policy(p.to_string().as_bytes()).unwrap().0, p);
+        }
     }
 }

@@ -137,13 +137,22 @@ pub(crate) unsafe fn push_remote(page: &Page, head: *mut Block, tail: *mut Block
         let state = old & XSTATE_MASK;
         if state == XSTATE_NOTIFYING {
             wait(&mut spins);
-            old = page.xfree.load(Ordering::Relaxed);
+            // Acquire: pairs with the notifier's release of NOTIFYING, so its writes to the
+            // unfull links happen before ours.
+            old = page.xfree.load(Ordering::Acquire);
             continue;
         }
         // SAFETY: we own the chain until the CAS publishes it.
         unsafe { (*tail).next = (old & !XSTATE_MASK) as *mut Block };
         let new_state = if state == XSTATE_FULL { XSTATE_NOTIFYING } else { state };
-        match page.xfree.compare_exchange_weak(old, head as usize | new_state, Ordering::Release, Ordering::Relaxed) {
+        // AcqRel: releases our chain; acquires the owner's `try_mark_full` (and the last
+        // notifier's writes) before we touch the unfull links.
+        match page.xfree.compare_exchange_weak(
+            old,
+            head as usize | new_state,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => break state == XSTATE_FULL,
             Err(o) => old = o,
         }
@@ -186,14 +195,14 @@ pub(crate) fn clear_full(page: &Page) {
         match old & XSTATE_MASK {
             XSTATE_NOTIFYING => {
                 wait(&mut spins);
-                old = page.xfree.load(Ordering::Relaxed);
+                old = page.xfree.load(Ordering::Acquire);
             }
             XSTATE_FULL => {
                 match page.xfree.compare_exchange_weak(
                     old,
                     old & !XSTATE_MASK,
                     Ordering::AcqRel,
-                    Ordering::Relaxed,
+                    Ordering::Acquire,
                 ) {
                     Ok(_) => return,
                     Err(o) => old = o,

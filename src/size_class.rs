@@ -93,8 +93,7 @@ const fn make_lookup(align: usize) -> [u8; LOOKUP_MAX / 8 + 1] {
     let mut i = 0;
     while i < t.len() {
         let size = if i == 0 { 1 } else { i * 8 };
-        let a = if size <= 8 && align > 8 { 8 } else { align };
-        t[i] = match class_for(size, a) {
+        t[i] = match class_for(size, align) {
             Some(c) => c as u8,
             None => 0,
         };
@@ -105,7 +104,8 @@ const fn make_lookup(align: usize) -> [u8; LOOKUP_MAX / 8 + 1] {
 
 /// `(size + 7) / 8` -> class, for alignment up to 8 (Rust layouts).
 pub static LOOKUP8: [u8; LOOKUP_MAX / 8 + 1] = make_lookup(8);
-/// `(size + 7) / 8` -> class, for C `malloc` (16-byte alignment above 8 bytes, as glibc).
+/// `(size + 7) / 8` -> class, for C `malloc` (16-byte alignment for every size, as glibc's
+/// `MALLOC_ALIGNMENT`: C code and compilers written against glibc assume it even for tiny blocks).
 pub static LOOKUP16: [u8; LOOKUP_MAX / 8 + 1] = make_lookup(16);
 
 // Compile-time invariants of the class table.
@@ -171,9 +171,9 @@ mod tests {
     fn lookup_tables_agree_with_class_for() {
         for size in 1..=LOOKUP_MAX {
             assert_eq!(LOOKUP8[size.div_ceil(8)] as usize, class_for(size, 8).unwrap());
-            let a = if size <= 8 { 8 } else { 16 };
             let c = LOOKUP16[size.div_ceil(8)] as usize;
-            assert_eq!(c, class_for(size, a).unwrap());
+            assert_eq!(c, class_for(size, 16).unwrap());
+            assert_eq!(class_size(c) % 16, 0);
             assert!(class_size(c) >= size);
         }
     }

@@ -210,7 +210,7 @@ pub(crate) fn print_banner() {
     let o = options::get();
     let t = topology::get();
     eprint(format_args!(
-        "domalloc: {} numa={} nodes-with-memory={} cpu-ids={} node-ids={} purge-delay={}ms purge={:?} thp={} policy={:?}@{}{}\n",
+        "domalloc: {} numa={} nodes-with-memory={} cpu-ids={} node-ids={} purge-delay={}ms purge={:?} thp={} policy={} min-size={}{}\n",
         <Sys as Os>::NAME,
         global::numa_enabled(),
         t.memory_node_count(),

@@ -85,6 +85,7 @@ case!(stats_at_exit, &[("DOMALLOC_STATS", "1")], |se| {
 case!(verbose, &[("DOMALLOC_VERBOSE", "1")], |se| {
     assert!(se.contains("domalloc: linux numa="), "no banner:\n{se}");
     assert!(se.contains("domalloc: node 0 memory"), "no topology:\n{se}");
+    assert!(se.contains(" policy=local min-size=0"), "policy not in option syntax:\n{se}");
 });
 
 case!(malformed, &[("DOMALLOC_PURGE_DELAY", "soon"), ("DOMALLOC_VERBOSE", "1")], |se| {
@@ -94,6 +95,8 @@ case!(malformed, &[("DOMALLOC_PURGE_DELAY", "soon"), ("DOMALLOC_VERBOSE", "1")],
 
 case!(purge_delay_zero, &[("DOMALLOC_PURGE_DELAY", "0")], |_se| {});
 
-case!(policy_threshold, &[("DOMALLOC_POLICY", "interleave:0@64k")], |_se| {});
+case!(policy_threshold, &[("DOMALLOC_POLICY", "interleave:0@64k"), ("DOMALLOC_VERBOSE", "1")], |se| {
+    assert!(se.contains(" policy=interleave:0 min-size=65536"), "policy not shown as set:\n{se}");
+});
 
 case!(huge_thp_alignment, &[], |_se| {});

@@ -1,4 +1,17 @@
-//! The README documents every option in the options table, and nothing else named DOMALLOC_*.
+//! The README documents every allocator option in the options table, every variable the tools
+//! and test harnesses read in the tools table, and nothing else named DOMALLOC_*.
+
+/// Variables read by the launcher, the benchmark and the test harnesses, not by the allocator.
+const TOOL_VARIABLES: &[&str] = &[
+    "DOMALLOC_LIB",
+    "DOMALLOC_SO",
+    "DOMALLOC_NIGHTLY",
+    "DOMALLOC_QEMU_TESTS",
+    "DOMALLOC_QEMU_TIMEOUT",
+    "DOMALLOC_NUMA_GUEST",
+    "DOMALLOC_NUMA_GUEST_SYSTEM",
+    "DOMALLOC_SOAK_SECS",
+];
 
 #[test]
 fn readme_lists_every_option() {
@@ -7,11 +20,15 @@ fn readme_lists_every_option() {
         let row = format!("| `{}` | `{}` |", o.name, o.default);
         assert!(readme.contains(&row), "README lacks the row for {} (default {})", o.name, o.default);
     }
+    for v in TOOL_VARIABLES {
+        assert!(readme.contains(&format!("| `{v}` |")), "README lacks the tools-table row for {v}");
+        assert!(!domalloc::options::TABLE.iter().any(|o| o.name == *v), "{v} is an allocator option");
+    }
     for word in readme.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("DOMALLOC_") && word.len() > "DOMALLOC_".len() {
             assert!(
-                domalloc::options::TABLE.iter().any(|o| o.name == word),
-                "README mentions {word}, which is not an option"
+                domalloc::options::TABLE.iter().any(|o| o.name == word) || TOOL_VARIABLES.contains(&word),
+                "README mentions {word}, which is neither an option nor a tool variable"
             );
         }
     }

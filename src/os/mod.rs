@@ -105,6 +105,31 @@ impl NodeMask {
     }
 }
 
+/// Written as numactl does: ranges and single ids, comma separated (`0-2,5`).
+impl core::fmt::Display for NodeMask {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut first = true;
+        let mut n = 0;
+        while n < Self::CAPACITY {
+            if !self.contains(n) {
+                n += 1;
+                continue;
+            }
+            let mut end = n;
+            while end + 1 < Self::CAPACITY && self.contains(end + 1) {
+                end += 1;
+            }
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            if end == n { write!(f, "{n}")? } else { write!(f, "{n}-{end}")? }
+            n = end + 1;
+        }
+        Ok(())
+    }
+}
+
 /// A memory policy set on the process from outside (numactl, a launcher).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ProcessPolicy {

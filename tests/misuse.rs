@@ -1,0 +1,405 @@
+//! Heap misuse: what domalloc detects, in which mode, and how it reports it.
+//!
+//! Every detected misuse prints exactly one line `domalloc: error: <what>(): <problem> <address>`
+//! to stderr and aborts (SIGABRT). Each case below runs in a child process (this test binary,
+//! started again with `DOMALLOC_MISUSE_CASE=<case>`), and the parent checks the signal, the one
+//! line, the problem named and the address.
+//!
+//! | misuse                                              | default build          | `--features check`     |
+//! |-----------------------------------------------------|------------------------|------------------------|
+//! | double free, large block (> 128 KiB, <= 1 MiB) (0)  | detected               | detected               |
+//! | double free, huge block (> 1 MiB), cached or not    | detected (1)           | detected (1)           |
+//! | free of a foreign pointer (stack/static/mmap/libc)  | detected               | detected               |
+//! | free of an interior pointer of a large/huge block   | detected               | detected               |
+//! | realloc / malloc_usable_size of a freed large block | detected               | detected               |
+//! | realloc of a freed huge block                       | NOT detected (2)       | NOT detected (2)       |
+//! | double free, small block, by the owning thread      | NOT detected (3)       | detected               |
+//! | free of an interior pointer of a small block        | NOT detected (3)       | detected               |
+//! | double free, small block, by another thread         | NOT detected (3)       | NOT detected (4)       |
+//! | free after the block was reused by a new allocation | NOT detected (5)       | NOT detected (5)       |
+//!
+//! 0. "Large" is above the biggest small class (128 KiB): a 100 KiB block is a small block.
+//! 1. While the freed block sits in the huge cache (default) the error says "double free"; once
+//!    its mapping is gone (`DOMALLOC_HUGE_CACHE=0`) it says "not allocated by domalloc".
+//! 2. `realloc` does not look at the huge header's `freed` flag: the freed (cached) mapping is
+//!    resized and handed back while the cache still holds it, so the next huge `malloc` returns
+//!    the same memory. `realloc_freed_huge` reproduces it (ignored until the core checks the
+//!    flag: `cargo test --test misuse -- --ignored`).
+//! 3. The fast path does no check: the block enters the free list twice (or a non-block
+//!    address enters it), and a later allocation returns memory in use. Build with
+//!    `--features check` while hunting such bugs.
+//! 4. Remote frees go onto a lock-free list without looking at it; check mode walks only the
+//!    owner's lists.
+//! 5. Once a freed block has been handed out again, a second free is indistinguishable from a
+//!    legitimate one.
+
+// Every case misuses the allocator on purpose (in a child process that must abort): the
+// unsafe blocks are the point, not an oversight.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Command;
+
+use domalloc::raw;
+
+const ENV: &str = "DOMALLOC_MISUSE_CASE";
+
+/// Prints the address the error must name (the parent reads it from stdout).
+fn expect_addr(p: *const u8) {
+    println!("MISUSE-ADDRESS {:p}", p);
+}
+
+/// Runs `body` in a child process when this is the parent; in the child (named case), runs it.
+/// `what` lists the words the error line must contain besides the address.
+fn case(name: &str, env: &[(&str, &str)], what: &[&str], body: fn()) {
+    if let Ok(c) = std::env::var(ENV) {
+        if c == name {
+            body();
+            println!("MISUSE-NOT-DETECTED");
+        }
+        return;
+    }
+    let out = unsafe {
+        Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(ENV, name)
+            .envs(env.iter().copied())
+            .pre_exec(|| {
+                // No core files for the expected aborts.
+                let r = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &r);
+                Ok(())
+            })
+            .output()
+            .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ctx = format!(
+        "case {name}: status {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    assert!(
+        !stdout.contains("MISUSE-NOT-DETECTED"),
+        "misuse not detected: {ctx}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "expected SIGABRT: {ctx}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("domalloc: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "expected exactly one error line: {ctx}");
+    let line = errors[0];
+    let addr = stdout
+        .lines()
+        .find_map(|l| l.split_once("MISUSE-ADDRESS ").map(|(_, a)| a.trim()))
+        .unwrap_or_else(|| panic!("child printed no address: {ctx}"));
+    assert!(
+        line.contains(addr),
+        "error line does not name {addr}: {ctx}"
+    );
+    for w in what {
+        assert!(line.contains(w), "error line does not say {w:?}: {ctx}");
+    }
+}
+
+fn check_mode_only() -> bool {
+    if !cfg!(feature = "check") {
+        eprintln!("skipped: needs `--features check`");
+        return false;
+    }
+    true
+}
+
+// ---- large and huge blocks: always detected ----
+
+#[test]
+fn double_free_large() {
+    case(
+        "double_free_large",
+        &[],
+        &["free()", "double free"],
+        || unsafe {
+            let keep = raw::malloc(200 << 10); // keeps the span's segment busy
+            let p = raw::malloc(200 << 10);
+            raw::free(p);
+            expect_addr(p);
+            raw::free(p);
+            raw::free(keep);
+        },
+    );
+}
+
+#[test]
+fn double_free_huge_cached() {
+    case(
+        "double_free_huge_cached",
+        &[],
+        &["free()", "double free"],
+        || unsafe {
+            let p = raw::malloc(4 << 20);
+            *p = 1;
+            raw::free(p);
+            expect_addr(p);
+            raw::free(p);
+        },
+    );
+}
+
+#[test]
+fn double_free_huge_uncached() {
+    case(
+        "double_free_huge_uncached",
+        &[("DOMALLOC_HUGE_CACHE", "0")],
+        &["free()", "not allocated by domalloc"],
+        || unsafe {
+            let p = raw::malloc(4 << 20);
+            *p = 1;
+            raw::free(p);
+            expect_addr(p);
+            raw::free(p);
+        },
+    );
+}
+
+#[test]
+fn free_interior_large() {
+    case(
+        "free_interior_large",
+        &[],
+        &["free()", "inside a large block"],
+        || unsafe {
+            let p = raw::malloc(200 << 10);
+            let q = p.add(4096 + 8);
+            expect_addr(q);
+            raw::free(q);
+        },
+    );
+}
+
+#[test]
+fn free_interior_huge() {
+    case(
+        "free_interior_huge",
+        &[],
+        &["free()", "inside a huge block"],
+        || unsafe {
+            let p = raw::malloc(4 << 20);
+            let q = p.add(4096);
+            expect_addr(q);
+            raw::free(q);
+        },
+    );
+}
+
+#[test]
+fn realloc_freed_large() {
+    case(
+        "realloc_freed_large",
+        &[],
+        &["realloc()", "double free"],
+        || unsafe {
+            let keep = raw::malloc(200 << 10);
+            let p = raw::malloc(200 << 10);
+            raw::free(p);
+            expect_addr(p);
+            raw::realloc(p, 200 << 10, 16);
+            raw::free(keep);
+        },
+    );
+}
+
+#[test]
+fn usable_size_freed_large() {
+    case(
+        "usable_size_freed_large",
+        &[],
+        &["malloc_usable_size()", "invalid pointer"],
+        || unsafe {
+            let keep = raw::malloc(200 << 10);
+            let p = raw::malloc(200 << 10);
+            raw::free(p);
+            expect_addr(p);
+            std::hint::black_box(raw::usable_size(p));
+            raw::free(keep);
+        },
+    );
+}
+
+// ---- pointers domalloc never returned ----
+
+#[test]
+fn free_stack_pointer() {
+    case(
+        "free_stack_pointer",
+        &[],
+        &["free()", "not allocated by domalloc"],
+        || unsafe {
+            let mut x = [0u8; 64];
+            let p = std::hint::black_box(x.as_mut_ptr());
+            expect_addr(p);
+            raw::free(p);
+        },
+    );
+}
+
+static mut STATIC_BUF: [u64; 8] = [0; 8];
+
+#[test]
+fn free_static_pointer() {
+    case(
+        "free_static_pointer",
+        &[],
+        &["free()", "not allocated by domalloc"],
+        || unsafe {
+            let p = std::hint::black_box(std::ptr::addr_of_mut!(STATIC_BUF) as *mut u8);
+            expect_addr(p);
+            raw::free(p);
+        },
+    );
+}
+
+#[test]
+fn free_mmap_pointer() {
+    case(
+        "free_mmap_pointer",
+        &[],
+        &["free()", "not allocated by domalloc"],
+        || unsafe {
+            // Make sure domalloc has segments around, so the map is not empty.
+            let keep = raw::malloc(64);
+            let len = 8 << 20;
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(m, libc::MAP_FAILED);
+            // A 4 MiB-aligned address inside the mapping: the form huge blocks take, so the
+            // look-up must reject it by the segment map, not by alignment.
+            let p = ((m as usize + (4 << 20) - 1) & !((4 << 20) - 1)) as *mut u8;
+            expect_addr(p);
+            raw::free(p);
+            raw::free(keep);
+        },
+    );
+}
+
+#[test]
+fn free_libc_malloc_pointer() {
+    case(
+        "free_libc_malloc_pointer",
+        &[],
+        &["free()", "not allocated by domalloc"],
+        || unsafe {
+            let p = libc::malloc(100) as *mut u8;
+            expect_addr(p);
+            raw::free(p);
+        },
+    );
+}
+
+#[test]
+fn realloc_foreign_pointer() {
+    case(
+        "realloc_foreign_pointer",
+        &[],
+        &["realloc()", "invalid pointer"],
+        || unsafe {
+            let mut x = [0u8; 64];
+            let p = std::hint::black_box(x.as_mut_ptr());
+            expect_addr(p);
+            raw::realloc(p, 128, 8);
+        },
+    );
+}
+
+#[test]
+fn usable_size_foreign_pointer() {
+    case(
+        "usable_size_foreign_pointer",
+        &[],
+        &["malloc_usable_size()", "invalid pointer"],
+        || unsafe {
+            let mut x = [0u8; 64];
+            let p = std::hint::black_box(x.as_mut_ptr());
+            expect_addr(p);
+            std::hint::black_box(raw::usable_size(p));
+        },
+    );
+}
+
+// ---- small blocks: detected with `--features check` only (owner thread) ----
+
+#[test]
+fn double_free_small_check_mode() {
+    if std::env::var(ENV).is_err() && !check_mode_only() {
+        return;
+    }
+    case(
+        "double_free_small_check_mode",
+        &[],
+        &["free()", "double free", "check mode"],
+        || unsafe {
+            let keep = raw::malloc(64);
+            let p = raw::malloc(64);
+            raw::free(p);
+            expect_addr(p);
+            raw::free(p);
+            raw::free(keep);
+        },
+    );
+}
+
+#[test]
+fn free_interior_small_check_mode() {
+    if std::env::var(ENV).is_err() && !check_mode_only() {
+        return;
+    }
+    case(
+        "free_interior_small_check_mode",
+        &[],
+        &["free()", "not a block start", "check mode"],
+        || unsafe {
+            let p = raw::malloc(64);
+            let q = p.add(8);
+            expect_addr(q);
+            raw::free(q);
+        },
+    );
+}
+
+// ---- known gap: realloc of a freed huge block ----
+
+/// Reproducer for a gap in the core: `realloc` on a freed huge block (still in the huge cache)
+/// is not detected, because the header's `freed` flag is only checked by `free`. Today the
+/// child gets the freed block back from `realloc` while the cache still holds it, and the next
+/// 4 MiB `malloc` returns the same address: two owners of one block. Ignored until the core
+/// checks `freed` in `realloc` (and `malloc_usable_size`); then remove the `ignore`.
+#[test]
+fn realloc_freed_huge() {
+    case(
+        "realloc_freed_huge",
+        &[],
+        &["realloc()", "double free"],
+        || unsafe {
+            let p = raw::malloc(4 << 20);
+            *p = 7;
+            raw::free(p);
+            expect_addr(p);
+            let q = raw::realloc(p, 3 << 20, 16);
+            let r = raw::malloc(4 << 20);
+            println!("realloc of the freed block returned {q:p}; the next 4 MiB block is {r:p}");
+        },
+    );
+}
