@@ -320,6 +320,38 @@ static void test_extras(void) {
     CHECK(domalloc_current_node() >= 0);
     CHECK(domalloc_node_count() >= 1);
     free(p);
+    /* Node-targeted blocks of every kind land on the node asked for. */
+    int here = domalloc_current_node();
+    size_t sizes[] = {0, 1, 100, 5000, 200000, 3 << 20, 40 << 20};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        unsigned char *q = domalloc_malloc_on_node(sizes[i], here);
+        CHECK(q != NULL && ((uintptr_t)q & 15) == 0);
+        if (!q) continue;
+        CHECK(domalloc_node_of(q) == here);
+        CHECK(malloc_usable_size(q) >= sizes[i]);
+        if (sizes[i]) memset(q, 0x3C, sizes[i]);
+        q = realloc(q, sizes[i] * 2 + 1);
+        CHECK(q != NULL && (sizes[i] == 0 || q[sizes[i] - 1] == 0x3C));
+        free(q);
+    }
+    errno = 0;
+    CHECK(domalloc_malloc_on_node(10, -1) == NULL && errno == EINVAL);
+    errno = 0;
+    CHECK(domalloc_malloc_on_node(10, 1 << 20) == NULL && errno == EINVAL);
+    errno = 0;
+    CHECK(domalloc_malloc_on_node(SIZE_MAX, here) == NULL && errno == ENOMEM);
+    size_t il = (size_t)16 << 20;
+    unsigned char *v = domalloc_malloc_interleaved(il);
+    CHECK(v != NULL && domalloc_node_of(v) >= 0 && malloc_usable_size(v) >= il);
+    if (v) {
+        for (size_t j = 0; j < il; j += 4096) v[j] = (unsigned char)j;
+        free(v);
+    }
+    v = domalloc_malloc_interleaved(1);
+    CHECK(v != NULL);
+    free(v);
+    errno = 0;
+    CHECK(domalloc_malloc_interleaved(SIZE_MAX) == NULL && errno == ENOMEM);
     domalloc_print_stats();
 }
 

@@ -3,6 +3,7 @@
  * and freed there (cross-thread frees). Run under LD_PRELOAD. Usage: stress_mt [threads] [ops] */
 #include "common.h"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -20,12 +21,12 @@ static atomic_long bad_blocks;
 
 static size_t pick_size(uint64_t *rng) {
     uint64_t r = dm_rand(rng);
-    unsigned k = (unsigned)(r % 1000);
-    r >>= 10;
-    if (k < 700) return sizeof(struct hdr) + (size_t)(r % 256);      /* tiny */
-    if (k < 950) return sizeof(struct hdr) + (size_t)(r % 4096);     /* small */
-    if (k < 995) return sizeof(struct hdr) + (size_t)(r % 131072);   /* up to 128 KiB */
-    if (k < 999) return sizeof(struct hdr) + (size_t)(r % (2 << 20)); /* large */
+    unsigned k = (unsigned)(r % 10000);
+    r >>= 14;
+    if (k < 7000) return sizeof(struct hdr) + (size_t)(r % 256);      /* tiny */
+    if (k < 9500) return sizeof(struct hdr) + (size_t)(r % 4096);     /* small */
+    if (k < 9950) return sizeof(struct hdr) + (size_t)(r % 131072);   /* up to 128 KiB */
+    if (k < 9995) return sizeof(struct hdr) + (size_t)(r % (2 << 20)); /* large */
     return sizeof(struct hdr) + (4 << 20) + (size_t)(r % (12 << 20)); /* huge */
 }
 
@@ -40,9 +41,19 @@ static struct hdr *make(uint64_t *rng) {
 }
 
 static int verify(struct hdr *h) {
-    if (((uintptr_t)h & 15) != 0) return 0;
-    if (malloc_usable_size(h) < h->size) return 0;
-    return dm_check((unsigned char *)(h + 1), h->size - sizeof *h, h->seed);
+    if (((uintptr_t)h & 15) != 0) {
+        fprintf(stderr, "stress_mt: misaligned block %p\n", (void *)h);
+        return 0;
+    }
+    if (malloc_usable_size(h) < h->size) {
+        fprintf(stderr, "stress_mt: block %p: usable size %zu < %zu\n", (void *)h, malloc_usable_size(h), h->size);
+        return 0;
+    }
+    if (!dm_check((unsigned char *)(h + 1), h->size - sizeof *h, h->seed)) {
+        fprintf(stderr, "stress_mt: block %p of %zu bytes: contents changed\n", (void *)h, h->size);
+        return 0;
+    }
+    return 1;
 }
 
 static void *worker(void *arg) {
@@ -70,8 +81,11 @@ static void *worker(void *arg) {
                 continue;
             }
             size_t k = n - sizeof *r < keep ? n - sizeof *r : keep;
-            if (k > 65536) k = 256; /* big blocks are filled sparsely: check the head only */
-            if (!dm_check((unsigned char *)(r + 1), k, seed)) atomic_fetch_add(&bad_blocks, 1);
+            if (keep > 65536 && k > 256) k = 256; /* big blocks are filled sparsely: check the head */
+            if (!dm_check((unsigned char *)(r + 1), k, seed)) {
+                fprintf(stderr, "stress_mt: realloc %zu -> %zu bytes (%p) lost contents\n", keep, n, (void *)r);
+                atomic_fetch_add(&bad_blocks, 1);
+            }
             old = r;
         }
         free(old);
@@ -82,7 +96,7 @@ static void *worker(void *arg) {
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 8;
     if (argc > 2) ops_per_thread = atol(argv[2]);
-    dm_require_domalloc();
+    if (!getenv("DM_BASELINE")) dm_require_domalloc(); /* DM_BASELINE=1: run on the system malloc */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int round = 0; round < 2; round++) {

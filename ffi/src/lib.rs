@@ -1,0 +1,102 @@
+//! `libdomalloc.so` / `libdomalloc.a`: the C ABI of domalloc.
+//!
+//! Only `#[no_mangle]` shims live here; each forwards to `domalloc::c`, which holds the C
+//! semantics (errno, overflow checks, alignment rules). Exported: the standard and glibc malloc
+//! family, glibc's internal aliases (`__libc_malloc`, ... so that code calling them directly,
+//! like some debuggers and hooks, stays on one allocator), C23 `free_sized`/`free_aligned_sized`,
+//! and the node-aware extras declared in `include/domalloc.h`.
+//!
+//! Use it with `LD_PRELOAD=libdomalloc.so program`, or link with `-ldomalloc` (see
+//! `ffi/README.md`).
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![allow(clippy::missing_safety_doc)]
+
+use core::ffi::{c_int, c_void};
+
+use domalloc::c;
+
+// The shims carry no `# Safety` sections: each has exactly the contract of the C function it
+// exports (and of the `domalloc::c` function it forwards to).
+
+macro_rules! shims {
+    ($($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? = $target:path;)*) => {$(
+        $(#[$m])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($a: $t),*) $(-> $r)? {
+            // SAFETY: the C caller upholds the C function's contract, which is the target's.
+            #[allow(unused_unsafe)]
+            unsafe { $target($($a),*) }
+        }
+    )*};
+}
+
+shims! {
+    /// C `malloc`.
+    fn malloc(size: usize) -> *mut c_void = c::malloc;
+    /// C `free`.
+    fn free(p: *mut c_void) = c::free;
+    /// C `calloc`.
+    fn calloc(nmemb: usize, size: usize) -> *mut c_void = c::calloc;
+    /// C `realloc`.
+    fn realloc(p: *mut c_void, size: usize) -> *mut c_void = c::realloc;
+    /// `reallocarray` (glibc 2.26, POSIX 2024).
+    fn reallocarray(p: *mut c_void, nmemb: usize, size: usize) -> *mut c_void = c::reallocarray;
+    /// POSIX `posix_memalign`.
+    fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int = c::posix_memalign;
+    /// C11 `aligned_alloc`.
+    fn aligned_alloc(align: usize, size: usize) -> *mut c_void = c::aligned_alloc;
+    /// `memalign`.
+    fn memalign(align: usize, size: usize) -> *mut c_void = c::memalign;
+    /// `valloc`.
+    fn valloc(size: usize) -> *mut c_void = c::valloc;
+    /// `pvalloc`.
+    fn pvalloc(size: usize) -> *mut c_void = c::pvalloc;
+    /// `malloc_usable_size`.
+    fn malloc_usable_size(p: *mut c_void) -> usize = c::malloc_usable_size;
+    /// C23 `free_sized`.
+    fn free_sized(p: *mut c_void, size: usize) = c::free_sized;
+    /// C23 `free_aligned_sized`.
+    fn free_aligned_sized(p: *mut c_void, align: usize, size: usize) = c::free_aligned_sized;
+    /// glibc `mallopt`.
+    fn mallopt(param: c_int, value: c_int) -> c_int = c::mallopt;
+    /// glibc `malloc_trim`.
+    fn malloc_trim(pad: usize) -> c_int = c::malloc_trim;
+    /// glibc `mallinfo2`.
+    fn mallinfo2() -> c::Mallinfo2 = c::mallinfo2;
+    /// glibc `mallinfo` (deprecated; fields clamped to `INT_MAX`).
+    fn mallinfo() -> c::Mallinfo = c::mallinfo;
+    /// glibc `malloc_stats`.
+    fn malloc_stats() = c::malloc_stats;
+
+    /// glibc alias of `malloc`.
+    fn __libc_malloc(size: usize) -> *mut c_void = c::malloc;
+    /// glibc alias of `calloc`.
+    fn __libc_calloc(nmemb: usize, size: usize) -> *mut c_void = c::calloc;
+    /// glibc alias of `realloc`.
+    fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void = c::realloc;
+    /// glibc alias of `free`.
+    fn __libc_free(p: *mut c_void) = c::free;
+    /// glibc alias of `memalign`.
+    fn __libc_memalign(align: usize, size: usize) -> *mut c_void = c::memalign;
+    /// glibc alias of `valloc`.
+    fn __libc_valloc(size: usize) -> *mut c_void = c::valloc;
+    /// glibc alias of `pvalloc`.
+    fn __libc_pvalloc(size: usize) -> *mut c_void = c::pvalloc;
+    /// glibc alias of `posix_memalign`.
+    fn __posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int = c::posix_memalign;
+
+    /// `size` bytes on node `node` (free with `free`).
+    fn domalloc_malloc_on_node(size: usize, node: c_int) -> *mut c_void = c::malloc_on_node;
+    /// `size` bytes with pages interleaved over all nodes with memory (free with `free`).
+    fn domalloc_malloc_interleaved(size: usize) -> *mut c_void = c::malloc_interleaved;
+    /// The node owning block `p`; -1 for null or foreign pointers.
+    fn domalloc_node_of(p: *const c_void) -> c_int = c::node_of;
+    /// The node of the CPU the calling thread runs on now.
+    fn domalloc_current_node() -> c_int = c::current_node;
+    /// Number of NUMA nodes with memory (node ids may be sparse).
+    fn domalloc_node_count() -> c_int = c::node_count;
+    /// Prints the statistics report to stderr.
+    fn domalloc_print_stats() = c::print_stats;
+}

@@ -1,0 +1,61 @@
+/*
+ * domalloc.h - node-aware extras of domalloc, a NUMA-aware memory allocator.
+ *
+ * libdomalloc replaces the whole malloc family (malloc, free, calloc, realloc, reallocarray,
+ * posix_memalign, aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size, mallopt,
+ * malloc_trim, mallinfo2, malloc_stats, and C23 free_sized / free_aligned_sized); their
+ * prototypes come from <stdlib.h> and <malloc.h>. This header declares only what domalloc adds.
+ *
+ * Use:   cc app.c $(pkg-config --cflags --libs domalloc)      (or -ldomalloc)
+ * or:    LD_PRELOAD=/path/to/libdomalloc.so ./app             (no rebuild; the extras are then
+ *        reachable with dlsym(RTLD_DEFAULT, "domalloc_current_node"))
+ *
+ * Memory a thread gets from malloc comes from the NUMA node the thread runs on now. Tuning is
+ * by DOMALLOC_* environment variables (see the README), e.g. DOMALLOC_STATS=1 prints per-node
+ * statistics to stderr at exit.
+ */
+#ifndef DOMALLOC_H
+#define DOMALLOC_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DOMALLOC_VERSION_MAJOR 0
+#define DOMALLOC_VERSION_MINOR 1
+
+/* `size` bytes on NUMA node `node`: the pages are bound to that node whichever thread first
+ * touches them. Free with free(). NULL with errno = EINVAL if the node does not exist or has no
+ * memory, ENOMEM when out of memory. Small blocks come from a per-node heap under a lock: use
+ * this for long-lived data placed on purpose, not for hot-path allocation. */
+void *domalloc_malloc_on_node(size_t size, int node);
+
+/* `size` bytes in a mapping of their own whose pages alternate over every node with memory (for
+ * data all threads read, like a lookup table). Page granular: meant for large blocks. Free with
+ * free(). NULL with errno = ENOMEM on failure. */
+void *domalloc_malloc_interleaved(size_t size);
+
+/* The NUMA node whose domain owns block `ptr` (for blocks of 4 MiB and more: the node they were
+ * allocated for; their pages are placed by first touch). -1 for NULL and for pointers domalloc
+ * did not hand out. */
+int domalloc_node_of(const void *ptr);
+
+/* The NUMA node of the CPU the calling thread runs on now: the node whose memory malloc hands
+ * it. 0 on single-node machines (or with DOMALLOC_NUMA=0). */
+int domalloc_current_node(void);
+
+/* The number of NUMA nodes with memory (at least 1). Node ids may be sparse: do not assume
+ * they run from 0 to this count - 1. */
+int domalloc_node_count(void);
+
+/* Prints per-node and per-size-class statistics to stderr (the report DOMALLOC_STATS=1 prints
+ * at exit). Never allocates. */
+void domalloc_print_stats(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DOMALLOC_H */

@@ -1,0 +1,384 @@
+#!/usr/bin/env bash
+# C ABI tests of libdomalloc with real programs: C (linked shared and static, and under
+# LD_PRELOAD), Fortran + OpenMP, Python (a threaded workload and a slice of its own test suite),
+# everyday tools (git, sqlite3, sort, ...) compared with and without the preload, Open MPI ranks,
+# the `domalloc` command, and an install through pkg-config.
+#
+#   scripts/test-ffi.sh            everything
+#   scripts/test-ffi.sh stress     only the tests whose name contains "stress"
+#   QUICK=1 scripts/test-ffi.sh    smaller iteration counts
+#
+# Builds `cargo build --release -p domalloc-ffi -p domalloc-tools` (CARGO_TARGET_DIR is honoured,
+# default target/). As root on Debian it installs the compilers and tools it needs with apt-get.
+# Prints one line per test and a final "N passed, M failed, K skipped"; exits non-zero on any
+# failure.
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+REL=$CARGO_TARGET_DIR/release
+LIB=$REL/libdomalloc.so
+FILTER=${1:-}
+QUICK=${QUICK:-}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/domalloc-ffi.XXXXXX")
+KEEP_WORK=${KEEP_WORK:-}
+trap '[ -n "$KEEP_WORK" ] || rm -rf "$WORK"' EXIT
+export ROOT REL LIB QUICK WORK
+export CFLAGS="-O2 -g -Wall -Wextra -Wno-alloc-size-larger-than -Wno-use-after-free -Wno-free-nonheap-object -Wno-maybe-uninitialized"
+export TESTS=tests/c
+PASSED=0
+FAILED=0
+SKIPPED=0
+FAILED_NAMES=()
+
+say() { printf '%s\n' "$*"; }
+
+# ---- packages ----
+
+ensure_packages() {
+    local want=(gcc gfortran openmpi-bin libopenmpi-dev python3 sqlite3 git pkg-config hwloc libhwloc-dev libudev-dev
+                make binutils procps)
+    local pyver
+    pyver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+    [ -n "$pyver" ] && want+=("libpython$pyver-testsuite")
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
+        return 0
+    fi
+    local missing=()
+    for p in "${want[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null 2>&1 || true
+    # One by one: a package missing from this release (the Python test suite) must not stop the rest.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+        for p in "${missing[@]}"; do apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 || say "  (could not install $p)"; done
+}
+
+# ---- bookkeeping ----
+
+selected() { [ -z "$FILTER" ] || [[ "$1" == *"$FILTER"* ]]; }
+
+# run_test NAME TIMEOUT CMD...: runs CMD (output to $WORK/NAME.log); PASS on exit 0.
+run_test() {
+    local name=$1 limit=$2
+    shift 2
+    selected "$name" || return 0
+    local log="$WORK/$name.log" t0 t1 rc
+    t0=$(date +%s.%N)
+    if declare -F "$1" >/dev/null; then
+        # A shell function: run it in a child bash that has every function of this script.
+        timeout -k 10 "$limit" bash -c "$(declare -f); \"\$@\"" _ "$@" >"$log" 2>&1
+    else
+        timeout -k 10 "$limit" "$@" >"$log" 2>&1
+    fi
+    rc=$?
+    t1=$(date +%s.%N)
+    local secs
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    if [ $rc -eq 0 ]; then
+        PASSED=$((PASSED + 1))
+        local info
+        info=$(grep -E '(^| )(ok|Mops|threads|forks|ranks|RSS|tests OK|Tests result)' "$log" | grep -v '^domalloc:' | tail -1 | cut -c1-110)
+        say "PASS  $name (${secs}s)${info:+  -- $info}"
+    else
+        FAILED=$((FAILED + 1))
+        FAILED_NAMES+=("$name")
+        [ $rc -eq 124 ] && say "FAIL  $name: timed out after ${limit}s" || say "FAIL  $name (exit $rc, ${secs}s)"
+        tail -n 25 "$log" | sed 's/^/      | /'
+    fi
+}
+
+skip() {
+    selected "$1" || return 0
+    SKIPPED=$((SKIPPED + 1))
+    say "SKIP  $1: $2"
+}
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# preload CMD...: CMD with libdomalloc preloaded.
+preload() { LD_PRELOAD="$LIB${LD_PRELOAD:+:$LD_PRELOAD}" "$@"; }
+
+# ---- build ----
+
+ensure_packages
+say "building libdomalloc (release) in $CARGO_TARGET_DIR"
+t0=$(date +%s)
+if ! cargo build --release -p domalloc-ffi -p domalloc-tools >"$WORK/build.log" 2>&1; then
+    tail -n 40 "$WORK/build.log"
+    say "FAIL  build"
+    say "0 passed, 1 failed"
+    exit 1
+fi
+say "built in $(( $(date +%s) - t0 ))s: $LIB"
+
+cc_build() { # cc_build OUT SRC... [flags]: compile a test program into $WORK
+    local out=$1
+    shift
+    gcc $CFLAGS -I"$ROOT/include" -I"$ROOT/$TESTS" -o "$WORK/$out" "$@" >>"$WORK/compile.log" 2>&1 ||
+        { say "      compile of $out failed:"; tail -n 20 "$WORK/compile.log" | sed 's/^/      | /'; return 1; }
+}
+
+N() { # N QUICK FULL: an iteration count
+    if [ -n "$QUICK" ]; then echo "$1"; else echo "$2"; fi
+}
+
+# ---- the library itself ----
+
+check_library() {
+    local deps
+    deps=$(ldd "$LIB") || return 1
+    echo "$deps"
+    if echo "$deps" | grep -Eiq 'hwloc|stdc\+\+|udev'; then
+        echo "libdomalloc.so must not depend on hwloc, libudev or libstdc++"
+        return 1
+    fi
+    local want="malloc free calloc realloc reallocarray posix_memalign aligned_alloc memalign valloc pvalloc
+        malloc_usable_size free_sized free_aligned_sized mallopt malloc_trim mallinfo mallinfo2 malloc_stats
+        __libc_malloc __libc_calloc __libc_realloc __libc_free __libc_memalign __libc_valloc __libc_pvalloc
+        __posix_memalign domalloc_malloc_on_node domalloc_malloc_interleaved domalloc_node_of domalloc_current_node domalloc_node_count domalloc_print_stats"
+    local exported
+    exported=$(nm -D --defined-only "$LIB" | awk '$2 == "T" || $2 == "W" || $2 == "i" { print $3 }' | sed 's/@.*//' | sort -u)
+    local missing=0
+    for s in $want; do
+        echo "$exported" | grep -qx "$s" || { echo "missing export: $s"; missing=1; }
+    done
+    # Everything exported is ours (no Rust or libc internals leaking out).
+    local extra
+    extra=$(echo "$exported" | grep -vxF -f <(printf '%s\n' $want) || true)
+    [ -z "$extra" ] || { echo "unexpected exports: $extra"; missing=1; }
+    readelf -d "$LIB" | grep -q 'SONAME.*libdomalloc.so' || { echo "no SONAME"; missing=1; }
+    readelf -d "$LIB" | grep -q 'NODELETE' || { echo "not linked -z nodelete"; missing=1; }
+    echo "exports ok: $(echo "$exported" | wc -l) symbols"
+    return $missing
+}
+run_test library-deps-and-exports 60 check_library
+
+# ---- C programs ----
+
+# The header test: edge cases compiled against include/domalloc.h, linked with -ldomalloc.
+if cc_build edge_shared "$TESTS/edge_cases.c" -L"$REL" -ldomalloc -Wl,-rpath,"$REL"; then
+    run_test c-edge-cases-linked 120 "$WORK/edge_shared"
+fi
+# The same, linked statically with libdomalloc.a: malloc must come from the executable.
+static_edge() {
+    nm "$WORK/edge_static" | grep -Eq ' T (malloc|domalloc_node_of)$' || { echo "malloc not linked in"; return 1; }
+    ldd "$WORK/edge_static" | grep -q libdomalloc && { echo "linked dynamically"; return 1; }
+    "$WORK/edge_static"
+}
+if cc_build edge_static "$TESTS/edge_cases.c" "$REL/libdomalloc.a" -lgcc_s -lutil -lrt -lpthread -lm -ldl; then
+    run_test c-edge-cases-static 120 static_edge
+fi
+
+if cc_build stress_mt "$TESTS/stress_mt.c" -pthread -ldl; then
+    run_test c-stress-cross-thread 300 preload "$WORK/stress_mt" 8 "$(N 20000 60000)"
+fi
+if cc_build fork_mt "$TESTS/fork_mt.c" -pthread -ldl; then
+    run_test c-fork-multithreaded 300 preload "$WORK/fork_mt" "$(N 50 200)" 4 mixed
+    # Regression: the huge-block cache's lock must be held across fork like the others.
+    run_test c-fork-huge-cache-lock 300 preload "$WORK/fork_mt" "$(N 100 300)" 4 huge
+    # Regression: so must the per-node heap's lock of domalloc_malloc_on_node (NUMA logic forced
+    # on, so a one-node machine takes that path too).
+    run_test c-fork-node-heap-lock 300 env DOMALLOC_NUMA=1 LD_PRELOAD="$LIB" "$WORK/fork_mt" "$(N 30 60)" 4 onnode
+fi
+if cc_build thread_churn "$TESTS/thread_churn.c" -pthread -ldl; then
+    run_test c-thread-exit-churn 300 preload "$WORK/thread_churn" "$(N 3000 10000)" 48
+fi
+if cc_build early_preload "$TESTS/early.c" -pthread -ldl &&
+   cc_build early_linked "$TESTS/early.c" -pthread -ldl -L"$REL" -ldomalloc -Wl,-rpath,"$REL"; then
+    run_test c-before-constructors-preload 60 preload "$WORK/early_preload"
+    run_test c-before-constructors-linked 60 "$WORK/early_linked"
+fi
+if cc_build dlopen_late "$TESTS/dlopen_late.c" -pthread -ldl &&
+   cc_build plugin.so "$TESTS/plugin.c" -fPIC -shared; then
+    run_test c-dlopen-library-late 120 "$WORK/dlopen_late" lib "$LIB"
+    run_test c-dlopen-plugin-under-preload 60 preload "$WORK/dlopen_late" plugin "$WORK/plugin.so"
+fi
+
+# DOMALLOC_STATS=1 prints per-node figures on stderr at exit.
+stats_report() {
+    DOMALLOC_STATS=1 preload "$WORK/stress_mt" 2 2000 >"$WORK/stats.out" 2>"$WORK/stats.err" || return 1
+    cat "$WORK/stats.err"
+    grep -q '^domalloc: stats:' "$WORK/stats.err" &&
+        grep -q '^domalloc: node ' "$WORK/stats.err" &&
+        grep -Eq '^domalloc: +[0-9]+ +[0-9]+ ' "$WORK/stats.err" || { echo "no per-node lines"; return 1; }
+    # Without the variable: silent.
+    preload "$WORK/stress_mt" 2 2000 2>"$WORK/nostats.err" >/dev/null || return 1
+    ! grep -q '^domalloc:' "$WORK/nostats.err" || { echo "stats printed without DOMALLOC_STATS"; return 1; }
+    echo "stats report ok"
+}
+[ -x "$WORK/stress_mt" ] && run_test c-stats-report 60 stats_report
+
+# ---- Fortran + OpenMP ----
+
+if have gfortran; then
+    if gfortran -O2 -fopenmp -o "$WORK/omp_arrays" "$TESTS/omp_arrays.f90" >>"$WORK/compile.log" 2>&1; then
+        run_test fortran-openmp-8-threads 120 env OMP_NUM_THREADS=8 LD_PRELOAD="$LIB" "$WORK/omp_arrays"
+        run_test fortran-openmp-2-threads 120 env OMP_NUM_THREADS=2 OMP_PROC_BIND=true LD_PRELOAD="$LIB" "$WORK/omp_arrays"
+    else
+        run_test fortran-openmp-compile 10 false
+    fi
+else
+    skip fortran-openmp "gfortran not installed"
+fi
+
+# ---- Python ----
+
+PY=$(command -v python3 || true)
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3 # not a version-manager shim
+if [ -n "$PY" ]; then
+    run_test python-threaded-workload 300 preload "$PY" tests/python/workload.py "$(N 3 8)"
+    PY_TESTS="test_dict test_list test_set test_deque test_json test_re test_struct test_array test_bytes
+        test_unicode test_collections test_pickle test_queue test_zlib test_hashlib test_mmap test_thread
+        test_threading test_threading_local test_gc test_ctypes"
+    [ -n "$QUICK" ] && PY_TESTS="test_dict test_list test_set test_json test_thread test_gc"
+    if "$PY" -c 'import test.libregrtest, test.test_dict' >/dev/null 2>&1; then
+        run_test python-stdlib-tests 900 preload "$PY" -m test -j2 $PY_TESTS
+    else
+        skip python-stdlib-tests "the Python test suite is not installed (Debian: libpython3.X-testsuite)"
+    fi
+else
+    skip python "python3 not installed"
+fi
+
+# ---- everyday tools, compared with and without the preload ----
+
+# same_output NAME CMD...: CMD's stdout and exit status are identical with and without
+# libdomalloc, and with it libdomalloc really is mapped into the command.
+same_output() {
+    local name=$1
+    shift
+    (cd "$WORK/tools" && "$@") >"$WORK/$name.plain" 2>&1
+    local rc1=$?
+    (cd "$WORK/tools" && preload "$@") >"$WORK/$name.dom" 2>&1
+    local rc2=$?
+    if [ $rc1 -ne $rc2 ] || ! cmp -s "$WORK/$name.plain" "$WORK/$name.dom"; then
+        echo "$name: differs (exit $rc1 vs $rc2)"
+        diff "$WORK/$name.plain" "$WORK/$name.dom" | head -20
+        return 1
+    fi
+    echo "$name: same output ($(wc -c <"$WORK/$name.plain") bytes)"
+}
+
+tools_setup() {
+    mkdir -p "$WORK/tools" && cd "$WORK/tools" || return 1
+    awk 'BEGIN { srand(42); for (i = 0; i < 300000; i++) printf "%08d %s %d\n", int(rand() * 1e8), substr("abcdefghijklmnopqrstuvwxyz", 1 + int(rand() * 26), 1 + int(rand() * 10)), i }' >data.txt
+    cd "$ROOT" || return 1
+}
+
+everyday_tools() {
+    tools_setup || return 1
+    # The preload is real.
+    preload cat /proc/self/maps | grep -q libdomalloc || { echo "libdomalloc not mapped into cat"; return 1; }
+    local failed=0
+    same_output sort sort -k2,2 -k1,1n data.txt || failed=1
+    same_output sort-parallel sort --parallel=4 -S 64M -n data.txt || failed=1
+    same_output awk awk '{ c[$2]++; s += $1 } END { for (k in c) n++; print n, s }' data.txt || failed=1
+    same_output sed-grep sh -c 'sed -e "s/[aeiou]/X/g" data.txt | grep -c "XX"' || failed=1
+    same_output uniq sh -c 'cut -d" " -f2 data.txt | sort | uniq -c | sort -rn | head -50' || failed=1
+    same_output tar-gzip sh -c 'tar cf - data.txt | gzip -1 | gzip -dc | tar xOf - | md5sum' || failed=1
+    if have sqlite3; then
+        same_output sqlite3 sqlite3 :memory: "
+            CREATE TABLE t(a INTEGER, b TEXT, c REAL);
+            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
+            INSERT INTO t SELECT i, printf('row-%d-%s', i, hex(i * 7919)), i * 0.5 FROM n;
+            CREATE INDEX tb ON t(b);
+            SELECT count(*), sum(a), max(length(b)), avg(c) FROM t;
+            SELECT b FROM t WHERE b LIKE 'row-1999%' ORDER BY b LIMIT 5;
+            SELECT a % 7, count(*), group_concat(a % 10, '') FROM (SELECT a FROM t WHERE a < 2000) GROUP BY a % 7;
+            DELETE FROM t WHERE a % 3 = 0; VACUUM;
+            SELECT count(*) FROM t; PRAGMA integrity_check;" || failed=1
+    fi
+    if have git; then
+        git_work() {
+            export HOME="$WORK/tools/home" GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@e \
+                GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@e GIT_AUTHOR_DATE='2020-01-01T00:00:00Z' \
+                GIT_COMMITTER_DATE='2020-01-01T00:00:00Z'
+            local d
+            d=$(mktemp -d "$WORK/tools/git.XXXXXX")
+            cd "$d" && git init -q -b main . || return 1
+            for i in $(seq 1 15); do
+                awk -v i="$i" 'NR % 15 == i - 1 { print i, $0 }' ../data.txt >"f$((i % 5)).txt"
+                git add -A && git commit -q -m "commit $i" || return 1
+            done
+            git gc -q --aggressive && git fsck --no-progress 2>&1 && git log --stat --format='%H %s' | md5sum &&
+                git rev-parse HEAD && git diff HEAD~5 --stat | tail -1 && git grep -c 'abc' HEAD | sort
+        }
+        export -f git_work
+        export WORK
+        same_output git bash -c git_work || failed=1
+    fi
+    return $failed
+}
+run_test everyday-tools 600 everyday_tools
+
+# ---- Open MPI ----
+
+if have mpicc && have mpirun; then
+    if mpicc -O2 -Wall -I"$ROOT/$TESTS" -o "$WORK/mpi_exchange" "$TESTS/mpi_exchange.c" -ldl >>"$WORK/compile.log" 2>&1; then
+        run_test mpi-4-ranks 300 mpirun --allow-run-as-root --oversubscribe -np 4 \
+            --mca btl self,vader -x LD_PRELOAD="$LIB" "$WORK/mpi_exchange"
+    else
+        run_test mpi-compile 10 false
+    fi
+else
+    skip mpi "Open MPI (mpicc, mpirun) not installed"
+fi
+
+# ---- the domalloc command ----
+
+if [ -x "$REL/domalloc" ]; then
+    tool_run() {
+        # Finds the library next to itself; --stats and a numactl-style policy reach the program.
+        "$REL/domalloc" run --stats --interleave all -- "$WORK/stress_mt" 2 2000 2>"$WORK/tool.err" || return 1
+        grep -q '^domalloc: node ' "$WORK/tool.err" || { echo "no stats from domalloc run --stats"; return 1; }
+        [ "$("$REL/domalloc" run --policy local -- sh -c 'echo "$DOMALLOC_POLICY $LD_PRELOAD"')" = "local $LIB" ] ||
+            { echo "environment not passed"; return 1; }
+        "$REL/domalloc" run --policy nonsense -- true 2>/dev/null && { echo "bad policy accepted"; return 1; }
+        "$REL/domalloc" run -- /nonexistent/program 2>/dev/null
+        [ $? -eq 127 ] || { echo "missing program: expected exit 127"; return 1; }
+        "$REL/domalloc" lib
+        echo "domalloc run ok"
+    }
+    [ -x "$WORK/stress_mt" ] && run_test tool-domalloc-run 60 tool_run
+    run_test tool-domalloc-topo 60 "$REL/domalloc" topo
+else
+    skip tool-domalloc "the domalloc command was not built"
+fi
+
+# ---- install + pkg-config ----
+
+pkgconfig_install() {
+    local prefix="$WORK/prefix"
+    NO_BUILD=1 ffi/install.sh "$prefix" || return 1
+    export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+    pkg-config --exists domalloc || { echo "pkg-config does not find domalloc"; return 1; }
+    # Shared, with pkg-config's flags; the installed `domalloc` finds ../lib/libdomalloc.so.
+    gcc $CFLAGS -I"$ROOT/$TESTS" "$ROOT/$TESTS/edge_cases.c" -o "$WORK/edge_pc" $(pkg-config --cflags --libs domalloc) \
+        -Wl,-rpath,"$prefix/lib" || return 1
+    "$WORK/edge_pc" >/dev/null 2>&1 || { echo "edge_cases (pkg-config, shared) failed"; return 1; }
+    # Static, with Libs.private.
+    gcc $CFLAGS -I"$ROOT/$TESTS" "$ROOT/$TESTS/edge_cases.c" -o "$WORK/edge_pc_static" $(pkg-config --cflags domalloc) \
+        -Wl,-Bstatic $(pkg-config --libs domalloc) -Wl,-Bdynamic $(pkg-config --static --libs-only-l domalloc | sed 's/-ldomalloc//') || return 1
+    "$WORK/edge_pc_static" >/dev/null 2>&1 || { echo "edge_cases (pkg-config, static) failed"; return 1; }
+    [ "$("$prefix/bin/domalloc" lib)" = "$(readlink -f "$prefix/lib/libdomalloc.so")" ] ||
+        { echo "installed domalloc does not find the installed library"; return 1; }
+    echo "pkg-config install ok: $(pkg-config --modversion domalloc)"
+}
+have pkg-config && run_test install-pkg-config 120 pkgconfig_install
+
+# ---- summary ----
+
+say ""
+[ $FAILED -gt 0 ] && say "failed: ${FAILED_NAMES[*]}"
+[ -n "$KEEP_WORK" ] && say "logs kept in $WORK"
+if [ $SKIPPED -gt 0 ]; then
+    say "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+else
+    say "$PASSED passed, $FAILED failed"
+fi
+[ $FAILED -eq 0 ]
