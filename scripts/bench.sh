@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The allocator comparison: domalloc against glibc, jemalloc, mimalloc 2 (Debian), mimalloc 3
+# and tcmalloc on the workloads of bench-suite/, swapped in with LD_PRELOAD.
+#
+#   scripts/bench.sh --quick          # about a minute
+#   scripts/bench.sh                  # the full run (about 10 minutes on an idle 2-core machine)
+#   scripts/bench.sh --help           # every option of the runner (filters, --threads, --numa...)
+#
+# What it does:
+#   1. installs the Debian packages it needs when run as root (hwloc/udev/pkg-config for the
+#      thread pinning, and the peers libjemalloc2, libmimalloc2.0, libtcmalloc-minimal4);
+#   2. builds the suite (cargo build --release -p domalloc-bench-suite);
+#   3. builds libdomalloc.so (cargo build --release -p domalloc-ffi); if that fails or produces
+#      no library, domalloc is skipped with a clear line;
+#   4. builds mimalloc v3 as a preloadable libmimalloc3.so from the C sources bundled in the
+#      libmimalloc-sys crate (fetched with cargo);
+#   5. runs the runner (target/release/bench) with the arguments given here; results go to
+#      results/<date>/ and results/latest.{csv,md,svg}.
+# A peer that cannot be found or does not take over malloc when preloaded is skipped with a
+# line saying why. Honours CARGO_TARGET_DIR.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+TARGET="$CARGO_TARGET_DIR"
+log() { printf '==> %s\n' "$*"; }
+
+for a in "$@"; do
+  case "$a" in
+    -h|--help) HELP=1 ;;
+  esac
+done
+
+# 1. System packages -----------------------------------------------------------------------
+PKGS=(libhwloc-dev libudev-dev pkg-config libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4)
+if command -v dpkg-query >/dev/null 2>&1; then
+  missing=()
+  for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      log "installing ${missing[*]}"
+      export DEBIAN_FRONTEND=noninteractive
+      if ! apt-get install -y -q "${missing[@]}"; then
+        apt-get update -q || true
+        # One at a time, so that one unknown package does not block the others.
+        for p in "${missing[@]}"; do
+          apt-get install -y -q "$p" || log "WARNING: could not install $p"
+        done
+      fi
+    else
+      log "WARNING: not root (or no apt-get): cannot install ${missing[*]}; peers that are missing will be skipped"
+    fi
+  fi
+else
+  log "not a Debian system: install hwloc (dev), libudev (dev), pkg-config, jemalloc, mimalloc and tcmalloc yourself; missing peers are skipped"
+fi
+
+# 2. The suite -------------------------------------------------------------------------------
+log "building the suite (cargo build --release -p domalloc-bench-suite)"
+cargo build --release -p domalloc-bench-suite
+BENCH="$TARGET/release/bench"
+if [ -n "${HELP:-}" ]; then
+  exec "$BENCH" --help
+fi
+
+# 3. domalloc ----------------------------------------------------------------------------------
+ARGS=()
+DOMALLOC_SO="$TARGET/release/libdomalloc.so"
+log "building domalloc (cargo build --release -p domalloc-ffi)"
+if cargo build --release -p domalloc-ffi; then
+  if [ -f "$DOMALLOC_SO" ]; then
+    ARGS+=(--domalloc "$DOMALLOC_SO")
+  else
+    log "SKIP domalloc: domalloc-ffi built but produced no $DOMALLOC_SO (the C ABI crate is not finished)"
+    ARGS+=(--skip "domalloc=domalloc-ffi builds no libdomalloc.so yet")
+  fi
+else
+  log "SKIP domalloc: cargo build --release -p domalloc-ffi failed (see above)"
+  ARGS+=(--skip "domalloc=cargo build --release -p domalloc-ffi failed")
+fi
+
+# 4. mimalloc v3 -----------------------------------------------------------------------------
+MI3_DIR="$TARGET/mimalloc3"
+MI3="$MI3_DIR/libmimalloc3.so"
+REGISTRY="${CARGO_HOME:-$HOME/.cargo}/registry/src"
+find_mi3_src() {
+  # Newest libmimalloc-sys that bundles the v3 sources.
+  ls -d "$REGISTRY"/*/libmimalloc-sys-*/c_src/mimalloc/v3 2>/dev/null | sort -V | tail -n 1
+}
+MI3_SRC="$(find_mi3_src || true)"
+if [ -z "$MI3_SRC" ]; then
+  log "fetching the libmimalloc-sys crate (mimalloc v3 sources) with cargo"
+  mkdir -p "$MI3_DIR/fetch/src"
+  cat >"$MI3_DIR/fetch/Cargo.toml" <<'EOF'
+[package]
+name = "fetch-mimalloc-sources"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+libmimalloc-sys = { version = "0.1.44", features = ["v3"] }
+
+[workspace]
+EOF
+  echo "" >"$MI3_DIR/fetch/src/lib.rs"
+  (cd "$MI3_DIR/fetch" && cargo fetch -q) || log "WARNING: cargo fetch of libmimalloc-sys failed"
+  MI3_SRC="$(find_mi3_src || true)"
+fi
+if [ -z "$MI3_SRC" ]; then
+  log "SKIP mimalloc3: no libmimalloc-sys with c_src/mimalloc/v3 under $REGISTRY"
+  ARGS+=(--skip "mimalloc3=mimalloc v3 sources not found (libmimalloc-sys crate)")
+elif ! command -v cc >/dev/null 2>&1; then
+  log "SKIP mimalloc3: no C compiler (cc)"
+  ARGS+=(--skip "mimalloc3=no C compiler to build it")
+else
+  if [ ! -f "$MI3" ] || [ "$(cat "$MI3_DIR/SOURCE" 2>/dev/null)" != "$MI3_SRC" ]; then
+    log "building mimalloc v3 from $MI3_SRC"
+    mkdir -p "$MI3_DIR"
+    # The flags of mimalloc's own CMake shared-library build. MI_MALLOC_OVERRIDE is essential:
+    # without it the library exports only mi_* and preloading it replaces nothing.
+    if cc -O2 -fPIC -shared -DNDEBUG -DMI_MALLOC_OVERRIDE -DMI_SHARED_LIB -DMI_SHARED_LIB_EXPORT \
+        -fvisibility=hidden -ftls-model=initial-exec -fno-builtin-malloc \
+        -I "$MI3_SRC/include" "$MI3_SRC/src/static.c" -o "$MI3.tmp" -lpthread; then
+      mv "$MI3.tmp" "$MI3"
+      echo "$MI3_SRC" >"$MI3_DIR/SOURCE"
+    else
+      log "SKIP mimalloc3: the C build failed"
+      ARGS+=(--skip "mimalloc3=C build failed")
+    fi
+  fi
+  # The runner checks that it really is v3 and that preloading it replaces malloc.
+  [ -f "$MI3" ] && ARGS+=(--mimalloc3 "$MI3")
+fi
+
+# 5. Run -------------------------------------------------------------------------------------
+export BENCH_COMMAND="scripts/bench.sh $*"
+log "running: $BENCH --out $ROOT/results ${ARGS[*]} $*"
+exec "$BENCH" --out "$ROOT/results" "${ARGS[@]}" "$@"
