@@ -1,0 +1,316 @@
+//! `numa-guest`: runs inside a QEMU guest with emulated NUMA nodes (as the payload of /init) and
+//! checks where the pages of allocated memory really are, with `move_pages(2)`.
+//!
+//! The global allocator is chosen at compile time: `domalloc::DomAlloc` by default, glibc's
+//! malloc (`std::alloc::System`) with `--features system` (the negative control).
+//!
+//! ```text
+//! numa-guest [options] [RUN...]
+//!   RUN            P[:key=value...]  P = pattern 1..5 or `all` (default: all). Keys override the
+//!                  options below for that run: tpn, sizes, large, split, thp, rounds, info (=1:
+//!                  results are informational, not checks).
+//!   --tpn 1,2      threads per node; each run is repeated for each value (default 1,2)
+//!   --sizes L      object sizes for patterns 1-4 (default 16,64,256,1K,4K,16K,64K,256K,1M,4M,mixed)
+//!   --large L      array sizes for pattern 5 (default 2M,8M,32M,64M)
+//!   --budget B     bytes per thread per phase for patterns 1-4 (default 1M)
+//!   --max-objects N  cap on objects per thread per phase (default 1024)
+//!   --threshold F  share of pages that must be local (default 0.99)
+//!   --rounds N     pattern 2 producer/consumer rounds (default 200)
+//!   --batch N      objects per producer batch (default 128)
+//!   --rss-bound B  pattern 2 stream: allowed RSS growth (default 64M)
+//!   --split G      pattern 5: parts split at multiples of G (default 4K)
+//!   --thp MODE     set THP mode (always|madvise|never) before the run
+//!   --pin node|cpu pin worker threads to their node's CPUs (default) or to one CPU each
+//!   --pairs all|first  node pairs (A,B) for patterns 2-5: every neighbour pair (default) or one
+//!   --child-timeout S  seconds one run may take (default 300)
+//! ```
+//! Each run executes in a fresh child process (a fresh allocator), so patterns do not feed each
+//! other's caches. Output: `INFO`, `RESULT ... PASS|FAIL|INFO|SKIP`, `CRASH`, `SUMMARY` lines.
+
+#[cfg(target_os = "linux")]
+mod patterns;
+#[cfg(target_os = "linux")]
+mod sys;
+
+#[cfg(not(feature = "system"))]
+#[global_allocator]
+static ALLOC: domalloc::DomAlloc = domalloc::DomAlloc::new();
+
+#[cfg(feature = "system")]
+#[global_allocator]
+static ALLOC: std::alloc::System = std::alloc::System;
+
+/// Name of the allocator compiled in.
+pub const ALLOCATOR: &str = if cfg!(feature = "system") { "system" } else { "domalloc" };
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("numa-guest runs on Linux only (it uses move_pages and sched_setaffinity)");
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "linux")]
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match driver::main(args) {
+        Ok(code) => code,
+        Err(e) => {
+            println!("CRASH pattern=- error={}", e.replace(' ', "_"));
+            eprintln!("numa-guest: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+#[cfg(target_os = "linux")]
+mod driver {
+    use crate::patterns::{self, Config, Pin, SizeSpec};
+    use crate::sys;
+    use domalloc_numa_tests::{parse_result, parse_size, Verdict};
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn sizes(s: &str) -> Result<Vec<SizeSpec>, String> {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                if x == "mixed" {
+                    Ok(SizeSpec::Mixed)
+                } else {
+                    parse_size(x).filter(|n| *n > 0).map(SizeSpec::Fixed).ok_or(format!("bad size {x}"))
+                }
+            })
+            .collect()
+    }
+
+    fn large(s: &str) -> Result<Vec<usize>, String> {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| parse_size(x).filter(|n| *n > 0).ok_or(format!("bad size {x}")))
+            .collect()
+    }
+
+    /// Applies one `key=value` setting to `cfg`.
+    fn apply(cfg: &mut Config, key: &str, val: &str) -> Result<(), String> {
+        let num = |v: &str| v.parse::<usize>().map_err(|_| format!("bad number for {key}: {v}"));
+        let size = |v: &str| parse_size(v).ok_or(format!("bad size for {key}: {v}"));
+        match key {
+            "sizes" => cfg.sizes = sizes(val)?,
+            "large" => cfg.large = large(val)?,
+            "budget" => cfg.budget = size(val)?,
+            "max-objects" => cfg.max_objects = num(val)?.max(1),
+            "threshold" => cfg.threshold = val.parse().map_err(|_| format!("bad threshold {val}"))?,
+            "rounds" => cfg.rounds = num(val)?,
+            "batch" => cfg.batch = num(val)?.max(1),
+            "rss-bound" => cfg.rss_bound = size(val)?,
+            "split" => cfg.split = size(val)?.max(sys::PAGE) / sys::PAGE * sys::PAGE,
+            "thp" => cfg.thp = Some(val.to_string()),
+            "pin" => {
+                cfg.pin = match val {
+                    "node" => Pin::Node,
+                    "cpu" => Pin::Cpu,
+                    _ => return Err(format!("bad pin {val}")),
+                }
+            }
+            "pairs" => cfg.first_pair_only = val == "first",
+            "info" => cfg.info_only = val != "0",
+            "tpn" => cfg.tpn = num(val)?.max(1),
+            _ => return Err(format!("unknown option {key}")),
+        }
+        Ok(())
+    }
+
+    pub fn main(args: Vec<String>) -> Result<i32, String> {
+        let mut cfg = Config::default();
+        let mut tpns = vec![1usize, 2];
+        let mut runs: Vec<String> = Vec::new();
+        let mut child: Option<u32> = None;
+        let mut child_timeout = 300u64;
+        let mut i = 0;
+        while i < args.len() {
+            let a = &args[i];
+            if let Some(key) = a.strip_prefix("--") {
+                let (key, val) = match key.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => {
+                        i += 1;
+                        (key.to_string(), args.get(i).cloned().ok_or(format!("{a} needs a value"))?)
+                    }
+                };
+                match key.as_str() {
+                    "child" => child = Some(val.parse().map_err(|_| "bad --child".to_string())?),
+                    "tpn" => {
+                        tpns = val.split(',').map(|v| v.parse::<usize>().map_err(|_| format!("bad tpn {v}")))
+                            .collect::<Result<_, _>>()?;
+                        tpns.retain(|t| *t > 0);
+                        cfg.tpn = tpns.first().copied().unwrap_or(1);
+                    }
+                    "child-timeout" => child_timeout = val.parse().map_err(|_| "bad --child-timeout")?,
+                    _ => apply(&mut cfg, &key, &val)?,
+                }
+            } else {
+                runs.push(a.clone());
+            }
+            i += 1;
+        }
+
+        let topo = sys::Topology::discover();
+        if let Some(p) = child {
+            return patterns::run(p, &cfg, &topo).map(|_| 0);
+        }
+
+        // Parent: describe the machine, then run each (pattern, threads-per-node) in a child.
+        let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        println!("INFO allocator={} kernel={}", crate::ALLOCATOR, uname.trim());
+        println!("INFO topology {}", topo.describe());
+        println!("INFO thp={} numa_balancing={} rss_now={}K", sys::thp_mode(), sys::numa_balancing(), sys::rss_bytes() / 1024);
+        println!("INFO memfree {}", sys::node_free());
+        #[cfg(not(feature = "system"))]
+        println!("INFO domalloc numa_enabled={} current_node={}", domalloc::numa_enabled(), domalloc::current_node());
+        let _ = std::io::stdout().flush();
+
+        if runs.is_empty() {
+            runs.push("all".to_string());
+        }
+        let mut plan: Vec<(u32, Vec<(String, String)>)> = Vec::new();
+        for r in &runs {
+            let mut parts = r.split(':');
+            let pat = parts.next().unwrap_or("all");
+            let kv: Vec<(String, String)> = parts
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (p.to_string(), "1".to_string()),
+                })
+                .collect();
+            let pats: Vec<u32> = if pat == "all" {
+                vec![1, 2, 3, 4, 5]
+            } else {
+                vec![pat.parse().map_err(|_| format!("bad run {r}"))?]
+            };
+            for p in pats {
+                if !(1..=5).contains(&p) {
+                    return Err(format!("no pattern {p}"));
+                }
+                plan.push((p, kv.clone()));
+            }
+        }
+
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let (mut passed, mut failed, mut info, mut crashed) = (0u64, 0u64, 0u64, 0u64);
+        let original_thp = sys::thp_mode();
+        for (p, kv) in plan {
+            let run_tpns: Vec<usize> = match kv.iter().find(|(k, _)| k == "tpn") {
+                Some((_, v)) => v.split('+').filter_map(|x| x.parse().ok()).collect(),
+                None => tpns.clone(),
+            };
+            for tpn in run_tpns {
+                let mut cargs: Vec<String> = Vec::new();
+                // Pass every option through, then this run's overrides.
+                let mut j = 0;
+                while j < args.len() {
+                    let a = &args[j];
+                    if a.starts_with("--") {
+                        let has_inline = a.contains('=');
+                        let key = a.trim_start_matches("--").split('=').next().unwrap_or("").to_string();
+                        let skip = matches!(key.as_str(), "tpn" | "child-timeout");
+                        if !skip {
+                            cargs.push(a.clone());
+                            if !has_inline {
+                                if let Some(v) = args.get(j + 1) {
+                                    cargs.push(v.clone());
+                                }
+                            }
+                        }
+                        if !has_inline {
+                            j += 1;
+                        }
+                    }
+                    j += 1;
+                }
+                let mut thp = cfg.thp.clone();
+                for (k, v) in &kv {
+                    if k == "tpn" {
+                        continue;
+                    }
+                    if k == "thp" {
+                        thp = Some(v.clone());
+                    }
+                    // Validate here so a typo fails loudly in the parent.
+                    apply(&mut cfg.clone(), k, v)?;
+                    cargs.push(format!("--{k}={v}"));
+                }
+                cargs.push(format!("--tpn={tpn}"));
+                cargs.push(format!("--child={p}"));
+                if let Some(mode) = &thp {
+                    if let Err(e) = sys::set_thp_mode(mode) {
+                        println!("CRASH pattern={p} threads_per_node={tpn} error=cannot_set_thp_{mode}:{}", e.kind());
+                        crashed += 1;
+                        continue;
+                    }
+                }
+                let mut c = Command::new(&exe)
+                    .args(&cargs)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| format!("spawn child: {e}"))?;
+                let out = c.stdout.take().expect("piped");
+                let reader = std::thread::spawn(move || {
+                    let mut counts = (0u64, 0u64, 0u64);
+                    for line in BufReader::new(out).lines().map_while(Result::ok) {
+                        println!("{line}");
+                        if let Some(r) = parse_result(&line) {
+                            match r.verdict {
+                                Verdict::Pass => counts.0 += 1,
+                                Verdict::Fail => counts.1 += 1,
+                                Verdict::Info => counts.2 += 1,
+                                Verdict::Skip => {}
+                            }
+                        }
+                    }
+                    counts
+                });
+                let start = Instant::now();
+                let status = loop {
+                    match c.try_wait() {
+                        Ok(Some(s)) => break Some(s),
+                        Ok(None) if start.elapsed() > Duration::from_secs(child_timeout) => {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                            break None;
+                        }
+                        Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                        Err(e) => return Err(format!("wait: {e}")),
+                    }
+                };
+                let (p_ok, p_fail, p_info) = reader.join().unwrap_or_default();
+                passed += p_ok;
+                failed += p_fail;
+                info += p_info;
+                let secs = start.elapsed().as_secs_f64();
+                match status {
+                    Some(s) if s.success() => {
+                        println!("INFO run pattern={p} threads_per_node={tpn} seconds={secs:.1}")
+                    }
+                    Some(s) => {
+                        crashed += 1;
+                        println!("CRASH pattern={p} threads_per_node={tpn} status={s:?} seconds={secs:.1}")
+                    }
+                    None => {
+                        crashed += 1;
+                        println!("CRASH pattern={p} threads_per_node={tpn} status=timeout seconds={secs:.1}")
+                    }
+                }
+                if thp.is_some() {
+                    let _ = sys::set_thp_mode(&original_thp);
+                }
+                let _ = std::io::stdout().flush();
+            }
+        }
+        println!("SUMMARY passed={passed} failed={failed} info={info} crashed={crashed}");
+        let _ = std::io::stdout().flush();
+        Ok(if failed == 0 && crashed == 0 && passed > 0 { 0 } else { 1 })
+    }
+}

@@ -1,0 +1,270 @@
+//! Shared pieces of the multi-node QEMU test harness.
+//!
+//! The guest program (`src/bin/numa-guest/`) runs inside a QEMU guest with emulated NUMA nodes
+//! and prints one `RESULT` line per check and a final `SUMMARY` line; the host-side driver
+//! (`tests/guest.rs`) boots the guests through `scripts/qemu/run-guest.sh` and parses those lines
+//! with the functions here. The line format is plain `key=value` tokens so that a person reading
+//! a serial console log can follow it too:
+//!
+//! ```text
+//! RESULT pattern=2 phase=b-alloc pair=0>1 size=4096 threads_per_node=1 objects=512 pages=512 local=512 absent=0 share=1.0000 nodes=1:512 PASS
+//! SUMMARY passed=57 failed=0 info=3 crashed=0
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Parses a size such as `16`, `4K`, `2M`, `1G` (binary units; `k`/`m`/`g` also accepted).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1usize << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(mult)
+}
+
+/// Formats a byte count the way [`parse_size`] reads it back (exact, largest whole unit).
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the workspace MSRV
+pub fn format_size(n: usize) -> String {
+    if n != 0 && n % (1 << 30) == 0 {
+        format!("{}G", n >> 30)
+    } else if n != 0 && n % (1 << 20) == 0 {
+        format!("{}M", n >> 20)
+    } else if n != 0 && n % (1 << 10) == 0 {
+        format!("{}K", n >> 10)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Verdict of one `RESULT` line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The check held.
+    Pass,
+    /// The check failed.
+    Fail,
+    /// Informational measurement, not a check (printed as `INFO`).
+    Info,
+    /// The check could not run on this topology (printed as `SKIP`).
+    Skip,
+}
+
+/// One parsed `RESULT` line.
+#[derive(Clone, Debug)]
+pub struct ResultLine {
+    /// All `key=value` tokens of the line.
+    pub fields: BTreeMap<String, String>,
+    /// The final token.
+    pub verdict: Verdict,
+    /// The line as printed.
+    pub raw: String,
+}
+
+impl ResultLine {
+    /// A field, or `"?"`.
+    pub fn get(&self, key: &str) -> &str {
+        self.fields.get(key).map(String::as_str).unwrap_or("?")
+    }
+
+    /// The pattern number, or 0 when missing.
+    pub fn pattern(&self) -> u32 {
+        self.get("pattern").parse().unwrap_or(0)
+    }
+
+    /// The local share (0..1), or NaN when missing.
+    pub fn share(&self) -> f64 {
+        self.get("share").parse().unwrap_or(f64::NAN)
+    }
+}
+
+impl fmt::Display for ResultLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pattern {} phase {} pair {} size {} threads/node {}: local share {} ({} of {} pages, absent {}, by node {}){}",
+            self.get("pattern"),
+            self.get("phase"),
+            self.get("pair"),
+            self.get("size"),
+            self.get("threads_per_node"),
+            self.get("share"),
+            self.get("local"),
+            self.get("pages"),
+            self.get("absent"),
+            self.get("nodes"),
+            match self.fields.get("note") {
+                Some(n) => format!(" [{n}]"),
+                None => String::new(),
+            }
+        )
+    }
+}
+
+/// Parses a `RESULT ...` line (leading garbage from the serial console is skipped).
+pub fn parse_result(line: &str) -> Option<ResultLine> {
+    let start = line.find("RESULT ")?;
+    let body = line[start + "RESULT ".len()..].trim();
+    let mut fields = BTreeMap::new();
+    let mut verdict = None;
+    for tok in body.split_whitespace() {
+        if let Some((k, v)) = tok.split_once('=') {
+            fields.insert(k.to_string(), v.to_string());
+        } else {
+            verdict = match tok {
+                "PASS" => Some(Verdict::Pass),
+                "FAIL" => Some(Verdict::Fail),
+                "INFO" => Some(Verdict::Info),
+                "SKIP" => Some(Verdict::Skip),
+                _ => return None,
+            };
+        }
+    }
+    Some(ResultLine { fields, verdict: verdict?, raw: line[start..].trim().to_string() })
+}
+
+/// The final `SUMMARY` line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Checks that held.
+    pub passed: u64,
+    /// Checks that failed.
+    pub failed: u64,
+    /// Informational lines.
+    pub info: u64,
+    /// Child runs that crashed or timed out.
+    pub crashed: u64,
+}
+
+/// Parses a `SUMMARY ...` line.
+pub fn parse_summary(line: &str) -> Option<Summary> {
+    let start = line.find("SUMMARY ")?;
+    let mut s = Summary::default();
+    let mut seen = false;
+    for tok in line[start + "SUMMARY ".len()..].split_whitespace() {
+        let (k, v) = tok.split_once('=')?;
+        let v: u64 = v.parse().ok()?;
+        match k {
+            "passed" => {
+                s.passed = v;
+                seen = true;
+            }
+            "failed" => s.failed = v,
+            "info" => s.info = v,
+            "crashed" => s.crashed = v,
+            _ => {}
+        }
+    }
+    seen.then_some(s)
+}
+
+/// Everything parsed from one guest's console output.
+#[derive(Clone, Debug, Default)]
+pub struct GuestReport {
+    /// `RESULT` lines in order.
+    pub results: Vec<ResultLine>,
+    /// The `SUMMARY` line, if the guest got that far.
+    pub summary: Option<Summary>,
+    /// `INFO` lines (topology, allocator, THP mode) as printed.
+    pub info: Vec<String>,
+    /// `CRASH` lines (a child run died or timed out).
+    pub crashes: Vec<String>,
+    /// The exit status the guest's /init reported (`GUEST-EXIT rc=N`), if any.
+    pub guest_exit: Option<i32>,
+}
+
+impl GuestReport {
+    /// Parses a whole console log.
+    pub fn parse(log: &str) -> Self {
+        let mut r = GuestReport::default();
+        for line in log.lines() {
+            let line = line.trim_end_matches('\r');
+            if let Some(res) = parse_result(line) {
+                r.results.push(res);
+            } else if let Some(s) = parse_summary(line) {
+                r.summary = Some(s);
+            } else if let Some(i) = line.find("INFO ") {
+                r.info.push(line[i..].to_string());
+            } else if let Some(i) = line.find("CRASH ") {
+                r.crashes.push(line[i..].to_string());
+            } else if let Some(i) = line.find("GUEST-EXIT rc=") {
+                r.guest_exit = line[i + "GUEST-EXIT rc=".len()..].trim().parse().ok();
+            }
+        }
+        r
+    }
+
+    /// The failed checks.
+    pub fn failures(&self) -> impl Iterator<Item = &ResultLine> {
+        self.results.iter().filter(|r| r.verdict == Verdict::Fail)
+    }
+
+    /// The passed checks.
+    pub fn passes(&self) -> impl Iterator<Item = &ResultLine> {
+        self.results.iter().filter(|r| r.verdict == Verdict::Pass)
+    }
+
+    /// A readable multi-line report: summary, then every failed and informational line.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for i in &self.info {
+            s.push_str(&format!("  {i}\n"));
+        }
+        match self.summary {
+            Some(sum) => s.push_str(&format!(
+                "  summary: {} passed, {} failed, {} informational, {} crashed\n",
+                sum.passed, sum.failed, sum.info, sum.crashed
+            )),
+            None => s.push_str("  summary: MISSING (guest did not finish)\n"),
+        }
+        for c in &self.crashes {
+            s.push_str(&format!("  {c}\n"));
+        }
+        const SHOW: usize = 40;
+        for r in self.failures().take(SHOW) {
+            s.push_str(&format!("  FAIL {r}\n"));
+        }
+        let more = self.failures().count().saturating_sub(SHOW);
+        if more > 0 {
+            s.push_str(&format!("  ... and {more} more failed checks (see the console log)\n"));
+        }
+        for r in self.results.iter().filter(|r| r.verdict == Verdict::Info) {
+            s.push_str(&format!("  info {r}\n"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_round_trip() {
+        for n in [16, 4096, 2 << 20, 64 << 20, 1000, 1 << 30] {
+            assert_eq!(parse_size(&format_size(n)), Some(n));
+        }
+        assert_eq!(parse_size("2m"), Some(2 << 20));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn parses_lines() {
+        let log = "\x1b[2Jjunk\r\nINFO allocator=system nodes=0,1\r\n\
+            RESULT pattern=2 phase=b-alloc pair=0>1 size=4096 threads_per_node=1 pages=10 local=9 absent=0 share=0.9000 nodes=0:1,1:9 FAIL\r\n\
+            RESULT pattern=1 phase=own pair=- size=16 threads_per_node=1 pages=10 local=10 absent=0 share=1.0000 nodes=0:10 PASS\n\
+            SUMMARY passed=1 failed=1 info=0 crashed=0\nGUEST-EXIT rc=1\n";
+        let r = GuestReport::parse(log);
+        assert_eq!(r.results.len(), 2);
+        assert_eq!(r.failures().count(), 1);
+        assert_eq!(r.results[0].pattern(), 2);
+        assert!((r.results[0].share() - 0.9).abs() < 1e-9);
+        assert_eq!(r.summary, Some(Summary { passed: 1, failed: 1, info: 0, crashed: 0 }));
+        assert_eq!(r.guest_exit, Some(1));
+        assert_eq!(r.info.len(), 1);
+        assert!(r.render().contains("FAIL pattern 2 phase b-alloc"));
+    }
+}

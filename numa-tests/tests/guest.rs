@@ -1,0 +1,287 @@
+//! Host-side driver: boots QEMU guests with emulated NUMA nodes (software emulation, no KVM) and
+//! checks where the pages of the guest program's allocations really are.
+//!
+//! Each test builds (once) the static `numa-guest` binary, boots one topology through
+//! `scripts/qemu/run-guest.sh`, parses the `RESULT`/`SUMMARY` lines from the serial console and
+//! asserts. The guests run one at a time (TCG on a small host is slow when they overlap).
+//!
+//! Environment:
+//! - `DOMALLOC_NUMA_GUEST`, `DOMALLOC_NUMA_GUEST_SYSTEM`: prebuilt static guest binaries
+//!   (domalloc and `--features system` builds) instead of building them here.
+//! - `DOMALLOC_QEMU_TESTS=0`: skip these tests (they need qemu-system-x86_64, a kernel image and
+//!   a static busybox; the script installs them on Debian when run as root).
+//! - `DOMALLOC_QEMU_TIMEOUT`: seconds per guest (default 600).
+//!
+//! Console logs are kept in `numa-tests/work/test-<topology>-<allocator>.log`.
+
+#![cfg(target_os = "linux")]
+
+use domalloc_numa_tests::{GuestReport, Verdict};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+fn workdir() -> PathBuf {
+    let w = repo().join("numa-tests/work");
+    std::fs::create_dir_all(&w).expect("create numa-tests/work");
+    w
+}
+
+/// One guest at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn skipped() -> bool {
+    if std::env::var("DOMALLOC_QEMU_TESTS").map(|v| v == "0").unwrap_or(false) {
+        eprintln!("DOMALLOC_QEMU_TESTS=0: QEMU NUMA tests skipped");
+        return true;
+    }
+    false
+}
+
+/// Builds (or takes from the environment) the static guest binary for `alloc`.
+fn guest_binary(alloc: &'static str) -> PathBuf {
+    static DOMALLOC: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static SYSTEM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let (cell, var) = match alloc {
+        "domalloc" => (&DOMALLOC, "DOMALLOC_NUMA_GUEST"),
+        "system" => (&SYSTEM, "DOMALLOC_NUMA_GUEST_SYSTEM"),
+        _ => unreachable!(),
+    };
+    cell.get_or_init(|| {
+        if let Ok(p) = std::env::var(var) {
+            let p = PathBuf::from(p);
+            return if p.is_file() { Ok(p) } else { Err(format!("{var}={} is not a file", p.display())) };
+        }
+        build_guest(alloc)
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("cannot get the {alloc} guest binary: {e}"))
+}
+
+fn build_guest(alloc: &str) -> Result<PathBuf, String> {
+    // Both builds write target/x86_64-unknown-linux-gnu/release/numa-guest: build and copy
+    // one at a time.
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _one_build = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let repo = repo();
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&repo)
+        .args(["build", "--release", "-p", "domalloc-numa-tests", "--bin", "numa-guest"])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // Variables the outer `cargo test` sets for this process must not leak into the build.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_MAKEFLAGS");
+    if alloc == "system" {
+        cmd.args(["--features", "system"]);
+    }
+    let t = Instant::now();
+    let out = cmd.output().map_err(|e| format!("running cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo build ({alloc}) failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let built = target_dir.join("x86_64-unknown-linux-gnu/release/numa-guest");
+    let dest = workdir().join(format!("numa-guest-{alloc}"));
+    std::fs::copy(&built, &dest).map_err(|e| format!("copy {}: {e}", built.display()))?;
+    eprintln!("built {} in {:.0}s", dest.display(), t.elapsed().as_secs_f64());
+    Ok(dest)
+}
+
+/// Boots `topology` with the `alloc` build, passing `args` to numa-guest.
+fn boot(topology: &str, alloc: &'static str, args: &[&str]) -> (GuestReport, String) {
+    boot_env(topology, alloc, &[], args, "")
+}
+
+/// [`boot`] with environment variables (`K=V`) for the guest program; `tag` names the log.
+fn boot_env(topology: &str, alloc: &'static str, env: &[&str], args: &[&str], tag: &str) -> (GuestReport, String) {
+    let binary = guest_binary(alloc);
+    let _one_at_a_time = serial();
+    let timeout = std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| "600".to_string());
+    let log = workdir().join(format!("test-{topology}-{alloc}{tag}.log"));
+    let t = Instant::now();
+    let mut cmd = Command::new(repo().join("scripts/qemu/run-guest.sh"));
+    for e in env {
+        cmd.arg("--env").arg(e);
+    }
+    let out = cmd
+        .arg("--topology")
+        .arg(topology)
+        .arg("--binary")
+        .arg(&binary)
+        .arg("--timeout")
+        .arg(&timeout)
+        .arg("--log")
+        .arg(&log)
+        .arg("--")
+        .args(args)
+        .output()
+        .expect("run scripts/qemu/run-guest.sh");
+    let console = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    match out.status.code() {
+        Some(0) | Some(1) => {}
+        Some(2) => panic!(
+            "{topology}/{alloc}: the guest did not finish (boot failure, panic or timeout); log {}\n{stderr}\n--- console tail ---\n{}",
+            log.display(),
+            tail(&console, 40)
+        ),
+        other => panic!("{topology}/{alloc}: run-guest.sh failed ({other:?}):\n{stderr}"),
+    }
+    let report = GuestReport::parse(&console);
+    eprintln!(
+        "== {topology} / {alloc}: {:.0}s, log {}\n{}",
+        t.elapsed().as_secs_f64(),
+        log.display(),
+        report.render()
+    );
+    (report, console)
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Asserts the guest finished, every check passed and each pattern in `patterns` was checked.
+fn assert_all_pass(topology: &str, report: &GuestReport, patterns: &[u32]) {
+    let summary = report.summary.unwrap_or_else(|| panic!("{topology}: no SUMMARY line\n{}", report.render()));
+    let failures: Vec<String> = report.failures().map(|r| format!("  {r}")).collect();
+    assert!(
+        failures.is_empty() && summary.failed == 0 && summary.crashed == 0 && report.crashes.is_empty(),
+        "{topology}: {} of {} locality checks failed, {} runs crashed:\n{}\n{}",
+        summary.failed,
+        summary.passed + summary.failed,
+        summary.crashed,
+        failures.join("\n"),
+        report.crashes.join("\n")
+    );
+    for p in patterns {
+        let n = report.passes().filter(|r| r.pattern() == *p).count();
+        assert!(n > 0, "{topology}: pattern {p} produced no passing check\n{}", report.render());
+    }
+    assert_eq!(report.guest_exit, Some(0), "{topology}: guest program exit status");
+}
+
+fn topology_line(report: &GuestReport) -> &str {
+    report.info.iter().find(|l| l.starts_with("INFO topology")).map(String::as_str).unwrap_or("")
+}
+
+/// The runs every domalloc topology gets: patterns 1-4, pattern 5 with THP off (page-granular
+/// parts) and with THP on (parts split at 2 MiB boundaries).
+const ALL_RUNS: &[&str] = &["1", "2", "3", "4", "5:thp=never", "5:thp=always:split=2M"];
+
+#[test]
+fn two_nodes_domalloc() {
+    if skipped() {
+        return;
+    }
+    // Several threads per node here; the THP=always run with page-granular parts is reported
+    // (INFO) but not checked: with THP a 2 MiB page goes wholly to its first toucher.
+    let mut args = vec!["--tpn", "1,2"];
+    args.extend_from_slice(ALL_RUNS);
+    args.push("5:thp=always:info");
+    let (report, _) = boot("2n", "domalloc", &args);
+    assert!(topology_line(&report).contains("cpu_nodes=0,1"), "{}", topology_line(&report));
+    assert_all_pass("2n", &report, &[1, 2, 3, 4, 5]);
+    assert!(report.results.iter().any(|r| r.get("threads_per_node") == "2"), "no run with 2 threads per node");
+}
+
+#[test]
+fn four_nodes_unequal_memory_domalloc() {
+    if skipped() {
+        return;
+    }
+    let mut args = vec!["--tpn", "1"];
+    args.extend_from_slice(ALL_RUNS);
+    let (report, _) = boot("4n-unequal", "domalloc", &args);
+    assert!(topology_line(&report).contains("cpu_nodes=0,1,2,3"), "{}", topology_line(&report));
+    assert_all_pass("4n-unequal", &report, &[1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn memory_only_node_domalloc() {
+    if skipped() {
+        return;
+    }
+    let mut args = vec!["--tpn", "1"];
+    args.extend_from_slice(ALL_RUNS);
+    let (report, _) = boot("memonly", "domalloc", &args);
+    assert!(topology_line(&report).contains("memory_only=2"), "{}", topology_line(&report));
+    assert_all_pass("memonly", &report, &[1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn sparse_node_ids_domalloc() {
+    if skipped() {
+        return;
+    }
+    let mut args = vec!["--tpn", "1"];
+    args.extend_from_slice(ALL_RUNS);
+    let (report, _) = boot("sparse", "domalloc", &args);
+    let topo = topology_line(&report);
+    assert!(topo.contains("online=0-1,3") && topo.contains("memory_only=3"), "sparse topology not as planned: {topo}");
+    assert_all_pass("sparse", &report, &[1, 2, 3, 4, 5]);
+}
+
+/// The negative control: the same checks with glibc malloc must fail somewhere (or the checks
+/// prove nothing). glibc reuses what another node freed (its tcache keeps chunks freed by the
+/// consumer: pattern 2), hands an exited thread's arena to the next new thread wherever it runs
+/// (pattern 4), keeps a migrated thread on its old arena's warm pages (pattern 3), and its
+/// dynamic mmap threshold makes a freed big block come back from the heap, already touched
+/// (pattern 5).
+#[test]
+fn negative_control_glibc_malloc_fails() {
+    if skipped() {
+        return;
+    }
+    let (report, _) = boot("2n", "system", &["--tpn", "1", "1", "2", "3", "4", "5:thp=never"]);
+    assert!(report.summary.is_some(), "negative control did not finish:\n{}", report.render());
+    assert!(report.crashes.is_empty(), "negative control crashed: {:?}", report.crashes);
+    // The harness itself works: the easy pattern passes with glibc too.
+    let p1_fail: Vec<String> = report.results.iter().filter(|r| r.pattern() == 1 && r.verdict == Verdict::Fail).map(|r| r.to_string()).collect();
+    assert!(p1_fail.is_empty(), "pattern 1 failed with glibc; the harness is broken:\n{}", p1_fail.join("\n"));
+    let failed_patterns: std::collections::BTreeSet<u32> = report.failures().map(|r| r.pattern()).collect();
+    eprintln!("glibc malloc fails patterns {failed_patterns:?}");
+    assert!(
+        failed_patterns.contains(&2) || failed_patterns.contains(&4),
+        "glibc malloc passed patterns 2 and 4: the checks cannot tell a NUMA-aware allocator from one that is not\n{}",
+        report.render()
+    );
+}
+
+/// The same checks catch domalloc itself with its NUMA logic switched off (`DOMALLOC_NUMA=0`:
+/// one domain for the whole machine, so what one node freed is reused on the other).
+#[test]
+fn negative_control_domalloc_numa_off_fails() {
+    if skipped() {
+        return;
+    }
+    let (report, _) =
+        boot_env("2n", "domalloc", &["DOMALLOC_NUMA=0"], &["--tpn", "1", "1", "2", "3", "4"], "-numa-off");
+    assert!(report.summary.is_some(), "run did not finish:\n{}", report.render());
+    assert!(report.crashes.is_empty(), "crashed: {:?}", report.crashes);
+    assert!(
+        report.info.iter().any(|l| l.contains("numa_enabled=false")),
+        "DOMALLOC_NUMA=0 did not reach the guest program: {:?}",
+        report.info
+    );
+    let failed_patterns: std::collections::BTreeSet<u32> = report.failures().map(|r| r.pattern()).collect();
+    eprintln!("domalloc with DOMALLOC_NUMA=0 fails patterns {failed_patterns:?}");
+    assert!(
+        [2, 3, 4].iter().any(|p| failed_patterns.contains(p)),
+        "domalloc without its NUMA logic passed patterns 2-4: the checks prove nothing\n{}",
+        report.render()
+    );
+}

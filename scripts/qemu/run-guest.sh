@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Boots a QEMU guest with emulated NUMA nodes and runs the numa-guest locality checks in it.
+#
+#   scripts/qemu/run-guest.sh [options] [-- guest args...]
+#
+# Options:
+#   --topology NAME   2n (default) | 4n-unequal | memonly | sparse | 1n     (--list describes them)
+#   --binary PATH     static numa-guest binary to run (default: build it, see --alloc)
+#   --alloc A         domalloc (default) | system: which build of numa-guest to make when no
+#                     --binary is given (system = glibc malloc, the negative control)
+#   --thp MODE        boot the guest with transparent_hugepage=MODE (always|madvise|never);
+#                     default: the kernel's default (Debian: always, but the kernel turns THP off
+#                     in guests with less than 512 MiB of RAM)
+#   --env K=V         environment variable for the guest program (repeatable), e.g. DOMALLOC_VERBOSE=1
+#   --timeout S       wall-clock limit for the guest (default 600)
+#   --workdir DIR     where the initramfs and logs go (default numa-tests/work)
+#   --log FILE        console log file (default WORKDIR/<topology>-<alloc>.log)
+#   --list            print the topologies and exit
+# Guest args (after --) go to numa-guest; see numa-tests/README.md. Example:
+#   scripts/qemu/run-guest.sh --topology 4n-unequal --alloc system -- --tpn 1 2 4
+#
+# Exit status: 0 all checks passed, 1 some check failed or a run crashed, 2 the guest did not
+# finish (boot failure, kernel panic, timeout), 3 a tool is missing, 4 the build failed.
+# QEMU runs with -accel tcg (software emulation): no KVM needed (here /dev/kvm hangs).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+topology=2n
+binary=
+alloc=domalloc
+thp=
+timeout_s=600
+workdir=$repo/numa-tests/work
+log=
+envs=()
+guest_args=()
+
+die() { echo "run-guest: $1" >&2; exit "${2:-3}"; }
+# True when $1 is a dynamically linked ELF (has a program interpreter).
+is_dynamic() {
+    if command -v readelf >/dev/null; then
+        readelf -l "$1" 2>/dev/null | grep -q INTERP
+    else
+        ldd "$1" 2>/dev/null | grep -q '=>'
+    fi
+}
+
+list_topologies() {
+    cat <<'T'
+2n          2 nodes x 2 CPUs, 512M + 512M (THP default: always)
+4n-unequal  4 nodes x 1 CPU, 256M / 128M / 128M / 256M
+memonly     node0: CPUs 0-1 256M, node1: CPUs 2-3 256M, node2: memory only 256M
+sparse      online nodes 0,1,3 (node 2 possible but offline): node0 CPUs 0-1 256M, node1 CPUs 2-3
+            256M, node3 memory only 128M. QEMU refuses gaps in -numa nodeid ("Node ID missing")
+            and Linux numbers nodes densely in SRAT order, so the hole is made by a QEMU node whose
+            only CPUs are not plugged (-smp 4,maxcpus=6) and a guest booted with possible_cpus=4.
+1n          1 node, 4 CPUs, 512M (patterns 2-5 report SKIP)
+T
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --topology) topology=$2; shift 2 ;;
+        --binary) binary=$2; shift 2 ;;
+        --alloc) alloc=$2; shift 2 ;;
+        --thp) thp=$2; shift 2 ;;
+        --env) envs+=("$2"); shift 2 ;;
+        --timeout) timeout_s=$2; shift 2 ;;
+        --workdir) workdir=$2; shift 2 ;;
+        --log) log=$2; shift 2 ;;
+        --list) list_topologies; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        --) shift; guest_args=("$@"); break ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+
+# ---- tools -----------------------------------------------------------------------------------
+find_kernel() {
+    if [ -n "${QEMU_KERNEL:-}" ]; then echo "$QEMU_KERNEL"; return; fi
+    ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1
+}
+find_busybox() {
+    for b in ${BUSYBOX:-} /bin/busybox /usr/bin/busybox; do
+        # A dynamically linked busybox would need its libraries in the initramfs.
+        if [ -x "$b" ] && ! is_dynamic "$b"; then echo "$b"; return; fi
+    done
+}
+missing=()
+command -v qemu-system-x86_64 >/dev/null || missing+=("qemu-system-x86_64 (Debian: qemu-system-x86)")
+kernel=$(find_kernel)
+[ -n "$kernel" ] && [ -r "$kernel" ] || missing+=("a readable kernel /boot/vmlinuz-* or \$QEMU_KERNEL (Debian: linux-image-amd64)")
+busybox=$(find_busybox)
+[ -n "$busybox" ] || missing+=("a static busybox (Debian: busybox-static)")
+command -v cpio >/dev/null || missing+=("cpio")
+command -v gzip >/dev/null || missing+=("gzip")
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null; then
+        echo "run-guest: installing: ${missing[*]}" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static cpio gzip >&2 \
+            || die "apt-get install failed; missing: ${missing[*]}"
+        kernel=$(find_kernel); busybox=$(find_busybox)
+        command -v qemu-system-x86_64 >/dev/null && [ -r "$kernel" ] && [ -n "$busybox" ] \
+            || die "still missing after apt-get install"
+    else
+        printf 'run-guest: missing:\n' >&2
+        printf '  - %s\n' "${missing[@]}" >&2
+        exit 3
+    fi
+fi
+
+# ---- topology --------------------------------------------------------------------------------
+extra_append=
+case "$topology" in
+    2n)
+        mem=1024; smp="4"
+        numa=(-object memory-backend-ram,id=m0,size=512M -object memory-backend-ram,id=m1,size=512M
+              -numa node,nodeid=0,cpus=0-1,memdev=m0 -numa node,nodeid=1,cpus=2-3,memdev=m1) ;;
+    4n-unequal)
+        mem=768; smp="4"
+        numa=(-object memory-backend-ram,id=m0,size=256M -object memory-backend-ram,id=m1,size=128M
+              -object memory-backend-ram,id=m2,size=128M -object memory-backend-ram,id=m3,size=256M
+              -numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1
+              -numa node,nodeid=2,cpus=2,memdev=m2 -numa node,nodeid=3,cpus=3,memdev=m3) ;;
+    memonly)
+        mem=768; smp="4"
+        numa=(-object memory-backend-ram,id=m0,size=256M -object memory-backend-ram,id=m1,size=256M
+              -object memory-backend-ram,id=m2,size=256M
+              -numa node,nodeid=0,cpus=0-1,memdev=m0 -numa node,nodeid=1,cpus=2-3,memdev=m1
+              -numa node,nodeid=2,memdev=m2) ;;
+    sparse)
+        mem=640; smp="4,maxcpus=6"; extra_append="possible_cpus=4"
+        numa=(-object memory-backend-ram,id=m0,size=256M -object memory-backend-ram,id=m1,size=256M
+              -object memory-backend-ram,id=m3,size=128M
+              -numa node,nodeid=0,cpus=0-1,memdev=m0 -numa node,nodeid=1,cpus=2-3,memdev=m1
+              -numa node,nodeid=2,cpus=4-5 -numa node,nodeid=3,memdev=m3) ;;
+    1n)
+        mem=512; smp="4"; numa=() ;;
+    *) die "unknown topology $topology (see --list)" ;;
+esac
+
+# ---- guest binary ----------------------------------------------------------------------------
+mkdir -p "$workdir"
+if [ -z "$binary" ]; then
+    case "$alloc" in
+        domalloc) features=() ;;
+        system) features=(--features system) ;;
+        *) die "unknown --alloc $alloc" ;;
+    esac
+    target_dir=${CARGO_TARGET_DIR:-$repo/target}
+    echo "run-guest: building numa-guest ($alloc, static)" >&2
+    (cd "$repo" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+        cargo build --release -p domalloc-numa-tests --bin numa-guest \
+        --target x86_64-unknown-linux-gnu "${features[@]}" >&2) || die "cargo build failed" 4
+    binary=$workdir/numa-guest-$alloc
+    cp "$target_dir/x86_64-unknown-linux-gnu/release/numa-guest" "$binary"
+fi
+[ -x "$binary" ] || die "no executable $binary" 4
+if is_dynamic "$binary"; then
+    die "$binary is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu" 4
+fi
+tag=$(basename "$binary")
+tag=${tag#numa-guest-}
+
+# ---- initramfs -------------------------------------------------------------------------------
+root=$(mktemp -d "$workdir/initramfs.XXXXXX")
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,proc,sys,dev,tmp}
+cp "$busybox" "$root/bin/busybox"
+if command -v strip >/dev/null; then
+    strip -o "$root/numa-guest" "$binary" 2>/dev/null || cp "$binary" "$root/numa-guest"
+else
+    cp "$binary" "$root/numa-guest"
+fi
+cat > "$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
+/bin/busybox --install -s /bin
+export PATH=/bin
+# Automatic NUMA balancing would migrate pages after the fact; the checks are about placement.
+echo 0 > /proc/sys/kernel/numa_balancing 2>/dev/null
+args=
+case "$(cat /proc/cmdline)" in *" -- "*) args=$(sed 's/^.* -- //' /proc/cmdline) ;; esac
+echo "GUEST-START cpus=$(nproc) kernel=$(uname -r) args: $args"
+/numa-guest $args
+rc=$?
+echo "GUEST-EXIT rc=$rc"
+poweroff -f
+INIT
+chmod +x "$root/init"
+initrd=$workdir/initramfs-$topology-$tag.cpio.gz
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd"
+
+# ---- boot ------------------------------------------------------------------------------------
+# nokaslr: the kernel image lands on the same node every boot, so per-node free memory (and
+# with it the results on small nodes) does not change from boot to boot.
+append="console=ttyS0 quiet loglevel=3 panic=-1 nokaslr numa_balancing=disable"
+[ -n "$thp" ] && append="$append transparent_hugepage=$thp"
+[ -n "$extra_append" ] && append="$append $extra_append"
+for e in "${envs[@]}"; do append="$append $e"; done
+append="$append -- ${guest_args[*]}"
+[ -n "$log" ] || log=$workdir/$topology-$tag.log
+
+echo "run-guest: topology=$topology binary=$binary kernel=$kernel timeout=${timeout_s}s log=$log" >&2
+start=$(date +%s)
+set +e
+timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -machine pc \
+    -smp "$smp" -m "${mem}M" "${numa[@]}" \
+    -nographic -monitor none -no-reboot -nic none \
+    -kernel "$kernel" -initrd "$initrd" -append "$append" </dev/null 2>&1 \
+    | tr -d '\r' | tee "$log"
+qrc=${PIPESTATUS[0]}
+set -e
+echo "run-guest: qemu exit $qrc after $(( $(date +%s) - start ))s" >&2
+
+grc=$(sed -n 's/.*GUEST-EXIT rc=\([0-9]*\).*/\1/p' "$log" | tail -n 1)
+if [ -z "$grc" ]; then
+    [ "$qrc" = 124 ] && echo "run-guest: guest timed out after ${timeout_s}s" >&2
+    echo "run-guest: guest did not finish (no GUEST-EXIT line)" >&2
+    exit 2
+fi
+[ "$grc" = 0 ] && exit 0 || exit 1
