@@ -193,7 +193,9 @@ pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: b
 
 /// A fresh mapping for a huge block (see [`alloc`]); `placed` binds it to `d`'s node.
 fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u8 {
-    let Some(data_size) = size.checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
+    // At least one page, so that even a zero-size request with a huge alignment points into its
+    // own mapping (and finds its own header), never at the next one.
+    let Some(data_size) = size.max(1).checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
         return ptr::null_mut();
     };
     let opts = options::get();

@@ -56,3 +56,27 @@ fn many_threads_cross_free() {
     }
     assert_eq!(consumer.join().unwrap(), 80_000);
 }
+
+/// Zero-size requests at every alignment (up to 1 GiB) get their own block: distinct live
+/// pointers, usable size queries and frees that find the block's own metadata, even right after
+/// a huge block was freed into the cache next to them.
+#[test]
+fn zero_size_at_every_alignment() {
+    for shift in 3..=30 {
+        let align = 1usize << shift;
+        let big = unsafe { domalloc::raw::alloc(8 << 20, 1 << 22) };
+        assert!(!big.is_null());
+        unsafe { domalloc::raw::free(big) };
+        let a = unsafe { domalloc::raw::alloc(0, align) };
+        let b = unsafe { domalloc::raw::alloc(0, align) };
+        assert!(!a.is_null() && !b.is_null() && a != b, "align {align}");
+        assert_eq!(a as usize % align, 0);
+        assert_eq!(b as usize % align, 0);
+        let _ = unsafe { domalloc::raw::usable_size(a) };
+        let _ = unsafe { domalloc::raw::usable_size(b) };
+        unsafe {
+            domalloc::raw::free(a);
+            domalloc::raw::free(b);
+        }
+    }
+}
