@@ -303,7 +303,7 @@ pub(crate) fn maintain(node: usize) {
     if let Some(mut g) = d.lock.try_lock() {
         d.maybe_purge(&mut g, now, false);
     }
-    let age = options::get().purge_delay_ms;
+    let age = crate::huge::cache_age_ms();
     if age != u64::MAX {
         d.huge_cache.trim(age);
     }
@@ -340,7 +340,7 @@ pub(crate) fn collect(force: bool) {
     for n in 0..domain_slots() {
         let d = domain(n);
         d.purge_all(force);
-        let age = options::get().purge_delay_ms;
+        let age = crate::huge::cache_age_ms();
         if force {
             d.huge_cache.trim(0);
         } else if age != u64::MAX {

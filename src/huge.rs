@@ -47,8 +47,21 @@ impl HugeCache {
                 continue;
             }
             // SAFETY: cached headers stay mapped.
-            let (hs, ha, data) = unsafe { ((*s).huge_size.get(), (*s).huge_align.get(), (*s).huge_data.get()) };
-            if hs >= size && hs - size <= size / 4 && (data as usize) % align == 0 && ha <= SEGMENT_SIZE / 2 && hs < best_size {
+            let (hs, ha, data) = unsafe { (capacity(&*s), (*s).huge_align.get(), (*s).huge_data.get()) };
+            if (data as usize) % align != 0 || ha > SEGMENT_SIZE / 2 {
+                continue;
+            }
+            // The smallest block that holds `size`; failing that the largest smaller one (it
+            // grows with `mremap`, keeping its resident pages: fewer page faults than a fresh
+            // mapping).
+            let better = if best == usize::MAX {
+                true
+            } else if hs >= size {
+                best_size < size || hs < best_size
+            } else {
+                best_size < size && hs > best_size
+            };
+            if better {
                 best = i;
                 best_size = hs;
             }
@@ -67,8 +80,8 @@ impl HugeCache {
     /// not hold idle ones past the purge delay.
     fn put(&self, seg: *mut Segment, limit: usize, max_age_ms: u64) -> bool {
         // SAFETY: header is live.
-        let size = unsafe { (*seg).huge_size.get() };
-        if size > limit / 2 {
+        let size = unsafe { capacity(&*seg) };
+        if size > limit {
             return false;
         }
         let mut evict = [ptr::null_mut::<Segment>(); CACHE_SLOTS];
@@ -81,7 +94,7 @@ impl HugeCache {
                     evict[n] = g.seg[i];
                     n += 1;
                     // SAFETY: header is live.
-                    g.bytes -= unsafe { (*g.seg[i]).huge_size.get() };
+                    g.bytes -= unsafe { capacity(&*g.seg[i]) };
                     g.seg[i] = ptr::null_mut();
                 }
             }
@@ -99,7 +112,7 @@ impl HugeCache {
                 evict[n] = g.seg[oldest];
                 n += 1;
                 // SAFETY: header is live.
-                g.bytes -= unsafe { (*g.seg[oldest]).huge_size.get() };
+                g.bytes -= unsafe { capacity(&*g.seg[oldest]) };
                 g.seg[oldest] = ptr::null_mut();
             }
             let i = g.seg.iter().position(|s| s.is_null()).unwrap_or(0);
@@ -126,7 +139,7 @@ impl HugeCache {
                 if !g.seg[i].is_null() && now.saturating_sub(g.freed_at[i]) >= max_age_ms {
                     *o = g.seg[i];
                     // SAFETY: header is live.
-                    g.bytes -= unsafe { (*g.seg[i]).huge_size.get() };
+                    g.bytes -= unsafe { capacity(&*g.seg[i]) };
                     g.seg[i] = ptr::null_mut();
                 }
             }
@@ -166,7 +179,14 @@ pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: b
         let Some(data_size) = size.checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
             return ptr::null_mut();
         };
-        let seg = d.huge_cache.take(data_size, align);
+        let mut seg = d.huge_cache.take(data_size, align);
+        // Bytes of the block that may hold old data (a grown block's tail is fresh).
+        // SAFETY: a cached header of ours.
+        let dirty = if seg.is_null() { 0 } else { unsafe { capacity(&*seg) }.min(size) };
+        if !seg.is_null() {
+            // SAFETY: taken from the cache: ours.
+            seg = unsafe { fit_cached(d, seg, data_size) };
+        }
         if !seg.is_null() {
             // SAFETY: a cached header of ours.
             unsafe {
@@ -174,11 +194,12 @@ pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: b
                 let p = s.huge_data.get();
                 let mut is_zero = false;
                 if global::numa_enabled() {
-                    // Placed again by first touch, and zero.
-                    is_zero = Sys::purge(p, s.huge_size.get(), os::PurgeMode::DontNeed);
+                    // Placed again by first touch (all of it: a later `realloc` may grow into
+                    // the spare capacity), and zero.
+                    is_zero = Sys::purge(p, capacity(s), os::PurgeMode::DontNeed);
                 }
                 if zero && !is_zero {
-                    ptr::write_bytes(p, 0, size);
+                    ptr::write_bytes(p, 0, dirty);
                 }
                 s.freed.store(0, Ordering::Release);
                 d.counters.huge_blocks.fetch_add(1, Ordering::Relaxed);
@@ -189,6 +210,67 @@ pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: b
         }
     }
     alloc_uncached(d, size, align, placed)
+}
+
+/// Fits a block taken from the cache to `data_size` bytes: lends the tail back lazily when it is
+/// more than a quarter too big; grows it in place or by moving its pages (`mremap`) when too
+/// small. Returns the (possibly moved) header, or null after releasing the block when it could
+/// not grow.
+///
+/// # Safety
+/// `seg` was just taken from the cache: nobody else holds it.
+unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Segment {
+    // SAFETY: live header, ours.
+    let s = unsafe { &*seg };
+    let hs = capacity(s);
+    let off = s.huge_data.get() as usize - s.map_start.get() as usize;
+    let old_map = s.map_size.get();
+    let resized = |s: &Segment| {
+        s.map_size.set(off + data_size);
+        s.huge_size.set(data_size);
+        d.counters.mapped_bytes.fetch_add((off + data_size) as u64, Ordering::Relaxed);
+        d.counters.mapped_bytes.fetch_sub(old_map as u64, Ordering::Relaxed);
+    };
+    if hs >= data_size {
+        // A block more than a quarter too big keeps its mapping as spare capacity (a later
+        // `realloc` grows into it, a later request of its size reuses it) but lends the unused
+        // tail's pages back to the kernel lazily: they stay resident, and fault-free on the
+        // next write, unless the system needs the memory meanwhile.
+        s.huge_size.set(data_size);
+        if hs - data_size > data_size / 4 && !global::numa_enabled() {
+            // SAFETY: the tail of our own block; nobody uses it (its contents are undefined to
+            // the program, which has not written it yet).
+            unsafe { Sys::purge(s.huge_data.get().add(data_size), hs - data_size, os::PurgeMode::Free) };
+        }
+        return seg;
+    }
+    // SAFETY: our mapping.
+    if unsafe { Sys::resize_in_place(s.map_start.get(), old_map, off + data_size) } {
+        resized(s);
+        return seg;
+    }
+    let moved = if s.map_start.get() == seg.cast() {
+        // SAFETY: our mapping; on success the header moved with it.
+        unsafe { Sys::move_mapping(seg.cast(), old_map, off + data_size, SEGMENT_SIZE) }
+    } else {
+        ptr::null_mut()
+    };
+    if moved.is_null() {
+        // SAFETY: ours, in no cache.
+        unsafe { release(seg) };
+        return ptr::null_mut();
+    }
+    segmap_set(seg, false);
+    let nseg = moved as *mut Segment;
+    // SAFETY: the header now lives at `moved`.
+    unsafe {
+        let ns = &*nseg;
+        ns.map_start.set(moved);
+        ns.huge_data.set(moved.add(off));
+        resized(ns);
+    }
+    segmap_set(nseg, true);
+    nseg
 }
 
 /// A fresh mapping for a huge block (see [`alloc`]); `placed` binds it to `d`'s node.
@@ -317,6 +399,14 @@ pub(crate) fn place_range(p: *mut u8, len: usize, placement: os::Placement<'_>) 
     true
 }
 
+/// How long (ms) a freed huge block may wait in the cache: 50 times the purge delay (half a
+/// second by default). Re-faulting a multi-MiB block costs far more than re-faulting a span, and
+/// programs that reallocate big arrays every step (time steps, solver iterations) come back
+/// within that time; the cache's size limit bounds what an idle program holds meanwhile.
+pub(crate) fn cache_age_ms() -> u64 {
+    options::get().purge_delay_ms.saturating_mul(50)
+}
+
 /// Aborts with a clear message naming `what` if `p` is not the live start of the huge block
 /// `seg` (a freed block still held by the cache, or an interior pointer).
 ///
@@ -349,7 +439,7 @@ pub(crate) unsafe fn free(seg: *mut Segment, p: *mut u8) {
     let d = global::domain(s.node as usize);
     d.counters.huge_blocks.fetch_sub(1, Ordering::Relaxed);
     d.counters.huge_bytes.fetch_sub(s.huge_size.get() as u64, Ordering::Relaxed);
-    let (limit, age) = (options::get().huge_cache, options::get().purge_delay_ms);
+    let (limit, age) = (options::get().huge_cache, cache_age_ms());
     if limit == 0 || !d.huge_cache.put(seg, limit, age) {
         // SAFETY: freed, ours.
         unsafe { release(seg) };
@@ -394,6 +484,11 @@ pub(crate) unsafe fn realloc(seg: *mut Segment, p: *mut u8, new_size: usize) -> 
         }
         return p;
     }
+    if new_data <= capacity(s) {
+        // Grows into spare capacity: no system call.
+        adjust(d, s, s.map_size.get(), new_data);
+        return p;
+    }
     // SAFETY: our mapping.
     if unsafe { Sys::resize_in_place(s.map_start.get(), s.map_size.get(), off + new_data) } {
         adjust(d, s, off + new_data, new_data);
@@ -420,6 +515,12 @@ pub(crate) unsafe fn realloc(seg: *mut Segment, p: *mut u8, new_size: usize) -> 
     segmap_set(nseg, true);
     // SAFETY: off within the mapping.
     unsafe { moved.add(off) }
+}
+
+/// Bytes from a huge block's start to the end of its mapping: its size plus spare capacity left
+/// by a bigger cached block it reused.
+fn capacity(s: &Segment) -> usize {
+    s.map_size.get() - (s.huge_data.get() as usize - s.map_start.get() as usize)
 }
 
 fn adjust(d: &Domain, s: &Segment, map_size: usize, data: usize) {

@@ -28,7 +28,7 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc { name: "DOMALLOC_TOPOLOGY_ROOT", default: "/sys", doc: "Read the topology from this directory instead of /sys (for tests with fake sysfs trees)." },
     OptionDesc { name: "DOMALLOC_STATS", default: "0", doc: "Print per-node and per-size-class statistics to stderr at exit." },
     OptionDesc { name: "DOMALLOC_VERBOSE", default: "0", doc: "Print the options and detected topology to stderr at start-up." },
-    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "64M", doc: "Bytes of freed huge blocks kept per node for reuse (purged before reuse on multi-node machines)." },
+    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "128M", doc: "Bytes of freed huge blocks kept per node for reuse (purged before reuse on multi-node machines; released after 50x the purge delay)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_EVERY", default: "0", doc: "Fault injection: make every Nth OS mapping fail (0 = off)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_AFTER", default: "0", doc: "Fault injection: make every OS mapping after the Nth fail (0 = off)." },
 ];
@@ -109,7 +109,7 @@ impl Options {
         topology_root: None,
         stats: false,
         verbose: false,
-        huge_cache: 64 << 20,
+        huge_cache: 128 << 20,
         fail_map_every: 0,
         fail_map_after: 0,
     };
