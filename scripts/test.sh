@@ -25,25 +25,33 @@ fi
 
 step() { echo; echo "== $*"; }
 
+# Rust toolchains: the BSD targets and nightly (DragonFly build-std, fuzzing, loom, TSan, Miri).
+if command -v rustup >/dev/null; then
+    rustup target list --installed | grep -q x86_64-unknown-freebsd || rustup target add x86_64-unknown-freebsd
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    rustup +nightly component list --installed 2>/dev/null | grep -q rust-src || rustup +nightly component add rust-src
+    rustup +nightly component list --installed 2>/dev/null | grep -q '^miri' || rustup +nightly component add miri
+fi
+
+T0=$SECONDS
 step "unit and integration tests (cargo test --workspace)"
 cargo test --workspace --exclude domalloc-numa-tests 2>&1
 
 step "tests again with expensive invariant checks (--features check)"
 cargo test -p domalloc --features check --tests 2>&1
 
-if [ -x scripts/test-ffi.sh ]; then
-    step "C ABI with real programs (scripts/test-ffi.sh)"
-    scripts/test-ffi.sh
-fi
+step "C ABI with real programs (scripts/test-ffi.sh)"
+scripts/test-ffi.sh
 
-if [ -f numa-tests/Cargo.toml ] && grep -q '\[\[test\]\]\|tests/' <(ls numa-tests/tests 2>/dev/null; cat numa-tests/Cargo.toml); then
-    step "NUMA placement in QEMU guests with 2 and 4 nodes (cargo test -p domalloc-numa-tests)"
-    cargo test -p domalloc-numa-tests --release 2>&1
-fi
+step "NUMA placement in QEMU guests with 2 and 4 nodes (cargo test -p domalloc-numa-tests)"
+cargo test -p domalloc-numa-tests --release 2>&1
 
-if [ -x scripts/check-bsd.sh ]; then
-    step "FreeBSD and DragonFly compile checks (scripts/check-bsd.sh)"
-    scripts/check-bsd.sh
-fi
+step "FreeBSD and DragonFly compile checks (scripts/check-bsd.sh)"
+scripts/check-bsd.sh
 
-step "all tests passed"
+step "reliability: fuzzing (60 s), loom, Miri, ThreadSanitizer (scripts/reliability.sh)"
+scripts/reliability.sh quick
+scripts/reliability.sh miri
+scripts/reliability.sh tsan
+
+step "all tests passed ($(( (SECONDS - T0) / 60 )) min $(( (SECONDS - T0) % 60 )) s)"

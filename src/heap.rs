@@ -26,6 +26,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use crate::global;
 use crate::os::{Os, Sys};
 use crate::page;
+use crate::remote;
 use crate::segment::{
     empty_page, Block, Page, PageKind, Segment, EMPTY_PAGE, IN_FULL, PAGE_SHIFT, PAGE_SIZE, SEG_HUGE,
 };
@@ -385,14 +386,25 @@ impl Heap {
         self.node.get() as usize
     }
 
-    /// Refreshes the CPU; on a node change, gives all pages back and follows the thread.
     /// Fixes the heap to node `node` (node-targeted allocation heaps).
     pub(crate) fn pin_to_node(&self, node: usize) {
         self.pinned.set(true);
         self.node.set(node as u32);
     }
 
+    /// Refreshes the CPU; on a node change, gives all pages back and follows the thread.
+    /// Without rseq the CPU is asked for every `MAINTAIN_EVERY` refills only.
     fn update_cpu(&self) {
+        self.update_cpu_inner(false)
+    }
+
+    /// As [`Self::update_cpu`], but always asks (`sched_getcpu` without rseq): for large and
+    /// huge allocations, which cost far more than the question.
+    pub(crate) fn update_cpu_now(&self) {
+        self.update_cpu_inner(true)
+    }
+
+    fn update_cpu_inner(&self, always: bool) {
         if self.pinned.get() {
             return;
         }
@@ -400,7 +412,7 @@ impl Heap {
         let cpu = if tracked {
             // SAFETY: rseq area of this thread.
             unsafe { ptr::read_volatile(self.cpu_ptr.get()) }
-        } else if self.ticks.get() % MAINTAIN_EVERY == 0 {
+        } else if always || self.ticks.get() % MAINTAIN_EVERY == 0 {
             match Sys::current_cpu() {
                 Some(c) => c as u32,
                 None => return,
@@ -644,29 +656,14 @@ impl Heap {
     /// Called by a remote freer: page (ours, full) has a free block now.
     pub(crate) fn notify_unfull(&self, page: &Page) {
         let page = page as *const Page as *mut Page;
-        let mut head = self.unfull.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: the notifier has exclusive use of `next_unfull` while NOTIFYING.
-            unsafe { (*page).next_unfull.set(head) };
-            match self.unfull.compare_exchange_weak(head, page, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
+        // SAFETY: the notifier has exclusive use of `next_unfull` while NOTIFYING.
+        unsafe { remote::unfull_push(&self.unfull, page) };
     }
 
     /// Handles all notifications: pages still in our full list go back to their queues.
     fn drain_unfull(&self) {
-        if self.unfull.load(Ordering::Relaxed).is_null() {
-            return;
-        }
-        let mut p = self.unfull.swap(ptr::null_mut(), Ordering::Acquire);
-        while !p.is_null() {
-            // SAFETY: only pages of ours are pushed, and we drain before giving any page away.
-            let next = unsafe { (*p).next_unfull.get() };
-            self.unfull_page(p);
-            p = next;
-        }
+        // SAFETY: only pages of ours are pushed, and we drain before giving any page away.
+        unsafe { remote::unfull_drain(&self.unfull, |p| self.unfull_page(p)) };
     }
 
     /// Sends the pending remote-free batch home.
@@ -729,8 +726,12 @@ impl Heap {
 pub(crate) fn alloc_node() -> Option<usize> {
     let h = tls::heap();
     if !tls::is_sentinel(h) {
-        // SAFETY: our own heap.
-        return Some(unsafe { (*h).node() });
+        // SAFETY: our own heap. The thread may have moved since its last small refill: follow
+        // it before choosing the node of a large or huge block.
+        unsafe {
+            (*h).update_cpu_now();
+            return Some((*h).node());
+        }
     }
     if h == dead_heap() {
         if !global::ensure_init() {

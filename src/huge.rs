@@ -399,12 +399,12 @@ pub(crate) fn place_range(p: *mut u8, len: usize, placement: os::Placement<'_>) 
     true
 }
 
-/// How long (ms) a freed huge block may wait in the cache: 50 times the purge delay (half a
+/// How long (ms) a freed huge block may wait in the cache: 5 times the purge delay (half a
 /// second by default). Re-faulting a multi-MiB block costs far more than re-faulting a span, and
 /// programs that reallocate big arrays every step (time steps, solver iterations) come back
 /// within that time; the cache's size limit bounds what an idle program holds meanwhile.
 pub(crate) fn cache_age_ms() -> u64 {
-    options::get().purge_delay_ms.saturating_mul(50)
+    options::get().purge_delay_ms.saturating_mul(5)
 }
 
 /// Aborts with a clear message naming `what` if `p` is not the live start of the huge block

@@ -20,7 +20,7 @@ pub struct OptionDesc {
 
 /// Every option domalloc reads. Keep in sync with `Options::parse` (a test checks the README).
 pub const TABLE: &[OptionDesc] = &[
-    OptionDesc { name: "DOMALLOC_PURGE_DELAY", default: "10", doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep." },
+    OptionDesc { name: "DOMALLOC_PURGE_DELAY", default: "100", doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep." },
     OptionDesc { name: "DOMALLOC_PURGE", default: "dontneed", doc: "How pages are returned: `dontneed` (MADV_DONTNEED, re-placed by first touch) or `free` (MADV_FREE, lazy)." },
     OptionDesc { name: "DOMALLOC_THP", default: "0", doc: "Ask for transparent huge pages (MADV_HUGEPAGE) on huge blocks (>= 2 MiB, always 2 MiB aligned). Faster TLB, but first-touch placement becomes 2 MiB-granular." },
     OptionDesc { name: "DOMALLOC_NUMA", default: "auto", doc: "`auto`: NUMA logic when the machine has more than one node; `0`: act as one node; `1`: force it on." },
@@ -28,7 +28,7 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc { name: "DOMALLOC_TOPOLOGY_ROOT", default: "/sys", doc: "Read the topology from this directory instead of /sys (for tests with fake sysfs trees)." },
     OptionDesc { name: "DOMALLOC_STATS", default: "0", doc: "Print per-node and per-size-class statistics to stderr at exit." },
     OptionDesc { name: "DOMALLOC_VERBOSE", default: "0", doc: "Print the options and detected topology to stderr at start-up." },
-    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "128M", doc: "Bytes of freed huge blocks kept per node for reuse (purged before reuse on multi-node machines; released after 50x the purge delay)." },
+    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "128M", doc: "Bytes of freed huge blocks kept per node for reuse (purged before reuse on multi-node machines; released after 5x the purge delay)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_EVERY", default: "0", doc: "Fault injection: make every Nth OS mapping fail (0 = off)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_AFTER", default: "0", doc: "Fault injection: make every OS mapping after the Nth fail (0 = off)." },
 ];
@@ -100,7 +100,7 @@ pub struct Options {
 
 impl Options {
     const DEFAULT: Options = Options {
-        purge_delay_ms: 10,
+        purge_delay_ms: 100,
         purge_mode: PurgeMode::DontNeed,
         thp: false,
         numa: NumaMode::Auto,

@@ -13,14 +13,51 @@
 //!   never receives a notification for a page it has given up.
 //!
 //! Remote frees arrive in batches (a chain of blocks for one page, one CAS): see `heap.rs`.
+//!
+//! The lock-free parts (the `xfree` word and the owner's `unfull` stack) live in `remote.rs`,
+//! which `loom-model/` compiles with loom's atomics; this file wraps them for the page
+//! descriptor.
 
-use core::hint::spin_loop;
 use core::ptr;
-use core::sync::atomic::Ordering;
 
 use crate::heap::Heap;
-use crate::os;
+use crate::remote::{self, Link, UnfullLink};
 use crate::segment::{Block, Page, XSTATE_FULL, XSTATE_MASK, XSTATE_NORMAL, XSTATE_NOTIFYING};
+
+// `segment.rs` names the states for the page descriptor; `remote.rs` (compiled alone for loom)
+// has its own names for the same values.
+const _: () = assert!(
+    XSTATE_NORMAL == remote::NORMAL
+        && XSTATE_FULL == remote::FULL
+        && XSTATE_NOTIFYING == remote::NOTIFYING
+        && XSTATE_MASK == remote::MASK
+);
+
+impl Link for Block {
+    #[inline(always)]
+    unsafe fn next(this: *mut Block) -> *mut Block {
+        // SAFETY: a valid block the caller may read (the trait's contract).
+        unsafe { (*this).next }
+    }
+    #[inline(always)]
+    unsafe fn set_next(this: *mut Block, next: *mut Block) {
+        // SAFETY: a valid block the caller may write (the trait's contract).
+        unsafe { (*this).next = next }
+    }
+}
+
+impl UnfullLink for Page {
+    #[inline(always)]
+    unsafe fn next_unfull(this: *mut Page) -> *mut Page {
+        // SAFETY: a valid page (the trait's contract); the link is a `Cell`.
+        unsafe { (*this).next_unfull.get() }
+    }
+    #[inline(always)]
+    unsafe fn set_next_unfull(this: *mut Page, next: *mut Page) {
+        // SAFETY: a valid page whose link the caller may write (the trait's contract).
+        unsafe { (*this).next_unfull.set(next) }
+    }
+}
 
 /// Bytes carved per extension: one OS page's worth (at least one block), so memory is touched
 /// gradually and by the allocating thread (first touch).
@@ -85,27 +122,15 @@ pub(crate) unsafe fn collect(page: &Page) -> bool {
 /// # Safety
 /// The caller owns `page`.
 pub(crate) unsafe fn collect_remote(page: &Page) {
-    let mut old = page.xfree.load(Ordering::Relaxed);
-    loop {
-        if old & !XSTATE_MASK == 0 {
-            return;
-        }
-        match page.xfree.compare_exchange_weak(old, old & XSTATE_MASK, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => break,
-            Err(o) => old = o,
-        }
+    let head = remote::take::<Block>(&page.xfree);
+    if head.is_null() {
+        return;
     }
-    let head = (old & !XSTATE_MASK) as *mut Block;
-    let mut n = 1u32;
-    let mut tail = head;
-    // SAFETY: the chain was published with Release by the pushers; we own it now.
-    unsafe {
-        while !(*tail).next.is_null() {
-            tail = (*tail).next;
-            n += 1;
-        }
-        (*tail).next = page.free.get();
-    }
+    // SAFETY: the chain was published with Release by the pushers and taken with Acquire; we
+    // own it now.
+    let (tail, n) = unsafe { remote::chain_end(head) };
+    // SAFETY: as above.
+    unsafe { (*tail).next = page.free.get() };
     page.free.set(head);
     page.set_used(page.used().saturating_sub(n));
 }
@@ -131,95 +156,26 @@ unsafe fn append(a: *mut Block, b: *mut Block) {
 /// # Safety
 /// The blocks belong to `page`, are allocated (not in any list), and the chain is well formed.
 pub(crate) unsafe fn push_remote(page: &Page, head: *mut Block, tail: *mut Block) {
-    let mut spins = 0u32;
-    let mut old = page.xfree.load(Ordering::Relaxed);
-    let was_full = loop {
-        let state = old & XSTATE_MASK;
-        if state == XSTATE_NOTIFYING {
-            wait(&mut spins);
-            // Acquire: pairs with the notifier's release of NOTIFYING, so its writes to the
-            // unfull links happen before ours.
-            old = page.xfree.load(Ordering::Acquire);
-            continue;
-        }
-        // SAFETY: we own the chain until the CAS publishes it.
-        unsafe { (*tail).next = (old & !XSTATE_MASK) as *mut Block };
-        let new_state = if state == XSTATE_FULL { XSTATE_NOTIFYING } else { state };
-        // AcqRel: releases our chain; acquires the owner's `try_mark_full` (and the last
-        // notifier's writes) before we touch the unfull links.
-        match page.xfree.compare_exchange_weak(
-            old,
-            head as usize | new_state,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => break state == XSTATE_FULL,
-            Err(o) => old = o,
-        }
-    };
-    if was_full {
-        // The owner cannot abandon the page while we are NOTIFYING, so `heap` is live.
-        let heap = page.heap.load(Ordering::Acquire);
+    // Runs while the page is NOTIFYING, when the owner cannot abandon it.
+    let notify = |heap: *mut Heap| {
         if !heap.is_null() {
             // SAFETY: heaps are never unmapped and the owner waits for us (see module doc).
             unsafe { (*heap).notify_unfull(page) };
         }
-        let mut old = page.xfree.load(Ordering::Relaxed);
-        loop {
-            match page.xfree.compare_exchange_weak(
-                old,
-                (old & !XSTATE_MASK) | XSTATE_NORMAL,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(o) => old = o,
-            }
-        }
-    }
+    };
+    // SAFETY: the caller's contract is `remote::push`'s.
+    unsafe { remote::push(&page.xfree, &page.heap, head, tail, notify) }
 }
 
 /// Owner: tries to move the page's remote state to `FULL`. Fails (returns false) if remote frees
 /// arrived meanwhile; the caller should collect them instead.
 pub(crate) fn try_mark_full(page: &Page) -> bool {
-    page.xfree
-        .compare_exchange(XSTATE_NORMAL, XSTATE_FULL, Ordering::AcqRel, Ordering::Relaxed)
-        .is_ok()
+    remote::try_mark_full(&page.xfree)
 }
 
 /// Owner: leaves the `FULL` state (waiting out a notifier), keeping queued blocks.
 pub(crate) fn clear_full(page: &Page) {
-    let mut spins = 0;
-    let mut old = page.xfree.load(Ordering::Relaxed);
-    loop {
-        match old & XSTATE_MASK {
-            XSTATE_NOTIFYING => {
-                wait(&mut spins);
-                old = page.xfree.load(Ordering::Acquire);
-            }
-            XSTATE_FULL => {
-                match page.xfree.compare_exchange_weak(
-                    old,
-                    old & !XSTATE_MASK,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return,
-                    Err(o) => old = o,
-                }
-            }
-            _ => return,
-        }
-    }
-}
-
-fn wait(spins: &mut u32) {
-    *spins += 1;
-    if *spins < 64 {
-        spin_loop();
-    } else {
-        os::yield_now();
-    }
+    remote::clear_full(&page.xfree)
 }
 
 /// Owner: gives up ownership so that the page can go to an arena: merges the local list and
@@ -238,7 +194,7 @@ pub(crate) unsafe fn disown(page: &Page) {
         page.local_free.set(ptr::null_mut());
     }
     page.flags.set(0);
-    page.heap.store(ptr::null_mut::<Heap>(), Ordering::Release);
+    remote::release_owner(&page.heap);
 }
 
 /// Whether the page (owned) has no block in use, counting uncollected remote frees.

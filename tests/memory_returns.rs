@@ -44,7 +44,7 @@ fn rss_falls_back_after_large_working_set_is_freed() {
     let peak = rss_bytes();
     assert!(peak > base + (300 << 20), "working set not resident? base {base} peak {peak}");
     drop(v);
-    // After the purge delay (10 ms by default) for spans and 50x that for cached huge blocks,
+    // After the purge delay (100 ms by default) for spans and 5x that for cached huge blocks,
     // a non-forced collect returns what is due.
     std::thread::sleep(std::time::Duration::from_millis(600));
     domalloc::collect(false);

@@ -1,37 +1,45 @@
-//! A loom model of domalloc's page remote-free protocol (`src/page.rs` and the `unfull` stack of
-//! `src/heap.rs`).
+//! loom checks of domalloc's page remote-free protocol: the allocator's **own source**.
 //!
-//! This is a *copy* of the protocol's state machine written against loom's atomics and cells,
-//! not the allocator's code: loom needs every atomic and every shared non-atomic field to be its
-//! own type, and the core does not (yet) swap its atomics under a cfg. When `src/page.rs`
-//! changes, this file must follow; the functions keep the names and the orderings of the
-//! originals so the two can be compared side by side.
+//! `src/remote.rs` of the allocator (the `xfree` word with its `NORMAL`/`FULL`/`NOTIFYING`
+//! states, and the owner heap's `unfull` notification stack) and its atomics shim `src/sync.rs`
+//! are compiled into this crate as they are, through `#[path]`, with `cfg(loom)` (set by
+//! `build.rs`): the shim then hands out loom's atomics and turns the spin waits into loom yields.
+//! So loom explores the real functions with their real orderings; nothing here restates them.
 //!
-//! What is modelled, per page:
-//! * `xfree`: the lock-free stack of remotely freed blocks whose low two bits carry the state
-//!   (`NORMAL`, `FULL`, `NOTIFYING`);
-//! * `heap`: the owning heap (compared and loaded by freers);
-//! * `next_unfull`: the link of the owner's notification stack, a plain (non-atomic) field that
-//!   the notifier writes and the owner reads;
-//! * each block's `next` link, a plain field written by the pusher and read by the owner.
+//! What this file adds is the glue that `src/page.rs` and `src/heap.rs` provide in the allocator,
+//! written the same way (each function names the one it mirrors):
+//! * [`Block`] and [`Page`] implement `remote::Link` / `remote::UnfullLink` with loom cells
+//!   instead of plain fields, so loom checks every access to a block link and to `next_unfull`
+//!   for data races (the links are plain fields in the allocator);
+//! * [`Shared::push_remote`] is `page::push_remote` (its notification callback is
+//!   `Heap::notify_unfull`), [`Owner`] the owner's side: `usable_or_retire`'s retire step,
+//!   `collect_remote`, `drain_unfull`, `unfull_page`, and `abandon_all` + `disown` +
+//!   `is_unused` for one page.
 //!
-//! Per heap: `unfull`, the lock-free stack of pages that got a remote free while full.
-//!
-//! The orderings come in two sets ([`Orderings::AS_IN_SRC`] and [`Orderings::FIXED`]) so the
-//! tests can show what loom finds with the orderings of `src/page.rs` and that the proposed
-//! orderings remove it.
+//! Model bookkeeping (which blocks were collected, whether the page sits in the `unfull` stack)
+//! uses `std` atomics: loom does not see them, so they add no interleavings; loom runs an
+//! execution's threads one at a time on one OS thread, so they read in schedule order. The one
+//! loom atomic the model adds is a relaxed counter every step bumps first ([`Shared::tick`]):
+//! without it loom misses interleavings of the real code's load-first CAS loops.
+
+use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
 
 use loom::cell::UnsafeCell;
-use loom::sync::atomic::{AtomicUsize, Ordering};
 
-/// Remote frees just push.
-pub const NORMAL: usize = 0;
-/// The page is in its owner's full list: the first remote free notifies the owner.
-pub const FULL: usize = 1;
-/// A remote freer is notifying the owner right now.
-pub const NOTIFYING: usize = 2;
-/// The state bits of `xfree`.
-pub const MASK: usize = 3;
+#[allow(dead_code)]
+#[path = "../../src/sync.rs"]
+mod sync;
+
+#[allow(dead_code)]
+#[path = "../../src/remote.rs"]
+mod remote;
+
+use remote::{Link, UnfullLink, MASK, NORMAL};
+use sync::{AtomicPtr, AtomicUsize, Ordering};
+
+/// `xfree` state: the page is in its owner's full list (`remote::FULL`, re-exported for the
+/// tests).
+pub const FULL: usize = remote::FULL;
 
 std::thread_local! {
     /// Events of the current execution, for failure messages. loom runs an execution's
@@ -47,263 +55,210 @@ pub fn trace(what: impl std::fmt::Display) {
 
 /// Takes the events recorded so far (and starts a new trace).
 pub fn take_trace() -> String {
-    TRACE
-        .with(|t| std::mem::take(&mut *t.borrow_mut()))
-        .join("\n")
+    TRACE.with(|t| std::mem::take(&mut *t.borrow_mut())).join("\n")
 }
 
-/// The first value a freer's CAS loop expects where `src` loads one first. loom (0.7) stops
-/// exploring interleavings when a thread's accesses to an atomic begin with a plain load
-/// (tokio-rs/loom#166, #392): with a relaxed first load, loom ran one or two executions of the
-/// three-thread model. A guessed first value gives the same behaviours (a wrong guess just
-/// fails the CAS, which returns the current value, as a stale load would).
-const GUESS: usize = 0;
-
-/// The page's id in the (one-page) model; 0 is null.
-const PAGE_ID: usize = 1;
-/// The owning heap's id; 0 is "no owner".
-pub const HEAP_ID: usize = 1;
-
-/// The memory orderings of the protocol's atomic operations that are candidates for change.
-#[derive(Clone, Copy, Debug)]
-pub struct Orderings {
-    /// `push_remote`: success ordering of the CAS that publishes the chain (and may move
-    /// `FULL` to `NOTIFYING`).
-    pub push_cas_success: Ordering,
-    /// `clear_full` and `push_remote`: the loads that wait out `NOTIFYING`, and the failure
-    /// ordering of `clear_full`'s CAS (whose failure value `clear_full` acts on).
-    pub wait_load: Ordering,
-}
-
-impl Orderings {
-    /// Exactly the orderings of `src/page.rs` (commit 14d31f3).
-    pub const AS_IN_SRC: Orderings = Orderings {
-        push_cas_success: Ordering::Release,
-        wait_load: Ordering::Relaxed,
-    };
-    /// The proposed fix: the notifier acquires the owner's `FULL` (so its write of
-    /// `next_unfull` happens after the owner's earlier reads of it), and the owner acquires the
-    /// notifier's return to `NORMAL` (so everything the notifier did happens before the owner
-    /// abandons or re-marks the page).
-    pub const FIXED: Orderings = Orderings {
-        push_cas_success: Ordering::AcqRel,
-        wait_load: Ordering::Acquire,
-    };
-}
-
-/// A block: its first word links to the next (block index; 0 = null).
+/// A block: the allocator's `segment::Block`, whose first word links to the next, with the link
+/// in a loom cell.
 pub struct Block {
-    next: UnsafeCell<usize>,
+    next: UnsafeCell<*mut Block>,
+    /// The block's number (1..=n) in the model.
+    id: usize,
 }
 
-/// The shared state of one page and its owning heap.
-pub struct Shared {
-    /// `Page::xfree`: chain head (block index << 2) | state.
+impl Link for Block {
+    unsafe fn next(this: *mut Block) -> *mut Block {
+        // SAFETY: a live block of the model; loom checks the access for races.
+        unsafe { (*this).next.with(|p| *p) }
+    }
+    unsafe fn set_next(this: *mut Block, next: *mut Block) {
+        // SAFETY: as above.
+        unsafe { (*this).next.with_mut(|p| *p = next) }
+    }
+}
+
+/// The owning heap: its `unfull` stack (the allocator's `Heap::unfull`).
+pub struct Heap {
+    /// Pages of ours that received a remote free while full.
+    pub unfull: AtomicPtr<Page>,
+}
+
+/// The page descriptor's fields that the protocol shares between threads.
+pub struct Page {
+    /// `Page::xfree`: remotely freed blocks, state in the low bits.
     pub xfree: AtomicUsize,
-    /// `Page::heap`.
-    pub heap: AtomicUsize,
-    /// `Page::next_unfull`.
-    next_unfull: UnsafeCell<usize>,
-    /// `Heap::unfull`: 0 or `PAGE_ID`.
-    pub unfull: AtomicUsize,
-    /// Blocks 1..=n (index 0 unused).
-    blocks: Vec<Block>,
-    /// Model bookkeeping, not in the allocator: notifications in the current FULL period.
-    notifications: AtomicUsize,
-    ord: Orderings,
+    /// `Page::heap`: the owner, or null.
+    pub heap: AtomicPtr<Heap>,
+    /// `Page::next_unfull` (a `Cell` in the allocator).
+    next_unfull: UnsafeCell<*mut Page>,
 }
 
-// SAFETY: shared between the model's threads on purpose: the fields are loom atomics and loom
-// cells, and loom checks every access to the cells for data races (that is the test).
+impl UnfullLink for Page {
+    unsafe fn next_unfull(this: *mut Page) -> *mut Page {
+        // SAFETY: the model's live page; loom checks the access for races.
+        unsafe { (*this).next_unfull.with(|p| *p) }
+    }
+    unsafe fn set_next_unfull(this: *mut Page, next: *mut Page) {
+        // SAFETY: as above.
+        unsafe { (*this).next_unfull.with_mut(|p| *p = next) }
+    }
+}
+
+/// One page, its `n` blocks (all allocated at the start) and its owning heap.
+pub struct Shared {
+    /// The page (boxed: its address goes into the heap's `unfull` stack).
+    pub page: Box<Page>,
+    /// The owner (boxed: its address is in `page.heap`).
+    pub heap: Box<Heap>,
+    blocks: Vec<Box<Block>>,
+    /// Bookkeeping: the page sits in the owner's `unfull` stack.
+    on_stack: AtomicBool,
+    /// Model-only: see [`Shared::tick`].
+    clock: AtomicUsize,
+}
+
+// SAFETY: shared between the model's threads on purpose: the shared fields are loom atomics and
+// loom cells, and loom checks every access to the cells for data races (that is the test).
 unsafe impl Sync for Shared {}
 // SAFETY: as above.
 unsafe impl Send for Shared {}
 
 impl Shared {
-    /// A page owned by the heap, with `n` blocks, all allocated.
-    pub fn new(n: usize, ord: Orderings) -> Shared {
-        Shared {
+    /// A page owned by the heap, with blocks `1..=n`, all allocated.
+    pub fn new(n: usize) -> Shared {
+        let heap = Box::new(Heap {
+            unfull: AtomicPtr::new(std::ptr::null_mut()),
+        });
+        let page = Box::new(Page {
             xfree: AtomicUsize::new(NORMAL),
-            heap: AtomicUsize::new(HEAP_ID),
-            next_unfull: UnsafeCell::new(0),
-            unfull: AtomicUsize::new(0),
-            blocks: (0..=n)
-                .map(|_| Block {
-                    next: UnsafeCell::new(0),
+            heap: AtomicPtr::new(&*heap as *const Heap as *mut Heap),
+            next_unfull: UnsafeCell::new(std::ptr::null_mut()),
+        });
+        let blocks = (1..=n)
+            .map(|id| {
+                Box::new(Block {
+                    next: UnsafeCell::new(std::ptr::null_mut()),
+                    id,
                 })
-                .collect(),
-            notifications: AtomicUsize::new(0),
-            ord,
+            })
+            .collect();
+        Shared {
+            page,
+            heap,
+            blocks,
+            on_stack: AtomicBool::new(false),
+            clock: AtomicUsize::new(0),
         }
     }
 
-    /// Links block `a` to block `b` (a freer building a batch of blocks it owns).
+    /// A scheduling point: a relaxed RMW of a model-only atomic, made by every thread before
+    /// each protocol step. loom (0.7) misses interleavings when a thread's first accesses are
+    /// plain loads (tokio-rs/loom#166, #392): the real code starts its CAS loops with a relaxed
+    /// load, and without the ticks loom ran 48 executions per model, never let a freer run
+    /// between two owner steps, and missed a deliberately weakened ordering. The ticks are
+    /// dependent accesses, so loom's DPOR tries the steps in every order. Being relaxed, they
+    /// create no happens-before edge and hide no ordering bug.
+    pub fn tick(&self) {
+        self.clock.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn block(&self, id: usize) -> *mut Block {
+        &*self.blocks[id - 1] as *const Block as *mut Block
+    }
+
+    fn page_ptr(&self) -> *mut Page {
+        &*self.page as *const Page as *mut Page
+    }
+
+    fn heap_ptr(&self) -> *mut Heap {
+        &*self.heap as *const Heap as *mut Heap
+    }
+
+    /// Links block `a` to block `b` (a freer building a batch of blocks it owns, as
+    /// `heap::remote_free` does).
     pub fn link(&self, a: usize, b: usize) {
-        // SAFETY (model): the freer owns both blocks.
-        self.blocks[a].next.with_mut(|n| unsafe { *n = b });
+        // SAFETY: the freer owns both blocks.
+        unsafe { Block::set_next(self.block(a), self.block(b)) };
     }
 
-    fn wait() {
-        loom::thread::yield_now();
-    }
-
-    /// `page::push_remote`: a non-owner frees the chain `head..=tail` (already linked).
+    /// `page::push_remote`: a non-owner frees the chain `head..=tail` (already linked; the
+    /// real code sets the tail's link). The notification is `Heap::notify_unfull`.
     pub fn push_remote(&self, head: usize, tail: usize) {
-        // `src` starts with a relaxed load; a guess is equivalent (a wrong one fails the CAS,
-        // which returns the current value) and keeps loom exploring (see `GUESS`).
-        let mut old = GUESS;
-        let was_full = loop {
-            let state = old & MASK;
-            if state == NOTIFYING {
-                Self::wait();
-                old = self.xfree.load(self.ord.wait_load);
-                continue;
-            }
-            // SAFETY (model): the chain is ours until the CAS publishes it.
-            self.blocks[tail]
-                .next
-                .with_mut(|n| unsafe { *n = old >> 2 });
-            let new_state = if state == FULL { NOTIFYING } else { state };
-            match self.xfree.compare_exchange_weak(
-                old,
-                (head << 2) | new_state,
-                self.ord.push_cas_success,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    trace(format_args!("push_remote: pushed {head}..{tail} onto {old:#x}, state {state} -> {new_state}"));
-                    break state == FULL;
-                }
-                Err(o) => old = o,
-            }
-        };
-        if was_full {
-            let heap = self.heap.load(Ordering::Acquire);
-            assert_eq!(heap, HEAP_ID, "a notifier found the page without an owner");
-            let n = self.notifications.fetch_add(1, Ordering::Relaxed);
-            assert_eq!(
-                n, 0,
-                "the page was pushed onto the owner's unfull stack twice in one FULL period"
+        trace(format_args!("push_remote({head}..={tail})"));
+        self.tick();
+        let page = self.page_ptr();
+        let notify = |heap: *mut Heap| {
+            // The allocator skips a null owner; it must never see one here (the owner waits out
+            // NOTIFYING before it gives the page up).
+            assert!(!heap.is_null(), "a notifier found the page without an owner");
+            assert_eq!(heap, self.heap_ptr());
+            assert!(
+                !self.on_stack.swap(true, StdOrdering::Relaxed),
+                "the page was pushed onto the owner's unfull stack while already on it"
             );
-            self.notify_unfull();
-            trace("push_remote: notified the owner");
-            let mut old = GUESS | NOTIFYING;
-            loop {
-                match self.xfree.compare_exchange_weak(
-                    old,
-                    (old & !MASK) | NORMAL,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        trace(format_args!("push_remote: back to NORMAL from {old:#x}"));
-                        break;
-                    }
-                    Err(o) => old = o,
-                }
-            }
-        }
-    }
-
-    /// `Heap::notify_unfull`.
-    fn notify_unfull(&self) {
-        let mut head = GUESS;
-        loop {
-            // SAFETY (model): the notifier has exclusive use of `next_unfull` while NOTIFYING.
-            self.next_unfull.with_mut(|n| unsafe { *n = head });
-            match self.unfull.compare_exchange_weak(
-                head,
-                PAGE_ID,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    trace(format_args!("notify_unfull: pushed the page onto {head}"));
-                    return;
-                }
-                Err(h) => head = h,
-            }
-        }
-    }
-
-    /// `page::try_mark_full` (owner).
-    pub fn try_mark_full(&self) -> bool {
-        // Model bookkeeping: a new FULL period starts if the CAS succeeds.
-        self.notifications.store(0, Ordering::Relaxed);
-        let r = self
-            .xfree
-            .compare_exchange(NORMAL, FULL, Ordering::AcqRel, Ordering::Relaxed);
-        trace(format_args!("try_mark_full: {r:?}"));
-        r.is_ok()
-    }
-
-    /// `page::clear_full` (owner).
-    pub fn clear_full(&self) {
-        let mut old = self.xfree.load(self.ord.wait_load);
-        loop {
-            match old & MASK {
-                NOTIFYING => {
-                    Self::wait();
-                    old = self.xfree.load(self.ord.wait_load);
-                }
-                FULL => match self.xfree.compare_exchange_weak(
-                    old,
-                    old & !MASK,
-                    Ordering::AcqRel,
-                    self.ord.wait_load,
-                ) {
-                    Ok(_) => {
-                        trace(format_args!("clear_full: FULL -> NORMAL ({old:#x})"));
-                        return;
-                    }
-                    Err(o) => old = o,
-                },
-                _ => {
-                    trace(format_args!("clear_full: saw {old:#x}"));
-                    return;
-                }
-            }
-        }
+            // SAFETY: we moved the page to NOTIFYING: its link is ours (`Heap::notify_unfull`).
+            unsafe { remote::unfull_push(&(*heap).unfull, page) };
+            trace("notify_unfull: pushed the page");
+        };
+        // SAFETY: the chain's blocks are allocated, ours and linked.
+        unsafe {
+            remote::push(
+                &self.page.xfree,
+                &self.page.heap,
+                self.block(head),
+                self.block(tail),
+                notify,
+            )
+        };
+        trace(format_args!("push_remote({head}..={tail}) done"));
     }
 
     /// `page::collect_remote` (owner): takes every queued block, keeping the state bits.
-    /// Returns the blocks taken.
+    /// Returns the ids of the blocks taken.
     pub fn collect_remote(&self) -> Vec<usize> {
-        let mut old = self.xfree.load(Ordering::Relaxed);
-        loop {
-            if old & !MASK == 0 {
-                return Vec::new();
-            }
-            match self.xfree.compare_exchange_weak(
-                old,
-                old & MASK,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(o) => old = o,
-            }
+        let head = remote::take::<Block>(&self.page.xfree);
+        if head.is_null() {
+            trace("collect_remote: nothing");
+            return Vec::new();
         }
+        // SAFETY: taken with Acquire, published with Release: the chain is ours.
+        let (tail, n) = unsafe { remote::chain_end(head) };
         let mut got = Vec::new();
-        let mut b = old >> 2;
-        while b != 0 {
-            assert!(
-                got.len() < self.blocks.len(),
-                "cycle in the remote-free chain"
-            );
-            got.push(b);
-            // SAFETY (model): the chain was published with Release; we own it now.
-            b = self.blocks[b].next.with(|n| unsafe { *n });
+        let mut b = head;
+        while !b.is_null() {
+            assert!(got.len() < self.blocks.len(), "cycle in the remote-free chain");
+            // SAFETY: as above.
+            unsafe {
+                got.push((*b).id);
+                b = Block::next(b);
+            }
         }
+        assert_eq!(got.len(), n as usize, "chain_end miscounted");
         // The owner links the chain's tail to its own free list (a write, as in the original).
-        trace(format_args!("collect_remote: took {got:?} from {old:#x}"));
-        let tail = *got.last().unwrap();
-        self.blocks[tail].next.with_mut(|n| unsafe { *n = 0 });
+        // SAFETY: as above.
+        unsafe { Block::set_next(tail, std::ptr::null_mut()) };
+        trace(format_args!("collect_remote: took {got:?}"));
         got
+    }
+
+    /// The owner's `unfull` stack is empty (and bookkeeping agrees).
+    pub fn unfull_is_empty(&self) -> bool {
+        self.heap.unfull.load(Ordering::Relaxed).is_null()
+    }
+
+    /// The page's current owner is null (`disown` happened).
+    pub fn owner_is_null(&self) -> bool {
+        self.page.heap.load(Ordering::Relaxed).is_null()
+    }
+
+    /// The state bits of `xfree` and whether blocks wait in it (a relaxed load).
+    pub fn xfree_state(&self) -> (usize, bool) {
+        let x = self.page.xfree.load(Ordering::Relaxed);
+        (x & MASK, x & !MASK != 0)
     }
 }
 
-/// The owner's private state (fields only the owning thread touches in `src/`).
+/// The owner's private state (fields only the owning thread touches in the allocator).
 pub struct Owner<'a> {
     /// The shared page/heap.
     pub s: &'a Shared,
@@ -329,39 +284,47 @@ impl<'a> Owner<'a> {
     /// `Heap::usable_or_retire`'s retire step: mark the page full (true) or, if frees raced in,
     /// collect them.
     pub fn retire(&mut self) -> bool {
-        if self.s.try_mark_full() {
+        self.s.tick();
+        let ok = remote::try_mark_full(&self.s.page.xfree);
+        trace(format_args!("try_mark_full: {ok}"));
+        if ok {
             self.in_full = true;
-            true
         } else {
             self.collect();
-            false
         }
+        ok
     }
 
     /// `page::collect`'s remote part.
     pub fn collect(&mut self) {
+        self.s.tick();
         let g = self.s.collect_remote();
         self.got.extend(g);
     }
 
     /// `Heap::drain_unfull`.
     pub fn drain_unfull(&mut self) {
-        if self.s.unfull.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let mut p = self.s.unfull.swap(0, Ordering::Acquire);
-        trace(format_args!("drain_unfull: took {p}"));
-        let mut seen = 0;
-        while p != 0 {
-            assert_eq!(p, PAGE_ID);
-            seen += 1;
-            assert!(seen == 1, "the page sits twice in the unfull stack (cycle)");
-            // SAFETY (model): pushed with Release, taken with Acquire.
-            let next = self.s.next_unfull.with(|n| unsafe { *n });
-            self.handled += 1;
-            self.unfull_page();
-            p = next;
-        }
+        let s = self.s;
+        s.tick();
+        let page = s.page_ptr();
+        let mut taken = Vec::new();
+        // SAFETY: the stack is this heap's and holds only its live page.
+        unsafe {
+            remote::unfull_drain(&s.heap.unfull, |p| {
+                assert_eq!(p, page, "an unknown page in the unfull stack");
+                assert!(taken.len() < 1, "the page sits twice in the unfull stack (cycle)");
+                assert!(s.on_stack.swap(false, StdOrdering::Relaxed));
+                taken.push(p);
+                trace("drain_unfull: took the page");
+                // `unfull_page`, inline (the closure borrows the stack, not `self`).
+                self.handled += 1;
+                if self.in_full {
+                    remote::clear_full(&s.page.xfree);
+                    trace("unfull_page: clear_full done");
+                    self.in_full = false;
+                }
+            })
+        };
     }
 
     /// `Heap::unfull_page`.
@@ -369,19 +332,26 @@ impl<'a> Owner<'a> {
         if !self.in_full {
             return;
         }
-        self.s.clear_full();
+        remote::clear_full(&self.s.page.xfree);
+        trace("unfull_page: clear_full done");
         self.in_full = false;
     }
 
     /// `Heap::abandon_all` for this page, then `release_page` (`disown` + `is_unused`).
     pub fn abandon(&mut self) {
+        self.s.tick();
+        // 1. No more notifications.
         if self.in_full {
-            self.s.clear_full();
+            remote::clear_full(&self.s.page.xfree);
+            trace("abandon: clear_full done");
         }
-        self.s.unfull.store(0, Ordering::Relaxed);
+        // 2. Discard pending notifications (as `abandon_all`: a relaxed store of null).
+        self.s.heap.unfull.store(std::ptr::null_mut(), Ordering::Relaxed);
+        self.s.on_stack.store(false, StdOrdering::Relaxed);
         trace("abandon: unfull discarded");
         self.in_full = false;
-        self.s.heap.store(0, Ordering::Release);
+        // 3. `disown`, then `is_unused` collects.
+        remote::release_owner(&self.s.page.heap);
         self.collect();
     }
 }

@@ -238,6 +238,75 @@ impl GuestReport {
     }
 }
 
+/// Per-pattern totals over the checked (`PASS`/`FAIL`) lines of one guest run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PatternStats {
+    /// Checks that held.
+    pub passed: u64,
+    /// Checks that failed.
+    pub failed: u64,
+    /// Pages measured, over all checks of the pattern.
+    pub pages: u64,
+    /// Of those, pages on the expected node.
+    pub local: u64,
+    /// The lowest local share of any one check (1.0 when there were none).
+    pub min_share: f64,
+}
+
+impl PatternStats {
+    /// Local pages / pages over all checks of the pattern (NaN when no pages were measured).
+    pub fn share(&self) -> f64 {
+        if self.pages == 0 {
+            f64::NAN
+        } else {
+            self.local as f64 / self.pages as f64
+        }
+    }
+
+    /// True when the pattern was checked and no check failed.
+    pub fn all_passed(&self) -> bool {
+        self.failed == 0 && self.passed > 0
+    }
+}
+
+impl GuestReport {
+    /// Totals per pattern number over the `PASS`/`FAIL` lines (`INFO`/`SKIP` lines are left out).
+    pub fn by_pattern(&self) -> BTreeMap<u32, PatternStats> {
+        let mut m: BTreeMap<u32, PatternStats> = BTreeMap::new();
+        for r in self.results.iter().filter(|r| matches!(r.verdict, Verdict::Pass | Verdict::Fail)) {
+            let e = m.entry(r.pattern()).or_insert(PatternStats { min_share: 1.0, ..Default::default() });
+            if r.verdict == Verdict::Pass {
+                e.passed += 1;
+            } else {
+                e.failed += 1;
+            }
+            e.pages += r.get("pages").parse::<u64>().unwrap_or(0);
+            e.local += r.get("local").parse::<u64>().unwrap_or(0);
+            let s = r.share();
+            if s.is_finite() && s < e.min_share {
+                e.min_share = s;
+            }
+        }
+        m
+    }
+
+    /// A per-pattern table: checks passed/failed, overall and lowest local share.
+    pub fn pattern_table(&self) -> String {
+        let mut s = String::from("  pattern  checks  failed  local share (all pages)  lowest check\n");
+        for (p, st) in self.by_pattern() {
+            s.push_str(&format!(
+                "  {p:>7}  {:>6}  {:>6}  {:>22.2}%  {:>11.2}%  {}\n",
+                st.passed + st.failed,
+                st.failed,
+                st.share() * 100.0,
+                st.min_share * 100.0,
+                if st.all_passed() { "PASS" } else { "FAIL" }
+            ));
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +335,10 @@ mod tests {
         assert_eq!(r.guest_exit, Some(1));
         assert_eq!(r.info.len(), 1);
         assert!(r.render().contains("FAIL pattern 2 phase b-alloc"));
+        let by = r.by_pattern();
+        assert_eq!(by[&2].failed, 1);
+        assert!(by[&1].all_passed() && !by[&2].all_passed());
+        assert!((by[&2].min_share - 0.9).abs() < 1e-9);
+        assert!(r.pattern_table().contains("FAIL"));
     }
 }

@@ -5,7 +5,13 @@
 #
 # Options:
 #   --topology NAME   2n (default) | 4n-unequal | memonly | sparse | 1n     (--list describes them)
-#   --binary PATH     static numa-guest binary to run (default: build it, see --alloc)
+#   --binary PATH     program to run as the guest payload (default: build the static numa-guest,
+#                     see --alloc). A dynamically linked program is fine: it is copied into the
+#                     initramfs with every shared library `ldd` lists and the dynamic loader.
+#   --c-program       build numa-tests/c/numa_patterns.c with gcc (dynamic) and run it (the C path;
+#                     same RESULT/SUMMARY lines as numa-guest). Implies a dynamic --binary.
+#   --preload PATH    shared library to LD_PRELOAD for the guest program (copied into the initramfs
+#                     with its own dependencies), e.g. libdomalloc.so; needs a dynamic program
 #   --alloc A         domalloc (default) | system: which build of numa-guest to make when no
 #                     --binary is given (system = glibc malloc, the negative control)
 #   --thp MODE        boot the guest with transparent_hugepage=MODE (always|madvise|never);
@@ -18,6 +24,8 @@
 #   --list            print the topologies and exit
 # Guest args (after --) go to numa-guest; see numa-tests/README.md. Example:
 #   scripts/qemu/run-guest.sh --topology 4n-unequal --alloc system -- --tpn 1 2 4
+#   scripts/qemu/run-guest.sh --c-program --preload target/release/libdomalloc.so -- 1 2 3 4 5
+#   scripts/qemu/run-guest.sh --c-program -- 2 4        # glibc malloc in C: the negative control
 #
 # Exit status: 0 all checks passed, 1 some check failed or a run crashed, 2 the guest did not
 # finish (boot failure, kernel panic, timeout), 3 a tool is missing, 4 the build failed.
@@ -34,6 +42,8 @@ thp=
 timeout_s=600
 workdir=$repo/numa-tests/work
 log=
+preload=
+c_program=0
 envs=()
 guest_args=()
 
@@ -64,6 +74,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --topology) topology=$2; shift 2 ;;
         --binary) binary=$2; shift 2 ;;
+        --c-program) c_program=1; shift ;;
+        --preload) preload=$2; shift 2 ;;
         --alloc) alloc=$2; shift 2 ;;
         --thp) thp=$2; shift 2 ;;
         --env) envs+=("$2"); shift 2 ;;
@@ -143,6 +155,16 @@ esac
 
 # ---- guest binary ----------------------------------------------------------------------------
 mkdir -p "$workdir"
+if [ -z "$binary" ] && [ "$c_program" = 1 ]; then
+    command -v gcc >/dev/null || die "--c-program needs gcc (Debian: gcc)"
+    binary=$workdir/numa_patterns
+    src=$repo/numa-tests/c/numa_patterns.c
+    if [ ! -x "$binary" ] || [ "$src" -nt "$binary" ]; then
+        echo "run-guest: building $binary (gcc, dynamic)" >&2
+        gcc -O2 -g -Wall -pthread -o "$binary.tmp.$$" "$src" >&2 || die "gcc failed" 4
+        mv -f "$binary.tmp.$$" "$binary"
+    fi
+fi
 if [ -z "$binary" ]; then
     case "$alloc" in
         domalloc) features=() ;;
@@ -158,11 +180,26 @@ if [ -z "$binary" ]; then
     cp "$target_dir/x86_64-unknown-linux-gnu/release/numa-guest" "$binary"
 fi
 [ -x "$binary" ] || die "no executable $binary" 4
-if is_dynamic "$binary"; then
-    die "$binary is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu" 4
+dynamic=0
+is_dynamic "$binary" && dynamic=1
+if [ -n "$preload" ]; then
+    [ -r "$preload" ] || die "no library $preload" 4
+    [ "$dynamic" = 1 ] || die "--preload needs a dynamically linked program ($binary is static: LD_PRELOAD would be ignored)" 4
+    command -v ldd >/dev/null || die "--preload needs ldd"
 fi
 tag=$(basename "$binary")
 tag=${tag#numa-guest-}
+if [ -n "$preload" ]; then
+    ptag=$(basename "$preload"); ptag=${ptag#lib}; ptag=${ptag%%.so*}
+    tag=$tag-$ptag
+fi
+
+# Shared libraries (and the dynamic loader) a dynamic ELF needs, one absolute path a line.
+shared_deps() {
+    ldd "$1" 2>/dev/null | awk '
+        $2 == "=>" && $3 ~ /^\// { print $3; next }
+        $1 ~ /^\// { print $1 }'
+}
 
 # ---- initramfs -------------------------------------------------------------------------------
 root=$(mktemp -d "$workdir/initramfs.XXXXXX")
@@ -173,6 +210,25 @@ if command -v strip >/dev/null; then
     strip -o "$root/numa-guest" "$binary" 2>/dev/null || cp "$binary" "$root/numa-guest"
 else
     cp "$binary" "$root/numa-guest"
+fi
+guest_preload=
+if [ "$dynamic" = 1 ]; then
+    deps=$(shared_deps "$binary")
+    if [ -n "$preload" ]; then
+        mkdir -p "$root/preload"
+        guest_preload=/preload/$(basename "$preload")
+        cp -L "$preload" "$root$guest_preload"
+        deps="$deps"$'\n'"$(shared_deps "$preload")"
+    fi
+    [ -n "$deps" ] || die "ldd found no libraries for $binary" 4
+    for lib in $(printf '%s\n' "$deps" | sort -u); do
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+    # The loader may be asked for through the /lib64 link on merged-/usr systems.
+    if [ ! -e "$root/lib64/ld-linux-x86-64.so.2" ] && [ -e /lib64/ld-linux-x86-64.so.2 ]; then
+        mkdir -p "$root/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
+    fi
 fi
 cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
@@ -186,11 +242,18 @@ echo 0 > /proc/sys/kernel/numa_balancing 2>/dev/null
 args=
 case "$(cat /proc/cmdline)" in *" -- "*) args=$(sed 's/^.* -- //' /proc/cmdline) ;; esac
 echo "GUEST-START cpus=$(nproc) kernel=$(uname -r) args: $args"
-/numa-guest $args
+if [ -n "$GUEST_PRELOAD" ]; then
+    echo "GUEST-PRELOAD $GUEST_PRELOAD"
+    LD_PRELOAD=$GUEST_PRELOAD /numa-guest $args
+else
+    /numa-guest $args
+fi
 rc=$?
 echo "GUEST-EXIT rc=$rc"
 poweroff -f
 INIT
+# The preload path is baked into /init (not passed on the kernel command line).
+sed -i "2i GUEST_PRELOAD=$guest_preload" "$root/init"
 chmod +x "$root/init"
 initrd=$workdir/initramfs-$topology-$tag.cpio.gz
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd"

@@ -47,8 +47,9 @@ OPTIONS:
     --out DIR             results directory (default: <repo>/results)
     --timeout SECS        per-run time limit (default 300, --quick 60)
     --no-pin              do not pin workload threads
-    --numa                also run the NUMA locality section (hook; the QEMU harness from
-                          numa-tests/ is not wired in yet, so it reports SKIPPED)
+    --numa                also run the NUMA locality section: the locality patterns of the
+                          2-node QEMU guest (numa-tests/) under each allocator's LD_PRELOAD
+                          (about 30 s per allocator; numa.csv + a results.md section)
     --strict              exit 1 if any run failed (default: failures are reported, exit 0)
     --list                show the allocators found and the workloads, run nothing
     -h, --help            this text
@@ -506,6 +507,9 @@ fn run(opts: &Options) -> Result<usize, String> {
     for (name, body, latest) in &files {
         fs::write(dir.join(name), body).map_err(|e| format!("write {name}: {e}"))?;
         fs::write(opts.out.join(latest), body).map_err(|e| format!("write {latest}: {e}"))?;
+    }
+    if let Some(csv) = numa.csv() {
+        fs::write(dir.join("numa.csv"), &csv).map_err(|e| format!("write numa.csv: {e}"))?;
     }
     if fs::read_dir(&logs).map(|mut d| d.next().is_none()).unwrap_or(false) {
         let _ = fs::remove_dir(&logs);

@@ -1,24 +1,134 @@
-//! `bench --numa`: the NUMA locality section (integration point, not implemented yet).
+//! `bench --numa`: the NUMA locality section.
 //!
-//! The plan: for every allocator of the run, boot the QEMU guests with 2 and 4 emulated NUMA
-//! nodes that the `numa-tests/` harness builds, run its locality patterns (remote frees back to
-//! a thread, thread migration, thread turnover across nodes, calloc + parallel first touch,
-//! origin-aware free) with `LD_PRELOAD=<allocator>` inside the guest, and report per allocator
-//! and pattern the fraction of pages found on the expected node (`move_pages` with no target
-//! nodes). The results become a "NUMA locality" section of results.md and extra CSV rows.
+//! For every allocator of the run, boots the 2-node QEMU guest of `numa-tests/` (software
+//! emulation, no KVM) through `scripts/qemu/run-guest.sh --c-program --preload <library>` and
+//! runs the C locality program (`numa-tests/c/numa_patterns.c`: plain malloc/calloc/free) in it
+//! with `LD_PRELOAD=<allocator>` (glibc: no preload). The program asks the guest kernel where
+//! each page is (`move_pages` with no target nodes) and prints one `RESULT` line per check; this
+//! module folds them per pattern into the share of pages found on the expected node and renders
+//! a Markdown table (rows = patterns, columns = allocators) and CSV rows.
 //!
-//! Until the harness exposes an entry point, [`run_section`] only reports that the section is
-//! pending, so `--numa` is accepted and clearly says it did nothing.
+//! Patterns (see numa-tests/README.md): 1 own data, 2 remote free (+ producer/consumer stream
+//! with an RSS bound), 3 migration (a thread moves itself A->B), 4 thread turnover (threads on A
+//! exit, new ones on B), 5 calloc + parallel first touch. A check passes when >= 99% of its
+//! pages are local; a pattern passes when all its checks pass.
+//!
+//! Environment: `BENCH_NUMA_TOPOLOGY` (default `2n`), `BENCH_NUMA_TIMEOUT` seconds per guest
+//! (default 300). Console logs: `numa-tests/work/bench-<topology>-<allocator>.log`.
 
 use super::allocators::Allocator;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+/// Pattern numbers and names, in table order.
+const PATTERNS: &[(u32, &str)] = &[
+    (1, "1 own data"),
+    (2, "2 remote free"),
+    (3, "3 migration"),
+    (4, "4 thread turnover"),
+    (5, "5 calloc + first touch"),
+];
+
+/// Per-pattern totals of one allocator's guest run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PatternCell {
+    /// Checks that held.
+    pub passed: u64,
+    /// Checks that failed.
+    pub failed: u64,
+    /// Pages measured over all checks.
+    pub pages: u64,
+    /// Of those, pages on the expected node.
+    pub local: u64,
+    /// Lowest local share of one check.
+    pub min_share: f64,
+}
+
+impl PatternCell {
+    /// Local pages / pages (NaN when nothing was measured).
+    pub fn share(&self) -> f64 {
+        if self.pages == 0 {
+            f64::NAN
+        } else {
+            self.local as f64 / self.pages as f64
+        }
+    }
+}
+
+/// One allocator's guest run.
+#[derive(Clone, Debug)]
+pub struct AllocRun {
+    /// Allocator name.
+    pub name: String,
+    /// Per pattern (missing = no checked line for it).
+    pub patterns: BTreeMap<u32, PatternCell>,
+    /// Why the run is incomplete (guest did not finish, crashes, malloc not replaced), if so.
+    pub problem: Option<String>,
+    /// Seconds the guest took.
+    pub seconds: f64,
+}
 
 /// Outcome of the NUMA section, for the Markdown report.
 #[derive(Clone, Debug)]
 pub enum NumaOutcome {
     /// `--numa` was not given.
     NotRequested,
-    /// Requested, but the QEMU harness is not available yet (with the reason).
+    /// Requested, but it could not run (with the reason).
     Pending(String),
+    /// The guests ran.
+    Done {
+        /// The topology booted.
+        topology: String,
+        /// One entry per allocator, in run order.
+        runs: Vec<AllocRun>,
+    },
+}
+
+/// Folds the `RESULT ... PASS|FAIL` lines of a console log per pattern.
+pub fn parse_console(console: &str) -> BTreeMap<u32, PatternCell> {
+    let mut m: BTreeMap<u32, PatternCell> = BTreeMap::new();
+    for line in console.lines() {
+        let Some(i) = line.find("RESULT ") else { continue };
+        let toks: Vec<&str> = line[i + 7..].split_whitespace().collect();
+        let pass = match toks.last() {
+            Some(&"PASS") => true,
+            Some(&"FAIL") => false,
+            _ => continue,
+        };
+        let field = |k: &str| toks.iter().find_map(|t| t.strip_prefix(k)?.strip_prefix('='));
+        let Some(p) = field("pattern").and_then(|v| v.parse::<u32>().ok()) else { continue };
+        let pages: u64 = field("pages").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let local: u64 = field("local").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let share: f64 = field("share").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+        let c = m.entry(p).or_insert(PatternCell { min_share: 1.0, ..Default::default() });
+        if pass {
+            c.passed += 1;
+        } else {
+            c.failed += 1;
+        }
+        c.pages += pages;
+        c.local += local;
+        if share.is_finite() && share < c.min_share {
+            c.min_share = share;
+        }
+    }
+    m
+}
+
+fn cell_text(c: Option<&PatternCell>) -> String {
+    match c {
+        None => "-".into(),
+        Some(c) if c.failed == 0 => format!("{:.1}% PASS", c.share() * 100.0),
+        Some(c) => format!(
+            "{:.1}% FAIL ({}/{} checks, worst {:.0}%)",
+            c.share() * 100.0,
+            c.failed,
+            c.passed + c.failed,
+            c.min_share * 100.0
+        ),
+    }
 }
 
 impl NumaOutcome {
@@ -27,19 +137,161 @@ impl NumaOutcome {
         match self {
             NumaOutcome::NotRequested => "Not run (pass `--numa`).\n".into(),
             NumaOutcome::Pending(why) => format!("Requested with `--numa` but not run: {why}\n"),
+            NumaOutcome::Done { topology, runs } => {
+                let mut md = format!(
+                    "Locality patterns of the multi-node QEMU guest (`numa-tests/`, topology `{topology}`, TCG), \
+run by the C program `numa-tests/c/numa_patterns.c` with `LD_PRELOAD=<allocator>` inside the guest. \
+Cells: pages on the expected node over all checks of the pattern (move_pages); PASS = every check \
+had at least 99% of its pages local. Patterns: see numa-tests/README.md.\n\n"
+                );
+                md += "| pattern |";
+                for r in runs {
+                    md += &format!(" {} |", r.name);
+                }
+                md += "\n| :--- |";
+                for _ in runs {
+                    md += " ---: |";
+                }
+                md += "\n";
+                for (p, label) in PATTERNS {
+                    md += &format!("| {label} |");
+                    for r in runs {
+                        md += &format!(" {} |", cell_text(r.patterns.get(p)));
+                    }
+                    md += "\n";
+                }
+                md += "| patterns passed |";
+                for r in runs {
+                    let n = PATTERNS
+                        .iter()
+                        .filter(|(p, _)| r.patterns.get(p).is_some_and(|c| c.failed == 0 && c.passed > 0))
+                        .count();
+                    md += &format!(" {n}/{} |", PATTERNS.len());
+                }
+                md += "\n\n";
+                for r in runs {
+                    md += &format!("- {}: guest {:.0}s", r.name, r.seconds);
+                    if let Some(p) = &r.problem {
+                        md += &format!("; **{p}**");
+                    }
+                    md += "\n";
+                }
+                md
+            }
         }
+    }
+
+    /// CSV rows (`allocator,topology,pattern,checks,failed,pages,local,share,min_share,pass`),
+    /// or `None` when the section did not run.
+    pub fn csv(&self) -> Option<String> {
+        let NumaOutcome::Done { topology, runs } = self else { return None };
+        let mut s = String::from("allocator,topology,pattern,checks,failed,pages,local,share,min_share,pass\n");
+        for r in runs {
+            for (p, c) in &r.patterns {
+                s += &format!(
+                    "{},{topology},{p},{},{},{},{},{:.4},{:.4},{}\n",
+                    r.name,
+                    c.passed + c.failed,
+                    c.failed,
+                    c.pages,
+                    c.local,
+                    c.share(),
+                    c.min_share,
+                    c.failed == 0
+                );
+            }
+        }
+        Some(s)
     }
 }
 
-/// Runs the NUMA locality patterns for every allocator (once the harness exists).
-///
-/// Integration point: call the numa-tests harness here, once per allocator, passing
-/// `a.path` (the library to preload in the guest; `None` = glibc) and collect its per-pattern
-/// page-placement results.
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs the NUMA locality patterns for every allocator in the 2-node QEMU guest.
 pub fn run_section(allocs: &[Allocator]) -> NumaOutcome {
-    let names: Vec<&str> = allocs.iter().map(|a| a.name.as_str()).collect();
-    let why = "the QEMU locality harness (numa-tests/) has no runner entry point yet; \
-               this hook (bench-suite/src/runner/numa.rs) will run its patterns per allocator";
-    println!("NUMA section: SKIPPED for [{}]: {why}", names.join(", "));
-    NumaOutcome::Pending(why.into())
+    let script = repo().join("scripts/qemu/run-guest.sh");
+    if !script.is_file() {
+        return NumaOutcome::Pending(format!("{} not found", script.display()));
+    }
+    let topology = std::env::var("BENCH_NUMA_TOPOLOGY").unwrap_or_else(|_| "2n".into());
+    let timeout = std::env::var("BENCH_NUMA_TIMEOUT").unwrap_or_else(|_| "300".into());
+    let workdir = repo().join("numa-tests/work");
+    let mut runs = Vec::new();
+    println!("\n== NUMA section: topology {topology}, allocators {}", allocs.len());
+    for a in allocs {
+        let log = workdir.join(format!("bench-{topology}-{}.log", a.name));
+        let mut cmd = Command::new(&script);
+        cmd.args(["--topology", &topology, "--c-program", "--timeout", &timeout])
+            .arg("--workdir")
+            .arg(&workdir)
+            .arg("--log")
+            .arg(&log)
+            .env_remove("LD_PRELOAD");
+        if let Some(p) = &a.path {
+            cmd.arg("--preload").arg(p);
+        }
+        cmd.args(["--", "1", "2", "3", "4", "5"]);
+        let t = Instant::now();
+        let out = match cmd.output() {
+            Ok(o) => o,
+            Err(e) => return NumaOutcome::Pending(format!("cannot run {}: {e}", script.display())),
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        let console = String::from_utf8_lossy(&out.stdout);
+        let code = out.status.code();
+        if matches!(code, Some(3) | Some(4)) {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let why = err.lines().rev().find(|l| l.starts_with("run-guest")).unwrap_or("").to_string();
+            return NumaOutcome::Pending(format!("run-guest.sh exit {code:?} under {}: {why}", a.name));
+        }
+        let patterns = parse_console(&console);
+        let mut problems = Vec::new();
+        if code == Some(2) || !console.contains("SUMMARY ") {
+            problems.push(format!("guest did not finish (log {})", log.display()));
+        }
+        let crashes = console.lines().filter(|l| l.contains("CRASH ")).count();
+        if crashes > 0 {
+            problems.push(format!("{crashes} pattern runs crashed"));
+        }
+        if let Some(p) = &a.path {
+            let file = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let from = console.lines().find(|l| l.contains("INFO allocator=")).unwrap_or("");
+            if !from.contains(&format!("malloc_from=/preload/{file}")) {
+                problems.push(format!("malloc did not come from the preloaded {file}: {}", from.trim()));
+            }
+        }
+        let problem = (!problems.is_empty()).then(|| problems.join("; "));
+        let line: Vec<String> = PATTERNS.iter().map(|(p, _)| format!("p{p} {}", cell_text(patterns.get(p)))).collect();
+        println!("  {:<10} {:>4.0}s  {}{}", a.name, seconds, line.join("  "), problem.as_deref().map(|p| format!("  [{p}]")).unwrap_or_default());
+        runs.push(AllocRun { name: a.name.clone(), patterns, problem, seconds });
+    }
+    NumaOutcome::Done { topology, runs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_results_per_pattern() {
+        let log = "junk\nRESULT pattern=2 phase=b-alloc pair=0>1 size=4K threads_per_node=1 objects=1 pages=10 local=9 absent=0 share=0.9000 nodes=0:1,1:9 FAIL\n\
+RESULT pattern=2 phase=a-alloc pair=0>1 size=4K threads_per_node=1 objects=1 pages=10 local=10 absent=0 share=1.0000 nodes=0:10 PASS\n\
+RESULT pattern=1 phase=own pair=all size=16 threads_per_node=1 objects=1 pages=4 local=4 absent=0 share=1.0000 nodes=0:4 PASS\n\
+RESULT pattern=3 phase=- pair=- size=- threads_per_node=1 note=x SKIP\nSUMMARY passed=2 failed=1 info=0 crashed=0\n";
+        let m = parse_console(log);
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[&2].passed, m[&2].failed, m[&2].pages, m[&2].local), (1, 1, 20, 19));
+        assert!((m[&2].min_share - 0.9).abs() < 1e-9);
+        let out = NumaOutcome::Done {
+            topology: "2n".into(),
+            runs: vec![AllocRun { name: "x".into(), patterns: m, problem: None, seconds: 1.0 }],
+        };
+        let md = out.markdown();
+        assert!(md.contains("| 1 own data | 100.0% PASS |"), "{md}");
+        assert!(md.contains("95.0% FAIL (1/2 checks, worst 90%)"), "{md}");
+        assert!(md.contains("| patterns passed | 1/5 |"), "{md}");
+        assert!(out.csv().unwrap().contains("x,2n,2,2,1,20,19,0.9500,0.9000,false"));
+    }
 }

@@ -1,0 +1,7 @@
+//! Compiles the allocator's `src/sync.rs` and `src/remote.rs` (included by `src/lib.rs`) with
+//! `cfg(loom)`, which swaps in loom's atomics and spin wait. Only this package gets the cfg:
+//! loom and its dependencies build as usual (no `RUSTFLAGS`, so no rebuild of everything).
+fn main() {
+    println!("cargo:rustc-check-cfg=cfg(loom)");
+    println!("cargo:rustc-cfg=loom");
+}

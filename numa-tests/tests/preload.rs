@@ -1,0 +1,210 @@
+//! The C path in the multi-node QEMU guest: a dynamically linked C program
+//! (`numa-tests/c/numa_patterns.c`, plain malloc/calloc/free) runs inside the guest with
+//! `LD_PRELOAD=libdomalloc.so`; the shared libraries it needs are copied into the initramfs by
+//! `scripts/qemu/run-guest.sh --preload`. It prints the same `RESULT`/`SUMMARY` lines as the
+//! Rust guest, so the same parser reads them.
+//!
+//! - `c_preload_two_nodes_domalloc`: 2 nodes, every pattern (1-5) must pass.
+//! - `c_preload_four_nodes_unequal_domalloc`: 4 nodes with unequal memory, the same.
+//! - `c_negative_control_glibc_fails`: the same program without a preload (glibc malloc) must
+//!   fail at least one pattern, or the checks prove nothing.
+//!
+//! Environment: `DOMALLOC_QEMU_TESTS=0` skips; `DOMALLOC_SO` points at a prebuilt
+//! libdomalloc.so (else `cargo build --release -p domalloc-ffi` here); `DOMALLOC_QEMU_TIMEOUT`
+//! seconds per guest (default 300). Logs: `numa-tests/work/test-c-<topology>-<allocator>.log`.
+
+#![cfg(target_os = "linux")]
+
+use domalloc_numa_tests::GuestReport;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+fn workdir() -> PathBuf {
+    let w = repo().join("numa-tests/work");
+    std::fs::create_dir_all(&w).expect("create numa-tests/work");
+    w
+}
+
+/// One guest at a time (TCG on a small host is slow when guests overlap).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn skipped() -> bool {
+    if std::env::var("DOMALLOC_QEMU_TESTS").map(|v| v == "0").unwrap_or(false) {
+        eprintln!("DOMALLOC_QEMU_TESTS=0: QEMU NUMA tests skipped");
+        return true;
+    }
+    false
+}
+
+/// libdomalloc.so: `$DOMALLOC_SO`, else a release build of domalloc-ffi.
+fn libdomalloc() -> PathBuf {
+    static SO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    SO.get_or_init(|| {
+        if let Ok(p) = std::env::var("DOMALLOC_SO") {
+            let p = PathBuf::from(p);
+            return if p.is_file() { Ok(p) } else { Err(format!("DOMALLOC_SO={} is not a file", p.display())) };
+        }
+        let repo = repo();
+        let target_dir =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let t = Instant::now();
+        let out = Command::new(cargo)
+            .current_dir(&repo)
+            .args(["build", "--release", "-p", "domalloc-ffi"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTFLAGS")
+            .env_remove("RUSTC_WRAPPER")
+            .env_remove("CARGO_MAKEFLAGS")
+            .output()
+            .map_err(|e| format!("running cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("cargo build -p domalloc-ffi failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let so = target_dir.join("release/libdomalloc.so");
+        eprintln!("built {} in {:.0}s", so.display(), t.elapsed().as_secs_f64());
+        if so.is_file() {
+            Ok(so)
+        } else {
+            Err(format!("{} missing after the build", so.display()))
+        }
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("cannot get libdomalloc.so: {e}"))
+}
+
+/// The C guest program, built with gcc (dynamically linked).
+fn c_program() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = repo().join("numa-tests/c/numa_patterns.c");
+        let bin = workdir().join("numa_patterns-test");
+        let out = Command::new(std::env::var_os("CC").unwrap_or_else(|| "gcc".into()))
+            .args(["-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .output()
+            .map_err(|e| format!("running gcc (install gcc): {e}"))?;
+        if out.status.success() {
+            Ok(bin)
+        } else {
+            Err(format!("gcc {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr)))
+        }
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("cannot build the C guest program: {e}"))
+}
+
+/// Boots `topology` and runs the C program under `preload` (`None`: glibc malloc).
+fn boot(topology: &str, preload: Option<&Path>, args: &[&str]) -> GuestReport {
+    let binary = c_program();
+    let name = if preload.is_some() { "domalloc" } else { "glibc" };
+    let _one_at_a_time = serial();
+    let timeout = std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| "300".to_string());
+    let log = workdir().join(format!("test-c-{topology}-{name}.log"));
+    let t = Instant::now();
+    let mut cmd = Command::new(repo().join("scripts/qemu/run-guest.sh"));
+    cmd.arg("--topology").arg(topology).arg("--binary").arg(&binary);
+    if let Some(p) = preload {
+        cmd.arg("--preload").arg(p);
+    }
+    let out = cmd
+        .arg("--timeout")
+        .arg(&timeout)
+        .arg("--log")
+        .arg(&log)
+        .arg("--")
+        .args(args)
+        .output()
+        .expect("run scripts/qemu/run-guest.sh");
+    let console = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    match out.status.code() {
+        Some(0) | Some(1) => {}
+        Some(2) => panic!(
+            "{topology}/{name}: the guest did not finish (boot failure, panic or timeout); log {}\n{stderr}\n{}",
+            log.display(),
+            console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        ),
+        other => panic!("{topology}/{name}: run-guest.sh failed ({other:?}):\n{stderr}"),
+    }
+    let report = GuestReport::parse(&console);
+    eprintln!(
+        "== C program, {topology} / {name}: {:.0}s, log {}\n{}{}",
+        t.elapsed().as_secs_f64(),
+        log.display(),
+        report.pattern_table(),
+        report.render()
+    );
+    report
+}
+
+fn assert_malloc_from(report: &GuestReport, want: &str) {
+    let line = report.info.iter().find(|l| l.starts_with("INFO allocator=")).map(String::as_str).unwrap_or("");
+    assert!(line.contains(want), "malloc does not come from {want} in the guest: {line:?}");
+}
+
+fn assert_every_pattern_passes(topology: &str, report: &GuestReport) {
+    let s = report.summary.unwrap_or_else(|| panic!("{topology}: no SUMMARY line\n{}", report.render()));
+    let by = report.by_pattern();
+    for p in 1..=5 {
+        let st = by.get(&p).copied().unwrap_or_default();
+        assert!(st.all_passed(), "{topology}: pattern {p} did not pass under LD_PRELOAD=libdomalloc.so\n{}", report.render());
+    }
+    assert!(s.failed == 0 && s.crashed == 0 && report.crashes.is_empty(), "{topology}: {}", report.render());
+    assert_eq!(report.guest_exit, Some(0), "{topology}: guest program exit status");
+}
+
+#[test]
+fn c_preload_two_nodes_domalloc() {
+    if skipped() {
+        return;
+    }
+    let so = libdomalloc();
+    let report = boot("2n", Some(&so), &["1", "2", "3", "4", "5"]);
+    assert_malloc_from(&report, "libdomalloc.so");
+    assert!(report.info.iter().any(|l| l.contains("cpu_nodes=0,1")), "{:?}", report.info);
+    assert_every_pattern_passes("2n", &report);
+}
+
+#[test]
+fn c_preload_four_nodes_unequal_domalloc() {
+    if skipped() {
+        return;
+    }
+    let so = libdomalloc();
+    // Fewer stream rounds and no 64 MiB array: the smallest node has 128 MiB.
+    let report = boot("4n-unequal", Some(&so), &["--rounds", "100", "--large", "2M,8M,32M", "1", "2", "3", "4", "5"]);
+    assert_malloc_from(&report, "libdomalloc.so");
+    assert!(report.info.iter().any(|l| l.contains("cpu_nodes=0,1,2,3")), "{:?}", report.info);
+    assert_every_pattern_passes("4n-unequal", &report);
+}
+
+/// glibc malloc (no preload) must fail somewhere: it reuses what another node freed (pattern 2),
+/// hands an exited thread's arena to the next new thread (pattern 4), keeps a migrated thread
+/// on its arena (pattern 3) and serves a freed big block from its heap (pattern 5).
+#[test]
+fn c_negative_control_glibc_fails() {
+    if skipped() {
+        return;
+    }
+    let report = boot("2n", None, &["1", "2", "3", "4", "5"]);
+    assert!(report.summary.is_some(), "negative control did not finish:\n{}", report.render());
+    assert!(report.crashes.is_empty(), "negative control crashed: {:?}", report.crashes);
+    assert_malloc_from(&report, "libc.so");
+    let by = report.by_pattern();
+    assert!(by.get(&1).is_some_and(|s| s.all_passed()), "pattern 1 failed with glibc: the harness is broken\n{}", report.render());
+    let failed: Vec<u32> = by.iter().filter(|(_, s)| !s.all_passed()).map(|(p, _)| *p).collect();
+    eprintln!("glibc malloc (C program, no preload) fails patterns {failed:?}");
+    assert!(!failed.is_empty(), "glibc malloc passed every pattern: the checks cannot fail\n{}", report.render());
+}
