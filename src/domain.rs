@@ -277,6 +277,13 @@ impl Domain {
         if global::numa_enabled() || !matches!(policy, Policy::Local) {
             apply_policy(p, SEGMENT_SIZE, self.node, min == 0);
         }
+        if options::get().segment_thp && !(min == 0 && matches!(policy, Policy::Interleave(_))) {
+            // A segment holds one node's memory (bound to it on multi-node machines), so huge
+            // pages change no placement: fewer faults and TLB misses. (Not under an interleave
+            // policy for all sizes, which must alternate nodes page by page.)
+            // SAFETY: our fresh mapping.
+            unsafe { Sys::set_huge_pages(p, SEGMENT_SIZE, true) };
+        }
         let seg = p as *mut Segment;
         // SAFETY: fresh zeroed mapping; we initialise the header fields that are not zero.
         unsafe {

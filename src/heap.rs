@@ -307,10 +307,20 @@ unsafe fn page_empty(h: *mut Heap, page: *mut Page) {
         }
         hh.queue_remove(c, page);
         page::disown(&*page);
-        let d = global::domain((*(*page).segment()).node as usize);
-        d.free_span(page);
+        // Park it in its CPU's arena (a per-CPU lock, rarely contended) for the next refill of
+        // any thread on this node; `global::maintain` hands arena pages that stay unused back
+        // to the domain after the purge delay. Past a bound, straight to the domain.
+        let a = global::arena((*page).arena.get() as usize);
+        if a.len() < ARENA_KEEP_EMPTY {
+            a.push(page);
+        } else {
+            global::domain((*(*page).segment()).node as usize).free_span(page);
+        }
     }
 }
+
+/// Pages an arena may hold before emptied pages go straight back to the domain.
+const ARENA_KEEP_EMPTY: usize = 32;
 
 #[cold]
 #[inline(never)]

@@ -22,7 +22,7 @@ pub struct OptionDesc {
 pub const TABLE: &[OptionDesc] = &[
     OptionDesc { name: "DOMALLOC_PURGE_DELAY", default: "100", doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep." },
     OptionDesc { name: "DOMALLOC_PURGE", default: "dontneed", doc: "How pages are returned: `dontneed` (MADV_DONTNEED, re-placed by first touch) or `free` (MADV_FREE, lazy)." },
-    OptionDesc { name: "DOMALLOC_THP", default: "0", doc: "Ask for transparent huge pages (MADV_HUGEPAGE) on huge blocks (>= 2 MiB, always 2 MiB aligned). Faster TLB, but first-touch placement becomes 2 MiB-granular." },
+    OptionDesc { name: "DOMALLOC_THP", default: "segments", doc: "Transparent huge pages (MADV_HUGEPAGE): `segments` on the 4 MiB segments of small and large blocks (each holds one node's memory, so placement is unchanged); `1` also on huge blocks (first-touch placement becomes 2 MiB-granular); `0` nowhere." },
     OptionDesc { name: "DOMALLOC_NUMA", default: "auto", doc: "`auto`: NUMA logic when the machine has more than one node; `0`: act as one node; `1`: force it on." },
     OptionDesc { name: "DOMALLOC_POLICY", default: "local", doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`)." },
     OptionDesc { name: "DOMALLOC_TOPOLOGY_ROOT", default: "/sys", doc: "Read the topology from this directory instead of /sys (for tests with fake sysfs trees)." },
@@ -76,8 +76,10 @@ pub struct Options {
     pub purge_delay_ms: u64,
     /// `DOMALLOC_PURGE`.
     pub purge_mode: PurgeMode,
-    /// `DOMALLOC_THP`.
+    /// `DOMALLOC_THP` is `1`: huge pages for huge blocks too.
     pub thp: bool,
+    /// `DOMALLOC_THP` is `segments` or `1`: huge pages for segments.
+    pub segment_thp: bool,
     /// `DOMALLOC_NUMA`.
     pub numa: NumaMode,
     /// `DOMALLOC_POLICY` policy.
@@ -103,6 +105,7 @@ impl Options {
         purge_delay_ms: 100,
         purge_mode: PurgeMode::DontNeed,
         thp: false,
+        segment_thp: true,
         numa: NumaMode::Auto,
         policy: Policy::Local,
         policy_min_size: 0,
@@ -135,9 +138,10 @@ impl Options {
             }
         }
         if let Some(v) = getenv(b"DOMALLOC_THP") {
-            match parse_bool(v) {
-                Some(b) => o.thp = b,
-                None => bad("DOMALLOC_THP", v),
+            match (v, parse_bool(v)) {
+                (b"segments", _) => (o.thp, o.segment_thp) = (false, true),
+                (_, Some(b)) => (o.thp, o.segment_thp) = (b, b),
+                _ => bad("DOMALLOC_THP", v),
             }
         }
         if let Some(v) = getenv(b"DOMALLOC_NUMA") {

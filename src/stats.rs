@@ -218,7 +218,11 @@ pub(crate) fn print_banner() {
         t.node_ids(),
         o.purge_delay_ms,
         o.purge_mode,
-        o.thp,
+        match (o.thp, o.segment_thp) {
+            (true, _) => "1",
+            (false, true) => "segments",
+            (false, false) => "0",
+        },
         global::policy().0,
         global::policy().1,
         if global::policy_is_external() { " (inherited from the process, e.g. numactl)" } else { "" }

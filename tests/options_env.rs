@@ -86,6 +86,7 @@ case!(verbose, &[("DOMALLOC_VERBOSE", "1")], |se| {
     assert!(se.contains("domalloc: linux numa="), "no banner:\n{se}");
     assert!(se.contains("domalloc: node 0 memory"), "no topology:\n{se}");
     assert!(se.contains(" policy=local min-size=0"), "policy not in option syntax:\n{se}");
+    assert!(se.contains(" thp=segments "), "THP default not shown:\n{se}");
 });
 
 case!(malformed, &[("DOMALLOC_PURGE_DELAY", "soon"), ("DOMALLOC_VERBOSE", "1")], |se| {
