@@ -67,6 +67,9 @@ unsafe impl Send for NodeHeap {}
 // SAFETY: the raw pointers inside are protected by the lock.
 unsafe impl Send for DomainInner {}
 
+/// Segments `alloc_span` searches for a run of still-resident free pages before taking any run.
+const DIRTY_SEARCH: usize = 8;
+
 impl Domain {
     pub(crate) fn init(&mut self, node: usize) {
         self.node = node;
@@ -80,18 +83,39 @@ impl Domain {
         let mut g = self.lock.lock();
         let now = Sys::now_ms();
         self.maybe_purge(&mut g, now, false);
+        // Prefer a run of dirty pages (freed, not yet purged: still resident, no page faults)
+        // among the first few segments with room; else the first run that fits.
         let mut seg = g.segs;
         let mut found = None;
-        while !seg.is_null() {
+        let mut looked = 0;
+        while !seg.is_null() && looked < DIRTY_SEARCH {
             // SAFETY: segments in the list are live; fields are under our lock.
             let s = unsafe { &*seg };
             let free = s.free_mask.get();
             if free == 0 {
                 break; // full segments are at the back
             }
-            if let Some(i) = find_run(free, n) {
+            if let Some(i) = find_run(free & s.dirty_mask.get(), n) {
                 found = Some((seg, i));
                 break;
+            }
+            if found.is_none() {
+                if let Some(i) = find_run(free, n) {
+                    found = Some((seg, i));
+                }
+            }
+            looked += 1;
+            seg = s.next.get();
+        }
+        while found.is_none() && !seg.is_null() {
+            // SAFETY: as above.
+            let s = unsafe { &*seg };
+            let free = s.free_mask.get();
+            if free == 0 {
+                break;
+            }
+            if let Some(i) = find_run(free, n) {
+                found = Some((seg, i));
             }
             seg = s.next.get();
         }
