@@ -539,10 +539,15 @@ impl Heap {
 
     /// Takes a page of class `c` from this CPU's arena or another arena of this node.
     fn take_from_arenas(&self, c: usize) -> *mut Page {
-        let own = global::arena(self.arena.get() as usize);
-        let p = own.pop(c);
-        if !p.is_null() {
-            return p;
+        // A node heap (pinned to its node) runs on any CPU: its own arena index says nothing
+        // about its node, so it looks only at the arenas of its node's CPUs (none for a
+        // memory-only node).
+        if !self.pinned.get() {
+            let own = global::arena(self.arena.get() as usize);
+            let p = own.pop(c);
+            if !p.is_null() {
+                return p;
+            }
         }
         for &cpu in global::cpus_of_node(self.node()) {
             let a = global::arena(global::arena_index(cpu as usize));
