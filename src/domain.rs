@@ -179,6 +179,28 @@ impl Domain {
         unsafe { self.free_span_locked(&mut g, page) };
     }
 
+    /// Returns the leading pages of the list `p` (linked through `next`) that belong to this
+    /// domain under one lock acquisition; returns the rest of the list.
+    ///
+    /// # Safety
+    /// Every page on the list is an unused, unowned span head of ours, on no other list.
+    pub(crate) unsafe fn free_span_run(&self, mut p: *mut Page) -> *mut Page {
+        let mut g = self.lock.lock();
+        while !p.is_null() {
+            // SAFETY: as stated.
+            unsafe {
+                if (*(*p).segment()).node as usize != self.node {
+                    break;
+                }
+                let next = (*p).next.get();
+                (*p).next.set(ptr::null_mut());
+                self.free_span_locked(&mut g, p);
+                p = next;
+            }
+        }
+        p
+    }
+
     /// Frees a large block's span; false (nothing done) if `page` is not a live large span, i.e.
     /// a double free. The check is under the lock, so concurrent double frees are caught too.
     ///

@@ -311,15 +311,22 @@ pub(crate) fn maintain(node: usize) {
 
 /// Returns arena `i`'s pages that remote frees emptied to their domains.
 fn reclaim_arena(i: usize, wait: bool) {
-    let Some(mut p) = arena(i).reclaim(wait) else { return };
+    let Some(p) = arena(i).reclaim(wait) else { return };
+    // SAFETY: `reclaim` unlinked these unused, unowned span heads; we are their only holder.
+    unsafe { free_span_list(p) }
+}
+
+/// Returns a list of unused spans (linked through `next`) to their domains, taking each
+/// domain's lock once per run of pages of that domain.
+///
+/// # Safety
+/// Every page on the list is an unused, unowned span head of ours, on no other list.
+pub(crate) unsafe fn free_span_list(mut p: *mut crate::segment::Page) {
     while !p.is_null() {
-        // SAFETY: `reclaim` unlinked these unused, unowned span heads; we are their only holder.
-        unsafe {
-            let next = (*p).next.get();
-            (*p).next.set(ptr::null_mut());
-            domain((*(*p).segment()).node as usize).free_span(p);
-            p = next;
-        }
+        // SAFETY: as stated: live span heads of live segments.
+        let node = unsafe { (*(*p).segment()).node } as usize;
+        // SAFETY: forwarded; the call consumes the run of pages of `node`.
+        p = unsafe { domain(node).free_span_run(p) };
     }
 }
 

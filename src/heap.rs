@@ -712,12 +712,14 @@ impl Heap {
         }
         // 2. Discard pending notifications (all pages are handled below).
         self.unfull.store(ptr::null_mut(), Ordering::Relaxed);
-        // 3. Release.
+        // 3. Release: pages in use to their arenas, unused ones to their domains in one batch
+        // (one lock round instead of one per page: threads exit in bursts).
+        let mut unused = ptr::null_mut();
         let mut p = self.full.get();
         while !p.is_null() {
             // SAFETY: our page.
             let next = unsafe { (*p).next.get() };
-            release_page(p);
+            release_page(p, &mut unused);
             p = next;
         }
         self.full.set(ptr::null_mut());
@@ -726,12 +728,14 @@ impl Heap {
             while p != empty_page() && !p.is_null() {
                 // SAFETY: our page.
                 let next = unsafe { (*p).next.get() };
-                release_page(p);
+                release_page(p, &mut unused);
                 p = next;
             }
             self.pages[c].set(empty_page());
             self.tails[c].set(ptr::null_mut());
         }
+        // SAFETY: unowned, unused span heads linked through `next`, ours to give back.
+        unsafe { global::free_span_list(unused) };
     }
 
 }
@@ -818,15 +822,17 @@ mod check {
     }
 }
 
-/// Gives one page away (heap teardown or migration).
-fn release_page(page: *mut Page) {
+/// Gives one page away (heap teardown or migration): to its arena if blocks are in use, else
+/// onto `unused` (linked through `next`) for the caller to hand to the domains.
+fn release_page(page: *mut Page, unused: &mut *mut Page) {
     // SAFETY: the caller owns the page and has taken it out of its lists.
     unsafe {
         (*page).next.set(ptr::null_mut());
         (*page).prev.set(ptr::null_mut());
         page::disown(&*page);
         if page::is_unused(&*page) {
-            global::domain((*(*page).segment()).node as usize).free_span(page);
+            (*page).next.set(*unused);
+            *unused = page;
         } else {
             global::arena((*page).arena.get() as usize).push(page);
         }
