@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! numa-guest [options] [RUN...]
-//!   RUN            P[:key=value...]  P = pattern 1..5 or `all` (default: all). Keys override the
+//!   RUN            P[:key=value...]  P = pattern 1..8 or `all` (default: all). Keys override the
 //!                  options below for that run: tpn, sizes, large, split, thp, rounds, info (=1:
 //!                  results are informational, not checks).
 //!   --tpn 1,2      threads per node; each run is repeated for each value (default 1,2)
@@ -24,11 +24,16 @@
 //!   --pairs all|first  node pairs (A,B) for patterns 2-5: every neighbour pair (default) or one
 //!   --child-timeout S  seconds one run may take (default 300)
 //! ```
+//! Patterns 6-8 (node API, DOMALLOC_POLICY, confined process / inherited policy) use fixed sizes
+//! (64 B x 4096, 64K x 16, 1M x 2, 8M x 1 per thread); 7 and 8 start one more process per case
+//! (`--sub=CASE`, internal, like `--child`).
 //! Each run executes in a fresh child process (a fresh allocator), so patterns do not feed each
 //! other's caches. Output: `INFO`, `RESULT ... PASS|FAIL|INFO|SKIP`, `CRASH`, `SUMMARY` lines.
 
 #[cfg(target_os = "linux")]
 mod patterns;
+#[cfg(target_os = "linux")]
+mod policies;
 #[cfg(target_os = "linux")]
 mod sys;
 
@@ -127,6 +132,7 @@ mod driver {
         let mut tpns = vec![1usize, 2];
         let mut runs: Vec<String> = Vec::new();
         let mut child: Option<u32> = None;
+        let mut sub: Option<String> = None;
         let mut child_timeout = 300u64;
         let mut i = 0;
         while i < args.len() {
@@ -141,6 +147,7 @@ mod driver {
                 };
                 match key.as_str() {
                     "child" => child = Some(val.parse().map_err(|_| "bad --child".to_string())?),
+                    "sub" => sub = Some(val),
                     "tpn" => {
                         tpns = val.split(',').map(|v| v.parse::<usize>().map_err(|_| format!("bad tpn {v}")))
                             .collect::<Result<_, _>>()?;
@@ -158,6 +165,9 @@ mod driver {
 
         let topo = sys::Topology::discover();
         if let Some(p) = child {
+            if let Some(case) = sub {
+                return crate::policies::run_sub(p, &case, &cfg, &topo).map(|_| 0);
+            }
             return patterns::run(p, &cfg, &topo).map(|_| 0);
         }
 
@@ -185,12 +195,12 @@ mod driver {
                 })
                 .collect();
             let pats: Vec<u32> = if pat == "all" {
-                vec![1, 2, 3, 4, 5]
+                vec![1, 2, 3, 4, 5, 6, 7, 8]
             } else {
                 vec![pat.parse().map_err(|_| format!("bad run {r}"))?]
             };
             for p in pats {
-                if !(1..=5).contains(&p) {
+                if !(1..=8).contains(&p) {
                     return Err(format!("no pattern {p}"));
                 }
                 plan.push((p, kv.clone()));

@@ -1,4 +1,4 @@
-//! The five locality patterns. Every worker thread pins itself (the test may pin; the allocator
+//! Locality patterns 1-5 (6-8: `policies.rs`). Every worker thread pins itself (the test may pin; the allocator
 //! never does), allocates through the global allocator, touches what it got, and then asks the
 //! kernel where the pages are. Results are printed by the main thread after the workers joined.
 
@@ -231,7 +231,7 @@ fn report(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: &str, t: &T
 }
 
 /// Pins the calling worker to `node` (all its CPUs, or CPU number `idx` of it).
-fn pin(topo: &Topology, cfg: &Config, node: usize, idx: usize) {
+pub(crate) fn pin(topo: &Topology, cfg: &Config, node: usize, idx: usize) {
     let cpus = topo.cpus(node);
     assert!(!cpus.is_empty(), "node {node} has no CPUs");
     let set: Vec<usize> = match cfg.pin {
@@ -244,7 +244,7 @@ fn pin(topo: &Topology, cfg: &Config, node: usize, idx: usize) {
 }
 
 /// Node pairs (A, B) for patterns 2-5: each CPU node and its successor (both ways on 2 nodes).
-fn pairs(topo: &Topology, cfg: &Config) -> Vec<(usize, usize)> {
+pub(crate) fn pairs(topo: &Topology, cfg: &Config) -> Vec<(usize, usize)> {
     let n = &topo.cpu_nodes;
     let mut v: Vec<(usize, usize)> = match n.len() {
         0 | 1 => Vec::new(),
@@ -289,6 +289,16 @@ pub fn run(p: u32, cfg: &Config, topo: &Topology) -> Result<(), String> {
                 sys::node_free()
             );
         }
+        6 if cfg!(feature = "system") => println!(
+            "RESULT pattern=6 phase=- pair=- size=- threads_per_node={} note=needs_domalloc_api SKIP",
+            cfg.tpn
+        ),
+        #[cfg(not(feature = "system"))]
+        6 => crate::policies::pattern6(cfg, topo),
+        // With glibc malloc (`--features system`) DOMALLOC_POLICY means nothing: pattern 7 runs
+        // all the same, as a negative control (its bind/preferred/interleave checks must fail).
+        7 => crate::policies::pattern7(cfg, topo),
+        8 => crate::policies::pattern8(cfg, topo),
         _ => return Err(format!("no pattern {p}")),
     }
     Ok(())

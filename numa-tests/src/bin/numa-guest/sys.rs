@@ -132,12 +132,7 @@ pub fn join(v: &[usize]) -> String {
 
 /// Restricts the calling thread to `cpus` and waits until it runs on one of them.
 pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        // SAFETY: `c` is below CPU_SETSIZE for any CPU the kernel reports here.
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
+    let set = cpu_set(cpus);
     // SAFETY: pid 0 = the calling thread; `set` is a valid cpu_set_t of the size passed.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
@@ -210,6 +205,21 @@ impl Placement {
 /// `move_pages(2)` in query mode (pid 0, nodes = NULL).
 pub fn query_pages(pages: &[usize]) -> io::Result<Placement> {
     let mut p = Placement::default();
+    for s in query_nodes(pages)? {
+        p.pages += 1;
+        if s >= 0 {
+            *p.by_node.entry(s as usize).or_default() += 1;
+        } else {
+            p.absent += 1;
+        }
+    }
+    Ok(p)
+}
+
+/// The `move_pages(2)` status of each page in `pages`, in order: its node, or a negative errno
+/// (`-ENOENT`: not present).
+pub fn query_nodes(pages: &[usize]) -> io::Result<Vec<i32>> {
+    let mut out = Vec::with_capacity(pages.len());
     const CHUNK: usize = 16 * 1024;
     let mut status = vec![0i32; CHUNK.min(pages.len())];
     for chunk in pages.chunks(CHUNK) {
@@ -230,16 +240,90 @@ pub fn query_pages(pages: &[usize]) -> io::Result<Placement> {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        for &s in &status[..chunk.len()] {
-            p.pages += 1;
-            if s >= 0 {
-                *p.by_node.entry(s as usize).or_default() += 1;
-            } else {
-                p.absent += 1;
-            }
-        }
+        out.extend_from_slice(&status[..chunk.len()]);
     }
-    Ok(p)
+    Ok(out)
+}
+
+/// A `cpu_set_t` holding `cpus`.
+pub fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: `c` is below CPU_SETSIZE for any CPU the kernel reports here.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    set
+}
+
+/// The calling thread's affinity mask (`sched_getaffinity`), as ascending CPU ids.
+pub fn affinity() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 = the calling thread; `set` is a writable cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `set` is initialised; CPU_ISSET only reads it.
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+/// `MPOL_PREFERRED`, `MPOL_BIND`, `MPOL_INTERLEAVE` (`<linux/mempolicy.h>`).
+pub const MPOL_PREFERRED: i32 = 1;
+/// See [`MPOL_PREFERRED`].
+pub const MPOL_BIND: i32 = 2;
+/// See [`MPOL_PREFERRED`].
+pub const MPOL_INTERLEAVE: i32 = 3;
+
+/// A node mask for `set_mempolicy` (nodes below 128; `maxnode` = 129).
+pub fn node_mask(nodes: &[usize]) -> [libc::c_ulong; 2] {
+    let mut m = [0 as libc::c_ulong; 2];
+    for &n in nodes.iter().filter(|&&n| n < 128) {
+        m[n / 64] |= 1 << (n % 64);
+    }
+    m
+}
+
+/// `set_mempolicy(mode, mask)` for the calling thread (inherited by children and kept across
+/// `execve`, as `numactl` uses it). Makes no allocation: usable between fork and exec.
+pub fn set_mempolicy(mode: i32, mask: &[libc::c_ulong; 2]) -> io::Result<()> {
+    // SAFETY: the mask holds 128 bits, and maxnode = 129 tells the kernel to read 128 of them.
+    let rc = unsafe { libc::syscall(libc::SYS_set_mempolicy, mode as libc::c_long, mask.as_ptr(), 129 as libc::c_ulong) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `get_mempolicy` of the calling thread: (mode, nodes of the mask).
+pub fn get_mempolicy() -> io::Result<(i32, Vec<usize>)> {
+    let mut mode: libc::c_int = 0;
+    let mut mask = [0 as libc::c_ulong; 16];
+    // SAFETY: out-pointers are valid; the mask holds 1024 bits and maxnode = 1025; addr = NULL and
+    // flags = 0 ask for the thread's policy.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut mode as *mut libc::c_int,
+            mask.as_mut_ptr(),
+            1025 as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let nodes = (0..1024).filter(|&n| mask[n / 64] & (1 << (n % 64)) != 0).collect();
+    Ok((mode, nodes))
+}
+
+/// `/sys/devices/system/node/node<n>/distance`: the distances from `n` to each online node, in
+/// the order of the online list.
+#[cfg_attr(feature = "system", allow(dead_code))] // pattern 6 only (not in the glibc build)
+pub fn node_distances(n: usize) -> Vec<u32> {
+    read(&format!("/sys/devices/system/node/node{n}/distance")).split_whitespace().filter_map(|v| v.parse().ok()).collect()
 }
 
 /// Appends the pages `[addr, addr + len)` spans (for small objects: the page holding it).
