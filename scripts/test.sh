@@ -40,6 +40,9 @@ cargo test --workspace --exclude domalloc-numa-tests 2>&1
 step "tests again with expensive invariant checks (--features check)"
 cargo test -p domalloc --features check --tests 2>&1
 
+step "tests again in the hardened build (--features checked: quarantine, poisoning, encoded links, guard pages)"
+cargo test -p domalloc --features checked --tests 2>&1
+
 step "C ABI with real programs (scripts/test-ffi.sh)"
 scripts/test-ffi.sh
 

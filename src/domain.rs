@@ -329,6 +329,10 @@ impl Domain {
             // policy for all sizes, which must alternate nodes page by page.)
             // SAFETY: our fresh mapping.
             unsafe { Sys::set_huge_pages(p, SEGMENT_SIZE, true) };
+        } else if min == 0 && matches!(policy, Policy::Interleave(_)) {
+            // Page by page, also where the system's THP setting is `always`.
+            // SAFETY: our fresh mapping.
+            unsafe { Sys::set_huge_pages(p, SEGMENT_SIZE, false) };
         }
         let seg = p as *mut Segment;
         // SAFETY: fresh zeroed mapping; we initialise the header fields that are not zero.

@@ -172,7 +172,7 @@ pub(crate) unsafe fn alloc_small(c: usize) -> *mut u8 {
         let page = (*h).pages.get_unchecked(c).get();
         let b = (*page).free.get();
         if likely(!b.is_null() && ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get()) {
-            (*page).free.set((*b).next);
+            (*page).free.set(page::next_of(b));
             (*page).set_used((*page).used() + 1);
             return b.cast();
         }
@@ -198,7 +198,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
         check::on_free(seg, page, p);
         if likely((*page).heap.load(Ordering::Relaxed) == h && (*page).flags.get() == 0) {
             let b = p as *mut Block;
-            (*b).next = (*page).local_free.get();
+            page::set_next(b, (*page).local_free.get());
             (*page).local_free.set(b);
             let u = (*page).used().wrapping_sub(1);
             (*page).set_used(u);
@@ -235,7 +235,7 @@ unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page, p: *mut u8
                     // Ours but in the full list: back to the queue, then a normal local free.
                     (*h).unfull_page(page);
                     let b = p as *mut Block;
-                    (*b).next = (*page).local_free.get();
+                    page::set_next(b, (*page).local_free.get());
                     (*page).local_free.set(b);
                     let u = (*page).used() - 1;
                     (*page).set_used(u);
@@ -269,18 +269,18 @@ unsafe fn remote_free(h: *mut Heap, page: *mut Page, b: *mut Block) {
     // SAFETY: sentinels are never written; a real heap is ours.
     unsafe {
         if tls::is_sentinel(h) {
-            (*b).next = ptr::null_mut();
+            page::set_next(b, ptr::null_mut());
             return page::push_remote(&*page, b, b);
         }
         let hh = &*h;
         if hh.pend_page.get() == page && hh.pend_count.get() < REMOTE_BATCH {
-            (*b).next = hh.pend_head.get();
+            page::set_next(b, hh.pend_head.get());
             hh.pend_head.set(b);
             hh.pend_count.set(hh.pend_count.get() + 1);
             return;
         }
         hh.flush_pending();
-        (*b).next = ptr::null_mut();
+        page::set_next(b, ptr::null_mut());
         hh.pend_page.set(page);
         hh.pend_head.set(b);
         hh.pend_tail.set(b);
@@ -307,11 +307,12 @@ unsafe fn page_empty(h: *mut Heap, page: *mut Page) {
         }
         hh.queue_remove(c, page);
         page::disown(&*page);
-        // Park it in its CPU's arena (a per-CPU lock, rarely contended) for the next refill of
-        // any thread on this node; `global::maintain` hands arena pages that stay unused back
-        // to the domain after the purge delay. Past a bound, straight to the domain.
+        // A one-page span parks in its CPU's arena (a per-CPU lock, rarely contended) for the
+        // next refill of any thread on this node; `global::maintain` hands arena pages that stay
+        // unused back to the domain after the purge delay. Bigger spans, spans past the bound
+        // and everything when memory is to be returned at once go straight to the domain.
         let a = global::arena((*page).arena.get() as usize);
-        if a.len() < ARENA_KEEP_EMPTY {
+        if (*page).span_pages.get() == 1 && a.len() < ARENA_KEEP_EMPTY && crate::options::get().purge_delay_ms != 0 {
             a.push(page);
         } else {
             global::domain((*(*page).segment()).node as usize).free_span(page);
@@ -319,8 +320,9 @@ unsafe fn page_empty(h: *mut Heap, page: *mut Page) {
     }
 }
 
-/// Pages an arena may hold before emptied pages go straight back to the domain.
-const ARENA_KEEP_EMPTY: usize = 32;
+/// Pages an arena may hold before emptied pages go straight back to the domain (at most 1 MiB
+/// of parked one-page spans per CPU).
+const ARENA_KEEP_EMPTY: usize = 16;
 
 #[cold]
 #[inline(never)]
@@ -466,7 +468,7 @@ impl Heap {
         unsafe {
             let p = &*page;
             let b = p.free.get();
-            p.free.set((*b).next);
+            p.free.set(page::next_of(b));
             p.set_used(p.used() + 1);
             b.cast()
         }
@@ -814,7 +816,7 @@ mod check {
                         if b as *mut u8 == p {
                             util::fatal(format_args!("free(): double free of {:p} (check mode)", p));
                         }
-                        b = (*b).next;
+                        b = page::next_of(b);
                     }
                 }
             }
@@ -848,6 +850,9 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut libc::c_void) {
     if h.is_null() || tls::is_sentinel(h) {
         return;
     }
+    // Hardened build: the thread's quarantine is really freed while its heap still counts them.
+    #[cfg(feature = "checked")]
+    crate::checked::flush();
     // SAFETY: the exiting thread's own heap.
     unsafe { (*h).abandon_all() };
     tls::set_heap(dead_heap());

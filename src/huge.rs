@@ -23,6 +23,19 @@ pub use crate::segment::LARGE_MAX;
 
 const CACHE_SLOTS: usize = 8;
 
+/// Spare capacity (beyond a quarter of the block) from which a reused cached block lends its
+/// unused tail back to the kernel (`MADV_FREE`); smaller tails are kept as they are (the
+/// system call and its TLB shootdown would cost more than they give back).
+const LEND_MIN: usize = 2 << 20;
+
+/// Checked mode: a `PROT_NONE` guard page right after each huge block (counted in its mapping)
+/// and one right before it (in the unused room between header and data), so linear overflows
+/// fault. Freed blocks skip the cache (they wait inaccessible, then are unmapped: see
+/// `checked.rs`) and `realloc` always moves them, so mappings never change size. 0 otherwise.
+const GUARD: usize = if cfg!(feature = "checked") { OS_PAGE } else { 0 };
+// The page before the data must not hold any of the header.
+static_assertions::const_assert!(core::mem::size_of::<Segment>() + GUARD <= PAGE_SIZE);
+
 /// Freed huge blocks kept for reuse (per node).
 pub(crate) struct HugeCache {
     slots: SpinLock<CacheSlots>,
@@ -78,6 +91,7 @@ impl HugeCache {
     /// Offers a freed block; returns false if the cache does not want it. Entries older than
     /// `max_age_ms` are released on the way, so a program that keeps freeing huge blocks does
     /// not hold idle ones past the purge delay.
+    #[cfg_attr(feature = "checked", allow(dead_code))] // checked mode caches nothing
     fn put(&self, seg: *mut Segment, limit: usize, max_age_ms: u64) -> bool {
         // SAFETY: header is live.
         let size = unsafe { capacity(&*seg) };
@@ -175,7 +189,9 @@ impl HugeCache {
 /// Allocates a huge block of `size` bytes aligned to `align` from domain `d`. `placed` says the
 /// block must be bound to `d`'s node (node-targeted allocation) rather than placed by first touch.
 pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: bool) -> *mut u8 {
-    if !placed {
+    // Under a placement policy a mapping carries its policy (per size threshold): no reuse
+    // across requests, so each block gets exactly the placement its request calls for.
+    if !placed && matches!(global::policy().0, Policy::Local) {
         let Some(data_size) = size.checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
             return ptr::null_mut();
         };
@@ -237,7 +253,7 @@ unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Se
         // tail's pages back to the kernel lazily: they stay resident, and fault-free on the
         // next write, unless the system needs the memory meanwhile.
         s.huge_size.set(data_size);
-        if hs - data_size > data_size / 4 && !global::numa_enabled() {
+        if hs - data_size > (data_size / 4).max(LEND_MIN) && !global::numa_enabled() {
             // SAFETY: the tail of our own block; nobody uses it (its contents are undefined to
             // the program, which has not written it yet).
             unsafe { Sys::purge(s.huge_data.get().add(data_size), hs - data_size, os::PurgeMode::Free) };
@@ -282,7 +298,7 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u
     };
     let opts = options::get();
     let (hdr, p, map_size) = if align >= SEGMENT_SIZE {
-        let Some(total) = data_size.checked_add(align) else { return ptr::null_mut() };
+        let Some(total) = data_size.checked_add(align + GUARD) else { return ptr::null_mut() };
         // SAFETY: valid sizes.
         let m = unsafe { os::map_aligned(total, align) };
         if m.is_null() {
@@ -294,10 +310,10 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u
             // SAFETY: the unused prefix of our own mapping.
             unsafe { Sys::unmap(m, hdr - m as usize) };
         }
-        (hdr as *mut u8, p as *mut u8, SEGMENT_SIZE + data_size)
+        (hdr as *mut u8, p as *mut u8, SEGMENT_SIZE + data_size + GUARD)
     } else {
         let off = if data_size >= THP_SIZE || align > PAGE_SIZE { THP_SIZE.max(align) } else { PAGE_SIZE };
-        let Some(total) = data_size.checked_add(off) else { return ptr::null_mut() };
+        let Some(total) = data_size.checked_add(off + GUARD) else { return ptr::null_mut() };
         // SAFETY: valid sizes.
         let m = unsafe { os::map_aligned(total, SEGMENT_SIZE) };
         if m.is_null() {
@@ -306,6 +322,13 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u
         // SAFETY: off < total.
         (m, unsafe { m.add(off) }, total)
     };
+    #[cfg(feature = "checked")]
+    // SAFETY: the page after the data is the mapping's last (GUARD); the page before it lies
+    // between the header (at most PAGE_SIZE - GUARD bytes, asserted above) and the data.
+    unsafe {
+        Sys::protect_none(p.add(data_size), GUARD);
+        Sys::protect_none(p.sub(GUARD), GUARD);
+    }
     let (policy, min) = global::policy();
     let policy_applies = size >= min && !matches!(policy, Policy::Local);
     if placed {
@@ -313,6 +336,11 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u
         place_range(p, data_size, os::Placement::Preferred(d.node));
     } else if policy_applies {
         apply_policy(p, data_size, d.node, true);
+        if !opts.thp && matches!(policy, Policy::Interleave(_)) {
+            // Page by page, also where the system's THP setting is `always`.
+            // SAFETY: our fresh mapping.
+            unsafe { Sys::set_huge_pages(p, data_size, false) };
+        }
     }
     if opts.thp && data_size >= THP_SIZE {
         // SAFETY: our mapping; the header region stays on small pages.
@@ -329,7 +357,7 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u
         s.map_start.set(hdr);
         s.map_size.set(map_size);
         s.huge_data.set(p);
-        s.huge_size.set(map_size - (p as usize - hdr as usize));
+        s.huge_size.set(map_size - GUARD - (p as usize - hdr as usize));
         s.huge_align.set(align);
     }
     segmap_set(seg, true);
@@ -349,6 +377,11 @@ pub(crate) fn alloc_placed(d: &Domain, size: usize, align: usize, nodes: &crate:
         // SAFETY: the header of the block we just mapped.
         let len = unsafe { (*seg).huge_size.get() };
         place_range(p, len, os::Placement::Interleave(nodes));
+        if !options::get().thp {
+            // Page by page, also where the system's THP setting is `always`.
+            // SAFETY: our fresh mapping.
+            unsafe { Sys::set_huge_pages(p, len, false) };
+        }
     }
     p
 }
@@ -439,10 +472,19 @@ pub(crate) unsafe fn free(seg: *mut Segment, p: *mut u8) {
     let d = global::domain(s.node as usize);
     d.counters.huge_blocks.fetch_sub(1, Ordering::Relaxed);
     d.counters.huge_bytes.fetch_sub(s.huge_size.get() as u64, Ordering::Relaxed);
-    let (limit, age) = (options::get().huge_cache, cache_age_ms());
-    if limit == 0 || !d.huge_cache.put(seg, limit, age) {
-        // SAFETY: freed, ours.
-        unsafe { release(seg) };
+    #[cfg(feature = "checked")]
+    // SAFETY: freed, ours: checked mode keeps it inaccessible for a while, then unmaps it.
+    unsafe {
+        crate::checked::huge_freed(seg)
+    };
+    #[cfg(not(feature = "checked"))]
+    {
+        let (limit, age) = (options::get().huge_cache, cache_age_ms());
+        let local = matches!(global::policy().0, Policy::Local);
+        if limit == 0 || !local || !d.huge_cache.put(seg, limit, age) {
+            // SAFETY: freed, ours.
+            unsafe { release(seg) };
+        }
     }
 }
 
@@ -450,7 +492,7 @@ pub(crate) unsafe fn free(seg: *mut Segment, p: *mut u8) {
 ///
 /// # Safety
 /// Nobody uses the block; it is in no cache.
-unsafe fn release(seg: *mut Segment) {
+pub(crate) unsafe fn release(seg: *mut Segment) {
     // SAFETY: live header until the unmap.
     let (start, size, node) = unsafe { ((*seg).map_start.get(), (*seg).map_size.get(), (*seg).node) };
     segmap_set(seg, false);
@@ -467,6 +509,9 @@ unsafe fn release(seg: *mut Segment) {
 pub(crate) unsafe fn realloc(seg: *mut Segment, p: *mut u8, new_size: usize) -> *mut u8 {
     // SAFETY: live header.
     let s = unsafe { &*seg };
+    if GUARD != 0 {
+        return ptr::null_mut(); // checked mode: mappings keep their size (and guard pages)
+    }
     let Some(new_data) = new_size.checked_add(OS_PAGE - 1).map(|x| x & !(OS_PAGE - 1)) else {
         return ptr::null_mut();
     };

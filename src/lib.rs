@@ -35,6 +35,8 @@
 mod alloc;
 mod arena;
 pub mod c;
+#[cfg(feature = "checked")]
+mod checked;
 mod domain;
 mod global;
 mod heap;
@@ -139,6 +141,14 @@ pub fn numa_enabled() -> bool {
 /// Returns memory that is free but not yet given back to the OS. With `force`, also memory
 /// whose purge delay has not passed, and cached huge blocks.
 pub fn collect(force: bool) {
+    // Checked mode: blocks waiting in the calling thread's quarantine are really freed first.
+    #[cfg(feature = "checked")]
+    {
+        checked::flush();
+        if force {
+            checked::flush_huge();
+        }
+    }
     global::collect(force)
 }
 

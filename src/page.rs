@@ -33,16 +33,43 @@ const _: () = assert!(
         && XSTATE_MASK == remote::MASK
 );
 
+/// Reads a free block's link. The plain load, except in checked mode, where links are stored
+/// encoded (`checked::encode`) and a decoded link outside the block's span is reported.
+///
+/// # Safety
+/// `b` is a free block the caller may read (in a list it owns, or a chain it holds).
+#[inline(always)]
+pub(crate) unsafe fn next_of(b: *mut Block) -> *mut Block {
+    // SAFETY: the caller's contract.
+    let raw = unsafe { (*b).next };
+    #[cfg(feature = "checked")]
+    let raw = crate::checked::decode(b, raw);
+    raw
+}
+
+/// Writes a free block's link (checked mode: encoded). The plain store otherwise.
+///
+/// # Safety
+/// `b` is a block the caller may write (freed, or in a list it owns); `next` is null or a
+/// block of the same span.
+#[inline(always)]
+pub(crate) unsafe fn set_next(b: *mut Block, next: *mut Block) {
+    #[cfg(feature = "checked")]
+    let next = crate::checked::encode(b, next);
+    // SAFETY: the caller's contract.
+    unsafe { (*b).next = next }
+}
+
 impl Link for Block {
     #[inline(always)]
     unsafe fn next(this: *mut Block) -> *mut Block {
         // SAFETY: a valid block the caller may read (the trait's contract).
-        unsafe { (*this).next }
+        unsafe { next_of(this) }
     }
     #[inline(always)]
     unsafe fn set_next(this: *mut Block, next: *mut Block) {
         // SAFETY: a valid block the caller may write (the trait's contract).
-        unsafe { (*this).next = next }
+        unsafe { set_next(this, next) }
     }
 }
 
@@ -82,10 +109,10 @@ pub(crate) unsafe fn extend(page: &Page) -> bool {
         let mut b = first;
         for _ in 1..n {
             let next = (b as usize + bs) as *mut Block;
-            (*b).next = next;
+            set_next(b, next);
             b = next;
         }
-        (*b).next = page.free.get();
+        set_next(b, page.free.get());
     }
     page.free.set(first);
     page.capacity.set(cap + n as u32);
@@ -130,7 +157,7 @@ pub(crate) unsafe fn collect_remote(page: &Page) {
     // own it now.
     let (tail, n) = unsafe { remote::chain_end(head) };
     // SAFETY: as above.
-    unsafe { (*tail).next = page.free.get() };
+    unsafe { set_next(tail, page.free.get()) };
     page.free.set(head);
     page.set_used(page.used().saturating_sub(n));
 }
@@ -143,10 +170,10 @@ unsafe fn append(a: *mut Block, b: *mut Block) {
     let mut t = a;
     // SAFETY: well-formed list.
     unsafe {
-        while !(*t).next.is_null() {
-            t = (*t).next;
+        while !next_of(t).is_null() {
+            t = next_of(t);
         }
-        (*t).next = b;
+        set_next(t, b);
     }
 }
 

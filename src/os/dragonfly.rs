@@ -151,6 +151,11 @@ impl Os for Sys {
         }
     }
 
+    unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { posix::protect_none(ptr, size) }
+    }
+
     unsafe fn set_huge_pages(_ptr: *mut u8, _size: usize, _enable: bool) {
         // No transparent huge pages for anonymous memory (the kernel aligns big mappings to 2 MiB
         // and shares page-table pages instead); nothing to ask for.

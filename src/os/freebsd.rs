@@ -162,6 +162,11 @@ impl Os for Sys {
         }
     }
 
+    unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { posix::protect_none(ptr, size) }
+    }
+
     unsafe fn set_huge_pages(_ptr: *mut u8, _size: usize, _enable: bool) {
         // Superpages are automatic (reservations, vm.pmap.pg_ps_enabled) for aligned runs; there
         // is no per-range switch.

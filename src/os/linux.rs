@@ -44,6 +44,11 @@ impl Os for Sys {
         }
     }
 
+    unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { posix::protect_none(ptr, size) }
+    }
+
     unsafe fn set_huge_pages(ptr: *mut u8, size: usize, enable: bool) {
         let advice = if enable { libc::MADV_HUGEPAGE } else { libc::MADV_NOHUGEPAGE };
         // SAFETY: forwarded contract; failure only means no THP.

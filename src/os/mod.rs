@@ -184,6 +184,14 @@ pub(crate) trait Os {
     /// The range must be mapped by this layer, page aligned, and hold no live data.
     unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool;
 
+    /// Makes a range inaccessible (`PROT_NONE`): any access faults. Guard pages of checked
+    /// mode. Returns false on failure.
+    ///
+    /// # Safety
+    /// The range must be mapped by this layer, page aligned, and hold nothing in use.
+    #[cfg_attr(not(feature = "checked"), allow(dead_code))]
+    unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool;
+
     /// Asks for (or against) transparent huge pages on a range; a no-op where unsupported.
     ///
     /// # Safety

@@ -22,6 +22,11 @@ impl Os for Sys {
         unsafe { posix::madvise(ptr, size, libc::MADV_DONTNEED) };
         false
     }
+    unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { posix::protect_none(ptr, size) }
+    }
+
     unsafe fn set_huge_pages(_ptr: *mut u8, _size: usize, _enable: bool) {}
     unsafe fn resize_in_place(_ptr: *mut u8, _old: usize, _new: usize) -> bool {
         false

@@ -1,0 +1,409 @@
+//! Checked mode (`--features checked`): a hardened build that trades speed and memory for
+//! catching heap misuse where it happens instead of corrupting memory silently.
+//!
+//! * **Delayed reuse (quarantine).** `free` of a small or large block does not give it back at
+//!   once: the block waits in a bounded per-thread FIFO ([`SLOTS`] blocks, [`MAX_BYTES`] bytes;
+//!   a fixed array in TLS, no allocation) and is really freed when it falls out (or when the
+//!   thread exits, or on [`crate::collect`]). A dangling pointer therefore does not hit a block
+//!   that was handed out again right away.
+//! * **Poisoning.** A block entering the quarantine gets a tag word (its address mixed with a
+//!   per-process random key) and the rest of it (up to [`POISON_MAX`] bytes) is filled with
+//!   [`POISON`]. When the block leaves the quarantine both are verified: a write after free is
+//!   reported with the first modified address and aborts.
+//! * **Double free / use of a freed block.** `free`, `realloc` and `malloc_usable_size` of a
+//!   block still in a quarantine see its tag and abort ("double free"), whichever thread does
+//!   it. A pointer that is not the start of a block is reported as such.
+//! * **Guard pages** (`huge.rs`): a `PROT_NONE` page right after and right before every huge
+//!   block, so linear overflows and underflows fault; `realloc` always moves huge blocks (their
+//!   mappings never change size).
+//! * **Encoded free lists** (`page.rs`): a free block's link is stored XOR the per-process key
+//!   and the block's own address; a decoded link that is not null, 8-byte aligned and inside
+//!   the block's own span (a write after free or a double free that reached a free list) is
+//!   reported instead of followed.
+//! * **Freed huge blocks** skip the per-thread quarantine and the huge cache: their pages are
+//!   dropped and made `PROT_NONE` at once (any later access faults; a second `free` or a
+//!   `realloc` sees the header's `freed` flag), and the mapping waits in a small process-wide
+//!   FIFO ([`HUGE_SLOTS`] blocks) before it is unmapped, so its addresses are not reused at once.
+
+use core::cell::UnsafeCell;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::heap;
+use crate::os::{Os, PurgeMode, Sys};
+use crate::segment::{self, Block, PageKind, Segment, SEGMENT_SHIFT, SEG_HUGE};
+use crate::util;
+
+/// Blocks a thread's quarantine holds at most.
+pub(crate) const SLOTS: usize = 256;
+/// Bytes (block sizes) a thread's quarantine holds at most.
+pub(crate) const MAX_BYTES: usize = 256 << 10;
+/// Bytes of a freed block that are poisoned and verified (its head; the rest is not touched).
+pub(crate) const POISON_MAX: usize = 8 << 10;
+/// The poison pattern (one byte, repeated).
+pub(crate) const POISON: u8 = 0xdf;
+const POISON_WORD: u64 = u64::from_ne_bytes([POISON; 8]);
+
+/// Freed huge blocks kept (inaccessible) before they are unmapped.
+pub(crate) const HUGE_SLOTS: usize = 16;
+
+/// Freed huge blocks waiting to be unmapped: a ring of headers, lock-free (a lock here could
+/// be held across `fork`).
+static HUGE_Q: [AtomicPtr<Segment>; HUGE_SLOTS] = [const { AtomicPtr::new(ptr::null_mut()) }; HUGE_SLOTS];
+static HUGE_NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Per-process random key (never 0 once initialised).
+static KEY: AtomicU64 = AtomicU64::new(0);
+
+/// State of a thread's quarantine.
+const ST_NEW: u8 = 0;
+const ST_REGISTERED: u8 = 1;
+/// The thread-exit flush ran: later frees of this thread bypass the quarantine.
+const ST_DONE: u8 = 2;
+
+struct Quarantine {
+    ptrs: [*mut u8; SLOTS],
+    sizes: [u32; SLOTS],
+    /// Index of the oldest entry.
+    head: usize,
+    len: usize,
+    bytes: usize,
+    state: u8,
+}
+
+std::thread_local! {
+    // Const-initialised and without `Drop`: a plain TLS slot, no destructor registration (which
+    // could allocate). Thread exit is handled by a pthread key (see `register_exit`).
+    static Q: UnsafeCell<Quarantine> = const {
+        UnsafeCell::new(Quarantine {
+            ptrs: [ptr::null_mut(); SLOTS],
+            sizes: [0; SLOTS],
+            head: 0,
+            len: 0,
+            bytes: 0,
+            state: ST_NEW,
+        })
+    };
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64's finaliser.
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The per-process random key: 8 bytes of `/dev/urandom` mixed with address-space layout
+/// randomisation and the clock (those alone where the device cannot be read). No allocation.
+#[inline]
+pub(crate) fn key() -> u64 {
+    let k = KEY.load(Ordering::Relaxed);
+    if k != 0 {
+        return k;
+    }
+    init_key()
+}
+
+#[cold]
+#[inline(never)]
+fn init_key() -> u64 {
+    let mut r: u64 = 0;
+    // SAFETY: plain POSIX calls on a NUL-terminated path and an 8-byte local buffer.
+    unsafe {
+        let fd = libc::open(b"/dev/urandom\0".as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            let _ = libc::read(fd, (&mut r as *mut u64).cast(), 8);
+            libc::close(fd);
+        }
+    }
+    let stack = 0u8;
+    let mut k = mix(r)
+        ^ mix(&stack as *const u8 as u64)
+        ^ mix((init_key as *const () as u64).rotate_left(17))
+        ^ mix(Sys::now_ms().rotate_left(40));
+    if k == 0 {
+        k = 0x5bd1_e995_c2b2_ae35;
+    }
+    match KEY.compare_exchange(0, k, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => k,
+        Err(old) => old,
+    }
+}
+
+/// The tag a quarantined block carries in its first word.
+#[inline]
+fn tag(p: *const u8) -> u64 {
+    mix(p as u64 ^ key()) | 1
+}
+
+/// What `p` is, for the checks: `Some(block size)` for a small or large block start (aborting
+/// with `what` on an interior pointer or a freed span), `None` for anything else (huge blocks
+/// and foreign pointers: the normal paths handle and report those).
+fn classify(p: *mut u8, what: &str) -> Option<usize> {
+    let (seg, page) = segment::lookup(p)?;
+    // SAFETY: live segment and descriptor (lookup checked the segment map).
+    unsafe {
+        if (*seg).kind == SEG_HUGE {
+            return None;
+        }
+        let pg = &*page;
+        match pg.kind() {
+            PageKind::Small => {
+                let off = p as usize - pg.start() as usize;
+                let bs = pg.block_size.get() as usize;
+                // `capacity` is the owner's: other threads check the block grid only.
+                let owner = pg.heap.load(Ordering::Relaxed) == crate::tls::heap();
+                if off % bs != 0 || (owner && off / bs >= pg.capacity.get() as usize) {
+                    util::fatal(format_args!("{}(): invalid pointer {:p} (not a block start; check mode)", what, p));
+                }
+                Some(bs)
+            }
+            PageKind::Large => {
+                if pg.start() != p {
+                    util::fatal(format_args!("{}(): invalid pointer {:p} (inside a large block)", what, p));
+                }
+                Some(pg.block_size.get() as usize)
+            }
+            PageKind::Free => util::fatal(format_args!("{}(): double free or invalid pointer {:p}", what, p)),
+            PageKind::Meta => util::fatal(format_args!("{}(): invalid pointer {:p} (allocator metadata)", what, p)),
+        }
+    }
+}
+
+/// Aborts if `p` (a pointer the program passed to `what`) is a block waiting in a quarantine.
+pub(crate) fn check_live(p: *mut u8, what: &str) {
+    if classify(p, what).is_some() {
+        // SAFETY: `p` is the start of a small or large block: mapped, at least 8 bytes.
+        if unsafe { ptr::read(p as *const u64) } == tag(p) {
+            util::fatal(format_args!(
+                "{}(): double free or use after free of {:p} (invalid pointer: the block was freed and waits in quarantine; checked mode)",
+                what, p
+            ));
+        }
+    }
+}
+
+/// Checked `free`: validates `p`, poisons it and puts it in the thread's quarantine, really
+/// freeing the oldest blocks when the quarantine is over its bounds.
+///
+/// # Safety
+/// `p` is non-null; anything the program passes to `free` is checked where possible.
+pub(crate) unsafe fn free(p: *mut u8) {
+    let Some(bs) = classify(p, "free") else {
+        // Huge or foreign: the normal path checks and reports.
+        // SAFETY: forwarded.
+        return unsafe { heap::free(p) };
+    };
+    // SAFETY: `p` starts a small/large block of `bs` bytes (classify), mapped and not freed to
+    // the page (the quarantine holds every block freed through here until it really frees it).
+    unsafe {
+        let w = p as *mut u64;
+        if ptr::read(w) == tag(p) {
+            util::fatal(format_args!(
+                "free(): double free of {:p} (check mode: the block waits in the checked build's quarantine)",
+                p
+            ));
+        }
+        let q = match Q.try_with(|q| q.get()) {
+            Ok(q) if (*q).state != ST_DONE => q,
+            _ => return heap::free(p),
+        };
+        let n = bs.min(POISON_MAX);
+        ptr::write_bytes(p.add(8), POISON, n - 8);
+        ptr::write(w, tag(p));
+        let q = &mut *q;
+        if q.state == ST_NEW {
+            q.state = ST_REGISTERED;
+            register_exit();
+        }
+        while q.len == SLOTS || (q.len > 0 && q.bytes + bs > MAX_BYTES) {
+            evict_one(q);
+        }
+        let i = (q.head + q.len) % SLOTS;
+        q.ptrs[i] = p;
+        q.sizes[i] = bs as u32;
+        q.len += 1;
+        q.bytes += bs;
+    }
+}
+
+/// Verifies and really frees the oldest entry.
+///
+/// # Safety
+/// `q` is the calling thread's quarantine, non-empty.
+unsafe fn evict_one(q: &mut Quarantine) {
+    let p = q.ptrs[q.head];
+    let bs = q.sizes[q.head] as usize;
+    q.ptrs[q.head] = ptr::null_mut();
+    q.head = (q.head + 1) % SLOTS;
+    q.len -= 1;
+    q.bytes -= bs;
+    // SAFETY: a quarantined block: ours, mapped, `bs` bytes, poisoned by `free`.
+    unsafe {
+        verify(p, bs);
+        // Clear the tag, so the block, handed out again, is not taken for a freed one.
+        ptr::write(p as *mut u64, 0);
+        heap::free(p);
+    }
+}
+
+/// Aborts with the first modified address if the quarantined block `p` was written.
+///
+/// # Safety
+/// `p` is a quarantined block of `bs` bytes.
+unsafe fn verify(p: *mut u8, bs: usize) {
+    let n = bs.min(POISON_MAX);
+    // SAFETY: `n` bytes of the block, 8-byte aligned (every block is).
+    unsafe {
+        if ptr::read(p as *const u64) != tag(p) {
+            report(p, p);
+        }
+        let mut off = 8;
+        while off + 8 <= n {
+            if ptr::read(p.add(off) as *const u64) != POISON_WORD {
+                let mut b = off;
+                while *p.add(b) == POISON {
+                    b += 1;
+                }
+                report(p, p.add(b));
+            }
+            off += 8;
+        }
+        while off < n {
+            if *p.add(off) != POISON {
+                report(p, p.add(off));
+            }
+            off += 1;
+        }
+    }
+}
+
+#[cold]
+fn report(block: *mut u8, at: *mut u8) -> ! {
+    util::fatal(format_args!(
+        "write after free to {:p} (offset {} in the freed block {:p}; checked mode)",
+        at,
+        at as usize - block as usize,
+        block
+    ))
+}
+
+/// Really frees every block of the calling thread's quarantine (after verifying them).
+pub(crate) fn flush() {
+    let Ok(q) = Q.try_with(|q| q.get()) else { return };
+    // SAFETY: this thread's quarantine; `evict_one` does not reenter it.
+    unsafe {
+        let q = &mut *q;
+        while q.len > 0 {
+            evict_one(q);
+        }
+    }
+}
+
+/// pthread key whose destructor flushes an exiting thread's quarantine (0 = none yet, else
+/// key + 1).
+static EXIT_KEY: AtomicU64 = AtomicU64::new(0);
+/// Key creation in progress.
+static EXIT_KEY_BUSY: AtomicU32 = AtomicU32::new(0);
+
+/// Arranges for the calling thread's quarantine to be flushed when it exits.
+#[cold]
+fn register_exit() {
+    let mut k = EXIT_KEY.load(Ordering::Acquire);
+    if k == 0 {
+        while EXIT_KEY_BUSY.swap(1, Ordering::Acquire) != 0 {
+            Sys::yield_now();
+        }
+        k = EXIT_KEY.load(Ordering::Acquire);
+        if k == 0 {
+            if let Some(key) = Sys::thread_key_create(thread_exit) {
+                k = key as u64 + 1;
+                EXIT_KEY.store(k, Ordering::Release);
+            }
+        }
+        EXIT_KEY_BUSY.store(0, Ordering::Release);
+    }
+    if k != 0 {
+        Sys::thread_key_set((k - 1) as libc::pthread_key_t, 1 as *mut libc::c_void);
+    }
+}
+
+/// The thread-exit destructor: flush, and free directly from now on.
+///
+/// # Safety
+/// Called by libc at thread exit.
+unsafe extern "C" fn thread_exit(_arg: *mut libc::c_void) {
+    flush();
+    let _ = Q.try_with(|q| {
+        // SAFETY: this thread's quarantine, not borrowed elsewhere.
+        unsafe { (*q.get()).state = ST_DONE };
+    });
+}
+
+/// A huge block was freed (its `freed` flag set): drops its pages, makes it inaccessible and
+/// queues it; the oldest queued block is unmapped.
+///
+/// # Safety
+/// `seg` is the live header of a freed huge block, in no cache, owned by the caller.
+pub(crate) unsafe fn huge_freed(seg: *mut Segment) {
+    // SAFETY: the caller's block: its data range is ours and nothing uses it.
+    unsafe {
+        let (p, n) = ((*seg).huge_data.get(), (*seg).huge_size.get());
+        Sys::purge(p, n, PurgeMode::DontNeed);
+        Sys::protect_none(p, n);
+    }
+    let i = HUGE_NEXT.fetch_add(1, Ordering::Relaxed) % HUGE_SLOTS;
+    let old = HUGE_Q[i].swap(seg, Ordering::AcqRel);
+    if !old.is_null() {
+        // SAFETY: out of the queue: nobody else holds it.
+        unsafe { crate::huge::release(old) };
+    }
+}
+
+/// Unmaps every freed huge block waiting in the queue.
+pub(crate) fn flush_huge() {
+    for slot in &HUGE_Q {
+        let s = slot.swap(ptr::null_mut(), Ordering::AcqRel);
+        if !s.is_null() {
+            // SAFETY: out of the queue: nobody else holds it.
+            unsafe { crate::huge::release(s) };
+        }
+    }
+}
+
+/// Encodes a free-list link stored in block `b`.
+#[inline(always)]
+pub(crate) fn encode(b: *mut Block, next: *mut Block) -> *mut Block {
+    (next as usize ^ b as usize ^ key() as usize) as *mut Block
+}
+
+/// Decodes the link stored in block `b`, aborting if it does not lead to null or to a block of
+/// `b`'s own span.
+#[inline(always)]
+pub(crate) fn decode(b: *mut Block, raw: *mut Block) -> *mut Block {
+    let next = raw as usize ^ b as usize ^ key() as usize;
+    if next != 0 {
+        let bad = next & 7 != 0
+            || (next ^ b as usize) >> SEGMENT_SHIFT != 0
+            // SAFETY: `b` is a block of a live segment (the callers' contract) and `next` lies
+            // in the same segment (checked just before).
+            || unsafe {
+                let seg = segment::segment_of(b as *const u8);
+                segment::page_of(seg, next as *const u8) != segment::page_of(seg, b as *const u8)
+            };
+        if bad {
+            corrupt(b, next);
+        }
+    }
+    next as *mut Block
+}
+
+#[cold]
+#[inline(never)]
+fn corrupt(b: *mut Block, next: usize) -> ! {
+    util::fatal(format_args!(
+        "free list corrupted at {:p}: its link decodes to {:#x}, outside its span (write after free or double free; checked mode)",
+        b, next
+    ))
+}
