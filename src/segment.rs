@@ -78,8 +78,13 @@ pub const XSTATE_NOTIFYING: usize = 2;
 /// Per-64 KiB-page metadata. For a span, the head descriptor holds the state; the others only
 /// `head_off`. Fields marked *owner* are touched only by the thread whose heap owns the page (or,
 /// for a page in no heap, by whoever holds the lock of the list it is in).
+///
+/// Two cache lines: the first holds everything the owner's allocation and free paths touch;
+/// the second the remote-free stack that other threads update, so a producer/consumer pair
+/// does not bounce the owner's line with every batch of remote frees.
 #[repr(C, align(64))]
 pub struct Page {
+    // ---- line 0: the owner's ----
     /// *owner*: blocks ready to allocate.
     pub(crate) free: Cell<*mut Block>,
     /// *owner*: blocks freed by the owner, merged into `free` when it runs dry.
@@ -104,11 +109,12 @@ pub struct Page {
     pub(crate) reserved: Cell<u32>,
     /// Pages in the span.
     pub(crate) span_pages: Cell<u32>,
-    /// Blocks freed by other threads: a lock-free stack whose low bits hold `XSTATE_*`.
-    pub(crate) xfree: AtomicUsize,
     /// List links (heap queue or full list, or arena queue).
     pub(crate) next: Cell<*mut Page>,
     pub(crate) prev: Cell<*mut Page>,
+    // ---- line 1: updated by freeing threads ----
+    /// Blocks freed by other threads: a lock-free stack whose low bits hold `XSTATE_*`.
+    pub(crate) xfree: AtomicUsize,
     /// Link in the owner's notification stack.
     pub(crate) next_unfull: Cell<*mut Page>,
     /// Home arena (CPU index) for when the owner abandons the page.
@@ -203,6 +209,7 @@ const_assert!(size_of::<Segment>() <= PAGE_SIZE);
 const_assert!(PAGES == 64);
 // Descriptors are two cache lines: `pages[i]` is a shift away, and neighbours share no line.
 const_assert!(size_of::<Page>() == 128);
+const_assert!(core::mem::offset_of!(Page, xfree) == 64);
 const_assert!(LARGE_MAX < SEGMENT_SIZE / 2);
 
 /// The segment containing `p` (if `p` is in a segment's first 4 MiB).
