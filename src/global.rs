@@ -460,6 +460,11 @@ fn counters_of(c: &HeapCounters) -> [u64; 5] {
 pub(crate) fn heap_totals() -> ([u64; 5], usize) {
     let p = POOL.lock();
     let mut t = p.retired;
+    // Remote frees by threads without a heap (before their first allocation, or after exit):
+    // one block per push.
+    let heapless = heap::HEAPLESS_REMOTE_FREES.load(Ordering::Relaxed);
+    t[0] += heapless;
+    t[1] += heapless;
     let mut h = p.live;
     while !h.is_null() {
         // SAFETY: live heaps under the pool lock; counters are atomics.

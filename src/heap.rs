@@ -261,6 +261,9 @@ unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page, p: *mut u8
     }
 }
 
+/// Remote frees by threads that have no heap (not yet, or no more), for the stats.
+pub(crate) static HEAPLESS_REMOTE_FREES: AtomicU64 = AtomicU64::new(0);
+
 /// Sends a block home: batched per page when the thread has a heap.
 ///
 /// # Safety
@@ -270,6 +273,7 @@ unsafe fn remote_free(h: *mut Heap, page: *mut Page, b: *mut Block) {
     unsafe {
         if tls::is_sentinel(h) {
             page::set_next(b, ptr::null_mut());
+            HEAPLESS_REMOTE_FREES.fetch_add(1, Ordering::Relaxed);
             return page::push_remote(&*page, b, b);
         }
         let hh = &*h;
