@@ -315,7 +315,10 @@ fn negative_control_glibc_malloc_fails() {
     if skipped() {
         return;
     }
-    let (report, _) = boot("2n", "system", &["--tpn", "1", "1", "2", "3", "4", "5:thp=never", "6", "7:thp=never"]);
+    // Pattern 1 with THP off: with THP `always`, glibc's unaligned multi-MiB mappings can share a
+    // huge page with the next thread's block, so even "own data" may land on another node: that
+    // is glibc's behaviour, not a harness fault, and pattern 1 is the harness's sanity check here.
+    let (report, _) = boot("2n", "system", &["--tpn", "1", "1:thp=never", "2", "3", "4", "5:thp=never", "6", "7:thp=never"]);
     assert!(report.summary.is_some(), "negative control did not finish:\n{}", report.render());
     // The node API does not exist there: pattern 6 is skipped, not failed.
     assert!(
