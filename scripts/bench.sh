@@ -3,7 +3,7 @@
 # and tcmalloc on the workloads of bench-suite/, swapped in with LD_PRELOAD.
 #
 #   scripts/bench.sh --quick          # about a minute
-#   scripts/bench.sh                  # the full run (about 10 minutes on an idle 2-core machine)
+#   scripts/bench.sh                  # the full run (about 4 minutes on a 2-core machine; --numa adds ~1.5)
 #   scripts/bench.sh --help           # every option of the runner (filters, --threads, --numa...)
 #
 # What it does:
