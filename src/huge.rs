@@ -265,15 +265,35 @@ unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Se
         resized(s);
         return seg;
     }
-    let moved = if s.map_start.get() == seg.cast() {
-        // SAFETY: our mapping; on success the header moved with it.
-        unsafe { Sys::move_mapping(seg.cast(), old_map, off + data_size, SEGMENT_SIZE) }
+    let nseg = if s.map_start.get() == seg.cast() {
+        // SAFETY: ours, header at the mapping's start.
+        unsafe { move_block(seg, off + data_size) }
     } else {
         ptr::null_mut()
     };
-    if moved.is_null() {
+    if nseg.is_null() {
         // SAFETY: ours, in no cache.
         unsafe { release(seg) };
+        return ptr::null_mut();
+    }
+    // SAFETY: the header now lives at `nseg`.
+    resized(unsafe { &*nseg });
+    nseg
+}
+
+/// Moves a huge block's whole mapping (header first) to a new, `map_size`-byte place with
+/// `mremap`: its pages move, nothing is copied. Returns the new header, or null (nothing
+/// changed). The caller updates the sizes and counters.
+///
+/// # Safety
+/// `seg` is a live huge header of ours at the start of its mapping.
+unsafe fn move_block(seg: *mut Segment, map_size: usize) -> *mut Segment {
+    // SAFETY: live header.
+    let s = unsafe { &*seg };
+    let off = s.huge_data.get() as usize - s.map_start.get() as usize;
+    // SAFETY: our mapping; on success the header moved with it.
+    let moved = unsafe { Sys::move_mapping(seg.cast(), s.map_size.get(), map_size, SEGMENT_SIZE) };
+    if moved.is_null() {
         return ptr::null_mut();
     }
     segmap_set(seg, false);
@@ -283,7 +303,6 @@ unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Se
         let ns = &*nseg;
         ns.map_start.set(moved);
         ns.huge_data.set(moved.add(off));
-        resized(ns);
     }
     segmap_set(nseg, true);
     nseg
@@ -542,24 +561,15 @@ pub(crate) unsafe fn realloc(seg: *mut Segment, p: *mut u8, new_size: usize) -> 
     if s.huge_align.get() >= SEGMENT_SIZE || s.map_start.get() != seg.cast() {
         return ptr::null_mut();
     }
-    let old_map = s.map_size.get();
-    // SAFETY: our mapping; on success the header moved with it.
-    let moved = unsafe { Sys::move_mapping(seg.cast(), old_map, off + new_data, SEGMENT_SIZE) };
-    if moved.is_null() {
+    // SAFETY: ours, header at the mapping's start (checked above).
+    let nseg = unsafe { move_block(seg, off + new_data) };
+    if nseg.is_null() {
         return ptr::null_mut();
     }
-    segmap_set(seg, false);
-    let nseg = moved as *mut Segment;
-    // SAFETY: the header now lives at `moved`.
-    unsafe {
-        let ns = &*nseg;
-        ns.map_start.set(moved);
-        ns.huge_data.set(moved.add(off));
-        adjust(d, ns, off + new_data, new_data);
-    }
-    segmap_set(nseg, true);
-    // SAFETY: off within the mapping.
-    unsafe { moved.add(off) }
+    // SAFETY: the header now lives at `nseg`.
+    let ns = unsafe { &*nseg };
+    adjust(d, ns, off + new_data, new_data);
+    ns.huge_data.get()
 }
 
 /// Bytes from a huge block's start to the end of its mapping: its size plus spare capacity left

@@ -342,3 +342,36 @@ mod tests {
         assert!(r.pattern_table().contains("FAIL"));
     }
 }
+
+/// Host-side helpers shared by the QEMU test binaries (`tests/guest.rs`, `tests/preload.rs`).
+pub mod harness {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, MutexGuard};
+
+    /// The repository root.
+    pub fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    }
+
+    /// `numa-tests/work/` (git-ignored), created on first use: guest binaries and console logs.
+    pub fn workdir() -> PathBuf {
+        let w = repo().join("numa-tests/work");
+        std::fs::create_dir_all(&w).expect("create numa-tests/work");
+        w
+    }
+
+    /// One guest at a time (TCG on a small host is slow when guests overlap).
+    pub fn serial() -> MutexGuard<'static, ()> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `DOMALLOC_QEMU_TESTS=0` asks to skip the QEMU tests (says so on stderr).
+    pub fn skipped() -> bool {
+        if std::env::var("DOMALLOC_QEMU_TESTS").map(|v| v == "0").unwrap_or(false) {
+            eprintln!("DOMALLOC_QEMU_TESTS=0: QEMU NUMA tests skipped");
+            return true;
+        }
+        false
+    }
+}

@@ -16,35 +16,13 @@
 
 #![cfg(target_os = "linux")]
 
+use domalloc_numa_tests::harness::{repo, serial, skipped, workdir};
 use domalloc_numa_tests::{GuestReport, Verdict};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
-}
-
-fn workdir() -> PathBuf {
-    let w = repo().join("numa-tests/work");
-    std::fs::create_dir_all(&w).expect("create numa-tests/work");
-    w
-}
-
-/// One guest at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn skipped() -> bool {
-    if std::env::var("DOMALLOC_QEMU_TESTS").map(|v| v == "0").unwrap_or(false) {
-        eprintln!("DOMALLOC_QEMU_TESTS=0: QEMU NUMA tests skipped");
-        return true;
-    }
-    false
-}
 
 /// Builds (or takes from the environment) the static guest binary for `alloc`.
 fn guest_binary(alloc: &'static str) -> PathBuf {
