@@ -291,12 +291,15 @@ unsafe fn move_block(seg: *mut Segment, map_size: usize) -> *mut Segment {
     // SAFETY: live header.
     let s = unsafe { &*seg };
     let off = s.huge_data.get() as usize - s.map_start.get() as usize;
+    // Off the map before the old range is given up: once `mremap` has moved the pages, another
+    // thread may map something new at the old address and set the same bit.
+    segmap_set(seg, false);
     // SAFETY: our mapping; on success the header moved with it.
     let moved = unsafe { Sys::move_mapping(seg.cast(), s.map_size.get(), map_size, SEGMENT_SIZE) };
     if moved.is_null() {
+        segmap_set(seg, true);
         return ptr::null_mut();
     }
-    segmap_set(seg, false);
     let nseg = moved as *mut Segment;
     // SAFETY: the header now lives at `moved`.
     unsafe {

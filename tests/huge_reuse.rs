@@ -96,3 +96,38 @@ fn cached_huge_blocks_are_reused_and_resized() {
     unsafe { raw::free(r) };
     domalloc::collect(true);
 }
+
+/// Several threads grow, move, reuse and free huge blocks at once: every block stays known to
+/// the allocator (a move must take the old header off the map before another thread can map
+/// something at the old address; found by the C fork test as "free(): invalid pointer").
+#[test]
+fn concurrent_moves_keep_every_block_known() {
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..150 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let mut size = (2 + (x % 10) as usize) * MIB;
+                    let mut p = unsafe { raw::malloc(size) };
+                    assert!(!p.is_null());
+                    unsafe { p.write(t as u8) };
+                    for _ in 0..3 {
+                        size += size / 2;
+                        p = unsafe { raw::realloc(p, size, 16) };
+                        assert!(!p.is_null());
+                        assert_eq!(unsafe { p.read() }, t as u8, "content lost in a move");
+                        assert!(unsafe { raw::usable_size(p) } >= size);
+                    }
+                    unsafe { raw::free(p) };
+                }
+            })
+        })
+        .collect();
+    for h in threads {
+        h.join().unwrap();
+    }
+    domalloc::collect(true);
+}
