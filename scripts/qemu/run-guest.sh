@@ -19,6 +19,9 @@
 #                     in guests with less than 512 MiB of RAM)
 #   --env K=V         environment variable for the guest program (repeatable), e.g. DOMALLOC_VERBOSE=1
 #   --timeout S       wall-clock limit for the guest (default 600)
+#   --start-timeout S a boot that has not reached /init (GUEST-START) after S seconds is killed
+#                     and booted again (default 120; TCG now and then hangs in early boot)
+#   --boot-attempts N boots tried before giving up with exit 2 (default 3)
 #   --workdir DIR     where the initramfs and logs go (default numa-tests/work)
 #   --log FILE        console log file (default WORKDIR/<topology>-<alloc>.log)
 #   --list            print the topologies and exit
@@ -40,6 +43,8 @@ binary=
 alloc=domalloc
 thp=
 timeout_s=600
+start_timeout=120
+boot_attempts=3
 workdir=$repo/numa-tests/work
 log=
 preload=
@@ -80,6 +85,8 @@ while [ $# -gt 0 ]; do
         --thp) thp=$2; shift 2 ;;
         --env) envs+=("$2"); shift 2 ;;
         --timeout) timeout_s=$2; shift 2 ;;
+        --start-timeout) start_timeout=$2; shift 2 ;;
+        --boot-attempts) boot_attempts=$2; shift 2 ;;
         --workdir) workdir=$2; shift 2 ;;
         --log) log=$2; shift 2 ;;
         --list) list_topologies; exit 0 ;;
@@ -268,17 +275,54 @@ for e in "${envs[@]}"; do append="$append $e"; done
 append="$append -- ${guest_args[*]}"
 [ -n "$log" ] || log=$workdir/$topology-$tag.log
 
+# A TCG guest on a loaded host now and then hangs in early boot (before /init prints
+# GUEST-START; the kernel is quiet, so nothing shows). That is QEMU, not the program under test:
+# such a boot is killed after --start-timeout seconds and retried (at most --boot-attempts).
+# A guest that started is never retried: its result stands.
 echo "run-guest: topology=$topology binary=$binary kernel=$kernel timeout=${timeout_s}s log=$log" >&2
-start=$(date +%s)
-set +e
-timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -machine pc \
-    -smp "$smp" -m "${mem}M" "${numa[@]}" \
-    -nographic -monitor none -no-reboot -nic none \
-    -kernel "$kernel" -initrd "$initrd" -append "$append" </dev/null 2>&1 \
-    | tr -d '\r' | tee "$log"
-qrc=${PIPESTATUS[0]}
-set -e
-echo "run-guest: qemu exit $qrc after $(( $(date +%s) - start ))s" >&2
+raw=$log.raw
+rm -f "$log".boot-*
+attempt=1
+while :; do
+    start=$(date +%s)
+    : > "$raw"
+    set +e
+    timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -machine pc \
+        -smp "$smp" -m "${mem}M" "${numa[@]}" \
+        -nographic -monitor none -no-reboot -nic none \
+        -kernel "$kernel" -initrd "$initrd" -append "$append" </dev/null >"$raw" 2>&1 &
+    qpid=$!
+    # Stream the console while it runs (tail exits once qemu has and the file is drained).
+    tail -n +1 -f --pid="$qpid" "$raw" | tr -d '\r' &
+    tpid=$!
+    hung=0
+    while kill -0 "$qpid" 2>/dev/null; do
+        grep -q GUEST-START "$raw" && break
+        if [ $(( $(date +%s) - start )) -ge "$start_timeout" ]; then
+            hung=1
+            kill "$qpid" 2>/dev/null
+            break
+        fi
+        sleep 1
+    done
+    wait "$qpid"
+    qrc=$?
+    wait "$tpid"
+    set -e
+    tr -d '\r' < "$raw" > "$log"
+    rm -f "$raw"
+    if [ "$hung" = 0 ]; then
+        echo "run-guest: qemu exit $qrc after $(( $(date +%s) - start ))s" >&2
+        break
+    fi
+    cp "$log" "$log.boot-$attempt"
+    if [ "$attempt" -ge "$boot_attempts" ]; then
+        echo "run-guest: no GUEST-START within ${start_timeout}s in $attempt boots (logs $log.boot-*)" >&2
+        exit 2
+    fi
+    echo "run-guest: no GUEST-START within ${start_timeout}s (boot $attempt of $boot_attempts hung; log $log.boot-$attempt); booting again" >&2
+    attempt=$((attempt + 1))
+done
 
 grc=$(sed -n 's/.*GUEST-EXIT rc=\([0-9]*\).*/\1/p' "$log" | tail -n 1)
 if [ -z "$grc" ]; then
