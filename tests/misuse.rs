@@ -41,77 +41,17 @@
 // unsafe blocks are the point, not an oversight.
 #![allow(clippy::undocumented_unsafe_blocks)]
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::Command;
-
 use domalloc::raw;
+
+mod common;
+use common::{expect_addr, Death};
 
 const ENV: &str = "DOMALLOC_MISUSE_CASE";
 
-/// Prints the address the error must name (the parent reads it from stdout).
-fn expect_addr(p: *const u8) {
-    println!("MISUSE-ADDRESS {:p}", p);
-}
-
-/// Runs `body` in a child process when this is the parent; in the child (named case), runs it.
-/// `what` lists the words the error line must contain besides the address.
+/// Runs `body` in a child process (see `common::case`); it must abort with one error line that
+/// names the address and says each of `what`.
 fn case(name: &str, env: &[(&str, &str)], what: &[&str], body: fn()) {
-    if let Ok(c) = std::env::var(ENV) {
-        if c == name {
-            body();
-            println!("MISUSE-NOT-DETECTED");
-        }
-        return;
-    }
-    let out = unsafe {
-        Command::new(std::env::current_exe().unwrap())
-            .args([name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(ENV, name)
-            .envs(env.iter().copied())
-            .pre_exec(|| {
-                // No core files for the expected aborts.
-                let r = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                libc::setrlimit(libc::RLIMIT_CORE, &r);
-                Ok(())
-            })
-            .output()
-            .unwrap()
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let ctx = format!(
-        "case {name}: status {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    assert!(
-        !stdout.contains("MISUSE-NOT-DETECTED"),
-        "misuse not detected: {ctx}"
-    );
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "expected SIGABRT: {ctx}"
-    );
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("domalloc: error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "expected exactly one error line: {ctx}");
-    let line = errors[0];
-    let addr = stdout
-        .lines()
-        .find_map(|l| l.split_once("MISUSE-ADDRESS ").map(|(_, a)| a.trim()))
-        .unwrap_or_else(|| panic!("child printed no address: {ctx}"));
-    assert!(
-        line.contains(addr),
-        "error line does not name {addr}: {ctx}"
-    );
-    for w in what {
-        assert!(line.contains(w), "error line does not say {w:?}: {ctx}");
-    }
+    common::case(ENV, name, env, Death::Abort(what), body);
 }
 
 fn check_mode_only() -> bool {
