@@ -205,17 +205,22 @@ impl Tally {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-/// Prints one RESULT line. `extra_ok` folds in a non-locality condition (RSS bound, zeroing).
-fn report(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: &str, t: &Tally, extra: &str, extra_ok: bool) {
-    let ok = t.place.pages > 0 && t.share() >= cfg.threshold && extra_ok;
-    let verdict = if cfg.info_only {
+/// The last word of a RESULT line: `INFO` for a measurement only, else `PASS` or `FAIL`.
+pub fn verdict(info_only: bool, ok: bool) -> &'static str {
+    if info_only {
         "INFO"
     } else if ok {
         "PASS"
     } else {
         "FAIL"
-    };
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Prints one RESULT line. `extra_ok` folds in a non-locality condition (RSS bound, zeroing).
+fn report(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: &str, t: &Tally, extra: &str, extra_ok: bool) {
+    let ok = t.place.pages > 0 && t.share() >= cfg.threshold && extra_ok;
+    let verdict = verdict(cfg.info_only, ok);
     println!(
         "RESULT pattern={pattern} phase={phase} pair={pair} size={size} threads_per_node={} objects={} pages={} local={} absent={} share={:.4} nodes={}{}{} {verdict}",
         cfg.tpn,

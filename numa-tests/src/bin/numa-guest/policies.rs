@@ -16,7 +16,7 @@
 //! Patterns 7 and 8 run each policy in a fresh process: the pattern's child re-executes itself
 //! (`--child=P --sub=NAME`) with the environment, affinity or memory policy of the case set.
 
-use crate::patterns::{pin, Config, Pin};
+use crate::patterns::{pin, verdict, Config, Pin};
 use crate::sys::{self, Placement, Topology, PAGE};
 use domalloc_numa_tests::format_size;
 use std::alloc::{alloc, dealloc, Layout};
@@ -143,13 +143,7 @@ fn line(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: usize, s: &Sp
         info = true;
         more.push_str(" note=thp_on_interleaves_huge_pages");
     }
-    let verdict = if info {
-        "INFO"
-    } else if ok {
-        "PASS"
-    } else {
-        "FAIL"
-    };
+    let verdict = verdict(info, ok);
     format!(
         "RESULT pattern={pattern} phase={phase} pair={pair} size={} threads_per_node={} objects={} pages={pages} local={local} absent={} share={share:.4} nodes={} expect={}{more}{}{} {verdict}",
         format_size(size),
@@ -165,13 +159,7 @@ fn line(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: usize, s: &Sp
 
 /// A RESULT line for a yes/no check (no pages: `share` is 1 or 0).
 fn check(cfg: &Config, pattern: u32, phase: &str, pair: &str, ok: bool, extra: &str) -> String {
-    let verdict = if cfg.info_only {
-        "INFO"
-    } else if ok {
-        "PASS"
-    } else {
-        "FAIL"
-    };
+    let verdict = verdict(cfg.info_only, ok);
     format!(
         "RESULT pattern={pattern} phase={phase} pair={pair} size=- threads_per_node={} objects=0 pages=0 local=0 absent=0 share={} nodes=- {extra} {verdict}",
         cfg.tpn,
@@ -188,6 +176,20 @@ fn fill(p: *mut u8, len: usize) {
     assert!(!p.is_null(), "allocation of {len} bytes failed");
     // SAFETY: `p` is a live block of at least `len` bytes the caller owns.
     unsafe { std::ptr::write_bytes(p, 0x5a, len) };
+}
+
+/// `count` blocks of `size` bytes from the global allocator, each written in full (first touch
+/// by the calling thread), as `(address, size)`.
+fn alloc_filled(size: usize, count: usize) -> Vec<(usize, usize)> {
+    let l = layout(size);
+    (0..count)
+        .map(|_| {
+            // SAFETY: size > 0.
+            let p = unsafe { alloc(l) };
+            fill(p, size);
+            (p as usize, size)
+        })
+        .collect()
 }
 
 /// `n/m` of the blocks for which `domalloc::node_of` says `node`.
@@ -352,14 +354,7 @@ fn node_api_pair(cfg: &Config, topo: &Topology, a: usize, b: usize, mem_nodes: &
                 (p as usize, size)
             })
             .collect();
-        let plain: Vec<(usize, usize)> = (0..count)
-            .map(|_| {
-                // SAFETY: size > 0.
-                let p = unsafe { alloc(l) };
-                fill(p, size);
-                (p as usize, size)
-            })
-            .collect();
+        let plain = alloc_filled(size, count);
         let (e, ok) = node_of_extra(&fresh);
         let s = Spread::measure(&fresh, Some(b));
         out.push(line(cfg, 6, "home-on-node", &pair, size, &s, &Expect::Node(b), &e, ok));
@@ -433,24 +428,16 @@ fn workload(cfg: &Config, topo: &Topology, pattern: u32, phase: &str, workers: &
                         barrier.wait();
                         let node = sys::current_node();
                         let e = expect(node, size);
-                        let l = layout(size);
-                        let blocks: Vec<(usize, usize)> = (0..count)
-                            .map(|_| {
-                                // SAFETY: size > 0.
-                                let p = unsafe { alloc(l) };
-                                fill(p, size);
-                                (p as usize, size)
-                            })
-                            .collect();
+                        let blocks = alloc_filled(size, count);
                         let want = match e {
                             Expect::Node(n) => Some(n),
                             Expect::Local => Some(node),
                             Expect::Interleave(_) => None,
                         };
                         res.push((e, Spread::measure(&blocks, want)));
-                        for &(p, _) in &blocks {
-                            // SAFETY: allocated above with layout `l`, freed once.
-                            unsafe { dealloc(p as *mut u8, l) };
+                        for &(p, size) in &blocks {
+                            // SAFETY: allocated by alloc_filled with layout(size), freed once.
+                            unsafe { dealloc(p as *mut u8, layout(size)) };
                         }
                     }
                     let after = sys::affinity().expect("sched_getaffinity");
