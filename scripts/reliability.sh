@@ -115,10 +115,10 @@ run_miri() {
 
 run_soak() {
     local secs=${DOMALLOC_SOAK_SECS:-60}
-    step "soak: tests/soak.rs for $secs s; misuse and faults, default and --features check"
+    step "soak: tests/soak.rs for $secs s; misuse and faults, default and --features debug-invariants"
     local t0=$SECONDS ok=1
     DOMALLOC_SOAK_SECS=$secs cargo test -p domalloc --test soak -- --nocapture >"$LOGS/soak.log" 2>&1 || ok=0
-    for feat in "" "--features check"; do
+    for feat in "" "--features debug-invariants"; do
         # shellcheck disable=SC2086
         cargo test -p domalloc $feat --test misuse --test faults >>"$LOGS/soak.log" 2>&1 || ok=0
     done

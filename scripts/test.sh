@@ -37,11 +37,11 @@ T0=$SECONDS
 step "unit and integration tests (cargo test --workspace)"
 cargo test --workspace --exclude domalloc-numa-tests 2>&1
 
-step "tests again with expensive invariant checks (--features check)"
-cargo test -p domalloc --features check --tests 2>&1
+step "tests again with expensive invariant checks (--features debug-invariants)"
+cargo test -p domalloc --features debug-invariants --tests 2>&1
 
-step "tests again in the hardened build (--features checked: quarantine, poisoning, encoded links, guard pages)"
-cargo test -p domalloc --features checked --tests 2>&1
+step "tests again in the quarantine build (--features quarantine: quarantine, poisoning, encoded links, guard pages)"
+cargo test -p domalloc --features quarantine --tests 2>&1
 
 step "C ABI with real programs (scripts/test-ffi.sh)"
 scripts/test-ffi.sh

@@ -121,15 +121,15 @@ pub unsafe fn free(p: *mut u8) {
     if p.is_null() {
         return;
     }
-    #[cfg(not(feature = "checked"))]
+    #[cfg(not(feature = "quarantine"))]
     // SAFETY: forwarded.
     unsafe {
         heap::free(p)
     };
-    #[cfg(feature = "checked")]
-    // SAFETY: forwarded (checked mode: validate, poison, quarantine).
+    #[cfg(feature = "quarantine")]
+    // SAFETY: forwarded (quarantine build: validate, poison, quarantine).
     unsafe {
-        crate::checked::free(p)
+        crate::quarantine::free(p)
     };
 }
 
@@ -141,8 +141,8 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     if p.is_null() {
         return 0;
     }
-    #[cfg(feature = "checked")]
-    crate::checked::check_live(p as *mut u8, "malloc_usable_size");
+    #[cfg(feature = "quarantine")]
+    crate::quarantine::check_live(p as *mut u8, "malloc_usable_size");
     let Some((seg, page)) = segment::lookup(p) else {
         util::fatal(format_args!("malloc_usable_size(): invalid pointer {:p}", p));
     };
@@ -169,8 +169,8 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     if new_size > MAX_ALLOC {
         return ptr::null_mut();
     }
-    #[cfg(feature = "checked")]
-    crate::checked::check_live(p, "realloc");
+    #[cfg(feature = "quarantine")]
+    crate::quarantine::check_live(p, "realloc");
     let Some((seg, page)) = segment::lookup(p) else {
         util::fatal(format_args!("realloc(): invalid pointer {:p}", p));
     };

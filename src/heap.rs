@@ -194,7 +194,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
     unsafe {
         let page = segment::page_of(seg, p);
         let h = tls::heap();
-        #[cfg(feature = "check")]
+        #[cfg(feature = "debug-invariants")]
         check::on_free(seg, page, p);
         if likely((*page).heap.load(Ordering::Relaxed) == h && (*page).flags.get() == 0) {
             let b = p as *mut Block;
@@ -794,8 +794,8 @@ pub(crate) fn alloc_large(node: usize, size: usize, zero: bool) -> *mut u8 {
     }
 }
 
-/// Expensive invariant checks (`--features check`): every test runs with them too.
-#[cfg(feature = "check")]
+/// Expensive invariant checks (`--features debug-invariants`): every test runs with them too.
+#[cfg(feature = "debug-invariants")]
 mod check {
     use super::*;
 
@@ -811,14 +811,14 @@ mod check {
             let off = p as usize - pg.start() as usize;
             let bs = pg.block_size.get() as usize;
             if off % bs != 0 || off / bs >= pg.capacity.get() as usize {
-                util::fatal(format_args!("free(): invalid pointer {:p} (not a block start; check mode)", p));
+                util::fatal(format_args!("free(): invalid pointer {:p} (not a block start; debug-invariants build)", p));
             }
             if pg.heap.load(Ordering::Relaxed) == tls::heap() {
                 for list in [pg.free.get(), pg.local_free.get()] {
                     let mut b = list;
                     while !b.is_null() {
                         if b as *mut u8 == p {
-                            util::fatal(format_args!("free(): double free of {:p} (check mode)", p));
+                            util::fatal(format_args!("free(): double free of {:p} (debug-invariants build)", p));
                         }
                         b = page::next_of(b);
                     }
@@ -855,8 +855,8 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut libc::c_void) {
         return;
     }
     // Hardened build: the thread's quarantine is really freed while its heap still counts them.
-    #[cfg(feature = "checked")]
-    crate::checked::flush();
+    #[cfg(feature = "quarantine")]
+    crate::quarantine::flush();
     // SAFETY: the exiting thread's own heap.
     unsafe { (*h).abandon_all() };
     tls::set_heap(dead_heap());

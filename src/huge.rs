@@ -31,8 +31,8 @@ const LEND_MIN: usize = 2 << 20;
 /// Checked mode: a `PROT_NONE` guard page right after each huge block (counted in its mapping)
 /// and one right before it (in the unused room between header and data), so linear overflows
 /// fault. Freed blocks skip the cache (they wait inaccessible, then are unmapped: see
-/// `checked.rs`) and `realloc` always moves them, so mappings never change size. 0 otherwise.
-const GUARD: usize = if cfg!(feature = "checked") { OS_PAGE } else { 0 };
+/// `quarantine.rs`) and `realloc` always moves them, so mappings never change size. 0 otherwise.
+const GUARD: usize = if cfg!(feature = "quarantine") { OS_PAGE } else { 0 };
 // The page before the data must not hold any of the header.
 static_assertions::const_assert!(core::mem::size_of::<Segment>() + GUARD <= PAGE_SIZE);
 
@@ -91,7 +91,7 @@ impl HugeCache {
     /// Offers a freed block; returns false if the cache does not want it. Entries older than
     /// `max_age_ms` are released on the way, so a program that keeps freeing huge blocks does
     /// not hold idle ones past the purge delay.
-    #[cfg_attr(feature = "checked", allow(dead_code))] // checked mode caches nothing
+    #[cfg_attr(feature = "quarantine", allow(dead_code))] // quarantine build caches nothing
     fn put(&self, seg: *mut Segment, limit: usize, max_age_ms: u64) -> bool {
         // SAFETY: header is live.
         let size = unsafe { capacity(&*seg) };
@@ -344,7 +344,7 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u
         // SAFETY: off < total.
         (m, unsafe { m.add(off) }, total)
     };
-    #[cfg(feature = "checked")]
+    #[cfg(feature = "quarantine")]
     // SAFETY: the page after the data is the mapping's last (GUARD); the page before it lies
     // between the header (at most PAGE_SIZE - GUARD bytes, asserted above) and the data.
     unsafe {
@@ -494,12 +494,12 @@ pub(crate) unsafe fn free(seg: *mut Segment, p: *mut u8) {
     let d = global::domain(s.node as usize);
     d.counters.huge_blocks.fetch_sub(1, Ordering::Relaxed);
     d.counters.huge_bytes.fetch_sub(s.huge_size.get() as u64, Ordering::Relaxed);
-    #[cfg(feature = "checked")]
-    // SAFETY: freed, ours: checked mode keeps it inaccessible for a while, then unmaps it.
+    #[cfg(feature = "quarantine")]
+    // SAFETY: freed, ours: quarantine build keeps it inaccessible for a while, then unmaps it.
     unsafe {
-        crate::checked::huge_freed(seg)
+        crate::quarantine::huge_freed(seg)
     };
-    #[cfg(not(feature = "checked"))]
+    #[cfg(not(feature = "quarantine"))]
     {
         let (limit, age) = (options::get().huge_cache, cache_age_ms());
         let local = matches!(global::policy().0, Policy::Local);
@@ -532,7 +532,7 @@ pub(crate) unsafe fn realloc(seg: *mut Segment, p: *mut u8, new_size: usize) -> 
     // SAFETY: live header.
     let s = unsafe { &*seg };
     if GUARD != 0 {
-        return ptr::null_mut(); // checked mode: mappings keep their size (and guard pages)
+        return ptr::null_mut(); // quarantine build: mappings keep their size (and guard pages)
     }
     let Some(new_data) = new_size.checked_add(OS_PAGE - 1).map(|x| x & !(OS_PAGE - 1)) else {
         return ptr::null_mut();

@@ -35,8 +35,8 @@
 mod alloc;
 mod arena;
 pub mod c;
-#[cfg(feature = "checked")]
-mod checked;
+#[cfg(feature = "quarantine")]
+mod quarantine;
 mod domain;
 mod global;
 mod heap;
@@ -142,11 +142,11 @@ pub fn numa_enabled() -> bool {
 /// whose purge delay has not passed, and cached huge blocks.
 pub fn collect(force: bool) {
     // Checked mode: blocks waiting in the calling thread's quarantine are really freed first.
-    #[cfg(feature = "checked")]
+    #[cfg(feature = "quarantine")]
     {
-        checked::flush();
+        quarantine::flush();
         if force {
-            checked::flush_huge();
+            quarantine::flush_huge();
         }
     }
     global::collect(force)

@@ -33,7 +33,7 @@ const _: () = assert!(
         && XSTATE_MASK == remote::MASK
 );
 
-/// Reads a free block's link. The plain load, except in checked mode, where links are stored
+/// Reads a free block's link. The plain load, except in quarantine build, where links are stored
 /// encoded (`checked::encode`) and a decoded link outside the block's span is reported.
 ///
 /// # Safety
@@ -42,20 +42,20 @@ const _: () = assert!(
 pub(crate) unsafe fn next_of(b: *mut Block) -> *mut Block {
     // SAFETY: the caller's contract.
     let raw = unsafe { (*b).next };
-    #[cfg(feature = "checked")]
-    let raw = crate::checked::decode(b, raw);
+    #[cfg(feature = "quarantine")]
+    let raw = crate::quarantine::decode(b, raw);
     raw
 }
 
-/// Writes a free block's link (checked mode: encoded). The plain store otherwise.
+/// Writes a free block's link (quarantine build: encoded). The plain store otherwise.
 ///
 /// # Safety
 /// `b` is a block the caller may write (freed, or in a list it owns); `next` is null or a
 /// block of the same span.
 #[inline(always)]
 pub(crate) unsafe fn set_next(b: *mut Block, next: *mut Block) {
-    #[cfg(feature = "checked")]
-    let next = crate::checked::encode(b, next);
+    #[cfg(feature = "quarantine")]
+    let next = crate::quarantine::encode(b, next);
     // SAFETY: the caller's contract.
     unsafe { (*b).next = next }
 }

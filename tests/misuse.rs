@@ -5,7 +5,7 @@
 //! started again with `DOMALLOC_MISUSE_CASE=<case>`), and the parent checks the signal, the one
 //! line, the problem named and the address.
 //!
-//! | misuse                                              | default build          | `--features check`     |
+//! | misuse                                              | default build          | `--features debug-invariants`     |
 //! |-----------------------------------------------------|------------------------|------------------------|
 //! | double free, large block (> 128 KiB, <= 1 MiB) (0)  | detected               | detected               |
 //! | double free, huge block (> 1 MiB), cached or not    | detected (1)           | detected (1)           |
@@ -18,7 +18,7 @@
 //! | double free, small block, by another thread         | NOT detected (3)       | NOT detected (4)       |
 //! | free after the block was reused by a new allocation | NOT detected (5)       | NOT detected (5)       |
 //!
-//! `--features checked` (hardened build, `tests/checked.rs`) detects everything above except
+//! `--features quarantine` (quarantine build, `tests/quarantine.rs`) detects everything above except
 //! the last row (5), and the small-block double free only while the block waits in a
 //! quarantine (the thread's last 256 frees / 256 KiB, any thread); freed huge blocks stay
 //! inaccessible for a while, so their double free says "double free" even without the cache.
@@ -31,8 +31,8 @@
 //!    pointer is "not allocated by domalloc". (`realloc_freed_huge` found the gap; fixed.)
 //! 3. The fast path does no check: the block enters the free list twice (or a non-block
 //!    address enters it), and a later allocation returns memory in use. Build with
-//!    `--features check` while hunting such bugs.
-//! 4. Remote frees go onto a lock-free list without looking at it; check mode walks only the
+//!    `--features debug-invariants` while hunting such bugs.
+//! 4. Remote frees go onto a lock-free list without looking at it; debug-invariants build walks only the
 //!    owner's lists.
 //! 5. Once a freed block has been handed out again, a second free is indistinguishable from a
 //!    legitimate one.
@@ -55,8 +55,8 @@ fn case(name: &str, env: &[(&str, &str)], what: &[&str], body: fn()) {
 }
 
 fn check_mode_only() -> bool {
-    if !cfg!(feature = "check") {
-        eprintln!("skipped: needs `--features check`");
+    if !cfg!(feature = "debug-invariants") {
+        eprintln!("skipped: needs `--features debug-invariants`");
         return false;
     }
     true
@@ -103,7 +103,7 @@ fn double_free_huge_uncached() {
         "double_free_huge_uncached",
         &[("DOMALLOC_HUGE_CACHE", "0")],
         // Checked mode keeps freed huge mappings (inaccessible) for a while: still "double free".
-        if cfg!(feature = "checked") { &["free()", "double free"] } else { &["free()", "not allocated by domalloc"] },
+        if cfg!(feature = "quarantine") { &["free()", "double free"] } else { &["free()", "not allocated by domalloc"] },
         || unsafe {
             let p = raw::malloc(4 << 20);
             *p = 1;
@@ -284,7 +284,7 @@ fn usable_size_foreign_pointer() {
     );
 }
 
-// ---- small blocks: detected with `--features check` only (owner thread) ----
+// ---- small blocks: detected with `--features debug-invariants` only (owner thread) ----
 
 #[test]
 fn double_free_small_check_mode() {
@@ -294,7 +294,7 @@ fn double_free_small_check_mode() {
     case(
         "double_free_small_check_mode",
         &[],
-        &["free()", "double free", "check mode"],
+        &["free()", "double free", "debug-invariants build"],
         || unsafe {
             let keep = raw::malloc(64);
             let p = raw::malloc(64);
@@ -314,7 +314,7 @@ fn free_interior_small_check_mode() {
     case(
         "free_interior_small_check_mode",
         &[],
-        &["free()", "not a block start", "check mode"],
+        &["free()", "not a block start", "debug-invariants build"],
         || unsafe {
             let p = raw::malloc(64);
             let q = p.add(8);

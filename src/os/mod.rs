@@ -189,7 +189,7 @@ pub(crate) trait Os {
     ///
     /// # Safety
     /// The range must be mapped by this layer, page aligned, and hold nothing in use.
-    #[cfg_attr(not(feature = "checked"), allow(dead_code))]
+    #[cfg_attr(not(feature = "quarantine"), allow(dead_code))]
     unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool;
 
     /// Asks for (or against) transparent huge pages on a range; a no-op where unsupported.

@@ -164,11 +164,11 @@ pub(crate) fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" 
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
 }
 
-/// `mprotect(PROT_NONE)`: the range faults on any access (checked mode's guard pages).
+/// `mprotect(PROT_NONE)`: the range faults on any access (quarantine build's guard pages).
 ///
 /// # Safety
 /// The range must be mapped, page aligned, and hold nothing in use.
-#[cfg_attr(not(feature = "checked"), allow(dead_code))]
+#[cfg_attr(not(feature = "quarantine"), allow(dead_code))]
 pub(crate) unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
     // SAFETY: the caller's range; changing its protection touches nothing else.
     unsafe { libc::mprotect(ptr.cast(), size, libc::PROT_NONE) == 0 }

@@ -1,4 +1,4 @@
-//! Checked mode (`--features checked`): a hardened build that trades speed and memory for
+//! Checked mode (`--features quarantine`): a hardened build that trades speed and memory for
 //! catching heap misuse where it happens instead of corrupting memory silently.
 //!
 //! * **Delayed reuse (quarantine).** `free` of a small or large block does not give it back at
@@ -155,7 +155,7 @@ fn classify(p: *mut u8, what: &str) -> Option<usize> {
                 // `capacity` is the owner's: other threads check the block grid only.
                 let owner = pg.heap.load(Ordering::Relaxed) == crate::tls::heap();
                 if off % bs != 0 || (owner && off / bs >= pg.capacity.get() as usize) {
-                    util::fatal(format_args!("{}(): invalid pointer {:p} (not a block start; check mode)", what, p));
+                    util::fatal(format_args!("{}(): invalid pointer {:p} (not a block start; debug-invariants build)", what, p));
                 }
                 Some(bs)
             }
@@ -177,7 +177,7 @@ pub(crate) fn check_live(p: *mut u8, what: &str) {
         // SAFETY: `p` is the start of a small or large block: mapped, at least 8 bytes.
         if unsafe { ptr::read(p as *const u64) } == tag(p) {
             util::fatal(format_args!(
-                "{}(): double free or use after free of {:p} (invalid pointer: the block was freed and waits in quarantine; checked mode)",
+                "{}(): double free or use after free of {:p} (invalid pointer: the block was freed and waits in quarantine; quarantine build)",
                 what, p
             ));
         }
@@ -201,7 +201,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
         let w = p as *mut u64;
         if ptr::read(w) == tag(p) {
             util::fatal(format_args!(
-                "free(): double free of {:p} (check mode: the block waits in the checked build's quarantine)",
+                "free(): double free of {:p} (debug-invariants build: the block waits in the quarantine build's quarantine)",
                 p
             ));
         }
@@ -282,7 +282,7 @@ unsafe fn verify(p: *mut u8, bs: usize) {
 #[cold]
 fn report(block: *mut u8, at: *mut u8) -> ! {
     util::fatal(format_args!(
-        "write after free to {:p} (offset {} in the freed block {:p}; checked mode)",
+        "write after free to {:p} (offset {} in the freed block {:p}; quarantine build)",
         at,
         at as usize - block as usize,
         block
@@ -403,7 +403,7 @@ pub(crate) fn decode(b: *mut Block, raw: *mut Block) -> *mut Block {
 #[inline(never)]
 fn corrupt(b: *mut Block, next: usize) -> ! {
     util::fatal(format_args!(
-        "free list corrupted at {:p}: its link decodes to {:#x}, outside its span (write after free or double free; checked mode)",
+        "free list corrupted at {:p}: its link decodes to {:#x}, outside its span (write after free or double free; quarantine build)",
         b, next
     ))
 }

@@ -1,13 +1,13 @@
-//! Checked mode (`--features checked`): each protection shown working.
+//! The quarantine build (`--features quarantine`): each protection shown working.
 //!
 //! Misuse cases run in a child process (this test binary started again with
 //! `DOMALLOC_CHECKED_CASE=<case>`); the parent checks how the child died (SIGABRT with exactly
 //! one `domalloc: error:` line naming the problem and the address, or SIGSEGV for guard pages
 //! and unmapped freed huge blocks).
 //!
-//! Run: `cargo test -p domalloc --features checked --tests`.
+//! Run: `cargo test -p domalloc --features quarantine --tests`.
 
-#![cfg(feature = "checked")]
+#![cfg(feature = "quarantine")]
 // Every case misuses the allocator on purpose (in a child process that must die): the unsafe
 // blocks are the point, not an oversight.
 #![allow(clippy::undocumented_unsafe_blocks)]
@@ -29,7 +29,7 @@ fn case(name: &str, death: Death<'_>, body: fn()) {
 
 #[test]
 fn write_after_free_small_on_collect() {
-    case("write_after_free_small_on_collect", Death::Abort(&["write after free", "checked mode"]), || unsafe {
+    case("write_after_free_small_on_collect", Death::Abort(&["write after free", "quarantine build"]), || unsafe {
         let p = raw::malloc(64);
         raw::free(p);
         *p.add(40) = 7; // dangling write
@@ -138,7 +138,7 @@ fn corrupted_free_list_link_is_reported() {
     // A write after free that lands after the block left the quarantine (it is in a free list
     // now): the link is encoded, so the garbage decodes outside the span and is reported when
     // the list is followed, instead of handing out the written address.
-    case("corrupted_free_list_link_is_reported", Death::Abort(&["free list corrupted", "checked mode"]), || unsafe {
+    case("corrupted_free_list_link_is_reported", Death::Abort(&["free list corrupted", "quarantine build"]), || unsafe {
         let keep = raw::malloc(64); // keeps the page from being released
         let p = raw::malloc(64);
         raw::free(p);
@@ -186,7 +186,7 @@ fn overflow_past_aligned_huge_block_faults() {
 
 #[test]
 fn use_after_free_huge_faults() {
-    // Freed huge blocks are unmapped at once (no cache in checked mode).
+    // Freed huge blocks are unmapped at once (no cache in quarantine build).
     case("use_after_free_huge_faults", Death::Segv, || unsafe {
         let p = raw::malloc(4 << 20);
         *p = 1;
