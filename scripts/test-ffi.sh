@@ -204,8 +204,8 @@ stats_report() {
     DOMALLOC_STATS=1 preload "$WORK/stress_mt" 2 2000 >"$WORK/stats.out" 2>"$WORK/stats.err" || return 1
     cat "$WORK/stats.err"
     grep -q '^domalloc: stats:' "$WORK/stats.err" &&
-        grep -q '^domalloc: node ' "$WORK/stats.err" &&
-        grep -Eq '^domalloc: +[0-9]+ +[0-9]+ ' "$WORK/stats.err" || { echo "no per-node lines"; return 1; }
+        grep -Eq '^domalloc: +node +in-use +peak ' "$WORK/stats.err" &&
+        grep -Eq '^domalloc: +[0-9]+ +[0-9.]+ [KMG]?i?B ' "$WORK/stats.err" || { echo "no per-node lines"; return 1; }
     # Without the variable: silent.
     preload "$WORK/stress_mt" 2 2000 2>"$WORK/nostats.err" >/dev/null || return 1
     ! grep -q '^domalloc:' "$WORK/nostats.err" || { echo "stats printed without DOMALLOC_STATS"; return 1; }
@@ -335,7 +335,7 @@ if [ -x "$REL/domalloc" ]; then
     tool_run() {
         # Finds the library next to itself; --stats and a numactl-style policy reach the program.
         "$REL/domalloc" run --stats --interleave all -- "$WORK/stress_mt" 2 2000 2>"$WORK/tool.err" || return 1
-        grep -q '^domalloc: node ' "$WORK/tool.err" || { echo "no stats from domalloc run --stats"; return 1; }
+        grep -Eq '^domalloc: +node +in-use ' "$WORK/tool.err" || { echo "no stats from domalloc run --stats"; return 1; }
         [ "$("$REL/domalloc" run --policy local -- sh -c 'echo "$DOMALLOC_POLICY $LD_PRELOAD"')" = "local $LIB" ] ||
             { echo "environment not passed"; return 1; }
         "$REL/domalloc" run --policy nonsense -- true 2>/dev/null && { echo "bad policy accepted"; return 1; }

@@ -3,11 +3,12 @@
 
 use core::ptr;
 
+use crate::contention;
 use crate::heap;
 use crate::huge;
+use crate::os;
 use crate::segment::{self, PageKind, LARGE_MAX, PAGE_SIZE, SEG_HUGE};
 use crate::size_class::{class_for, class_size, LOOKUP16, LOOKUP8, LOOKUP_MAX};
-use crate::util;
 
 /// Largest size any request may have (isize::MAX less room for alignment arithmetic).
 pub(crate) const MAX_ALLOC: usize = (isize::MAX as usize) - (1 << 30) - (4 << 20);
@@ -20,6 +21,7 @@ pub(crate) const MAX_ALIGN: usize = 1 << 40;
 /// `align` is a power of two.
 #[inline(always)]
 pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
+    contention::op();
     if size <= LOOKUP_MAX && align <= 8 {
         // SAFETY: table entries are valid classes.
         return unsafe { heap::alloc_small(*LOOKUP8.get_unchecked((size + 7) >> 3) as usize) };
@@ -33,6 +35,7 @@ pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
 /// None beyond the allocator's contract.
 #[inline(always)]
 pub unsafe fn malloc(size: usize) -> *mut u8 {
+    contention::op();
     if size <= LOOKUP_MAX {
         // SAFETY: table entries are valid classes.
         return unsafe { heap::alloc_small(*LOOKUP16.get_unchecked((size + 7) >> 3) as usize) };
@@ -40,40 +43,33 @@ pub unsafe fn malloc(size: usize) -> *mut u8 {
     alloc_generic(size, 16, false)
 }
 
-/// Allocates zeroed memory. Fresh OS memory (large and huge blocks) is not written, so first
-/// touch by the program decides where its pages go.
+/// Allocates zeroed memory. Memory that reads as zero because it was never touched (fresh or
+/// purged spans of placed blocks, large and huge blocks) is not written, so first touch by the
+/// program decides where its pages go.
 ///
 /// # Safety
 /// `align` is a power of two.
 #[inline]
 pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    contention::op();
     if size <= LOOKUP_MAX && align <= 8 {
-        // SAFETY: table entries are valid classes.
-        let p = unsafe { heap::alloc_small(*LOOKUP8.get_unchecked((size + 7) >> 3) as usize) };
-        if !p.is_null() {
-            // SAFETY: the block holds at least `size` bytes.
-            unsafe { ptr::write_bytes(p, 0, size) };
-        }
-        return p;
+        // SAFETY: table entries are valid classes; the block holds `size` bytes.
+        return unsafe { heap::alloc_small_zeroed(*LOOKUP8.get_unchecked((size + 7) >> 3) as usize, size) };
     }
     alloc_generic(size, align, true)
 }
 
-/// C `calloc` after the overflow check: `malloc`'s alignment, zeroed. Fresh OS memory is not
-/// written.
+/// C `calloc` after the overflow check: `malloc`'s alignment, zeroed, untouched memory left
+/// untouched.
 ///
 /// # Safety
 /// None beyond the allocator's contract.
 #[inline]
 pub unsafe fn calloc(size: usize) -> *mut u8 {
+    contention::op();
     if size <= LOOKUP_MAX {
-        // SAFETY: table entries are valid classes.
-        let p = unsafe { heap::alloc_small(*LOOKUP16.get_unchecked((size + 7) >> 3) as usize) };
-        if !p.is_null() {
-            // SAFETY: the block holds at least `size` bytes.
-            unsafe { ptr::write_bytes(p, 0, size) };
-        }
-        return p;
+        // SAFETY: table entries are valid classes; the block holds `size` bytes.
+        return unsafe { heap::alloc_small_zeroed(*LOOKUP16.get_unchecked((size + 7) >> 3) as usize, size) };
     }
     alloc_generic(size, 16, true)
 }
@@ -83,31 +79,25 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
     if size > MAX_ALLOC || align > MAX_ALIGN || !align.is_power_of_two() {
         return ptr::null_mut();
     }
-    let (policy, min) = crate::global::policy_if_init();
-    if min > 0 && size >= min && !matches!(policy, crate::options::Policy::Local) {
-        // Blocks above the policy threshold get their own mapping with the policy applied.
-        let Some(node) = heap::alloc_node() else { return ptr::null_mut() };
-        return huge::alloc(crate::global::domain(node), size, align.max(crate::os::OS_PAGE), zero, false);
-    }
     if let Some(c) = class_for(size, align) {
-        // SAFETY: valid class.
-        let p = unsafe { heap::alloc_small(c) };
-        if zero && !p.is_null() {
-            // SAFETY: the block holds at least `size` bytes.
-            unsafe { ptr::write_bytes(p, 0, size) };
-        }
-        return p;
+        // SAFETY: valid class; the block holds `size` bytes.
+        return unsafe { if zero { heap::alloc_small_zeroed(c, size) } else { heap::alloc_small(c) } };
     }
     let Some(node) = heap::alloc_node() else { return ptr::null_mut() };
+    if crate::global::policy_covers(size) && crate::global::policy().1 > 0 {
+        // Blocks above the policy's threshold get their own mapping with the policy applied.
+        return huge::alloc(crate::global::domain(node), size, align.max(os::OS_PAGE), zero, false, true);
+    }
     alloc_big_on(node, size, align, zero, false)
 }
 
-/// Large or huge allocation from node `node`'s domain.
+/// Large or huge allocation from node `node`'s domain; `placed`: bound to the node.
 pub(crate) fn alloc_big_on(node: usize, size: usize, align: usize, zero: bool, placed: bool) -> *mut u8 {
     if size <= LARGE_MAX && align <= PAGE_SIZE && !placed {
         heap::alloc_large(node, size, zero)
     } else {
-        huge::alloc(crate::global::domain(node), size, align, zero, placed)
+        let policy = !placed && crate::global::policy_covers(size);
+        huge::alloc(crate::global::domain(node), size, align, zero, placed, policy)
     }
 }
 
@@ -121,6 +111,7 @@ pub unsafe fn free(p: *mut u8) {
     if p.is_null() {
         return;
     }
+    contention::op();
     #[cfg(not(feature = "quarantine"))]
     // SAFETY: forwarded.
     unsafe {
@@ -144,7 +135,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     #[cfg(feature = "quarantine")]
     crate::quarantine::check_live(p as *mut u8, "malloc_usable_size");
     let Some((seg, page)) = segment::lookup(p) else {
-        util::fatal(format_args!("malloc_usable_size(): invalid pointer {:p}", p));
+        os::fatal(format_args!("malloc_usable_size(): invalid pointer {:p}", p));
     };
     // SAFETY: live segment (lookup checked the map).
     unsafe {
@@ -153,8 +144,9 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
             return (*seg).huge_size.get();
         }
         match (*page).kind() {
-            PageKind::Small | PageKind::Large => (*page).block_size.get() as usize,
-            _ => util::fatal(format_args!("malloc_usable_size(): invalid pointer {:p}", p)),
+            PageKind::Small => (*page).block_size.get() as usize,
+            PageKind::Large if (*page).used() == 1 && ptr::eq((*page).span_start(), p) => (*page).block_size.get() as usize,
+            _ => os::fatal(format_args!("malloc_usable_size(): invalid pointer or freed block {:p}", p)),
         }
     }
 }
@@ -172,7 +164,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     #[cfg(feature = "quarantine")]
     crate::quarantine::check_live(p, "realloc");
     let Some((seg, page)) = segment::lookup(p) else {
-        util::fatal(format_args!("realloc(): invalid pointer {:p}", p));
+        os::fatal(format_args!("realloc(): invalid pointer {:p}", p));
     };
     // SAFETY: live segment; the caller owns the block.
     let old = unsafe {
@@ -193,14 +185,14 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
                     }
                     bs
                 }
-                PageKind::Large => {
+                PageKind::Large if (*page).used() == 1 => {
                     let bs = (*page).block_size.get() as usize;
                     if new_size <= bs && new_size > bs / 2 {
                         return p;
                     }
                     bs
                 }
-                _ => util::fatal(format_args!("realloc(): invalid pointer or double free {:p}", p)),
+                _ => os::fatal(format_args!("realloc(): invalid pointer or double free {:p}", p)),
             }
         }
     };
@@ -217,13 +209,27 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     q
 }
 
-/// The node whose domain owns the block `p` (for huge blocks: the node they were allocated for;
-/// their pages are placed by first touch). `None` for foreign pointers.
+/// The node block `p` is on: for a placed block whose home is known, where its pages are; else
+/// the node whose domain owns its memory (huge blocks: where their pages were found when last
+/// freed, else the node they were allocated for). `None` for foreign pointers.
 pub fn node_of(p: *const u8) -> Option<usize> {
     if p.is_null() {
         return None;
     }
-    let (seg, _) = segment::lookup(p)?;
-    // SAFETY: live segment.
-    Some(unsafe { (*seg).node } as usize)
+    let (seg, page) = segment::lookup(p)?;
+    // SAFETY: live segment and descriptor.
+    unsafe {
+        let pg = &*page;
+        if (*seg).kind != SEG_HUGE {
+            let home = match pg.kind() {
+                PageKind::Small if pg.is_block(p as usize) => pg.home(pg.block_index(p as usize)),
+                PageKind::Large => pg.home(0),
+                _ => None,
+            };
+            if let Some(n) = home {
+                return Some(n);
+            }
+        }
+        Some((*seg).node())
+    }
 }

@@ -1,34 +1,68 @@
-//! Per-CPU arenas: lists of partly used pages that no thread owns, per size class.
+//! Per-CPU arenas: unowned pages of one node, per size class, and a small cache of empty spans.
 //!
-//! Pages land here when their owner thread exits or migrates to another node; a heap that needs
-//! a page for a class looks in the arena of the CPU it runs on, then in the other arenas of the
-//! same node, before asking the node's domain for a fresh span. Pages in an arena keep receiving
-//! remote frees (lock-free); the arena's lock only guards the list links. FIFO order gives queued
-//! pages the longest time to collect frees before they are reused.
+//! Pages land here when their owner thread exits or migrates to another node, and when a page
+//! that its owner gave up (full) receives its first remote free. A heap that needs a page for a
+//! class looks in the arena of the CPU it runs on, then in the other arenas of the same node,
+//! before asking the node's domain for a fresh span. Pages in an arena keep receiving remote frees
+//! (lock-free); the arena's lock only guards the list links. FIFO order gives queued pages the
+//! longest time to collect frees before they are reused.
+//!
+//! Spans that become empty park here too (up to [`EMPTY_MAX_PAGES`] pages per arena), ready for
+//! the next span any thread of the CPU needs, of any class or a large block: in steady state the
+//! domain lock is taken only when an arena runs out or overflows. The maintenance sweep gives
+//! back to the domain what has waited longer than the purge delay.
+//!
+//! Besides one arena per CPU id there is one per node (`global::node_arena`), for pages of
+//! node-targeted heaps (which run on any CPU) and of memory-only nodes.
 
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::segment::Page;
+use crate::contention::LockKind;
+use crate::lock::Lock;
+use crate::page::Page;
+use crate::segment::{SpanPlacement, PLACEMENTS};
 use crate::size_class::CLASSES;
-use crate::spin::SpinLock;
+
+/// Span sizes (pages) the empty-span cache keeps, 1..=EMPTY_SIZES.
+const EMPTY_SIZES: usize = 16;
+/// Pages of empty spans an arena keeps at most (2 MiB).
+pub(crate) const EMPTY_MAX_PAGES: usize = 32;
 
 pub(crate) struct Queues {
     head: [*mut Page; CLASSES],
     tail: [*mut Page; CLASSES],
+    /// Empty spans by placement and size (LIFO through `next`).
+    empty: [[*mut Page; EMPTY_SIZES]; PLACEMENTS],
+    empty_pages: usize,
 }
 // SAFETY: pages in the queues are guarded by the arena lock.
 unsafe impl Send for Queues {}
 
-/// One CPU's arena. All-zero bytes are a valid empty arena.
+/// One CPU's (or node's) arena. All-zero bytes are a valid empty arena but for the lock's kind
+/// (set by [`Arena::init`]).
 pub(crate) struct Arena {
-    queues: SpinLock<Queues>,
-    /// Pages queued (a hint read without the lock).
-    count: AtomicUsize,
+    queues: Lock<Queues>,
+    /// Partly used pages queued (a hint read without the lock).
+    partial: AtomicUsize,
+    /// Pages of empty spans parked (a hint).
+    empties: AtomicUsize,
 }
 
 impl Arena {
-    /// Queues an unowned page.
+    pub(crate) fn init(&mut self) {
+        self.queues = Lock::new(
+            LockKind::Arena,
+            Queues {
+                head: [ptr::null_mut(); CLASSES],
+                tail: [ptr::null_mut(); CLASSES],
+                empty: [[ptr::null_mut(); EMPTY_SIZES]; PLACEMENTS],
+                empty_pages: 0,
+            },
+        );
+    }
+
+    /// Queues an unowned page with blocks in use.
     ///
     /// # Safety
     /// `page` is a small span's head, owned by nobody, in no list.
@@ -46,12 +80,12 @@ impl Arena {
             }
             q.tail[c] = page;
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.partial.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes the oldest queued page of class `c`, if any.
     pub(crate) fn pop(&self, c: usize) -> *mut Page {
-        if self.count.load(Ordering::Relaxed) == 0 {
+        if self.partial.load(Ordering::Relaxed) == 0 {
             return ptr::null_mut();
         }
         let mut q = self.queues.lock();
@@ -65,21 +99,66 @@ impl Arena {
                 }
                 (*p).next.set(ptr::null_mut());
             }
-            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.partial.fetch_sub(1, Ordering::Relaxed);
         }
         p
     }
 
-    /// Collects the remote frees of every queued page and unlinks the pages that became empty
-    /// (their blocks were all freed by other threads after the owner left). Returns them as a
-    /// list linked through `next`, for the caller to hand back to their domains after the lock
-    /// is released. `None`: the lock was busy and `wait` was false.
-    pub(crate) fn reclaim(&self, wait: bool) -> Option<*mut Page> {
-        if self.count.load(Ordering::Relaxed) == 0 {
+    /// Parks an unused span for reuse; false (nothing done) when the arena holds enough already
+    /// or the span is too big.
+    ///
+    /// # Safety
+    /// `page` is the head of an unused, unowned span of this arena's node, in no list.
+    pub(crate) unsafe fn park_empty(&self, page: *mut Page, now_ms: u64) -> bool {
+        // SAFETY: the caller's span.
+        let (n, pl) = unsafe { ((*page).span_pages.get() as usize, (*page).placement.get() as usize) };
+        if n == 0 || n > EMPTY_SIZES || self.empties.load(Ordering::Relaxed) + n > EMPTY_MAX_PAGES {
+            return false;
+        }
+        let mut q = self.queues.lock();
+        if q.empty_pages + n > EMPTY_MAX_PAGES {
+            return false;
+        }
+        // SAFETY: ours to link under the lock.
+        unsafe {
+            (*page).parked_ms.set(now_ms as u32);
+            (*page).next.set(q.empty[pl][n - 1]);
+        }
+        q.empty[pl][n - 1] = page;
+        q.empty_pages += n;
+        self.empties.fetch_add(n, Ordering::Relaxed);
+        true
+    }
+
+    /// Takes a parked empty span of `n` pages and `placement`, or null.
+    pub(crate) fn take_empty(&self, n: usize, placement: SpanPlacement) -> *mut Page {
+        if n == 0 || n > EMPTY_SIZES || self.empties.load(Ordering::Relaxed) < n {
+            return ptr::null_mut();
+        }
+        let mut q = self.queues.lock();
+        let slot = &mut q.empty[placement as usize][n - 1];
+        let p = *slot;
+        if !p.is_null() {
+            // SAFETY: a parked span of ours.
+            *slot = unsafe { (*p).next.get() };
+            q.empty_pages -= n;
+            self.empties.fetch_sub(n, Ordering::Relaxed);
+            // SAFETY: as above.
+            unsafe { (*p).next.set(ptr::null_mut()) };
+        }
+        p
+    }
+
+    /// Unlinks what should go back to the domains: queued pages that remote frees emptied after
+    /// their owner left, and parked empty spans older than `max_age_ms` (all of them with
+    /// `force`). Returns them as a list linked through `next`, for the caller to hand back after
+    /// the lock is released. `None`: the lock was busy and `wait` was false.
+    pub(crate) fn reclaim(&self, now_ms: u64, max_age_ms: u64, force: bool, wait: bool) -> Option<*mut Page> {
+        if self.partial.load(Ordering::Relaxed) == 0 && self.empties.load(Ordering::Relaxed) == 0 {
             return Some(ptr::null_mut());
         }
         let mut q = if wait { self.queues.lock() } else { self.queues.try_lock()? };
-        let mut empty: *mut Page = ptr::null_mut();
+        let mut out: *mut Page = ptr::null_mut();
         let mut removed = 0;
         for c in 0..CLASSES {
             let mut prev: *mut Page = ptr::null_mut();
@@ -98,8 +177,8 @@ impl Arena {
                         if q.tail[c] == p {
                             q.tail[c] = prev;
                         }
-                        (*p).next.set(empty);
-                        empty = p;
+                        (*p).next.set(out);
+                        out = p;
                         removed += 1;
                     } else {
                         prev = p;
@@ -108,23 +187,60 @@ impl Arena {
                 }
             }
         }
-        self.count.fetch_sub(removed, Ordering::Relaxed);
-        Some(empty)
+        self.partial.fetch_sub(removed, Ordering::Relaxed);
+        let mut freed_pages = 0;
+        for pl in 0..PLACEMENTS {
+            for n in 0..EMPTY_SIZES {
+                let mut prev: *mut Page = ptr::null_mut();
+                let mut p = q.empty[pl][n];
+                while !p.is_null() {
+                    // SAFETY: parked spans, guarded by the lock.
+                    unsafe {
+                        let next = (*p).next.get();
+                        let age = (now_ms as u32).wrapping_sub((*p).parked_ms.get()) as u64;
+                        if force || age >= max_age_ms {
+                            if prev.is_null() {
+                                q.empty[pl][n] = next;
+                            } else {
+                                (*prev).next.set(next);
+                            }
+                            (*p).next.set(out);
+                            out = p;
+                            freed_pages += n + 1;
+                        } else {
+                            prev = p;
+                        }
+                        p = next;
+                    }
+                }
+            }
+        }
+        q.empty_pages -= freed_pages;
+        self.empties.fetch_sub(freed_pages, Ordering::Relaxed);
+        Some(out)
     }
 
     /// Pages queued (hint).
     pub(crate) fn len(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
+        self.partial.load(Ordering::Relaxed)
     }
 
-    /// The lock, for fork handlers.
-    pub(crate) fn lock_for_fork(&self) {
-        core::mem::forget(self.queues.lock());
+    /// Pages of parked empty spans (hint).
+    pub(crate) fn parked_pages(&self) -> usize {
+        self.empties.load(Ordering::Relaxed)
     }
+
+    /// Fork prepare handler.
+    pub(crate) fn fork_acquire(&self) {
+        self.queues.fork_acquire();
+    }
+
+    /// Fork parent and child handlers.
+    ///
     /// # Safety
-    /// Only after `lock_for_fork` by this thread.
-    pub(crate) unsafe fn unlock_after_fork(&self) {
+    /// After `fork_acquire` by this thread (or its image in the child).
+    pub(crate) unsafe fn fork_release(&self) {
         // SAFETY: forwarded.
-        unsafe { self.queues.force_unlock() }
+        unsafe { self.queues.fork_release() }
     }
 }

@@ -442,6 +442,41 @@ pub fn print_stats() {
     crate::print_stats()
 }
 
+/// `domalloc_version`: the library's version, a NUL-terminated static string ("0.2.0").
+pub fn version() -> *const core::ffi::c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// `domalloc_stats_print`: the text statistics report to file descriptor `fd`; 0 on success,
+/// -1 if writing failed.
+pub fn stats_print(fd: c_int) -> c_int {
+    if crate::stats::print_to(fd, crate::options::StatsFormat::Text) { 0 } else { -1 }
+}
+
+/// `domalloc_stats_json`: writes the JSON statistics document into `buf` (`size` bytes),
+/// NUL-terminated, if it fits; returns the length it needs without the NUL (as `snprintf`).
+///
+/// # Safety
+/// `buf` is valid for `size` bytes of writes (or `size` is 0).
+pub unsafe fn stats_json(buf: *mut core::ffi::c_char, size: usize) -> usize {
+    let mut dummy = [0u8; 0];
+    let out: &mut [u8] = if buf.is_null() || size == 0 {
+        &mut dummy
+    } else {
+        // SAFETY: the caller's buffer of `size` bytes.
+        unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), size) }
+    };
+    let s = crate::stats();
+    let len = out.len();
+    let mut w = crate::stats::CountingBuf::new(&mut out[..len.saturating_sub(1)]);
+    let _ = crate::stats::write_json(&mut w, &s);
+    let needed = w.needed;
+    if len > 0 {
+        out[needed.min(len - 1)] = 0;
+    }
+    needed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

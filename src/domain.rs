@@ -2,170 +2,203 @@
 //! pages to arenas and heaps, takes them back, and returns empty memory to the OS after the purge
 //! delay.
 //!
-//! All span bookkeeping is under the domain's spin lock; it is taken once per span (64 KiB or
-//! more), never per block. A new segment is bound to its node (`MPOL_PREFERRED` on Linux) when
-//! NUMA is on, so its pages land on the domain's node whoever touches them first.
+//! Span bookkeeping is under the domain's lock; it is taken once per span (64 KiB or more) that
+//! the per-CPU arenas could not serve, never per block, and **no system call is made while it is
+//! held**: a new segment is mapped (and bound) before the lock is taken, purges collect their
+//! ranges under the lock (taking them out of the free set), `madvise` them after releasing it and
+//! put them back in a second short round; a segment that became entirely free is unlinked under
+//! the lock and unmapped after.
+//!
+//! A domain keeps one list of segments per [`SpanPlacement`]: `Bound` segments (bound to the
+//! node, transparent huge pages allowed) for small blocks below 16 KiB, which the allocating
+//! thread carves and so touches; `FirstTouch` segments (unbound, no huge pages) on multi-node
+//! machines for blocks of 16 KiB and more, whose pages the kernel places where the program first
+//! touches them; `Policy` segments under a placement policy (`DOMALLOC_POLICY` or an inherited
+//! numactl policy) for the sizes it covers.
 
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::global;
+use crate::lock::Lock;
 use crate::options::{self, Policy};
 use crate::os::{self, Os, Placement, Sys};
 use crate::segment::{
-    segmap_set, Page, PageKind, Segment, PAGES, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE, SEG_NORMAL,
+    init_header, segmap_set, Page, PageKind, Segment, SpanPlacement, PAGES, PAGE_SHIFT, PAGE_SIZE, PLACEMENTS,
+    SEGMENT_SIZE, SEG_NORMAL,
 };
-use crate::spin::SpinLock;
+use crate::size_class::CLASSES;
 
 /// Every page but the header page.
 const ALL_PAGES: u64 = !1u64;
 
-/// Counters of one node (relaxed atomics; read by [`crate::stats`]).
-#[derive(Default)]
+/// Counters of one node (relaxed atomics; read by [`crate::stats`]). All zero in a fresh domain.
 pub(crate) struct NodeCounters {
     pub(crate) segments: AtomicU64,
     pub(crate) segments_total: AtomicU64,
     pub(crate) pages_in_use: AtomicU64,
     pub(crate) large_blocks: AtomicU64,
     pub(crate) large_bytes: AtomicU64,
+    pub(crate) large_allocs: AtomicU64,
+    pub(crate) large_frees: AtomicU64,
     pub(crate) huge_blocks: AtomicU64,
     pub(crate) huge_bytes: AtomicU64,
     pub(crate) huge_total: AtomicU64,
+    pub(crate) huge_frees: AtomicU64,
+    pub(crate) huge_cache_hits: AtomicU64,
+    pub(crate) huge_cache_misses: AtomicU64,
     pub(crate) purged_bytes: AtomicU64,
     pub(crate) migrations_in: AtomicU64,
     pub(crate) mapped_bytes: AtomicU64,
+    pub(crate) mapped_peak: AtomicU64,
+    pub(crate) in_use_peak: AtomicU64,
+    /// Blocks of this node freed by a thread running on another node.
+    pub(crate) remote_node_frees: AtomicU64,
+    /// Blocks sent to this node's lists by a free on another node (remote frees that went home,
+    /// and placed blocks found on this node whose spans belong to another).
+    pub(crate) went_home: AtomicU64,
+    /// Small-block allocations and frees of heaps that exited (live heaps count their own).
+    pub(crate) class_allocs: [AtomicU64; CLASSES],
+    pub(crate) class_frees: [AtomicU64; CLASSES],
 }
 
-pub(crate) struct DomainInner {
-    /// Normal segments; those with free pages first.
-    segs: *mut Segment,
+impl NodeCounters {
+    /// Adds to the mapped bytes (and the peak).
+    pub(crate) fn mapped(&self, add: u64) {
+        let now = self.mapped_bytes.fetch_add(add, Ordering::Relaxed) + add;
+        self.mapped_peak.fetch_max(now, Ordering::Relaxed);
+    }
+    /// Subtracts from the mapped bytes.
+    pub(crate) fn unmapped(&self, sub: u64) {
+        self.mapped_bytes.fetch_sub(sub, Ordering::Relaxed);
+    }
+    /// Bytes in use: spans handed out plus huge blocks.
+    pub(crate) fn in_use_bytes(&self) -> u64 {
+        (self.pages_in_use.load(Ordering::Relaxed) << PAGE_SHIFT) + self.huge_bytes.load(Ordering::Relaxed)
+    }
+    /// Updates the in-use peak after an increase.
+    pub(crate) fn note_in_use(&self) {
+        self.in_use_peak.fetch_max(self.in_use_bytes(), Ordering::Relaxed);
+    }
+}
+
+/// The lists of one domain (under its lock).
+pub(crate) struct Spans {
+    /// Per placement: segments, those with free pages first.
+    segs: [*mut Segment; PLACEMENTS],
     /// Earliest purge deadline (ms) among segments with dirty pages; `u64::MAX` if none.
     next_purge: u64,
 }
 
+// SAFETY: the raw pointers inside are protected by the lock.
+unsafe impl Send for Spans {}
+
 /// One NUMA node's memory. All-zero bytes are a valid empty domain (domains live in a zeroed
 /// OS mapping); `node` is set by `init`.
 pub(crate) struct Domain {
-    pub(crate) lock: SpinLock<DomainInner>,
+    pub(crate) lock: Lock<Spans>,
     pub(crate) node: usize,
     /// Where threads running on this node get memory under the policy in force (this node,
     /// or the nearest node with memory the policy allows).
     pub(crate) policy_home: usize,
     pub(crate) counters: NodeCounters,
     pub(crate) huge_cache: crate::huge::HugeCache,
-    /// The heap serving node-targeted small allocations for this node (created on first use).
-    pub(crate) node_heap: SpinLock<NodeHeap>,
-    /// When (ms) `global::maintain` last swept this node's arenas for emptied pages.
-    pub(crate) last_reclaim_ms: core::sync::atomic::AtomicU64,
+    /// Placed blocks and large spans whose pages are on this node but whose segments belong to
+    /// another node's domain.
+    pub(crate) pool: crate::home_pool::HomePool,
+    /// When (ms) the maintenance sweep last visited this node.
+    pub(crate) last_sweep_ms: AtomicU64,
+    /// Bytes of free, dirty pages waiting for their purge.
+    pub(crate) dirty_bytes: AtomicU64,
 }
-
-/// Slot for a domain's node-targeted heap.
-pub(crate) struct NodeHeap(pub(crate) *mut crate::heap::Heap);
-// SAFETY: guarded by its lock.
-unsafe impl Send for NodeHeap {}
-
-// SAFETY: the raw pointers inside are protected by the lock.
-unsafe impl Send for DomainInner {}
 
 /// Segments `alloc_span` searches for a run of still-resident free pages before taking any run.
 const DIRTY_SEARCH: usize = 8;
+/// Dirty runs purged per lock round.
+const PURGE_BATCH: usize = 16;
+
+/// A run of pages taken out of the free set to be purged outside the lock.
+#[derive(Clone, Copy)]
+struct PurgeRun {
+    seg: *mut Segment,
+    run: u64,
+}
 
 impl Domain {
     pub(crate) fn init(&mut self, node: usize) {
         self.node = node;
-        self.lock = SpinLock::new(DomainInner { segs: ptr::null_mut(), next_purge: u64::MAX });
+        self.lock = Lock::new(crate::contention::LockKind::Domain, Spans { segs: [ptr::null_mut(); PLACEMENTS], next_purge: u64::MAX });
+        self.huge_cache.init();
+        self.pool.init();
     }
 
-    /// Allocates a span of `n` pages (1..=63) for kind `kind`, from an existing segment or a new
-    /// one. Returns the initialised head descriptor, or null when the OS has no memory.
-    pub(crate) fn alloc_span(&self, n: usize, kind: PageKind, arena: u32) -> *mut Page {
+    /// Allocates a span of `n` pages (1..=63) of `kind` with pages placed as `placement`, from an
+    /// existing segment or a new one. Returns the head descriptor (kind, span fields, arena,
+    /// zero flag and placement set), or null when the OS has no memory.
+    pub(crate) fn alloc_span(&self, n: usize, kind: PageKind, arena: u32, placement: SpanPlacement) -> *mut Page {
         debug_assert!((1..PAGES).contains(&n));
-        let mut g = self.lock.lock();
-        let now = Sys::now_ms();
-        self.maybe_purge(&mut g, now, false);
-        // Prefer a run of dirty pages (freed, not yet purged: still resident, no page faults)
-        // among the first few segments with room; else the first run that fits.
-        let mut seg = g.segs;
-        let mut found = None;
-        let mut looked = 0;
-        while !seg.is_null() && looked < DIRTY_SEARCH {
-            // SAFETY: segments in the list are live; fields are under our lock.
-            let s = unsafe { &*seg };
-            let free = s.free_mask.get();
-            if free == 0 {
-                break; // full segments are at the back
+        let mut fresh: *mut Segment = ptr::null_mut();
+        loop {
+            let mut g = self.lock.lock();
+            if !fresh.is_null() {
+                // (`fresh` is only read again after `new_segment` set it anew.)
+                push_front(&mut g.segs[placement as usize], fresh);
             }
-            if let Some(i) = find_run(free & s.dirty_mask.get(), n) {
-                found = Some((seg, i));
-                break;
+            if let Some((seg, i)) = find_span(g.segs[placement as usize], n) {
+                // SAFETY: a live segment of ours under the lock; pages i..i+n are free.
+                return unsafe { self.carve_locked(&mut g, placement, seg, i, n, kind, arena) };
             }
-            if found.is_none() {
-                if let Some(i) = find_run(free, n) {
-                    found = Some((seg, i));
-                }
+            drop(g);
+            // No room: map a segment outside the lock, then look again (another thread may have
+            // freed a span meanwhile; the new segment is kept either way).
+            fresh = self.new_segment(placement);
+            if fresh.is_null() {
+                return ptr::null_mut();
             }
-            looked += 1;
-            seg = s.next.get();
         }
-        while found.is_none() && !seg.is_null() {
-            // SAFETY: as above.
-            let s = unsafe { &*seg };
-            let free = s.free_mask.get();
-            if free == 0 {
-                break;
-            }
-            if let Some(i) = find_run(free, n) {
-                found = Some((seg, i));
-            }
-            seg = s.next.get();
-        }
-        let (seg, i) = match found {
-            Some(f) => f,
-            None => {
-                let seg = self.new_segment();
-                if seg.is_null() {
-                    return ptr::null_mut();
-                }
-                push_front(&mut g, seg);
-                (seg, 1)
-            }
-        };
-        // SAFETY: live segment under our lock; i..i+n are free pages of it.
+    }
+
+    /// # Safety
+    /// `seg` is a live segment of list `placement`, pages `i..i+n` free; the lock is held.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn carve_locked(
+        &self,
+        g: &mut Spans,
+        placement: SpanPlacement,
+        seg: *mut Segment,
+        i: usize,
+        n: usize,
+        kind: PageKind,
+        arena: u32,
+    ) -> *mut Page {
+        // SAFETY: the caller's contract.
         unsafe {
             let s = &*seg;
             let run = run_mask(i, n);
             s.free_mask.set(s.free_mask.get() & !run);
             let was_nonzero = s.nonzero_mask.get() & run != 0;
+            let was_dirty = (s.dirty_mask.get() & run).count_ones() as u64;
             s.dirty_mask.set(s.dirty_mask.get() & !run);
             s.nonzero_mask.set(s.nonzero_mask.get() | run);
             if s.free_mask.get() == 0 {
-                move_to_back(&mut g, seg);
+                move_to_back(&mut g.segs[placement as usize], seg);
             }
-            let pages = ptr::addr_of!((*seg).pages).cast::<Page>() as *mut Page;
-            for k in 1..n {
-                let d = &*pages.add(i + k);
-                d.kind.set(kind as u8);
-                d.head_off.set(k as u8);
-            }
-            let head = &*pages.add(i);
-            head.kind.set(kind as u8);
-            head.head_off.set(0);
-            head.span_pages.set(n as u32);
-            head.free.set(ptr::null_mut());
-            head.local_free.set(ptr::null_mut());
-            head.heap.store(ptr::null_mut(), Ordering::Relaxed);
-            head.set_used(0);
-            head.flags.set(0);
-            head.capacity.set(0);
-            head.reserved.set(0);
-            head.xfree.store(0, Ordering::Relaxed);
-            head.next.set(ptr::null_mut());
-            head.prev.set(ptr::null_mut());
-            head.next_unfull.set(ptr::null_mut());
-            head.arena.set(arena);
-            head.is_zero.set(!was_nonzero);
+            self.dirty_bytes.fetch_sub(was_dirty << PAGE_SHIFT, Ordering::Relaxed);
+            let head = s.page(i);
+            init_span(head, n, kind);
+            let h = &*head;
+            h.owner.store(0, Ordering::Relaxed);
+            h.set_used(0);
+            h.flags.set(0);
+            h.capacity.set(0);
+            h.reserved.set(0);
+            h.xfree.store(0, Ordering::Relaxed);
+            h.arena.set(arena);
+            h.is_zero.set(!was_nonzero);
+            h.placement.set(placement as u8);
             self.counters.pages_in_use.fetch_add(n as u64, Ordering::Relaxed);
-            pages.add(i)
+            self.counters.note_in_use();
+            head
         }
     }
 
@@ -177,6 +210,18 @@ impl Domain {
         let mut g = self.lock.lock();
         // SAFETY: forwarded.
         unsafe { self.free_span_locked(&mut g, page) };
+        drop(g);
+        self.after_free();
+    }
+
+    /// After spans came back: `DOMALLOC_PURGE_DELAY=0` purges at once (outside the lock), else the
+    /// purge thread is told (or started).
+    fn after_free(&self) {
+        if options::get().purge_delay_ms == 0 {
+            self.purge_due(Sys::now_ms(), false, true);
+        } else {
+            crate::global::purge_wanted();
+        }
     }
 
     /// Returns the leading pages of the list `p` (linked through `next`) that belong to this
@@ -189,7 +234,7 @@ impl Domain {
         while !p.is_null() {
             // SAFETY: as stated.
             unsafe {
-                if (*(*p).segment()).node as usize != self.node {
+                if (*p).node() != self.node {
                     break;
                 }
                 let next = (*p).next.get();
@@ -198,31 +243,14 @@ impl Domain {
                 p = next;
             }
         }
+        drop(g);
+        self.after_free();
         p
-    }
-
-    /// Frees a large block's span; false (nothing done) if `page` is not a live large span, i.e.
-    /// a double free. The check is under the lock, so concurrent double frees are caught too.
-    ///
-    /// # Safety
-    /// `page` is a head descriptor of a segment of this domain.
-    pub(crate) unsafe fn free_large(&self, page: *mut Page) -> bool {
-        let mut g = self.lock.lock();
-        // SAFETY: descriptor of a live segment; fields under our lock.
-        unsafe {
-            if (*page).kind() != PageKind::Large || (*page).head_off.get() != 0 {
-                return false;
-            }
-            self.counters.large_blocks.fetch_sub(1, Ordering::Relaxed);
-            self.counters.large_bytes.fetch_sub((*page).span_bytes() as u64, Ordering::Relaxed);
-            self.free_span_locked(&mut g, page);
-        }
-        true
     }
 
     /// # Safety
     /// As [`Domain::free_span`], with the lock held.
-    unsafe fn free_span_locked(&self, g: &mut DomainInner, page: *mut Page) {
+    unsafe fn free_span_locked(&self, g: &mut Spans, page: *mut Page) {
         // SAFETY: caller guarantees; fields under our lock.
         unsafe {
             let p = &*page;
@@ -230,125 +258,182 @@ impl Domain {
             let s = &*seg;
             let i = p.index();
             let n = p.span_pages.get() as usize;
-            for k in 0..n {
-                let d = &*page.add(k);
-                d.kind.set(PageKind::Free as u8);
-                d.head_off.set(0);
-            }
-            p.heap.store(ptr::null_mut(), Ordering::Relaxed);
+            init_span(page, n, PageKind::Free);
+            p.owner.store(0, Ordering::Relaxed);
             let run = run_mask(i, n);
             let was_full = s.free_mask.get() == 0;
             s.free_mask.set(s.free_mask.get() | run);
             s.dirty_mask.set(s.dirty_mask.get() | run);
+            self.dirty_bytes.fetch_add((n << PAGE_SHIFT) as u64, Ordering::Relaxed);
             self.counters.pages_in_use.fetch_sub(n as u64, Ordering::Relaxed);
+            let list = &mut g.segs[s.placement as usize];
             if was_full {
-                unlink(g, seg);
-                push_front(g, seg);
+                unlink(list, seg);
+                push_front(list, seg);
             }
-            let now = Sys::now_ms();
             let delay = options::get().purge_delay_ms;
             if delay != u64::MAX {
                 if s.purge_at.get() == 0 {
-                    s.purge_at.set(now.saturating_add(delay));
+                    s.purge_at.set(Sys::now_ms().saturating_add(delay));
                 }
                 g.next_purge = g.next_purge.min(s.purge_at.get());
             }
-            self.maybe_purge(g, now, false);
         }
     }
 
-    /// Purges dirty pages whose delay has passed (all of them with `force`), and unmaps segments
-    /// that are entirely free.
-    pub(crate) fn maybe_purge(&self, g: &mut DomainInner, now: u64, force: bool) {
-        if !force && now < g.next_purge {
-            return;
-        }
+    /// Purges dirty pages whose delay has passed (all of them with `force`) and unmaps segments
+    /// that are entirely free. The system calls run outside the lock. With `wait` false, gives
+    /// up when the lock is busy. Returns the earliest deadline still pending (ms, `u64::MAX`).
+    pub(crate) fn purge_due(&self, now: u64, force: bool, wait: bool) -> u64 {
         let mode = options::get().purge_mode;
-        let mut next = u64::MAX;
-        let mut seg = g.segs;
-        while !seg.is_null() {
-            // SAFETY: live segment under the lock.
-            let s = unsafe { &*seg };
-            let after = s.next.get();
-            let dirty = s.dirty_mask.get();
-            if dirty != 0 {
-                if force || s.purge_at.get() <= now {
-                    if s.free_mask.get() == ALL_PAGES {
-                        // Entirely free: give the whole segment back.
-                        unlink(g, seg);
-                        // SAFETY: no span of it is in use.
-                        unsafe { self.release_segment(seg) };
-                        seg = after;
-                        continue;
-                    }
-                    let mut bits = dirty;
-                    while bits != 0 {
-                        let start = bits.trailing_zeros() as usize;
-                        let len = (!(bits >> start)).trailing_zeros() as usize;
-                        let len = len.min(PAGES - start);
-                        let addr = (seg as usize + (start << PAGE_SHIFT)) as *mut u8;
-                        // SAFETY: free pages of a live segment of ours.
-                        let zero = unsafe { Sys::purge(addr, len << PAGE_SHIFT, mode) };
-                        let run = run_mask(start, len);
-                        if zero {
-                            s.nonzero_mask.set(s.nonzero_mask.get() & !run);
-                        }
-                        self.counters.purged_bytes.fetch_add((len << PAGE_SHIFT) as u64, Ordering::Relaxed);
-                        bits &= !run;
-                    }
-                    s.dirty_mask.set(0);
-                    s.purge_at.set(0);
+        loop {
+            let mut runs = [PurgeRun { seg: ptr::null_mut(), run: 0 }; PURGE_BATCH];
+            let mut released: [*mut Segment; PURGE_BATCH] = [ptr::null_mut(); PURGE_BATCH];
+            let (n_runs, n_rel, next) = {
+                let mut g = if wait {
+                    self.lock.lock()
                 } else {
-                    next = next.min(s.purge_at.get());
+                    match self.lock.try_lock() {
+                        Some(g) => g,
+                        None => return u64::MAX,
+                    }
+                };
+                if !force && now < g.next_purge {
+                    return g.next_purge;
+                }
+                // SAFETY: lists under the lock.
+                unsafe { self.collect_purges(&mut g, now, force, &mut runs, &mut released) }
+            };
+            for r in &released[..n_rel] {
+                // SAFETY: unlinked and entirely free: nobody can reach it any more.
+                unsafe { self.release_segment(*r) };
+            }
+            let mut zeroed = [false; PURGE_BATCH];
+            for (k, r) in runs[..n_runs].iter().enumerate() {
+                let mut bits = r.run;
+                let mut all_zero = true;
+                while bits != 0 {
+                    let start = bits.trailing_zeros() as usize;
+                    let len = ((!(bits >> start)).trailing_zeros() as usize).min(PAGES - start);
+                    let addr = (r.seg as usize + (start << PAGE_SHIFT)) as *mut u8;
+                    // SAFETY: pages we took out of the free set: nobody uses them.
+                    all_zero &= unsafe { os::purge(addr, len << PAGE_SHIFT, mode) };
+                    self.counters.purged_bytes.fetch_add((len << PAGE_SHIFT) as u64, Ordering::Relaxed);
+                    bits &= !run_mask(start, len);
+                }
+                zeroed[k] = all_zero;
+            }
+            if n_runs > 0 {
+                let mut g = self.lock.lock();
+                for (k, r) in runs[..n_runs].iter().enumerate() {
+                    // SAFETY: a live segment of ours; the run was free before we took it.
+                    unsafe {
+                        let s = &*r.seg;
+                        let was_full = s.free_mask.get() == 0;
+                        s.free_mask.set(s.free_mask.get() | r.run);
+                        if zeroed[k] {
+                            s.nonzero_mask.set(s.nonzero_mask.get() & !r.run);
+                        }
+                        if was_full {
+                            let list = &mut g.segs[s.placement as usize];
+                            unlink(list, r.seg);
+                            push_front(list, r.seg);
+                        }
+                    }
                 }
             }
-            seg = after;
+            if n_runs < PURGE_BATCH && n_rel < PURGE_BATCH {
+                return next;
+            }
+        }
+    }
+
+    /// Takes up to `PURGE_BATCH` due dirty runs out of the free set, and unlinks up to as many
+    /// entirely free segments. Returns (runs, released, earliest deadline left).
+    ///
+    /// # Safety
+    /// The caller holds the lock (`g`).
+    unsafe fn collect_purges(
+        &self,
+        g: &mut Spans,
+        now: u64,
+        force: bool,
+        runs: &mut [PurgeRun; PURGE_BATCH],
+        released: &mut [*mut Segment; PURGE_BATCH],
+    ) -> (usize, usize, u64) {
+        let (mut nr, mut nl) = (0, 0);
+        let mut next = u64::MAX;
+        for list in 0..PLACEMENTS {
+            let mut seg = g.segs[list];
+            while !seg.is_null() {
+                // SAFETY: live segment under the lock.
+                let s = unsafe { &*seg };
+                let after = s.next.get();
+                let dirty = s.dirty_mask.get();
+                if dirty != 0 || s.free_mask.get() == ALL_PAGES {
+                    if force || s.purge_at.get() <= now {
+                        if s.free_mask.get() == ALL_PAGES && nl < PURGE_BATCH {
+                            unlink(&mut g.segs[list], seg);
+                            self.dirty_bytes.fetch_sub((dirty.count_ones() as u64) << PAGE_SHIFT, Ordering::Relaxed);
+                            released[nl] = seg;
+                            nl += 1;
+                        } else if dirty != 0 && nr < PURGE_BATCH {
+                            s.free_mask.set(s.free_mask.get() & !dirty);
+                            s.dirty_mask.set(0);
+                            s.purge_at.set(0);
+                            self.dirty_bytes.fetch_sub((dirty.count_ones() as u64) << PAGE_SHIFT, Ordering::Relaxed);
+                            runs[nr] = PurgeRun { seg, run: dirty };
+                            nr += 1;
+                        } else {
+                            next = now; // batch full: come back at once
+                        }
+                    } else {
+                        next = next.min(s.purge_at.get());
+                    }
+                }
+                seg = after;
+            }
         }
         g.next_purge = next;
+        (nr, nl, next)
     }
 
-    /// Purges now (for `collect`).
-    pub(crate) fn purge_all(&self, force: bool) {
-        let mut g = self.lock.lock();
-        self.maybe_purge(&mut g, Sys::now_ms(), force);
-    }
-
-    fn new_segment(&self) -> *mut Segment {
+    /// Maps and sets up a new segment of `placement` (outside the lock).
+    fn new_segment(&self, placement: SpanPlacement) -> *mut Segment {
         // SAFETY: valid size/alignment.
         let p = unsafe { os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE) };
         if p.is_null() {
             return ptr::null_mut();
         }
-        let (policy, min) = global::policy();
-        if global::numa_enabled() || !matches!(policy, Policy::Local) {
-            apply_policy(p, SEGMENT_SIZE, self.node, min == 0);
+        let (policy, _) = global::policy();
+        let interleaved = matches!(policy, Policy::Interleave(_)) && placement == SpanPlacement::Policy;
+        match placement {
+            SpanPlacement::Policy => crate::placement::apply_policy(p, SEGMENT_SIZE, self.node, true),
+            SpanPlacement::Bound if global::numa_enabled() => crate::placement::apply_policy(p, SEGMENT_SIZE, self.node, false),
+            _ => {}
         }
-        if options::get().segment_thp && !(min == 0 && matches!(policy, Policy::Interleave(_))) {
-            // A segment holds one node's memory (bound to it on multi-node machines), so huge
-            // pages change no placement: fewer faults and TLB misses. (Not under an interleave
-            // policy for all sizes, which must alternate nodes page by page.)
-            // SAFETY: our fresh mapping.
-            unsafe { Sys::set_huge_pages(p, SEGMENT_SIZE, true) };
-        } else if min == 0 && matches!(policy, Policy::Interleave(_)) {
-            // Page by page, also where the system's THP setting is `always`.
-            // SAFETY: our fresh mapping.
-            unsafe { Sys::set_huge_pages(p, SEGMENT_SIZE, false) };
+        let thp = match placement {
+            // A segment holding one node's memory: huge pages change no placement.
+            SpanPlacement::Bound => options::get().segment_thp,
+            // Each page must go to its own first toucher; interleave alternates page by page.
+            SpanPlacement::FirstTouch => false,
+            SpanPlacement::Policy => options::get().segment_thp && !interleaved,
+        };
+        if thp || placement != SpanPlacement::Bound {
+            // SAFETY: our fresh mapping (also where the system's THP setting is `always`).
+            unsafe { Sys::set_huge_pages(p, SEGMENT_SIZE, thp) };
         }
         let seg = p as *mut Segment;
-        // SAFETY: fresh zeroed mapping; we initialise the header fields that are not zero.
+        // SAFETY: fresh zeroed mapping, unknown to anyone.
         unsafe {
-            let s = &mut *seg;
-            s.kind = SEG_NORMAL;
-            s.node = self.node as u32;
-            s.map_start.set(p);
-            s.map_size.set(SEGMENT_SIZE);
+            init_header(seg, SEG_NORMAL, placement as u8, self.node, p, SEGMENT_SIZE);
+            let s = &*seg;
             s.free_mask.set(ALL_PAGES);
-            s.pages[0].kind.set(PageKind::Meta as u8);
+            (*s.page(0)).kind.set(PageKind::Meta as u8);
         }
-        segmap_set(seg, true);
         self.counters.segments.fetch_add(1, Ordering::Relaxed);
         self.counters.segments_total.fetch_add(1, Ordering::Relaxed);
-        self.counters.mapped_bytes.fetch_add(SEGMENT_SIZE as u64, Ordering::Relaxed);
+        self.counters.mapped(SEGMENT_SIZE as u64);
         seg
     }
 
@@ -357,44 +442,80 @@ impl Domain {
     unsafe fn release_segment(&self, seg: *mut Segment) {
         segmap_set(seg, false);
         self.counters.segments.fetch_sub(1, Ordering::Relaxed);
-        self.counters.mapped_bytes.fetch_sub(SEGMENT_SIZE as u64, Ordering::Relaxed);
+        self.counters.unmapped(SEGMENT_SIZE as u64);
         // SAFETY: caller guarantees nothing uses it.
-        unsafe { Sys::unmap(seg.cast(), SEGMENT_SIZE) };
+        unsafe { os::unmap(seg.cast(), SEGMENT_SIZE) };
     }
 
     /// Visits every live segment (for stats), under the lock.
     pub(crate) fn for_each_segment(&self, mut f: impl FnMut(&Segment)) {
         let g = self.lock.lock();
-        let mut seg = g.segs;
-        while !seg.is_null() {
-            // SAFETY: live segment under the lock.
-            let s = unsafe { &*seg };
-            f(s);
-            seg = s.next.get();
+        for list in 0..PLACEMENTS {
+            let mut seg = g.segs[list];
+            while !seg.is_null() {
+                // SAFETY: live segment under the lock.
+                let s = unsafe { &*seg };
+                f(s);
+                seg = s.next.get();
+            }
         }
     }
 }
 
-/// Applies the placement for memory of domain `node`: the configured policy when it applies to
-/// this range, else "this node" (preferred) so pages land on the domain's node.
-pub(crate) fn apply_policy(p: *mut u8, size: usize, node: usize, policy_applies: bool) {
-    let (policy, _) = global::policy();
-    let placement = match (&policy, policy_applies) {
-        (Policy::Bind(m), true) => Placement::Bind(m),
-        (Policy::Interleave(m), true) => Placement::Interleave(m),
-        (Policy::Preferred(n), true) => Placement::Preferred(*n),
-        _ => {
-            if !global::numa_enabled() {
-                return;
-            }
-            // "This node" is what first touch gives anyway where placement is per thread: only
-            // bind where the OS can do it per range, without touching the pages now.
-            // SAFETY: our own fresh mapping.
-            unsafe { Sys::place(p, size, Placement::Preferred(node)) };
-            return;
+/// Sets the descriptors of a span of `n` pages at `head` to `kind`: the head has `head_off` 0 and
+/// `span_pages` n, every other page points back to it.
+///
+/// # Safety
+/// `head` is a descriptor of a live segment with `n` descriptors from it, owned by the caller.
+pub(crate) unsafe fn init_span(head: *mut Page, n: usize, kind: PageKind) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        for k in 1..n {
+            let d = &*head.add(k);
+            d.kind.set(kind as u8);
+            d.head_off.set(k as u8);
         }
-    };
-    crate::huge::place_range(p, size, placement);
+        let h = &*head;
+        h.kind.set(kind as u8);
+        h.head_off.set(0);
+        h.span_pages.set(n as u32);
+        h.free.set(ptr::null_mut());
+        h.local_free.set(ptr::null_mut());
+        h.next.set(ptr::null_mut());
+        h.prev.set(ptr::null_mut());
+    }
+}
+
+/// The first segment of `list` with `n` free pages in a row: a run of still-resident (dirty)
+/// pages among the first few segments with room (no page faults), else the first run that fits.
+fn find_span(list: *mut Segment, n: usize) -> Option<(*mut Segment, usize)> {
+    let mut seg = list;
+    let mut found = None;
+    let mut looked = 0;
+    while !seg.is_null() {
+        // SAFETY: segments in the list are live; fields are under the caller's lock.
+        let s = unsafe { &*seg };
+        let free = s.free_mask.get();
+        if free == 0 {
+            break; // full segments are at the back
+        }
+        if looked < DIRTY_SEARCH {
+            if let Some(i) = find_run(free & s.dirty_mask.get(), n) {
+                return Some((seg, i));
+            }
+        }
+        if found.is_none() {
+            if let Some(i) = find_run(free, n) {
+                found = Some((seg, i));
+                if looked >= DIRTY_SEARCH {
+                    break;
+                }
+            }
+        }
+        looked += 1;
+        seg = s.next.get();
+    }
+    found
 }
 
 /// Bit mask of pages `i..i+n`.
@@ -414,24 +535,24 @@ fn find_run(free: u64, n: usize) -> Option<usize> {
     if m == 0 { None } else { Some(m.trailing_zeros() as usize) }
 }
 
-fn push_front(g: &mut DomainInner, seg: *mut Segment) {
+fn push_front(head: &mut *mut Segment, seg: *mut Segment) {
     // SAFETY: live segments under the lock.
     unsafe {
         (*seg).prev.set(ptr::null_mut());
-        (*seg).next.set(g.segs);
-        if !g.segs.is_null() {
-            (*g.segs).prev.set(seg);
+        (*seg).next.set(*head);
+        if !head.is_null() {
+            (**head).prev.set(seg);
         }
     }
-    g.segs = seg;
+    *head = seg;
 }
 
-fn unlink(g: &mut DomainInner, seg: *mut Segment) {
+fn unlink(head: &mut *mut Segment, seg: *mut Segment) {
     // SAFETY: live segments under the lock.
     unsafe {
         let (p, n) = ((*seg).prev.get(), (*seg).next.get());
         if p.is_null() {
-            g.segs = n;
+            *head = n;
         } else {
             (*p).next.set(n);
         }
@@ -443,16 +564,16 @@ fn unlink(g: &mut DomainInner, seg: *mut Segment) {
     }
 }
 
-fn move_to_back(g: &mut DomainInner, seg: *mut Segment) {
+fn move_to_back(head: &mut *mut Segment, seg: *mut Segment) {
     // SAFETY: live segments under the lock.
     unsafe {
         if (*seg).next.get().is_null() {
             return;
         }
-        unlink(g, seg);
-        let mut t = g.segs;
+        unlink(head, seg);
+        let mut t = *head;
         if t.is_null() {
-            g.segs = seg;
+            *head = seg;
             return;
         }
         while !(*t).next.get().is_null() {
@@ -465,6 +586,16 @@ fn move_to_back(g: &mut DomainInner, seg: *mut Segment) {
 
 /// Bytes per page, re-exported for the stats report.
 pub(crate) const SPAN_UNIT: usize = PAGE_SIZE;
+
+/// The placement a policy gives a range (used when binding segments and huge blocks).
+pub(crate) fn placement_of(policy: &Policy) -> Placement<'_> {
+    match policy {
+        Policy::Bind(m) => Placement::Bind(m),
+        Policy::Interleave(m) => Placement::Interleave(m),
+        Policy::Preferred(n) => Placement::Preferred(*n),
+        Policy::Local => Placement::Local,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,43 +1,46 @@
 //! The thread cache ("heap"): one per thread, the only layer the fast path touches.
 //!
 //! A heap owns pages: per size class a queue of pages with free blocks (the head is where
-//! allocation happens) and one list of full pages. The owner allocates by popping the head
-//! page's `free` list and frees by pushing onto the page's `local_free`: no atomics, no locks.
+//! allocation happens). The owner allocates by popping the head page's `free` list and frees by
+//! pushing onto the page's `local_free`: no atomics, no locks.
 //!
 //! Fast path (`alloc_small`): load the TLS heap, the class's head page and its first free block;
-//! one test for "have a block and still on the same CPU"; unlink and count. About ten
-//! instructions. Everything else is `#[cold]`:
+//! one test for "have a block and still on the same CPU"; decode and validate the next link (one
+//! range compare, one multiply), clear the block's first word, unlink and count. `free`: look the
+//! page up from the address, one test for "our page, no flags", check the pointer is a block
+//! start and not already free (its first word is not a valid link), link it in and count.
+//! Everything else is `#[cold]`:
 //!
-//! * refill: collect frees into the head page, carve more of its span, move to the next page,
-//!   then take a queued page from this CPU's arena (or another arena of the same node), then a
-//!   fresh span from the node's domain;
+//! * refill: collect frees into the head page, carve more of its span (or hand out the next
+//!   untouched block of a placed span), give a page with nothing left up (it leaves the queue;
+//!   its next remote free queues it in its arena), then take a queued page from this CPU's arena
+//!   (or another arena of the same node), then a placed block from the node's home pool, then an
+//!   empty span parked in the arena, then a fresh span from the node's domain;
 //! * migration: when the kernel reports another CPU (rseq `cpu_id`, compared on the fast path
 //!   on NUMA machines) on another node, the heap hands all its pages to their home arenas and
 //!   continues with memory of the new node;
 //! * remote frees (block of a page this heap does not own): batched per page and pushed home
-//!   with one CAS (`page.rs`), so the block is reused only by its own node;
+//!   with one CAS (`page.rs`), so the block is reused only by its own node; a placed block whose
+//!   pages are on another node than its span goes to that node's home pool;
 //! * thread exit: a `pthread_key` destructor gives every page back (arena or domain) and parks
 //!   the thread on the dead heap, whose allocations go to a shared, locked orphan heap.
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::global;
-use crate::os::{Os, Sys};
-use crate::page;
-use crate::remote;
-use crate::segment::{
-    empty_page, Block, Page, PageKind, Segment, EMPTY_PAGE, IN_FULL, PAGE_SHIFT, PAGE_SIZE, SEG_HUGE,
-};
-use crate::size_class::{class_size, span_blocks, span_pages, CLASSES};
+use crate::os::{self, Os, Sys};
+use crate::page::{self, Block, Page, PageKind, PF_PLACED};
+use crate::placement::{self, Home};
+use crate::segment::{self, Segment, SpanPlacement, PAGE_SHIFT, PAGE_SIZE, SEG_HUGE};
+use crate::size_class::{class_size, is_placed, span_blocks, span_pages, CLASSES};
 use crate::tls;
-use crate::util;
-use crate::{huge, segment};
+use crate::huge;
 
 /// Remote frees batched per page before one CAS sends them home.
 const REMOTE_BATCH: u32 = 32;
-/// Slow-path calls between purge checks of the node's domain.
+/// Slow-path calls between maintenance sweeps of the node.
 const MAINTAIN_EVERY: u32 = 64;
 
 /// Per-heap counters: written by the owner with relaxed stores, read by stats.
@@ -50,10 +53,21 @@ pub(crate) struct HeapCounters {
     pub(crate) pages_fresh: AtomicU64,
 }
 
-impl HeapCounters {
-    fn bump(c: &AtomicU64, n: u64) {
-        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
-    }
+/// Adds `n` to a counter only its owner writes (a plain load and store: no locked instruction).
+#[inline(always)]
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// One size class of a heap: the queue head (the fast path's page) and the class's counters,
+/// in one place so the fast path touches one cache line of the heap.
+#[repr(C)]
+pub(crate) struct Bin {
+    page: Cell<*mut Page>,
+    /// Blocks this heap handed out.
+    pub(crate) allocs: AtomicU64,
+    /// Blocks this heap freed into its own pages.
+    pub(crate) frees: AtomicU64,
 }
 
 /// Sentinel kinds.
@@ -64,23 +78,20 @@ const KIND_DEAD: u8 = 2;
 /// A thread's cache. See the module documentation.
 #[repr(C)]
 pub struct Heap {
-    /// Queue heads per class (the empty page when the queue is empty). Fast path.
-    pages: [Cell<*mut Page>; CLASSES],
+    /// Per class: queue head (the empty page when the queue is empty) and counters. Fast path.
+    bins: [Bin; CLASSES],
     /// The kernel's current-CPU word for this thread, or `&self.cpu` when not tracked.
     cpu_ptr: Cell<*const u32>,
     /// The CPU this heap last saw.
     cpu: Cell<u32>,
     /// The node whose memory the heap hands out.
     node: Cell<u32>,
-    /// The arena of `cpu`.
+    /// The arena of `cpu` (node heaps: of their node).
     arena: Cell<u32>,
     kind: Cell<u8>,
     /// Allocates for a fixed node (node-targeted allocation): never follows the CPU.
     pinned: Cell<bool>,
     tails: [Cell<*mut Page>; CLASSES],
-    full: Cell<*mut Page>,
-    /// Pages of ours that received a remote free while full (pushed by the freeing thread).
-    unfull: AtomicPtr<Page>,
     pend_page: Cell<*mut Page>,
     pend_head: Cell<*mut Block>,
     pend_tail: Cell<*mut Block>,
@@ -104,7 +115,7 @@ static ZERO_CPU: u32 = 0;
 const fn sentinel(kind: u8) -> SyncHeap {
     let ep = &EMPTY_PAGE.0 as *const Page as *mut Page;
     SyncHeap(Heap {
-        pages: [const { Cell::new(&EMPTY_PAGE.0 as *const Page as *mut Page) }; CLASSES],
+        bins: [const { Bin { page: Cell::new(&EMPTY_PAGE.0 as *const Page as *mut Page), allocs: AtomicU64::new(0), frees: AtomicU64::new(0) } }; CLASSES],
         cpu_ptr: Cell::new(&ZERO_CPU),
         cpu: Cell::new(0),
         node: Cell::new(0),
@@ -112,8 +123,6 @@ const fn sentinel(kind: u8) -> SyncHeap {
         kind: Cell::new(kind),
         pinned: Cell::new(false),
         tails: [const { Cell::new(ptr::null_mut()) }; CLASSES],
-        full: Cell::new(ptr::null_mut()),
-        unfull: AtomicPtr::new(ptr::null_mut()),
         pend_page: Cell::new(ep),
         pend_head: Cell::new(ptr::null_mut()),
         pend_tail: Cell::new(ptr::null_mut()),
@@ -135,9 +144,6 @@ const fn sentinel(kind: u8) -> SyncHeap {
 pub(crate) static EMPTY_HEAP: SyncHeap = sentinel(KIND_EMPTY);
 /// The heap of threads past their teardown.
 pub(crate) static DEAD_HEAP: SyncHeap = sentinel(KIND_DEAD);
-/// The empty heap's address, for const contexts.
-#[allow(dead_code)]
-pub(crate) const EMPTY_HEAP_PTR: *const Heap = &EMPTY_HEAP.0;
 
 #[inline(always)]
 pub(crate) fn empty_heap() -> *mut Heap {
@@ -146,6 +152,46 @@ pub(crate) fn empty_heap() -> *mut Heap {
 #[inline(always)]
 pub(crate) fn dead_heap() -> *mut Heap {
     &DEAD_HEAP.0 as *const Heap as *mut Heap
+}
+
+/// Shared empty page: every list head of an empty heap points here, so the fast path needs no
+/// null check (its `free` is always null and it is never written).
+pub(crate) struct SyncPage(pub(crate) Page);
+// SAFETY: the empty page is never written: the fast path writes a page only after finding a
+// block in it, and this one has none; slow paths never treat it as a real page.
+unsafe impl Sync for SyncPage {}
+
+pub(crate) static EMPTY_PAGE: SyncPage = SyncPage(Page {
+    free: Cell::new(ptr::null_mut()),
+    local_free: Cell::new(ptr::null_mut()),
+    owner: core::sync::atomic::AtomicUsize::new(0),
+    used: core::sync::atomic::AtomicU32::new(0),
+    block_size: Cell::new(0),
+    start: Cell::new(0),
+    limit: Cell::new(0),
+    flags: Cell::new(0),
+    class: Cell::new(0),
+    kind: Cell::new(PageKind::Free as u8),
+    head_off: Cell::new(0),
+    magic: Cell::new(1),
+    capacity: Cell::new(0),
+    reserved: Cell::new(0),
+    xfree: core::sync::atomic::AtomicUsize::new(0),
+    next: Cell::new(ptr::null_mut()),
+    prev: Cell::new(ptr::null_mut()),
+    span_pages: Cell::new(0),
+    arena: Cell::new(0),
+    parked_ms: Cell::new(0),
+    is_zero: Cell::new(false),
+    placement: Cell::new(0),
+    last_owner: Cell::new(0),
+    homes: [const { core::sync::atomic::AtomicU16::new(0) }; crate::size_class::MAX_PLACED_BLOCKS],
+});
+
+/// The empty page's address.
+#[inline(always)]
+pub(crate) fn empty_page() -> *mut Page {
+    &EMPTY_PAGE.0 as *const Page as *mut Page
 }
 
 #[inline(always)]
@@ -166,17 +212,46 @@ fn cold() {}
 #[inline(always)]
 pub(crate) unsafe fn alloc_small(c: usize) -> *mut u8 {
     let h = tls::heap();
-    // SAFETY: `h` is a valid heap (or sentinel); `pages[c]` a valid page (or the empty page);
-    // `cpu_ptr` points to a live u32 for the thread's life. The page is owned by this thread.
+    // SAFETY: `h` is a valid heap (or sentinel); `bins[c].page` a valid page (or the empty
+    // page); `cpu_ptr` points to a live u32 for the thread's life. The page is this thread's.
     unsafe {
-        let page = (*h).pages.get_unchecked(c).get();
+        let bin = (*h).bins.get_unchecked(c);
+        let page = bin.page.get();
         let b = (*page).free.get();
         if likely(!b.is_null() && ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get()) {
-            (*page).free.set(page::next_of(b));
-            (*page).set_used((*page).used() + 1);
-            return b.cast();
+            let p = page::pop(&*page);
+            bump(&bin.allocs, 1);
+            return p.cast();
         }
-        alloc_small_slow(h, c)
+        alloc_small_slow(h, c).0
+    }
+}
+
+/// Allocates a zeroed block of class `c`: as [`alloc_small`], then clears `size` bytes unless
+/// the block is untouched memory that reads as zero (placed blocks: never touched, so calloc
+/// leaves first touch to the program).
+///
+/// # Safety
+/// `c < CLASSES`, `size <= class_size(c)`.
+#[inline]
+pub(crate) unsafe fn alloc_small_zeroed(c: usize, size: usize) -> *mut u8 {
+    let h = tls::heap();
+    // SAFETY: as in `alloc_small`.
+    unsafe {
+        let bin = (*h).bins.get_unchecked(c);
+        let page = bin.page.get();
+        let b = (*page).free.get();
+        let (p, zero) = if likely(!b.is_null() && ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get()) {
+            let p = page::pop(&*page);
+            bump(&bin.allocs, 1);
+            (p.cast::<u8>(), false)
+        } else {
+            alloc_small_slow(h, c)
+        };
+        if !p.is_null() && !zero {
+            ptr::write_bytes(p, 0, size);
+        }
+        p
     }
 }
 
@@ -196,12 +271,20 @@ pub(crate) unsafe fn free(p: *mut u8) {
         let h = tls::heap();
         #[cfg(feature = "debug-invariants")]
         check::on_free(seg, page, p);
-        if likely((*page).heap.load(Ordering::Relaxed) == h && (*page).flags.get() == 0) {
+        if likely((*page).owner.load(Ordering::Relaxed) == h as usize && (*page).flags.get() == 0) {
+            let pg = &*page;
             let b = p as *mut Block;
-            page::set_next(b, (*page).local_free.get());
-            (*page).local_free.set(b);
-            let u = (*page).used().wrapping_sub(1);
-            (*page).set_used(u);
+            if !likely(pg.is_block(p as usize)) {
+                not_a_block(p);
+            }
+            if !likely(!page::looks_freed(pg, b)) {
+                owner_double_free_check(pg, b);
+            }
+            page::set_next(b, pg.local_free.get());
+            pg.local_free.set(b);
+            let u = pg.used().wrapping_sub(1);
+            pg.set_used(u);
+            bump(&(*h).bins.get_unchecked(pg.class.get() as usize).frees, 1);
             if !likely(u != 0) {
                 page_empty(h, page);
             }
@@ -213,11 +296,31 @@ pub(crate) unsafe fn free(p: *mut u8) {
 
 #[cold]
 #[inline(never)]
+fn not_a_block(p: *mut u8) -> ! {
+    os::fatal(format_args!("free(): invalid pointer {:p} (not a block start)", p))
+}
+
+/// The owner frees a block whose first word looks like a free-list link: aborts if it is in the
+/// page's lists (a double free), else goes on (the program stored such a value by chance).
+#[cold]
+#[inline(never)]
+unsafe fn owner_double_free_check(page: &Page, b: *mut Block) {
+    // SAFETY: the caller owns the page. Collecting first brings remote frees into the lists.
+    unsafe {
+        page::collect_remote(page);
+        if page::in_free_lists(page, b) {
+            os::fatal(format_args!("free(): double free of {:p}", b));
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
 fn free_unknown(p: *mut u8) {
     match segment::big_aligned_segment(p) {
         // SAFETY: a live huge header whose data is p.
         Some(seg) => unsafe { huge::free(seg, p) },
-        None => util::fatal(format_args!("free(): invalid pointer {:p} (not allocated by domalloc)", p)),
+        None => os::fatal(format_args!("free(): invalid pointer {:p} (not allocated by domalloc)", p)),
     }
 }
 
@@ -229,36 +332,89 @@ unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page, p: *mut u8
         if (*seg).kind == SEG_HUGE {
             return huge::free(seg, p);
         }
-        match (*page).kind() {
+        let pg = &*page;
+        match pg.kind() {
             PageKind::Small => {
-                if (*page).heap.load(Ordering::Relaxed) == h {
-                    // Ours but in the full list: back to the queue, then a normal local free.
-                    (*h).unfull_page(page);
-                    let b = p as *mut Block;
-                    page::set_next(b, (*page).local_free.get());
-                    (*page).local_free.set(b);
-                    let u = (*page).used() - 1;
-                    (*page).set_used(u);
+                if !pg.is_block(p as usize) {
+                    not_a_block(p);
+                }
+                let b = p as *mut Block;
+                if pg.flags.get() & PF_PLACED != 0 && global::numa_enabled() {
+                    let home = placed_home(pg, b);
+                    if home != pg.node() {
+                        return to_home_pool(h, pg, b, home);
+                    }
+                }
+                if !tls::is_sentinel(h) && page::reclaim(pg, h as usize) {
+                    // A page we gave up (full) and nobody else freed into since: ours again.
+                    let c = pg.class.get() as usize;
+                    (*h).queue_push_front(c, page);
+                }
+                if pg.owner.load(Ordering::Relaxed) == h as usize {
+                    if page::looks_freed(pg, b) {
+                        owner_double_free_check(pg, b);
+                    }
+                    page::set_next(b, pg.local_free.get());
+                    pg.local_free.set(b);
+                    let u = pg.used() - 1;
+                    pg.set_used(u);
+                    bump(&(*h).bins[pg.class.get() as usize].frees, 1);
                     if u == 0 {
                         page_empty(h, page);
                     }
                 } else {
-                    remote_free(h, page, p as *mut Block);
+                    remote_free(h, page, b);
                 }
             }
             PageKind::Large => {
-                if (*page).start() != p {
-                    util::fatal(format_args!("free(): invalid pointer {:p} (inside a large block)", p));
+                if pg.span_start() != p {
+                    os::fatal(format_args!("free(): invalid pointer {:p} (inside a large block)", p));
                 }
-                let d = global::domain((*seg).node as usize);
-                if !d.free_large(page) {
-                    util::fatal(format_args!("free(): double free of {:p}", p));
-                }
+                free_large(h, page, p);
             }
-            PageKind::Free => util::fatal(format_args!("free(): double free or invalid pointer {:p}", p)),
-            PageKind::Meta => util::fatal(format_args!("free(): invalid pointer {:p} (allocator metadata)", p)),
+            PageKind::Free => os::fatal(format_args!("free(): double free or invalid pointer {:p}", p)),
+            PageKind::Meta => os::fatal(format_args!("free(): invalid pointer {:p} (allocator metadata)", p)),
         }
     }
+}
+
+/// The node whose memory holds placed block `b` of `page`: recorded, or asked of the kernel the
+/// first time the block is freed (and recorded).
+fn placed_home(page: &Page, b: *mut Block) -> usize {
+    let i = page.block_index(b as usize);
+    if let Some(n) = page.home(i) {
+        return n;
+    }
+    let n = match placement::home_of(b as *const u8, page.block_size.get() as usize) {
+        Home::On(n) | Home::Mixed(n) if n < global::domain_slots() && global::domain(n).node == n => n,
+        _ => page.node(),
+    };
+    page.set_home(i, n);
+    n
+}
+
+/// A placed block whose pages are on `home`, not on its span's node: it waits in `home`'s pool
+/// (still in use from its span's view) for the next allocation of its size there.
+///
+/// # Safety
+/// `b` is an allocated block of `page`, just freed by the program.
+unsafe fn to_home_pool(h: *mut Heap, page: &Page, b: *mut Block, home: usize) {
+    let i = page.block_index(b as usize);
+    if !page.mark_pooled(i) {
+        os::fatal(format_args!("free(): double free of {:p}", b));
+    }
+    let c = page.class.get() as usize;
+    let span_node = global::domain(page.node());
+    span_node.counters.class_frees[c].fetch_add(1, Ordering::Relaxed);
+    // SAFETY: `h` is this thread's heap or a sentinel (node 0 then: counted as remote).
+    let freer = if tls::is_sentinel(h) { usize::MAX } else { unsafe { (*h).node() } };
+    if freer != page.node() {
+        span_node.counters.remote_node_frees.fetch_add(1, Ordering::Relaxed);
+    }
+    let dest = global::domain(home);
+    dest.counters.went_home.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: the caller's block, resident on `home`.
+    unsafe { dest.pool.put_block(c, b) };
 }
 
 /// Remote frees by threads that have no heap (not yet, or no more), for the stats.
@@ -269,12 +425,24 @@ pub(crate) static HEAPLESS_REMOTE_FREES: AtomicU64 = AtomicU64::new(0);
 /// # Safety
 /// `b` is an allocated block of `page`, which this thread does not own.
 unsafe fn remote_free(h: *mut Heap, page: *mut Page, b: *mut Block) {
-    // SAFETY: sentinels are never written; a real heap is ours.
+    // SAFETY: sentinels are never written; a real heap is ours; the page is live.
     unsafe {
+        let pg = &*page;
+        if page::looks_freed(pg, b) {
+            // In another thread's lists, in a remote chain, or in our own pending batch: a
+            // double free (or, with about 2^-40 odds, a program word that looks like a link).
+            os::fatal(format_args!("free(): double free of {:p}", b));
+        }
         if tls::is_sentinel(h) {
             page::set_next(b, ptr::null_mut());
             HEAPLESS_REMOTE_FREES.fetch_add(1, Ordering::Relaxed);
-            return page::push_remote(&*page, b, b);
+            let d = global::domain(pg.node());
+            d.counters.class_frees[pg.class.get() as usize].fetch_add(1, Ordering::Relaxed);
+            d.counters.remote_node_frees.fetch_add(1, Ordering::Relaxed);
+            if page::push_remote(pg, b, b) {
+                queue_unowned(page);
+            }
+            return;
         }
         let hh = &*h;
         if hh.pend_page.get() == page && hh.pend_count.get() < REMOTE_BATCH {
@@ -292,6 +460,17 @@ unsafe fn remote_free(h: *mut Heap, page: *mut Page, b: *mut Block) {
     }
 }
 
+/// A page that was given up received its first remote free: it goes to its arena (a node-local
+/// list where any heap of its node adopts it).
+///
+/// # Safety
+/// `page` is a small span's head, unowned and in no list (the caller's push moved it out of
+/// the given-up state, so no one else queues it).
+unsafe fn queue_unowned(page: *mut Page) {
+    // SAFETY: the caller's contract.
+    unsafe { global::arena((*page).arena.get() as usize).push(page) };
+}
+
 /// A page of ours dropped to zero used blocks.
 #[cold]
 #[inline(never)]
@@ -301,36 +480,34 @@ unsafe fn page_empty(h: *mut Heap, page: *mut Page) {
         let hh = &*h;
         let c = (*page).class.get() as usize;
         // Keep the only page of a class: allocating again soon is likely.
-        if hh.pages[c].get() == page && (*page).next.get().is_null() {
+        if hh.bins[c].page.get() == page && (*page).next.get().is_null() {
             return;
-        }
-        // A stale notification for this page may sit in `unfull`: handle them all first.
-        hh.drain_unfull();
-        if (*page).flags.get() & IN_FULL != 0 {
-            return; // cannot happen for used == 0, but never free a listed page
         }
         hh.queue_remove(c, page);
         page::disown(&*page);
-        // A one-page span parks in its CPU's arena (a per-CPU lock, rarely contended) for the
-        // next refill of any thread on this node; `global::maintain` hands arena pages that stay
-        // unused back to the domain after the purge delay. Bigger spans, spans past the bound
-        // and everything when memory is to be returned at once go straight to the domain.
-        let a = global::arena((*page).arena.get() as usize);
-        if (*page).span_pages.get() == 1 && a.len() < ARENA_KEEP_EMPTY && crate::options::get().purge_delay_ms != 0 {
-            a.push(page);
-        } else {
-            global::domain((*(*page).segment()).node as usize).free_span(page);
-        }
+        give_back_span(page);
     }
 }
 
-/// Pages an arena may hold before emptied pages go straight back to the domain (at most 1 MiB
-/// of parked one-page spans per CPU).
-const ARENA_KEEP_EMPTY: usize = 16;
+/// An unused, unowned span goes to its arena's empty cache, or else to its domain.
+///
+/// # Safety
+/// `page` is the head of an unused span nobody owns, in no list.
+unsafe fn give_back_span(page: *mut Page) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if crate::options::get().purge_delay_ms != 0
+            && global::arena((*page).arena.get() as usize).park_empty(page, Sys::now_ms())
+        {
+            return;
+        }
+        global::domain((*page).node()).free_span(page);
+    }
+}
 
 #[cold]
 #[inline(never)]
-unsafe fn alloc_small_slow(h: *mut Heap, c: usize) -> *mut u8 {
+unsafe fn alloc_small_slow(h: *mut Heap, c: usize) -> (*mut u8, bool) {
     let mut h = h;
     if tls::is_sentinel(h) {
         if h == dead_heap() {
@@ -338,7 +515,7 @@ unsafe fn alloc_small_slow(h: *mut Heap, c: usize) -> *mut u8 {
         }
         h = init_thread_heap();
         if h.is_null() {
-            return ptr::null_mut();
+            return (ptr::null_mut(), false);
         }
     }
     // SAFETY: a real heap of this thread.
@@ -369,32 +546,27 @@ impl Heap {
     /// The heap is owned by the caller and not in use.
     pub(crate) unsafe fn setup(&self, track_cpu: bool) {
         for c in 0..CLASSES {
-            self.pages[c].set(empty_page());
+            self.bins[c].page.set(empty_page());
             self.tails[c].set(ptr::null_mut());
         }
-        self.full.set(ptr::null_mut());
-        self.unfull.store(ptr::null_mut(), Ordering::Relaxed);
         self.pend_page.set(empty_page());
         self.pend_head.set(ptr::null_mut());
         self.pend_tail.set(ptr::null_mut());
         self.pend_count.set(0);
         self.kind.set(KIND_NORMAL);
         self.pinned.set(false);
-        let cpu = Sys::current_cpu().unwrap_or(0) as u32;
-        self.cpu.set(cpu);
-        self.arena.set(global::arena_index(cpu as usize) as u32);
-        self.node.set(global::node_of_cpu(cpu as usize) as u32);
+        let mut cpu = Sys::current_cpu().unwrap_or(0) as u32;
         let rseq = Sys::cpu_id_ptr();
         if track_cpu && global::numa_enabled() && !rseq.is_null() {
             self.cpu_ptr.set(rseq);
             // SAFETY: rseq area of this thread.
-            let now = unsafe { ptr::read_volatile(rseq) };
-            self.cpu.set(now);
-            self.arena.set(global::arena_index(now as usize) as u32);
-            self.node.set(global::node_of_cpu(now as usize) as u32);
+            cpu = unsafe { ptr::read_volatile(rseq) };
         } else {
             self.cpu_ptr.set(&self.cpu as *const Cell<u32> as *const u32);
         }
+        self.cpu.set(cpu);
+        self.arena.set(global::arena_index(cpu as usize) as u32);
+        self.node.set(global::node_of_cpu(cpu as usize) as u32);
     }
 
     /// The node this heap allocates from.
@@ -402,10 +574,32 @@ impl Heap {
         self.node.get() as usize
     }
 
-    /// Fixes the heap to node `node` (node-targeted allocation heaps).
+    /// Per-class counters (allocations and own frees), for the stats.
+    pub(crate) fn bin_counts(&self, c: usize) -> (u64, u64) {
+        (self.bins[c].allocs.load(Ordering::Relaxed), self.bins[c].frees.load(Ordering::Relaxed))
+    }
+
+    /// Moves this heap's per-class counts to its node's domain (before the heap changes node or
+    /// goes back to the pool) and clears them.
+    pub(crate) fn fold_counts(&self) {
+        let d = global::domain(self.node());
+        for c in 0..CLASSES {
+            let (a, f) = self.bin_counts(c);
+            if a != 0 || f != 0 {
+                d.counters.class_allocs[c].fetch_add(a, Ordering::Relaxed);
+                d.counters.class_frees[c].fetch_add(f, Ordering::Relaxed);
+                self.bins[c].allocs.store(0, Ordering::Relaxed);
+                self.bins[c].frees.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Fixes the heap to node `node` (node-targeted allocation heaps): its spans are bound to the
+    /// node and park in the node's arena.
     pub(crate) fn pin_to_node(&self, node: usize) {
         self.pinned.set(true);
         self.node.set(node as u32);
+        self.arena.set(global::node_arena(node) as u32);
     }
 
     /// Refreshes the CPU; on a node change, gives all pages back and follows the thread.
@@ -446,123 +640,158 @@ impl Heap {
         }
         if node != self.node.get() {
             self.abandon_all();
+            self.fold_counts();
             self.node.set(node);
-            HeapCounters::bump(&self.counters.migrations, 1);
+            bump(&self.counters.migrations, 1);
             global::domain(node as usize).counters.migrations_in.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Refill path for class `c`: returns a block or null (out of memory).
+    /// Refill path for class `c`: returns a block (and whether it reads as zero), or null (out
+    /// of memory).
     ///
     /// # Safety
-    /// `self` is the calling thread's heap (or the orphan heap under its lock).
-    pub(crate) unsafe fn alloc_refill(&self, c: usize) -> *mut u8 {
+    /// `self` is the calling thread's heap (or the orphan or a node heap under its lock).
+    pub(crate) unsafe fn alloc_refill(&self, c: usize) -> (*mut u8, bool) {
         self.ticks.set(self.ticks.get().wrapping_add(1));
         self.update_cpu();
         self.flush_pending();
-        self.drain_unfull();
         if self.ticks.get() % MAINTAIN_EVERY == 0 {
             global::maintain(self.node());
         }
-        let page = self.find_page(c);
-        if page.is_null() {
-            return ptr::null_mut();
+        let (b, zero) = self.find_block(c);
+        if !b.is_null() {
+            bump(&self.bins[c].allocs, 1);
         }
-        // SAFETY: `find_page` returns an owned page with a free block.
-        unsafe {
-            let p = &*page;
-            let b = p.free.get();
-            p.free.set(page::next_of(b));
-            p.set_used(p.used() + 1);
-            b.cast()
-        }
+        (b.cast(), zero)
     }
 
-    /// Finds an owned page of class `c` with a free block (queue, arena, domain).
-    fn find_page(&self, c: usize) -> *mut Page {
-        // Our own queue: each turn either finds blocks or moves a full page out of the queue.
+    /// A block of class `c`: from our queue, an arena page, the home pool, or a new span.
+    fn find_block(&self, c: usize) -> (*mut Block, bool) {
+        // Our own queue: each turn either finds a block or gives the head page up.
         loop {
-            let page = self.pages[c].get();
+            let page = self.bins[c].page.get();
             if page == empty_page() {
                 break;
             }
-            if self.usable_or_retire(c, page) {
-                return page;
+            if let Some(r) = self.take_or_give_up(c, page) {
+                return r;
             }
         }
-        // Queued pages of this node (left by exited or migrated threads). Full ones are adopted
-        // into our full list, where remote frees will find them.
+        // Pages of this node that nobody owns (left by exited or migrated threads, or given up
+        // full and since freed into).
         for _ in 0..16 {
             let page = self.take_from_arenas(c);
             if page.is_null() {
                 break;
             }
-            HeapCounters::bump(&self.counters.pages_from_arena, 1);
+            bump(&self.counters.pages_from_arena, 1);
             self.adopt(c, page);
-            if self.usable_or_retire(c, page) {
-                return page;
+            if let Some(r) = self.take_or_give_up(c, page) {
+                return r;
             }
         }
-        // A fresh span.
-        let d = global::domain(self.node());
-        let page = d.alloc_span(span_pages(c), PageKind::Small, self.arena.get());
-        if page.is_null() {
-            return page;
+        // A placed block freed on this node whose span belongs to another (no page fault).
+        if is_placed(c) && !self.pinned.get() && global::numa_enabled() {
+            let b = global::domain(self.node()).pool.take_block(c);
+            if !b.is_null() {
+                // SAFETY: a block of a live span: it leaves the pool.
+                unsafe { pool_taken(b, c) };
+                return (b, false);
+            }
         }
-        HeapCounters::bump(&self.counters.pages_fresh, 1);
-        // SAFETY: a fresh span head, ours.
-        unsafe {
-            let p = &*page;
-            p.class.set(c as u8);
-            p.block_size.set(class_size(c) as u32);
-            p.reserved.set(span_blocks(c) as u32);
+        let page = self.new_span(c);
+        if page.is_null() {
+            return (ptr::null_mut(), false);
         }
         self.adopt(c, page);
-        // SAFETY: owned now.
-        unsafe { page::extend(&*page) };
-        page
+        // SAFETY: our page, with blocks to hand out.
+        unsafe { take_block(&*page) }.unwrap_or((ptr::null_mut(), false))
     }
 
-    /// For a page at the head of queue `c`: true if it has a free block now (after collecting
-    /// or carving); otherwise moves it to the full list (unless frees raced in) and returns false.
-    fn usable_or_retire(&self, c: usize, page: *mut Page) -> bool {
+    /// For a page at the head of queue `c`: a block if it has one now (after collecting or
+    /// carving); otherwise the page is given up (it leaves the queue) and `None` returned.
+    fn take_or_give_up(&self, c: usize, page: *mut Page) -> Option<(*mut Block, bool)> {
         // SAFETY: pages in our queue are ours.
         unsafe {
-            let p = &*page;
-            if page::collect(p) || page::extend(p) {
-                return true;
+            if let Some(r) = take_block(&*page) {
+                return Some(r);
             }
-            if page::try_mark_full(p) {
-                self.queue_remove(c, page);
-                self.full_push(page);
-                false
-            } else {
-                // Remote frees arrived between the collect and the mark: take them.
-                page::collect(p)
+            self.queue_remove(c, page);
+            if page::give_up(&*page, self as *const Heap as usize) {
+                return None;
             }
+            // Remote frees arrived between the collect and the give-up: take them.
+            self.queue_push_front(c, page);
+            take_block(&*page)
         }
+    }
+
+    /// Where class `c`'s spans come from.
+    fn placement_for(&self, c: usize) -> SpanPlacement {
+        if global::policy_covers(class_size(c)) {
+            SpanPlacement::Policy
+        } else if global::numa_enabled() && is_placed(c) && !self.pinned.get() {
+            SpanPlacement::FirstTouch
+        } else {
+            SpanPlacement::Bound
+        }
+    }
+
+    /// A span for class `c`: parked empty in our arena, else fresh from the node's domain
+    /// (after giving free memory back to the OS once if the OS refused). Null if out of memory.
+    fn new_span(&self, c: usize) -> *mut Page {
+        let n = span_pages(c);
+        let placement = self.placement_for(c);
+        let mut page = global::arena(self.arena.get() as usize).take_empty(n, placement);
+        if !page.is_null() {
+            // SAFETY: an unused span of our node, ours now.
+            unsafe {
+                if (*page).kind() == PageKind::Small && (*page).class.get() as usize == c {
+                    return page; // same class: its lists are intact
+                }
+                crate::domain::init_span(page, n, PageKind::Small);
+                (*page).is_zero.set(false);
+            }
+        } else {
+            let d = global::domain(self.node());
+            page = d.alloc_span(n, PageKind::Small, self.arena.get(), placement);
+            if page.is_null() && global::release_free_memory() {
+                page = d.alloc_span(n, PageKind::Small, self.arena.get(), placement);
+            }
+            if page.is_null() {
+                return page;
+            }
+            bump(&self.counters.pages_fresh, 1);
+        }
+        let flags = if placement == SpanPlacement::FirstTouch { PF_PLACED } else { 0 };
+        // SAFETY: a fresh (or re-carved) span head, ours.
+        unsafe { (*page).init_small(c, class_size(c), span_blocks(c), flags) };
+        page
     }
 
     /// Takes a page of class `c` from this CPU's arena or another arena of this node.
     fn take_from_arenas(&self, c: usize) -> *mut Page {
-        // A node heap (pinned to its node) runs on any CPU: its own arena index says nothing
-        // about its node, so it looks only at the arenas of its node's CPUs (none for a
-        // memory-only node).
-        if !self.pinned.get() {
-            let own = global::arena(self.arena.get() as usize);
-            let p = own.pop(c);
-            if !p.is_null() {
-                return p;
-            }
+        let own = global::arena(self.arena.get() as usize);
+        let p = own.pop(c);
+        if !p.is_null() {
+            return p;
         }
         for &cpu in global::cpus_of_node(self.node()) {
-            let a = global::arena(global::arena_index(cpu as usize));
-            if a.len() > 0 {
-                let p = a.pop(c);
-                if !p.is_null() {
-                    return p;
+            let i = global::arena_index(cpu as usize);
+            if i != self.arena.get() as usize {
+                let a = global::arena(i);
+                if a.len() > 0 {
+                    let p = a.pop(c);
+                    if !p.is_null() {
+                        return p;
+                    }
                 }
             }
+        }
+        let na = global::node_arena(self.node());
+        if na != self.arena.get() as usize {
+            return global::arena(na).pop(c);
         }
         ptr::null_mut()
     }
@@ -571,8 +800,7 @@ impl Heap {
     fn adopt(&self, c: usize, page: *mut Page) {
         // SAFETY: the page came from an arena or the domain: nobody else owns it.
         unsafe {
-            (*page).heap.store(self as *const Heap as *mut Heap, Ordering::Release);
-            (*page).flags.set(0);
+            (*page).owner.store(self as *const Heap as usize, Ordering::Release);
             (*page).next.set(ptr::null_mut());
             (*page).prev.set(ptr::null_mut());
         }
@@ -580,7 +808,7 @@ impl Heap {
     }
 
     fn queue_push_front(&self, c: usize, page: *mut Page) {
-        let head = self.pages[c].get();
+        let head = self.bins[c].page.get();
         // SAFETY: our pages.
         unsafe {
             (*page).prev.set(ptr::null_mut());
@@ -592,21 +820,7 @@ impl Heap {
                 (*head).prev.set(page);
             }
         }
-        self.pages[c].set(page);
-    }
-
-    fn queue_push_back(&self, c: usize, page: *mut Page) {
-        let tail = self.tails[c].get();
-        if tail.is_null() {
-            return self.queue_push_front(c, page);
-        }
-        // SAFETY: our pages.
-        unsafe {
-            (*page).next.set(ptr::null_mut());
-            (*page).prev.set(tail);
-            (*tail).next.set(page);
-        }
-        self.tails[c].set(page);
+        self.bins[c].page.set(page);
     }
 
     fn queue_remove(&self, c: usize, page: *mut Page) {
@@ -614,7 +828,7 @@ impl Heap {
         unsafe {
             let (p, n) = ((*page).prev.get(), (*page).next.get());
             if p.is_null() {
-                self.pages[c].set(if n.is_null() { empty_page() } else { n });
+                self.bins[c].page.set(if n.is_null() { empty_page() } else { n });
             } else {
                 (*p).next.set(n);
             }
@@ -628,65 +842,6 @@ impl Heap {
         }
     }
 
-    fn full_push(&self, page: *mut Page) {
-        // SAFETY: our page, just removed from its queue.
-        unsafe {
-            (*page).flags.set((*page).flags.get() | IN_FULL);
-            let head = self.full.get();
-            (*page).prev.set(ptr::null_mut());
-            (*page).next.set(head);
-            if !head.is_null() {
-                (*head).prev.set(page);
-            }
-        }
-        self.full.set(page);
-    }
-
-    fn full_remove(&self, page: *mut Page) {
-        // SAFETY: our page in the full list.
-        unsafe {
-            let (p, n) = ((*page).prev.get(), (*page).next.get());
-            if p.is_null() {
-                self.full.set(n);
-            } else {
-                (*p).next.set(n);
-            }
-            if !n.is_null() {
-                (*n).prev.set(p);
-            }
-            (*page).next.set(ptr::null_mut());
-            (*page).prev.set(ptr::null_mut());
-            (*page).flags.set((*page).flags.get() & !IN_FULL);
-        }
-    }
-
-    /// Moves a page of ours from the full list back to the end of its queue.
-    fn unfull_page(&self, page: *mut Page) {
-        // SAFETY: our page.
-        unsafe {
-            if (*page).flags.get() & IN_FULL == 0 {
-                return;
-            }
-            page::clear_full(&*page);
-            self.full_remove(page);
-            let c = (*page).class.get() as usize;
-            self.queue_push_back(c, page);
-        }
-    }
-
-    /// Called by a remote freer: page (ours, full) has a free block now.
-    pub(crate) fn notify_unfull(&self, page: &Page) {
-        let page = page as *const Page as *mut Page;
-        // SAFETY: the notifier has exclusive use of `next_unfull` while NOTIFYING.
-        unsafe { remote::unfull_push(&self.unfull, page) };
-    }
-
-    /// Handles all notifications: pages still in our full list go back to their queues.
-    fn drain_unfull(&self) {
-        // SAFETY: only pages of ours are pushed, and we drain before giving any page away.
-        unsafe { remote::unfull_drain(&self.unfull, |p| self.unfull_page(p)) };
-    }
-
     /// Sends the pending remote-free batch home.
     pub(crate) fn flush_pending(&self) {
         let n = self.pend_count.get();
@@ -695,55 +850,85 @@ impl Heap {
         }
         let page = self.pend_page.get();
         // SAFETY: the batch holds allocated blocks of `page`, chained head..tail.
-        unsafe { page::push_remote(&*page, self.pend_head.get(), self.pend_tail.get()) };
-        HeapCounters::bump(&self.counters.remote_frees, n as u64);
-        HeapCounters::bump(&self.counters.remote_batches, 1);
+        unsafe {
+            let pg = &*page;
+            let d = global::domain(pg.node());
+            d.counters.class_frees[pg.class.get() as usize].fetch_add(n as u64, Ordering::Relaxed);
+            if pg.node() != self.node() {
+                d.counters.remote_node_frees.fetch_add(n as u64, Ordering::Relaxed);
+                d.counters.went_home.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if page::push_remote(pg, self.pend_head.get(), self.pend_tail.get()) {
+                queue_unowned(page);
+            }
+        }
+        bump(&self.counters.remote_frees, n as u64);
+        bump(&self.counters.remote_batches, 1);
         self.pend_page.set(empty_page());
         self.pend_head.set(ptr::null_mut());
         self.pend_tail.set(ptr::null_mut());
         self.pend_count.set(0);
     }
 
-    /// Gives every page back: empty ones to their domain, the others to their home arena.
+    /// Gives every page back: empty ones to their arenas' caches or domains, the others to their
+    /// home arenas.
     pub(crate) fn abandon_all(&self) {
         self.flush_pending();
-        // 1. No more notifications: take full pages out of the FULL state.
-        let mut p = self.full.get();
-        while !p.is_null() {
-            // SAFETY: our full pages.
-            unsafe {
-                page::clear_full(&*p);
-                p = (*p).next.get();
-            }
-        }
-        // 2. Discard pending notifications (all pages are handled below).
-        self.unfull.store(ptr::null_mut(), Ordering::Relaxed);
-        // 3. Release: pages in use to their arenas, unused ones to their domains in one batch
-        // (one lock round instead of one per page: threads exit in bursts).
+        // Pages in use to their arenas, unused ones to their domains in one batch (one lock
+        // round instead of one per page: threads exit in bursts).
         let mut unused = ptr::null_mut();
-        let mut p = self.full.get();
-        while !p.is_null() {
-            // SAFETY: our page.
-            let next = unsafe { (*p).next.get() };
-            release_page(p, &mut unused);
-            p = next;
-        }
-        self.full.set(ptr::null_mut());
         for c in 0..CLASSES {
-            let mut p = self.pages[c].get();
+            let mut p = self.bins[c].page.get();
             while p != empty_page() && !p.is_null() {
                 // SAFETY: our page.
                 let next = unsafe { (*p).next.get() };
                 release_page(p, &mut unused);
                 p = next;
             }
-            self.pages[c].set(empty_page());
+            self.bins[c].page.set(empty_page());
             self.tails[c].set(ptr::null_mut());
         }
         // SAFETY: unowned, unused span heads linked through `next`, ours to give back.
         unsafe { global::free_span_list(unused) };
     }
+}
 
+/// Hands out a block of `page` if it has one: from its free list, after collecting frees, or
+/// carved (or, placed spans, the next untouched block). Returns the block and whether it reads
+/// as zero.
+///
+/// # Safety
+/// The caller owns `page`.
+unsafe fn take_block(page: &Page) -> Option<(*mut Block, bool)> {
+    // SAFETY: the caller owns the page.
+    unsafe {
+        if !page.free.get().is_null() || page::collect(page) {
+            return Some((page::pop(page), false));
+        }
+        if is_placed(page.class.get() as usize) {
+            let (b, zero) = page::bump(page);
+            return (!b.is_null()).then_some((b, zero));
+        }
+        if page::extend(page) {
+            return Some((page::pop(page), false));
+        }
+    }
+    None
+}
+
+/// Bookkeeping for a placed block taken out of a home pool.
+///
+/// # Safety
+/// `b` is a block of a live span that was in a pool.
+unsafe fn pool_taken(b: *mut Block, c: usize) {
+    if let Some((_, page)) = segment::lookup(b as *const u8) {
+        // SAFETY: the block's live span.
+        unsafe {
+            let pg = &*page;
+            pg.clear_pooled(pg.block_index(b as usize));
+            global::domain(pg.node()).counters.class_allocs[c].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The node a large or huge allocation of the calling thread should come from (creating the
@@ -769,29 +954,109 @@ pub(crate) fn alloc_node() -> Option<usize> {
     if h.is_null() { None } else { Some(unsafe { (*h).node() }) }
 }
 
-/// Allocates a large block (one span of whole pages) from node `node`'s domain.
+/// Allocates a large block (one span of whole pages) from node `node`'s domain: a span freed on
+/// this node whose pages are here (home pool), one parked in the CPU's arena, or a fresh one.
 pub(crate) fn alloc_large(node: usize, size: usize, zero: bool) -> *mut u8 {
     let n = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
     let d = global::domain(node);
-    let page = d.alloc_span(n, PageKind::Large, 0);
-    if page.is_null() {
-        return ptr::null_mut();
+    let placement = if global::policy_covers(size) {
+        SpanPlacement::Policy
+    } else if global::numa_enabled() {
+        SpanPlacement::FirstTouch
+    } else {
+        SpanPlacement::Bound
+    };
+    let h = tls::heap();
+    // SAFETY: a real heap is this thread's; sentinels are only read.
+    let arena = unsafe { (*h).arena.get() };
+    let mut page = if placement == SpanPlacement::FirstTouch { d.pool.take_large(n) } else { ptr::null_mut() };
+    let pooled = !page.is_null();
+    if page.is_null() && !tls::is_sentinel(h) && global::arena_node(arena as usize) == node {
+        page = global::arena(arena as usize).take_empty(n, placement);
+        if !page.is_null() {
+            // SAFETY: an unused span of this node, ours now.
+            unsafe {
+                crate::domain::init_span(page, n, PageKind::Large);
+                (*page).is_zero.set(false);
+            }
+        }
     }
-    // SAFETY: fresh span, ours until returned.
+    if page.is_null() {
+        let arena = if tls::is_sentinel(h) || global::arena_node(arena as usize) != node { global::node_arena(node) as u32 } else { arena };
+        page = d.alloc_span(n, PageKind::Large, arena, placement);
+        if page.is_null() && global::release_free_memory() {
+            page = d.alloc_span(n, PageKind::Large, arena, placement);
+        }
+        if page.is_null() {
+            return ptr::null_mut();
+        }
+    }
+    // SAFETY: a span of ours until freed.
     unsafe {
         let pg = &*page;
         pg.block_size.set((n << PAGE_SHIFT) as u32);
+        pg.start.set(pg.span_start() as usize);
         pg.reserved.set(1);
         pg.capacity.set(1);
         pg.set_used(1);
-        d.counters.large_blocks.fetch_add(1, Ordering::Relaxed);
-        d.counters.large_bytes.fetch_add((n << PAGE_SHIFT) as u64, Ordering::Relaxed);
-        let p = pg.start();
+        pg.flags.set(0);
+        if !pooled {
+            pg.homes[0].store(0, Ordering::Relaxed); // (a pooled span keeps its home: its pages')
+        }
+        let c = &global::domain(pg.node()).counters;
+        c.large_blocks.fetch_add(1, Ordering::Relaxed);
+        c.large_bytes.fetch_add((n << PAGE_SHIFT) as u64, Ordering::Relaxed);
+        c.large_allocs.fetch_add(1, Ordering::Relaxed);
+        let p = pg.span_start();
         if zero && !pg.is_zero.get() {
             ptr::write_bytes(p, 0, size);
         }
         p
     }
+}
+
+/// Frees a large block: back to its arena's empty cache or its domain, or, when its pages turned
+/// out to be on another node (first touch), to that node's home pool.
+///
+/// # Safety
+/// `page` is the head of a large span; `p` its start, passed to free by the program.
+unsafe fn free_large(h: *mut Heap, page: *mut Page, p: *mut u8) {
+    // SAFETY: a live large span head.
+    let pg = unsafe { &*page };
+    if pg.used.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        os::fatal(format_args!("free(): double free of {:p}", p));
+    }
+    let span_node = pg.node();
+    let c = &global::domain(span_node).counters;
+    c.large_blocks.fetch_sub(1, Ordering::Relaxed);
+    c.large_bytes.fetch_sub(pg.span_bytes() as u64, Ordering::Relaxed);
+    c.large_frees.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: `h` is this thread's heap or a sentinel.
+    let freer = if tls::is_sentinel(h) { usize::MAX } else { unsafe { (*h).node() } };
+    if freer != span_node {
+        c.remote_node_frees.fetch_add(1, Ordering::Relaxed);
+    }
+    if pg.placement() == SpanPlacement::FirstTouch && global::numa_enabled() {
+        match placement::home_of(p, pg.span_bytes()) {
+            Home::On(n) if n != span_node && n < global::domain_slots() && global::domain(n).node == n => {
+                let dest = global::domain(n);
+                dest.counters.went_home.fetch_add(1, Ordering::Relaxed);
+                pg.set_home(0, n);
+                // SAFETY: the program freed it; its pages are on `n`.
+                unsafe { dest.pool.put_large(page) };
+                return;
+            }
+            Home::Mixed(_) => {
+                // Pages on several nodes: purge, so the next user's first touch places them.
+                // SAFETY: the freed span's memory, ours.
+                unsafe { os::purge(p, pg.span_bytes(), os::PurgeMode::DontNeed) };
+                c.purged_bytes.fetch_add(pg.span_bytes() as u64, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: unused and unowned now.
+    unsafe { give_back_span(page) };
 }
 
 /// Expensive invariant checks (`--features debug-invariants`): every test runs with them too.
@@ -808,21 +1073,11 @@ mod check {
                 return;
             }
             let pg = &*page;
-            let off = p as usize - pg.start() as usize;
-            let bs = pg.block_size.get() as usize;
-            if off % bs != 0 || off / bs >= pg.capacity.get() as usize {
-                util::fatal(format_args!("free(): invalid pointer {:p} (not a block start; debug-invariants build)", p));
+            if !pg.is_block(p as usize) || pg.block_index(p as usize) >= pg.capacity.get() as usize {
+                os::fatal(format_args!("free(): invalid pointer {:p} (not a block start: never handed out; debug-invariants build)", p));
             }
-            if pg.heap.load(Ordering::Relaxed) == tls::heap() {
-                for list in [pg.free.get(), pg.local_free.get()] {
-                    let mut b = list;
-                    while !b.is_null() {
-                        if b as *mut u8 == p {
-                            util::fatal(format_args!("free(): double free of {:p} (debug-invariants build)", p));
-                        }
-                        b = page::next_of(b);
-                    }
-                }
+            if pg.owner.load(Ordering::Relaxed) == tls::heap() as usize && page::in_free_lists(pg, p.cast()) {
+                os::fatal(format_args!("free(): double free of {:p} (debug-invariants build)", p));
             }
         }
     }
@@ -849,16 +1104,19 @@ fn release_page(page: *mut Page, unused: &mut *mut Page) {
 ///
 /// # Safety
 /// Called by libc with the value stored for the exiting thread.
-pub(crate) unsafe extern "C" fn thread_done(arg: *mut libc::c_void) {
+pub(crate) unsafe extern "C" fn thread_done(arg: *mut core::ffi::c_void) {
     let h = arg as *mut Heap;
     if h.is_null() || tls::is_sentinel(h) {
         return;
     }
-    // Hardened build: the thread's quarantine is really freed while its heap still counts them.
+    // Quarantine build: the thread's quarantine is really freed while its heap still counts them.
     #[cfg(feature = "quarantine")]
     crate::quarantine::flush();
     // SAFETY: the exiting thread's own heap.
-    unsafe { (*h).abandon_all() };
+    unsafe {
+        (*h).abandon_all();
+        (*h).fold_counts();
+    }
     tls::set_heap(dead_heap());
     global::heap_release(h);
 }

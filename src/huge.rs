@@ -3,21 +3,27 @@
 //! They are never touched by the allocator beyond their header, so the kernel's first touch
 //! places every page where the program first writes it (a `calloc`'d array filled in parallel
 //! lands on each worker's node). Blocks of 2 MiB and more start on a 2 MiB boundary, so a
-//! transparent huge page never straddles two workers' parts. Freed blocks are kept in a small
-//! per-node cache for reuse; on a multi-node machine a cached block is purged (`MADV_DONTNEED`)
-//! before reuse so its pages are placed again by first touch and read as zero. `realloc` grows
-//! them with `mremap`, moving pages instead of copying.
+//! transparent huge page never straddles two workers' parts. `realloc` grows them with
+//! `mremap`, moving pages instead of copying.
+//!
+//! Freed blocks wait in a small per-node cache for reuse. A block's home is where its pages are:
+//! on a multi-node machine a freed block is asked about (`placement::home_of`, one system call)
+//! and cached on the node its pages are on, so the next block of that size on that node reuses
+//! it without a page fault; a block whose pages are on several nodes (a `calloc`'d array touched
+//! in parallel) is purged before reuse so first touch places it again. Node-targeted blocks and
+//! blocks under a placement policy carry their binding and are never reused for other requests.
 
 use core::ptr;
 use core::sync::atomic::Ordering;
 
-use crate::domain::{apply_policy, Domain};
+use crate::contention::LockKind;
+use crate::domain::Domain;
 use crate::global;
+use crate::lock::Lock;
 use crate::options::{self, Policy};
 use crate::os::{self, Os, Sys, OS_PAGE};
-use crate::segment::{segmap_set, Segment, PAGE_SIZE, SEGMENT_SIZE, SEG_HUGE, THP_SIZE};
-use crate::spin::SpinLock;
-use crate::util;
+use crate::placement::{self, Home};
+use crate::segment::{init_header, segmap_set, Segment, SpanPlacement, PAGE_SIZE, SEGMENT_SIZE, SEG_HUGE, THP_SIZE};
 
 pub use crate::segment::LARGE_MAX;
 
@@ -28,17 +34,16 @@ const CACHE_SLOTS: usize = 8;
 /// system call and its TLB shootdown would cost more than they give back).
 const LEND_MIN: usize = 2 << 20;
 
-/// Checked mode: a `PROT_NONE` guard page right after each huge block (counted in its mapping)
+/// Hardened builds: a `PROT_NONE` guard page right after each huge block (counted in its mapping)
 /// and one right before it (in the unused room between header and data), so linear overflows
-/// fault. Freed blocks skip the cache (they wait inaccessible, then are unmapped: see
-/// `quarantine.rs`) and `realloc` always moves them, so mappings never change size. 0 otherwise.
-const GUARD: usize = if cfg!(feature = "quarantine") { OS_PAGE } else { 0 };
+/// fault; `realloc` always moves such blocks (their mappings never change size). 0 otherwise.
+const GUARD: usize = if cfg!(feature = "hardened") { OS_PAGE } else { 0 };
 // The page before the data must not hold any of the header.
 static_assertions::const_assert!(core::mem::size_of::<Segment>() + GUARD <= PAGE_SIZE);
 
 /// Freed huge blocks kept for reuse (per node).
 pub(crate) struct HugeCache {
-    slots: SpinLock<CacheSlots>,
+    slots: Lock<CacheSlots>,
 }
 
 struct CacheSlots {
@@ -50,6 +55,10 @@ struct CacheSlots {
 unsafe impl Send for CacheSlots {}
 
 impl HugeCache {
+    pub(crate) fn init(&mut self) {
+        self.slots = Lock::new(LockKind::Other, CacheSlots { seg: [ptr::null_mut(); CACHE_SLOTS], freed_at: [0; CACHE_SLOTS], bytes: 0 });
+    }
+
     fn take(&self, size: usize, align: usize) -> *mut Segment {
         let mut g = self.slots.lock();
         let mut best = usize::MAX;
@@ -91,7 +100,6 @@ impl HugeCache {
     /// Offers a freed block; returns false if the cache does not want it. Entries older than
     /// `max_age_ms` are released on the way, so a program that keeps freeing huge blocks does
     /// not hold idle ones past the purge delay.
-    #[cfg_attr(feature = "quarantine", allow(dead_code))] // quarantine build caches nothing
     fn put(&self, seg: *mut Segment, limit: usize, max_age_ms: u64) -> bool {
         // SAFETY: header is live.
         let size = unsafe { capacity(&*seg) };
@@ -148,6 +156,9 @@ impl HugeCache {
         let mut out = [ptr::null_mut::<Segment>(); CACHE_SLOTS];
         {
             let mut g = self.slots.lock();
+            if g.bytes == 0 {
+                return;
+            }
             let now = Sys::now_ms();
             for (i, o) in out.iter_mut().enumerate() {
                 if !g.seg[i].is_null() && now.saturating_sub(g.freed_at[i]) >= max_age_ms {
@@ -167,17 +178,17 @@ impl HugeCache {
     }
 
     /// Takes the cache's lock and keeps it (fork prepare handler).
-    pub(crate) fn lock_for_fork(&self) {
-        core::mem::forget(self.slots.lock());
+    pub(crate) fn fork_acquire(&self) {
+        self.slots.fork_acquire();
     }
 
-    /// Releases the lock taken by [`Self::lock_for_fork`] (fork parent and child handlers).
+    /// Releases what [`Self::fork_acquire`] took (fork parent and child handlers).
     ///
     /// # Safety
-    /// The lock was taken by `lock_for_fork` in this thread (or its image in a fork child).
-    pub(crate) unsafe fn unlock_after_fork(&self) {
+    /// After `fork_acquire` in this thread (or its image in a fork child).
+    pub(crate) unsafe fn fork_release(&self) {
         // SAFETY: as stated.
-        unsafe { self.slots.force_unlock() }
+        unsafe { self.slots.fork_release() }
     }
 
     /// Bytes held.
@@ -187,45 +198,67 @@ impl HugeCache {
 }
 
 /// Allocates a huge block of `size` bytes aligned to `align` from domain `d`. `placed` says the
-/// block must be bound to `d`'s node (node-targeted allocation) rather than placed by first touch.
-pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: bool) -> *mut u8 {
-    // Under a placement policy a mapping carries its policy (per size threshold): no reuse
-    // across requests, so each block gets exactly the placement its request calls for.
-    if !placed && matches!(global::policy().0, Policy::Local) {
+/// block must be bound to `d`'s node (node-targeted allocation) rather than placed by first
+/// touch; `policy` that the process's placement policy applies to it.
+pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: bool, policy: bool) -> *mut u8 {
+    if !placed && !policy {
         let Some(data_size) = size.checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
             return ptr::null_mut();
         };
-        let mut seg = d.huge_cache.take(data_size, align);
-        // Bytes of the block that may hold old data (a grown block's tail is fresh).
-        // SAFETY: a cached header of ours.
-        let dirty = if seg.is_null() { 0 } else { unsafe { capacity(&*seg) }.min(size) };
+        let seg = d.huge_cache.take(data_size, align);
         if !seg.is_null() {
             // SAFETY: taken from the cache: ours.
-            seg = unsafe { fit_cached(d, seg, data_size) };
-        }
-        if !seg.is_null() {
-            // SAFETY: a cached header of ours.
-            unsafe {
-                let s = &*seg;
-                let p = s.huge_data.get();
-                let mut is_zero = false;
-                if global::numa_enabled() {
-                    // Placed again by first touch (all of it: a later `realloc` may grow into
-                    // the spare capacity), and zero.
-                    is_zero = Sys::purge(p, capacity(s), os::PurgeMode::DontNeed);
-                }
-                if zero && !is_zero {
-                    ptr::write_bytes(p, 0, dirty);
-                }
-                s.freed.store(0, Ordering::Release);
-                d.counters.huge_blocks.fetch_add(1, Ordering::Relaxed);
-                d.counters.huge_bytes.fetch_add(s.huge_size.get() as u64, Ordering::Relaxed);
-                d.counters.huge_total.fetch_add(1, Ordering::Relaxed);
+            let p = unsafe { reuse(d, seg, size, data_size, zero) };
+            if !p.is_null() {
                 return p;
             }
+        } else {
+            d.counters.huge_cache_misses.fetch_add(1, Ordering::Relaxed);
         }
     }
-    alloc_uncached(d, size, align, placed)
+    let p = alloc_uncached(d, size, align, placed, policy);
+    if p.is_null() && global::release_free_memory() {
+        return alloc_uncached(d, size, align, placed, policy);
+    }
+    p
+}
+
+/// Hands out a block taken from the cache, fitted to `data_size`: its pages stay where they are
+/// (on `d`'s node) unless they were on several nodes, then they are purged first.
+///
+/// # Safety
+/// `seg` was just taken from `d`'s cache: nobody else holds it.
+unsafe fn reuse(d: &Domain, seg: *mut Segment, size: usize, data_size: usize, zero: bool) -> *mut u8 {
+    // Bytes of the block that may hold old data (a grown block's tail is fresh).
+    // SAFETY: a cached header of ours.
+    let dirty = unsafe { capacity(&*seg) }.min(size);
+    // SAFETY: ours.
+    let seg = unsafe { fit_cached(d, seg, data_size) };
+    if seg.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: a cached header of ours.
+    unsafe {
+        let s = &*seg;
+        let p = s.huge_data.get();
+        let mut is_zero = false;
+        if s.huge_mixed.get() {
+            // Pages on several nodes: placed again by first touch (all of it: a later `realloc`
+            // may grow into the spare capacity), and zero.
+            is_zero = os::purge(p, capacity(s), os::PurgeMode::DontNeed);
+            s.huge_mixed.set(false);
+        }
+        if zero && !is_zero {
+            ptr::write_bytes(p, 0, dirty);
+        }
+        s.freed.store(0, Ordering::Release);
+        d.counters.huge_blocks.fetch_add(1, Ordering::Relaxed);
+        d.counters.huge_bytes.fetch_add(s.huge_size.get() as u64, Ordering::Relaxed);
+        d.counters.huge_total.fetch_add(1, Ordering::Relaxed);
+        d.counters.huge_cache_hits.fetch_add(1, Ordering::Relaxed);
+        d.counters.note_in_use();
+        p
+    }
 }
 
 /// Fits a block taken from the cache to `data_size` bytes: lends the tail back lazily when it is
@@ -244,8 +277,8 @@ unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Se
     let resized = |s: &Segment| {
         s.map_size.set(off + data_size);
         s.huge_size.set(data_size);
-        d.counters.mapped_bytes.fetch_add((off + data_size) as u64, Ordering::Relaxed);
-        d.counters.mapped_bytes.fetch_sub(old_map as u64, Ordering::Relaxed);
+        d.counters.mapped((off + data_size) as u64);
+        d.counters.unmapped(old_map as u64);
     };
     if hs >= data_size {
         // A block more than a quarter too big keeps its mapping as spare capacity (a later
@@ -256,7 +289,7 @@ unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Se
         if hs - data_size > (data_size / 4).max(LEND_MIN) && !global::numa_enabled() {
             // SAFETY: the tail of our own block; nobody uses it (its contents are undefined to
             // the program, which has not written it yet).
-            unsafe { Sys::purge(s.huge_data.get().add(data_size), hs - data_size, os::PurgeMode::Free) };
+            unsafe { os::purge(s.huge_data.get().add(data_size), hs - data_size, os::PurgeMode::Free) };
         }
         return seg;
     }
@@ -312,7 +345,7 @@ unsafe fn move_block(seg: *mut Segment, map_size: usize) -> *mut Segment {
 }
 
 /// A fresh mapping for a huge block (see [`alloc`]); `placed` binds it to `d`'s node.
-fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u8 {
+fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool, policy: bool) -> *mut u8 {
     // At least one page, so that even a zero-size request with a huge alignment points into its
     // own mapping (and finds its own header), never at the next one.
     let Some(data_size) = size.max(1).checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
@@ -330,7 +363,7 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u
         let hdr = p - SEGMENT_SIZE;
         if hdr > m as usize {
             // SAFETY: the unused prefix of our own mapping.
-            unsafe { Sys::unmap(m, hdr - m as usize) };
+            unsafe { os::unmap(m, hdr - m as usize) };
         }
         (hdr as *mut u8, p as *mut u8, SEGMENT_SIZE + data_size + GUARD)
     } else {
@@ -344,61 +377,60 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool) -> *mut u
         // SAFETY: off < total.
         (m, unsafe { m.add(off) }, total)
     };
-    #[cfg(feature = "quarantine")]
-    // SAFETY: the page after the data is the mapping's last (GUARD); the page before it lies
-    // between the header (at most PAGE_SIZE - GUARD bytes, asserted above) and the data.
-    unsafe {
-        Sys::protect_none(p.add(data_size), GUARD);
-        Sys::protect_none(p.sub(GUARD), GUARD);
+    if GUARD != 0 {
+        // SAFETY: the page after the data is the mapping's last (GUARD); the page before it lies
+        // between the header (at most PAGE_SIZE - GUARD bytes, asserted above) and the data.
+        unsafe {
+            Sys::protect(p.add(data_size), GUARD, false);
+            Sys::protect(p.sub(GUARD), GUARD, false);
+        }
     }
-    let (policy, min) = global::policy();
-    let policy_applies = size >= min && !matches!(policy, Policy::Local);
-    if placed {
+    let (pol, _) = global::policy();
+    let placement = if placed {
         // Node-targeted: bound to the node per range, or first-touched from it (the BSDs).
-        place_range(p, data_size, os::Placement::Preferred(d.node));
-    } else if policy_applies {
-        apply_policy(p, data_size, d.node, true);
-        if !opts.thp && matches!(policy, Policy::Interleave(_)) {
+        placement::place_range(p, data_size, os::Placement::Preferred(d.node));
+        SpanPlacement::Bound
+    } else if policy {
+        placement::apply_policy(p, data_size, d.node, true);
+        if !opts.thp && matches!(pol, Policy::Interleave(_)) {
             // Page by page, also where the system's THP setting is `always`.
             // SAFETY: our fresh mapping.
             unsafe { Sys::set_huge_pages(p, data_size, false) };
         }
-    }
+        SpanPlacement::Policy
+    } else {
+        SpanPlacement::FirstTouch
+    };
     if opts.thp && data_size >= THP_SIZE {
         // SAFETY: our mapping; the header region stays on small pages.
-        unsafe {
-            Sys::set_huge_pages(p, data_size & !(THP_SIZE - 1), true);
-        }
+        unsafe { Sys::set_huge_pages(p, data_size & !(THP_SIZE - 1), true) };
     }
     let seg = hdr as *mut Segment;
-    // SAFETY: fresh zeroed mapping; header fields initialised here.
+    // SAFETY: fresh zeroed mapping; header fields initialised here, then published.
     unsafe {
-        let s = &mut *seg;
-        s.kind = SEG_HUGE;
-        s.node = d.node as u32;
-        s.map_start.set(hdr);
-        s.map_size.set(map_size);
+        let s = &*seg;
         s.huge_data.set(p);
         s.huge_size.set(map_size - GUARD - (p as usize - hdr as usize));
         s.huge_align.set(align);
+        init_header(seg, SEG_HUGE, placement as u8, d.node, hdr, map_size);
     }
-    segmap_set(seg, true);
     d.counters.huge_blocks.fetch_add(1, Ordering::Relaxed);
     // SAFETY: header initialised.
     d.counters.huge_bytes.fetch_add(unsafe { (*seg).huge_size.get() } as u64, Ordering::Relaxed);
     d.counters.huge_total.fetch_add(1, Ordering::Relaxed);
-    d.counters.mapped_bytes.fetch_add(map_size as u64, Ordering::Relaxed);
+    d.counters.mapped(map_size as u64);
+    d.counters.note_in_use();
     p
 }
 
 /// Allocates a block with its own mapping whose pages are interleaved over `nodes`.
 pub(crate) fn alloc_placed(d: &Domain, size: usize, align: usize, nodes: &crate::os::NodeMask) -> *mut u8 {
     // A private mapping: bypass the cache (cached blocks carry another placement).
-    let p = alloc_uncached(d, size, align, false);
+    let p = alloc_uncached(d, size, align, false, true);
     if let Some((seg, _)) = crate::segment::lookup(p) {
         // SAFETY: the header of the block we just mapped.
         let len = unsafe { (*seg).huge_size.get() };
-        place_range(p, len, os::Placement::Interleave(nodes));
+        placement::place_range(p, len, os::Placement::Interleave(nodes));
         if !options::get().thp {
             // Page by page, also where the system's THP setting is `always`.
             // SAFETY: our fresh mapping.
@@ -406,52 +438,6 @@ pub(crate) fn alloc_placed(d: &Domain, size: usize, align: usize, nodes: &crate:
         }
     }
     p
-}
-
-/// Applies `placement` to an untouched range: per range where the OS can (Linux `mbind`), else
-/// by first-touching each page while the thread's placement points at the page's node (the
-/// BSDs). Returns whether the placement could be applied.
-pub(crate) fn place_range(p: *mut u8, len: usize, placement: os::Placement<'_>) -> bool {
-    // SAFETY: the caller passes an untouched range of its own mapping.
-    if unsafe { Sys::place(p, len, placement) } {
-        return true;
-    }
-    let granule = Sys::PLACEMENT_GRANULE.max(OS_PAGE);
-    let pages = len.div_ceil(granule);
-    let node_for = |i: usize| -> Option<usize> {
-        match placement {
-            os::Placement::Local => None,
-            os::Placement::Preferred(n) => Some(n),
-            os::Placement::Bind(m) => m.nth_cyclic(0),
-            os::Placement::Interleave(m) => m.nth_cyclic(i),
-        }
-    };
-    let mut i = 0;
-    while i < pages {
-        let Some(node) = node_for(i) else { return true };
-        // Run of pages for the same node.
-        let mut j = i + 1;
-        while j < pages && node_for(j) == Some(node) {
-            j += 1;
-        }
-        let (from, to) = (i, j);
-        let ok = Sys::with_thread_placement(node, &mut || {
-            for k in from..to {
-                // Touch every OS page of the granule (each needs its first fault here).
-                let mut off = k * granule;
-                while off < ((k + 1) * granule).min(len) {
-                    // SAFETY: inside the caller's untouched range; writing zero keeps it zero.
-                    unsafe { ptr::write_volatile(p.add(off), 0) };
-                    off += OS_PAGE;
-                }
-            }
-        });
-        if !ok {
-            return false;
-        }
-        i = j;
-    }
-    true
 }
 
 /// How long (ms) a freed huge block may wait in the cache: 5 times the purge delay (half a
@@ -471,10 +457,10 @@ pub(crate) unsafe fn check_live(seg: *mut Segment, p: *const u8, what: &str) {
     // SAFETY: live header.
     let s = unsafe { &*seg };
     if s.freed.load(Ordering::Acquire) != 0 {
-        util::fatal(format_args!("{}(): double free or use after free of {:p}", what, p));
+        os::fatal(format_args!("{}(): double free or use after free of {:p}", what, p));
     }
     if !core::ptr::eq(s.huge_data.get(), p) {
-        util::fatal(format_args!("{}(): invalid pointer {:p} (inside a huge block at {:p})", what, p, s.huge_data.get()));
+        os::fatal(format_args!("{}(): invalid pointer {:p} (inside a huge block at {:p})", what, p, s.huge_data.get()));
     }
 }
 
@@ -483,31 +469,84 @@ pub(crate) unsafe fn check_live(seg: *mut Segment, p: *const u8, what: &str) {
 /// # Safety
 /// `seg` is a live huge header and `p` a pointer the program passed to free.
 pub(crate) unsafe fn free(seg: *mut Segment, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe {
+        mark_freed(seg, p);
+        cache_or_release(seg);
+    }
+}
+
+/// The checks and bookkeeping of a huge block's `free`: aborts on an interior pointer or a
+/// second free; afterwards the block is the caller's to cache or release.
+///
+/// # Safety
+/// `seg` is a live huge header and `p` a pointer the program passed to free.
+pub(crate) unsafe fn mark_freed(seg: *mut Segment, p: *mut u8) {
     // SAFETY: live header.
     let s = unsafe { &*seg };
     if s.huge_data.get() != p {
-        util::fatal(format_args!("free(): invalid pointer {:p} (inside a huge block at {:p})", p, s.huge_data.get()));
+        os::fatal(format_args!("free(): invalid pointer {:p} (inside a huge block at {:p})", p, s.huge_data.get()));
     }
     if s.freed.swap(1, Ordering::AcqRel) != 0 {
-        util::fatal(format_args!("free(): double free of {:p}", p));
+        os::fatal(format_args!("free(): double free of {:p}", p));
     }
-    let d = global::domain(s.node as usize);
+    let d = global::domain(s.node());
     d.counters.huge_blocks.fetch_sub(1, Ordering::Relaxed);
     d.counters.huge_bytes.fetch_sub(s.huge_size.get() as u64, Ordering::Relaxed);
-    #[cfg(feature = "quarantine")]
-    // SAFETY: freed, ours: quarantine build keeps it inaccessible for a while, then unmaps it.
-    unsafe {
-        crate::quarantine::huge_freed(seg)
-    };
-    #[cfg(not(feature = "quarantine"))]
-    {
-        let (limit, age) = (options::get().huge_cache, cache_age_ms());
-        let local = matches!(global::policy().0, Policy::Local);
-        if limit == 0 || !local || !d.huge_cache.put(seg, limit, age) {
-            // SAFETY: freed, ours.
-            unsafe { release(seg) };
-        }
+    d.counters.huge_frees.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Puts a freed block in the cache of the node its pages are on, or unmaps it.
+///
+/// # Safety
+/// `seg` is a huge block of ours that [`mark_freed`] marked, in no cache.
+unsafe fn cache_or_release(seg: *mut Segment) {
+    // SAFETY: live header.
+    let s = unsafe { &*seg };
+    let limit = options::get().huge_cache;
+    let first_touch = s.placement == SpanPlacement::FirstTouch as u8;
+    if limit == 0 || !first_touch || GUARD != 0 {
+        // SAFETY: freed, ours.
+        unsafe { release(seg) };
+        return;
     }
+    let home = if global::numa_enabled() {
+        // SAFETY: our freed block.
+        unsafe { rehome(seg) }
+    } else {
+        global::domain(s.node())
+    };
+    if !home.huge_cache.put(seg, limit, cache_age_ms()) {
+        // SAFETY: freed, ours.
+        unsafe { release(seg) };
+        return;
+    }
+    global::purge_wanted();
+}
+
+/// Asks where a freed block's pages are and moves it to that node's domain (its home).
+///
+/// # Safety
+/// `seg` is a freed huge block of ours, in no cache.
+unsafe fn rehome(seg: *mut Segment) -> &'static Domain {
+    // SAFETY: live header.
+    let s = unsafe { &*seg };
+    let old = s.node();
+    let (node, mixed) = match placement::home_of(s.huge_data.get(), s.huge_size.get()) {
+        Home::On(n) => (n, false),
+        Home::Mixed(n) => (n, true),
+        Home::Untouched | Home::Unknown => (old, false),
+    };
+    s.huge_mixed.set(mixed);
+    let node = if node < global::domain_slots() { global::domain(node).node } else { old };
+    if node != old {
+        let (from, to) = (global::domain(old), global::domain(node));
+        from.counters.unmapped(s.map_size.get() as u64);
+        to.counters.mapped(s.map_size.get() as u64);
+        to.counters.went_home.fetch_add(1, Ordering::Relaxed);
+        s.node.store(node as u32, Ordering::Relaxed);
+    }
+    global::domain(node)
 }
 
 /// Unmaps a huge block's mapping.
@@ -516,11 +555,11 @@ pub(crate) unsafe fn free(seg: *mut Segment, p: *mut u8) {
 /// Nobody uses the block; it is in no cache.
 pub(crate) unsafe fn release(seg: *mut Segment) {
     // SAFETY: live header until the unmap.
-    let (start, size, node) = unsafe { ((*seg).map_start.get(), (*seg).map_size.get(), (*seg).node) };
+    let (start, size, node) = unsafe { ((*seg).map_start.get(), (*seg).map_size.get(), (*seg).node()) };
     segmap_set(seg, false);
-    global::domain(node as usize).counters.mapped_bytes.fetch_sub(size as u64, Ordering::Relaxed);
+    global::domain(node).counters.unmapped(size as u64);
     // SAFETY: our mapping.
-    unsafe { Sys::unmap(start, size) };
+    unsafe { os::unmap(start, size) };
 }
 
 /// Resizes a huge block in place or by moving its pages. Returns the (possibly moved) block, or
@@ -532,14 +571,14 @@ pub(crate) unsafe fn realloc(seg: *mut Segment, p: *mut u8, new_size: usize) -> 
     // SAFETY: live header.
     let s = unsafe { &*seg };
     if GUARD != 0 {
-        return ptr::null_mut(); // quarantine build: mappings keep their size (and guard pages)
+        return ptr::null_mut(); // hardened: mappings keep their size (and guard pages)
     }
     let Some(new_data) = new_size.checked_add(OS_PAGE - 1).map(|x| x & !(OS_PAGE - 1)) else {
         return ptr::null_mut();
     };
     let old_data = s.huge_size.get();
     let off = p as usize - s.map_start.get() as usize;
-    let d = global::domain(s.node as usize);
+    let d = global::domain(s.node());
     if new_data <= old_data {
         if new_data >= old_data / 2 || new_size <= LARGE_MAX {
             return if new_size > LARGE_MAX { p } else { ptr::null_mut() };
@@ -586,8 +625,9 @@ fn adjust(d: &Domain, s: &Segment, map_size: usize, data: usize) {
     let old_data = s.huge_size.get();
     s.map_size.set(map_size);
     s.huge_size.set(data);
-    d.counters.mapped_bytes.fetch_add(map_size as u64, Ordering::Relaxed);
-    d.counters.mapped_bytes.fetch_sub(old_map as u64, Ordering::Relaxed);
+    d.counters.mapped(map_size as u64);
+    d.counters.unmapped(old_map as u64);
     d.counters.huge_bytes.fetch_add(data as u64, Ordering::Relaxed);
     d.counters.huge_bytes.fetch_sub(old_data as u64, Ordering::Relaxed);
+    d.counters.note_in_use();
 }

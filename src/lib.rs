@@ -35,25 +35,32 @@
 mod alloc;
 mod arena;
 pub mod c;
-#[cfg(feature = "quarantine")]
-mod quarantine;
+mod contention;
 mod domain;
 mod global;
 mod heap;
+mod home_pool;
 mod huge;
+mod lock;
 mod node;
 pub mod options;
 mod os;
 mod page;
+mod placement;
+#[cfg(feature = "quarantine")]
+mod quarantine;
 mod remote;
 mod segment;
 pub mod size_class;
-mod spin;
 mod sync;
 pub mod stats;
 mod tls;
 pub mod topology;
 mod util;
+
+/// The `allocator_api2` crate the node-aware allocators implement (`Node`, `Interleaved`), so
+/// `domalloc::allocator_api2::vec::Vec::new_in(node)` works without naming it as a dependency.
+pub use allocator_api2;
 
 use core::alloc::{GlobalAlloc, Layout};
 
@@ -141,7 +148,7 @@ pub fn numa_enabled() -> bool {
 /// Returns memory that is free but not yet given back to the OS. With `force`, also memory
 /// whose purge delay has not passed, and cached huge blocks.
 pub fn collect(force: bool) {
-    // Checked mode: blocks waiting in the calling thread's quarantine are really freed first.
+    // Quarantine build: blocks waiting in the calling thread's quarantine are really freed first.
     #[cfg(feature = "quarantine")]
     {
         quarantine::flush();

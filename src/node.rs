@@ -1,12 +1,13 @@
 //! Node-targeted allocation: put a block, a `Vec` or a hash map on a chosen NUMA node, or spread
 //! its pages over several nodes.
 //!
-//! ```no_run
-//! use allocator_api2::vec::Vec;
-//! let node = domalloc::Node::new(1).expect("node 1 has memory");
+//! ```
+//! use domalloc::allocator_api2::vec::Vec;
+//! // The node the calling thread runs on: exists on every machine, one node or many.
+//! let node = domalloc::Node::new(domalloc::current_node()).expect("the current node has memory");
 //! let mut v: Vec<u64, _> = Vec::new_in(node);
-//! v.extend(0..1_000_000);
-//! assert_eq!(domalloc::node_of(v.as_ptr().cast()), Some(1));
+//! v.extend(0..100_000);
+//! assert_eq!(domalloc::node_of(v.as_ptr().cast()), Some(node.id()));
 //! ```
 //!
 //! Small blocks for a node come from that node's shared heap (under a lock: node-targeted
@@ -45,8 +46,7 @@ pub fn alloc_on_node(layout: Layout, node: usize) -> *mut u8 {
     }
     match class_for(size, align) {
         Some(c) => {
-            let d = global::domain(node);
-            let mut slot = d.node_heap.lock();
+            let mut slot = global::node_heap(node).lock();
             if slot.0.is_null() {
                 let h = global::heap_acquire();
                 if h.is_null() {
@@ -64,7 +64,7 @@ pub fn alloc_on_node(layout: Layout, node: usize) -> *mut u8 {
                 unsafe { &*slot.0 }
             };
             // SAFETY: the node heap is used only under its lock.
-            unsafe { h.alloc_refill(c) }
+            unsafe { h.alloc_refill(c).0 }
         }
         None => crate::alloc::alloc_big_on(node, size, align, false, true),
     }
@@ -83,6 +83,11 @@ pub fn alloc_interleaved(layout: Layout, nodes: Option<&NodeMask>) -> *mut u8 {
     };
     if mask.is_empty() || mask.iter().any(|n| !topo.has_memory(n)) {
         return ptr::null_mut();
+    }
+    if layout.size() == 0 {
+        // No page to spread: a minimal block of the calling thread's node.
+        // SAFETY: Layout alignment is a power of two.
+        return unsafe { crate::alloc::alloc(0, layout.align()) };
     }
     let Some(node) = crate::heap::alloc_node() else { return ptr::null_mut() };
     crate::huge::alloc_placed(global::domain(node), layout.size(), layout.align().max(OS_PAGE), &mask)
@@ -112,11 +117,10 @@ unsafe impl Allocator for Node {
         let p = alloc_on_node(layout.align_to(1).unwrap_or(layout), self.id);
         slice(p, layout.size())
     }
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() != 0 {
-            // SAFETY: the caller passes a block this handle returned.
-            unsafe { free(ptr.as_ptr()) }
-        }
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
+        // Every block `allocate` returned is a real block, zero-sized ones included.
+        // SAFETY: the caller passes a block this handle returned.
+        unsafe { free(ptr.as_ptr()) }
     }
 }
 
@@ -144,11 +148,10 @@ unsafe impl Allocator for Interleaved {
         let p = alloc_interleaved(layout, self.nodes.as_ref());
         slice(p, layout.size())
     }
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() != 0 {
-            // SAFETY: the caller passes a block this handle returned.
-            unsafe { free(ptr.as_ptr()) }
-        }
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
+        // Every block `allocate` returned is a real block, zero-sized ones included.
+        // SAFETY: the caller passes a block this handle returned.
+        unsafe { free(ptr.as_ptr()) }
     }
 }
 

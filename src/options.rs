@@ -5,8 +5,12 @@
 
 use core::cell::UnsafeCell;
 
-use crate::os::{NodeMask, PurgeMode};
-use crate::util::{getenv, parse_bool, parse_size, parse_u64};
+use crate::os::{self, NodeMask, Os, PurgeMode, Sys};
+use crate::util::{edit_distance, parse_bool, parse_size, parse_u64};
+
+fn getenv(name: &[u8]) -> Option<&'static [u8]> {
+    Sys::environ_find(name)
+}
 
 /// One documented option.
 pub struct OptionDesc {
@@ -26,8 +30,10 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc { name: "DOMALLOC_NUMA", default: "auto", doc: "`auto`: NUMA logic when the machine has more than one node; `0`: act as one node; `1`: force it on." },
     OptionDesc { name: "DOMALLOC_POLICY", default: "local", doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`)." },
     OptionDesc { name: "DOMALLOC_TOPOLOGY_ROOT", default: "/sys", doc: "Read the topology from this directory instead of /sys (for tests with fake sysfs trees)." },
-    OptionDesc { name: "DOMALLOC_STATS", default: "0", doc: "Print per-node and per-size-class statistics to stderr at exit." },
+    OptionDesc { name: "DOMALLOC_STATS", default: "0", doc: "Statistics report at exit: `1` or `text` (aligned tables), `json` (one JSON document); to stderr or `DOMALLOC_STATS_FILE`." },
+    OptionDesc { name: "DOMALLOC_STATS_FILE", default: "none", doc: "Write the report to this file instead: `%p` pid, `%r` MPI rank (Open MPI, MPICH, PMIx, MVAPICH, Slurm), `%h` host name, `%%` a percent sign. Implies the report (text unless `DOMALLOC_STATS=json`)." },
     OptionDesc { name: "DOMALLOC_VERBOSE", default: "0", doc: "Print the options and detected topology to stderr at start-up." },
+    OptionDesc { name: "DOMALLOC_PURGE_THREAD", default: "auto", doc: "Background purge thread, so freed memory goes back to the OS even when the program makes no more allocator calls: `auto` starts it (with every signal blocked) the first time 4 MiB wait to be purged, again in a fork child; `1` at the first wait; `0` never (purges then run inside allocator calls)." },
     OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "128M", doc: "Bytes of freed huge blocks kept per node for reuse (purged before reuse on multi-node machines; released after 5x the purge delay)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_EVERY", default: "0", doc: "Fault injection: make every Nth OS mapping fail (0 = off)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_AFTER", default: "0", doc: "Fault injection: make every OS mapping after the Nth fail (0 = off)." },
@@ -42,6 +48,28 @@ pub enum NumaMode {
     Off,
     /// On even with one node (for testing the NUMA paths).
     On,
+}
+
+/// When the background purge thread starts (see `DOMALLOC_PURGE_THREAD`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PurgeThread {
+    /// When enough memory waits to be purged.
+    Auto,
+    /// At the first purge wait.
+    On,
+    /// Never.
+    Off,
+}
+
+/// The statistics report's form (see `DOMALLOC_STATS`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StatsFormat {
+    /// No report at exit.
+    Off,
+    /// Aligned text tables.
+    Text,
+    /// One JSON document.
+    Json,
 }
 
 /// A placement policy (see `DOMALLOC_POLICY`).
@@ -89,7 +117,11 @@ pub struct Options {
     /// `DOMALLOC_TOPOLOGY_ROOT`.
     pub topology_root: Option<&'static [u8]>,
     /// `DOMALLOC_STATS`.
-    pub stats: bool,
+    pub stats: StatsFormat,
+    /// `DOMALLOC_STATS_FILE` (a path template).
+    pub stats_file: Option<&'static [u8]>,
+    /// `DOMALLOC_PURGE_THREAD`.
+    pub purge_thread: PurgeThread,
     /// `DOMALLOC_VERBOSE`.
     pub verbose: bool,
     /// `DOMALLOC_HUGE_CACHE` bytes per node.
@@ -110,7 +142,9 @@ impl Options {
         policy: Policy::Local,
         policy_min_size: 0,
         topology_root: None,
-        stats: false,
+        stats: StatsFormat::Off,
+        stats_file: None,
+        purge_thread: PurgeThread::Auto,
         verbose: false,
         huge_cache: 128 << 20,
         fail_map_every: 0,
@@ -164,12 +198,30 @@ impl Options {
             }
         }
         o.topology_root = getenv(b"DOMALLOC_TOPOLOGY_ROOT").filter(|v| !v.is_empty());
-        for (name, slot) in [(&b"DOMALLOC_STATS"[..], &mut o.stats), (&b"DOMALLOC_VERBOSE"[..], &mut o.verbose)] {
-            if let Some(v) = getenv(name) {
-                match parse_bool(v) {
-                    Some(b) => *slot = b,
-                    None => bad(if name == b"DOMALLOC_STATS" { "DOMALLOC_STATS" } else { "DOMALLOC_VERBOSE" }, v),
-                }
+        if let Some(v) = getenv(b"DOMALLOC_STATS") {
+            match (v, parse_bool(v)) {
+                (b"text", _) | (_, Some(true)) => o.stats = StatsFormat::Text,
+                (b"json", _) => o.stats = StatsFormat::Json,
+                (_, Some(false)) => o.stats = StatsFormat::Off,
+                _ => bad("DOMALLOC_STATS", v),
+            }
+        }
+        o.stats_file = getenv(b"DOMALLOC_STATS_FILE").filter(|v| !v.is_empty());
+        if o.stats_file.is_some() && o.stats == StatsFormat::Off {
+            o.stats = StatsFormat::Text;
+        }
+        if let Some(v) = getenv(b"DOMALLOC_VERBOSE") {
+            match parse_bool(v) {
+                Some(b) => o.verbose = b,
+                None => bad("DOMALLOC_VERBOSE", v),
+            }
+        }
+        if let Some(v) = getenv(b"DOMALLOC_PURGE_THREAD") {
+            match (v, parse_bool(v)) {
+                (b"auto", _) => o.purge_thread = PurgeThread::Auto,
+                (_, Some(true)) => o.purge_thread = PurgeThread::On,
+                (_, Some(false)) => o.purge_thread = PurgeThread::Off,
+                _ => bad("DOMALLOC_PURGE_THREAD", v),
             }
         }
         if let Some(v) = getenv(b"DOMALLOC_HUGE_CACHE") {
@@ -249,7 +301,7 @@ pub fn get() -> &'static Options {
 pub(crate) fn init() {
     let o = Options::parse(&mut |name, v| {
         let v = &v[..v.len().min(64)];
-        crate::util::eprint(format_args!(
+        os::eprint(format_args!(
             "domalloc: warning: ignoring {}={} (malformed; using the default)\n",
             name,
             core::str::from_utf8(v).unwrap_or("?")
@@ -257,6 +309,50 @@ pub(crate) fn init() {
     });
     // SAFETY: see `Slot`: single writer before publication.
     unsafe { *OPTIONS.0.get() = o };
+    warn_unknown();
+}
+
+/// `DOMALLOC_*` variables read by the launcher, the benchmarks and the test harnesses, not by the
+/// allocator (the README's second table): no warning for them.
+pub const NOT_ALLOCATOR_OPTIONS: &[&str] = &[
+    "DOMALLOC_LIB",
+    "DOMALLOC_SO",
+    "DOMALLOC_NIGHTLY",
+    "DOMALLOC_QEMU_TESTS",
+    "DOMALLOC_QEMU_TIMEOUT",
+    "DOMALLOC_NUMA_GUEST",
+    "DOMALLOC_NUMA_GUEST_SYSTEM",
+    "DOMALLOC_SOAK_SECS",
+];
+
+/// One warning line for each `DOMALLOC_*` variable that is no option, naming the nearest one
+/// (as jemalloc does for an unknown `MALLOC_CONF` key): a misspelt `DOMALLOC_STAT=1` would
+/// otherwise be ignored silently.
+fn warn_unknown() {
+    Sys::environ_each(&mut |entry| {
+        let name = match entry.iter().position(|&c| c == b'=') {
+            Some(i) => &entry[..i],
+            None => entry,
+        };
+        if !name.starts_with(b"DOMALLOC_") || name.len() > 64 {
+            return;
+        }
+        let known = |n: &str| n.as_bytes() == name;
+        if TABLE.iter().any(|o| known(o.name)) || NOT_ALLOCATOR_OPTIONS.iter().any(|n| known(n)) || is_test_variable(name) {
+            return;
+        }
+        let nearest = TABLE.iter().min_by_key(|o| edit_distance(o.name.as_bytes(), name)).map_or("", |o| o.name);
+        os::eprint(format_args!(
+            "domalloc: warning: unknown option {} ignored (did you mean {}?)\n",
+            core::str::from_utf8(name).unwrap_or("?"),
+            nearest
+        ));
+    });
+}
+
+/// The test suite's own variables (a misuse or fault case selected in a child process).
+fn is_test_variable(name: &[u8]) -> bool {
+    name.ends_with(b"_CASE") || name.starts_with(b"DOMALLOC_TEST_")
 }
 
 #[cfg(test)]

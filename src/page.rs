@@ -1,70 +1,340 @@
-//! Operations on a small span ("page") of blocks: carving, collecting frees, and the lock-free
-//! remote-free protocol.
+//! The page descriptor and what happens to the blocks of one span: carving, encoded free-list
+//! links, collecting frees, the remote-free hand-off, and the home node of placed blocks.
 //!
-//! A page with blocks in circulation belongs to exactly one heap (thread) or sits in one arena
-//! list. The owner allocates from `free` and frees into `local_free` without atomics. Any other
-//! thread pushes freed blocks onto `xfree`, a lock-free stack whose two low bits carry a state:
+//! A span with blocks in circulation belongs to exactly one heap (its *owner*), sits in one arena
+//! list, or is *given up* (full, in no list). The owner allocates from `free` and frees into
+//! `local_free` without atomics. Any other thread pushes freed blocks onto `xfree`, a lock-free
+//! stack (`remote.rs`); when an owner finds a page with no free block left it gives it up: it
+//! clears `owner` and moves `xfree` to [`remote::FULL`], and the first remote free afterwards
+//! takes it back out of that state and queues the page in its arena, where a heap of the same
+//! node adopts it. No state ever waits for another thread to finish a step, so a thread that
+//! disappears at any instant (killed, or absent in a fork child) leaves at worst one page
+//! unqueued (leaked), never a spinning free.
 //!
-//! * `NORMAL`: push and go.
-//! * `FULL`: the page is in its owner's full list, where the owner will not look for free
-//!   blocks. The first remote push switches the state to `NOTIFYING`, pushes the page onto the
-//!   owner heap's `unfull` stack, and switches back to `NORMAL`. Pushers that meet `NOTIFYING`
-//!   wait for those few instructions, and so does an owner that abandons the page, so a heap
-//!   never receives a notification for a page it has given up.
+//! **Links are encoded.** Every link stored inside a free block (local lists, remote chains,
+//! pending batches) is `next ^ address of the block ^ key`, with a random per-process key, and is
+//! validated when followed: the decoded pointer must be null or a block start of the same span
+//! (`Page::is_block`: one range compare and one multiply). A heap overflow or a write after free
+//! that changes a link is reported ("corrupted") and the process aborts, instead of handing out
+//! an address the attacker chose. Handing a block out clears its first word, so a freed block is
+//! recognised by a first word that decodes to a valid link: a second `free` of it is reported as
+//! a double free (confirmed against the lists where the freeing thread owns them).
 //!
-//! Remote frees arrive in batches (a chain of blocks for one page, one CAS): see `heap.rs`.
-//!
-//! The lock-free parts (the `xfree` word and the owner's `unfull` stack) live in `remote.rs`,
-//! which `loom-model/` compiles with loom's atomics; this file wraps them for the page
-//! descriptor.
+//! **Placed blocks** (classes of 16 KiB and more, multiples of the OS page) are never written by
+//! the allocator while fresh: a span of them is handed out block by block from an untouched tail
+//! (`bump`), so the first touch of whoever uses a block places its pages. On a multi-node machine
+//! the span's descriptor keeps each block's home (`homes`): unknown until the block is first
+//! freed, when the kernel is asked once where its pages are (`placement.rs`).
 
+use core::cell::Cell;
+use core::mem::size_of;
 use core::ptr;
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 
-use crate::heap::Heap;
-use crate::remote::{self, Link, UnfullLink};
-use crate::segment::{Block, Page, XSTATE_FULL, XSTATE_MASK, XSTATE_NORMAL, XSTATE_NOTIFYING};
+use static_assertions::const_assert;
 
-// `segment.rs` names the states for the page descriptor; `remote.rs` (compiled alone for loom)
-// has its own names for the same values.
-const _: () = assert!(
-    XSTATE_NORMAL == remote::NORMAL
-        && XSTATE_FULL == remote::FULL
-        && XSTATE_NOTIFYING == remote::NOTIFYING
-        && XSTATE_MASK == remote::MASK
-);
+use crate::os;
+use crate::remote::{self, Link};
+use crate::segment::{Segment, SpanPlacement, PAGE_SHIFT, SEGMENT_MASK};
+use crate::size_class::MAX_PLACED_BLOCKS;
 
-/// Reads a free block's link. The plain load, except in quarantine build, where links are stored
-/// encoded (`checked::encode`) and a decoded link outside the block's span is reported.
-///
-/// # Safety
-/// `b` is a free block the caller may read (in a list it owns, or a chain it holds).
-#[inline(always)]
-pub(crate) unsafe fn next_of(b: *mut Block) -> *mut Block {
-    // SAFETY: the caller's contract.
-    let raw = unsafe { (*b).next };
-    #[cfg(feature = "quarantine")]
-    let raw = crate::quarantine::decode(b, raw);
-    raw
+/// A free block: the first word links to the next (encoded).
+#[repr(C)]
+pub struct Block {
+    pub(crate) next: *mut Block,
 }
 
-/// Writes a free block's link (quarantine build: encoded). The plain store otherwise.
+/// What a page descriptor describes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum PageKind {
+    /// Not part of an allocated span (free, or a huge segment's unused descriptor).
+    Free = 0,
+    /// Head or member of a span of small blocks of one class.
+    Small = 1,
+    /// Head or member of a span holding one large block.
+    Large = 2,
+    /// The header page.
+    Meta = 3,
+}
+
+/// Bit of a `homes` entry: the block waits in a home pool.
+const POOLED: u16 = 1 << 15;
+
+/// Page flag: blocks' homes are checked on free (a first-touch span on a multi-node machine).
+/// Any flag sends the owner's frees to the slow path.
+pub const PF_PLACED: u8 = 1;
+
+/// Per-64 KiB-page metadata. For a span, the head descriptor holds the state; the others only
+/// `kind` and `head_off`. Fields marked *owner* are touched only by the thread whose heap owns
+/// the page (or, for a page in no heap, by whoever holds the lock of the list it is in).
+///
+/// Two cache lines: the first holds everything the owner's allocation and free paths touch;
+/// the second the remote-free stack that other threads update (and the slow-path fields), so a
+/// producer/consumer pair does not bounce the owner's line with every batch of remote frees.
+#[repr(C, align(64))]
+pub struct Page {
+    // ---- line 0: the owner's fast path ----
+    /// *owner*: blocks ready to allocate (links encoded).
+    pub(crate) free: Cell<*mut Block>,
+    /// *owner*: blocks freed by the owner, merged into `free` when it runs dry.
+    pub(crate) local_free: Cell<*mut Block>,
+    /// The owning heap's address, or 0 (in an arena, given up, large, or free). Compared by
+    /// `free` on any thread.
+    pub(crate) owner: AtomicUsize,
+    /// *owner*: blocks handed out and not yet collected back (atomic only so stats may read it;
+    /// large spans: 1 while live, taken back with a CAS by the one `free` that wins).
+    pub(crate) used: AtomicU32,
+    /// Block size in bytes (large: the span size).
+    pub(crate) block_size: Cell<u32>,
+    /// Address of the first block.
+    pub(crate) start: Cell<usize>,
+    /// Bytes from `start` in which block starts lie (`reserved * block_size`).
+    pub(crate) limit: Cell<u32>,
+    /// `PF_*` flags.
+    pub(crate) flags: Cell<u8>,
+    /// Size class (small spans).
+    pub(crate) class: Cell<u8>,
+    /// [`PageKind`] as a byte (on every descriptor of a span).
+    pub(crate) kind: Cell<u8>,
+    /// Distance in descriptors from this page to its span's head.
+    pub(crate) head_off: Cell<u8>,
+    /// `u64::MAX / block_size + 1`: divisibility and division by the block size with one
+    /// multiply (Lemire, Kaser, Kurz: "Faster remainder by direct computation", 2019).
+    pub(crate) magic: Cell<u64>,
+    /// *owner*: blocks carved (or handed out fresh) so far; the rest of the span is untouched.
+    pub(crate) capacity: Cell<u32>,
+    /// Blocks the span can hold.
+    pub(crate) reserved: Cell<u32>,
+    // ---- line 1: shared, and the slow paths' ----
+    /// Blocks freed by other threads: a lock-free stack; bit 0 is [`remote::FULL`].
+    pub(crate) xfree: AtomicUsize,
+    /// List links (heap queue, arena list, pool).
+    pub(crate) next: Cell<*mut Page>,
+    pub(crate) prev: Cell<*mut Page>,
+    /// Pages in the span.
+    pub(crate) span_pages: Cell<u32>,
+    /// Home arena for when the page has no owner (an arena of the span's node).
+    pub(crate) arena: Cell<u32>,
+    /// When the span was parked unused in an arena (ms, truncated).
+    pub(crate) parked_ms: Cell<u32>,
+    /// Span memory reads as zero (fresh or purged) and nothing was carved yet.
+    pub(crate) is_zero: Cell<bool>,
+    /// [`SpanPlacement`] of the span's segment, as a byte.
+    pub(crate) placement: Cell<u8>,
+    /// The heap that gave the page up last (it may take it back with [`reclaim`]).
+    pub(crate) last_owner: Cell<usize>,
+    /// Placed spans: per block, 0 = home not known yet, `n + 1` = its pages are on node `n`.
+    pub(crate) homes: [AtomicU16; MAX_PLACED_BLOCKS],
+}
+
+// Descriptors are two cache lines: `pages[i]` is a shift away, and neighbours share no line.
+const_assert!(size_of::<Page>() == 128);
+const_assert!(core::mem::offset_of!(Page, xfree) == 64);
+
+impl Page {
+    /// The descriptor kind.
+    #[inline]
+    pub(crate) fn kind(&self) -> PageKind {
+        match self.kind.get() {
+            1 => PageKind::Small,
+            2 => PageKind::Large,
+            3 => PageKind::Meta,
+            _ => PageKind::Free,
+        }
+    }
+    /// The segment holding this descriptor.
+    #[inline]
+    pub(crate) fn segment(&self) -> *mut Segment {
+        (self as *const Page as usize & !SEGMENT_MASK) as *mut Segment
+    }
+    /// The node whose domain owns the span.
+    #[inline]
+    pub(crate) fn node(&self) -> usize {
+        // SAFETY: a descriptor lives in the header of its live segment.
+        unsafe { (*self.segment()).node() }
+    }
+    /// Index of this descriptor in its segment.
+    #[inline]
+    pub(crate) fn index(&self) -> usize {
+        let seg = self.segment();
+        // SAFETY: descriptors live in the `pages` array of their segment header.
+        let first = unsafe { ptr::addr_of!((*seg).pages) } as usize;
+        (self as *const Page as usize - first) / size_of::<Page>()
+    }
+    /// First byte of the span's memory.
+    #[inline]
+    pub(crate) fn span_start(&self) -> *mut u8 {
+        (self.segment() as usize + (self.index() << PAGE_SHIFT)) as *mut u8
+    }
+    /// Bytes in the span.
+    #[inline]
+    pub(crate) fn span_bytes(&self) -> usize {
+        (self.span_pages.get() as usize) << PAGE_SHIFT
+    }
+    /// Used blocks.
+    #[inline(always)]
+    pub(crate) fn used(&self) -> u32 {
+        self.used.load(Ordering::Relaxed)
+    }
+    /// Sets used blocks (owner).
+    #[inline(always)]
+    pub(crate) fn set_used(&self, v: u32) {
+        self.used.store(v, Ordering::Relaxed)
+    }
+    /// The span's placement.
+    #[inline]
+    pub(crate) fn placement(&self) -> SpanPlacement {
+        match self.placement.get() {
+            1 => SpanPlacement::FirstTouch,
+            2 => SpanPlacement::Policy,
+            _ => SpanPlacement::Bound,
+        }
+    }
+
+    /// Whether `a` is the start of a block of this span (any block of its grid, carved or not).
+    #[inline(always)]
+    pub(crate) fn is_block(&self, a: usize) -> bool {
+        let off = a.wrapping_sub(self.start.get()) as u64;
+        off < self.limit.get() as u64 && off.wrapping_mul(self.magic.get()) < self.magic.get()
+    }
+
+    /// The index of the block that starts at `a` (a block start of this span).
+    #[inline]
+    pub(crate) fn block_index(&self, a: usize) -> usize {
+        let off = (a - self.start.get()) as u64;
+        ((off as u128 * self.magic.get() as u128) >> 64) as usize
+    }
+
+    /// Address of block `i`.
+    #[inline]
+    pub(crate) fn block_at(&self, i: usize) -> *mut Block {
+        (self.start.get() + i * self.block_size.get() as usize) as *mut Block
+    }
+
+    /// The recorded home of placed block `i` (`None`: not known yet).
+    #[inline]
+    pub(crate) fn home(&self, i: usize) -> Option<usize> {
+        match self.homes.get(i).map_or(0, |h| h.load(Ordering::Relaxed) & !POOLED) {
+            0 => None,
+            h => Some(h as usize - 1),
+        }
+    }
+
+    /// Records the home of placed block `i`.
+    #[inline]
+    pub(crate) fn set_home(&self, i: usize, node: usize) {
+        if let Some(h) = self.homes.get(i) {
+            h.store((node as u16 & !POOLED).wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Marks placed block `i` as waiting in a home pool; false if it already was (a double free).
+    #[inline]
+    pub(crate) fn mark_pooled(&self, i: usize) -> bool {
+        self.homes.get(i).map_or(true, |h| h.fetch_or(POOLED, Ordering::AcqRel) & POOLED == 0)
+    }
+
+    /// Placed block `i` left its pool.
+    #[inline]
+    pub(crate) fn clear_pooled(&self, i: usize) {
+        if let Some(h) = self.homes.get(i) {
+            h.fetch_and(!POOLED, Ordering::AcqRel);
+        }
+    }
+
+    /// Sets up the head descriptor of a fresh span for small blocks of `block_size` bytes
+    /// (class `class`), `reserved` of them; `flags` as the span's placement needs.
+    ///
+    /// # Safety
+    /// The caller owns the span (just taken from a domain or an arena, unused).
+    pub(crate) unsafe fn init_small(&self, class: usize, block_size: usize, reserved: usize, flags: u8) {
+        self.class.set(class as u8);
+        self.block_size.set(block_size as u32);
+        self.start.set(self.span_start() as usize);
+        self.limit.set((reserved * block_size) as u32);
+        self.magic.set(u64::MAX / block_size as u64 + 1);
+        self.reserved.set(reserved as u32);
+        self.capacity.set(0);
+        self.free.set(ptr::null_mut());
+        self.local_free.set(ptr::null_mut());
+        self.set_used(0);
+        self.flags.set(flags);
+        self.xfree.store(0, Ordering::Relaxed);
+        for h in &self.homes {
+            h.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+// ---- links ----
+
+/// The per-process key mixed into every stored link (odd: never 0).
+static LINK_KEY: AtomicUsize = AtomicUsize::new(0x9e37_79b9_7f4a_7c15);
+
+/// Sets the link key. Called once during initialisation, before any block exists.
+pub(crate) fn set_link_key(k: u64) {
+    LINK_KEY.store(k as usize | 1, Ordering::Relaxed);
+}
+
+/// The link key.
+#[inline(always)]
+pub(crate) fn link_key() -> usize {
+    LINK_KEY.load(Ordering::Relaxed)
+}
+
+/// Reads free block `b`'s link, aborting if it does not decode to null or a block of `page`.
 ///
 /// # Safety
-/// `b` is a block the caller may write (freed, or in a list it owns); `next` is null or a
-/// block of the same span.
+/// `b` is a free block of `page` the caller may read (in a list it owns, or a chain it holds).
+#[inline(always)]
+pub(crate) unsafe fn next_of(page: &Page, b: *mut Block) -> *mut Block {
+    // SAFETY: the caller's contract.
+    let v = unsafe { (*b).next } as usize ^ b as usize ^ link_key();
+    if v != 0 && !page.is_block(v) {
+        corrupted(b, v);
+    }
+    v as *mut Block
+}
+
+/// Writes free block `b`'s link to `next` (null or a block of the same span), encoded.
+///
+/// # Safety
+/// `b` is a block the caller may write (being freed, or in a list it owns).
 #[inline(always)]
 pub(crate) unsafe fn set_next(b: *mut Block, next: *mut Block) {
-    #[cfg(feature = "quarantine")]
-    let next = crate::quarantine::encode(b, next);
     // SAFETY: the caller's contract.
-    unsafe { (*b).next = next }
+    unsafe { (*b).next = (next as usize ^ b as usize ^ link_key()) as *mut Block }
+}
+
+/// Whether block `b`'s first word is a valid encoded link: the mark every freed block carries
+/// (handing a block out clears it). A live block has it only if the program stored exactly
+/// such a value there (a chance of about `blocks / 2^64`).
+///
+/// # Safety
+/// `b` is a block start of `page`.
+#[inline(always)]
+pub(crate) unsafe fn looks_freed(page: &Page, b: *mut Block) -> bool {
+    // SAFETY: the caller's contract: a mapped block of at least 8 bytes.
+    let v = unsafe { (*b).next } as usize ^ b as usize ^ link_key();
+    v == 0 || page.is_block(v)
+}
+
+#[cold]
+#[inline(never)]
+fn corrupted(b: *mut Block, v: usize) -> ! {
+    os::fatal(format_args!(
+        "malloc(): corrupted free list at {:p}: its link decodes to {:#x}, not a block of its span (heap overflow, write after free or double free)",
+        b, v
+    ))
 }
 
 impl Link for Block {
+    type Span = Page;
     #[inline(always)]
-    unsafe fn next(this: *mut Block) -> *mut Block {
-        // SAFETY: a valid block the caller may read (the trait's contract).
-        unsafe { next_of(this) }
+    unsafe fn next(span: &Page, this: *mut Block) -> *mut Block {
+        // SAFETY: a valid block of `span` the caller may read (the trait's contract).
+        unsafe { next_of(span, this) }
     }
     #[inline(always)]
     unsafe fn set_next(this: *mut Block, next: *mut Block) {
@@ -73,28 +343,33 @@ impl Link for Block {
     }
 }
 
-impl UnfullLink for Page {
-    #[inline(always)]
-    unsafe fn next_unfull(this: *mut Page) -> *mut Page {
-        // SAFETY: a valid page (the trait's contract); the link is a `Cell`.
-        unsafe { (*this).next_unfull.get() }
-    }
-    #[inline(always)]
-    unsafe fn set_next_unfull(this: *mut Page, next: *mut Page) {
-        // SAFETY: a valid page whose link the caller may write (the trait's contract).
-        unsafe { (*this).next_unfull.set(next) }
-    }
-}
+// ---- the owner's operations ----
 
 /// Bytes carved per extension: one OS page's worth (at least one block), so memory is touched
-/// gradually and by the allocating thread (first touch).
+/// gradually and by the allocating thread.
 const EXTEND_BYTES: usize = 4096;
 
-/// Carves up to `EXTEND_BYTES` more blocks of the untouched span tail into `free`.
-/// Returns false if the span is fully carved.
+/// Pops the first block of `free` (which must be non-empty), clears its mark and counts it.
 ///
 /// # Safety
-/// The caller owns `page`, which is a small span; `free` is empty.
+/// The caller owns `page`; `free` is non-empty.
+#[inline(always)]
+pub(crate) unsafe fn pop(page: &Page) -> *mut Block {
+    let b = page.free.get();
+    // SAFETY: a block of our list.
+    unsafe {
+        page.free.set(next_of(page, b));
+        (*b).next = ptr::null_mut();
+    }
+    page.set_used(page.used() + 1);
+    b
+}
+
+/// Carves up to `EXTEND_BYTES` more blocks of the untouched span tail into `free` (small spans
+/// that are not placed: the carving thread touches them). Returns false if fully carved.
+///
+/// # Safety
+/// The caller owns `page`, a small span; `free` is empty.
 pub(crate) unsafe fn extend(page: &Page) -> bool {
     let cap = page.capacity.get();
     let reserved = page.reserved.get();
@@ -103,7 +378,7 @@ pub(crate) unsafe fn extend(page: &Page) -> bool {
     }
     let bs = page.block_size.get() as usize;
     let n = ((EXTEND_BYTES / bs).max(1) as u32).min(reserved - cap) as usize;
-    let first = (page.start() as usize + cap as usize * bs) as *mut Block;
+    let first = page.block_at(cap as usize);
     // SAFETY: blocks cap..cap+n lie inside the span, which is mapped and owned by the caller.
     unsafe {
         let mut b = first;
@@ -116,7 +391,32 @@ pub(crate) unsafe fn extend(page: &Page) -> bool {
     }
     page.free.set(first);
     page.capacity.set(cap + n as u32);
+    page.is_zero.set(false);
     true
+}
+
+/// Hands out the next untouched block of a placed span without writing it (its pages are placed
+/// by the first touch of its user), or null when the span is fully handed out. Returns whether
+/// it reads as zero too.
+///
+/// # Safety
+/// The caller owns `page`, a small span of a placed class.
+pub(crate) unsafe fn bump(page: &Page) -> (*mut Block, bool) {
+    let cap = page.capacity.get();
+    if cap >= page.reserved.get() {
+        return (ptr::null_mut(), false);
+    }
+    page.capacity.set(cap + 1);
+    page.set_used(page.used() + 1);
+    let b = page.block_at(cap as usize);
+    let zero = page.is_zero.get();
+    if !zero {
+        // A reused span may hold an old encoded link here, which would make the live block look
+        // freed. Its pages are resident already: writing them places nothing.
+        // SAFETY: the block is ours, mapped.
+        unsafe { (*b).next = ptr::null_mut() };
+    }
+    (b, zero)
 }
 
 /// Moves the owner's own frees and all remote frees into `free`. Returns whether `free` now has
@@ -125,15 +425,13 @@ pub(crate) unsafe fn extend(page: &Page) -> bool {
 /// # Safety
 /// The caller owns `page`.
 pub(crate) unsafe fn collect(page: &Page) -> bool {
-    // Local frees first: no atomics.
     let local = page.local_free.get();
     if !local.is_null() {
         if page.free.get().is_null() {
             page.free.set(local);
         } else {
-            // SAFETY: lists are well formed; append `local` at the tail of `free` is O(n), so
-            // prepend instead by walking `local` (it is usually the shorter one).
-            unsafe { append(local, page.free.get()) };
+            // SAFETY: owned lists; prepend `local` (usually the shorter one) by walking it.
+            unsafe { append(page, local, page.free.get()) };
             page.free.set(local);
         }
         page.local_free.set(ptr::null_mut());
@@ -143,19 +441,20 @@ pub(crate) unsafe fn collect(page: &Page) -> bool {
     !page.free.get().is_null()
 }
 
-/// Takes every remotely freed block (keeping the state bits) and adds them to `free`,
-/// decrementing `used` by their number.
+/// Takes every remotely freed block and adds them to `free`, decrementing `used` by their number.
 ///
 /// # Safety
-/// The caller owns `page`.
+/// The caller owns `page` (or holds the lock of the list an unowned page is in).
 pub(crate) unsafe fn collect_remote(page: &Page) {
     let head = remote::take::<Block>(&page.xfree);
     if head.is_null() {
         return;
     }
     // SAFETY: the chain was published with Release by the pushers and taken with Acquire; we
-    // own it now.
-    let (tail, n) = unsafe { remote::chain_end(head) };
+    // own it now. Longer than the span's blocks means a cycle: corrupted (double free).
+    let Some((tail, n)) = (unsafe { remote::chain_end(page, head, page.reserved.get()) }) else {
+        os::fatal(format_args!("free(): double free or corrupted remote-free list in the span at {:p}", page.span_start()))
+    };
     // SAFETY: as above.
     unsafe { set_next(tail, page.free.get()) };
     page.free.set(head);
@@ -165,48 +464,85 @@ pub(crate) unsafe fn collect_remote(page: &Page) {
 /// Links list `a` in front of `b` (walks `a`).
 ///
 /// # Safety
-/// Both lists are well formed and owned by the caller; `a` is non-null.
-unsafe fn append(a: *mut Block, b: *mut Block) {
+/// Both lists are well formed blocks of `page` owned by the caller; `a` is non-null.
+unsafe fn append(page: &Page, a: *mut Block, b: *mut Block) {
     let mut t = a;
-    // SAFETY: well-formed list.
+    let mut n = 0u32;
+    // SAFETY: well-formed list (bounded: a cycle would be a double free).
     unsafe {
-        while !next_of(t).is_null() {
-            t = next_of(t);
+        loop {
+            let next = next_of(page, t);
+            if next.is_null() {
+                break;
+            }
+            t = next;
+            n += 1;
+            if n > page.reserved.get() {
+                os::fatal(format_args!("free(): double free detected in the span at {:p} (a free list loops)", page.span_start()));
+            }
         }
         set_next(t, b);
     }
 }
 
-/// Pushes the chain `head..=tail` (linked through `next`) onto `page`'s remote list, notifying
-/// the owner if the page was in its full list.
+/// Whether `b` is in one of the owner's lists of `page` (double-free confirmation).
+///
+/// # Safety
+/// The caller owns `page`; `b` is a block start of it.
+pub(crate) unsafe fn in_free_lists(page: &Page, b: *mut Block) -> bool {
+    for head in [page.free.get(), page.local_free.get()] {
+        let mut x = head;
+        let mut n = 0u32;
+        while !x.is_null() && n <= page.reserved.get() {
+            if x == b {
+                return true;
+            }
+            // SAFETY: owned list.
+            x = unsafe { next_of(page, x) };
+            n += 1;
+        }
+    }
+    false
+}
+
+/// Pushes the chain `head..=tail` (linked through `next`) onto `page`'s remote list. Returns
+/// true if the page had been given up: the caller must queue it (in its arena).
 ///
 /// # Safety
 /// The blocks belong to `page`, are allocated (not in any list), and the chain is well formed.
-pub(crate) unsafe fn push_remote(page: &Page, head: *mut Block, tail: *mut Block) {
-    // Runs while the page is NOTIFYING, when the owner cannot abandon it.
-    let notify = |heap: *mut Heap| {
-        if !heap.is_null() {
-            // SAFETY: heaps are never unmapped and the owner waits for us (see module doc).
-            unsafe { (*heap).notify_unfull(page) };
-        }
-    };
+pub(crate) unsafe fn push_remote(page: &Page, head: *mut Block, tail: *mut Block) -> bool {
     // SAFETY: the caller's contract is `remote::push`'s.
-    unsafe { remote::push(&page.xfree, &page.heap, head, tail, notify) }
+    unsafe { remote::push(&page.xfree, head, tail) }
 }
 
-/// Owner: tries to move the page's remote state to `FULL`. Fails (returns false) if remote frees
-/// arrived meanwhile; the caller should collect them instead.
-pub(crate) fn try_mark_full(page: &Page) -> bool {
-    remote::try_mark_full(&page.xfree)
+/// Owner: gives a page with no free block up (`owner` cleared, `xfree` FULL). Fails (returns
+/// false, keeping the page owned by `me`) if remote frees arrived meanwhile: collect them.
+pub(crate) fn give_up(page: &Page, me: usize) -> bool {
+    page.last_owner.set(me);
+    page.owner.store(0, Ordering::Release);
+    if remote::try_give_up(&page.xfree) {
+        true
+    } else {
+        page.owner.store(me, Ordering::Relaxed);
+        false
+    }
 }
 
-/// Owner: leaves the `FULL` state (waiting out a notifier), keeping queued blocks.
-pub(crate) fn clear_full(page: &Page) {
-    remote::clear_full(&page.xfree)
+/// The heap `me` that gave `page` up frees into it: takes it back (it is ours again, in no list)
+/// if no remote free queued it meanwhile.
+///
+/// # Safety
+/// `me` is the calling thread's heap and `page` a live small span head.
+pub(crate) unsafe fn reclaim(page: &Page, me: usize) -> bool {
+    if page.last_owner.get() != me || page.owner.load(Ordering::Relaxed) != 0 || !remote::try_reclaim(&page.xfree) {
+        return false;
+    }
+    page.owner.store(me, Ordering::Relaxed);
+    true
 }
 
-/// Owner: gives up ownership so that the page can go to an arena: merges the local list and
-/// clears `heap`. The page must not be `FULL` (call [`clear_full`] first).
+/// Owner: gives up ownership so that the page can go to an arena or its domain: merges the
+/// local list and clears `owner`.
 ///
 /// # Safety
 /// The caller owns `page`.
@@ -215,19 +551,19 @@ pub(crate) unsafe fn disown(page: &Page) {
     if !local.is_null() {
         if !page.free.get().is_null() {
             // SAFETY: owned lists.
-            unsafe { append(local, page.free.get()) };
+            unsafe { append(page, local, page.free.get()) };
         }
         page.free.set(local);
         page.local_free.set(ptr::null_mut());
     }
-    page.flags.set(0);
-    remote::release_owner(&page.heap);
+    page.owner.store(0, Ordering::Release);
 }
 
-/// Whether the page (owned) has no block in use, counting uncollected remote frees.
+/// Whether the page (owned, or unowned under its list's lock) has no block in use, counting
+/// uncollected remote frees.
 ///
 /// # Safety
-/// The caller owns `page`.
+/// As [`collect_remote`].
 pub(crate) unsafe fn is_unused(page: &Page) -> bool {
     // SAFETY: forwarded.
     unsafe { collect_remote(page) };

@@ -16,10 +16,8 @@
 //! * **Guard pages** (`huge.rs`): a `PROT_NONE` page right after and right before every huge
 //!   block, so linear overflows and underflows fault; `realloc` always moves huge blocks (their
 //!   mappings never change size).
-//! * **Encoded free lists** (`page.rs`): a free block's link is stored XOR the per-process key
-//!   and the block's own address; a decoded link that is not null, 8-byte aligned and inside
-//!   the block's own span (a write after free or a double free that reached a free list) is
-//!   reported instead of followed.
+//! * Everything the default and `hardened` builds check (encoded, validated free-list links;
+//!   double and interior frees; guard pages around huge blocks) applies too.
 //! * **Freed huge blocks** skip the per-thread quarantine and the huge cache: their pages are
 //!   dropped and made `PROT_NONE` at once (any later access faults; a second `free` or a
 //!   `realloc` sees the header's `freed` flag), and the mapping waits in a small process-wide
@@ -27,12 +25,11 @@
 
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::heap;
-use crate::os::{Os, PurgeMode, Sys};
-use crate::segment::{self, Block, PageKind, Segment, SEGMENT_SHIFT, SEG_HUGE};
-use crate::util;
+use crate::os::{self, Os, PurgeMode, Sys};
+use crate::segment::{self, PageKind, Segment, SEG_HUGE};
 
 /// Blocks a thread's quarantine holds at most.
 pub(crate) const SLOTS: usize = 256;
@@ -94,8 +91,7 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The per-process random key: 8 bytes of `/dev/urandom` mixed with address-space layout
-/// randomisation and the clock (those alone where the device cannot be read). No allocation.
+/// The per-process random key (from the kernel, mixed with address-space and clock entropy).
 #[inline]
 pub(crate) fn key() -> u64 {
     let k = KEY.load(Ordering::Relaxed);
@@ -108,23 +104,7 @@ pub(crate) fn key() -> u64 {
 #[cold]
 #[inline(never)]
 fn init_key() -> u64 {
-    let mut r: u64 = 0;
-    // SAFETY: plain POSIX calls on a NUL-terminated path and an 8-byte local buffer.
-    unsafe {
-        let fd = libc::open(b"/dev/urandom\0".as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if fd >= 0 {
-            let _ = libc::read(fd, (&mut r as *mut u64).cast(), 8);
-            libc::close(fd);
-        }
-    }
-    let stack = 0u8;
-    let mut k = mix(r)
-        ^ mix(&stack as *const u8 as u64)
-        ^ mix((init_key as *const () as u64).rotate_left(17))
-        ^ mix(Sys::now_ms().rotate_left(40));
-    if k == 0 {
-        k = 0x5bd1_e995_c2b2_ae35;
-    }
+    let k = mix(Sys::random_u64()) | 1;
     match KEY.compare_exchange(0, k, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => k,
         Err(old) => old,
@@ -150,23 +130,22 @@ fn classify(p: *mut u8, what: &str) -> Option<usize> {
         let pg = &*page;
         match pg.kind() {
             PageKind::Small => {
-                let off = p as usize - pg.start() as usize;
                 let bs = pg.block_size.get() as usize;
                 // `capacity` is the owner's: other threads check the block grid only.
-                let owner = pg.heap.load(Ordering::Relaxed) == crate::tls::heap();
-                if off % bs != 0 || (owner && off / bs >= pg.capacity.get() as usize) {
-                    util::fatal(format_args!("{}(): invalid pointer {:p} (not a block start; debug-invariants build)", what, p));
+                let owner = pg.owner.load(Ordering::Relaxed) == crate::tls::heap() as usize;
+                if !pg.is_block(p as usize) || (owner && pg.block_index(p as usize) >= pg.capacity.get() as usize) {
+                    os::fatal(format_args!("{}(): invalid pointer {:p} (not a block start; debug-invariants build)", what, p));
                 }
                 Some(bs)
             }
             PageKind::Large => {
-                if pg.start() != p {
-                    util::fatal(format_args!("{}(): invalid pointer {:p} (inside a large block)", what, p));
+                if pg.span_start() != p {
+                    os::fatal(format_args!("{}(): invalid pointer {:p} (inside a large block)", what, p));
                 }
                 Some(pg.block_size.get() as usize)
             }
-            PageKind::Free => util::fatal(format_args!("{}(): double free or invalid pointer {:p}", what, p)),
-            PageKind::Meta => util::fatal(format_args!("{}(): invalid pointer {:p} (allocator metadata)", what, p)),
+            PageKind::Free => os::fatal(format_args!("{}(): double free or invalid pointer {:p}", what, p)),
+            PageKind::Meta => os::fatal(format_args!("{}(): invalid pointer {:p} (allocator metadata)", what, p)),
         }
     }
 }
@@ -176,7 +155,7 @@ pub(crate) fn check_live(p: *mut u8, what: &str) {
     if classify(p, what).is_some() {
         // SAFETY: `p` is the start of a small or large block: mapped, at least 8 bytes.
         if unsafe { ptr::read(p as *const u64) } == tag(p) {
-            util::fatal(format_args!(
+            os::fatal(format_args!(
                 "{}(): double free or use after free of {:p} (invalid pointer: the block was freed and waits in quarantine; quarantine build)",
                 what, p
             ));
@@ -191,7 +170,18 @@ pub(crate) fn check_live(p: *mut u8, what: &str) {
 /// `p` is non-null; anything the program passes to `free` is checked where possible.
 pub(crate) unsafe fn free(p: *mut u8) {
     let Some(bs) = classify(p, "free") else {
-        // Huge or foreign: the normal path checks and reports.
+        if let Some((seg, _)) = segment::lookup(p) {
+            // SAFETY: a live header found by lookup.
+            if unsafe { (*seg).kind } == SEG_HUGE {
+                // SAFETY: the checks of `free`, then kept inaccessible for a while.
+                unsafe {
+                    crate::huge::mark_freed(seg, p);
+                    huge_freed(seg);
+                }
+                return;
+            }
+        }
+        // Foreign: the normal path reports it.
         // SAFETY: forwarded.
         return unsafe { heap::free(p) };
     };
@@ -200,7 +190,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
     unsafe {
         let w = p as *mut u64;
         if ptr::read(w) == tag(p) {
-            util::fatal(format_args!(
+            os::fatal(format_args!(
                 "free(): double free of {:p} (debug-invariants build: the block waits in the quarantine build's quarantine)",
                 p
             ));
@@ -281,7 +271,7 @@ unsafe fn verify(p: *mut u8, bs: usize) {
 
 #[cold]
 fn report(block: *mut u8, at: *mut u8) -> ! {
-    util::fatal(format_args!(
+    os::fatal(format_args!(
         "write after free to {:p} (offset {} in the freed block {:p}; quarantine build)",
         at,
         at as usize - block as usize,
@@ -304,28 +294,25 @@ pub(crate) fn flush() {
 /// pthread key whose destructor flushes an exiting thread's quarantine (0 = none yet, else
 /// key + 1).
 static EXIT_KEY: AtomicU64 = AtomicU64::new(0);
-/// Key creation in progress.
-static EXIT_KEY_BUSY: AtomicU32 = AtomicU32::new(0);
+/// Serialises the key's creation.
+static EXIT_KEY_LOCK: crate::lock::Lock<()> = crate::lock::Lock::new(crate::contention::LockKind::Other, ());
 
 /// Arranges for the calling thread's quarantine to be flushed when it exits.
 #[cold]
 fn register_exit() {
     let mut k = EXIT_KEY.load(Ordering::Acquire);
     if k == 0 {
-        while EXIT_KEY_BUSY.swap(1, Ordering::Acquire) != 0 {
-            Sys::yield_now();
-        }
+        let _g = EXIT_KEY_LOCK.lock();
         k = EXIT_KEY.load(Ordering::Acquire);
         if k == 0 {
             if let Some(key) = Sys::thread_key_create(thread_exit) {
-                k = key as u64 + 1;
+                k = key.0 + 1;
                 EXIT_KEY.store(k, Ordering::Release);
             }
         }
-        EXIT_KEY_BUSY.store(0, Ordering::Release);
     }
     if k != 0 {
-        Sys::thread_key_set((k - 1) as libc::pthread_key_t, 1 as *mut libc::c_void);
+        Sys::thread_key_set(os::ThreadKey(k - 1), 1 as *mut core::ffi::c_void);
     }
 }
 
@@ -333,7 +320,7 @@ fn register_exit() {
 ///
 /// # Safety
 /// Called by libc at thread exit.
-unsafe extern "C" fn thread_exit(_arg: *mut libc::c_void) {
+unsafe extern "C" fn thread_exit(_arg: *mut core::ffi::c_void) {
     flush();
     let _ = Q.try_with(|q| {
         // SAFETY: this thread's quarantine, not borrowed elsewhere.
@@ -346,12 +333,12 @@ unsafe extern "C" fn thread_exit(_arg: *mut libc::c_void) {
 ///
 /// # Safety
 /// `seg` is the live header of a freed huge block, in no cache, owned by the caller.
-pub(crate) unsafe fn huge_freed(seg: *mut Segment) {
+unsafe fn huge_freed(seg: *mut Segment) {
     // SAFETY: the caller's block: its data range is ours and nothing uses it.
     unsafe {
         let (p, n) = ((*seg).huge_data.get(), (*seg).huge_size.get());
-        Sys::purge(p, n, PurgeMode::DontNeed);
-        Sys::protect_none(p, n);
+        os::purge(p, n, PurgeMode::DontNeed);
+        Sys::protect(p, n, false);
     }
     let i = HUGE_NEXT.fetch_add(1, Ordering::Relaxed) % HUGE_SLOTS;
     let old = HUGE_Q[i].swap(seg, Ordering::AcqRel);
@@ -370,40 +357,4 @@ pub(crate) fn flush_huge() {
             unsafe { crate::huge::release(s) };
         }
     }
-}
-
-/// Encodes a free-list link stored in block `b`.
-#[inline(always)]
-pub(crate) fn encode(b: *mut Block, next: *mut Block) -> *mut Block {
-    (next as usize ^ b as usize ^ key() as usize) as *mut Block
-}
-
-/// Decodes the link stored in block `b`, aborting if it does not lead to null or to a block of
-/// `b`'s own span.
-#[inline(always)]
-pub(crate) fn decode(b: *mut Block, raw: *mut Block) -> *mut Block {
-    let next = raw as usize ^ b as usize ^ key() as usize;
-    if next != 0 {
-        let bad = next & 7 != 0
-            || (next ^ b as usize) >> SEGMENT_SHIFT != 0
-            // SAFETY: `b` is a block of a live segment (the callers' contract) and `next` lies
-            // in the same segment (checked just before).
-            || unsafe {
-                let seg = segment::segment_of(b as *const u8);
-                segment::page_of(seg, next as *const u8) != segment::page_of(seg, b as *const u8)
-            };
-        if bad {
-            corrupt(b, next);
-        }
-    }
-    next as *mut Block
-}
-
-#[cold]
-#[inline(never)]
-fn corrupt(b: *mut Block, next: usize) -> ! {
-    util::fatal(format_args!(
-        "free list corrupted at {:p}: its link decodes to {:#x}, outside its span (write after free or double free; quarantine build)",
-        b, next
-    ))
 }

@@ -1,4 +1,4 @@
-//! Segments, spans and pages: the memory layout, and how any pointer finds its metadata in O(1).
+//! Segments and spans: the memory layout, and how any pointer finds its metadata in O(1).
 //!
 //! A *segment* is 4 MiB of address space aligned to 4 MiB and owned by one per-node domain. Its
 //! first 64 KiB page holds the [`Segment`] header with one [`Page`] descriptor per 64 KiB page; a
@@ -18,11 +18,12 @@
 use core::cell::Cell;
 use core::mem::size_of;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use static_assertions::const_assert;
 
-use crate::heap::Heap;
+use crate::os::ADDRESS_LIMIT;
+pub(crate) use crate::page::{Page, PageKind};
 
 /// log2 of the segment size.
 pub const SEGMENT_SHIFT: usize = 22;
@@ -40,149 +41,45 @@ pub const PAGES: usize = SEGMENT_SIZE / PAGE_SIZE;
 pub const LARGE_MAX: usize = 1 << 20;
 /// Huge blocks at least this big are 2 MiB aligned (transparent huge page size on x86-64).
 pub const THP_SIZE: usize = 2 << 20;
-/// Addresses at or above this are never used (the segment map covers 47 bits).
-pub const ADDRESS_LIMIT: usize = 1 << 47;
-
-/// A free block: the first word links to the next.
-#[repr(C)]
-pub struct Block {
-    pub(crate) next: *mut Block,
-}
-
-/// What a page descriptor describes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
-pub enum PageKind {
-    /// Not part of an allocated span (free, or a huge segment's unused descriptor).
-    Free = 0,
-    /// Head or member of a span of small blocks of one class.
-    Small = 1,
-    /// Head or member of a span holding one large block.
-    Large = 2,
-    /// The header page.
-    Meta = 3,
-}
-
-/// Page flag: the page sits in its heap's full list.
-pub const IN_FULL: u8 = 1;
-
-/// Remote-free list state bits (low bits of [`Page::xfree`]).
-pub const XSTATE_MASK: usize = 3;
-/// Remote frees just push.
-pub const XSTATE_NORMAL: usize = 0;
-/// The page is in its owner's full list: the first remote free must notify the owner.
-pub const XSTATE_FULL: usize = 1;
-/// A remote free is notifying the owner right now; others wait (a few instructions).
-pub const XSTATE_NOTIFYING: usize = 2;
-
-/// Per-64 KiB-page metadata. For a span, the head descriptor holds the state; the others only
-/// `head_off`. Fields marked *owner* are touched only by the thread whose heap owns the page (or,
-/// for a page in no heap, by whoever holds the lock of the list it is in).
-///
-/// Two cache lines: the first holds everything the owner's allocation and free paths touch;
-/// the second the remote-free stack that other threads update, so a producer/consumer pair
-/// does not bounce the owner's line with every batch of remote frees.
-#[repr(C, align(64))]
-pub struct Page {
-    // ---- line 0: the owner's ----
-    /// *owner*: blocks ready to allocate.
-    pub(crate) free: Cell<*mut Block>,
-    /// *owner*: blocks freed by the owner, merged into `free` when it runs dry.
-    pub(crate) local_free: Cell<*mut Block>,
-    /// The owning heap, or null (in an arena, large, or free). Compared by `free` on any thread.
-    pub(crate) heap: AtomicPtr<Heap>,
-    /// *owner*: blocks handed out and not yet collected back (atomic only so stats may read it).
-    pub(crate) used: AtomicU32,
-    /// *owner*: `IN_FULL`.
-    pub(crate) flags: Cell<u8>,
-    /// Size class (small spans).
-    pub(crate) class: Cell<u8>,
-    /// [`PageKind`] as a byte.
-    pub(crate) kind: Cell<u8>,
-    /// Distance in descriptors from this page to its span's head.
-    pub(crate) head_off: Cell<u8>,
-    /// Block size in bytes (large: the span size).
-    pub(crate) block_size: Cell<u32>,
-    /// *owner*: blocks carved into lists so far (the rest of the span is untouched).
-    pub(crate) capacity: Cell<u32>,
-    /// Blocks the span can hold.
-    pub(crate) reserved: Cell<u32>,
-    /// Pages in the span.
-    pub(crate) span_pages: Cell<u32>,
-    /// List links (heap queue or full list, or arena queue).
-    pub(crate) next: Cell<*mut Page>,
-    pub(crate) prev: Cell<*mut Page>,
-    // ---- line 1: updated by freeing threads ----
-    /// Blocks freed by other threads: a lock-free stack whose low bits hold `XSTATE_*`.
-    pub(crate) xfree: AtomicUsize,
-    /// Link in the owner's notification stack.
-    pub(crate) next_unfull: Cell<*mut Page>,
-    /// Home arena (CPU index) for when the owner abandons the page.
-    pub(crate) arena: Cell<u32>,
-    /// Span memory reads as zero (fresh or purged) and nothing was carved yet.
-    pub(crate) is_zero: Cell<bool>,
-}
-
-impl Page {
-    /// The descriptor kind.
-    #[inline]
-    pub(crate) fn kind(&self) -> PageKind {
-        match self.kind.get() {
-            1 => PageKind::Small,
-            2 => PageKind::Large,
-            3 => PageKind::Meta,
-            _ => PageKind::Free,
-        }
-    }
-    /// The segment holding this descriptor.
-    #[inline]
-    pub(crate) fn segment(&self) -> *mut Segment {
-        (self as *const Page as usize & !SEGMENT_MASK) as *mut Segment
-    }
-    /// Index of this descriptor in its segment.
-    #[inline]
-    pub(crate) fn index(&self) -> usize {
-        let seg = self.segment();
-        // SAFETY: descriptors live in the `pages` array of their segment header.
-        let first = unsafe { ptr::addr_of!((*seg).pages) } as usize;
-        (self as *const Page as usize - first) / size_of::<Page>()
-    }
-    /// First byte of the span's memory.
-    #[inline]
-    pub(crate) fn start(&self) -> *mut u8 {
-        (self.segment() as usize + (self.index() << PAGE_SHIFT)) as *mut u8
-    }
-    /// Bytes in the span.
-    #[inline]
-    pub(crate) fn span_bytes(&self) -> usize {
-        (self.span_pages.get() as usize) << PAGE_SHIFT
-    }
-    /// Used blocks (owner).
-    #[inline]
-    pub(crate) fn used(&self) -> u32 {
-        self.used.load(Ordering::Relaxed)
-    }
-    /// Sets used blocks (owner).
-    #[inline]
-    pub(crate) fn set_used(&self, v: u32) {
-        self.used.store(v, Ordering::Relaxed)
-    }
-}
 
 /// Segment kinds.
 pub const SEG_NORMAL: u8 = 1;
 /// A huge block's own mapping.
 pub const SEG_HUGE: u8 = 2;
 
+/// How the pages of a segment (and so of its spans) get their node.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum SpanPlacement {
+    /// Bound to the domain's node (`MPOL_PREFERRED` on multi-node Linux), transparent huge pages
+    /// allowed: small blocks below 16 KiB, carved (touched) by the allocating thread, and
+    /// node-targeted blocks. The only kind on one node.
+    Bound = 0,
+    /// Not bound, no huge pages: each page goes where it is first touched (blocks of 16 KiB and
+    /// more on multi-node machines). A freed block's home is asked of the kernel.
+    FirstTouch = 1,
+    /// The process's placement policy applied to the whole segment (`DOMALLOC_POLICY`, numactl).
+    Policy = 2,
+}
+
+/// Number of [`SpanPlacement`] kinds.
+pub(crate) const PLACEMENTS: usize = 3;
+
 /// The header at the start of every segment (and of every huge block's mapping).
 #[repr(C)]
 pub struct Segment {
     /// `SEG_NORMAL` or `SEG_HUGE`.
     pub(crate) kind: u8,
+    /// The [`SpanPlacement`] of its pages (huge: `Bound` for node-targeted blocks, `Policy` under
+    /// a policy, else `FirstTouch`).
+    pub(crate) placement: u8,
+    /// Huge, cached: its pages were found on several nodes when it was freed (purged before
+    /// reuse, so first touch places them again).
+    pub(crate) huge_mixed: Cell<bool>,
     /// Huge: 1 once freed (double-free detection while the mapping is cached).
     pub(crate) freed: AtomicU32,
-    /// The node whose domain owns the segment.
-    pub(crate) node: u32,
+    /// The node whose domain owns the segment (huge: the node its pages are on).
+    pub(crate) node: AtomicU32,
     /// Start and size of the whole mapping (the header may not be at its start).
     pub(crate) map_start: Cell<*mut u8>,
     pub(crate) map_size: Cell<usize>,
@@ -207,10 +104,41 @@ pub struct Segment {
 
 const_assert!(size_of::<Segment>() <= PAGE_SIZE);
 const_assert!(PAGES == 64);
-// Descriptors are two cache lines: `pages[i]` is a shift away, and neighbours share no line.
-const_assert!(size_of::<Page>() == 128);
-const_assert!(core::mem::offset_of!(Page, xfree) == 64);
 const_assert!(LARGE_MAX < SEGMENT_SIZE / 2);
+
+impl Segment {
+    /// The node whose domain owns the segment.
+    #[inline]
+    pub(crate) fn node(&self) -> usize {
+        self.node.load(Ordering::Relaxed) as usize
+    }
+
+    /// The descriptor of page `i`.
+    #[inline]
+    pub(crate) fn page(&self, i: usize) -> *mut Page {
+        // SAFETY: `i < PAGES` by the callers; the array is part of the header.
+        unsafe { ptr::addr_of!(self.pages).cast::<Page>().add(i) as *mut Page }
+    }
+}
+
+/// Writes the header fields of a fresh (zeroed) mapping at `seg` and records it in the segment
+/// map. `map_start..map_start+map_size` is the whole mapping.
+///
+/// # Safety
+/// `seg` is the start of a 4 MiB-aligned chunk of a fresh zeroed mapping of ours, at least a
+/// page long, that nobody else knows.
+pub(crate) unsafe fn init_header(seg: *mut Segment, kind: u8, placement: u8, node: usize, map_start: *mut u8, map_size: usize) {
+    // SAFETY: the caller's contract; zero bytes are valid for every field.
+    unsafe {
+        let s = &mut *seg;
+        s.kind = kind;
+        s.placement = placement;
+        s.node.store(node as u32, Ordering::Relaxed);
+        s.map_start.set(map_start);
+        s.map_size.set(map_size);
+    }
+    segmap_set(seg, true);
+}
 
 /// The segment containing `p` (if `p` is in a segment's first 4 MiB).
 #[inline(always)]
@@ -282,39 +210,5 @@ pub(crate) fn lookup(p: *const u8) -> Option<(*mut Segment, *mut Page)> {
     }
     let seg = big_aligned_segment(p)?;
     // SAFETY: as above.
-    Some((seg, unsafe { ptr::addr_of_mut!((*seg).pages[0]) }))
-}
-
-/// Shared empty page: every list head of an empty heap points here, so the fast path needs no
-/// null check (its `free` is always null and it is never written).
-pub(crate) struct SyncPage(pub(crate) Page);
-// SAFETY: the empty page is never written: the fast path writes a page only after finding a
-// block in it, and this one has none; slow paths never treat it as a real page.
-unsafe impl Sync for SyncPage {}
-
-pub(crate) static EMPTY_PAGE: SyncPage = SyncPage(Page {
-    free: Cell::new(ptr::null_mut()),
-    local_free: Cell::new(ptr::null_mut()),
-    heap: AtomicPtr::new(ptr::null_mut()),
-    used: AtomicU32::new(0),
-    flags: Cell::new(0),
-    class: Cell::new(0),
-    kind: Cell::new(PageKind::Free as u8),
-    head_off: Cell::new(0),
-    block_size: Cell::new(0),
-    capacity: Cell::new(0),
-    reserved: Cell::new(0),
-    span_pages: Cell::new(0),
-    xfree: AtomicUsize::new(0),
-    next: Cell::new(ptr::null_mut()),
-    prev: Cell::new(ptr::null_mut()),
-    next_unfull: Cell::new(ptr::null_mut()),
-    arena: Cell::new(0),
-    is_zero: Cell::new(false),
-});
-
-/// The empty page's address.
-#[inline(always)]
-pub(crate) fn empty_page() -> *mut Page {
-    &EMPTY_PAGE.0 as *const Page as *mut Page
+    Some((seg, unsafe { (*seg).page(0) }))
 }

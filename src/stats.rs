@@ -1,16 +1,24 @@
-//! Statistics: per-node and per-size-class counters ([`stats`]) and the report printed at exit
-//! with `DOMALLOC_STATS=1` (formatted into a stack buffer, never allocating).
+//! Statistics: per-node and per-size-class counters ([`stats`]), the report (`DOMALLOC_STATS=1`
+//! or `=json`, to stderr or `DOMALLOC_STATS_FILE` with `%p`/`%r`/`%h`) printed at exit and on
+//! request, and the start-up banner. Everything is formatted into stack buffers: nothing here
+//! allocates.
+//!
+//! Where the numbers come from: each heap counts the blocks it hands out and the ones it frees
+//! into its own pages in the class's bin (one plain add on the fast paths, on a cache line the
+//! fast path touches anyway); frees by other threads are counted per batch in the block's
+//! domain; large and huge blocks, spans, mappings, purges and peaks in the domains' slow paths.
+//! A heap that exits or changes node folds its counts into its node's domain.
 
-use core::fmt::Write;
+use core::fmt::{self, Write};
 use core::sync::atomic::Ordering;
 
 use crate::global;
-use crate::options;
+use crate::options::{self, StatsFormat};
 use crate::os::{Os, Sys};
 use crate::segment::{PageKind, PAGES, SEG_NORMAL};
 use crate::size_class::{class_size, CLASSES};
 use crate::topology;
-use crate::util::{eprint, BufWriter, Bytes};
+use crate::util::{BufWriter, Bytes};
 
 /// Nodes a [`Stats`] value can describe (node ids at or above are folded into the last slot).
 pub const MAX_STAT_NODES: usize = 64;
@@ -24,25 +32,51 @@ pub struct NodeStats {
     pub segments: u64,
     /// Bytes mapped from the OS for this node (segments and huge blocks).
     pub mapped_bytes: u64,
+    /// High-water mark of `mapped_bytes`.
+    pub mapped_peak_bytes: u64,
     /// Bytes of spans handed to size classes or large blocks.
     pub span_bytes_in_use: u64,
+    /// Bytes in use: spans handed out plus huge blocks.
+    pub in_use_bytes: u64,
+    /// High-water mark of `in_use_bytes`.
+    pub in_use_peak_bytes: u64,
+    /// Resident bytes of the process on this node (`/proc/self/numa_maps`; 0 where unknown).
+    pub resident_bytes: u64,
+    /// Blocks (all sizes) allocated from this node so far.
+    pub allocs: u64,
+    /// Blocks of this node freed so far.
+    pub frees: u64,
+    /// Of `frees`, those by a thread running on another node.
+    pub remote_frees: u64,
+    /// Blocks sent back to this node's lists by a free on another node.
+    pub went_home: u64,
     /// Live large blocks and their bytes.
     pub large_blocks: u64,
     /// Bytes of live large blocks.
     pub large_bytes: u64,
+    /// Large blocks allocated and freed so far.
+    pub large_allocs: u64,
+    /// See `large_allocs`.
+    pub large_frees: u64,
     /// Live huge blocks.
     pub huge_blocks: u64,
     /// Bytes of live huge blocks.
     pub huge_bytes: u64,
     /// Huge blocks allocated so far.
     pub huge_total: u64,
+    /// Huge blocks freed so far.
+    pub huge_frees: u64,
+    /// Huge allocations served from (and not served from) the node's cache.
+    pub huge_cache_hits: u64,
+    /// See `huge_cache_hits`.
+    pub huge_cache_misses: u64,
     /// Bytes of freed huge blocks kept for reuse.
     pub huge_cached_bytes: u64,
     /// Bytes given back to the OS so far.
     pub purged_bytes: u64,
     /// Threads that moved to this node and followed it.
     pub migrations_in: u64,
-    /// Small blocks in use on this node.
+    /// Small blocks in use on this node (page descriptors' counts).
     pub small_blocks_in_use: u64,
 }
 
@@ -55,8 +89,13 @@ pub struct ClassStats {
     pub spans: u64,
     /// Blocks those spans hold.
     pub capacity: u64,
-    /// Blocks in use (including frees not yet collected by their owner).
+    /// Blocks in use as the page descriptors count them (frees by other threads count once
+    /// the owner collects them).
     pub in_use: u64,
+    /// Blocks allocated so far.
+    pub allocs: u64,
+    /// Blocks freed so far.
+    pub frees: u64,
 }
 
 /// A snapshot of the allocator's counters.
@@ -74,7 +113,7 @@ pub struct Stats {
     pub remote_batches: u64,
     /// Times a thread followed a move to another node.
     pub migrations: u64,
-    /// Pages taken from arenas (left by exited or migrated threads).
+    /// Pages taken from arenas (left by exited or migrated threads, or given up full).
     pub pages_from_arena: u64,
     /// Fresh spans taken from domains for small classes.
     pub pages_fresh: u64,
@@ -82,9 +121,25 @@ pub struct Stats {
     pub live_heaps: usize,
     /// Whether NUMA logic is on.
     pub numa: bool,
+    /// Milliseconds since the allocator started.
+    pub elapsed_ms: u64,
+    /// The process's resident set now and at its peak (`/proc/self/status`; 0 where unknown).
+    pub rss_bytes: u64,
+    /// See `rss_bytes`.
+    pub rss_peak_bytes: u64,
+    /// Whether the background purge thread runs.
+    pub purge_thread: bool,
 }
 
-/// Takes a snapshot of the counters. Cost: walks every segment (under each domain's lock).
+impl Stats {
+    /// The sum of `f` over the nodes.
+    pub fn total(&self, f: impl Fn(&NodeStats) -> u64) -> u64 {
+        self.nodes[..self.node_count].iter().map(f).sum()
+    }
+}
+
+/// Takes a snapshot of the counters. Cost: walks every segment (under each domain's lock) and
+/// every live heap (under the heap pool's lock).
 pub fn stats() -> Stats {
     let mut s = Stats {
         nodes: [NodeStats::default(); MAX_STAT_NODES],
@@ -97,6 +152,10 @@ pub fn stats() -> Stats {
         pages_fresh: 0,
         live_heaps: 0,
         numa: false,
+        elapsed_ms: 0,
+        rss_bytes: 0,
+        rss_peak_bytes: 0,
+        purge_thread: false,
     };
     for (c, cs) in s.classes.iter_mut().enumerate() {
         cs.block_size = class_size(c);
@@ -105,49 +164,38 @@ pub fn stats() -> Stats {
         return s;
     }
     s.numa = global::numa_enabled();
+    s.elapsed_ms = global::elapsed_ms();
+    s.purge_thread = global::purge_thread_running();
     let topo = topology::get();
+    // Node id -> slot in `nodes`.
+    let mut slot_of = [usize::MAX; 1024];
     for n in 0..global::domain_slots() {
         let d = global::domain(n);
         if d.node != n || !(topo.has_memory(n) || d.counters.segments.load(Ordering::Relaxed) > 0) {
             continue;
         }
         let slot = s.node_count.min(MAX_STAT_NODES - 1);
-        let ns = &mut s.nodes[slot];
-        let c = &d.counters;
-        ns.node = n;
-        ns.segments += c.segments.load(Ordering::Relaxed);
-        ns.mapped_bytes += c.mapped_bytes.load(Ordering::Relaxed);
-        ns.span_bytes_in_use += c.pages_in_use.load(Ordering::Relaxed) * crate::domain::SPAN_UNIT as u64;
-        ns.large_blocks += c.large_blocks.load(Ordering::Relaxed);
-        ns.large_bytes += c.large_bytes.load(Ordering::Relaxed);
-        ns.huge_blocks += c.huge_blocks.load(Ordering::Relaxed);
-        ns.huge_bytes += c.huge_bytes.load(Ordering::Relaxed);
-        ns.huge_total += c.huge_total.load(Ordering::Relaxed);
-        ns.huge_cached_bytes += d.huge_cache.bytes() as u64;
-        ns.purged_bytes += c.purged_bytes.load(Ordering::Relaxed);
-        ns.migrations_in += c.migrations_in.load(Ordering::Relaxed);
-        let classes = &mut s.classes;
-        let mut small_in_use = 0;
-        d.for_each_segment(|seg| {
-            if seg.kind != SEG_NORMAL {
-                return;
-            }
-            for i in 1..PAGES {
-                let p = &seg.pages[i];
-                if p.kind() == PageKind::Small && p.head_off.get() == 0 {
-                    let cs = &mut classes[p.class.get() as usize];
-                    cs.spans += 1;
-                    cs.capacity += p.reserved.get() as u64;
-                    cs.in_use += p.used() as u64;
-                    small_in_use += p.used() as u64;
-                }
-            }
-        });
-        s.nodes[slot].small_blocks_in_use += small_in_use;
+        if n < slot_of.len() {
+            slot_of[n] = slot;
+        }
+        node_counters(&mut s, slot, n);
         if s.node_count < MAX_STAT_NODES {
             s.node_count += 1;
         }
     }
+    // Live heaps' own counts, on the node each heap serves.
+    global::for_each_live_heap(|h| {
+        let slot = slot_of.get(h.node()).copied().unwrap_or(usize::MAX);
+        for c in 0..CLASSES {
+            let (a, f) = h.bin_counts(c);
+            s.classes[c].allocs += a;
+            s.classes[c].frees += f;
+            if slot != usize::MAX {
+                s.nodes[slot].allocs += a;
+                s.nodes[slot].frees += f;
+            }
+        }
+    });
     let (t, live) = global::heap_totals();
     s.remote_frees = t[0];
     s.remote_batches = t[1];
@@ -155,98 +203,588 @@ pub fn stats() -> Stats {
     s.pages_from_arena = t[3];
     s.pages_fresh = t[4];
     s.live_heaps = live;
+    process_rss(&mut s);
+    node_resident(&mut s, &slot_of);
     s
 }
 
-/// Prints the statistics report to stderr (no allocation).
-pub fn print() {
-    let s = stats();
-    let mut buf = [0u8; 1024];
-    let mut w = BufWriter::new(&mut buf);
-    let line = |w: &mut BufWriter<'_>| {
-        Sys::write_stderr(w.as_bytes());
-        w.clear();
-    };
-    let _ = writeln!(
-        w,
-        "domalloc: stats: numa={} live_threads={} remote_frees={} (in {} batches) migrations={} pages: fresh={} from_arenas={}",
-        s.numa, s.live_heaps, s.remote_frees, s.remote_batches, s.migrations, s.pages_fresh, s.pages_from_arena
-    );
-    line(&mut w);
-    let _ = writeln!(w, "domalloc: node   segments     mapped    in spans  small-blocks  large(n/bytes)      huge(n/bytes)   huge-cached      purged  migr-in");
-    line(&mut w);
-    for ns in &s.nodes[..s.node_count] {
-        let _ = writeln!(
-            w,
-            "domalloc: {:>4} {:>10} {:>10} {:>11} {:>13} {:>6}/{:<10} {:>6}/{:<10} {:>11} {:>11} {:>8}",
-            ns.node,
-            ns.segments,
-            Bytes(ns.mapped_bytes),
-            Bytes(ns.span_bytes_in_use),
-            ns.small_blocks_in_use,
-            ns.large_blocks,
-            Bytes(ns.large_bytes),
-            ns.huge_blocks,
-            Bytes(ns.huge_bytes),
-            Bytes(ns.huge_cached_bytes),
-            Bytes(ns.purged_bytes),
-            ns.migrations_in
-        );
-        line(&mut w);
+/// The counters of domain `n` into `s.nodes[slot]` (and its classes into `s.classes`).
+fn node_counters(s: &mut Stats, slot: usize, n: usize) {
+    let d = global::domain(n);
+    let c = &d.counters;
+    let ld = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let ns = &mut s.nodes[slot];
+    ns.node = n;
+    ns.segments += ld(&c.segments);
+    ns.mapped_bytes += ld(&c.mapped_bytes);
+    ns.mapped_peak_bytes += ld(&c.mapped_peak);
+    ns.span_bytes_in_use += ld(&c.pages_in_use) * crate::domain::SPAN_UNIT as u64;
+    ns.in_use_bytes += c.in_use_bytes();
+    ns.in_use_peak_bytes += ld(&c.in_use_peak).max(c.in_use_bytes());
+    ns.large_blocks += ld(&c.large_blocks);
+    ns.large_bytes += ld(&c.large_bytes);
+    ns.large_allocs += ld(&c.large_allocs);
+    ns.large_frees += ld(&c.large_frees);
+    ns.huge_blocks += ld(&c.huge_blocks);
+    ns.huge_bytes += ld(&c.huge_bytes);
+    ns.huge_total += ld(&c.huge_total);
+    ns.huge_frees += ld(&c.huge_frees);
+    ns.huge_cache_hits += ld(&c.huge_cache_hits);
+    ns.huge_cache_misses += ld(&c.huge_cache_misses);
+    ns.huge_cached_bytes += d.huge_cache.bytes() as u64;
+    ns.purged_bytes += ld(&c.purged_bytes);
+    ns.migrations_in += ld(&c.migrations_in);
+    ns.remote_frees += ld(&c.remote_node_frees);
+    ns.went_home += ld(&c.went_home);
+    ns.allocs += ld(&c.large_allocs) + ld(&c.huge_total);
+    ns.frees += ld(&c.large_frees) + ld(&c.huge_frees);
+    for cl in 0..CLASSES {
+        let (a, f) = (ld(&c.class_allocs[cl]), ld(&c.class_frees[cl]));
+        s.classes[cl].allocs += a;
+        s.classes[cl].frees += f;
+        s.nodes[slot].allocs += a;
+        s.nodes[slot].frees += f;
     }
-    let _ = writeln!(w, "domalloc: class  block-size  spans   capacity     in-use");
-    line(&mut w);
-    for (c, cs) in s.classes.iter().enumerate() {
-        if cs.spans == 0 {
-            continue;
+    let classes = &mut s.classes;
+    let mut small_in_use = 0;
+    d.for_each_segment(|seg| {
+        if seg.kind != SEG_NORMAL {
+            return;
         }
-        let _ = writeln!(w, "domalloc: {:>5} {:>11} {:>6} {:>10} {:>10}", c, cs.block_size, cs.spans, cs.capacity, cs.in_use);
-        line(&mut w);
+        for i in 1..PAGES {
+            let p = &seg.pages[i];
+            if p.kind() == PageKind::Small && p.head_off.get() == 0 {
+                let cs = &mut classes[p.class.get() as usize];
+                cs.spans += 1;
+                cs.capacity += p.reserved.get() as u64;
+                cs.in_use += p.used() as u64;
+                small_in_use += p.used() as u64;
+            }
+        }
+    });
+    s.nodes[slot].small_blocks_in_use += small_in_use;
+}
+
+/// `VmRSS` and `VmHWM` from `/proc/self/status`.
+fn process_rss(s: &mut Stats) {
+    let mut buf = [0u8; 4096];
+    let Some(text) = Sys::read_file(b"/proc/self/status\0", &mut buf) else { return };
+    for line in text.split(|&c| c == b'\n') {
+        let kb = |prefix: &[u8]| -> Option<u64> {
+            line.strip_prefix(prefix).and_then(|rest| {
+                let t = crate::util::trim(rest);
+                let end = t.iter().position(|c| !c.is_ascii_digit()).unwrap_or(t.len());
+                crate::util::parse_u64(&t[..end])
+            })
+        };
+        if let Some(v) = kb(b"VmRSS:") {
+            s.rss_bytes = v * 1024;
+        }
+        if let Some(v) = kb(b"VmHWM:") {
+            s.rss_peak_bytes = v * 1024;
+        }
     }
 }
 
-/// Prints options and topology (for `DOMALLOC_VERBOSE=1`).
+/// Resident bytes per node from `/proc/self/numa_maps` (`N<node>=<pages>` per mapping, in units
+/// of the mapping's `kernelpagesize_kB`).
+fn node_resident(s: &mut Stats, slot_of: &[usize; 1024]) {
+    let mut buf = [0u8; 8192];
+    let mut line = [0u8; 1024];
+    let mut len = 0usize;
+    let nodes = &mut s.nodes;
+    let mut handle = |l: &[u8]| {
+        let mut page_kb = 4u64;
+        for tok in l.split(|&c| c == b' ') {
+            if let Some(v) = tok.strip_prefix(b"kernelpagesize_kB=") {
+                page_kb = crate::util::parse_u64(v).unwrap_or(4);
+            }
+        }
+        for tok in l.split(|&c| c == b' ') {
+            if tok.first() == Some(&b'N') {
+                if let Some(eq) = tok.iter().position(|&c| c == b'=') {
+                    if let (Some(n), Some(pages)) = (crate::util::parse_u64(&tok[1..eq]), crate::util::parse_u64(&tok[eq + 1..])) {
+                        if let Some(&slot) = slot_of.get(n as usize) {
+                            if slot != usize::MAX {
+                                nodes[slot].resident_bytes += pages * page_kb * 1024;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Sys::read_file_chunks(b"/proc/self/numa_maps\0", &mut buf, &mut |chunk| {
+        for &c in chunk {
+            if c == b'\n' {
+                handle(&line[..len]);
+                len = 0;
+            } else if len < line.len() {
+                line[len] = c;
+                len += 1;
+            }
+        }
+    });
+    if len > 0 {
+        handle(&line[..len]);
+    }
+}
+
+// ---- writers ----
+
+/// A `fmt::Write` sink that sends its bytes to a file descriptor through a stack buffer.
+pub(crate) struct FdWriter {
+    fd: i32,
+    buf: [u8; 2048],
+    len: usize,
+    pub(crate) failed: bool,
+}
+
+impl FdWriter {
+    pub(crate) fn new(fd: i32) -> Self {
+        FdWriter { fd, buf: [0; 2048], len: 0, failed: false }
+    }
+    pub(crate) fn flush(&mut self) {
+        if self.len > 0 && !Sys::write_fd(self.fd, &self.buf[..self.len]) {
+            self.failed = true;
+        }
+        self.len = 0;
+    }
+}
+
+impl Write for FdWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for chunk in s.as_bytes().chunks(self.buf.len()) {
+            if self.len + chunk.len() > self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
+            self.len += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FdWriter {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// A `fmt::Write` sink into a caller's buffer that counts every byte it was given, kept or not
+/// (snprintf's contract).
+pub(crate) struct CountingBuf<'a> {
+    buf: &'a mut [u8],
+    pub(crate) needed: usize,
+}
+
+impl<'a> CountingBuf<'a> {
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
+        CountingBuf { buf, needed: 0 }
+    }
+}
+
+impl Write for CountingBuf<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let b = s.as_bytes();
+        let room = self.buf.len().saturating_sub(self.needed);
+        let n = room.min(b.len());
+        self.buf[self.needed..self.needed + n].copy_from_slice(&b[..n]);
+        self.needed += b.len();
+        Ok(())
+    }
+}
+
+/// The MPI (or Slurm) rank of this process, from the usual launcher variables.
+pub(crate) fn rank() -> Option<u64> {
+    for v in [&b"OMPI_COMM_WORLD_RANK"[..], b"PMIX_RANK", b"PMI_RANK", b"MV2_COMM_WORLD_RANK", b"SLURM_PROCID"] {
+        if let Some(r) = Sys::environ_find(v).and_then(crate::util::parse_u64) {
+            return Some(r);
+        }
+    }
+    None
+}
+
+// ---- the reports ----
+
+/// Writes the text report (aligned columns, one table per node and per class).
+pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
+    let mut host = [0u8; 64];
+    let hl = Sys::host_name(&mut host);
+    write!(w, "domalloc: stats: pid {} rank ", Sys::process_id())?;
+    match rank() {
+        Some(r) => write!(w, "{r}")?,
+        None => w.write_str("-")?,
+    }
+    writeln!(
+        w,
+        " host {} elapsed {}.{:03} s rss {} (peak {}) numa {} threads {} purge-thread {}",
+        core::str::from_utf8(&host[..hl]).unwrap_or("?"),
+        s.elapsed_ms / 1000,
+        s.elapsed_ms % 1000,
+        Bytes(s.rss_bytes),
+        Bytes(s.rss_peak_bytes),
+        if s.numa { "on" } else { "off" },
+        s.live_heaps,
+        if s.purge_thread { "running" } else { "off" },
+    )?;
+    writeln!(
+        w,
+        "domalloc: blocks: allocs {} frees {} live {}; remote frees {} in {} batches; migrations {}; pages fresh {} from arenas {}",
+        s.total(|n| n.allocs),
+        s.total(|n| n.frees),
+        s.total(|n| n.allocs).wrapping_sub(s.total(|n| n.frees)),
+        s.remote_frees,
+        s.remote_batches,
+        s.migrations,
+        s.pages_fresh,
+        s.pages_from_arena
+    )?;
+    const NODE_HDR: [&str; 12] =
+        ["node", "in-use", "peak", "mapped", "map-peak", "resident", "allocs", "frees", "remote", "home", "purged", "huge-hit"];
+    w.write_str("domalloc: ")?;
+    for (i, h) in NODE_HDR.iter().enumerate() {
+        if i == 0 { write!(w, "{h:>5}")? } else { write!(w, " {h:>11}")? }
+    }
+    w.write_str("\n")?;
+    for n in &s.nodes[..s.node_count] {
+        writeln!(
+            w,
+            "domalloc: {:>5} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            n.node,
+            Bytes(n.in_use_bytes),
+            Bytes(n.in_use_peak_bytes),
+            Bytes(n.mapped_bytes),
+            Bytes(n.mapped_peak_bytes),
+            Bytes(n.resident_bytes),
+            n.allocs,
+            n.frees,
+            n.remote_frees,
+            n.went_home,
+            Bytes(n.purged_bytes),
+            n.huge_cache_hits
+        )?;
+    }
+    writeln!(w, "domalloc: {:>5} {:>11} {:>8} {:>10} {:>10} {:>12} {:>12} {:>10}", "class", "block-size", "spans", "capacity", "in-use", "allocs", "frees", "live")?;
+    for (c, cs) in s.classes.iter().enumerate() {
+        if cs.spans == 0 && cs.allocs == 0 {
+            continue;
+        }
+        writeln!(
+            w,
+            "domalloc: {:>5} {:>11} {:>8} {:>10} {:>10} {:>12} {:>12} {:>10}",
+            c,
+            cs.block_size,
+            cs.spans,
+            cs.capacity,
+            cs.in_use,
+            cs.allocs,
+            cs.frees,
+            cs.allocs.wrapping_sub(cs.frees)
+        )?;
+    }
+    writeln!(
+        w,
+        "domalloc: {:>5} {:>11} {:>8} {:>10} {:>10} {:>12} {:>12} {:>10}",
+        "large",
+        "-",
+        "-",
+        "-",
+        s.total(|n| n.large_blocks),
+        s.total(|n| n.large_allocs),
+        s.total(|n| n.large_frees),
+        s.total(|n| n.large_allocs).wrapping_sub(s.total(|n| n.large_frees))
+    )?;
+    writeln!(
+        w,
+        "domalloc: {:>5} {:>11} {:>8} {:>10} {:>10} {:>12} {:>12} {:>10}",
+        "huge",
+        "-",
+        "-",
+        "-",
+        s.total(|n| n.huge_blocks),
+        s.total(|n| n.huge_total),
+        s.total(|n| n.huge_frees),
+        s.total(|n| n.huge_total).wrapping_sub(s.total(|n| n.huge_frees))
+    )
+}
+
+/// Writes the JSON document (the schema is in the README's observability section).
+pub(crate) fn write_json(w: &mut dyn Write, s: &Stats) -> fmt::Result {
+    let mut host = [0u8; 64];
+    let hl = Sys::host_name(&mut host);
+    w.write_str("{\"domalloc_stats\":1,\"version\":\"")?;
+    w.write_str(env!("CARGO_PKG_VERSION"))?;
+    write!(w, "\",\"pid\":{},\"rank\":", Sys::process_id())?;
+    match rank() {
+        Some(r) => write!(w, "{r}")?,
+        None => w.write_str("null")?,
+    }
+    w.write_str(",\"host\":\"")?;
+    for &b in &host[..hl] {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' {
+            w.write_char(b as char)?;
+        }
+    }
+    write!(
+        w,
+        "\",\"elapsed_s\":{}.{:03},\"numa\":{},\"process\":{{\"rss_bytes\":{},\"rss_peak_bytes\":{}}},\"totals\":",
+        s.elapsed_ms / 1000,
+        s.elapsed_ms % 1000,
+        s.numa,
+        s.rss_bytes,
+        s.rss_peak_bytes
+    )?;
+    let mut total = NodeStats::default();
+    for n in &s.nodes[..s.node_count] {
+        add_node(&mut total, n);
+    }
+    write_node_fields(w, &total, None)?;
+    w.write_str(",\"nodes\":[")?;
+    for (i, n) in s.nodes[..s.node_count].iter().enumerate() {
+        if i > 0 {
+            w.write_str(",")?;
+        }
+        write_node_fields(w, n, Some(n.node))?;
+    }
+    w.write_str("],\"classes\":[")?;
+    let mut first = true;
+    for (c, cs) in s.classes.iter().enumerate() {
+        if cs.spans == 0 && cs.allocs == 0 {
+            continue;
+        }
+        if !first {
+            w.write_str(",")?;
+        }
+        first = false;
+        let live = cs.allocs.wrapping_sub(cs.frees);
+        write!(
+            w,
+            "{{\"class\":{},\"block_size\":{},\"allocs\":{},\"frees\":{},\"live_blocks\":{},\"in_use_bytes\":{},\"spans\":{},\"capacity_blocks\":{}}}",
+            c,
+            cs.block_size,
+            cs.allocs,
+            cs.frees,
+            live,
+            live.wrapping_mul(cs.block_size as u64),
+            cs.spans,
+            cs.capacity
+        )?;
+    }
+    let kind = |w: &mut dyn Write, name: &str, a: u64, f: u64, bytes: u64| {
+        write!(w, ",\"{name}\":{{\"allocs\":{a},\"frees\":{f},\"live_blocks\":{},\"in_use_bytes\":{bytes}}}", a.wrapping_sub(f))
+    };
+    w.write_str("]")?;
+    kind(w, "large", total.large_allocs, total.large_frees, total.large_bytes)?;
+    kind(w, "huge", total.huge_total, total.huge_frees, total.huge_bytes)?;
+    w.write_str("}\n")
+}
+
+fn add_node(t: &mut NodeStats, n: &NodeStats) {
+    t.allocs += n.allocs;
+    t.frees += n.frees;
+    t.in_use_bytes += n.in_use_bytes;
+    t.in_use_peak_bytes += n.in_use_peak_bytes;
+    t.mapped_bytes += n.mapped_bytes;
+    t.mapped_peak_bytes += n.mapped_peak_bytes;
+    t.resident_bytes += n.resident_bytes;
+    t.remote_frees += n.remote_frees;
+    t.went_home += n.went_home;
+    t.purged_bytes += n.purged_bytes;
+    t.huge_cache_hits += n.huge_cache_hits;
+    t.huge_cache_misses += n.huge_cache_misses;
+    t.large_allocs += n.large_allocs;
+    t.large_frees += n.large_frees;
+    t.large_bytes += n.large_bytes;
+    t.huge_total += n.huge_total;
+    t.huge_frees += n.huge_frees;
+    t.huge_bytes += n.huge_bytes;
+}
+
+fn write_node_fields(w: &mut dyn Write, n: &NodeStats, node: Option<usize>) -> fmt::Result {
+    w.write_str("{")?;
+    if let Some(id) = node {
+        write!(w, "\"node\":{id},")?;
+    }
+    write!(
+        w,
+        "\"allocs\":{},\"frees\":{},\"live_blocks\":{},\"in_use_bytes\":{},\"in_use_peak_bytes\":{},\"mapped_bytes\":{},\"mapped_peak_bytes\":{},\"resident_bytes\":{},\"local_frees\":{},\"remote_frees\":{},\"went_home\":{},\"purged_bytes\":{},\"huge_cache_hits\":{},\"huge_cache_misses\":{}}}",
+        n.allocs,
+        n.frees,
+        n.allocs.wrapping_sub(n.frees),
+        n.in_use_bytes,
+        n.in_use_peak_bytes.max(n.in_use_bytes),
+        n.mapped_bytes,
+        n.mapped_peak_bytes.max(n.mapped_bytes),
+        n.resident_bytes,
+        n.frees.saturating_sub(n.remote_frees),
+        n.remote_frees,
+        n.went_home,
+        n.purged_bytes,
+        n.huge_cache_hits,
+        n.huge_cache_misses
+    )
+}
+
+/// Prints the text report to stderr.
+pub fn print() {
+    let _ = print_to(2, StatsFormat::Text);
+}
+
+/// Writes the report in `format` to `fd`; false if writing failed.
+pub(crate) fn print_to(fd: i32, format: StatsFormat) -> bool {
+    let s = stats();
+    let mut w = FdWriter::new(fd);
+    let r = match format {
+        StatsFormat::Json => write_json(&mut w, &s),
+        _ => write_text(&mut w, &s),
+    };
+    w.flush();
+    r.is_ok() && !w.failed
+}
+
+/// Expands a `DOMALLOC_STATS_FILE` template (`%p`, `%r`, `%h`, `%%`) into `out`, NUL-terminated;
+/// the path's length (without the NUL), or `None` if it does not fit.
+pub(crate) fn expand_path(template: &[u8], out: &mut [u8]) -> Option<usize> {
+    let mut w = BufWriter::new(out);
+    let mut i = 0;
+    while i < template.len() {
+        let c = template[i];
+        if c == b'%' && i + 1 < template.len() {
+            i += 1;
+            match template[i] {
+                b'p' => write!(w, "{}", Sys::process_id()).ok()?,
+                b'r' => match rank() {
+                    Some(r) => write!(w, "{r}").ok()?,
+                    None => w.write_str("norank").ok()?,
+                },
+                b'h' => {
+                    let mut host = [0u8; 64];
+                    let n = Sys::host_name(&mut host);
+                    w.write_str(core::str::from_utf8(&host[..n]).unwrap_or("host")).ok()?
+                }
+                b'%' => w.write_str("%").ok()?,
+                other => {
+                    w.write_char('%').ok()?;
+                    w.write_char(other as char).ok()?;
+                }
+            }
+        } else {
+            w.write_char(c as char).ok()?;
+        }
+        i += 1;
+    }
+    w.write_char('\0').ok()?;
+    if w.truncated {
+        return None;
+    }
+    Some(w.as_bytes().len() - 1)
+}
+
+/// Prints options and topology in plain words (for `DOMALLOC_VERBOSE=1`).
 pub(crate) fn print_banner() {
     let o = options::get();
     let t = topology::get();
-    eprint(format_args!(
-        "domalloc: {} numa={} nodes-with-memory={} cpu-ids={} node-ids={} purge-delay={}ms purge={:?} thp={} policy={} min-size={}{}\n",
-        <Sys as Os>::NAME,
-        global::numa_enabled(),
-        t.memory_node_count(),
-        t.cpu_ids(),
-        t.node_ids(),
-        o.purge_delay_ms,
-        o.purge_mode,
-        match (o.thp, o.segment_thp) {
-            (true, _) => "1",
-            (false, true) => "segments",
-            (false, false) => "0",
-        },
-        global::policy().0,
-        global::policy().1,
-        if global::policy_is_external() { " (inherited from the process, e.g. numactl)" } else { "" }
-    ));
+    let (policy, min) = global::policy();
+    let mut buf = [0u8; 512];
+    let mut w = BufWriter::new(&mut buf);
+    let _ = write!(w, "domalloc: {} on {}: ", env!("CARGO_PKG_VERSION"), <Sys as Os>::NAME);
+    let _ = if global::numa_enabled() {
+        write!(w, "NUMA on, {} nodes with memory", t.memory_node_count())
+    } else {
+        write!(w, "NUMA off (one domain)")
+    };
+    let _ = write!(w, "; CPU ids 0-{}, node ids 0-{}; placement: {}", t.cpu_ids().saturating_sub(1), t.node_ids().saturating_sub(1), policy);
+    if min > 0 {
+        let _ = write!(w, " for blocks of {} and more", Bytes(min as u64));
+    }
+    if global::policy_is_external() {
+        let _ = write!(w, " (inherited from the process, e.g. numactl)");
+    }
+    let _ = match o.purge_delay_ms {
+        u64::MAX => write!(w, "; free memory is kept (never purged)"),
+        ms => write!(w, "; free memory goes back to the OS after {} ms ({})", ms, match o.purge_mode {
+            crate::os::PurgeMode::DontNeed => "MADV_DONTNEED",
+            crate::os::PurgeMode::Free => "MADV_FREE",
+        }),
+    };
+    let _ = writeln!(w, "; huge pages: {}", match (o.thp, o.segment_thp) {
+        (true, _) => "on segments and huge blocks",
+        (false, true) => "on segments",
+        (false, false) => "off",
+    });
+    Sys::write_fd(2, w.as_bytes());
     for n in t.nodes() {
         let cpus = t.cpus_of(n);
-        eprint(format_args!(
-            "domalloc: node {} memory {} cpus {} (first {:?}) home {}\n",
-            n,
-            Bytes(t.memory(n)),
-            cpus.len(),
-            cpus.first(),
-            t.home_of_node(n)
-        ));
+        let mut buf = [0u8; 256];
+        let mut w = BufWriter::new(&mut buf);
+        let _ = write!(w, "domalloc: node {}: {} of memory, {} CPUs", n, Bytes(t.memory(n)), cpus.len());
+        if let (Some(first), Some(last)) = (cpus.first(), cpus.last()) {
+            let _ = write!(w, " ({first}..{last})");
+        }
+        if t.home_of_node(n) != n {
+            let _ = write!(w, ", gets memory from node {}", t.home_of_node(n));
+        }
+        let _ = writeln!(w);
+        Sys::write_fd(2, w.as_bytes());
     }
 }
 
-/// Runs at process exit (from `.fini_array`): the report, if asked for.
+/// Runs at process exit (from `.fini_array`): the report, if asked for, and the contention line.
 extern "C" fn at_exit() {
-    if options::get().stats {
-        print();
+    let o = options::get();
+    if o.stats != StatsFormat::Off {
+        let mut path = [0u8; 512];
+        match o.stats_file.and_then(|t| expand_path(t, &mut path)) {
+            Some(_) => {
+                let fd = Sys::create_file(&path);
+                if fd >= 0 {
+                    print_to(fd, o.stats);
+                    Sys::close_fd(fd);
+                } else {
+                    crate::os::eprint(format_args!("domalloc: warning: cannot write the statistics file {}\n", core::str::from_utf8(&path).unwrap_or("?").trim_end_matches('\0')));
+                }
+            }
+            None => {
+                print_to(2, o.stats);
+            }
+        }
+    }
+    let mut buf = [0u8; 512];
+    let mut w = BufWriter::new(&mut buf);
+    if crate::contention::report_line(&mut w) {
+        let _ = w.write_str("\n");
+        Sys::write_fd(2, w.as_bytes());
     }
 }
 
 #[used]
 #[link_section = ".fini_array"]
 static AT_EXIT: extern "C" fn() = at_exit;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_file_templates_expand() {
+        let mut out = [0u8; 128];
+        let n = expand_path(b"/tmp/s.%p.%%.json", &mut out).unwrap();
+        let s = core::str::from_utf8(&out[..n]).unwrap();
+        assert_eq!(s, format!("/tmp/s.{}.%.json", std::process::id()));
+        assert_eq!(out[n], 0);
+        let n = expand_path(b"%h-%r", &mut out).unwrap();
+        let s = core::str::from_utf8(&out[..n]).unwrap();
+        assert!(s.ends_with("-norank") || s.contains('-'), "{s}");
+        assert!(expand_path(&[b'x'; 600], &mut out).is_none());
+    }
+
+    #[test]
+    fn counting_buffer_reports_the_length_it_needs() {
+        let mut b = [0u8; 4];
+        let mut w = CountingBuf::new(&mut b);
+        w.write_str("abcdef").unwrap();
+        assert_eq!(w.needed, 6);
+        assert_eq!(&b, b"abcd");
+    }
+}

@@ -1,32 +1,24 @@
-//! The atomics and the spin-wait hint of the lock-free protocol ([`crate::remote`]), swappable
-//! for loom's under `cfg(loom)`.
+//! The atomics of the lock-free protocol ([`crate::remote`]), swappable for loom's under
+//! `cfg(loom)`.
 //!
 //! The allocator is built without the cfg and gets `core`'s types, so nothing changes in its
 //! code. `loom-model/` compiles this file and `remote.rs` with `--cfg loom` (set by its build
-//! script), and loom then controls every atomic access and every wait of the real protocol.
-//! Never build the allocator itself with `--cfg loom`: loom is not one of its dependencies.
+//! script), and loom then controls every atomic access of the real protocol. Never build the
+//! allocator itself with `--cfg loom`: loom is not one of its dependencies.
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{AtomicUsize, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
 
-/// Waits a moment for another thread's few instructions (a spin loop's body): a CPU hint for the
-/// first 63 calls of a wait, then the OS scheduler's yield.
+/// Counts a CAS retry (contention counters; nothing without the feature or under loom).
 #[cfg(not(loom))]
-pub(crate) fn spin_wait(spins: &mut u32) {
-    *spins += 1;
-    if *spins < 64 {
-        core::hint::spin_loop();
-    } else {
-        crate::os::yield_now();
-    }
+#[inline(always)]
+pub(crate) fn cas_retry() {
+    crate::contention::cas_retry()
 }
 
-/// Waits a moment for another thread: under loom, a yield, which tells loom's scheduler to run
-/// the others (a spin loop without one never ends in a model).
+/// Under loom, nothing to count.
 #[cfg(loom)]
-pub(crate) fn spin_wait(spins: &mut u32) {
-    *spins += 1;
-    loom::thread::yield_now();
-}
+#[inline(always)]
+pub(crate) fn cas_retry() {}

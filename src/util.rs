@@ -1,18 +1,8 @@
-//! Small helpers that never allocate: environment look-up, number parsing, formatting into a
-//! fixed buffer, and the one way the allocator writes to stderr and aborts.
-//!
-//! Everything the allocator would otherwise borrow from `std` (which may allocate) lives here, so
-//! the rule "malloc never calls malloc" is checkable in one file.
+//! Small helpers that never allocate: number parsing, list parsing, formatting into a fixed
+//! buffer, byte counts for reports, edit distance. They import nothing from the crate (the
+//! platform layer builds on them), so "malloc never calls malloc" is checkable in one file.
 
 use core::fmt;
-
-use crate::os::{Os, Sys};
-
-/// Returns the value of environment variable `name` (given without `=`), read straight from the
-/// process environment block. The slice lives as long as the environment is not modified.
-pub(crate) fn getenv(name: &[u8]) -> Option<&'static [u8]> {
-    Sys::environ_find(name)
-}
 
 /// Parses an unsigned decimal number with an optional binary suffix (`k`, `m`, `g`, case-insensitive).
 pub(crate) fn parse_size(s: &[u8]) -> Option<u64> {
@@ -108,9 +98,6 @@ impl<'a> BufWriter<'a> {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
-    pub(crate) fn clear(&mut self) {
-        self.len = 0;
-    }
 }
 
 impl fmt::Write for BufWriter<'_> {
@@ -124,23 +111,6 @@ impl fmt::Write for BufWriter<'_> {
         }
         Ok(())
     }
-}
-
-/// Formats into a 512-byte stack buffer and writes the result to stderr in one `write`.
-pub(crate) fn eprint(args: fmt::Arguments<'_>) {
-    let mut buf = [0u8; 512];
-    let mut w = BufWriter::new(&mut buf);
-    let _ = fmt::write(&mut w, args);
-    Sys::write_stderr(w.as_bytes());
-}
-
-/// Prints one line `domalloc: error: ...` to stderr and aborts the process. Used for detected
-/// heap misuse (invalid or double free) so corruption is never silent.
-#[cold]
-#[inline(never)]
-pub(crate) fn fatal(args: fmt::Arguments<'_>) -> ! {
-    eprint(format_args!("domalloc: error: {}\n", args));
-    Sys::abort()
 }
 
 /// Formats `bytes` with a binary unit (`12.3 MiB`) for reports.
@@ -157,8 +127,34 @@ impl fmt::Display for Bytes {
             v /= 1024;
             u += 1;
         }
-        if u == 0 { write!(f, "{} B", v) } else { write!(f, "{}.{} {}", v, frac, UNITS[u]) }
+        // Formatted into a buffer first so that width and alignment (`{:>11}`) apply.
+        let mut buf = [0u8; 32];
+        let mut w = BufWriter::new(&mut buf);
+        let _ = if u == 0 { fmt::write(&mut w, format_args!("{} B", v)) } else { fmt::write(&mut w, format_args!("{}.{} {}", v, frac, UNITS[u])) };
+        f.pad(core::str::from_utf8(w.as_bytes()).unwrap_or("?"))
     }
+}
+
+/// The Levenshtein distance between `a` and `b`, for names up to 64 bytes (longer: `usize::MAX`).
+pub(crate) fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    if a.len() > 64 || b.len() > 64 {
+        return usize::MAX;
+    }
+    let mut row = [0usize; 65];
+    for (j, r) in row.iter_mut().enumerate().take(b.len() + 1) {
+        *r = j;
+    }
+    for i in 1..=a.len() {
+        let mut diag = row[0];
+        row[0] = i;
+        for j in 1..=b.len() {
+            let up = row[j];
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            row[j] = (row[j] + 1).min(row[j - 1] + 1).min(diag + cost);
+            diag = up;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -196,5 +192,16 @@ mod tests {
         let mut w = BufWriter::new(&mut b);
         write!(w, "{}", Bytes(3 * 1024 * 1024 + 512 * 1024)).unwrap();
         assert_eq!(w.as_bytes(), b"3.5 MiB");
+        let mut b = [0u8; 32];
+        let mut w = BufWriter::new(&mut b);
+        write!(w, "[{:>9}]", Bytes(2048)).unwrap();
+        assert_eq!(w.as_bytes(), b"[  2.0 KiB]");
+    }
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance(b"DOMALLOC_STAT", b"DOMALLOC_STATS"), 1);
+        assert_eq!(edit_distance(b"abc", b"abc"), 0);
+        assert_eq!(edit_distance(b"kitten", b"sitting"), 3);
     }
 }

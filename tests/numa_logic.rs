@@ -205,6 +205,9 @@ fn run(name: &str) {
         .env("DOMALLOC_TEST_SCENARIO", name)
         .env("DOMALLOC_TOPOLOGY_ROOT", &root)
         .env("DOMALLOC_NUMA", "1")
+        // No background purge: it could unmap A's emptied segments and a fresh mapping of B's
+        // could land at the same addresses, which the reuse checks (by address) would count.
+        .env("DOMALLOC_PURGE_THREAD", "0")
         .output()
         .unwrap();
     assert!(out.status.success(), "scenario {name} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

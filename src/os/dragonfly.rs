@@ -14,10 +14,10 @@
 
 use core::mem;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 
 use super::bsd_sysctl::{dragonfly as sysctl, SysctlByName};
-use super::{posix, Os, Placement, ProcessPolicy, PurgeMode, TopologySink, OS_PAGE};
+use super::{bsd, posix, Os, ProcessPolicy, PurgeMode, TopologySink};
 
 /// The DragonFly implementation of [`Os`].
 pub(crate) struct Sys;
@@ -86,111 +86,31 @@ impl Drop for RestoreAffinity {
     }
 }
 
-/// Replaces `[ptr, ptr + size)` with fresh zero-fill pages; the old ones are freed at once.
-///
-/// # Safety
-/// The range must be mapped by this layer, page aligned, and hold no live data.
-unsafe fn remap_zero(ptr: *mut u8, size: usize) -> bool {
-    // SAFETY: MAP_FIXED replaces only pages of a range the caller owns and no longer uses.
-    if unsafe { posix::mmap_anon(ptr, size, libc::MAP_FIXED) } == ptr {
-        return true;
-    }
-    // A refusal before the kernel touched the map (the per-process map-entry limit) leaves the
-    // old pages; a failure after it removed them leaves a hole. Retry once, then tell them apart.
-    // SAFETY: as above.
-    if unsafe { posix::mmap_anon(ptr, size, libc::MAP_FIXED) } == ptr {
-        return true;
-    }
-    let mut vec = 0 as libc::c_char;
-    // SAFETY: mincore only reports on the page at `ptr` into the one-byte `vec`.
-    if unsafe { libc::mincore(ptr.cast(), OS_PAGE, &mut vec) } != 0 {
-        crate::util::fatal(format_args!("mmap(MAP_FIXED) failed while purging {size} bytes at {ptr:p}"));
-    }
-    false // still mapped with its old contents
-}
-
 impl Os for Sys {
     const NAME: &'static str = "dragonfly";
-    const PLACEMENT_GRANULE: usize = super::OS_PAGE;
 
     unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
-        if align <= OS_PAGE {
-            // SAFETY: forwarded contract.
-            return unsafe { posix::mmap_anon(ptr::null_mut(), size, 0) };
-        }
-        if sysctl::size_align_applies(size, align) {
-            // SAFETY: plain anonymous mapping; MAP_SIZEALIGN only constrains where it goes.
-            let p = unsafe { posix::mmap_anon(ptr::null_mut(), size, MAP_SIZEALIGN) };
-            if !p.is_null() && p as usize % align == 0 {
-                return p;
-            }
-            if !p.is_null() {
-                // SAFETY: we just mapped it.
-                unsafe { posix::unmap(p, size) };
-            }
-        }
+        let flag = sysctl::size_align_applies(size, align).then_some(MAP_SIZEALIGN);
         // SAFETY: forwarded contract.
-        unsafe { posix::map_aligned_trim(size, align, 0) }
-    }
-
-    unsafe fn unmap(ptr: *mut u8, size: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { posix::unmap(ptr, size) }
+        unsafe { bsd::map_aligned(size, align, flag) }
     }
 
     unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool {
-        match mode {
-            PurgeMode::Free => {
-                // SAFETY: forwarded contract. Lazy: contents undefined until reused, never zero.
-                unsafe { posix::madvise(ptr, size, libc::MADV_FREE) };
-                false
-            }
-            // MADV_DONTNEED only deactivates the pages on DragonFly; zeroing needs new pages.
-            // SAFETY: forwarded contract.
-            PurgeMode::DontNeed => unsafe { remap_zero(ptr, size) },
-        }
-    }
-
-    unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
+        // MADV_DONTNEED only deactivates the pages on DragonFly; zeroing needs new pages.
         // SAFETY: forwarded contract.
-        unsafe { posix::protect_none(ptr, size) }
+        unsafe { bsd::purge(ptr, size, mode) }
     }
 
-    unsafe fn set_huge_pages(_ptr: *mut u8, _size: usize, _enable: bool) {
-        // No transparent huge pages for anonymous memory (the kernel aligns big mappings to 2 MiB
-        // and shares page-table pages instead); nothing to ask for.
-    }
+    // No transparent huge pages for anonymous memory (the kernel aligns big mappings to 2 MiB and
+    // shares page-table pages instead): `set_huge_pages` keeps the default no-op.
 
     unsafe fn resize_in_place(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
-        if new_size <= old_size {
-            if new_size < old_size {
-                // SAFETY: the tail belongs to the caller's mapping and is no longer used.
-                unsafe { posix::unmap(ptr.add(new_size), old_size - new_size) };
-            }
-            return true;
-        }
-        // SAFETY: `ptr + old_size` is the end of the caller's mapping.
-        let end = unsafe { ptr.add(old_size) };
-        // SAFETY: MAP_TRYFIXED maps at `end` only if nothing is there; it never replaces.
-        let p = unsafe { posix::mmap_anon(end, new_size - old_size, MAP_TRYFIXED) };
-        if p == end {
-            return true;
-        }
-        if !p.is_null() {
-            // SAFETY: a mapping we just made (somewhere else).
-            unsafe { posix::unmap(p, new_size - old_size) };
-        }
-        false
+        // SAFETY: forwarded contract; MAP_TRYFIXED maps at the hint only if nothing is there.
+        unsafe { bsd::resize_in_place(ptr, old_size, new_size, MAP_TRYFIXED) }
     }
 
-    unsafe fn move_mapping(_ptr: *mut u8, _old: usize, _new: usize, _align: usize) -> *mut u8 {
-        ptr::null_mut() // no mremap
-    }
-
-    unsafe fn place(_ptr: *mut u8, _size: usize, placement: Placement<'_>) -> bool {
-        // No per-range policy; first touch by package is what the kernel does by itself.
-        matches!(placement, Placement::Local)
-    }
+    // No mremap (`move_mapping` default); no per-range policy (`place` default: first touch by
+    // package is what the kernel does by itself).
 
     fn with_thread_placement(node: usize, touch: &mut dyn FnMut()) -> bool {
         if !PACKAGES_KNOWN.load(Ordering::Acquire) {
@@ -234,14 +154,8 @@ impl Os for Sys {
         true
     }
 
-    fn cpu_id_ptr() -> *const u32 {
-        ptr::null() // no rseq
-    }
-
     fn current_cpu() -> Option<usize> {
-        // SAFETY: no preconditions (a system call on DragonFly).
-        let c = unsafe { libc::sched_getcpu() };
-        if c >= 0 { Some(c as usize) } else { None }
+        bsd::current_cpu() // a system call on DragonFly
     }
 
     fn read_topology(_root: Option<&[u8]>, sink: &mut dyn TopologySink) -> bool {
@@ -257,32 +171,30 @@ impl Os for Sys {
         None // DragonFly has no memory policies to inherit
     }
 
-    fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
-        posix::environ_find(name)
+    fn kernel_thread_id() -> u32 {
+        // SAFETY: no preconditions.
+        (unsafe { lwp_gettid() } as u32) & ((1 << 30) - 1)
     }
-    fn write_stderr(bytes: &[u8]) {
-        posix::write_stderr(bytes)
+
+    fn futex_wait(word: &AtomicU32, expected: u32, timeout_ms: Option<u64>) {
+        // umtx_sleep's timeout is in microseconds, 0 = none; it fits an int for our short waits.
+        let us = timeout_ms.map_or(0, |ms| (ms.saturating_mul(1000)).min(i32::MAX as u64) as libc::c_int);
+        // SAFETY: sleeps while the word equals `expected`.
+        unsafe { umtx_sleep(word.as_ptr().cast(), expected as libc::c_int, us) };
     }
-    fn abort() -> ! {
-        posix::abort()
+
+    fn futex_wake(word: &AtomicU32, n: u32) {
+        // SAFETY: wakes sleepers on our word.
+        unsafe { umtx_wakeup(word.as_ptr().cast(), n as libc::c_int) };
     }
-    fn yield_now() {
-        posix::yield_now()
-    }
-    fn now_ms() -> u64 {
-        posix::now_ms()
-    }
+
     fn set_errno(e: i32) {
-        // SAFETY: `__errno_location()` is the calling thread's errno location.
-        unsafe { *libc::__errno_location() = e };
+        posix::set_errno(e)
     }
-    fn thread_key_create(dtor: unsafe extern "C" fn(*mut libc::c_void)) -> Option<libc::pthread_key_t> {
-        posix::thread_key_create(dtor)
-    }
-    fn thread_key_set(key: libc::pthread_key_t, value: *mut libc::c_void) {
-        posix::thread_key_set(key, value)
-    }
-    fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) -> bool {
-        posix::atfork(prepare, parent, child)
-    }
+}
+
+extern "C" {
+    fn umtx_sleep(ptr: *const libc::c_int, value: libc::c_int, timeout: libc::c_int) -> libc::c_int;
+    fn umtx_wakeup(ptr: *const libc::c_int, count: libc::c_int) -> libc::c_int;
+    fn lwp_gettid() -> libc::lwpid_t;
 }

@@ -17,7 +17,9 @@
 use core::ptr;
 
 use super::bsd_sysctl::{self, freebsd as sysctl, SysctlByName};
-use super::{posix, Os, Placement, ProcessPolicy, PurgeMode, TopologySink, OS_PAGE};
+use core::sync::atomic::AtomicU32;
+
+use super::{bsd, posix, Os, ProcessPolicy, PurgeMode, TopologySink};
 
 /// The FreeBSD implementation of [`Os`].
 pub(crate) struct Sys;
@@ -97,111 +99,30 @@ impl Drop for RestoreDomain {
     }
 }
 
-/// Replaces `[ptr, ptr + size)` with fresh zero-fill pages; the old ones are freed at once.
-///
-/// # Safety
-/// The range must be mapped by this layer, page aligned, and hold no live data.
-unsafe fn remap_zero(ptr: *mut u8, size: usize) -> bool {
-    // SAFETY: MAP_FIXED replaces only pages of a range the caller owns and no longer uses.
-    if unsafe { posix::mmap_anon(ptr, size, libc::MAP_FIXED) } == ptr {
-        return true;
-    }
-    // The kernel deletes the old entries before inserting the new one; if the insert failed
-    // (resource shortage) the range may now be a hole. Retry once, then tell the two cases apart.
-    // SAFETY: as above.
-    if unsafe { posix::mmap_anon(ptr, size, libc::MAP_FIXED) } == ptr {
-        return true;
-    }
-    let mut vec = 0 as libc::c_char;
-    // SAFETY: mincore only reports on the page at `ptr` into the one-byte `vec`.
-    if unsafe { libc::mincore(ptr.cast(), OS_PAGE, &mut vec) } != 0 {
-        crate::util::fatal(format_args!("mmap(MAP_FIXED) failed while purging {size} bytes at {ptr:p}"));
-    }
-    false // still mapped with its old contents
-}
-
 impl Os for Sys {
     const NAME: &'static str = "freebsd";
     const PLACEMENT_GRANULE: usize = 2 << 20;
 
     unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
-        if align <= OS_PAGE {
-            // SAFETY: forwarded contract.
-            return unsafe { posix::mmap_anon(ptr::null_mut(), size, 0) };
-        }
-        if let Some(flag) = sysctl::map_aligned_flag(align) {
-            // SAFETY: plain anonymous mapping; MAP_ALIGNED only constrains where it goes.
-            let p = unsafe { posix::mmap_anon(ptr::null_mut(), size, flag) };
-            if !p.is_null() && p as usize % align == 0 {
-                return p;
-            }
-            if !p.is_null() {
-                // SAFETY: we just mapped it.
-                unsafe { posix::unmap(p, size) };
-            }
-        }
         // SAFETY: forwarded contract.
-        unsafe { posix::map_aligned_trim(size, align, 0) }
-    }
-
-    unsafe fn unmap(ptr: *mut u8, size: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { posix::unmap(ptr, size) }
+        unsafe { bsd::map_aligned(size, align, sysctl::map_aligned_flag(align)) }
     }
 
     unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool {
-        match mode {
-            PurgeMode::Free => {
-                // SAFETY: forwarded contract. Lazy: contents undefined until reused, never zero.
-                unsafe { posix::madvise(ptr, size, libc::MADV_FREE) };
-                false
-            }
-            // MADV_DONTNEED keeps the data on FreeBSD; zeroing needs new pages.
-            // SAFETY: forwarded contract.
-            PurgeMode::DontNeed => unsafe { remap_zero(ptr, size) },
-        }
-    }
-
-    unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
         // SAFETY: forwarded contract.
-        unsafe { posix::protect_none(ptr, size) }
+        unsafe { bsd::purge(ptr, size, mode) }
     }
 
-    unsafe fn set_huge_pages(_ptr: *mut u8, _size: usize, _enable: bool) {
-        // Superpages are automatic (reservations, vm.pmap.pg_ps_enabled) for aligned runs; there
-        // is no per-range switch.
-    }
+    // Superpages are automatic (reservations, vm.pmap.pg_ps_enabled) for aligned runs; there is
+    // no per-range switch, so `set_huge_pages` keeps the default no-op.
 
     unsafe fn resize_in_place(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
-        if new_size <= old_size {
-            if new_size < old_size {
-                // SAFETY: the tail belongs to the caller's mapping and is no longer used.
-                unsafe { posix::unmap(ptr.add(new_size), old_size - new_size) };
-            }
-            return true;
-        }
-        // SAFETY: `ptr + old_size` is the end of the caller's mapping.
-        let end = unsafe { ptr.add(old_size) };
-        // SAFETY: MAP_EXCL makes MAP_FIXED fail instead of replacing anything already mapped.
-        let p = unsafe { posix::mmap_anon(end, new_size - old_size, libc::MAP_FIXED | libc::MAP_EXCL) };
-        if p == end {
-            return true;
-        }
-        if !p.is_null() {
-            // SAFETY: a mapping we just made (somewhere else).
-            unsafe { posix::unmap(p, new_size - old_size) };
-        }
-        false
+        // SAFETY: forwarded contract; MAP_EXCL makes MAP_FIXED fail instead of replacing.
+        unsafe { bsd::resize_in_place(ptr, old_size, new_size, libc::MAP_FIXED | libc::MAP_EXCL) }
     }
 
-    unsafe fn move_mapping(_ptr: *mut u8, _old: usize, _new: usize, _align: usize) -> *mut u8 {
-        ptr::null_mut() // no mremap
-    }
-
-    unsafe fn place(_ptr: *mut u8, _size: usize, placement: Placement<'_>) -> bool {
-        // No per-range policy for anonymous memory; first touch is the default user policy.
-        matches!(placement, Placement::Local)
-    }
+    // No mremap (`move_mapping` default) and no per-range policy for anonymous memory (`place`
+    // default: first touch, the default user policy, is all it accepts).
 
     fn with_thread_placement(node: usize, touch: &mut dyn FnMut()) -> bool {
         let Some(bits) = sysctl::domain_mask(node) else { return false };
@@ -220,14 +141,9 @@ impl Os for Sys {
         true
     }
 
-    fn cpu_id_ptr() -> *const u32 {
-        ptr::null() // no rseq
-    }
-
     fn current_cpu() -> Option<usize> {
-        // SAFETY: no preconditions (libc uses rdpid/rdtscp on amd64 where it can, else a syscall).
-        let c = unsafe { libc::sched_getcpu() };
-        if c >= 0 { Some(c as usize) } else { None }
+        // libc uses rdpid/rdtscp on amd64 where it can, else a syscall.
+        bsd::current_cpu()
     }
 
     fn read_topology(_root: Option<&[u8]>, sink: &mut dyn TopologySink) -> bool {
@@ -241,32 +157,38 @@ impl Os for Sys {
         sysctl::process_policy(policy, &mask.bits, domains)
     }
 
-    fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
-        posix::environ_find(name)
+    fn kernel_thread_id() -> u32 {
+        let mut id: libc::c_long = 0;
+        // SAFETY: thr_self writes the calling thread's id into `id`.
+        unsafe { thr_self(&mut id) };
+        (id as u32) & ((1 << 30) - 1)
     }
-    fn write_stderr(bytes: &[u8]) {
-        posix::write_stderr(bytes)
+
+    fn futex_wait(word: &AtomicU32, expected: u32, timeout_ms: Option<u64>) {
+        let ts = timeout_ms.map(posix::timespec_ms);
+        let (size, tsp) = match &ts {
+            Some(t) => (core::mem::size_of::<libc::timespec>(), t as *const libc::timespec as *mut libc::c_void),
+            None => (0, ptr::null_mut()),
+        };
+        // SAFETY: UMTX_OP_WAIT_UINT_PRIVATE sleeps while the word equals `expected`.
+        unsafe { _umtx_op(word.as_ptr().cast(), UMTX_OP_WAIT_UINT_PRIVATE, expected as libc::c_ulong, size as *mut libc::c_void, tsp) };
     }
-    fn abort() -> ! {
-        posix::abort()
+
+    fn futex_wake(word: &AtomicU32, n: u32) {
+        // SAFETY: UMTX_OP_WAKE_PRIVATE wakes sleepers on our word.
+        unsafe { _umtx_op(word.as_ptr().cast(), UMTX_OP_WAKE_PRIVATE, n as libc::c_ulong, ptr::null_mut(), ptr::null_mut()) };
     }
-    fn yield_now() {
-        posix::yield_now()
-    }
-    fn now_ms() -> u64 {
-        posix::now_ms()
-    }
+
     fn set_errno(e: i32) {
-        // SAFETY: `__error()` is the calling thread's errno location.
-        unsafe { *libc::__error() = e };
+        posix::set_errno(e)
     }
-    fn thread_key_create(dtor: unsafe extern "C" fn(*mut libc::c_void)) -> Option<libc::pthread_key_t> {
-        posix::thread_key_create(dtor)
-    }
-    fn thread_key_set(key: libc::pthread_key_t, value: *mut libc::c_void) {
-        posix::thread_key_set(key, value)
-    }
-    fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) -> bool {
-        posix::atfork(prepare, parent, child)
-    }
+}
+
+/// `_umtx_op(2)` operations (`<sys/umtx.h>`).
+const UMTX_OP_WAIT_UINT_PRIVATE: libc::c_int = 15;
+const UMTX_OP_WAKE_PRIVATE: libc::c_int = 16;
+
+extern "C" {
+    fn _umtx_op(obj: *mut libc::c_void, op: libc::c_int, val: libc::c_ulong, uaddr: *mut libc::c_void, uaddr2: *mut libc::c_void) -> libc::c_int;
+    fn thr_self(id: *mut libc::c_long) -> libc::c_int;
 }

@@ -1,10 +1,13 @@
-//! Linux: `mmap`/`madvise`/`mremap`, `mbind` for placement, rseq for the current CPU, sysfs for
-//! the topology (`/sys/devices/system/node`, read with raw `open`/`read` into stack buffers).
+//! Linux: `mmap`/`madvise`/`mremap`, `mbind` for placement and `move_pages` to ask where pages
+//! are, futexes, rseq for the current CPU, sysfs for the topology (`/sys/devices/system/node`,
+//! read with raw `open`/`read` into stack buffers), and glibc's stdio list lock for fork.
 
+use core::ffi::c_void;
 use core::fmt::Write;
 use core::ptr;
+use core::sync::atomic::AtomicU32;
 
-use super::{posix, Os, Placement, PurgeMode, TopologySink};
+use super::{posix, Os, Placement, PurgeMode, TopologySink, PAGE_ABSENT};
 use crate::util::{for_each_in_list, parse_u64, BufWriter};
 
 /// The Linux implementation of [`Os`].
@@ -16,17 +19,6 @@ const MPOL_INTERLEAVE: libc::c_long = 3;
 
 impl Os for Sys {
     const NAME: &'static str = "linux";
-    const PLACEMENT_GRANULE: usize = super::OS_PAGE;
-
-    unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
-        // SAFETY: forwarded contract.
-        unsafe { posix::map_aligned_trim(size, align, 0) }
-    }
-
-    unsafe fn unmap(ptr: *mut u8, size: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { posix::unmap(ptr, size) }
-    }
 
     unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool {
         match mode {
@@ -42,11 +34,6 @@ impl Os for Sys {
                 }
             }
         }
-    }
-
-    unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
-        // SAFETY: forwarded contract.
-        unsafe { posix::protect_none(ptr, size) }
     }
 
     unsafe fn set_huge_pages(ptr: *mut u8, size: usize, enable: bool) {
@@ -106,8 +93,32 @@ impl Os for Sys {
         r == 0
     }
 
-    fn with_thread_placement(_node: usize, _touch: &mut dyn FnMut()) -> bool {
-        false // Linux places per range (`place`).
+    fn page_nodes(addrs: &[usize], nodes: &mut [i32]) -> bool {
+        let n = addrs.len().min(nodes.len());
+        if n == 0 {
+            return true;
+        }
+        // SAFETY: move_pages(pid 0 = self, count, pages, nodes = NULL: only report, status out).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_pages,
+                0 as libc::c_long,
+                n as libc::c_ulong,
+                addrs.as_ptr(),
+                ptr::null::<i32>(),
+                nodes.as_mut_ptr(),
+                0 as libc::c_long,
+            )
+        };
+        if r < 0 {
+            return false;
+        }
+        for s in &mut nodes[..n] {
+            if *s < 0 {
+                *s = PAGE_ABSENT; // -ENOENT: not present; other errors: unknown, as absent
+            }
+        }
+        true
     }
 
     fn cpu_id_ptr() -> *const u32 {
@@ -149,34 +160,89 @@ impl Os for Sys {
             _ => None,
         }
     }
-    fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
-        posix::environ_find(name)
+
+    fn kernel_thread_id() -> u32 {
+        // SAFETY: no preconditions.
+        (unsafe { libc::syscall(libc::SYS_gettid) }) as u32
     }
-    fn write_stderr(bytes: &[u8]) {
-        posix::write_stderr(bytes)
+
+    fn futex_wait(word: &AtomicU32, expected: u32, timeout_ms: Option<u64>) {
+        let ts = timeout_ms.map(posix::timespec_ms);
+        let tsp = ts.as_ref().map_or(ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: a futex word of ours; FUTEX_WAIT only reads it and sleeps.
+        unsafe {
+            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, expected, tsp)
+        };
     }
-    fn abort() -> ! {
-        posix::abort()
+
+    fn futex_wake(word: &AtomicU32, n: u32) {
+        // SAFETY: a futex word of ours.
+        unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, n) };
     }
-    fn yield_now() {
-        posix::yield_now()
+
+    fn is_single_threaded() -> bool {
+        glibc::single_threaded()
     }
-    fn now_ms() -> u64 {
-        posix::now_ms()
+
+    fn stdio_lock() -> bool {
+        glibc::stdio_lock()
     }
+
+    fn stdio_unlock() {
+        glibc::stdio_unlock()
+    }
+
+    fn random_u64() -> u64 {
+        let mut r = 0u64;
+        // SAFETY: getrandom into an 8-byte local; GRND_NONBLOCK never blocks at early boot.
+        let n = unsafe { libc::syscall(libc::SYS_getrandom, &mut r as *mut u64 as *mut c_void, 8usize, libc::GRND_NONBLOCK) };
+        if n == 8 {
+            posix::mix_entropy(r)
+        } else {
+            posix::random_u64()
+        }
+    }
+
     fn set_errno(e: i32) {
-        // SAFETY: errno location of the calling thread.
-        unsafe { *libc::__errno_location() = e };
+        posix::set_errno(e)
     }
-    fn thread_key_create(dtor: unsafe extern "C" fn(*mut libc::c_void)) -> Option<libc::pthread_key_t> {
-        posix::thread_key_create(dtor)
+}
+
+/// glibc's hooks: its single-thread flag and its stdio list lock (exported since 2.32 and 2.2.5).
+#[cfg(target_env = "gnu")]
+mod glibc {
+    extern "C" {
+        static __libc_single_threaded: libc::c_char;
+        fn _IO_list_lock();
+        fn _IO_list_unlock();
     }
-    fn thread_key_set(key: libc::pthread_key_t, value: *mut libc::c_void) {
-        posix::thread_key_set(key, value)
+
+    pub(super) fn single_threaded() -> bool {
+        // SAFETY: a byte glibc keeps; a racy read only errs towards "multi-threaded" later.
+        unsafe { core::ptr::read_volatile(&__libc_single_threaded) != 0 }
     }
-    fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) -> bool {
-        posix::atfork(prepare, parent, child)
+
+    pub(super) fn stdio_lock() -> bool {
+        // SAFETY: glibc's recursive stdio list lock, taken in fork's order (before malloc's).
+        unsafe { _IO_list_lock() };
+        true
     }
+
+    pub(super) fn stdio_unlock() {
+        // SAFETY: releases our own hold of the recursive lock taken by `stdio_lock`.
+        unsafe { _IO_list_unlock() };
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+mod glibc {
+    pub(super) fn single_threaded() -> bool {
+        false
+    }
+    pub(super) fn stdio_lock() -> bool {
+        false
+    }
+    pub(super) fn stdio_unlock() {}
 }
 
 #[cfg(all(target_env = "gnu", any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -212,40 +278,15 @@ fn rseq_cpu_id_ptr() -> *const u32 {
     ptr::null()
 }
 
-/// Reads a small file into `buf`, returning the bytes read (None if it cannot be opened).
-fn read_file<'a>(path: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
-    let mut cpath = [0u8; 512];
-    if path.len() >= cpath.len() {
-        return None;
-    }
-    cpath[..path.len()].copy_from_slice(path);
-    // SAFETY: NUL-terminated path in a stack buffer.
-    let fd = unsafe { libc::open(cpath.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    let mut len = 0;
-    while len < buf.len() {
-        // SAFETY: reading into the unfilled tail of `buf`.
-        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
-        if n <= 0 {
-            break;
-        }
-        len += n as usize;
-    }
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
-    Some(&buf[..len])
-}
-
-/// Formats `root` + suffix into `out`, returning the path bytes.
+/// Formats `root` + suffix into `out` (NUL-terminated), returning the path bytes with the NUL.
 fn path<'a>(out: &'a mut [u8; 512], root: &[u8], args: core::fmt::Arguments<'_>) -> &'a [u8] {
     let n = root.len().min(400);
     out[..n].copy_from_slice(&root[..n]);
-    let mut w = BufWriter::new(&mut out[n..]);
+    let mut w = BufWriter::new(&mut out[n..511]);
     let _ = w.write_fmt(args);
     let m = w.as_bytes().len();
-    &out[..n + m]
+    out[n + m] = 0;
+    &out[..n + m + 1]
 }
 
 fn max_in_list(s: &[u8]) -> Option<usize> {
@@ -260,11 +301,12 @@ fn max_in_list(s: &[u8]) -> Option<usize> {
 pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> bool {
     let mut buf = [0u8; 8192];
     let mut pbuf = [0u8; 512];
+    let read = posix::read_file;
 
-    let cpu_ids = read_file(path(&mut pbuf, root, format_args!("/devices/system/cpu/possible")), &mut buf)
+    let cpu_ids = read(path(&mut pbuf, root, format_args!("/devices/system/cpu/possible")), &mut buf)
         .and_then(max_in_list)
         .map(|m| m + 1);
-    let node_possible = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/possible")), &mut buf)
+    let node_possible = read(path(&mut pbuf, root, format_args!("/devices/system/node/possible")), &mut buf)
         .and_then(max_in_list)
         .map(|m| m + 1);
 
@@ -288,7 +330,7 @@ pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> b
     // Online nodes, in id order: `distance` files list one entry per online node, in this order.
     let mut online = [0u16; 1024];
     let mut n_online = 0;
-    if let Some(s) = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/online")), &mut buf) {
+    if let Some(s) = read(path(&mut pbuf, root, format_args!("/devices/system/node/online")), &mut buf) {
         for_each_in_list(s, |i| {
             if n_online < online.len() && i < node_ids {
                 online[n_online] = i as u16;
@@ -297,18 +339,17 @@ pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> b
         });
     }
     let mut has_memory = crate::os::NodeMask::empty();
-    let mem_list_known =
-        match read_file(path(&mut pbuf, root, format_args!("/devices/system/node/has_memory")), &mut buf) {
-            Some(s) => {
-                for_each_in_list(s, |i| has_memory.insert(i));
-                true
-            }
-            None => false,
-        };
+    let mem_list_known = match read(path(&mut pbuf, root, format_args!("/devices/system/node/has_memory")), &mut buf) {
+        Some(s) => {
+            for_each_in_list(s, |i| has_memory.insert(i));
+            true
+        }
+        None => false,
+    };
 
     for &node in &online[..n_online] {
         let node = node as usize;
-        if let Some(s) = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/cpulist", node)), &mut buf) {
+        if let Some(s) = read(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/cpulist", node)), &mut buf) {
             for_each_in_list(s, |c| {
                 if c < cpu_ids {
                     sink.cpu(c, node)
@@ -316,7 +357,7 @@ pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> b
             });
         }
         let mut mem = 0u64;
-        if let Some(s) = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/meminfo", node)), &mut buf) {
+        if let Some(s) = read(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/meminfo", node)), &mut buf) {
             mem = parse_meminfo_total(s).unwrap_or(0);
         }
         if mem_list_known && !has_memory.contains(node) {
@@ -325,7 +366,7 @@ pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> b
             mem = 1; // has memory, size unknown
         }
         sink.node_memory(node, mem);
-        if let Some(s) = read_file(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/distance", node)), &mut buf) {
+        if let Some(s) = read(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/distance", node)), &mut buf) {
             for (i, d) in s.split(|c| c.is_ascii_whitespace()).filter(|t| !t.is_empty()).enumerate() {
                 if i < n_online {
                     if let Some(d) = parse_u64(d) {
@@ -377,5 +418,31 @@ mod tests {
         // SAFETY: as above.
         let c = unsafe { p.read_volatile() } as usize;
         assert!(a == b || b == c, "rseq cpu {a}/{c} vs sched_getcpu {b}");
+    }
+
+    #[test]
+    fn page_nodes_reports_touched_and_absent_pages() {
+        // SAFETY: a private mapping of ours.
+        let p = unsafe { posix::mmap_anon(ptr::null_mut(), 2 * super::super::OS_PAGE, 0) };
+        assert!(!p.is_null());
+        // SAFETY: inside the mapping.
+        unsafe { p.write_volatile(1) };
+        let addrs = [p as usize, p as usize + super::super::OS_PAGE];
+        let mut nodes = [7i32; 2];
+        if Sys::page_nodes(&addrs, &mut nodes) {
+            assert!(nodes[0] >= 0, "touched page: {nodes:?}");
+            assert_eq!(nodes[1], PAGE_ABSENT, "untouched page: {nodes:?}");
+        }
+        // SAFETY: ours.
+        unsafe { posix::unmap(p, 2 * super::super::OS_PAGE) };
+    }
+
+    #[test]
+    fn futex_wait_returns_on_mismatch_and_timeout() {
+        let w = AtomicU32::new(5);
+        Sys::futex_wait(&w, 4, None); // value differs: returns at once
+        Sys::futex_wait(&w, 5, Some(1)); // times out
+        Sys::futex_wake(&w, 1);
+        assert!(Sys::kernel_thread_id() > 0);
     }
 }

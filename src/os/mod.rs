@@ -1,18 +1,25 @@
-//! The OS layer: the only place that names an operating system.
+//! The OS layer: the only place that names an operating system, a libc type or a system call.
 //!
 //! One trait, [`Os`], is the written contract every platform implements; one `cfg` block below
 //! picks the implementation (`linux.rs`, `freebsd.rs`, `dragonfly.rs`, or `other.rs` for any other
-//! Unix) and exports it as [`Sys`]. Shared POSIX pieces live in `posix.rs`. Nothing outside this
-//! directory may use `target_os`.
+//! Unix) and exports it as [`Sys`]. What every POSIX system does the same way is written once, as
+//! the trait's default methods (on top of `posix.rs`); what FreeBSD and DragonFly share lives in
+//! `bsd.rs`. A platform file implements only what differs. Nothing outside this directory uses
+//! `target_os`, `target_arch` or the `libc` crate.
 //!
-//! The thin wrappers at the bottom add what is the same on every OS (fault injection for tests,
-//! accounting) so platform files stay small.
+//! The wrappers at the bottom add what is the same on every OS (fault injection for tests, the
+//! address-range check the segment map relies on, the contention counters) so platform files
+//! stay small. `tls.rs` holds the per-thread words the allocator keeps in initial-exec TLS.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub(crate) mod posix;
+pub(crate) mod tls;
 // Sysctl parsing for the BSD ports; pure, so compiled (and unit-tested) on every OS.
 mod bsd_sysctl;
+#[cfg(any(target_os = "freebsd", target_os = "dragonfly"))]
+mod bsd;
 
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
@@ -29,6 +36,8 @@ mod imp;
 
 /// The platform implementation selected for this build.
 pub(crate) use imp::Sys;
+
+use crate::util::BufWriter;
 
 /// How purged memory is given back.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -94,7 +103,7 @@ impl NodeMask {
         if n == 0 { None } else { self.iter().nth(i % n) }
     }
     /// The raw words, as `mbind`'s `nodemask` wants them.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    #[allow(dead_code)]
     pub(crate) fn words(&self) -> &[u64; 16] {
         &self.bits
     }
@@ -154,14 +163,25 @@ pub(crate) trait TopologySink {
     fn distance(&mut self, from: usize, to: usize, d: u32);
 }
 
+/// A thread-specific data key (`pthread_key_t` on every platform here), opaque to the allocator.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) struct ThreadKey(pub(crate) u64);
+
+/// What [`Os::page_nodes`] reports for a page that is not resident (never touched, or purged).
+pub(crate) const PAGE_ABSENT: i32 = -1;
+
 /// The contract every platform implements. All functions are safe to call before any
-/// constructor ran, from any thread, and never allocate through `malloc`.
+/// constructor ran, from any thread, and never allocate through `malloc` (the one exception,
+/// [`Os::spawn_thread`], says so). Default methods are the POSIX way; platforms override what
+/// they do differently.
 pub(crate) trait Os {
     /// Platform name for reports.
     const NAME: &'static str;
     /// The granularity at which per-thread placement decides a page's node (FreeBSD's 2 MiB
     /// superpage reservations: the first fault in a 2 MiB block decides the whole block).
-    const PLACEMENT_GRANULE: usize;
+    const PLACEMENT_GRANULE: usize = OS_PAGE;
+
+    // ---- memory ----
 
     /// Maps `size` bytes (a multiple of the OS page size) aligned to `align` (a power of two, at
     /// least the OS page size), readable and writable, reading as zero and not yet touched, so
@@ -169,13 +189,19 @@ pub(crate) trait Os {
     ///
     /// # Safety
     /// `size` and `align` as stated.
-    unsafe fn map_aligned(size: usize, align: usize) -> *mut u8;
+    unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { posix::map_aligned_trim(size, align, 0) }
+    }
 
     /// Unmaps a range obtained from this trait.
     ///
     /// # Safety
     /// The range must be mapped by this layer and no longer in use.
-    unsafe fn unmap(ptr: *mut u8, size: usize);
+    unsafe fn unmap(ptr: *mut u8, size: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { posix::unmap(ptr, size) }
+    }
 
     /// Gives the pages of a range back to the OS, keeping the address range. Returns whether the
     /// range now reads as zero.
@@ -184,25 +210,29 @@ pub(crate) trait Os {
     /// The range must be mapped by this layer, page aligned, and hold no live data.
     unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool;
 
-    /// Makes a range inaccessible (`PROT_NONE`): any access faults. Guard pages of checked
-    /// mode. Returns false on failure.
+    /// Makes a range inaccessible (`PROT_NONE`, guard pages) or accessible again. Returns false
+    /// on failure.
     ///
     /// # Safety
     /// The range must be mapped by this layer, page aligned, and hold nothing in use.
-    #[cfg_attr(not(feature = "quarantine"), allow(dead_code))]
-    unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool;
+    unsafe fn protect(ptr: *mut u8, size: usize, accessible: bool) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { posix::protect(ptr, size, accessible) }
+    }
 
     /// Asks for (or against) transparent huge pages on a range; a no-op where unsupported.
     ///
     /// # Safety
     /// The range must be mapped by this layer and page aligned.
-    unsafe fn set_huge_pages(ptr: *mut u8, size: usize, enable: bool);
+    unsafe fn set_huge_pages(_ptr: *mut u8, _size: usize, _enable: bool) {}
 
     /// Grows or shrinks a mapping in place; false if the OS cannot.
     ///
     /// # Safety
     /// `[ptr, ptr+old_size)` must be one mapping made by this layer; sizes page multiples.
-    unsafe fn resize_in_place(ptr: *mut u8, old_size: usize, new_size: usize) -> bool;
+    unsafe fn resize_in_place(_ptr: *mut u8, _old_size: usize, _new_size: usize) -> bool {
+        false
+    }
 
     /// Moves a mapping to a new address aligned to `align`, with size `new_size`, without copying
     /// the pages where the OS can (Linux `mremap`). Returns null if unsupported or on failure, in
@@ -210,68 +240,189 @@ pub(crate) trait Os {
     ///
     /// # Safety
     /// As [`Os::resize_in_place`].
-    unsafe fn move_mapping(ptr: *mut u8, old_size: usize, new_size: usize, align: usize) -> *mut u8;
+    unsafe fn move_mapping(_ptr: *mut u8, _old_size: usize, _new_size: usize, _align: usize) -> *mut u8 {
+        core::ptr::null_mut()
+    }
 
     /// Applies a placement policy to a range before its pages are touched. Returns false where the
-    /// platform has no per-range placement (the caller then falls back, see `policy.rs`).
+    /// platform has no per-range placement (the caller then falls back to
+    /// [`Os::with_thread_placement`]).
     ///
     /// # Safety
     /// The range must be mapped by this layer and page aligned.
-    unsafe fn place(ptr: *mut u8, size: usize, placement: Placement<'_>) -> bool;
+    unsafe fn place(_ptr: *mut u8, _size: usize, placement: Placement<'_>) -> bool {
+        matches!(placement, Placement::Local)
+    }
 
     /// Runs `touch` with the calling thread's memory placement temporarily set to `node`, for
     /// platforms whose placement is per thread rather than per range. Returns false (without
     /// calling `touch`) where unsupported.
-    fn with_thread_placement(node: usize, touch: &mut dyn FnMut()) -> bool;
+    fn with_thread_placement(_node: usize, _touch: &mut dyn FnMut()) -> bool {
+        false
+    }
+
+    /// Where the pages at `addrs` are: `nodes[i]` receives the node of the page holding
+    /// `addrs[i]`, or [`PAGE_ABSENT`] if it is not resident. One system call for all of them
+    /// (Linux `move_pages` without target nodes). Returns false where the OS cannot tell.
+    fn page_nodes(_addrs: &[usize], _nodes: &mut [i32]) -> bool {
+        false
+    }
+
+    // ---- CPUs and topology ----
 
     /// A pointer to the calling thread's kernel-maintained current-CPU word (Linux rseq `cpu_id`),
     /// valid for the thread's life, or null where there is none.
-    fn cpu_id_ptr() -> *const u32;
+    fn cpu_id_ptr() -> *const u32 {
+        core::ptr::null()
+    }
 
     /// The CPU the calling thread runs on now (a system call or vDSO; slow path only).
-    fn current_cpu() -> Option<usize>;
+    fn current_cpu() -> Option<usize> {
+        None
+    }
 
     /// Reports the topology to `sink`. `root` replaces `/sys` (Linux) for tests; other platforms
     /// ignore it. Returns false if nothing usable was found (callers assume one node).
-    fn read_topology(root: Option<&[u8]>, sink: &mut dyn TopologySink) -> bool;
+    fn read_topology(_root: Option<&[u8]>, _sink: &mut dyn TopologySink) -> bool {
+        false
+    }
 
     /// The memory policy the process was started with (e.g. by `numactl --membind`), so
     /// domalloc follows it instead of overriding it. `None` = the default (first touch).
-    fn process_policy() -> Option<ProcessPolicy>;
+    fn process_policy() -> Option<ProcessPolicy> {
+        None
+    }
+
+    // ---- threads and synchronisation ----
+
+    /// The calling thread's kernel id: non-zero, below 2^30, unique among the process's live
+    /// threads. Uncached (a system call); [`thread_id`] caches it.
+    fn kernel_thread_id() -> u32;
+
+    /// Sleeps while `*word == expected`, until woken by [`Os::futex_wake`] or after `timeout_ms`
+    /// (`None`: no limit). Spurious wake-ups are allowed.
+    fn futex_wait(word: &AtomicU32, expected: u32, timeout_ms: Option<u64>);
+
+    /// Wakes up to `n` threads sleeping in [`Os::futex_wait`] on `word`.
+    fn futex_wake(word: &AtomicU32, n: u32);
+
+    /// Creates a thread-specific key whose destructor runs at thread exit with the stored value.
+    fn thread_key_create(dtor: unsafe extern "C" fn(*mut c_void)) -> Option<ThreadKey> {
+        posix::thread_key_create(dtor)
+    }
+
+    /// Stores `value` for the calling thread under `key`.
+    fn thread_key_set(key: ThreadKey, value: *mut c_void) {
+        posix::thread_key_set(key, value)
+    }
+
+    /// Registers fork handlers.
+    fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) -> bool {
+        posix::atfork(prepare, parent, child)
+    }
+
+    /// Starts a detached thread running `run` with every signal blocked and a small stack. This
+    /// calls the C library's thread creation, which allocates: call it only where a nested
+    /// `malloc` is safe (no allocator lock held, thread state consistent). Returns success.
+    fn spawn_thread(run: extern "C" fn(*mut c_void) -> *mut c_void) -> bool {
+        posix::spawn_thread(run)
+    }
+
+    /// Whether the process has (and always had) a single thread, as the C library tracks it
+    /// (glibc's `__libc_single_threaded`); false where unknown.
+    fn is_single_threaded() -> bool {
+        false
+    }
+
+    /// Takes the C library's stdio list lock, where fork takes it after the atfork handlers
+    /// (glibc's `_IO_list_lock`). Returns whether it was taken; then [`Os::stdio_unlock`] (in
+    /// the parent) releases it; in the child the C library resets it itself.
+    fn stdio_lock() -> bool {
+        false
+    }
+
+    /// Releases the lock [`Os::stdio_lock`] took (fork's parent side).
+    fn stdio_unlock() {}
+
+    // ---- process ----
 
     /// Looks `name` up in the process environment without allocating.
-    fn environ_find(name: &[u8]) -> Option<&'static [u8]>;
+    fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
+        posix::environ_find(name)
+    }
 
-    /// Writes bytes to file descriptor 2, retrying short writes, ignoring errors.
-    fn write_stderr(bytes: &[u8]);
+    /// Calls `f` with each `NAME=value` entry of the environment (no allocation).
+    fn environ_each(f: &mut dyn FnMut(&[u8])) {
+        posix::environ_each(f)
+    }
+
+    /// Writes all of `bytes` to file descriptor `fd`, retrying short writes. Returns success.
+    fn write_fd(fd: i32, bytes: &[u8]) -> bool {
+        posix::write_fd(fd, bytes)
+    }
+
+    /// Opens `path` (NUL-terminated) for writing (created or truncated, mode 0644); -1 on error.
+    fn create_file(path: &[u8]) -> i32 {
+        posix::create_file(path)
+    }
+
+    /// Closes a descriptor from [`Os::create_file`] or [`Os::read_file`]'s internals.
+    fn close_fd(fd: i32) {
+        posix::close_fd(fd)
+    }
+
+    /// Reads up to `buf.len()` bytes of the file at `path` (NUL-terminated); `None` if it cannot
+    /// be opened.
+    fn read_file<'a>(path: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
+        posix::read_file(path, buf)
+    }
+
+    /// Reads the file at `path` (NUL-terminated) in chunks of `buf`'s size, calling `f` with each
+    /// (for files too large for one buffer, e.g. `/proc/self/numa_maps`). Returns whether it opened.
+    fn read_file_chunks(path: &[u8], buf: &mut [u8], f: &mut dyn FnMut(&[u8])) -> bool {
+        posix::read_file_chunks(path, buf, f)
+    }
+
+    /// This machine's host name into `buf` (no NUL); its length.
+    fn host_name(buf: &mut [u8]) -> usize {
+        posix::host_name(buf)
+    }
+
+    /// The process id.
+    fn process_id() -> u32 {
+        posix::process_id()
+    }
+
+    /// Eight random bytes from the kernel (for the free-list link key); never fails (falls back
+    /// to address-space and clock entropy).
+    fn random_u64() -> u64 {
+        posix::random_u64()
+    }
 
     /// Aborts the process (SIGABRT).
-    fn abort() -> !;
-
-    /// Gives up the CPU for a moment.
-    fn yield_now();
+    fn abort() -> ! {
+        posix::abort()
+    }
 
     /// A monotonic clock in milliseconds.
-    fn now_ms() -> u64;
+    fn now_ms() -> u64 {
+        posix::now_ms()
+    }
 
     /// Sets the calling thread's `errno`.
     fn set_errno(e: i32);
-
-    /// Creates a thread-specific key whose destructor runs at thread exit with the stored value.
-    fn thread_key_create(dtor: unsafe extern "C" fn(*mut libc::c_void)) -> Option<libc::pthread_key_t>;
-
-    /// Stores `value` for the calling thread under `key`.
-    fn thread_key_set(key: libc::pthread_key_t, value: *mut libc::c_void);
-
-    /// Registers fork handlers.
-    fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) -> bool;
 }
+
+// ---- shared wrappers ----
 
 /// Mappings made so far; with `DOMALLOC_FAIL_MAP_EVERY=N` every Nth fails (fault injection).
 static MAP_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Fault injection settings (from the options at start-up, or [`set_fault_injection`]).
 static FAIL_EVERY: AtomicU64 = AtomicU64::new(0);
 static FAIL_AFTER: AtomicU64 = AtomicU64::new(0);
+
+/// Addresses at or above this are never used (the segment map covers 47 bits).
+pub(crate) const ADDRESS_LIMIT: usize = 1 << 47;
 
 /// Makes every `every`-th OS mapping fail, and every mapping after the `after`-th (counting from
 /// now); 0 turns each off. For tests of out-of-memory handling.
@@ -291,9 +442,10 @@ pub(crate) unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
     if (every != 0 && n % every == 0) || (after != 0 && n > after) {
         return core::ptr::null_mut();
     }
+    crate::contention::syscall(crate::contention::Syscall::Mmap);
     // SAFETY: the caller upholds the contract.
     let p = unsafe { Sys::map_aligned(size, align) };
-    if !p.is_null() && (p as usize).checked_add(size).map_or(true, |end| end > crate::segment::ADDRESS_LIMIT) {
+    if !p.is_null() && (p as usize).checked_add(size).map_or(true, |end| end > ADDRESS_LIMIT) {
         // SAFETY: we just mapped it.
         unsafe { Sys::unmap(p, size) };
         return core::ptr::null_mut();
@@ -301,10 +453,59 @@ pub(crate) unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
     p
 }
 
+/// [`Os::unmap`], counted.
+///
+/// # Safety
+/// As [`Os::unmap`].
+pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
+    crate::contention::syscall(crate::contention::Syscall::Munmap);
+    // SAFETY: forwarded contract.
+    unsafe { Sys::unmap(ptr, size) }
+}
+
+/// [`Os::purge`], counted.
+///
+/// # Safety
+/// As [`Os::purge`].
+pub(crate) unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool {
+    crate::contention::syscall(crate::contention::Syscall::Madvise);
+    // SAFETY: forwarded contract.
+    unsafe { Sys::purge(ptr, size, mode) }
+}
+
 /// The OS page size assumed everywhere (4 KiB on every supported platform).
 pub(crate) const OS_PAGE: usize = 4096;
 
-/// Gives the CPU away (used by [`crate::spin`]).
-pub(crate) fn yield_now() {
-    Sys::yield_now()
+/// The calling thread's id (cached in TLS after the first call; reset in a fork child).
+#[inline]
+pub(crate) fn thread_id() -> u32 {
+    let t = tls::thread_id();
+    if t != 0 {
+        return t;
+    }
+    let t = Sys::kernel_thread_id().max(1);
+    tls::set_thread_id(t);
+    t
+}
+
+/// Forgets the cached thread id (the fork child's thread has a new one).
+pub(crate) fn forget_thread_id() {
+    tls::set_thread_id(0);
+}
+
+/// Formats into a 512-byte stack buffer and writes the result to stderr in one `write`.
+pub(crate) fn eprint(args: core::fmt::Arguments<'_>) {
+    let mut buf = [0u8; 512];
+    let mut w = BufWriter::new(&mut buf);
+    let _ = core::fmt::write(&mut w, args);
+    Sys::write_fd(2, w.as_bytes());
+}
+
+/// Prints one line `domalloc: error: ...` to stderr and aborts the process. Used for detected
+/// heap misuse (invalid or double free, corrupted free lists) so corruption is never silent.
+#[cold]
+#[inline(never)]
+pub(crate) fn fatal(args: core::fmt::Arguments<'_>) -> ! {
+    eprint(format_args!("domalloc: error: {}\n", args));
+    Sys::abort()
 }

@@ -1,12 +1,16 @@
-//! POSIX pieces shared by every Unix implementation of [`super::Os`].
+//! POSIX pieces shared by every Unix implementation of [`super::Os`] (the trait's default
+//! methods call these).
 
+use core::ffi::c_void;
 use core::ptr;
 
+use super::ThreadKey;
+
 /// `mmap` an anonymous private read/write range, null on failure. `extra_flags` adds platform
-/// flags (e.g. `MAP_NORESERVE`, FreeBSD's `MAP_ALIGNED`).
+/// flags (e.g. FreeBSD's `MAP_ALIGNED`, `MAP_FIXED` for ranges the caller owns).
 ///
 /// # Safety
-/// `size` must be non-zero.
+/// `size` must be non-zero; with `MAP_FIXED`, `hint..hint+size` must be the caller's.
 pub(crate) unsafe fn mmap_anon(hint: *mut u8, size: usize, extra_flags: libc::c_int) -> *mut u8 {
     // SAFETY: an anonymous mapping touches no existing memory unless MAP_FIXED is in extra_flags,
     // which callers only pass for ranges they own.
@@ -28,13 +32,10 @@ pub(crate) unsafe fn mmap_anon(hint: *mut u8, size: usize, extra_flags: libc::c_
 /// # Safety
 /// `size` a non-zero multiple of the page size, `align` a power of two >= page size.
 pub(crate) unsafe fn map_aligned_trim(size: usize, align: usize, extra_flags: libc::c_int) -> *mut u8 {
-    // First try: the kernel often hands out addresses aligned enough when asked near one.
+    // First try: the kernel often hands out addresses aligned enough.
     // SAFETY: plain anonymous mapping.
     let p = unsafe { mmap_anon(ptr::null_mut(), size, extra_flags) };
-    if p.is_null() {
-        return p;
-    }
-    if (p as usize) % align == 0 {
+    if p.is_null() || (p as usize) % align == 0 {
         return p;
     }
     // SAFETY: we own [p, p+size).
@@ -54,7 +55,7 @@ pub(crate) unsafe fn map_aligned_trim(size: usize, align: usize, extra_flags: li
             libc::munmap(q.cast(), head);
         }
         if tail > 0 {
-            libc::munmap((start + size) as *mut libc::c_void, tail);
+            libc::munmap((start + size) as *mut c_void, tail);
         }
     }
     start as *mut u8
@@ -78,63 +79,198 @@ pub(crate) unsafe fn madvise(p: *mut u8, size: usize, advice: libc::c_int) -> bo
     unsafe { libc::madvise(p.cast(), size, advice) == 0 }
 }
 
+/// `mprotect` to `PROT_NONE` (a guard) or back to read/write.
+///
+/// # Safety
+/// The range must be mapped, page aligned, and hold nothing in use.
+pub(crate) unsafe fn protect(p: *mut u8, size: usize, accessible: bool) -> bool {
+    let prot = if accessible { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_NONE };
+    // SAFETY: the caller's range; changing its protection touches nothing else.
+    unsafe { libc::mprotect(p.cast(), size, prot) == 0 }
+}
+
 extern "C" {
     static environ: *const *const libc::c_char;
 }
 
-/// Finds `name` in `environ` and returns the bytes after `=`.
-pub(crate) fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
+/// Calls `f` with each `NAME=value` entry of `environ`.
+pub(crate) fn environ_each(f: &mut dyn FnMut(&[u8])) {
     // SAFETY: `environ` is a null-terminated array of NUL-terminated strings set up by libc before
     // any user code runs; we only read it. A concurrent `setenv` could race, as with getenv(3).
     unsafe {
         let mut e = environ;
         if e.is_null() {
-            return None;
+            return;
         }
         while !(*e).is_null() {
             let s = (*e).cast::<u8>();
-            let mut i = 0;
-            while i < name.len() && *s.add(i) == name[i] {
-                i += 1;
+            let mut n = 0;
+            while *s.add(n) != 0 {
+                n += 1;
             }
-            if i == name.len() && *s.add(i) == b'=' {
-                let v = s.add(i + 1);
-                let mut n = 0;
-                while *v.add(n) != 0 {
-                    n += 1;
-                }
-                return Some(core::slice::from_raw_parts(v, n));
-            }
+            f(core::slice::from_raw_parts(s, n));
             e = e.add(1);
         }
     }
-    None
 }
 
-/// Writes all of `bytes` to fd 2.
-pub(crate) fn write_stderr(mut bytes: &[u8]) {
+/// Finds `name` in `environ` and returns the bytes after `=`.
+pub(crate) fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
+    let mut found: Option<&'static [u8]> = None;
+    environ_each(&mut |entry| {
+        if found.is_none() && entry.len() > name.len() && entry[name.len()] == b'=' && &entry[..name.len()] == name {
+            // SAFETY: environment strings live for the process (as getenv's results do).
+            found = Some(unsafe { core::slice::from_raw_parts(entry.as_ptr().add(name.len() + 1), entry.len() - name.len() - 1) });
+        }
+    });
+    found
+}
+
+/// Writes all of `bytes` to `fd`.
+pub(crate) fn write_fd(fd: i32, mut bytes: &[u8]) -> bool {
     while !bytes.is_empty() {
         // SAFETY: writing from a valid slice.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n <= 0 {
-            return;
+            // SAFETY: errno of this thread.
+            if n < 0 && unsafe { *errno_location() } == libc::EINTR {
+                continue;
+            }
+            return false;
         }
         bytes = &bytes[n as usize..];
     }
+    true
 }
 
-/// Raises SIGABRT (and `_exit`s if that returns).
-pub(crate) fn abort() -> ! {
-    // SAFETY: abort never returns; _exit is the fallback.
-    unsafe {
-        libc::abort();
+#[cfg(target_os = "freebsd")]
+unsafe fn errno_location() -> *mut libc::c_int {
+    // SAFETY: the calling thread's errno.
+    unsafe { libc::__error() }
+}
+#[cfg(not(target_os = "freebsd"))]
+unsafe fn errno_location() -> *mut libc::c_int {
+    // SAFETY: the calling thread's errno.
+    unsafe { libc::__errno_location() }
+}
+
+/// Sets `errno`.
+pub(crate) fn set_errno(e: i32) {
+    // SAFETY: errno location of the calling thread.
+    unsafe { *errno_location() = e };
+}
+
+/// Creates (or truncates) a file for writing.
+pub(crate) fn create_file(path: &[u8]) -> i32 {
+    if path.last() != Some(&0) {
+        return -1;
     }
+    // SAFETY: NUL-terminated path.
+    unsafe { libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o644) }
 }
 
-/// `sched_yield`.
-pub(crate) fn yield_now() {
+/// `close`.
+pub(crate) fn close_fd(fd: i32) {
+    // SAFETY: closing a descriptor the caller owns.
+    unsafe { libc::close(fd) };
+}
+
+fn open_read(path: &[u8]) -> i32 {
+    if path.last() != Some(&0) {
+        return -1;
+    }
+    // SAFETY: NUL-terminated path.
+    unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) }
+}
+
+/// Reads a small file into `buf`.
+pub(crate) fn read_file<'a>(path: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    let fd = open_read(path);
+    if fd < 0 {
+        return None;
+    }
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: reading into the unfilled tail of `buf`.
+        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    close_fd(fd);
+    Some(&buf[..len])
+}
+
+/// Reads a file chunk by chunk.
+pub(crate) fn read_file_chunks(path: &[u8], buf: &mut [u8], f: &mut dyn FnMut(&[u8])) -> bool {
+    let fd = open_read(path);
+    if fd < 0 {
+        return false;
+    }
+    loop {
+        // SAFETY: reading into `buf`.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        f(&buf[..n as usize]);
+    }
+    close_fd(fd);
+    true
+}
+
+/// `uname`'s node name.
+pub(crate) fn host_name(buf: &mut [u8]) -> usize {
+    // SAFETY: utsname is plain bytes; all-zero is a valid value.
+    let mut u: libc::utsname = unsafe { core::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return 0;
+    }
+    let mut n = 0;
+    while n < u.nodename.len() && u.nodename[n] != 0 && n < buf.len() {
+        buf[n] = u.nodename[n] as u8;
+        n += 1;
+    }
+    n
+}
+
+/// `getpid`.
+pub(crate) fn process_id() -> u32 {
     // SAFETY: no preconditions.
-    unsafe { libc::sched_yield() };
+    unsafe { libc::getpid() as u32 }
+}
+
+/// Reads 8 bytes from `/dev/urandom`, mixed with address-space layout and clock entropy.
+pub(crate) fn random_u64() -> u64 {
+    let mut r = [0u8; 8];
+    let got = read_file(b"/dev/urandom\0", &mut r).map_or(0, |s| s.len());
+    mix_entropy(if got == 8 { u64::from_ne_bytes(r) } else { 0 })
+}
+
+/// Mixes `seed` with entropy that needs no system call (stack and code addresses under ASLR,
+/// the clock), so the key is never a constant even without a random device.
+pub(crate) fn mix_entropy(seed: u64) -> u64 {
+    fn mix(mut x: u64) -> u64 {
+        // splitmix64's finaliser.
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+    let stack = 0u8;
+    let k = mix(seed)
+        ^ mix(&stack as *const u8 as u64)
+        ^ mix((mix_entropy as *const () as u64).rotate_left(17))
+        ^ mix(now_ms().rotate_left(40));
+    if k == 0 { 0x5bd1_e995_c2b2_ae35 } else { k }
+}
+
+/// Raises SIGABRT.
+pub(crate) fn abort() -> ! {
+    // SAFETY: abort never returns.
+    unsafe { libc::abort() }
 }
 
 /// Monotonic milliseconds.
@@ -145,17 +281,23 @@ pub(crate) fn now_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// A relative `timespec` for `ms` milliseconds.
+#[allow(dead_code)]
+pub(crate) fn timespec_ms(ms: u64) -> libc::timespec {
+    libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long }
+}
+
 /// `pthread_key_create`.
-pub(crate) fn thread_key_create(dtor: unsafe extern "C" fn(*mut libc::c_void)) -> Option<libc::pthread_key_t> {
+pub(crate) fn thread_key_create(dtor: unsafe extern "C" fn(*mut c_void)) -> Option<ThreadKey> {
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: valid out-pointer and destructor.
-    if unsafe { libc::pthread_key_create(&mut key, Some(dtor)) } == 0 { Some(key) } else { None }
+    if unsafe { libc::pthread_key_create(&mut key, Some(dtor)) } == 0 { Some(ThreadKey(key as u64)) } else { None }
 }
 
 /// `pthread_setspecific`.
-pub(crate) fn thread_key_set(key: libc::pthread_key_t, value: *mut libc::c_void) {
+pub(crate) fn thread_key_set(key: ThreadKey, value: *mut c_void) {
     // SAFETY: `key` came from pthread_key_create.
-    unsafe { libc::pthread_setspecific(key, value) };
+    unsafe { libc::pthread_setspecific(key.0 as libc::pthread_key_t, value) };
 }
 
 /// `pthread_atfork`.
@@ -164,12 +306,25 @@ pub(crate) fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" 
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
 }
 
-/// `mprotect(PROT_NONE)`: the range faults on any access (quarantine build's guard pages).
-///
-/// # Safety
-/// The range must be mapped, page aligned, and hold nothing in use.
-#[cfg_attr(not(feature = "quarantine"), allow(dead_code))]
-pub(crate) unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
-    // SAFETY: the caller's range; changing its protection touches nothing else.
-    unsafe { libc::mprotect(ptr.cast(), size, libc::PROT_NONE) == 0 }
+/// A detached thread with every signal blocked (the mask is inherited from the creator, which
+/// blocks everything around `pthread_create` and restores its own mask) and a 256 KiB stack.
+pub(crate) fn spawn_thread(run: extern "C" fn(*mut c_void) -> *mut c_void) -> bool {
+    // SAFETY: plain pthread and signal-mask calls on values on our stack.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            return false;
+        }
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, 256 << 10);
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let mut tid: libc::pthread_t = core::mem::zeroed();
+        let r = libc::pthread_create(&mut tid, &attr, run, ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        r == 0
+    }
 }

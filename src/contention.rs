@@ -1,0 +1,162 @@
+//! Contention counters (`--features contention-stats`): shared-lock acquisitions by kind,
+//! contended acquisitions, futex sleeps, CAS retries on the lock-free lists, system calls, and
+//! system calls made while the calling thread holds a domain lock. Off by default, and then every
+//! function here is an empty `#[inline(always)]` body: no cost.
+//!
+//! The library built with the feature prints one line at exit (see `report_line`):
+//! `domalloc: contention: ops=N locks_domain=N ...`; the comparison suite's contention report
+//! parses it. `ops` counts malloc-family and free calls through the entry points.
+
+/// Which lock an acquisition counts under.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum LockKind {
+    /// A node domain's span lock.
+    Domain = 0,
+    /// A process-wide lock (init, heap pool, orphan heap).
+    Process = 1,
+    /// A per-CPU arena's lock.
+    Arena = 2,
+    /// Anything else (huge caches, placed-block pools, node heaps).
+    Other = 3,
+}
+
+/// System calls counted.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum Syscall {
+    /// `mmap` (new mappings).
+    Mmap = 0,
+    /// `munmap`.
+    Munmap = 1,
+    /// `madvise` (purges).
+    Madvise = 2,
+}
+
+#[cfg(feature = "contention-stats")]
+mod imp {
+    use super::{LockKind, Syscall};
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    pub(super) static OPS: AtomicU64 = AtomicU64::new(0);
+    pub(super) static LOCKS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+    pub(super) static CONTENDED: AtomicU64 = AtomicU64::new(0);
+    pub(super) static FUTEX_WAITS: AtomicU64 = AtomicU64::new(0);
+    pub(super) static CAS_RETRIES: AtomicU64 = AtomicU64::new(0);
+    pub(super) static SYSCALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+    pub(super) static UNDER_DOMAIN: AtomicU64 = AtomicU64::new(0);
+
+    /// Whether the calling thread holds a domain lock (set by the domain layer).
+    static HELD_HINT: [AtomicU64; 1] = [AtomicU64::new(0)];
+
+    pub(super) fn add(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn lock(k: LockKind) {
+        add(&LOCKS[k as usize]);
+    }
+    pub(super) fn syscall(s: Syscall) {
+        add(&SYSCALLS[s as usize]);
+        if (super::domain_lock_held)() {
+            add(&UNDER_DOMAIN);
+        }
+    }
+    #[allow(dead_code)]
+    pub(super) fn hint() -> &'static AtomicU64 {
+        &HELD_HINT[0]
+    }
+}
+
+/// Counts one malloc-family or free call.
+#[inline(always)]
+pub(crate) fn op() {
+    #[cfg(feature = "contention-stats")]
+    imp::add(&imp::OPS);
+}
+
+/// Counts one acquisition of a lock of `kind`.
+#[inline(always)]
+pub(crate) fn lock_taken(_kind: LockKind) {
+    #[cfg(feature = "contention-stats")]
+    imp::lock(_kind);
+}
+
+/// Counts an acquisition that found the lock held.
+#[inline(always)]
+pub(crate) fn lock_contended(_kind: LockKind) {
+    #[cfg(feature = "contention-stats")]
+    imp::add(&imp::CONTENDED);
+}
+
+/// Counts a futex sleep.
+#[inline(always)]
+pub(crate) fn futex_wait() {
+    #[cfg(feature = "contention-stats")]
+    imp::add(&imp::FUTEX_WAITS);
+}
+
+/// Counts a failed compare-and-swap on a lock-free list.
+#[inline(always)]
+pub(crate) fn cas_retry() {
+    #[cfg(feature = "contention-stats")]
+    imp::add(&imp::CAS_RETRIES);
+}
+
+/// Counts a system call (and whether a domain lock is held by the caller while making it).
+#[inline(always)]
+pub(crate) fn syscall(_s: Syscall) {
+    #[cfg(feature = "contention-stats")]
+    imp::syscall(_s);
+}
+
+/// Set by the domain layer at start-up: whether the calling thread holds a domain lock (only
+/// read with the feature on).
+#[cfg(feature = "contention-stats")]
+static mut DOMAIN_LOCK_HELD_FN: fn() -> bool = || false;
+
+#[cfg(feature = "contention-stats")]
+fn domain_lock_held() -> bool {
+    // SAFETY: written once by `set_domain_lock_probe` during initialisation, before threads use it.
+    unsafe { DOMAIN_LOCK_HELD_FN() }
+}
+
+/// Installs the probe for "the calling thread holds a domain lock" (the domain layer owns the
+/// locks; this layer only counts).
+#[allow(unused_variables)]
+pub(crate) fn set_domain_lock_probe(f: fn() -> bool) {
+    // SAFETY: called once during initialisation under the init lock, before any reader.
+    #[cfg(feature = "contention-stats")]
+    unsafe {
+        DOMAIN_LOCK_HELD_FN = f
+    };
+}
+
+/// The report line (without the newline), or `None` when the feature is off.
+#[allow(unreachable_code)]
+pub(crate) fn report_line(w: &mut dyn core::fmt::Write) -> bool {
+    #[cfg(feature = "contention-stats")]
+    {
+        use core::sync::atomic::Ordering::Relaxed;
+        let l = |i: usize| imp::LOCKS[i].load(Relaxed);
+        let s = |i: usize| imp::SYSCALLS[i].load(Relaxed);
+        let _ = write!(
+            w,
+            "domalloc: contention: ops={} locks_domain={} locks_process={} locks_arena={} locks_other={} contended={} futex_waits={} cas_retries={} mmap={} munmap={} madvise={} syscalls_under_domain_lock={}",
+            imp::OPS.load(Relaxed),
+            l(0),
+            l(1),
+            l(2),
+            l(3),
+            imp::CONTENDED.load(Relaxed),
+            imp::FUTEX_WAITS.load(Relaxed),
+            imp::CAS_RETRIES.load(Relaxed),
+            s(0),
+            s(1),
+            s(2),
+            imp::UNDER_DOMAIN.load(Relaxed)
+        );
+        return true;
+    }
+    let _ = w;
+    false
+}
