@@ -701,7 +701,7 @@ static void pattern5(int a, int b) {
  * then each worker frees them and allocates the same again (recycle, with its own minor
  * faults: getrusage(RUSAGE_THREAD)). Then remote-free (the main thread touches the buffers
  * itself, the worker frees them and allocates its own) and realloc-grow (a worker grows its
- * buffers with realloc), 2 buffers per worker and size up to 4 MiB. Every case runs in a process
+ * buffers with realloc), one buffer per worker and size up to 4 MiB. Every case runs in a process
  * of its own (fork). */
 enum { API_MALLOC, API_CALLOC, API_POSIX_MEMALIGN, API_ALIGNED_ALLOC, API_MEMALIGN, API_REALLOC };
 static const char *api_names[] = {"malloc", "calloc", "posix_memalign", "aligned_alloc", "memalign", "realloc"};
@@ -709,7 +709,7 @@ enum { CASE_FIRST_TOUCH, CASE_REMOTE_FREE, CASE_REALLOC_GROW };
 static const char *case_names[] = {"first-touch", "remote-free", "realloc-grow"};
 #define P9_FILL 0x5a
 #define P9_SMALL_MAX (4UL << 20) /* largest size of remote-free and realloc-grow */
-#define P9_NEIGHBOUR_BUFFERS 2   /* their buffers per worker and size */
+#define P9_NEIGHBOUR_BUFFERS 1   /* their buffers per worker and size */
 
 typedef struct {
     void *p;

@@ -85,11 +85,16 @@ impl fmt::Display for ResultLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "pattern {} phase {} pair {} size {} threads/node {}: local share {} ({} of {} pages, absent {}, by node {}){}",
+            "pattern {} phase {} pair {} size {}{} threads/node {}: local share {} ({} of {} pages, absent {}, by node {}){}",
             self.get("pattern"),
             self.get("phase"),
             self.get("pair"),
             self.get("size"),
+            match (self.fields.get("api"), self.fields.get("worker")) {
+                (Some(a), Some(w)) => format!(" api {a} worker {w}"),
+                (Some(a), None) => format!(" api {a}"),
+                _ => String::new(),
+            },
             self.get("threads_per_node"),
             self.get("share"),
             self.get("local"),

@@ -167,15 +167,16 @@ const API_RUNS: &[&str] = &["6:thp=never:tpn=1", "7:thp=never:tpn=1", "8:thp=nev
 
 /// Pattern 9 (per-worker first touch, issue 10), THP off: a 2 MiB huge page goes wholly to its
 /// first toucher, so the parts of a huge page that other workers use cannot be local under THP,
-/// whatever the allocator does. Sizes 16K-768K with 8 buffers per worker, 1536K and 3M with 4
-/// (fewer pages to touch under TCG), and one big block per worker where the nodes' memory allows:
-/// 64M on `2n` with one worker per node, 8M on `4n-unequal` (128 MiB nodes).
-const P9_2N_TPN1: &str = "9:thp=never:tpn=1:sizes9=16K,64K,256K,768K,1536Kx4,3Mx4,64Mx1";
-const P9_2N_TPN2: &str = "9:thp=never:tpn=2:sizes9=16K,64K,256K,768K,1536Kx4,3Mx4";
-const P9_4N: &str = "9:thp=never:tpn=1:sizes9=16K,64K,256K,768K,1536Kx4,3Mx4,8Mx1";
-const P9_SPARSE: &str = "9:thp=never:tpn=1:sizes9=16K,64K,256K,768K,1536Kx2,3Mx2";
+/// whatever the allocator does. Fewer buffers than the default 8 (TCG is slow at page faults):
+/// 16K and 64K x 8, 256K and 768K x 4, 1536K and 3M x 2, and one 64M block per worker on `2n`
+/// with one worker per node (the nodes' memory allows it there; huge blocks are placed by first
+/// touch today already, so one run of them is enough).
+const P9_2N_TPN1: &str = "9:thp=never:tpn=1:sizes9=16K,64K,256Kx4,768Kx4,1536Kx2,3Mx2,64Mx1";
+const P9_2N_TPN2: &str = "9:thp=never:tpn=2:sizes9=16K,64K,256Kx4,768Kx4,1536Kx2,3Mx2";
+const P9_4N: &str = "9:thp=never:tpn=1:sizes9=16K,64K,256Kx4,768Kx4,1536Kx2,3Mx2";
+const P9_SPARSE: &str = "9:thp=never:tpn=1:sizes9=16K,64K,256Kx4,768Kx2,1536Kx1,3Mx1";
 /// The glibc control (`--features system`): measured and printed, not checked.
-const P9_GLIBC: &str = "9:thp=never:tpn=1:info:sizes9=16K,64K,256K,768K,1536Kx4,3Mx4";
+const P9_GLIBC: &str = "9:thp=never:tpn=1:info:sizes9=16K,64K,256Kx4,768Kx4,1536Kx2,3Mx2";
 
 /// The sizes of a pattern 9 run spec (`sizes9=`), as the RESULT lines label them.
 fn p9_sizes(spec: &str) -> Vec<&str> {

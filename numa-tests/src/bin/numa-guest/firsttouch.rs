@@ -18,7 +18,7 @@
 //! with a 4 KiB-aligned `Layout` (`api=alloc-align4k`). A size that needs more than a third of the
 //! smallest CPU node's memory (`size x count x tpn x 3`) is skipped with a `SKIP` line.
 //!
-//! Two neighbouring cases that are right today and must stay so (2 buffers per worker and size,
+//! Two neighbouring cases that are right today and must stay so (one buffer per worker and size,
 //! the sizes up to 4 MiB):
 //! - `remote-free`: the main thread allocates *and touches* the buffers (their pages are on A);
 //!   each worker frees the ones meant for it and allocates its own of the same size: they must be
@@ -41,8 +41,8 @@ use std::thread;
 /// Largest size used by `remote-free` and `realloc-grow`.
 const SMALL_CASES_MAX: usize = 4 << 20;
 /// Buffers per worker and size in `remote-free` and `realloc-grow` (regression guards of cases
-/// that are right today; patterns 2 and 3 cover them with more objects).
-const NEIGHBOUR_BUFFERS: usize = 2;
+/// that are right today; pattern 2 covers remote frees with more objects).
+const NEIGHBOUR_BUFFERS: usize = 1;
 /// Fill byte of `alloc` buffers (`touch_part` writes 0x77 into zeroed ones).
 const FILL: u8 = 0x5a;
 
