@@ -212,10 +212,12 @@ impl GuestReport {
         self.results.iter().filter(|r| r.verdict == Verdict::Pass)
     }
 
-    /// A readable multi-line report: summary, then every failed and informational line.
+    /// A readable multi-line report: summary, then every failed and informational line (not
+    /// pattern 9's per-worker `recycle-faults` lines: see [`GuestReport::first_touch_table`]).
     pub fn render(&self) -> String {
         let mut s = String::new();
-        for i in &self.info {
+        // Pattern 9's per-worker fault lines are summed up by `first_touch_table`.
+        for i in self.info.iter().filter(|i| !i.starts_with("INFO pattern=9 recycle-faults")) {
             s.push_str(&format!("  {i}\n"));
         }
         match self.summary {
