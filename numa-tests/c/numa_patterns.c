@@ -6,7 +6,8 @@
  * CRASH / SUMMARY lines as the Rust guest, so the host parser (domalloc_numa_tests::GuestReport)
  * reads both.
  *
- *   numa_patterns [options] [PATTERN...]      PATTERN = 1..5 (default: 1 2 3 4 5)
+ *   numa_patterns [options] [RUN...]    RUN = P[:info][:thp=MODE], P = 1..5 or 9 (default: 1 2 3 4 5 9);
+ *                                       info: its RESULT lines are INFO (measured, not checked)
  *     --tpn N          threads per node (default 1)
  *     --sizes L        object sizes for patterns 1-4 (default 16,64,256,1K,4K,16K,64K,256K,1M,4M,mixed)
  *     --large L        array sizes for pattern 5 (default 2M,8M,32M,64M)
@@ -17,10 +18,15 @@
  *     --batch N        objects per batch (default 128)
  *     --rss-bound B    pattern 2 stream: allowed RSS growth (default 64M)
  *     --thp5 MODE      THP mode set for pattern 5 (default never; "keep" leaves it alone)
+ *     --thp9 MODE      THP mode set for pattern 9 (default never; "keep" leaves it alone)
+ *     --sizes9 L       pattern 9 buffer sizes, SIZE or SIZExCOUNT (default 16K,64K,256K,768K,1536K,3M,64Mx1)
+ *     --k9 N           pattern 9 buffers per worker where the size gives no count (default 8)
+ *     --aligned9 S     pattern 9: the size also allocated with posix_memalign, aligned_alloc and
+ *                      memalign (alignment 4 KiB; default 64K, 0 = none)
  *     --child-timeout S  seconds one pattern may take (default 300)
  *
  * Each pattern runs in a fresh child process (fork before any worker thread exists), so
- * patterns do not share allocator state. Worker threads pin themselves with sched_setaffinity;
+ * patterns do not share allocator state; pattern 9 forks once more for each of its cases. Worker threads pin themselves with sched_setaffinity;
  * the allocator never pins. No libnuma: the topology comes from /sys/devices/system/node.
  *
  * Build: gcc -O2 -pthread -o numa_patterns numa_patterns.c
@@ -29,6 +35,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -38,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -61,11 +69,21 @@ static int cfg_rounds = 200;
 static int cfg_batch = 128;
 static size_t cfg_rss_bound = 64UL << 20;
 static const char *cfg_thp5 = "never";
+static const char *cfg_thp9 = "never";
 static int cfg_child_timeout = 300;
+static int cfg_info; /* this run's RESULT lines are INFO, not checks */
+typedef struct {
+    size_t size, count; /* count 0: cfg_k9 */
+} size9_t;
+static size9_t cfg_sizes9[MAX_SIZES];
+static int cfg_nsizes9;
+static size_t cfg_k9 = 8;
+static size_t cfg_aligned9 = 64 << 10;
 
 /* ---- topology ---------------------------------------------------------------------------- */
 static int cpu_nodes[MAX_NODES], n_cpu_nodes;
 static int node_cpus[MAX_NODES][MAX_CPUS], node_ncpus[MAX_NODES];
+static unsigned long node_mem_kib[MAX_NODES];
 
 static void die(const char *fmt, ...) {
     va_list ap;
@@ -119,6 +137,9 @@ static void read_topology(void) {
         if (read_file(path, buf, sizeof buf) < 0) buf[0] = 0;
         node_ncpus[node] = parse_list(buf, node_cpus[node], MAX_CPUS);
         if (node_ncpus[node] > 0) cpu_nodes[n_cpu_nodes++] = node;
+        snprintf(path, sizeof path, "/sys/devices/system/node/node%d/meminfo", node);
+        char *m = read_file(path, buf, sizeof buf) > 0 ? strstr(buf, "MemTotal:") : NULL;
+        node_mem_kib[node] = m ? strtoul(m + strlen("MemTotal:"), NULL, 10) : 0;
     }
 }
 
@@ -278,7 +299,7 @@ static void report(int pattern, const char *phase, const char *pair, const char 
            "absent=%llu share=%.4f nodes=%s%s%s %s\n",
            pattern, phase, pair, size, cfg_tpn, (unsigned long long)t->objects, (unsigned long long)t->pages,
            (unsigned long long)t->local, (unsigned long long)t->absent, share, nodes, extra && *extra ? " " : "",
-           extra ? extra : "", ok ? "PASS" : "FAIL");
+           extra ? extra : "", cfg_info ? "INFO" : ok ? "PASS" : "FAIL");
     fflush(stdout);
 }
 
@@ -673,6 +694,331 @@ static void pattern5(int a, int b) {
     }
 }
 
+/* ---- pattern 9: per-worker first touch (the OpenMP serial-region idiom) ------------------ */
+/* The main thread, pinned on the first CPU node A, allocates cfg_k9 buffers for each worker
+ * (cfg_tpn pinned on every CPU node), interleaved (buffer i of every worker, then buffer i+1);
+ * each worker first touches its own and move_pages checks every page of them (first-touch);
+ * then each worker frees them and allocates the same again (recycle, with its own minor
+ * faults: getrusage(RUSAGE_THREAD)). Then remote-free (the main thread touches the buffers
+ * itself, the worker frees them and allocates its own) and realloc-grow (a worker grows its
+ * buffers with realloc), one buffer per worker and size up to 4 MiB. Every case runs in a process
+ * of its own (fork). */
+enum { API_MALLOC, API_CALLOC, API_POSIX_MEMALIGN, API_ALIGNED_ALLOC, API_MEMALIGN, API_REALLOC };
+static const char *api_names[] = {"malloc", "calloc", "posix_memalign", "aligned_alloc", "memalign", "realloc"};
+enum { CASE_FIRST_TOUCH, CASE_REMOTE_FREE, CASE_REALLOC_GROW };
+static const char *case_names[] = {"first-touch", "remote-free", "realloc-grow"};
+#define P9_FILL 0x5a
+#define P9_SMALL_MAX (4UL << 20) /* largest size of remote-free and realloc-grow */
+#define P9_NEIGHBOUR_BUFFERS 1   /* their buffers per worker and size */
+
+typedef struct {
+    void *p;
+    size_t size;
+} buf_t;
+
+typedef struct {
+    tally_t t;
+    uint64_t minflt, bad_content;
+    double worst; /* lowest local share of one buffer */
+} round9_t;
+
+typedef struct {
+    int node, idx;
+    buf_t *slot; /* c9_count buffers: handed over by the main thread, reused by the worker */
+    round9_t out[2 * MAX_SIZES];
+} w9_t;
+
+/* The case this process runs (set before the fork). */
+static int c9_kind, c9_api;
+static size_t c9_count, c9_sizes[MAX_SIZES];
+static int c9_nsizes;
+
+static uint64_t thread_minflt(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) != 0) return 0;
+    return (uint64_t)ru.ru_minflt;
+}
+
+static void *api_alloc(int api, size_t size) {
+    void *p = NULL;
+    switch (api) {
+    case API_MALLOC: p = malloc(size); break;
+    case API_CALLOC: p = calloc(1, size); break;
+    case API_POSIX_MEMALIGN:
+        if (posix_memalign(&p, 4096, size) != 0) p = NULL;
+        break;
+    case API_ALIGNED_ALLOC: p = aligned_alloc(4096, size); break;
+    case API_MEMALIGN: p = memalign(4096, size); break;
+    default: die("bad_api_%d", api);
+    }
+    if (!p) die("%s_%zu_failed", api_names[api], size);
+    return p;
+}
+
+/* Writes every byte; zeroed: page by page, first byte first, checking the rest reads as zero
+ * (returns the pages that did not). */
+static uint64_t touch9(buf_t *b, size_t n, int zeroed) {
+    uint64_t nonzero = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (zeroed) nonzero += touch_part((uintptr_t)b[i].p, (uintptr_t)b[i].p + b[i].size);
+        else memset(b[i].p, P9_FILL, b[i].size);
+    }
+    return nonzero;
+}
+
+/* Every page of every buffer, local when on `node`. */
+static void measure9(buf_t *b, size_t n, int node, round9_t *r) {
+    memset(r, 0, sizeof *r);
+    r->worst = 1.0;
+    for (size_t i = 0; i < n; i++) {
+        tally_t one = {0};
+        objs_t o = {&b[i].p, &b[i].size, 1};
+        measure(&o, node, &one);
+        double share = one.pages ? (double)one.local / (double)one.pages : 0.0;
+        if (share < r->worst) r->worst = share;
+        tally_merge(&r->t, &one);
+    }
+}
+
+static void *p9_worker(void *arg) {
+    w9_t *w = arg;
+    pin(w->node);
+    size_t n = c9_count;
+    if (c9_kind == CASE_FIRST_TOUCH) {
+        int zeroed = c9_api == API_CALLOC;
+        size_t size = c9_sizes[0];
+        bwait(); /* 1: the main thread allocated */
+        uint64_t f0 = thread_minflt();
+        uint64_t nz = touch9(w->slot, n, zeroed);
+        uint64_t f1 = thread_minflt();
+        bwait(); /* 2: every worker touched */
+        measure9(w->slot, n, w->node, &w->out[0]);
+        w->out[0].t.nonzero = nz;
+        w->out[0].minflt = f1 - f0;
+        /* The recycle round: free what it used, allocate the same again. */
+        uint64_t r0 = thread_minflt();
+        for (size_t i = 0; i < n; i++) free(w->slot[i].p);
+        for (size_t i = 0; i < n; i++) w->slot[i] = (buf_t){api_alloc(c9_api, size), size};
+        nz = touch9(w->slot, n, zeroed);
+        uint64_t r1 = thread_minflt();
+        bwait(); /* 3: every worker recycled */
+        measure9(w->slot, n, w->node, &w->out[1]);
+        w->out[1].t.nonzero = nz;
+        w->out[1].minflt = r1 - r0;
+        for (size_t i = 0; i < n; i++) free(w->slot[i].p);
+        bwait(); /* 4: results ready */
+    } else if (c9_kind == CASE_REMOTE_FREE) {
+        for (int s = 0; s < c9_nsizes; s++) {
+            bwait(); /* 1: the main thread allocated and touched */
+            for (size_t i = 0; i < n; i++) free(w->slot[i].p);
+            uint64_t f0 = thread_minflt();
+            for (size_t i = 0; i < n; i++) w->slot[i] = (buf_t){api_alloc(API_MALLOC, c9_sizes[s]), c9_sizes[s]};
+            touch9(w->slot, n, 0);
+            uint64_t f1 = thread_minflt();
+            bwait(); /* 2: every worker has its own */
+            measure9(w->slot, n, w->node, &w->out[s]);
+            w->out[s].minflt = f1 - f0;
+            for (size_t i = 0; i < n; i++) free(w->slot[i].p);
+            bwait(); /* 3: results ready */
+        }
+    } else {
+        size_t prev = 0;
+        for (int s = 0; s < c9_nsizes; s++) {
+            size_t size = c9_sizes[s];
+            uint64_t bad = 0;
+            bwait(); /* 1: step starts */
+            uint64_t f0 = thread_minflt();
+            for (size_t i = 0; i < n; i++) {
+                if (prev == 0) {
+                    w->slot[i].p = api_alloc(API_MALLOC, size);
+                } else {
+                    unsigned char *q = realloc(w->slot[i].p, size);
+                    if (!q) die("realloc_%zu_failed", size);
+                    size_t kept = prev < size ? prev : size;
+                    if (q[0] != P9_FILL || q[kept - 1] != P9_FILL) bad++;
+                    w->slot[i].p = q;
+                }
+                w->slot[i].size = size;
+            }
+            touch9(w->slot, n, 0);
+            uint64_t f1 = thread_minflt();
+            bwait(); /* 2: every worker grew and touched */
+            measure9(w->slot, n, w->node, &w->out[s]);
+            w->out[s].minflt = f1 - f0;
+            w->out[s].bad_content = bad;
+            bwait(); /* 3: results ready */
+            prev = size;
+        }
+        for (size_t i = 0; i < n; i++) free(w->slot[i].p);
+    }
+    return NULL;
+}
+
+/* "0:400M,1:450M": each CPU node's MemFree. */
+static void node_free(char *out, size_t cap) {
+    char buf[4096], path[128];
+    size_t len = 0;
+    out[0] = 0;
+    for (int i = 0; i < n_cpu_nodes; i++) {
+        snprintf(path, sizeof path, "/sys/devices/system/node/node%d/meminfo", cpu_nodes[i]);
+        char *m = read_file(path, buf, sizeof buf) > 0 ? strstr(buf, "MemFree:") : NULL;
+        unsigned long kib = m ? strtoul(m + strlen("MemFree:"), NULL, 10) : 0;
+        len += snprintf(out + len, cap - len, "%s%d:%luM", i ? "," : "", cpu_nodes[i], kib / 1024);
+    }
+}
+
+static const char *refaulted(uint64_t minflt, uint64_t pages) {
+    if (minflt * 10 < pages) return "none";
+    if (minflt * 10 >= pages * 9) return "all";
+    return "partly";
+}
+
+/* One case, in this (forked) process: the main thread's serial region, then the report. */
+static void p9_case(void) {
+    int a = cpu_nodes[0];
+    pin(a); /* the serial region runs on the first CPU node */
+    int nw = n_cpu_nodes * cfg_tpn;
+    size_t n = c9_count;
+    w9_t *w = scratch(nw * sizeof *w);
+    for (int i = 0; i < nw; i++) {
+        w[i].node = cpu_nodes[i / cfg_tpn];
+        w[i].idx = i % cfg_tpn;
+        w[i].slot = scratch(n * sizeof(buf_t));
+    }
+    char memfree[256], thp[32];
+    node_free(memfree, sizeof memfree);
+    thp_read(thp, sizeof thp);
+    pthread_barrier_init(&barrier, NULL, nw + 1);
+    pthread_t th[MAX_CPUS];
+    for (int i = 0; i < nw; i++)
+        if (pthread_create(&th[i], NULL, p9_worker, &w[i]) != 0) die("pthread_create");
+    int steps = c9_kind == CASE_FIRST_TOUCH ? 1 : c9_nsizes;
+    for (int s = 0; s < steps; s++) {
+        if (c9_kind != CASE_REALLOC_GROW) {
+            int api = c9_kind == CASE_FIRST_TOUCH ? c9_api : API_MALLOC;
+            for (size_t i = 0; i < n; i++)
+                for (int k = 0; k < nw; k++) w[k].slot[i] = (buf_t){api_alloc(api, c9_sizes[s]), c9_sizes[s]};
+            if (c9_kind == CASE_REMOTE_FREE)
+                for (int k = 0; k < nw; k++) touch9(w[k].slot, n, 0);
+        }
+        int waits = c9_kind == CASE_FIRST_TOUCH ? 4 : 3;
+        for (int i = 0; i < waits; i++) bwait();
+    }
+    for (int i = 0; i < nw; i++) pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&barrier);
+    for (int s = 0; s < steps; s++) {
+        char lbl[32], from[32], pair[32], extra[512];
+        size_label(c9_sizes[s], lbl, sizeof lbl);
+        if (s > 0) size_label(c9_sizes[s - 1], from, sizeof from);
+        else snprintf(from, sizeof from, "-");
+        for (int k = 0; k < nw; k++) {
+            /* Who allocated > who uses (realloc-grow: the worker does both). */
+            snprintf(pair, sizeof pair, "%d>%d", c9_kind == CASE_REALLOC_GROW ? w[k].node : a, w[k].node);
+            if (c9_kind == CASE_FIRST_TOUCH) {
+                static const char *phases[2] = {"first-touch", "recycle"};
+                for (int ph = 0; ph < 2; ph++) {
+                    round9_t *r = &w[k].out[ph];
+                    snprintf(extra, sizeof extra,
+                             "api=%s worker=%d:%d minflt=%llu worst_buffer=%.4f nonzero_pages=%llu thp=%s memfree=%s",
+                             api_names[c9_api], w[k].node, w[k].idx, (unsigned long long)r->minflt, r->worst,
+                             (unsigned long long)r->t.nonzero, thp, memfree);
+                    report(9, phases[ph], pair, lbl, &r->t, extra, r->t.nonzero == 0);
+                }
+                round9_t *r = &w[k].out[1];
+                printf("INFO pattern=9 recycle-faults threads_per_node=%d size=%s api=%s worker=%d:%d pages_touched=%llu "
+                       "minflt=%llu faults_per_page=%.2f refaulted=%s first_touch_minflt=%llu\n",
+                       cfg_tpn, lbl, api_names[c9_api], w[k].node, w[k].idx, (unsigned long long)r->t.pages,
+                       (unsigned long long)r->minflt, r->t.pages ? (double)r->minflt / (double)r->t.pages : 0.0,
+                       refaulted(r->minflt, r->t.pages), (unsigned long long)w[k].out[0].minflt);
+            } else if (c9_kind == CASE_REMOTE_FREE) {
+                round9_t *r = &w[k].out[s];
+                snprintf(extra, sizeof extra, "api=malloc worker=%d:%d minflt=%llu worst_buffer=%.4f", w[k].node,
+                         w[k].idx, (unsigned long long)r->minflt, r->worst);
+                report(9, "remote-free", pair, lbl, &r->t, extra, 1);
+            } else {
+                round9_t *r = &w[k].out[s];
+                snprintf(extra, sizeof extra, "api=realloc from=%s worker=%d:%d minflt=%llu worst_buffer=%.4f bad_content=%llu",
+                         from, w[k].node, w[k].idx, (unsigned long long)r->minflt, r->worst,
+                         (unsigned long long)r->bad_content);
+                report(9, "realloc-grow", pair, lbl, &r->t, extra, r->bad_content == 0);
+            }
+        }
+    }
+}
+
+/* Forks a process for one case and waits for it; a case that dies gives a FAIL line. */
+static void p9_run(int kind, int api, size_t count, const size_t *sizes, int nsizes) {
+    c9_kind = kind;
+    c9_api = api;
+    c9_count = count;
+    c9_nsizes = nsizes;
+    memcpy(c9_sizes, sizes, nsizes * sizeof *sizes);
+    char name[256], lbl[32];
+    size_t len = snprintf(name, sizeof name, "%s:%s:%zu:", case_names[kind], kind == CASE_FIRST_TOUCH ? api_names[api] : kind == CASE_REMOTE_FREE ? "malloc" : "realloc", count);
+    for (int i = 0; i < nsizes; i++) {
+        size_label(sizes[i], lbl, sizeof lbl);
+        len += snprintf(name + len, sizeof name - len, "%s%s", i ? "+" : "", lbl);
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+        alarm(240);
+        p9_case();
+        fflush(stdout);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        printf("RESULT pattern=9 phase=%s pair=- size=- threads_per_node=%d objects=0 pages=0 local=0 absent=0 "
+               "share=0.0000 nodes=- note=sub_run_status:%s_%d %s\n",
+               name, cfg_tpn, WIFSIGNALED(status) ? "signal" : "exit", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
+               cfg_info ? "INFO" : "FAIL");
+    }
+    printf("INFO sub-run pattern=9 case=%s seconds=%.1f\n", name,
+           (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+}
+
+static void pattern9(void) {
+    unsigned long min_kib = 0;
+    for (int i = 0; i < n_cpu_nodes; i++)
+        if (i == 0 || node_mem_kib[cpu_nodes[i]] < min_kib) min_kib = node_mem_kib[cpu_nodes[i]];
+    size_t small[MAX_SIZES];
+    int nsmall = 0;
+    for (int k = 0; k < cfg_nsizes9; k++) {
+        size_t size = cfg_sizes9[k].size, count = cfg_sizes9[k].count ? cfg_sizes9[k].count : cfg_k9;
+        char lbl[32];
+        size_label(size, lbl, sizeof lbl);
+        unsigned long long need = (unsigned long long)size * count * cfg_tpn * 3;
+        if (need > (unsigned long long)min_kib * 1024) {
+            printf("RESULT pattern=9 phase=first-touch pair=- size=%s threads_per_node=%d "
+                   "note=node_memory_too_small:need=%lluK:smallest_node=%luK SKIP\n",
+                   lbl, cfg_tpn, need / 1024, min_kib);
+            continue;
+        }
+        p9_run(CASE_FIRST_TOUCH, API_MALLOC, count, &size, 1);
+        p9_run(CASE_FIRST_TOUCH, API_CALLOC, count, &size, 1);
+        if (size == cfg_aligned9) {
+            p9_run(CASE_FIRST_TOUCH, API_POSIX_MEMALIGN, count, &size, 1);
+            p9_run(CASE_FIRST_TOUCH, API_ALIGNED_ALLOC, count, &size, 1);
+            p9_run(CASE_FIRST_TOUCH, API_MEMALIGN, count, &size, 1);
+        }
+        if (size <= P9_SMALL_MAX) {
+            int j = nsmall++;
+            while (j > 0 && small[j - 1] > size) small[j] = small[j - 1], j--; /* ascending */
+            small[j] = size;
+        }
+    }
+    if (nsmall > 0) {
+        p9_run(CASE_REMOTE_FREE, API_MALLOC, P9_NEIGHBOUR_BUFFERS, small, nsmall);
+        p9_run(CASE_REALLOC_GROW, API_REALLOC, P9_NEIGHBOUR_BUFFERS, small, nsmall);
+    }
+}
+
 /* Node pairs (A, B): each CPU node and its successor (both ways on 2 nodes). */
 static int make_pairs(int (*out)[2]) {
     int k = n_cpu_nodes;
@@ -693,9 +1039,10 @@ static void run_pattern(int p) {
         printf("RESULT pattern=%d phase=- pair=- size=- threads_per_node=%d note=needs_two_cpu_nodes SKIP\n", p, cfg_tpn);
         return;
     }
-    for (int i = 0; i < (p == 1 ? 1 : np); i++) {
+    for (int i = 0; i < (p == 1 || p == 9 ? 1 : np); i++) {
         switch (p) {
         case 1: pattern1(); break;
+        case 9: pattern9(); break;
         case 2: pattern2(prs[i][0], prs[i][1]); break;
         case 3: pattern3(prs[i][0], prs[i][1]); break;
         case 4: pattern4(prs[i][0], prs[i][1]); break;
@@ -717,6 +1064,22 @@ static size_t parse_size(const char *s) {
     return (size_t)v;
 }
 
+/* "16K,64K,64Mx1": sizes with an optional buffer count each (0: --k9). */
+static int parse_sizes9(const char *s, size9_t *out) {
+    int n = 0;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *tok = strtok(buf, ","); tok && n < MAX_SIZES; tok = strtok(NULL, ",")) {
+        char *x = strchr(tok, 'x');
+        out[n].count = x ? strtoul(x + 1, NULL, 10) : 0;
+        if (x) *x = 0;
+        out[n].size = parse_size(tok);
+        if (out[n].size == 0 || (x && out[n].count == 0)) die("bad_sizes9_%s", s);
+        n++;
+    }
+    return n;
+}
+
 static int parse_sizes(const char *s, size_t *out) {
     int n = 0;
     char buf[512];
@@ -735,14 +1098,22 @@ static void write_thp(const char *mode) {
 
 /* Counts of RESULT verdicts, shared with the children. */
 typedef struct {
-    volatile long passed, failed;
+    volatile long passed, failed, info;
 } counts_t;
+
+/* One RUN argument: P[:info][:thp=MODE]. */
+typedef struct {
+    int p, info;
+    char thp[16]; /* "" = the pattern's default (--thp5, --thp9) */
+} run_t;
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    int patterns[16], npat = 0;
+    run_t runs[16];
+    int npat = 0;
     cfg_nsizes = parse_sizes("16,64,256,1K,4K,16K,64K,256K,1M,4M,mixed", cfg_sizes);
     cfg_nlarge = parse_sizes("2M,8M,32M,64M", cfg_large);
+    cfg_nsizes9 = parse_sizes9("16K,64K,256K,768K,1536K,3M,64Mx1", cfg_sizes9);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         if (!strcmp(a, "--tpn")) cfg_tpn = atoi(v), i++;
@@ -755,12 +1126,28 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--batch")) cfg_batch = atoi(v), i++;
         else if (!strcmp(a, "--rss-bound")) cfg_rss_bound = parse_size(v), i++;
         else if (!strcmp(a, "--thp5")) cfg_thp5 = v, i++;
+        else if (!strcmp(a, "--thp9")) cfg_thp9 = v, i++;
+        else if (!strcmp(a, "--sizes9")) cfg_nsizes9 = parse_sizes9(v, cfg_sizes9), i++;
+        else if (!strcmp(a, "--k9")) cfg_k9 = strtoul(v, NULL, 10), i++;
+        else if (!strcmp(a, "--aligned9")) cfg_aligned9 = parse_size(v), i++;
         else if (!strcmp(a, "--child-timeout")) cfg_child_timeout = atoi(v), i++;
-        else if (a[0] >= '1' && a[0] <= '5' && a[1] == 0 && npat < 16) patterns[npat++] = a[0] - '0';
-        else die("unknown_argument_%s", a);
+        else if (((a[0] >= '1' && a[0] <= '5') || a[0] == '9') && (a[1] == 0 || a[1] == ':') && npat < 16) {
+            run_t r = {a[0] - '0', 0, ""};
+            char buf[128];
+            snprintf(buf, sizeof buf, "%s", a[1] ? a + 2 : "");
+            for (char *tok = strtok(buf, ":"); tok; tok = strtok(NULL, ":")) {
+                if (!strcmp(tok, "info")) r.info = 1;
+                else if (!strncmp(tok, "thp=", 4)) snprintf(r.thp, sizeof r.thp, "%s", tok + 4);
+                else die("unknown_run_option_%s", tok);
+            }
+            runs[npat++] = r;
+        } else die("unknown_argument_%s", a);
     }
-    if (npat == 0)
-        for (int p = 1; p <= 5; p++) patterns[npat++] = p;
+    if (npat == 0) {
+        static const int all[] = {1, 2, 3, 4, 5, 9};
+        for (int k = 0; k < 6; k++) runs[npat++] = (run_t){all[k], 0, ""};
+    }
+    if (cfg_k9 < 1) die("bad_k9");
     if (cfg_tpn < 1 || cfg_tpn > 8) die("bad_tpn");
 
     read_topology();
@@ -782,8 +1169,10 @@ int main(int argc, char **argv) {
     if (counts == MAP_FAILED) die("mmap_shared");
     long crashed = 0;
     for (int i = 0; i < npat; i++) {
-        int p = patterns[i];
-        if (p == 5 && strcmp(cfg_thp5, "keep") != 0) write_thp(cfg_thp5);
+        int p = runs[i].p;
+        const char *mode = runs[i].thp[0] ? runs[i].thp : p == 5 ? cfg_thp5 : p == 9 ? cfg_thp9 : "keep";
+        if (strcmp(mode, "keep") != 0) write_thp(mode);
+        cfg_info = runs[i].info;
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         int fds[2];
@@ -810,6 +1199,7 @@ int main(int argc, char **argv) {
                 while (l && (line[l - 1] == '\n' || line[l - 1] == ' ')) line[--l] = 0;
                 if (l >= 4 && !strcmp(line + l - 4, "PASS")) counts->passed++;
                 else if (l >= 4 && !strcmp(line + l - 4, "FAIL")) counts->failed++;
+                else if (l >= 4 && !strcmp(line + l - 4, "INFO")) counts->info++;
             }
         }
         if (in) fclose(in);
@@ -828,8 +1218,8 @@ int main(int argc, char **argv) {
                 printf("CRASH pattern=%d threads_per_node=%d status=exit_%d seconds=%.1f\n", p, cfg_tpn,
                        WEXITSTATUS(status), secs);
         }
-        if (p == 5 && strcmp(cfg_thp5, "keep") != 0) write_thp(thp);
+        if (strcmp(mode, "keep") != 0) write_thp(thp);
     }
-    printf("SUMMARY passed=%ld failed=%ld info=0 crashed=%ld\n", counts->passed, counts->failed, crashed);
+    printf("SUMMARY passed=%ld failed=%ld info=%ld crashed=%ld\n", counts->passed, counts->failed, counts->info, crashed);
     return counts->failed || crashed ? 1 : 0;
 }

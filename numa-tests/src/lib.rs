@@ -85,11 +85,16 @@ impl fmt::Display for ResultLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "pattern {} phase {} pair {} size {} threads/node {}: local share {} ({} of {} pages, absent {}, by node {}){}",
+            "pattern {} phase {} pair {} size {}{} threads/node {}: local share {} ({} of {} pages, absent {}, by node {}){}",
             self.get("pattern"),
             self.get("phase"),
             self.get("pair"),
             self.get("size"),
+            match (self.fields.get("api"), self.fields.get("worker")) {
+                (Some(a), Some(w)) => format!(" api {a} worker {w}"),
+                (Some(a), None) => format!(" api {a}"),
+                _ => String::new(),
+            },
             self.get("threads_per_node"),
             self.get("share"),
             self.get("local"),
@@ -207,10 +212,12 @@ impl GuestReport {
         self.results.iter().filter(|r| r.verdict == Verdict::Pass)
     }
 
-    /// A readable multi-line report: summary, then every failed and informational line.
+    /// A readable multi-line report: summary, then every failed and informational line (not
+    /// pattern 9's per-worker `recycle-faults` lines: see [`GuestReport::first_touch_table`]).
     pub fn render(&self) -> String {
         let mut s = String::new();
-        for i in &self.info {
+        // Pattern 9's per-worker fault lines are summed up by `first_touch_table`.
+        for i in self.info.iter().filter(|i| !i.starts_with("INFO pattern=9 recycle-faults")) {
             s.push_str(&format!("  {i}\n"));
         }
         match self.summary {
@@ -307,6 +314,139 @@ impl GuestReport {
     }
 }
 
+impl GuestReport {
+    /// Pattern 9 (per-worker first touch) as a table: one row per (threads per node, phase, api,
+    /// size), one column per worker node (from `pair=A>N`): the share of that node's workers'
+    /// pages found on it, and `[minor faults/pages]` of those workers in that round. The last
+    /// column is `PASS`/`FAIL` (over the row's checks) or `info`. Empty when there is no pattern 9.
+    pub fn first_touch_table(&self) -> String {
+        type Cell = (u64, u64, u64); // pages, local, minflt
+        // (tpn, phase, api, size), worker node -> cell, [passed, failed, info]
+        type Row = ([String; 4], BTreeMap<usize, Cell>, [u64; 3]);
+        let mut rows: Vec<Row> = Vec::new();
+        let mut nodes = std::collections::BTreeSet::new();
+        for r in self.results.iter().filter(|r| r.pattern() == 9 && r.verdict != Verdict::Skip) {
+            let Some(node) = r.get("pair").split_once('>').and_then(|(_, n)| n.parse::<usize>().ok()) else { continue };
+            let key = [r.get("threads_per_node"), r.get("phase"), r.get("api"), r.get("size")].map(str::to_string);
+            let i = match rows.iter().position(|(k, _, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    rows.push((key, BTreeMap::new(), [0; 3]));
+                    rows.len() - 1
+                }
+            };
+            let num = |k: &str| r.get(k).parse::<u64>().unwrap_or(0);
+            let c = rows[i].1.entry(node).or_default();
+            c.0 += num("pages");
+            c.1 += num("local");
+            c.2 += num("minflt");
+            rows[i].2[match r.verdict {
+                Verdict::Pass => 0,
+                Verdict::Fail => 1,
+                _ => 2,
+            }] += 1;
+            nodes.insert(node);
+        }
+        if rows.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from(
+            "  pattern 9, per-worker first touch: share of each worker node's pages on that node [minor faults/pages]\n",
+        );
+        s.push_str(&format!("  {:>3}  {:<13} {:<15} {:>6}", "tpn", "phase", "api", "size"));
+        for n in &nodes {
+            s.push_str(&format!("  {:>22}", format!("node {n}")));
+        }
+        s.push_str("  verdict\n");
+        for (k, cells, v) in &rows {
+            s.push_str(&format!("  {:>3}  {:<13} {:<15} {:>6}", k[0], k[1], k[2], k[3]));
+            for n in &nodes {
+                let cell = match cells.get(n) {
+                    Some(&(pages, local, minflt)) if pages > 0 => {
+                        format!("{:.2}% [{minflt}/{pages}]", local as f64 * 100.0 / pages as f64)
+                    }
+                    _ => "-".to_string(),
+                };
+                s.push_str(&format!("  {cell:>22}"));
+            }
+            let verdict = if v[1] > 0 {
+                "FAIL"
+            } else if v[0] > 0 {
+                "PASS"
+            } else {
+                "info"
+            };
+            s.push_str(&format!("  {verdict}\n"));
+        }
+        s
+    }
+}
+
+/// The API names one guest program uses in pattern 9 (`api=` of its RESULT lines).
+#[derive(Clone, Copy, Debug)]
+pub struct FirstTouchApis<'a> {
+    /// Checked at every size, in the first-touch and recycle rounds (`alloc`, `alloc_zeroed`).
+    pub plain: &'a [&'a str],
+    /// Checked at `aligned_size` only (`alloc-align4k`; C: `posix_memalign`, ...).
+    pub aligned: &'a [&'a str],
+    /// The size of the aligned cases (`64K`).
+    pub aligned_size: &'a str,
+    /// The `api=` of the remote-free phase (`alloc` / `malloc`).
+    pub remote: &'a str,
+}
+
+/// The Rust guest's pattern 9 APIs.
+pub const RUST_FIRST_TOUCH_APIS: FirstTouchApis<'static> =
+    FirstTouchApis { plain: &["alloc", "alloc_zeroed"], aligned: &["alloc-align4k"], aligned_size: "64K", remote: "alloc" };
+/// The C program's pattern 9 APIs.
+pub const C_FIRST_TOUCH_APIS: FirstTouchApis<'static> = FirstTouchApis {
+    plain: &["malloc", "calloc"],
+    aligned: &["posix_memalign", "aligned_alloc", "memalign"],
+    aligned_size: "64K",
+    remote: "malloc",
+};
+
+impl GuestReport {
+    /// The pattern 9 checks missing from a run with `tpn` threads per node: for each of `nodes`,
+    /// a passing line of a worker on it for every (phase, api, size) the run was asked for:
+    /// first-touch and recycle for every size of `sizes` and api of `apis.plain` (and the aligned
+    /// apis at their size, when `sizes` has it), remote-free and realloc-grow for the sizes up
+    /// to 4 MiB. Each missing one is described in one string; empty = complete.
+    pub fn first_touch_gaps(&self, tpn: usize, sizes: &[&str], apis: &FirstTouchApis<'_>, nodes: &[usize]) -> Vec<String> {
+        let tpn = tpn.to_string();
+        let mut want: Vec<(&str, &str, &str)> = Vec::new();
+        for &size in sizes {
+            for phase in ["first-touch", "recycle"] {
+                want.extend(apis.plain.iter().map(|&a| (phase, a, size)));
+                if size == apis.aligned_size {
+                    want.extend(apis.aligned.iter().map(|&a| (phase, a, size)));
+                }
+            }
+            if parse_size(size).is_some_and(|n| n <= 4 << 20) {
+                want.push(("remote-free", apis.remote, size));
+                want.push(("realloc-grow", "realloc", size));
+            }
+        }
+        let mut gaps = Vec::new();
+        for (phase, api, size) in want {
+            for &node in nodes {
+                let found = self.passes().any(|r| {
+                    r.pattern() == 9
+                        && r.get("threads_per_node") == tpn
+                        && r.get("phase") == phase
+                        && r.get("api") == api
+                        && r.get("size") == size
+                        && r.get("pair").rsplit('>').next() == Some(node.to_string().as_str())
+                });
+                if !found {
+                    gaps.push(format!("tpn={tpn} phase={phase} api={api} size={size} worker node {node}: no passing check"));
+                }
+            }
+        }
+        gaps
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +480,28 @@ mod tests {
         assert!(by[&1].all_passed() && !by[&2].all_passed());
         assert!((by[&2].min_share - 0.9).abs() < 1e-9);
         assert!(r.pattern_table().contains("FAIL"));
+        assert_eq!(r.first_touch_table(), "");
+    }
+
+    #[test]
+    fn first_touch_table_per_worker_node() {
+        let log = "RESULT pattern=9 phase=first-touch pair=0>0 size=16K threads_per_node=2 objects=8 pages=32 local=32 absent=0 share=1.0000 nodes=0:32 api=alloc worker=0:0 minflt=32 PASS\n\
+            RESULT pattern=9 phase=first-touch pair=0>1 size=16K threads_per_node=2 objects=8 pages=32 local=0 absent=0 share=0.0000 nodes=0:32 api=alloc worker=1:0 minflt=0 FAIL\n\
+            RESULT pattern=9 phase=first-touch pair=0>1 size=16K threads_per_node=2 objects=8 pages=32 local=32 absent=0 share=1.0000 nodes=1:32 api=alloc worker=1:1 minflt=32 PASS\n\
+            RESULT pattern=9 phase=recycle pair=0>1 size=16K threads_per_node=2 objects=8 pages=32 local=32 absent=0 share=1.0000 nodes=1:32 api=alloc worker=1:0 minflt=3 INFO\n\
+            RESULT pattern=9 phase=first-touch pair=- size=64M threads_per_node=2 note=node_memory_too_small SKIP\n";
+        let t = GuestReport::parse(log).first_touch_table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[1].contains("node 0") && lines[1].contains("node 1"), "{t}");
+        assert!(lines[2].contains("100.00% [32/32]") && lines[2].contains("50.00% [32/64]") && lines[2].ends_with("FAIL"), "{t}");
+        assert!(lines[3].contains("recycle") && lines[3].contains("100.00% [3/32]") && lines[3].ends_with("info"), "{t}");
+        let r = GuestReport::parse(log);
+        let apis = FirstTouchApis { plain: &["alloc"], aligned: &[], aligned_size: "64K", remote: "alloc" };
+        let gaps = r.first_touch_gaps(2, &["16K"], &apis, &[0, 1]);
+        // Missing: recycle on node 0 (none), recycle on node 1 (INFO only), remote-free and realloc-grow.
+        assert_eq!(gaps.len(), 6, "{gaps:?}");
+        assert!(!gaps.iter().any(|g| g.contains("first-touch")), "{gaps:?}");
     }
 }
 

@@ -4,10 +4,11 @@
 //! `scripts/qemu/run-guest.sh --preload`. It prints the same `RESULT`/`SUMMARY` lines as the
 //! Rust guest, so the same parser reads them.
 //!
-//! - `c_preload_two_nodes_domalloc`: 2 nodes, every pattern (1-5) must pass.
+//! - `c_preload_two_nodes_domalloc`: 2 nodes, every pattern (1-5 and 9) must pass.
 //! - `c_preload_four_nodes_unequal_domalloc`: 4 nodes with unequal memory, the same.
 //! - `c_negative_control_glibc_fails`: the same program without a preload (glibc malloc) must
-//!   fail at least one pattern, or the checks prove nothing.
+//!   fail at least one pattern, or the checks prove nothing; pattern 9 (per-worker first touch)
+//!   is measured there and printed beside domalloc's, not checked.
 //!
 //! Environment: `DOMALLOC_QEMU_TESTS=0` skips; `DOMALLOC_SO` points at a prebuilt
 //! libdomalloc.so (else `cargo build --release -p domalloc-ffi` here); `DOMALLOC_QEMU_TIMEOUT`
@@ -16,7 +17,7 @@
 #![cfg(target_os = "linux")]
 
 use domalloc_numa_tests::harness::{repo, serial, skipped, workdir};
-use domalloc_numa_tests::GuestReport;
+use domalloc_numa_tests::{GuestReport, Verdict, C_FIRST_TOUCH_APIS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -136,10 +137,30 @@ fn assert_malloc_from(report: &GuestReport, want: &str) {
     assert!(line.contains(want), "malloc does not come from {want} in the guest: {line:?}");
 }
 
+/// Pattern 9 sizes of the C program (THP is `never` for it by default: `--thp9`): 16K and 64K
+/// with 8 buffers per worker, 256K and 768K with 4, 1536K and 3M with 2 (fewer pages under TCG;
+/// the 64M block runs in the Rust guest); the aligned APIs (posix_memalign, aligned_alloc,
+/// memalign) at 64K.
+const P9_SIZES: &str = "16K,64K,256Kx4,768Kx4,1536Kx2,3Mx2";
+/// On `4n-unequal` (four workers, one per vCPU) fewer of the bigger ones.
+const P9_SIZES_4N: &str = "16K,64K,256Kx4,768Kx2,1536Kx1,3Mx1";
+
+/// Asserts that pattern 9 checked every (phase, api, size) of `spec` (`--sizes9`) for a worker
+/// on each of `nodes`.
+fn assert_first_touch(topology: &str, report: &GuestReport, spec: &str, nodes: &[usize]) {
+    let sizes: Vec<&str> = spec.split(',').map(|s| s.split('x').next().unwrap_or(s)).collect();
+    let gaps = report.first_touch_gaps(1, &sizes, &C_FIRST_TOUCH_APIS, nodes);
+    assert!(gaps.is_empty(), "{topology}: pattern 9 incomplete:\n{}\n{}", gaps.join("\n"), report.first_touch_table());
+    assert!(
+        report.info.iter().any(|l| l.starts_with("INFO pattern=9 recycle-faults")),
+        "{topology}: no pattern 9 recycle-faults INFO line"
+    );
+}
+
 fn assert_every_pattern_passes(topology: &str, report: &GuestReport) {
     let s = report.summary.unwrap_or_else(|| panic!("{topology}: no SUMMARY line\n{}", report.render()));
     let by = report.by_pattern();
-    for p in 1..=5 {
+    for p in [1, 2, 3, 4, 5, 9] {
         let st = by.get(&p).copied().unwrap_or_default();
         assert!(st.all_passed(), "{topology}: pattern {p} did not pass under LD_PRELOAD=libdomalloc.so\n{}", report.render());
     }
@@ -153,10 +174,12 @@ fn c_preload_two_nodes_domalloc() {
         return;
     }
     let so = libdomalloc();
-    let report = boot("2n", Some(&so), None, &["1", "2", "3", "4", "5"]);
+    let report = boot("2n", Some(&so), None, &["--sizes9", P9_SIZES, "1", "2", "3", "4", "5", "9"]);
     assert_malloc_from(&report, "libdomalloc.so");
     assert!(report.info.iter().any(|l| l.contains("cpu_nodes=0,1")), "{:?}", report.info);
+    eprintln!("C program, 2n / domalloc:\n{}", report.first_touch_table());
     assert_every_pattern_passes("2n", &report);
+    assert_first_touch("2n", &report, P9_SIZES, &[0, 1]);
 }
 
 #[test]
@@ -166,10 +189,17 @@ fn c_preload_four_nodes_unequal_domalloc() {
     }
     let so = libdomalloc();
     // Fewer stream rounds and no 64 MiB array: the smallest node has 128 MiB.
-    let report = boot("4n-unequal", Some(&so), None, &["--rounds", "100", "--large", "2M,8M,32M", "1", "2", "3", "4", "5"]);
+    let report = boot(
+        "4n-unequal",
+        Some(&so),
+        None,
+        &["--rounds", "100", "--large", "2M,8M,32M", "--sizes9", P9_SIZES_4N, "1", "2", "3", "4", "5", "9"],
+    );
     assert_malloc_from(&report, "libdomalloc.so");
     assert!(report.info.iter().any(|l| l.contains("cpu_nodes=0,1,2,3")), "{:?}", report.info);
+    eprintln!("C program, 4n-unequal / domalloc:\n{}", report.first_touch_table());
     assert_every_pattern_passes("4n-unequal", &report);
+    assert_first_touch("4n-unequal", &report, P9_SIZES_4N, &[0, 1, 2, 3]);
 }
 
 /// glibc malloc (no preload) must fail somewhere: it reuses what another node freed (pattern 2),
@@ -185,10 +215,17 @@ fn c_negative_control_glibc_fails() {
     if skipped() {
         return;
     }
-    let report = boot("2n", None, Some("never"), &["1", "2", "3", "4", "5"]);
+    // Pattern 9 is measured (`9:info`) and printed for comparison, not checked.
+    let report = boot("2n", None, Some("never"), &["--sizes9", P9_SIZES, "1", "2", "3", "4", "5", "9:info"]);
     assert!(report.summary.is_some(), "negative control did not finish:\n{}", report.render());
     assert!(report.crashes.is_empty(), "negative control crashed: {:?}", report.crashes);
     assert_malloc_from(&report, "libc.so");
+    eprintln!("C program, 2n / glibc malloc (informational):\n{}", report.first_touch_table());
+    assert!(
+        report.results.iter().any(|r| r.pattern() == 9)
+            && report.results.iter().filter(|r| r.pattern() == 9).all(|r| matches!(r.verdict, Verdict::Info | Verdict::Skip)),
+        "pattern 9 of the glibc control must be measured and informational only"
+    );
     let by = report.by_pattern();
     assert!(by.get(&1).is_some_and(|s| s.all_passed()), "pattern 1 failed with glibc: the harness is broken\n{}", report.render());
     let failed: Vec<u32> = by.iter().filter(|(_, s)| !s.all_passed()).map(|(p, _)| *p).collect();

@@ -29,6 +29,7 @@
 #   scripts/qemu/run-guest.sh --topology 4n-unequal --alloc system -- --tpn 1 2 4
 #   scripts/qemu/run-guest.sh --c-program --preload target/release/libdomalloc.so -- 1 2 3 4 5
 #   scripts/qemu/run-guest.sh --c-program -- 2 4        # glibc malloc in C: the negative control
+#   scripts/qemu/run-guest.sh -- --tpn 1,2 9:thp=never   # per-worker first touch (pattern 9)
 #
 # Exit status: 0 all checks passed, 1 some check failed or a run crashed, 2 the guest did not
 # finish (boot failure, kernel panic, timeout), 3 a tool is missing, 4 the build failed.

@@ -6,9 +6,9 @@
 //!
 //! ```text
 //! numa-guest [options] [RUN...]
-//!   RUN            P[:key=value...]  P = pattern 1..8 or `all` (default: all). Keys override the
-//!                  options below for that run: tpn, sizes, large, split, thp, rounds, info (=1:
-//!                  results are informational, not checks).
+//!   RUN            P[:key=value...]  P = pattern 1..9 or `all` (default: all). Keys override the
+//!                  options below for that run: tpn, sizes, large, split, thp, rounds, sizes9, k9,
+//!                  aligned9, info (=1: results are informational, not checks).
 //!   --tpn 1,2      threads per node; each run is repeated for each value (default 1,2)
 //!   --sizes L      object sizes for patterns 1-4 (default 16,64,256,1K,4K,16K,64K,256K,1M,4M,mixed)
 //!   --large L      array sizes for pattern 5 (default 2M,8M,32M,64M)
@@ -23,13 +23,22 @@
 //!   --pin node|cpu pin worker threads to their node's CPUs (default) or to one CPU each
 //!   --pairs all|first  node pairs (A,B) for patterns 2-5: every neighbour pair (default) or one
 //!   --child-timeout S  seconds one run may take (default 300)
+//!   --sizes9 L     pattern 9 buffer sizes, SIZE or SIZExCOUNT
+//!                  (default 16K,64K,256K,768K,1536K,3M,64Mx1)
+//!   --k9 N         pattern 9 buffers per worker where the size gives no count (default 8)
+//!   --aligned9 S   pattern 9: the size also allocated with a 4 KiB-aligned Layout (default 64K;
+//!                  0 = none)
 //! ```
+//! Pattern 9 (per-worker first touch, `firsttouch.rs`) runs each (size, api) case, `remote-free`
+//! and `realloc-grow` in a sub-run process of its own.
 //! Patterns 6-8 (node API, DOMALLOC_POLICY, confined process / inherited policy) use fixed sizes
 //! (64 B x 4096, 64K x 16, 1M x 2, 8M x 1 per thread); 7 and 8 start one more process per case
 //! (`--sub=CASE`, internal, like `--child`).
 //! Each run executes in a fresh child process (a fresh allocator), so patterns do not feed each
 //! other's caches. Output: `INFO`, `RESULT ... PASS|FAIL|INFO|SKIP`, `CRASH`, `SUMMARY` lines.
 
+#[cfg(target_os = "linux")]
+mod firsttouch;
 #[cfg(target_os = "linux")]
 mod patterns;
 #[cfg(target_os = "linux")]
@@ -90,6 +99,20 @@ mod driver {
             .collect()
     }
 
+    fn sizes9(s: &str) -> Result<Vec<(usize, Option<usize>)>, String> {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                let (size, count) = match x.split_once('x') {
+                    Some((s, c)) => (s, Some(c.parse::<usize>().ok().filter(|c| *c > 0).ok_or(format!("bad count in {x}"))?)),
+                    None => (x, None),
+                };
+                let size = parse_size(size).filter(|n| *n > 0).ok_or(format!("bad size {x}"))?;
+                Ok((size, count))
+            })
+            .collect()
+    }
+
     fn large(s: &str) -> Result<Vec<usize>, String> {
         s.split(',')
             .filter(|x| !x.is_empty())
@@ -122,6 +145,9 @@ mod driver {
             "pairs" => cfg.first_pair_only = val == "first",
             "info" => cfg.info_only = val != "0",
             "tpn" => cfg.tpn = num(val)?.max(1),
+            "sizes9" => cfg.sizes9 = sizes9(val)?,
+            "k9" => cfg.k9 = num(val)?.max(1),
+            "aligned9" => cfg.aligned9 = size(val)?,
             _ => return Err(format!("unknown option {key}")),
         }
         Ok(())
@@ -195,12 +221,12 @@ mod driver {
                 })
                 .collect();
             let pats: Vec<u32> = if pat == "all" {
-                vec![1, 2, 3, 4, 5, 6, 7, 8]
+                vec![1, 2, 3, 4, 5, 6, 7, 8, 9]
             } else {
                 vec![pat.parse().map_err(|_| format!("bad run {r}"))?]
             };
             for p in pats {
-                if !(1..=8).contains(&p) {
+                if !(1..=9).contains(&p) {
                     return Err(format!("no pattern {p}"));
                 }
                 plan.push((p, kv.clone()));

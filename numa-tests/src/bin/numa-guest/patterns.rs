@@ -1,6 +1,7 @@
-//! Locality patterns 1-5 (6-8: `policies.rs`). Every worker thread pins itself (the test may pin; the allocator
-//! never does), allocates through the global allocator, touches what it got, and then asks the
-//! kernel where the pages are. Results are printed by the main thread after the workers joined.
+//! Locality patterns 1-5 (6-8: `policies.rs`, 9: `firsttouch.rs`). Every worker thread pins
+//! itself (the test may pin; the allocator never does), allocates through the global allocator,
+//! touches what it got, and then asks the kernel where the pages are. Results are printed by the
+//! main thread after the workers joined.
 
 use crate::sys::{self, Placement, Topology, PAGE};
 use domalloc_numa_tests::format_size;
@@ -53,6 +54,12 @@ pub struct Config {
     pub pin: Pin,
     pub first_pair_only: bool,
     pub info_only: bool,
+    /// Pattern 9: buffer sizes, each with its own count of buffers per worker (None: `k9`).
+    pub sizes9: Vec<(usize, Option<usize>)>,
+    /// Pattern 9: buffers per worker (default 8).
+    pub k9: usize,
+    /// Pattern 9: the size also allocated with a 4 KiB-aligned `Layout` (0: none).
+    pub aligned9: usize,
 }
 
 impl Default for Config {
@@ -77,6 +84,13 @@ impl Default for Config {
             pin: Pin::Node,
             first_pair_only: false,
             info_only: false,
+            sizes9: [16 * k, 64 * k, 256 * k, 768 * k, 1536 * k, 3 * k * k]
+                .into_iter()
+                .map(|s| (s, None))
+                .chain([(64 * k * k, Some(1))])
+                .collect(),
+            k9: 8,
+            aligned9: 64 * k,
         }
     }
 }
@@ -177,26 +191,26 @@ fn measure(objs: &[Obj]) -> Placement {
 
 /// Pages, local pages and objects behind one RESULT line.
 #[derive(Clone, Debug, Default)]
-struct Tally {
-    place: Placement,
-    local: u64,
-    objects: u64,
-    nonzero: u64,
+pub(crate) struct Tally {
+    pub(crate) place: Placement,
+    pub(crate) local: u64,
+    pub(crate) objects: u64,
+    pub(crate) nonzero: u64,
 }
 
 impl Tally {
-    fn add(&mut self, p: &Placement, expected: usize, objects: usize) {
+    pub(crate) fn add(&mut self, p: &Placement, expected: usize, objects: usize) {
         self.place.merge(p);
         self.local += p.on(expected);
         self.objects += objects as u64;
     }
-    fn merge(&mut self, o: &Tally) {
+    pub(crate) fn merge(&mut self, o: &Tally) {
         self.place.merge(&o.place);
         self.local += o.local;
         self.objects += o.objects;
         self.nonzero += o.nonzero;
     }
-    fn share(&self) -> f64 {
+    pub(crate) fn share(&self) -> f64 {
         if self.place.pages == 0 {
             0.0
         } else {
@@ -218,7 +232,7 @@ pub fn verdict(info_only: bool, ok: bool) -> &'static str {
 
 #[allow(clippy::too_many_arguments)]
 /// Prints one RESULT line. `extra_ok` folds in a non-locality condition (RSS bound, zeroing).
-fn report(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: &str, t: &Tally, extra: &str, extra_ok: bool) {
+pub(crate) fn report(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: &str, t: &Tally, extra: &str, extra_ok: bool) {
     let ok = t.place.pages > 0 && t.share() >= cfg.threshold && extra_ok;
     let verdict = verdict(cfg.info_only, ok);
     println!(
@@ -304,6 +318,7 @@ pub fn run(p: u32, cfg: &Config, topo: &Topology) -> Result<(), String> {
         // all the same, as a negative control (its bind/preferred/interleave checks must fail).
         7 => crate::policies::pattern7(cfg, topo),
         8 => crate::policies::pattern8(cfg, topo),
+        9 => crate::firsttouch::pattern9(cfg, topo),
         _ => return Err(format!("no pattern {p}")),
     }
     Ok(())
@@ -545,7 +560,7 @@ fn pattern4(cfg: &Config, topo: &Topology, a: usize, b: usize) {
 /// Touches `[lo, hi)` page by page: writes the first byte (the first touch places the page),
 /// checks the rest of the page reads as zero, then writes it all. Returns the pages that were
 /// not zero (calloc must give zeroed memory).
-fn touch_part(lo: usize, hi: usize) -> u64 {
+pub(crate) fn touch_part(lo: usize, hi: usize) -> u64 {
     let mut nonzero = 0;
     let mut addr = lo;
     while addr < hi {

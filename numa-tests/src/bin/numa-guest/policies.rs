@@ -480,16 +480,16 @@ fn pinned_everywhere(cfg: &Config, topo: &Topology) -> Vec<Worker> {
 }
 
 /// What a sub-run process needs to be started: its case name and how to prepare the command.
-struct Sub {
-    name: String,
-    env: Option<String>,
-    affinity: Option<Vec<usize>>,
-    mempolicy: Option<(i32, Vec<usize>)>,
+pub(crate) struct Sub {
+    pub(crate) name: String,
+    pub(crate) env: Option<String>,
+    pub(crate) affinity: Option<Vec<usize>>,
+    pub(crate) mempolicy: Option<(i32, Vec<usize>)>,
 }
 
 /// Starts `exe --child=P --sub=NAME` per case, its output going straight to ours; a sub-run that
 /// fails or hangs gives a FAIL line.
-fn run_subs(cfg: &Config, pattern: u32, subs: &[Sub]) {
+pub(crate) fn run_subs(cfg: &Config, pattern: u32, subs: &[Sub]) {
     let exe = std::env::current_exe().expect("current_exe");
     for sub in subs {
         let mut cmd = Command::new(&exe);
@@ -679,6 +679,10 @@ fn pattern8_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> 
 
 /// Runs case `sub` of pattern `p` (in a sub-run process started by [`run_subs`]).
 pub fn run_sub(p: u32, sub: &str, cfg: &Config, topo: &Topology) -> Result<(), String> {
+    if p == 9 {
+        // Runs on any topology (one CPU node: every worker is local); the parent skips it there.
+        return crate::firsttouch::run_sub(cfg, topo, sub);
+    }
     if two_nodes(topo).is_none() {
         return Err("needs two CPU nodes".to_string());
     }

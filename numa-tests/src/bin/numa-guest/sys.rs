@@ -370,3 +370,15 @@ pub fn numa_balancing() -> String {
         s.trim().to_string()
     }
 }
+
+/// Minor page faults of the calling thread so far (`getrusage(RUSAGE_THREAD).ru_minflt`).
+pub fn thread_minflt() -> u64 {
+    // SAFETY: rusage is plain data; zeroed is a valid value to be overwritten.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a writable rusage; RUSAGE_THREAD asks for the calling thread only.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    if rc != 0 {
+        return 0;
+    }
+    ru.ru_minflt as u64
+}
