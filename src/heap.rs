@@ -184,7 +184,7 @@ pub(crate) static EMPTY_PAGE: SyncPage = SyncPage(Page {
     parked_ms: Cell::new(0),
     is_zero: Cell::new(false),
     placement: Cell::new(0),
-    last_owner: Cell::new(0),
+    last_owner: core::sync::atomic::AtomicUsize::new(0),
     homes: [const { core::sync::atomic::AtomicU16::new(0) }; crate::size_class::MAX_PLACED_BLOCKS],
 });
 

@@ -122,8 +122,9 @@ pub struct Page {
     pub(crate) is_zero: Cell<bool>,
     /// [`SpanPlacement`] of the span's segment, as a byte.
     pub(crate) placement: Cell<u8>,
-    /// The heap that gave the page up last (it may take it back with [`reclaim`]).
-    pub(crate) last_owner: Cell<usize>,
+    /// The heap that gave the page up last (it may take it back with [`reclaim`]); read by any
+    /// freeing thread, hence atomic (relaxed).
+    pub(crate) last_owner: AtomicUsize,
     /// Placed spans: per block, 0 = home not known yet, `n + 1` = its pages are on node `n`.
     pub(crate) homes: [AtomicU16; MAX_PLACED_BLOCKS],
 }
@@ -518,7 +519,7 @@ pub(crate) unsafe fn push_remote(page: &Page, head: *mut Block, tail: *mut Block
 /// Owner: gives a page with no free block up (`owner` cleared, `xfree` FULL). Fails (returns
 /// false, keeping the page owned by `me`) if remote frees arrived meanwhile: collect them.
 pub(crate) fn give_up(page: &Page, me: usize) -> bool {
-    page.last_owner.set(me);
+    page.last_owner.store(me, Ordering::Relaxed);
     page.owner.store(0, Ordering::Release);
     if remote::try_give_up(&page.xfree) {
         true
@@ -534,7 +535,7 @@ pub(crate) fn give_up(page: &Page, me: usize) -> bool {
 /// # Safety
 /// `me` is the calling thread's heap and `page` a live small span head.
 pub(crate) unsafe fn reclaim(page: &Page, me: usize) -> bool {
-    if page.last_owner.get() != me || page.owner.load(Ordering::Relaxed) != 0 || !remote::try_reclaim(&page.xfree) {
+    if page.last_owner.load(Ordering::Relaxed) != me || page.owner.load(Ordering::Relaxed) != 0 || !remote::try_reclaim(&page.xfree) {
         return false;
     }
     page.owner.store(me, Ordering::Relaxed);
