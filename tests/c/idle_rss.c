@@ -87,14 +87,15 @@ int main(int argc, char **argv) {
     }
     if (rss > base + SLACK) {
         fprintf(stderr,
-                "idle_rss (%s): FAIL: RSS stayed at %ld MiB after %d ms idle (baseline %ld MiB, right after the "
-                "frees %ld MiB, peak %ld MiB): memory freed and then left alone is not returned while the program "
-                "makes no allocator call (DOMALLOC_PURGE_DELAY=%s)\n",
-                threads ? "threads" : "single", rss >> 20, waited, base >> 20, after_free >> 20, peak >> 20,
-                getenv("DOMALLOC_PURGE_DELAY"));
+                "idle_rss (%s): FAIL: RSS stayed at %ld MiB after %d ms idle (baseline %ld MiB, %ld MiB right "
+                "after the %s): memory freed and then left alone is not returned while the program makes no "
+                "allocator call (DOMALLOC_PURGE_DELAY=%s)\n",
+                threads ? "threads" : "single", rss >> 20, waited, base >> 20, after_free >> 20,
+                threads ? "threads freed and exited" : "frees", getenv("DOMALLOC_PURGE_DELAY"));
         return 1;
     }
-    printf("idle_rss ok (%s): RSS %ld MiB -> %ld MiB after the frees -> %ld MiB idle (baseline %ld MiB)\n",
-           threads ? "threads" : "single", peak >> 20, after_free >> 20, rss >> 20, base >> 20);
+    printf("idle_rss ok (%s): RSS %ld MiB right after the %s -> %ld MiB after %d ms idle (baseline %ld MiB)\n",
+           threads ? "threads" : "single", after_free >> 20, threads ? "threads exited" : "frees", rss >> 20, waited,
+           base >> 20);
     return 0;
 }
