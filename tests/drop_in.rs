@@ -498,7 +498,7 @@ fn remote_child() -> ! {
 /// a full page and notifies the owner), and the test thread forks in a loop for 4 s; each child
 /// frees blocks of every span and allocates, then exits. PROBABILISTIC: a fork must copy a page
 /// during the few instructions of a notification (state NOTIFYING) for c338579 to hang; it hung
-/// in about half of the 4 s runs here (a 2-core machine). A child that does not exit within 5 s
+/// in 4 of 7 runs of 4 s here (a 2-core machine). A child that does not exit within 5 s
 /// fails the test.
 #[test]
 fn fork_during_remote_frees_does_not_hang() {

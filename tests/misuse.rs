@@ -6,7 +6,7 @@
 //! line, the problem named and the address.
 //!
 //! What each build must detect (the target the tests below pin; "today" is the core before the
-//! rewrite, c338579, where the rows marked (6) fail):
+//! rewrite, c338579, where the rows marked (5) fail):
 //!
 //! | misuse                                                   | default     | `debug-invariants` | `quarantine` |
 //! |----------------------------------------------------------|-------------|--------------------|--------------|
@@ -17,11 +17,11 @@
 //! | free of an interior pointer of a large/huge block        | detected    | detected           | detected     |
 //! | realloc / malloc_usable_size of a freed large block      | detected    | detected           | detected     |
 //! | realloc / malloc_usable_size of a freed huge block       | detected (2)| detected (2)       | detected (2) |
-//! | double free, small block (48 B, 3000 B), owning thread   | detected (6)| detected           | detected (3) |
-//! | double free, small block, by another thread              | detected (6)| detected (6)       | detected (3) |
-//! | double free, small block, by a thread without a heap     | detected (6)| detected (6)       | detected (3) |
-//! | free of an interior / misaligned pointer of a small block| detected (6)| detected           | detected     |
-//! | free after the block was reused by a new allocation      | not detectable (5): nothing is handed out twice |||
+//! | double free, small block (48 B, 3000 B), owning thread   | detected (5)| detected           | detected (3) |
+//! | double free, small block, by another thread              | detected (5)| detected (5)       | detected (3) |
+//! | double free, small block, by a thread without a heap     | detected (5)| detected (5)       | detected (3) |
+//! | free of an interior / misaligned pointer of a small block| detected (5)| detected           | detected     |
+//! | free after the block was reused by a new allocation      | not detectable (4): nothing is handed out twice |||
 //!
 //! Every detected misuse ends with one line naming the address and one of the phrases of
 //! `notes/INTERFACES.md` (`double free`, `invalid pointer`) and SIGABRT; a child that hangs is
@@ -35,11 +35,10 @@
 //!    pointer is "not allocated by domalloc". (`realloc_freed_huge` found the gap; fixed.)
 //! 3. The quarantine build (`tests/quarantine.rs`) catches them while the block waits in a
 //!    quarantine (the freeing thread's last 256 frees / 256 KiB), from any thread.
-//! 4. (Before the rewrite, remote frees went onto a lock-free list without a look at the block.)
-//! 5. Once a freed block has been handed out again, a second free is indistinguishable from a
+//! 4. Once a freed block has been handed out again, a second free is indistinguishable from a
 //!    legitimate one: `free_after_reuse_hands_nothing_out_twice` checks that the allocator stays
 //!    consistent (the live blocks it hands out afterwards are distinct).
-//! 6. Not detected today (c338579): the owner's fast path pushes the block onto its free list a
+//! 5. Not detected today (c338579): the owner's fast path pushes the block onto its free list a
 //!    second time (a cycle: `malloc` then returns the same block again and again); another
 //!    thread's second free is absorbed by its remote-free batch; a thread without a heap pushes
 //!    the block onto the page's remote list twice, a cycle that the owner's next collection walks

@@ -13,7 +13,7 @@
  * never changes again (the notifying thread does not exist there): the child's first free into
  * it spins forever. The window is a few instructions per notification, so this test is
  * PROBABILISTIC: the freers notify as often as they can while the main thread forks for the
- * given time (on today's code it hung in about half of the 4 s runs on a 2-core machine).
+ * given time (on the old core, c338579, it hung in 7 of 19 runs of 4 s on a 2-core machine).
  * A child that does not exit within WATCHDOG_S seconds is killed and fails the test with a
  * message (never a skip).
  * Usage: fork_remote [seconds] [freers]   (default 4 s, 2 freers). Under LD_PRELOAD. */
