@@ -199,6 +199,19 @@ if cc_build dlopen_late "$TESTS/dlopen_late.c" -pthread -ldl &&
     run_test c-dlopen-plugin-under-preload 60 preload "$WORK/dlopen_late" plugin "$WORK/plugin.so"
 fi
 
+# Drop-in behaviour (shared/DESIGN.md), each hang caught by the program's own watchdog: fork
+# against stdio and from a signal handler, fork during remote frees (probabilistic), OOM then
+# recovery, RSS back while idle, free-list links an overflow or a write after free corrupted.
+cc_build fork_stdio "$TESTS/fork_stdio.c" -pthread -ldl && run_test c-fork-against-stdio 60 preload "$WORK/fork_stdio" "$(N 2 3)"
+cc_build fork_signal "$TESTS/fork_signal.c" -ldl && run_test c-fork-from-signal-handler 60 preload "$WORK/fork_signal" "$(N 2 3)"
+cc_build fork_remote "$TESTS/fork_remote.c" -pthread -ldl && run_test c-fork-during-remote-frees 60 preload "$WORK/fork_remote" "$(N 2 4)"
+cc_build oom_recover "$TESTS/oom_recover.c" -ldl && run_test c-oom-then-recovery 60 preload "$WORK/oom_recover" 400000
+if cc_build idle_rss "$TESTS/idle_rss.c" -pthread -ldl; then
+    run_test c-idle-rss-single-thread 60 env DOMALLOC_PURGE_DELAY=100 LD_PRELOAD="$LIB" "$WORK/idle_rss" single
+    run_test c-idle-rss-four-threads 60 env DOMALLOC_PURGE_DELAY=100 LD_PRELOAD="$LIB" "$WORK/idle_rss" threads
+fi
+cc_build overflow "$TESTS/overflow.c" -pthread -ldl && run_test c-free-list-overflow 60 preload "$WORK/overflow"
+
 # DOMALLOC_STATS=1 prints per-node figures on stderr at exit.
 stats_report() {
     DOMALLOC_STATS=1 preload "$WORK/stress_mt" 2 2000 >"$WORK/stats.out" 2>"$WORK/stats.err" || return 1

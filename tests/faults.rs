@@ -450,6 +450,54 @@ fn rlimit_address_space() {
     });
 }
 
+/// Out of memory, then recovery (as `ulimit -v 400000` would do to a program): under an
+/// address-space limit of 400000 KiB above what the test binary already uses, 1 MiB blocks are
+/// allocated until the allocator returns null, all are freed, and then a 64 MiB block must be
+/// allocated: memory given back by the program is usable again for any size, at once, with the
+/// default purge delay (glibc passes: its 1 MiB blocks are unmapped by `free`). c338579 returns
+/// null: the freed segments stay mapped until their purge delay has passed and a later
+/// allocation happens to purge them.
+#[test]
+fn oom_then_recovery_large_blocks_freed_make_room() {
+    case(
+        "oom_then_recovery_large_blocks_freed_make_room",
+        &[("DOMALLOC_PURGE_DELAY", "100")],
+        || {
+            let mut kept: Vec<Blk> = Vec::with_capacity(4096);
+            let limit = vm_size() + 400_000 * 1024;
+            let r = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: a plain syscall with a valid struct.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &r) }, 0);
+            let mut failed = false;
+            for k in 0..4096 {
+                match Blk::new(1 << 20, 16, k) {
+                    Some(b) => kept.push(b),
+                    None => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(failed, "1 MiB blocks never failed under the limit");
+            let n = kept.len();
+            kept.clear(); // verified and freed
+            let big = Blk::new(64 << 20, 16, 7);
+            assert!(
+                big.is_some(),
+                "malloc(64 MiB) returned null after {n} blocks of 1 MiB were freed (address-space \
+                 limit 400000 KiB above the start): freed memory is not usable again"
+            );
+            drop(big);
+            let (again, failed) = until_null(1 << 20, n / 2, 9);
+            assert!(!failed, "only {} of {} blocks of 1 MiB fit again after freeing", again.len(), n / 2);
+            println!("oom then recovery: {n} blocks of 1 MiB until null, then 64 MiB and {} x 1 MiB again", again.len());
+        },
+    );
+}
+
 /// Environment variable (not an allocator option) that passes the cgroup to the child.
 const CGROUP_ENV: &str = "FAULTS_CGROUP_PROCS";
 
