@@ -29,8 +29,10 @@ use crate::segment::{
 };
 use crate::size_class::CLASSES;
 
-/// Every page but the header page.
-const ALL_PAGES: u64 = !1u64;
+/// Every page that can hold spans: all but the header page (and, in hardened builds, the last
+/// page, whose last OS page is a guard: an overflow off the segment's end faults before it
+/// reaches the next segment's header).
+const ALL_PAGES: u64 = if cfg!(feature = "hardened") { !1u64 & !(1u64 << 63) } else { !1u64 };
 
 /// Counters of one node (relaxed atomics; read by [`crate::stats`]). All zero in a fresh domain.
 pub(crate) struct NodeCounters {
@@ -423,6 +425,10 @@ impl Domain {
             // SAFETY: our fresh mapping (also where the system's THP setting is `always`).
             unsafe { Sys::set_huge_pages(p, SEGMENT_SIZE, thp) };
         }
+        if cfg!(feature = "hardened") {
+            // SAFETY: the last OS page of our fresh mapping, never part of a span.
+            unsafe { Sys::protect(p.add(SEGMENT_SIZE - os::OS_PAGE), os::OS_PAGE, false) };
+        }
         let seg = p as *mut Segment;
         // SAFETY: fresh zeroed mapping, unknown to anyone.
         unsafe {
@@ -606,8 +612,9 @@ mod tests {
         assert_eq!(find_run(0b1111_0110, 2), Some(1));
         assert_eq!(find_run(0b1111_0110, 3), Some(4));
         assert_eq!(find_run(0b1111_0110, 5), None);
-        assert_eq!(find_run(ALL_PAGES, 63), Some(1));
-        assert_eq!(run_mask(1, 63), ALL_PAGES);
+        let usable = ALL_PAGES.count_ones() as usize;
+        assert_eq!(find_run(ALL_PAGES, usable), Some(1));
+        assert_eq!(run_mask(1, usable), ALL_PAGES);
         assert_eq!(run_mask(3, 2), 0b11000);
     }
 }

@@ -1011,6 +1011,8 @@ pub(crate) fn alloc_large(node: usize, size: usize, zero: bool) -> *mut u8 {
         if zero && !pg.is_zero.get() {
             ptr::write_bytes(p, 0, size);
         }
+        // The program writes it from now on (a pooled or parked span comes back dirty).
+        pg.is_zero.set(false);
         p
     }
 }

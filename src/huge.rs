@@ -242,9 +242,12 @@ unsafe fn reuse(d: &Domain, seg: *mut Segment, size: usize, data_size: usize, ze
         let s = &*seg;
         let p = s.huge_data.get();
         let mut is_zero = false;
-        if s.huge_mixed.get() {
-            // Pages on several nodes: placed again by first touch (all of it: a later `realloc`
-            // may grow into the spare capacity), and zero.
+        if s.huge_mixed.get() || (zero && global::numa_enabled()) {
+            // Pages on several nodes, or a `calloc` (the array many threads first-touch in
+            // parallel: recycled pages on one node would stay there): placed again by first
+            // touch like a fresh block (all of it: a later `realloc` may grow into the spare
+            // capacity), and zero. A plain `malloc` on the block's node keeps its resident
+            // pages: no page fault.
             is_zero = os::purge(p, capacity(s), os::PurgeMode::DontNeed);
             s.huge_mixed.set(false);
         }

@@ -380,6 +380,14 @@ pub(crate) unsafe fn extend(page: &Page) -> bool {
     let bs = page.block_size.get() as usize;
     let n = ((EXTEND_BYTES / bs).max(1) as u32).min(reserved - cap) as usize;
     let first = page.block_at(cap as usize);
+    #[cfg(feature = "hardened")]
+    if n > 1 {
+        // SAFETY: as below; the blocks are linked in a random order.
+        unsafe { link_shuffled(page, cap as usize, n) };
+        page.capacity.set(cap + n as u32);
+        page.is_zero.set(false);
+        return true;
+    }
     // SAFETY: blocks cap..cap+n lie inside the span, which is mapped and owned by the caller.
     unsafe {
         let mut b = first;
@@ -394,6 +402,37 @@ pub(crate) unsafe fn extend(page: &Page) -> bool {
     page.capacity.set(cap + n as u32);
     page.is_zero.set(false);
     true
+}
+
+/// Hardened builds: links blocks `first..first+n` into `free` in a random order (a shuffle of
+/// their indices with a generator seeded from the link key, the page and the carve position),
+/// so the next address is not predictable from the last one.
+///
+/// # Safety
+/// As [`extend`]; `n` is at most `EXTEND_BYTES / 8`.
+#[cfg(feature = "hardened")]
+unsafe fn link_shuffled(page: &Page, first: usize, n: usize) {
+    let mut idx = [0u16; EXTEND_BYTES / 8];
+    for (i, x) in idx[..n].iter_mut().enumerate() {
+        *x = i as u16;
+    }
+    let mut r = (link_key() as u64) ^ (page as *const Page as u64).rotate_left(29) ^ (first as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for i in (1..n).rev() {
+        // xorshift64*
+        r ^= r >> 12;
+        r ^= r << 25;
+        r ^= r >> 27;
+        let j = (r.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % (i + 1);
+        idx.swap(i, j);
+    }
+    let mut next = page.free.get();
+    for &i in idx[..n].iter().rev() {
+        let b = page.block_at(first + i as usize);
+        // SAFETY: the caller's contract: block `first + i` lies in the span, uncarved, ours.
+        unsafe { set_next(b, next) };
+        next = b;
+    }
+    page.free.set(next);
 }
 
 /// Hands out the next untouched block of a placed span without writing it (its pages are placed
