@@ -111,7 +111,7 @@ impl Arena {
     /// `page` is the head of an unused, unowned span of this arena's node, in no list.
     pub(crate) unsafe fn park_empty(&self, page: *mut Page, now_ms: u64) -> bool {
         // SAFETY: the caller's span.
-        let (n, pl) = unsafe { ((*page).span_pages.get() as usize, (*page).placement.get() as usize) };
+        let (n, pl) = unsafe { ((*page).span_pages() as usize, (*page).placement.get() as usize) };
         if n == 0 || n > EMPTY_SIZES || self.empties.load(Ordering::Relaxed) + n > EMPTY_MAX_PAGES {
             return false;
         }

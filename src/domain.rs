@@ -192,8 +192,8 @@ impl Domain {
             h.owner.store(0, Ordering::Relaxed);
             h.set_used(0);
             h.flags.set(0);
-            h.capacity.set(0);
-            h.reserved.set(0);
+            h.set_capacity(0);
+            h.set_reserved(0);
             h.xfree.store(0, Ordering::Relaxed);
             h.arena.set(arena);
             h.is_zero.set(!was_nonzero);
@@ -259,7 +259,7 @@ impl Domain {
             let seg = p.segment();
             let s = &*seg;
             let i = p.index();
-            let n = p.span_pages.get() as usize;
+            let n = p.span_pages() as usize;
             init_span(page, n, PageKind::Free);
             p.owner.store(0, Ordering::Relaxed);
             let run = run_mask(i, n);
@@ -484,7 +484,7 @@ pub(crate) unsafe fn init_span(head: *mut Page, n: usize, kind: PageKind) {
         let h = &*head;
         h.kind.set(kind as u8);
         h.head_off.set(0);
-        h.span_pages.set(n as u32);
+        h.set_span_pages(n as u32);
         h.free.set(ptr::null_mut());
         h.local_free.set(ptr::null_mut());
         h.next.set(ptr::null_mut());

@@ -161,32 +161,7 @@ pub(crate) struct SyncPage(pub(crate) Page);
 // block in it, and this one has none; slow paths never treat it as a real page.
 unsafe impl Sync for SyncPage {}
 
-pub(crate) static EMPTY_PAGE: SyncPage = SyncPage(Page {
-    free: Cell::new(ptr::null_mut()),
-    local_free: Cell::new(ptr::null_mut()),
-    owner: core::sync::atomic::AtomicUsize::new(0),
-    used: core::sync::atomic::AtomicU32::new(0),
-    block_size: Cell::new(0),
-    start: Cell::new(0),
-    limit: Cell::new(0),
-    flags: Cell::new(0),
-    class: Cell::new(0),
-    kind: Cell::new(PageKind::Free as u8),
-    head_off: Cell::new(0),
-    magic: Cell::new(1),
-    capacity: Cell::new(0),
-    reserved: Cell::new(0),
-    xfree: core::sync::atomic::AtomicUsize::new(0),
-    next: Cell::new(ptr::null_mut()),
-    prev: Cell::new(ptr::null_mut()),
-    span_pages: Cell::new(0),
-    arena: Cell::new(0),
-    parked_ms: Cell::new(0),
-    is_zero: Cell::new(false),
-    placement: Cell::new(0),
-    last_owner: core::sync::atomic::AtomicUsize::new(0),
-    homes: [const { core::sync::atomic::AtomicU16::new(0) }; crate::size_class::MAX_PLACED_BLOCKS],
-});
+pub(crate) static EMPTY_PAGE: SyncPage = SyncPage(Page::empty());
 
 /// The empty page's address.
 #[inline(always)]
@@ -219,9 +194,7 @@ pub(crate) unsafe fn alloc_small(c: usize) -> *mut u8 {
         let page = bin.page.get();
         let b = (*page).free.get();
         if likely(!b.is_null() && ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get()) {
-            let p = page::pop(&*page);
-            bump(&bin.allocs, 1);
-            return p.cast();
+            return page::pop(&*page).cast();
         }
         alloc_small_slow(h, c).0
     }
@@ -242,9 +215,7 @@ pub(crate) unsafe fn alloc_small_zeroed(c: usize, size: usize) -> *mut u8 {
         let page = bin.page.get();
         let b = (*page).free.get();
         let (p, zero) = if likely(!b.is_null() && ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get()) {
-            let p = page::pop(&*page);
-            bump(&bin.allocs, 1);
-            (p.cast::<u8>(), false)
+            (page::pop(&*page).cast::<u8>(), false)
         } else {
             alloc_small_slow(h, c)
         };
@@ -277,20 +248,46 @@ pub(crate) unsafe fn free(p: *mut u8) {
             if !likely(pg.is_block(p as usize)) {
                 not_a_block(p);
             }
-            if !likely(!page::looks_freed(pg, b)) {
-                owner_double_free_check(pg, b);
+            let key = page::link_key();
+            if !likely(!page::may_be_freed(pg, b, key)) {
+                // Cold, and a tail call: the fast path keeps no registers across a call.
+                return free_suspect(h, page, b);
             }
-            page::set_next(b, pg.local_free.get());
-            pg.local_free.set(b);
-            let u = pg.used().wrapping_sub(1);
-            pg.set_used(u);
-            bump(&(*h).bins.get_unchecked(pg.class.get() as usize).frees, 1);
-            if !likely(u != 0) {
-                page_empty(h, page);
-            }
-            return;
+            return local_free(h, page, b, key);
         }
         free_slow(h, seg, page, p)
+    }
+}
+
+/// The owner's free of block `b` of `page` (checked already).
+///
+/// # Safety
+/// `h` owns `page`; `b` is an allocated block start of it.
+#[inline(always)]
+unsafe fn local_free(h: *mut Heap, page: *mut Page, b: *mut Block, key: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let pg = &*page;
+        page::set_next_k(b, pg.local_free.get(), key);
+        pg.local_free.set(b);
+        let u = pg.used().wrapping_sub(1);
+        pg.set_used(u);
+        pg.frees.store(pg.frees.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        if !likely(u != 0) {
+            page_empty(h, page);
+        }
+    }
+}
+
+/// The owner frees a block whose first word looks like a free-list link: confirmed against the
+/// page's lists (abort on a double free), else freed normally.
+#[cold]
+#[inline(never)]
+unsafe fn free_suspect(h: *mut Heap, page: *mut Page, b: *mut Block) {
+    // SAFETY: `h` owns `page`; `b` is a block start of it.
+    unsafe {
+        owner_double_free_check(&*page, b);
+        local_free(h, page, b, page::link_key());
     }
 }
 
@@ -307,6 +304,9 @@ fn not_a_block(p: *mut u8) -> ! {
 unsafe fn owner_double_free_check(page: &Page, b: *mut Block) {
     // SAFETY: the caller owns the page. Collecting first brings remote frees into the lists.
     unsafe {
+        if !page::is_freed(page, b) {
+            return;
+        }
         page::collect_remote(page);
         if page::in_free_lists(page, b) {
             os::fatal(format_args!("free(): double free of {:p}", b));
@@ -351,17 +351,8 @@ unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page, p: *mut u8
                     (*h).queue_push_front(c, page);
                 }
                 if pg.owner.load(Ordering::Relaxed) == h as usize {
-                    if page::looks_freed(pg, b) {
-                        owner_double_free_check(pg, b);
-                    }
-                    page::set_next(b, pg.local_free.get());
-                    pg.local_free.set(b);
-                    let u = pg.used() - 1;
-                    pg.set_used(u);
-                    bump(&(*h).bins[pg.class.get() as usize].frees, 1);
-                    if u == 0 {
-                        page_empty(h, page);
-                    }
+                    owner_double_free_check(pg, b);
+                    local_free(h, page, b, page::link_key());
                 } else {
                     remote_free(h, page, b);
                 }
@@ -428,9 +419,9 @@ unsafe fn remote_free(h: *mut Heap, page: *mut Page, b: *mut Block) {
     // SAFETY: sentinels are never written; a real heap is ours; the page is live.
     unsafe {
         let pg = &*page;
-        if page::looks_freed(pg, b) {
+        if page::is_freed(pg, b) {
             // In another thread's lists, in a remote chain, or in our own pending batch: a
-            // double free (or, with about 2^-40 odds, a program word that looks like a link).
+            // double free (or, with about 2^-50 odds, a program word that looks like a link).
             os::fatal(format_args!("free(): double free of {:p}", b));
         }
         if tls::is_sentinel(h) {
@@ -484,6 +475,7 @@ unsafe fn page_empty(h: *mut Heap, page: *mut Page) {
             return;
         }
         hh.queue_remove(c, page);
+        hh.fold_page(&*page);
         page::disown(&*page);
         give_back_span(page);
     }
@@ -579,6 +571,17 @@ impl Heap {
         (self.bins[c].allocs.load(Ordering::Relaxed), self.bins[c].frees.load(Ordering::Relaxed))
     }
 
+    /// Adds a page's unfolded counts to this heap's bins (owner: at refills, and before the page
+    /// leaves the heap).
+    pub(crate) fn fold_page(&self, page: &Page) {
+        let (a, f) = page::take_counts(page);
+        if a != 0 || f != 0 {
+            let bin = &self.bins[page.class.get() as usize];
+            bump(&bin.allocs, a as u64);
+            bump(&bin.frees, f as u64);
+        }
+    }
+
     /// Moves this heap's per-class counts to its node's domain (before the heap changes node or
     /// goes back to the pool) and clears them.
     pub(crate) fn fold_counts(&self) {
@@ -660,9 +663,6 @@ impl Heap {
             global::maintain(self.node());
         }
         let (b, zero) = self.find_block(c);
-        if !b.is_null() {
-            bump(&self.bins[c].allocs, 1);
-        }
         (b.cast(), zero)
     }
 
@@ -714,9 +714,11 @@ impl Heap {
     fn take_or_give_up(&self, c: usize, page: *mut Page) -> Option<(*mut Block, bool)> {
         // SAFETY: pages in our queue are ours.
         unsafe {
+            self.fold_page(&*page);
             if let Some(r) = take_block(&*page) {
                 return Some(r);
             }
+            self.fold_page(&*page);
             self.queue_remove(c, page);
             if page::give_up(&*page, self as *const Heap as usize) {
                 return None;
@@ -882,6 +884,8 @@ impl Heap {
             while p != empty_page() && !p.is_null() {
                 // SAFETY: our page.
                 let next = unsafe { (*p).next.get() };
+                // SAFETY: as above.
+                self.fold_page(unsafe { &*p });
                 release_page(p, &mut unused);
                 p = next;
             }
@@ -996,8 +1000,8 @@ pub(crate) fn alloc_large(node: usize, size: usize, zero: bool) -> *mut u8 {
         let pg = &*page;
         pg.block_size.set((n << PAGE_SHIFT) as u32);
         pg.start.set(pg.span_start() as usize);
-        pg.reserved.set(1);
-        pg.capacity.set(1);
+        pg.set_reserved(1);
+        pg.set_capacity(1);
         pg.set_used(1);
         pg.flags.set(0);
         if !pooled {
@@ -1075,7 +1079,7 @@ mod check {
                 return;
             }
             let pg = &*page;
-            if !pg.is_block(p as usize) || pg.block_index(p as usize) >= pg.capacity.get() as usize {
+            if !pg.is_block(p as usize) || pg.block_index(p as usize) >= pg.capacity() as usize {
                 os::fatal(format_args!("free(): invalid pointer {:p} (not a block start: never handed out; debug-invariants build)", p));
             }
             if pg.owner.load(Ordering::Relaxed) == tls::heap() as usize && page::in_free_lists(pg, p.cast()) {

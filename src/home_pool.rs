@@ -104,7 +104,7 @@ impl HomePool {
     pub(crate) unsafe fn put_large(&self, page: *mut Page) {
         let mut g = self.lists.lock();
         // SAFETY: the caller's span.
-        let n = unsafe { (*page).span_pages.get() } as usize;
+        let n = unsafe { (*page).span_pages() } as usize;
         // SAFETY: as above; linked through the descriptor.
         unsafe { (*page).next.set(g.large[n]) };
         g.large[n] = page;

@@ -102,31 +102,36 @@ pub struct Page {
     /// `u64::MAX / block_size + 1`: divisibility and division by the block size with one
     /// multiply (Lemire, Kaser, Kurz: "Faster remainder by direct computation", 2019).
     pub(crate) magic: Cell<u64>,
-    /// *owner*: blocks carved (or handed out fresh) so far; the rest of the span is untouched.
-    pub(crate) capacity: Cell<u32>,
-    /// Blocks the span can hold.
-    pub(crate) reserved: Cell<u32>,
+    /// *owner*: blocks the owner handed out / freed into this page since its counts were last
+    /// folded into the heap's per-class totals (at every refill: at most `reserved` apart).
+    pub(crate) allocs: AtomicU32,
+    /// See `allocs`.
+    pub(crate) frees: AtomicU32,
     // ---- line 1: shared, and the slow paths' ----
     /// Blocks freed by other threads: a lock-free stack; bit 0 is [`remote::FULL`].
     pub(crate) xfree: AtomicUsize,
     /// List links (heap queue, arena list, pool).
     pub(crate) next: Cell<*mut Page>,
     pub(crate) prev: Cell<*mut Page>,
-    /// Pages in the span.
-    pub(crate) span_pages: Cell<u32>,
-    /// Home arena for when the page has no owner (an arena of the span's node).
-    pub(crate) arena: Cell<u32>,
-    /// When the span was parked unused in an arena (ms, truncated).
-    pub(crate) parked_ms: Cell<u32>,
-    /// Span memory reads as zero (fresh or purged) and nothing was carved yet.
-    pub(crate) is_zero: Cell<bool>,
-    /// [`SpanPlacement`] of the span's segment, as a byte.
-    pub(crate) placement: Cell<u8>,
     /// The heap that gave the page up last (it may take it back with [`reclaim`]); read by any
     /// freeing thread, hence atomic (relaxed).
     pub(crate) last_owner: AtomicUsize,
     /// Placed spans: per block, 0 = home not known yet, `n + 1` = its pages are on node `n`.
     pub(crate) homes: [AtomicU16; MAX_PLACED_BLOCKS],
+    /// *owner*: blocks carved (or handed out fresh) so far; the rest of the span is untouched.
+    capacity_: Cell<u16>,
+    /// Blocks the span can hold (at most 8192: 64 KiB of 8-byte blocks).
+    reserved_: Cell<u16>,
+    /// Home arena for when the page has no owner (an arena of the span's node).
+    pub(crate) arena: Cell<u32>,
+    /// When the span was parked unused in an arena (ms, truncated).
+    pub(crate) parked_ms: Cell<u32>,
+    /// Pages in the span.
+    span_pages_: Cell<u8>,
+    /// Span memory reads as zero (fresh or purged) and nothing was carved yet.
+    pub(crate) is_zero: Cell<bool>,
+    /// [`SpanPlacement`] of the span's segment, as a byte.
+    pub(crate) placement: Cell<u8>,
 }
 
 // Descriptors are two cache lines: `pages[i]` is a shift away, and neighbours share no line.
@@ -134,6 +139,68 @@ const_assert!(size_of::<Page>() == 128);
 const_assert!(core::mem::offset_of!(Page, xfree) == 64);
 
 impl Page {
+    /// A descriptor of nothing (all zero but `magic`): the shared empty page of the heaps.
+    pub(crate) const fn empty() -> Page {
+        Page {
+            free: Cell::new(ptr::null_mut()),
+            local_free: Cell::new(ptr::null_mut()),
+            owner: AtomicUsize::new(0),
+            used: AtomicU32::new(0),
+            block_size: Cell::new(0),
+            start: Cell::new(0),
+            limit: Cell::new(0),
+            flags: Cell::new(0),
+            class: Cell::new(0),
+            kind: Cell::new(PageKind::Free as u8),
+            head_off: Cell::new(0),
+            magic: Cell::new(1),
+            allocs: AtomicU32::new(0),
+            frees: AtomicU32::new(0),
+            xfree: AtomicUsize::new(0),
+            next: Cell::new(ptr::null_mut()),
+            prev: Cell::new(ptr::null_mut()),
+            last_owner: AtomicUsize::new(0),
+            homes: [const { AtomicU16::new(0) }; MAX_PLACED_BLOCKS],
+            capacity_: Cell::new(0),
+            reserved_: Cell::new(0),
+            arena: Cell::new(0),
+            parked_ms: Cell::new(0),
+            span_pages_: Cell::new(0),
+            is_zero: Cell::new(false),
+            placement: Cell::new(0),
+        }
+    }
+
+    /// Blocks carved (or handed out fresh) so far.
+    #[inline]
+    pub(crate) fn capacity(&self) -> u32 {
+        self.capacity_.get() as u32
+    }
+    /// Sets `capacity` (at most `reserved`).
+    #[inline]
+    pub(crate) fn set_capacity(&self, n: u32) {
+        self.capacity_.set(n as u16)
+    }
+    /// Blocks the span holds.
+    #[inline]
+    pub(crate) fn reserved(&self) -> u32 {
+        self.reserved_.get() as u32
+    }
+    /// Sets `reserved` (at most 8192).
+    #[inline]
+    pub(crate) fn set_reserved(&self, n: u32) {
+        self.reserved_.set(n as u16)
+    }
+    /// Pages in the span.
+    #[inline]
+    pub(crate) fn span_pages(&self) -> u32 {
+        self.span_pages_.get() as u32
+    }
+    /// Sets the span's page count (below 64).
+    #[inline]
+    pub(crate) fn set_span_pages(&self, n: u32) {
+        self.span_pages_.set(n as u8)
+    }
     /// The descriptor kind.
     #[inline]
     pub(crate) fn kind(&self) -> PageKind {
@@ -171,7 +238,7 @@ impl Page {
     /// Bytes in the span.
     #[inline]
     pub(crate) fn span_bytes(&self) -> usize {
-        (self.span_pages.get() as usize) << PAGE_SHIFT
+        (self.span_pages() as usize) << PAGE_SHIFT
     }
     /// Used blocks.
     #[inline(always)]
@@ -255,11 +322,13 @@ impl Page {
         self.start.set(self.span_start() as usize);
         self.limit.set((reserved * block_size) as u32);
         self.magic.set(u64::MAX / block_size as u64 + 1);
-        self.reserved.set(reserved as u32);
-        self.capacity.set(0);
+        self.set_reserved(reserved as u32);
+        self.set_capacity(0);
         self.free.set(ptr::null_mut());
         self.local_free.set(ptr::null_mut());
         self.set_used(0);
+        self.allocs.store(0, Ordering::Relaxed);
+        self.frees.store(0, Ordering::Relaxed);
         self.flags.set(flags);
         self.xfree.store(0, Ordering::Relaxed);
         for h in &self.homes {
@@ -291,7 +360,17 @@ pub(crate) fn link_key() -> usize {
 #[inline(always)]
 pub(crate) unsafe fn next_of(page: &Page, b: *mut Block) -> *mut Block {
     // SAFETY: the caller's contract.
-    let v = unsafe { (*b).next } as usize ^ b as usize ^ link_key();
+    unsafe { next_of_k(page, b, link_key()) }
+}
+
+/// [`next_of`] with the key already loaded.
+///
+/// # Safety
+/// As [`next_of`].
+#[inline(always)]
+pub(crate) unsafe fn next_of_k(page: &Page, b: *mut Block, key: usize) -> *mut Block {
+    // SAFETY: the caller's contract.
+    let v = unsafe { (*b).next } as usize ^ b as usize ^ key;
     if v != 0 && !page.is_block(v) {
         corrupted(b, v);
     }
@@ -305,7 +384,30 @@ pub(crate) unsafe fn next_of(page: &Page, b: *mut Block) -> *mut Block {
 #[inline(always)]
 pub(crate) unsafe fn set_next(b: *mut Block, next: *mut Block) {
     // SAFETY: the caller's contract.
-    unsafe { (*b).next = (next as usize ^ b as usize ^ link_key()) as *mut Block }
+    unsafe { set_next_k(b, next, link_key()) }
+}
+
+/// [`set_next`] with the key already loaded.
+///
+/// # Safety
+/// As [`set_next`].
+#[inline(always)]
+pub(crate) unsafe fn set_next_k(b: *mut Block, next: *mut Block, key: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { (*b).next = (next as usize ^ b as usize ^ key) as *mut Block }
+}
+
+/// The fast screen for a freed block: its first word decodes to null or to an address inside
+/// its span (one compare; the exact test is [`is_freed`]). A live block passes only if the
+/// program stored such a value there.
+///
+/// # Safety
+/// `b` is a block start of `page`.
+#[inline(always)]
+pub(crate) unsafe fn may_be_freed(page: &Page, b: *mut Block, key: usize) -> bool {
+    // SAFETY: the caller's contract: a mapped block of at least 8 bytes.
+    let v = unsafe { (*b).next } as usize ^ b as usize ^ key;
+    v == 0 || (v.wrapping_sub(page.start.get()) as u64) < page.limit.get() as u64
 }
 
 /// Whether block `b`'s first word is a valid encoded link: the mark every freed block carries
@@ -314,8 +416,8 @@ pub(crate) unsafe fn set_next(b: *mut Block, next: *mut Block) {
 ///
 /// # Safety
 /// `b` is a block start of `page`.
-#[inline(always)]
-pub(crate) unsafe fn looks_freed(page: &Page, b: *mut Block) -> bool {
+#[inline]
+pub(crate) unsafe fn is_freed(page: &Page, b: *mut Block) -> bool {
     // SAFETY: the caller's contract: a mapped block of at least 8 bytes.
     let v = unsafe { (*b).next } as usize ^ b as usize ^ link_key();
     v == 0 || page.is_block(v)
@@ -359,11 +461,22 @@ pub(crate) unsafe fn pop(page: &Page) -> *mut Block {
     let b = page.free.get();
     // SAFETY: a block of our list.
     unsafe {
-        page.free.set(next_of(page, b));
+        page.free.set(next_of_k(page, b, link_key()));
         (*b).next = ptr::null_mut();
     }
     page.set_used(page.used() + 1);
+    page.allocs.store(page.allocs.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     b
+}
+
+/// Takes the page's unfolded allocation and free counts (owner), leaving zero.
+#[inline]
+pub(crate) fn take_counts(page: &Page) -> (u32, u32) {
+    let a = page.allocs.load(Ordering::Relaxed);
+    let f = page.frees.load(Ordering::Relaxed);
+    page.allocs.store(0, Ordering::Relaxed);
+    page.frees.store(0, Ordering::Relaxed);
+    (a, f)
 }
 
 /// Carves up to `EXTEND_BYTES` more blocks of the untouched span tail into `free` (small spans
@@ -372,8 +485,8 @@ pub(crate) unsafe fn pop(page: &Page) -> *mut Block {
 /// # Safety
 /// The caller owns `page`, a small span; `free` is empty.
 pub(crate) unsafe fn extend(page: &Page) -> bool {
-    let cap = page.capacity.get();
-    let reserved = page.reserved.get();
+    let cap = page.capacity();
+    let reserved = page.reserved();
     if cap >= reserved {
         return false;
     }
@@ -384,7 +497,7 @@ pub(crate) unsafe fn extend(page: &Page) -> bool {
     if n > 1 {
         // SAFETY: as below; the blocks are linked in a random order.
         unsafe { link_shuffled(page, cap as usize, n) };
-        page.capacity.set(cap + n as u32);
+        page.set_capacity(cap + n as u32);
         page.is_zero.set(false);
         return true;
     }
@@ -399,7 +512,7 @@ pub(crate) unsafe fn extend(page: &Page) -> bool {
         set_next(b, page.free.get());
     }
     page.free.set(first);
-    page.capacity.set(cap + n as u32);
+    page.set_capacity(cap + n as u32);
     page.is_zero.set(false);
     true
 }
@@ -442,12 +555,13 @@ unsafe fn link_shuffled(page: &Page, first: usize, n: usize) {
 /// # Safety
 /// The caller owns `page`, a small span of a placed class.
 pub(crate) unsafe fn bump(page: &Page) -> (*mut Block, bool) {
-    let cap = page.capacity.get();
-    if cap >= page.reserved.get() {
+    let cap = page.capacity();
+    if cap >= page.reserved() {
         return (ptr::null_mut(), false);
     }
-    page.capacity.set(cap + 1);
+    page.set_capacity(cap + 1);
     page.set_used(page.used() + 1);
+    page.allocs.store(page.allocs.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     let b = page.block_at(cap as usize);
     let zero = page.is_zero.get();
     if !zero {
@@ -492,7 +606,7 @@ pub(crate) unsafe fn collect_remote(page: &Page) {
     }
     // SAFETY: the chain was published with Release by the pushers and taken with Acquire; we
     // own it now. Longer than the span's blocks means a cycle: corrupted (double free).
-    let Some((tail, n)) = (unsafe { remote::chain_end(page, head, page.reserved.get()) }) else {
+    let Some((tail, n)) = (unsafe { remote::chain_end(page, head, page.reserved()) }) else {
         os::fatal(format_args!("free(): double free or corrupted remote-free list in the span at {:p}", page.span_start()))
     };
     // SAFETY: as above.
@@ -517,7 +631,7 @@ unsafe fn append(page: &Page, a: *mut Block, b: *mut Block) {
             }
             t = next;
             n += 1;
-            if n > page.reserved.get() {
+            if n > page.reserved() {
                 os::fatal(format_args!("free(): double free detected in the span at {:p} (a free list loops)", page.span_start()));
             }
         }
@@ -533,7 +647,7 @@ pub(crate) unsafe fn in_free_lists(page: &Page, b: *mut Block) -> bool {
     for head in [page.free.get(), page.local_free.get()] {
         let mut x = head;
         let mut n = 0u32;
-        while !x.is_null() && n <= page.reserved.get() {
+        while !x.is_null() && n <= page.reserved() {
             if x == b {
                 return true;
             }

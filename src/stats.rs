@@ -247,6 +247,7 @@ fn node_counters(s: &mut Stats, slot: usize, n: usize) {
     }
     let classes = &mut s.classes;
     let mut small_in_use = 0;
+    let mut unfolded = (0u64, 0u64);
     d.for_each_segment(|seg| {
         if seg.kind != SEG_NORMAL {
             return;
@@ -256,13 +257,21 @@ fn node_counters(s: &mut Stats, slot: usize, n: usize) {
             if p.kind() == PageKind::Small && p.head_off.get() == 0 {
                 let cs = &mut classes[p.class.get() as usize];
                 cs.spans += 1;
-                cs.capacity += p.reserved.get() as u64;
+                cs.capacity += p.reserved() as u64;
                 cs.in_use += p.used() as u64;
                 small_in_use += p.used() as u64;
+                // Counts of owned pages not yet folded into their heaps.
+                let (a, f) = (p.allocs.load(Ordering::Relaxed) as u64, p.frees.load(Ordering::Relaxed) as u64);
+                cs.allocs += a;
+                cs.frees += f;
+                unfolded.0 += a;
+                unfolded.1 += f;
             }
         }
     });
     s.nodes[slot].small_blocks_in_use += small_in_use;
+    s.nodes[slot].allocs += unfolded.0;
+    s.nodes[slot].frees += unfolded.1;
 }
 
 /// `VmRSS` and `VmHWM` from `/proc/self/status`.
