@@ -100,13 +100,13 @@ fn memory_policy(args: &RunArgs, m: &Machine) -> Result<Option<String>, Failure>
         return checked_policy("--policy", p, m).map(Some);
     }
     if let Some(v) = &args.interleave {
-        return Ok(Some(format!("interleave:{}", format_list(&memory_nodes("--interleave", v, m)?))));
+        return Ok(Some(format!("interleave:{}", format_list(&memory_nodes(&format!("--interleave {v}"), v, m)?))));
     }
     if let Some(v) = &args.membind {
-        return Ok(Some(format!("bind:{}", format_list(&memory_nodes("--membind", v, m)?))));
+        return Ok(Some(format!("bind:{}", format_list(&memory_nodes(&format!("--membind {v}"), v, m)?))));
     }
     if let Some(v) = &args.preferred {
-        return Ok(Some(format!("preferred:{}", one_memory_node("--preferred", v, m)?)));
+        return Ok(Some(format!("preferred:{}", one_memory_node(&format!("--preferred {v}"), v, m)?)));
     }
     Ok(args.localalloc.then(|| "local".to_string()))
 }
@@ -115,10 +115,12 @@ fn memory_policy(args: &RunArgs, m: &Machine) -> Result<Option<String>, Failure>
 /// to the nodes with memory). Returns it with the node list normalised.
 fn checked_policy(opt: &str, p: &str, m: &Machine) -> Result<String, Failure> {
     let (body, tail) = p.find('@').map_or((p, ""), |i| p.split_at(i));
+    // Errors about the nodes name the whole option: `--policy bind:8: node 8 does not exist`.
+    let shown = format!("{opt} {p}");
     let normalised = match body.split_once(':') {
-        Some(("bind", list)) => format!("bind:{}{tail}", format_list(&memory_nodes(opt, list, m)?)),
-        Some(("interleave", list)) => format!("interleave:{}{tail}", format_list(&memory_nodes(opt, list, m)?)),
-        Some(("preferred", n)) => format!("preferred:{}{tail}", one_memory_node(opt, n, m)?),
+        Some(("bind", list)) => format!("bind:{}{tail}", format_list(&memory_nodes(&shown, list, m)?)),
+        Some(("interleave", list)) => format!("interleave:{}{tail}", format_list(&memory_nodes(&shown, list, m)?)),
+        Some(("preferred", n)) => format!("preferred:{}{tail}", one_memory_node(&shown, n, m)?),
         _ => p.to_string(),
     };
     if domalloc::options::parse_policy(normalised.as_bytes()).is_none() {
@@ -129,29 +131,30 @@ fn checked_policy(opt: &str, p: &str, m: &Machine) -> Result<String, Failure> {
     Ok(normalised)
 }
 
-/// Nodes for a memory policy: each must exist and have memory.
-fn memory_nodes(opt: &str, text: &str, m: &Machine) -> Result<Vec<usize>, Failure> {
+/// Nodes for a memory policy: each must exist and have memory. `label` names the option in
+/// errors (`--membind 7`, `--policy bind:8`).
+fn memory_nodes(label: &str, text: &str, m: &Machine) -> Result<Vec<usize>, Failure> {
     let with_memory = m.memory_nodes();
     let ids = parse_list(text, &with_memory)
-        .ok_or_else(|| format!("run: {opt} {text}: not a node list (expected e.g. 0-3, 0,2, !1 or all)"))?;
+        .ok_or_else(|| format!("run: {label}: not a node list (expected e.g. 0-3, 0,2, !1 or all)"))?;
     if ids.is_empty() {
-        return Err(format!("run: {opt} {text}: no nodes left"));
+        return Err(format!("run: {label}: no nodes left"));
     }
     for &n in &ids {
         if !m.nodes.contains(&n) {
-            return Err(format!("run: {opt} {text}: node {n} does not exist (nodes: {})", format_list(&m.nodes)));
+            return Err(format!("run: {label}: node {n} does not exist (nodes: {})", format_list(&m.nodes)));
         }
         if !with_memory.contains(&n) {
-            return Err(format!("run: {opt} {text}: node {n} has no memory (nodes with memory: {})", format_list(&with_memory)));
+            return Err(format!("run: {label}: node {n} has no memory (nodes with memory: {})", format_list(&with_memory)));
         }
     }
     Ok(ids)
 }
 
-fn one_memory_node(opt: &str, text: &str, m: &Machine) -> Result<usize, Failure> {
-    match memory_nodes(opt, text, m)?.as_slice() {
+fn one_memory_node(label: &str, text: &str, m: &Machine) -> Result<usize, Failure> {
+    match memory_nodes(label, text, m)?.as_slice() {
         [n] => Ok(*n),
-        _ => Err(format!("run: {opt} {text}: expected one node")),
+        _ => Err(format!("run: {label}: expected one node")),
     }
 }
 
