@@ -71,27 +71,24 @@ pub fn load_all(files: &[PathBuf], factor: f64, strict: bool) -> Result<(Merged,
     Ok((merged, warnings))
 }
 
-/// Two files of the same rank (two jobs, or two hosts' rank 0) get their host, then pid, added.
+/// Two files of the same rank (two jobs, or two hosts' rank 0) get their host, then their pid,
+/// added to the label.
 fn unique_labels(ranks: &mut [RankStats], warnings: &mut Vec<String>) {
-    let count = |ranks: &[RankStats], l: &str| ranks.iter().filter(|r| r.label == l).count();
-    for i in 0..ranks.len() {
-        if count(ranks, &ranks[i].label) > 1 {
-            let files: Vec<String> =
-                ranks.iter().filter(|r| r.label == ranks[i].label).map(|r| r.file.display().to_string()).collect();
-            warnings.push(format!("rank {} appears in {} files: {}", ranks[i].label, files.len(), files.join(", ")));
-            let dup = ranks[i].label.clone();
-            for r in ranks.iter_mut().filter(|r| r.label == dup) {
-                r.label = format!("{}@{}", r.label, r.doc.host);
-            }
-        }
+    let duplicates = |ranks: &[RankStats]| -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        ranks.iter().filter(|r| !seen.insert(r.label.clone())).map(|r| r.label.clone()).collect()
+    };
+    for label in duplicates(ranks) {
+        let files: Vec<String> = ranks.iter().filter(|r| r.label == label).map(|r| r.file.display().to_string()).collect();
+        warnings.push(format!("rank {label} appears in {} files: {}", files.len(), files.join(", ")));
     }
-    for i in 0..ranks.len() {
-        if count(ranks, &ranks[i].label) > 1 {
-            let dup = ranks[i].label.clone();
-            for r in ranks.iter_mut().filter(|r| r.label == dup) {
-                r.label = format!("{}/pid {}", r.label, r.doc.pid);
-            }
-        }
+    let dup = duplicates(ranks);
+    for r in ranks.iter_mut().filter(|r| dup.contains(&r.label)) {
+        r.label = format!("{}@{}", r.label, r.doc.host);
+    }
+    let dup = duplicates(ranks);
+    for r in ranks.iter_mut().filter(|r| dup.contains(&r.label)) {
+        r.label = format!("{}/pid {}", r.label, r.doc.pid);
     }
 }
 
