@@ -178,7 +178,7 @@ fn malformed_files_are_rejected_naming_the_file() {
 #[test]
 fn broken_invariants_warn_or_fail_with_strict() {
     let file = data("bad/invariants.json");
-    let o = report(&[], &[file.clone()]);
+    let o = report(&[], std::slice::from_ref(&file));
     let (out, err) = text(&o);
     assert!(o.status.success());
     assert!(out.starts_with("domalloc report: 1 rank(s)"));
@@ -186,7 +186,7 @@ fn broken_invariants_warn_or_fail_with_strict() {
     for want in ["node 0: allocs 52114 - frees 51903 != live_blocks 216", "live_blocks: nodes sum to 216, totals say 211", "remote_frees: nodes sum to 0, totals say 3"] {
         assert!(err.contains(want), "{want:?} in {err}");
     }
-    assert_refused(&report(&["--strict"], &[file.clone()]), &format!("{file}: breaks the schema's invariants"), "strict");
+    assert_refused(&report(&["--strict"], std::slice::from_ref(&file)), &format!("{file}: breaks the schema's invariants"), "strict");
 }
 
 #[test]
