@@ -193,3 +193,14 @@ fn broken_invariants_warn_or_fail_with_strict() {
 fn no_files_is_a_usage_error() {
     assert_eq!(report(&[], &[]).status.code(), Some(2));
 }
+
+#[test]
+fn the_chart_needs_no_font_library() {
+    // plotters is built without its font features (see tools/Cargo.toml); a crate of the
+    // workspace that turned them on again would link fontconfig/freetype into the binary.
+    let Ok(o) = std::process::Command::new("ldd").arg(env!("CARGO_BIN_EXE_domalloc")).output() else { return };
+    let libs = String::from_utf8_lossy(&o.stdout);
+    for lib in ["libfontconfig", "libfreetype", "libexpat"] {
+        assert!(!libs.contains(lib), "the domalloc binary links {lib}:\n{libs}");
+    }
+}
