@@ -45,6 +45,7 @@ cargo test -p domalloc --features quarantine --tests 2>&1
 
 step "C ABI with real programs (scripts/test-ffi.sh)"
 scripts/test-ffi.sh
+step "HPC codes under domalloc: HPCC, LAMMPS (MPI, OpenMP), per-rank statistics (scripts/test-apps.sh)" && scripts/test-apps.sh
 
 step "NUMA placement in QEMU guests with 2 and 4 nodes (cargo test -p domalloc-numa-tests)"
 cargo test -p domalloc-numa-tests --release 2>&1

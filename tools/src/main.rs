@@ -1,21 +1,26 @@
-//! `domalloc`: run a program with libdomalloc preloaded, or show the NUMA topology.
+//! `domalloc`: run a program with libdomalloc preloaded (numactl-style options), show the NUMA
+//! topology, merge per-rank statistics.
 //!
 //! ```text
-//! domalloc run [OPTIONS] -- CMD [ARGS...]
+//! domalloc run [OPTIONS] [--] CMD [ARGS...]
+//! domalloc run -H | --show [OPTIONS]
 //! domalloc topo [--fsroot DIR]
+//! domalloc report [--svg PATH] [--csv PATH] [--json] [--outlier-factor X] FILE...
 //! domalloc lib
 //! ```
-//! See `domalloc help` (or [`domalloc_tools::USAGE`]).
+//! See `domalloc help` and `domalloc help run`.
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match domalloc_tools::main(&args) {
+    let cli = domalloc_tools::cli::Cli::parse();
+    match domalloc_tools::main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("domalloc: {e}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
 }

@@ -1,15 +1,20 @@
 //! `domalloc topo`: the machine's NUMA topology from hwloc next to what domalloc detected by
-//! itself (`domalloc::topology::Topology::detect`), and whether they agree on which nodes have
-//! memory, which node serves each CPU, and the node distances.
+//! itself (`domalloc::topology::Topology::detect`), and, check by check, whether they agree:
+//! which nodes have memory, which node serves each CPU, which CPUs exist, memory per node, and
+//! the node distances. A check that cannot be made (hwloc has no distance matrix) says so; it
+//! never counts as agreement.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use hwlocality::object::attributes::ObjectAttributes;
 use hwlocality::object::types::ObjectType;
 use hwlocality::Topology as Hwloc;
 
-use crate::format_list;
+use crate::cli::TopoArgs;
+use crate::hardware::distance_matrix;
+use crate::{format_list, human_bytes, Failure};
 
 /// One NUMA node as hwloc reports it.
 #[derive(Debug, Clone, Default)]
@@ -30,12 +35,12 @@ pub struct HwView {
     /// OS ids of all PUs.
     pub cpus: BTreeSet<usize>,
     /// Node distances `(from, to) -> d`, when hwloc has a NUMA distance matrix.
-    pub distances: BTreeMap<(usize, usize), u64>,
+    pub distances: BTreeMap<(usize, usize), u32>,
 }
 
-/// Reads the topology with hwloc.
-pub fn hwloc_view() -> Result<HwView, String> {
-    let topo = Hwloc::new().map_err(|e| format!("hwloc: cannot load the topology: {e}"))?;
+/// Reads the topology with hwloc (`HWLOC_FSROOT` must already be set for another tree).
+pub fn hwloc_view() -> Result<HwView, Failure> {
+    let topo = Hwloc::new().map_err(|e| format!("topo: hwloc cannot load the topology: {e}"))?;
     let mut v = HwView::default();
     for n in topo.objects_with_type(ObjectType::NUMANode) {
         let Some(id) = n.os_index() else { continue };
@@ -56,7 +61,7 @@ pub fn hwloc_view() -> Result<HwView, String> {
             let ids: Vec<Option<usize>> = d.objects().map(|o| o.and_then(|o| o.os_index())).collect();
             for ((a, b), dist) in d.enumerate_distances() {
                 if let (Some(Some(x)), Some(Some(y))) = (ids.get(a), ids.get(b)) {
-                    v.distances.insert((*x, *y), dist);
+                    v.distances.insert((*x, *y), dist.min(u32::MAX as u64) as u32);
                 }
             }
         }
@@ -73,14 +78,16 @@ pub struct DomView {
     pub memory_nodes: BTreeSet<usize>,
     /// For each CPU id known to hwloc: the node whose memory domalloc gives it.
     pub home: BTreeMap<usize, usize>,
-    /// Distances between online nodes (0 = unknown).
-    pub distances: BTreeMap<(usize, usize), u64>,
+    /// For each CPU id known to hwloc: whether domalloc knows its node.
+    pub placed: BTreeSet<usize>,
+    /// Distances between online nodes (absent = unknown).
+    pub distances: BTreeMap<(usize, usize), u32>,
 }
 
 /// Reads domalloc's own detection (`sys_root` replaces `/sys`).
-pub fn domalloc_view(sys_root: Option<&str>, cpus: &BTreeSet<usize>) -> Result<DomView, String> {
-    let t = domalloc::topology::Topology::detect(sys_root.map(str::as_bytes))
-        .ok_or("domalloc: topology detection failed (cannot map its tables)")?;
+pub fn domalloc_view(sys_root: Option<&Path>, cpus: &BTreeSet<usize>) -> Result<DomView, Failure> {
+    let root = sys_root.map(|r| r.as_os_str().as_encoded_bytes());
+    let t = domalloc::topology::Topology::detect(root).ok_or("topo: domalloc's topology detection failed (cannot map its tables)")?;
     let mut v = DomView::default();
     for n in t.nodes() {
         v.nodes.insert(n, (t.memory(n), t.cpus_of(n).iter().map(|&c| c as usize).collect()));
@@ -88,142 +95,224 @@ pub fn domalloc_view(sys_root: Option<&str>, cpus: &BTreeSet<usize>) -> Result<D
     v.memory_nodes = t.memory_nodes().iter().collect();
     for &c in cpus {
         v.home.insert(c, t.home_of_cpu(c));
+        if t.cpu_node(c).is_some() {
+            v.placed.insert(c);
+        }
     }
     let nodes: Vec<usize> = t.nodes().collect();
     for &a in &nodes {
         for &b in &nodes {
-            v.distances.insert((a, b), t.distance(a, b) as u64);
+            if t.distance(a, b) != 0 {
+                v.distances.insert((a, b), t.distance(a, b));
+            }
         }
     }
     Ok(v)
 }
 
-/// Differences between the two views (empty: they agree).
-pub fn compare(hw: &HwView, dm: &DomView) -> Vec<String> {
-    let mut out = Vec::new();
-    let hw_nodes: BTreeSet<usize> = hw.nodes.keys().copied().collect();
-    if hw_nodes != dm.memory_nodes {
-        out.push(format!(
-            "nodes with memory: hwloc {{{}}}, domalloc {{{}}}",
-            format_list(&hw_nodes.iter().copied().collect::<Vec<_>>()),
-            format_list(&dm.memory_nodes.iter().copied().collect::<Vec<_>>())
-        ));
+/// The outcome of one comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Both agree; what they agree on.
+    Agree(String),
+    /// They differ; each difference.
+    Differ(Vec<String>),
+    /// Could not be compared, and why.
+    NotCompared(String),
+}
+
+/// One named comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was compared.
+    pub what: &'static str,
+    /// The outcome.
+    pub verdict: Verdict,
+}
+
+fn ids(s: &BTreeSet<usize>) -> String {
+    format_list(&s.iter().copied().collect::<Vec<_>>())
+}
+
+fn verdict(diffs: Vec<String>, agree: String) -> Verdict {
+    if diffs.is_empty() {
+        Verdict::Agree(agree)
+    } else {
+        Verdict::Differ(diffs)
     }
-    // Each CPU: domalloc's home node must be one of the hwloc nodes local to the CPU (hwloc
-    // attaches CPUs of a memory-less node to a node with memory; several memory nodes, like DRAM
-    // and HBM, may share the same CPUs).
-    let mut bad_cpus = Vec::new();
+}
+
+/// Every comparison between the two views.
+pub fn compare(hw: &HwView, dm: &DomView) -> Vec<Check> {
+    let hw_nodes: BTreeSet<usize> = hw.nodes.keys().copied().collect();
+    let mut checks = vec![Check {
+        what: "nodes with memory",
+        verdict: if hw_nodes == dm.memory_nodes {
+            Verdict::Agree(format!("{{{}}}", ids(&hw_nodes)))
+        } else {
+            Verdict::Differ(vec![format!("hwloc {{{}}}, domalloc {{{}}}", ids(&hw_nodes), ids(&dm.memory_nodes))])
+        },
+    }];
+    let unplaced: BTreeSet<usize> = hw.cpus.difference(&dm.placed).copied().collect();
+    let unplaced = if unplaced.is_empty() {
+        vec![]
+    } else {
+        vec![format!("CPU(s) {} that hwloc lists have no node in domalloc's tables", ids(&unplaced))]
+    };
+    checks.push(Check { what: "CPUs", verdict: verdict(unplaced, format!("{} CPU(s) {}", hw.cpus.len(), ids(&hw.cpus))) });
+    checks.push(Check { what: "CPU -> node", verdict: cpu_nodes(hw, dm) });
+    checks.push(Check { what: "memory per node", verdict: memory(hw, dm) });
+    checks.push(Check { what: "distances", verdict: distances(hw, dm) });
+    checks
+}
+
+/// Each CPU: domalloc's home node must be one of the hwloc nodes local to the CPU (hwloc
+/// attaches CPUs of a memory-less node to a node with memory; several memory nodes, like DRAM
+/// and HBM, may share the same CPUs).
+fn cpu_nodes(hw: &HwView, dm: &DomView) -> Verdict {
+    let mut bad = Vec::new();
     for (&c, &home) in &dm.home {
         let local: Vec<usize> = hw.nodes.values().filter(|n| n.cpus.contains(&c)).map(|n| n.id).collect();
         if !local.is_empty() && !local.contains(&home) {
-            bad_cpus.push(format!("cpu {c}: hwloc node(s) {local:?}, domalloc node {home}"));
+            bad.push(format!("cpu {c}: hwloc node(s) {}, domalloc node {home}", format_list(&local)));
         }
     }
-    if !bad_cpus.is_empty() {
-        let n = bad_cpus.len();
-        bad_cpus.truncate(8);
-        out.push(format!("{n} CPU(s) on different nodes: {}", bad_cpus.join("; ")));
+    let n = bad.len();
+    if n > 8 {
+        bad.truncate(8);
+        bad.push(format!("... {} more", n - 8));
     }
-    for n in hw.nodes.values() {
-        if let Some((mem, _)) = dm.nodes.get(&n.id) {
-            let (a, b) = (n.memory as f64, *mem as f64);
-            if a > 0.0 && b > 1.0 && (a - b).abs() / a.max(b) > 0.10 {
-                out.push(format!("node {}: memory {} (hwloc) vs {} (domalloc)", n.id, human(n.memory), human(*mem)));
-            }
-        }
-    }
-    for (&(a, b), &d) in &hw.distances {
-        if let Some(&e) = dm.distances.get(&(a, b)) {
-            if e != 0 && e != d {
-                out.push(format!("distance {a}->{b}: {d} (hwloc) vs {e} (domalloc)"));
-            }
-        }
-    }
-    out
+    verdict(bad, format!("every CPU's memory comes from a node hwloc says is local to it ({} CPUs)", dm.home.len()))
 }
 
-fn human(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
+/// Memory per node within 10% (the two count reserved memory differently).
+fn memory(hw: &HwView, dm: &DomView) -> Verdict {
+    let mut bad = Vec::new();
+    let mut compared = 0;
+    for n in hw.nodes.values() {
+        let Some(&(mem, _)) = dm.nodes.get(&n.id) else { continue };
+        if n.memory == 0 || mem <= 1 {
+            continue; // unknown on one side
+        }
+        compared += 1;
+        let (a, b) = (n.memory as f64, mem as f64);
+        if (a - b).abs() / a.max(b) > 0.10 {
+            bad.push(format!("node {}: {} (hwloc) vs {} (domalloc)", n.id, human_bytes(n.memory), human_bytes(mem)));
+        }
     }
-    format!("{v:.1} {}", U[i])
+    if compared == 0 && bad.is_empty() {
+        return Verdict::NotCompared("no node's size is known to both".into());
+    }
+    verdict(bad, format!("within 10% on {compared} node(s)"))
+}
+
+fn distances(hw: &HwView, dm: &DomView) -> Verdict {
+    if hw.distances.is_empty() {
+        return Verdict::NotCompared(format!(
+            "hwloc has no distance matrix{}",
+            if dm.nodes.len() <= 1 { " (one node: nothing to compare)" } else { "" }
+        ));
+    }
+    let mut bad = Vec::new();
+    for (&(a, b), &d) in &hw.distances {
+        match dm.distances.get(&(a, b)) {
+            Some(&e) if e == d => {}
+            Some(&e) => bad.push(format!("{a}->{b}: {d} (hwloc) vs {e} (domalloc)")),
+            None => bad.push(format!("{a}->{b}: {d} (hwloc), unknown to domalloc")),
+        }
+    }
+    verdict(bad, format!("all {} entries equal", hw.distances.len()))
 }
 
 /// The report text.
-pub fn report(hw: &HwView, dm: &DomView, diffs: &[String]) -> String {
+pub fn report(hw: &HwView, dm: &DomView, checks: &[Check]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "NUMA topology: {} node(s) per hwloc, {} with memory per domalloc", hw.nodes.len(), dm.memory_nodes.len());
-    let _ = writeln!(s, "{:>5}  {:>12}  {:<24}  {:>12}  {:<24}", "node", "hwloc mem", "hwloc cpus", "domalloc mem", "domalloc cpus");
-    let ids: BTreeSet<usize> = hw.nodes.keys().chain(dm.nodes.keys()).copied().collect();
-    for id in ids {
-        let (hm, hc) = hw
-            .nodes
-            .get(&id)
-            .map(|n| (human(n.memory), format_list(&n.cpus.iter().copied().collect::<Vec<_>>())))
-            .unwrap_or(("-".into(), "-".into()));
+    let _ = writeln!(
+        s,
+        "NUMA topology: {} node(s) with memory per hwloc, {} online node(s) ({} with memory) per domalloc",
+        hw.nodes.len(),
+        dm.nodes.len(),
+        dm.memory_nodes.len()
+    );
+    let _ = writeln!(s, "{:>5}  {:>12}  {:<20}  {:>12}  {:<20}", "node", "hwloc mem", "hwloc cpus", "domalloc mem", "domalloc cpus");
+    let all: BTreeSet<usize> = hw.nodes.keys().chain(dm.nodes.keys()).copied().collect();
+    for id in all {
+        let (hm, hc) = hw.nodes.get(&id).map(|n| (human_bytes(n.memory), ids(&n.cpus))).unwrap_or(("-".into(), "-".into()));
         let (dmem, dc) = dm
             .nodes
             .get(&id)
-            .map(|(m, c)| (if *m == 0 { "none".to_string() } else { human(*m) }, if c.is_empty() { "none".into() } else { format_list(c) }))
+            .map(|(m, c)| {
+                let mem = match m {
+                    0 => "none".to_string(),
+                    1 => "unknown".to_string(),
+                    m => human_bytes(*m),
+                };
+                (mem, format_list(c))
+            })
             .unwrap_or(("-".into(), "-".into()));
-        let _ = writeln!(s, "{id:>5}  {hm:>12}  {hc:<24}  {dmem:>12}  {dc:<24}");
+        let _ = writeln!(s, "{id:>5}  {hm:>12}  {hc:<20}  {dmem:>12}  {dc:<20}");
     }
-    if !dm.distances.is_empty() && dm.nodes.len() > 1 {
-        let _ = writeln!(s, "distances (domalloc; hwloc's where they differ are listed below):");
-        let ids: Vec<usize> = dm.nodes.keys().copied().collect();
-        let _ = write!(s, "{:>5}", "");
-        for b in &ids {
-            let _ = write!(s, " {b:>4}");
-        }
-        s.push('\n');
-        for a in &ids {
-            let _ = write!(s, "{a:>5}");
-            for b in &ids {
-                let _ = write!(s, " {:>4}", dm.distances.get(&(*a, *b)).copied().unwrap_or(0));
-            }
-            s.push('\n');
-        }
-    }
-    if diffs.is_empty() {
-        let _ = writeln!(s, "agree: yes (hwloc and domalloc see the same nodes, CPU placement and distances)");
+    let dm_nodes: Vec<usize> = dm.nodes.keys().copied().collect();
+    s.push_str(&distance_matrix(&dm_nodes, &dm.distances, "distances (domalloc):"));
+    if hw.distances.is_empty() {
+        let _ = writeln!(s, "distances (hwloc): none");
     } else {
-        let _ = writeln!(s, "agree: NO");
-        for d in diffs {
-            let _ = writeln!(s, "  {d}");
-        }
+        let hw_nodes: BTreeSet<usize> = hw.distances.keys().flat_map(|&(a, b)| [a, b]).collect();
+        let hw_nodes: Vec<usize> = hw_nodes.into_iter().collect();
+        s.push_str(&distance_matrix(&hw_nodes, &hw.distances, "distances (hwloc):"));
     }
+    for c in checks {
+        let _ = match &c.verdict {
+            Verdict::Agree(what) => writeln!(s, "{:<16} agree: {what}", format!("{}:", c.what)),
+            Verdict::NotCompared(why) => writeln!(s, "{:<16} not compared: {why}", format!("{}:", c.what)),
+            Verdict::Differ(d) => writeln!(s, "{:<16} DIFFER: {}", format!("{}:", c.what), d.join("; ")),
+        };
+    }
+    let differ = checks.iter().filter(|c| matches!(c.verdict, Verdict::Differ(_))).count();
+    let skipped = checks.iter().filter(|c| matches!(c.verdict, Verdict::NotCompared(_))).count();
+    let _ = match (differ, skipped) {
+        (0, 0) => writeln!(s, "agree: yes (all {} checks)", checks.len()),
+        (0, k) => writeln!(s, "agree: yes ({} checks agree, {k} not compared)", checks.len() - k),
+        (d, _) => writeln!(s, "agree: NO ({d} of {} checks differ)", checks.len()),
+    };
     s
 }
 
+/// Checks `--fsroot DIR`: a directory holding `sys/devices/system/cpu` (the layout
+/// hwloc-gather-topology saves). Returns the sysfs root below it.
+pub fn check_fsroot(dir: &Path) -> Result<PathBuf, Failure> {
+    let shown = dir.display();
+    if !dir.is_dir() {
+        return Err(format!("topo: --fsroot {shown}: no such directory"));
+    }
+    let sys = dir.join("sys");
+    if sys.join("devices/system/cpu/possible").is_file() {
+        return Ok(sys);
+    }
+    if dir.join("devices/system/cpu/possible").is_file() {
+        return Err(format!(
+            "topo: --fsroot {shown}: this is a sys directory itself; pass the directory that holds it (with sys/ and proc/)"
+        ));
+    }
+    Err(format!("topo: --fsroot {shown}: not a sysfs tree (no sys/devices/system/cpu/possible below it)"))
+}
+
 /// `domalloc topo [--fsroot DIR]`: prints the report; exit status 0 when they agree, 1 when not.
-pub fn main(args: &[String]) -> Result<u8, String> {
-    let mut fsroot: Option<String> = None;
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].split_once('=') {
-            Some(("--fsroot", v)) => fsroot = Some(v.to_string()),
-            _ if args[i] == "--fsroot" => {
-                i += 1;
-                fsroot = Some(args.get(i).cloned().ok_or("--fsroot needs a directory")?);
-            }
-            _ => return Err(format!("topo: unknown argument {:?}\n{}", args[i], crate::USAGE)),
+pub fn main(args: &TopoArgs) -> Result<u8, Failure> {
+    let sys_root = match &args.fsroot {
+        Some(dir) => {
+            let sys = check_fsroot(dir)?;
+            // hwloc's Linux backend reads /sys and /proc below this root.
+            std::env::set_var("HWLOC_FSROOT", dir);
+            Some(sys)
         }
-        i += 1;
-    }
-    let sys_root = fsroot.as_ref().map(|r| format!("{}/sys", r.trim_end_matches('/')));
-    if let Some(r) = &fsroot {
-        // hwloc's Linux backend reads /sys and /proc below this root.
-        std::env::set_var("HWLOC_FSROOT", r);
-    }
+        None => None,
+    };
     let hw = hwloc_view()?;
     let dm = domalloc_view(sys_root.as_deref(), &hw.cpus)?;
-    let diffs = compare(&hw, &dm);
-    print!("{}", report(&hw, &dm, &diffs));
-    Ok(if diffs.is_empty() { 0 } else { 1 })
+    let checks = compare(&hw, &dm);
+    print!("{}", report(&hw, &dm, &checks));
+    Ok(if checks.iter().any(|c| matches!(c.verdict, Verdict::Differ(_))) { 1 } else { 0 })
 }
 
 #[cfg(test)]
@@ -235,25 +324,62 @@ mod tests {
         hw.nodes.insert(0, HwNode { id: 0, memory: 1 << 30, cpus: [0, 1].into() });
         hw.nodes.insert(1, HwNode { id: 1, memory: 1 << 30, cpus: [2, 3].into() });
         hw.cpus = [0, 1, 2, 3].into();
+        hw.distances = [((0, 0), 10), ((0, 1), 21), ((1, 0), 21), ((1, 1), 10)].into();
         let mut dm = DomView::default();
         dm.nodes.insert(0, (1 << 30, vec![0, 1]));
         dm.nodes.insert(1, (1 << 30, vec![2, 3]));
         dm.memory_nodes = [0, 1].into();
         dm.home = [(0, 0), (1, 0), (2, 1), (3, 1)].into();
+        dm.placed = [0, 1, 2, 3].into();
+        dm.distances = hw.distances.clone();
         (hw, dm)
     }
 
+    fn differing(checks: &[Check]) -> Vec<&'static str> {
+        checks.iter().filter(|c| matches!(c.verdict, Verdict::Differ(_))).map(|c| c.what).collect()
+    }
+
     #[test]
-    fn agreement_and_differences() {
+    fn agreement_and_each_difference() {
         let (hw, mut dm) = two_nodes();
-        assert!(compare(&hw, &dm).is_empty());
-        assert!(report(&hw, &dm, &[]).contains("agree: yes"));
+        let checks = compare(&hw, &dm);
+        assert!(differing(&checks).is_empty());
+        let r = report(&hw, &dm, &checks);
+        assert!(r.contains("agree: yes (all 5 checks)"), "{r}");
+        assert!(r.contains("distances (hwloc):\nnode    0   1\n   0:  10  21\n"), "{r}");
         dm.home.insert(3, 0);
-        let d = compare(&hw, &dm);
-        assert_eq!(d.len(), 1);
-        assert!(d[0].contains("cpu 3"));
+        assert_eq!(differing(&compare(&hw, &dm)), ["CPU -> node"]);
         dm.memory_nodes.remove(&1);
-        assert_eq!(compare(&hw, &dm).len(), 2);
+        dm.distances.insert((0, 1), 20);
+        dm.nodes.insert(1, (3 << 30, vec![2, 3]));
+        dm.placed.remove(&2);
+        let checks = compare(&hw, &dm);
+        assert_eq!(differing(&checks), ["nodes with memory", "CPUs", "CPU -> node", "memory per node", "distances"]);
+        let r = report(&hw, &dm, &checks);
+        assert!(r.contains("distances:       DIFFER: 0->1: 21 (hwloc) vs 20 (domalloc)"), "{r}");
+        assert!(r.contains("agree: NO (5 of 5 checks differ)"), "{r}");
+    }
+
+    #[test]
+    fn missing_distances_are_not_agreement() {
+        let (mut hw, dm) = two_nodes();
+        hw.distances.clear();
+        let checks = compare(&hw, &dm);
+        assert_eq!(checks[4].verdict, Verdict::NotCompared("hwloc has no distance matrix".into()));
+        assert!(report(&hw, &dm, &checks).contains("agree: yes (4 checks agree, 1 not compared)"));
+    }
+
+    #[test]
+    fn fsroot_must_be_a_sysfs_tree() {
+        let base = std::env::temp_dir().join(format!("domalloc-topo-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        assert!(check_fsroot(&base).unwrap_err().contains("no such directory"));
+        std::fs::create_dir_all(base.join("sys/devices/system/cpu")).unwrap();
+        assert!(check_fsroot(&base).unwrap_err().contains("not a sysfs tree"));
+        std::fs::write(base.join("sys/devices/system/cpu/possible"), "0-1\n").unwrap();
+        assert_eq!(check_fsroot(&base).unwrap(), base.join("sys"));
+        assert!(check_fsroot(&base.join("sys")).unwrap_err().contains("sys directory itself"));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

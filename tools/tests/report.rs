@@ -1,0 +1,206 @@
+//! `domalloc report`, by running the real binary on the sample statistics files in
+//! tests/data (written to the schema of the allocator's `DOMALLOC_STATS=json` output): the table,
+//! the CSV, the SVG chart, the merged JSON, outliers and the `--outlier-factor`, and one clear
+//! line naming the file for each kind of malformed file.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+
+fn data(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name).to_str().unwrap().to_string()
+}
+
+fn job4() -> Vec<String> {
+    (0..4).map(|r| data(&format!("job4/stats.{r}.json"))).collect()
+}
+
+fn report(extra: &[&str], files: &[String]) -> std::process::Output {
+    let mut args = vec!["report"];
+    args.extend_from_slice(extra);
+    args.extend(files.iter().map(String::as_str));
+    run(&args, &[])
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("domalloc-report-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn four_ranks_table_with_the_outlier() {
+    // Files in any order: the table is in rank order.
+    let mut files = job4();
+    files.reverse();
+    let o = report(&["--strict"], &files);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.is_empty(), "no warnings on valid files: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "domalloc report: 4 rank(s), 2 node(s), host(s) node17");
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>().join(" "), "rank node in-use peak mapped peak remote frees purged went home");
+    // Ranks x nodes, then each rank's totals.
+    let rows: Vec<Vec<&str>> = lines[2..14].iter().map(|l| l.split_whitespace().collect()).collect();
+    let keys: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
+    let mut want = Vec::new();
+    for r in ["0", "1", "2", "3"] {
+        want.extend([(r, "0"), (r, "1"), (r, "all")]);
+    }
+    assert_eq!(keys, want);
+    assert_eq!(rows[0][2..].join(" "), "212.0 MiB 236.0 MiB 1.2% of 1.8M 310.0 MiB 10.8k", "rank 0 node 0");
+    assert_eq!(rows[11][2..].join(" "), "227.9 MiB 256.8 MiB 41.7% of 1.8M 333.0 MiB 749.2k", "rank 3 totals");
+    // Exactly one outlier: rank 3, for its remote-free share, with the reason.
+    assert_eq!(lines[14], "outliers (more than 1.5x or under 1/1.5 of the median of the ranks, and more than 3 MADs from it):");
+    assert_eq!(lines[15], "  rank 3: remote-free share 41.7% vs median 2.6% of 4 ranks: 16.2x the median, 397 MADs from it");
+    assert_eq!(lines.len(), 16, "{out}");
+}
+
+#[test]
+fn outlier_factor() {
+    let out = text(&report(&["--outlier-factor", "20"], &job4())).0;
+    assert!(out.contains("outliers: none (factor 20, 3 MADs)"), "{out}");
+    let out = text(&report(&["--outlier-factor=10"], &job4())).0;
+    assert!(out.contains("  rank 3: remote-free share"), "{out}");
+    for bad in ["1", "0.5", "-3", "inf"] {
+        let arg = format!("--outlier-factor={bad}");
+        assert_refused(&report(&[&arg], &job4()), "expected a number above 1", bad);
+    }
+}
+
+#[test]
+fn csv_has_a_row_per_rank_and_node_and_the_totals() {
+    let path = tmp("t.csv");
+    let o = report(&["--csv", path.to_str().unwrap()], &job4());
+    assert!(o.status.success());
+    assert!(text(&o).0.contains(&format!("csv: {}", path.display())));
+    let csv = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + 4 * 3);
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(header.len(), 17);
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let row3: Vec<&str> = lines[12].split(',').collect();
+    assert_eq!((row3[col("rank")], row3[col("node")]), ("3", "all"));
+    assert_eq!(row3[col("remote_frees")], "765647");
+    assert_eq!(row3[col("remote_free_share")], "0.417315");
+    assert_eq!(row3[col("in_use_peak_bytes")], "239022080");
+    assert!(lines.iter().skip(1).all(|l| l.split(',').count() == 17));
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn svg_chart() {
+    let path = tmp("t.svg");
+    let o = report(&["--svg", path.to_str().unwrap()], &job4());
+    assert!(o.status.success(), "{}", text(&o).1);
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "an SVG document");
+    // plotters writes each text on its own line between <text ...> and </text>.
+    let texts: Vec<&str> = svg.lines().map(str::trim).collect();
+    for want in [
+        "Peak memory in use per rank, by node  (* outlier, see the table)",
+        "Frees per rank: local vs remote (remote share on top)",
+        "node 0",
+        "node 1",
+        "local frees",
+        "remote frees",
+        "3 *",
+        "41.7%",
+        "2.5%",
+    ] {
+        assert!(texts.contains(&want), "{want:?} in the chart");
+    }
+    assert!(!texts.contains(&"2 *"), "only rank 3 is marked");
+    // 4 ranks x 2 nodes of memory, 4 x 2 of frees, plus background, legend boxes and frames.
+    assert!(svg.matches("<rect").count() >= 16, "bars");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn merged_json() {
+    let o = report(&["--json"], &job4());
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(v["domalloc_report"], 1);
+    assert_eq!(v["files"], 4);
+    assert_eq!(v["nodes"], serde_json::json!([0, 1]));
+    let ranks = v["ranks"].as_array().unwrap();
+    assert_eq!(ranks.iter().map(|r| r["rank"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(ranks[3]["outlier"], true);
+    assert_eq!(ranks[0]["outlier"], false);
+    assert_eq!(ranks[3]["totals"]["remote_frees"], 765647);
+    assert_eq!(ranks[3]["nodes"][1]["node"], 1);
+    let outliers = v["outliers"].as_array().unwrap();
+    assert_eq!(outliers.len(), 1);
+    assert_eq!(outliers[0]["rank"], "3");
+    assert_eq!(outliers[0]["metric"], "remote_free_share");
+    let median = v["median"]["remote_free_share"].as_f64().unwrap();
+    assert!((median - 0.0255).abs() < 0.001, "{median}");
+}
+
+#[test]
+fn single_process_without_rank_and_unknown_keys() {
+    let o = report(&["--strict"], &[data("single.norank.json"), data("extra-keys.json")]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("\n         0     0      7.0 MiB"), "rank 0 first: {out}");
+    assert!(out.contains("\n  pid 4242     0      7.0 MiB"), "no rank: labelled by pid: {out}");
+    assert!(out.contains("outliers: not looked for (fewer than 3 ranks)"), "{out}");
+    // The same rank twice: both kept, told apart, and a warning.
+    let o = report(&[], &[data("job4/stats.0.json"), data("job4/stats.0.json")]);
+    let (out, err) = text(&o);
+    assert!(o.status.success());
+    assert!(err.contains("warning: rank 0 appears in 2 files"), "{err}");
+    assert!(out.contains("0@node17/pid 31840"), "{out}");
+}
+
+#[test]
+fn malformed_files_are_rejected_naming_the_file() {
+    let cases = [
+        ("bad/not-json.json", "not valid JSON: EOF while parsing"),
+        ("bad/empty.json", "empty file"),
+        ("bad/missing-key.json", "does not follow the statistics schema: missing field `went_home` at line"),
+        ("bad/wrong-type.json", "does not follow the statistics schema: invalid type: string \"many\", expected u64 at line"),
+        ("bad/version-2.json", "unsupported \"domalloc_stats\": 2 (this tool reads version 1)"),
+        ("bad/not-stats.json", "not a domalloc statistics file (no \"domalloc_stats\" key)"),
+        ("bad/no-rank-key.json", "does not follow the statistics schema: missing field `rank`"),
+        ("no-such-file.json", "cannot read: No such file"),
+    ];
+    for (name, want) in cases {
+        let file = data(name);
+        // A good file first: the bad one still stops the merge.
+        let o = report(&[], &[data("job4/stats.0.json"), file.clone()]);
+        assert_refused(&o, &format!("domalloc: report: {file}: {want}"), name);
+    }
+}
+
+#[test]
+fn broken_invariants_warn_or_fail_with_strict() {
+    let file = data("bad/invariants.json");
+    let o = report(&[], std::slice::from_ref(&file));
+    let (out, err) = text(&o);
+    assert!(o.status.success());
+    assert!(out.starts_with("domalloc report: 1 rank(s)"));
+    assert!(err.starts_with(&format!("domalloc: report: warning: {file}: breaks the schema's invariants: ")), "{err}");
+    for want in ["node 0: allocs 52114 - frees 51903 != live_blocks 216", "live_blocks: nodes sum to 216, totals say 211", "remote_frees: nodes sum to 0, totals say 3"] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+    assert_refused(&report(&["--strict"], std::slice::from_ref(&file)), &format!("{file}: breaks the schema's invariants"), "strict");
+}
+
+#[test]
+fn no_files_is_a_usage_error() {
+    assert_eq!(report(&[], &[]).status.code(), Some(2));
+}
+
+#[test]
+fn the_chart_needs_no_font_library() {
+    // plotters is built without its font features (see tools/Cargo.toml); a crate of the
+    // workspace that turned them on again would link fontconfig/freetype into the binary.
+    let Ok(o) = std::process::Command::new("ldd").arg(env!("CARGO_BIN_EXE_domalloc")).output() else { return };
+    let libs = String::from_utf8_lossy(&o.stdout);
+    for lib in ["libfontconfig", "libfreetype", "libexpat"] {
+        assert!(!libs.contains(lib), "the domalloc binary links {lib}:\n{libs}");
+    }
+}
