@@ -115,6 +115,10 @@ if ! cargo build --release -p domalloc-ffi -p domalloc-tools >"$WORK/build.log" 
     exit 1
 fi
 say "built in $(( $(date +%s) - t0 ))s: $LIB"
+# Programs linked with -ldomalloc record the SONAME (libdomalloc.so.0): give the build tree that
+# name too, as a link (ffi/install.sh installs the real file and links).
+SONAME=$(readelf -d "$LIB" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
+[ -n "$SONAME" ] && [ "$SONAME" != libdomalloc.so ] && ln -sfn libdomalloc.so "$REL/$SONAME"
 
 cc_build() { # cc_build OUT SRC... [flags]: compile a test program into $WORK
     local out=$1

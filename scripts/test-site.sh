@@ -79,7 +79,9 @@ fail() { echo "FAILED: $*" >&2; return 1; }
 # ---- packages ----
 
 ensure_packages() {
-    local want=(lmod cmake man-db groff-base python3-venv gcc libc6-dev binutils pkg-config file)
+    # lmod, cmake, man, EasyBuild's venv; the compilers; hwloc and udev for the launcher's build.
+    local want=(lmod cmake man-db groff-base python3-venv gcc g++ gfortran libc6-dev binutils pkg-config file
+                libhwloc-dev libudev-dev git tar)
     if [ "$(id -u)" != 0 ] || ! have apt-get || ! have dpkg-query; then return 0; fi
     local missing=() p
     for p in "${want[@]}"; do
