@@ -6,7 +6,7 @@
  * malloc_trim, mallinfo2, malloc_stats, and C23 free_sized / free_aligned_sized); their
  * prototypes come from <stdlib.h> and <malloc.h>. This header declares only what domalloc adds.
  *
- * Use:   cc app.c $(pkg-config --cflags --libs domalloc)      (or -ldomalloc)
+ * Use:   cc app.c $(pkg-config --cflags --libs domalloc)      (or -ldomalloc; see man 3 domalloc)
  * or:    LD_PRELOAD=/path/to/libdomalloc.so ./app             (no rebuild; the extras are then
  *        reachable with dlsym(RTLD_DEFAULT, "domalloc_current_node"))
  *
@@ -23,8 +23,16 @@
 extern "C" {
 #endif
 
+/* The version of this header; domalloc_version() is the library's. The SONAME is
+ * libdomalloc.so.DOMALLOC_VERSION_MAJOR; while the major version is 0, releases only add to the
+ * ABI (docs/ABI.md), so a program built against 0.N runs with any library 0.M, M >= N. */
 #define DOMALLOC_VERSION_MAJOR 0
-#define DOMALLOC_VERSION_MINOR 1
+#define DOMALLOC_VERSION_MINOR 2
+#define DOMALLOC_VERSION_PATCH 0
+#define DOMALLOC_VERSION "0.2.0"
+
+/* The library's version, e.g. "0.2.0": a static NUL-terminated string (never freed). */
+const char *domalloc_version(void);
 
 /* `size` bytes on NUMA node `node`: the pages are bound to that node whichever thread first
  * touches them. Free with free(). NULL with errno = EINVAL if the node does not exist or has no
@@ -53,6 +61,15 @@ int domalloc_node_count(void);
 /* Prints per-node and per-size-class statistics to stderr (the report DOMALLOC_STATS=1 prints
  * at exit). Never allocates. */
 void domalloc_print_stats(void);
+
+/* Writes the statistics report (text, as DOMALLOC_STATS=1 prints it) to file descriptor `fd`.
+ * 0 on success, -1 on error. */
+int domalloc_stats_print(int fd);
+
+/* Writes the statistics as one JSON document (the schema DOMALLOC_STATS=json writes),
+ * NUL-terminated, into `buf` if it fits in `size` bytes. Returns the length the document needs
+ * without the NUL, like snprintf: call it with (NULL, 0) to learn the size. */
+size_t domalloc_stats_json(char *buf, size_t size);
 
 #ifdef __cplusplus
 }

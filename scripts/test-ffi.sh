@@ -115,6 +115,10 @@ if ! cargo build --release -p domalloc-ffi -p domalloc-tools >"$WORK/build.log" 
     exit 1
 fi
 say "built in $(( $(date +%s) - t0 ))s: $LIB"
+# Programs linked with -ldomalloc record the SONAME (libdomalloc.so.0): give the build tree that
+# name too, as a link (ffi/install.sh installs the real file and links).
+SONAME=$(readelf -d "$LIB" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
+[ -n "$SONAME" ] && [ "$SONAME" != libdomalloc.so ] && ln -sfn libdomalloc.so "$REL/$SONAME"
 
 cc_build() { # cc_build OUT SRC... [flags]: compile a test program into $WORK
     local out=$1
@@ -137,10 +141,8 @@ check_library() {
         echo "libdomalloc.so must not depend on hwloc, libudev or libstdc++"
         return 1
     fi
-    local want="malloc free calloc realloc reallocarray posix_memalign aligned_alloc memalign valloc pvalloc
-        malloc_usable_size free_sized free_aligned_sized mallopt malloc_trim mallinfo mallinfo2 malloc_stats
-        __libc_malloc __libc_calloc __libc_realloc __libc_free __libc_memalign __libc_valloc __libc_pvalloc
-        __posix_memalign domalloc_malloc_on_node domalloc_malloc_interleaved domalloc_node_of domalloc_current_node domalloc_node_count domalloc_print_stats"
+    local want
+    want=$(grep -v '^#' "$ROOT/ffi/exports.txt" | grep .)   # the ABI's symbol list (docs/ABI.md)
     local exported
     exported=$(nm -D --defined-only "$LIB" | awk '$2 == "T" || $2 == "W" || $2 == "i" { print $3 }' | sed 's/@.*//' | sort -u)
     local missing=0

@@ -47,6 +47,7 @@ step "C ABI with real programs (scripts/test-ffi.sh)"
 scripts/test-ffi.sh
 step "HPC codes under domalloc: HPCC, LAMMPS (MPI, OpenMP), per-rank statistics (scripts/test-apps.sh)" && scripts/test-apps.sh
 
+step "installation and site tools: pkg-config, CMake, man, Lmod, EasyBuild, crate packaging (scripts/test-site.sh)"; scripts/test-site.sh
 step "NUMA placement in QEMU guests with 2 and 4 nodes (cargo test -p domalloc-numa-tests)"
 cargo test -p domalloc-numa-tests --release 2>&1
 

@@ -4,7 +4,8 @@
 //! semantics (errno, overflow checks, alignment rules). Exported: the standard and glibc malloc
 //! family, glibc's internal aliases (`__libc_malloc`, ... so that code calling them directly,
 //! like some debuggers and hooks, stays on one allocator), C23 `free_sized`/`free_aligned_sized`,
-//! and the node-aware extras declared in `include/domalloc.h`.
+//! and the node-aware extras declared in `include/domalloc.h`. `ffi/exports.txt` lists every
+//! exported name (the ABI: see `docs/ABI.md`); `scripts/test-ffi.sh` checks the list.
 //!
 //! Use it with `LD_PRELOAD=libdomalloc.so program`, or link with `-ldomalloc` (see
 //! `ffi/README.md`).
@@ -13,7 +14,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(clippy::missing_safety_doc)]
 
-use core::ffi::{c_int, c_void};
+use core::ffi::{c_char, c_int, c_void};
 
 use domalloc::c;
 
@@ -99,4 +100,54 @@ shims! {
     fn domalloc_node_count() -> c_int = c::node_count;
     /// Prints the statistics report to stderr.
     fn domalloc_print_stats() = c::print_stats;
+
+    /// The library's version, e.g. `"0.2.0"` (a static NUL-terminated string).
+    fn domalloc_version() -> *const c_char = pending::version;
+    /// Writes the statistics report (text) to file descriptor `fd`; 0 on success, -1 on error.
+    fn domalloc_stats_print(fd: c_int) -> c_int = pending::stats_print;
+    /// Writes the statistics as one NUL-terminated JSON document into `buf` if it fits in `len`
+    /// bytes; returns the length it needs without the NUL (like `snprintf`).
+    fn domalloc_stats_json(buf: *mut c_char, len: usize) -> usize = pending::stats_json;
+}
+
+/// Stand-ins for calls the core is getting (`domalloc::c::{version, stats_print, stats_json}`),
+/// so that the ABI (`ffi/exports.txt`) and its tests exist now.
+// TODO(lead): forward to domalloc::c::version(), domalloc::c::stats_print() and
+// domalloc::c::stats_json(), and delete this module.
+mod pending {
+    use core::ffi::{c_char, c_int};
+
+    const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+
+    // TODO(lead): forward to domalloc::c::version()
+    pub fn version() -> *const c_char {
+        VERSION.as_ptr().cast()
+    }
+
+    // TODO(lead): forward to domalloc::c::stats_print(fd). Stand-in: the text report goes to
+    // stderr only (fd 2); any other descriptor is refused with -1.
+    pub fn stats_print(fd: c_int) -> c_int {
+        if fd != 2 {
+            return -1;
+        }
+        domalloc::c::print_stats();
+        0
+    }
+
+    // TODO(lead): forward to domalloc::c::stats_json(buf, len). Stand-in: a document with only
+    // the schema and version keys.
+    /// # Safety
+    /// `buf` is null or valid for writes of `len` bytes.
+    pub unsafe fn stats_json(buf: *mut c_char, len: usize) -> usize {
+        let doc = concat!("{\"domalloc_stats\":1,\"version\":\"", env!("CARGO_PKG_VERSION"), "\"}");
+        if !buf.is_null() && len > doc.len() {
+            // SAFETY: `buf` is valid for `len` > doc.len() bytes (the caller's contract), and a
+            // static string cannot overlap it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(doc.as_ptr(), buf.cast(), doc.len());
+                *buf.add(doc.len()) = 0;
+            }
+        }
+        doc.len()
+    }
 }
