@@ -15,9 +15,9 @@
 //! workload's own `elapsed_s`). run-guest.sh treats a non-ELF payload like a static program.
 //!
 //! Environment: `BENCH_GUEST_LOAD` / `BENCH_GUEST_ITERATIONS` (test-stress's load and rounds;
-//! default 5 / 5, --quick 2 / 2), `BENCH_GUEST_THREADS` (default `8,32`), `BENCH_GUEST_TOPOLOGIES`
-//! (default `1n8,4n2`), `BENCH_GUEST_TIMEOUT` seconds per guest (default 900). Console logs:
-//! `numa-tests/work/bench-guest-<topology>.log`.
+//! default 2 / 2, --quick 1 / 1), `BENCH_GUEST_THREADS` (default `8,32`), `BENCH_GUEST_TOPOLOGIES`
+//! (default `1n8,4n2`), `BENCH_GUEST_TIMEOUT` seconds per guest (default 1200). Console logs:
+//! `numa-tests/work/bench-guest/bench-guest-<topology>.log`.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -217,11 +217,11 @@ pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], dir: &Path) -> Result
     println!("\n== Guest benchmark: test-stress in QEMU guests ({} allocators)", gallocs.len());
     let script = super::repo().join("scripts/qemu/run-guest.sh");
     let quick = s.opts.quick;
-    let load: u64 = env_or("BENCH_GUEST_LOAD", if quick { "2" } else { "5" }).parse().map_err(|e| format!("BENCH_GUEST_LOAD: {e}"))?;
-    let iterations: u64 = env_or("BENCH_GUEST_ITERATIONS", if quick { "2" } else { "5" }).parse().map_err(|e| format!("BENCH_GUEST_ITERATIONS: {e}"))?;
+    let load: u64 = env_or("BENCH_GUEST_LOAD", if quick { "1" } else { "2" }).parse().map_err(|e| format!("BENCH_GUEST_LOAD: {e}"))?;
+    let iterations: u64 = env_or("BENCH_GUEST_ITERATIONS", if quick { "1" } else { "2" }).parse().map_err(|e| format!("BENCH_GUEST_ITERATIONS: {e}"))?;
     let threads: Vec<u64> = env_or("BENCH_GUEST_THREADS", "8,32").split(',').filter_map(|t| t.trim().parse().ok()).collect();
     let topologies: Vec<String> = env_or("BENCH_GUEST_TOPOLOGIES", "1n8,4n2").split(',').map(|t| t.trim().to_string()).collect();
-    let timeout = env_or("BENCH_GUEST_TIMEOUT", "900");
+    let timeout = env_or("BENCH_GUEST_TIMEOUT", "1200");
     let work = super::repo().join("numa-tests/work/bench-guest");
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let payload = build_payload(&work, bin, &gallocs, &guest_script(&gallocs, &threads, load, iterations))?;
