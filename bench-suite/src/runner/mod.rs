@@ -222,7 +222,8 @@ impl Settings {
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let r = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    fs::canonicalize(&r).unwrap_or(r)
 }
 
 /// `YYYY-MM-DD_HHMMSS` in local time.

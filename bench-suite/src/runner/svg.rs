@@ -31,7 +31,7 @@ pub fn chart(s: &Summary, title: &str) -> String {
     let mut out = String::new();
     let groups: Vec<String> = s.workloads.iter().cloned().chain(std::iter::once("geomean".to_string())).collect();
     let width = (120 + groups.len() * (14 * s.allocs.len().max(1) + 18)) as u32;
-    if let Err(e) = draw(&mut out, s, &groups, title, (width.max(640), 860)) {
+    if let Err(e) = draw(&mut out, s, &groups, title, (width.max(900), 860)) {
         return format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"40\"><text x=\"10\" y=\"25\">chart failed: {e}</text></svg>\n");
     }
     out
@@ -69,12 +69,18 @@ fn draw(out: &mut String, s: &Summary, groups: &[String], title: &str, size: (u3
             .x_label_area_size(95)
             .y_label_area_size(50)
             .build_cartesian_2d(0f64..n, (lo..hi).log_scale())?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(0)
-            .y_label_formatter(&|v| if *v >= 1.0 { format!("{v:.0}") } else { format!("1/{:.0}", 1.0 / v) })
-            .draw()?;
+        chart.configure_mesh().disable_mesh().x_labels(0).y_labels(0).y_label_formatter(&|_| String::new()).draw()?;
+        // Grid lines and labels at the powers of two (plotters' log-scale ticks are decimal).
+        let base = panel.get_base_pixel();
+        let label = ("sans-serif", 11).into_font().color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
+        let mut g = lo;
+        while g <= hi * 1.0001 {
+            chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, g), (n, g)], RGBColor(0xcc, 0xcc, 0xcc))))?;
+            let (x, y) = chart.backend_coord(&(0.0, g));
+            let text = if g >= 1.0 { format!("{g:.0}") } else { format!("1/{:.0}", 1.0 / g) };
+            panel.draw(&Text::new(text, (x - base.0 - 6, y - base.1), label.clone()))?;
+            g *= 2.0;
+        }
         chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, 1.0), (n, 1.0)], BLACK)))?;
         for (ai, a) in s.allocs.iter().enumerate() {
             let color = PALETTE[ai % PALETTE.len()];
