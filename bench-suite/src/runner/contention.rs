@@ -194,7 +194,7 @@ pub fn csv(rows: &[Row]) -> String {
 pub fn markdown(s: &Settings, lib: &str, rows: &[Row]) -> String {
     let mut md = format!(
         "# Contention report — {}\n\n{TARGETS}\n\n- Command: `{}`\n- Source: {}\n- Machine: {}\n- Library: `{lib}` (built with `--features contention-stats`)\n\
-- Workloads at scale {}: larson-, xmalloc- (N producers + N consumers) and test-stress-like; counters per million \
+- Workloads at scale {}: larson-, xmalloc- (N producers + N consumers) and test-stress-like (5 rounds); counters per million \
 malloc/free operations (`ops` from the library's line). `shared/10k` = domain + process-wide lock acquisitions per \
 10,000 operations. The lock target applies to larson and xmalloc.\n\n",
         super::timestamp(),
@@ -260,7 +260,12 @@ pub fn run(s: &Settings, bin: &Path, dir: &Path) -> Result<usize, String> {
     let mut failed = 0;
     for w in WORKLOADS {
         for &t in &s.opts.contention_threads {
-            let (rec, out) = runner.one_with(0, w, &a, &["--threads".into(), t.to_string()], &[]);
+            let mut args = vec!["--threads".to_string(), t.to_string()];
+            if w == "test-stress" {
+                // 5 rounds of thread creation instead of 25: 64 oversubscribed threads stay short.
+                args.extend(["--iterations".to_string(), "5".to_string()]);
+            }
+            let (rec, out) = runner.one_with(0, w, &a, &args, &[]);
             let counters = if !rec.ok {
                 failed += 1;
                 Err(format!("run failed: {}", rec.status))

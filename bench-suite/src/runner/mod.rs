@@ -75,7 +75,7 @@ fn name_reason(s: &str) -> Result<(String, String), String> {
 #[derive(Clone, Debug, Parser)]
 #[command(name = "bench", about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Options {
-    /// About a minute: --scale 0.1 --reps 2 --timeout 60, results under <out>/quick/ (explicit options win)
+    /// About two minutes: --scale 0.1 --reps 2 --timeout 60, results under <out>/quick/ (explicit options win)
     #[arg(long)]
     pub quick: bool,
     /// Repetitions of each (workload, allocator) [default: 3]

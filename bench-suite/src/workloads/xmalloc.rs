@@ -61,14 +61,15 @@ unsafe impl Send for Batch {}
 const BATCH_BYTES: usize = (1 + PER_BATCH) * std::mem::size_of::<usize>();
 
 struct Stack {
+    seed: u64,
     batches: Mutex<(Vec<Batch>, usize)>, // (waiting batches, producers still running)
     not_empty: Condvar,
     not_full: Condvar,
 }
 
-/// The tag of object `i` of batch `b` of producer `me`: odd, never zero.
-fn tag_of(me: u64, b: u64, i: usize) -> u64 {
-    common::mix(me << 40 ^ b << 13 ^ i as u64) | 1
+/// The tag of object `i` of batch `b` of producer `me` under `seed`: odd, never zero.
+fn tag_of(seed: u64, me: u64, b: u64, i: usize) -> u64 {
+    common::mix(seed ^ common::mix(me << 40 ^ b << 13 ^ i as u64)) | 1
 }
 
 /// The size of an object: fixed, or (mixed sizes) one of SIZES chosen by its tag.
@@ -115,7 +116,7 @@ fn produce(st: &Stack, me: usize, batches: u64, fixed: Option<usize>) -> u64 {
         // SAFETY: rec has 1 + PER_BATCH words: word 0 says whose batch it is, objects follow.
         unsafe { *rec = me << 32 | b as usize };
         for i in 0..PER_BATCH {
-            let tag = tag_of(me as u64, b, i);
+            let tag = tag_of(st.seed, me as u64, b, i);
             let size = size_of(fixed, tag);
             let obj = common::xmalloc(size);
             fill(obj, size, tag);
@@ -158,7 +159,7 @@ fn consume(st: &Stack, fixed: Option<usize>) -> u64 {
         for i in 0..PER_BATCH {
             // SAFETY: as above.
             let obj = unsafe { *rec.add(1 + i) } as *mut u8;
-            let tag = tag_of(me, b, i);
+            let tag = tag_of(st.seed, me, b, i);
             let size = size_of(fixed, tag);
             if !filled(obj, size, tag) {
                 common::record_error(format!("xmalloc: object {obj:p} ({size} bytes) lost its contents"));
@@ -176,7 +177,7 @@ fn run(p: &Params) -> Result<Outcome, String> {
     let fixed = object_size(p)?;
     let workers = p.threads;
     let total_batches = p.scaled(BASE_OBJECTS / PER_BATCH as u64, workers as u64);
-    let st = Stack { batches: Mutex::new((Vec::with_capacity(LIMIT), workers)), not_empty: Condvar::new(), not_full: Condvar::new() };
+    let st = Stack { seed: p.seed, batches: Mutex::new((Vec::with_capacity(LIMIT), workers)), not_empty: Condvar::new(), not_full: Condvar::new() };
     let sums = common::run_threads(2 * workers, |i| {
         // Even threads consume, odd threads produce (xmalloc-test starts a releaser, then an
         // allocator, for each worker).
