@@ -2,9 +2,12 @@
 # The allocator comparison: domalloc against glibc, jemalloc, mimalloc 2 (Debian), mimalloc 3
 # and tcmalloc on the workloads of bench-suite/, swapped in with LD_PRELOAD.
 #
-#   scripts/bench.sh --quick          # about a minute
-#   scripts/bench.sh                  # the full run (about 4 minutes on a 2-core machine; --numa adds ~1.5)
-#   scripts/bench.sh --help           # every option of the runner (filters, --threads, --numa...)
+#   scripts/bench.sh --quick          # about two minutes; results in results/quick/ (not results/latest.*)
+#   scripts/bench.sh                  # the full run (about 7 minutes on a 2-core machine; --numa adds ~1.5)
+#   scripts/bench.sh --contention     # the contention report (a contention-stats domalloc, 2-64 threads)
+#   scripts/bench.sh --guest          # test-stress in QEMU guests 1n8 and 4n2 (~5-10 minutes)
+#   scripts/bench.sh --apps           # real programs: hpcc, LAMMPS, sqlite3, gcc, redis
+#   scripts/bench.sh --help           # every option of the runner (filters, --threads, --part...)
 #
 # What it does:
 #   1. installs the Debian packages it needs when run as root (hwloc/udev/pkg-config for the
@@ -14,8 +17,11 @@
 #      no library, domalloc is skipped with a clear line;
 #   4. builds mimalloc v3 as a preloadable libmimalloc3.so from the C sources bundled in the
 #      libmimalloc-sys crate (fetched with cargo);
-#   5. runs the runner (target/release/bench) with the arguments given here; results go to
-#      results/<date>/ and results/latest.{csv,md,svg}.
+#   5. for the contention part, builds the contention-stats library
+#      (CARGO_TARGET_DIR=target/contention ... --features contention-stats); for --apps, installs
+#      the apps' Debian packages (hpcc lammps sqlite3 redis-server redis-tools openmpi-bin gcc);
+#   6. runs the runner (target/release/bench) with the arguments given here; results go to
+#      results/<date>/ and results/latest.{csv,md,svg} (--quick: results/quick/).
 # A peer that cannot be found or does not take over malloc when preloaded is skipped with a
 # line saying why. Honours CARGO_TARGET_DIR.
 set -euo pipefail
@@ -26,14 +32,28 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 TARGET="$CARGO_TARGET_DIR"
 log() { printf '==> %s\n' "$*"; }
 
+QUICK= OUT_GIVEN= WANT_CONTENTION= WANT_APPS=
+prev=
 for a in "$@"; do
   case "$a" in
     -h|--help) HELP=1 ;;
+    --quick) QUICK=1 ;;
+    --out|--out=*) OUT_GIVEN=1 ;;
+    --contention) WANT_CONTENTION=1 ;;
+    --apps) WANT_APPS=1 ;;
+    --part=*) case "$a" in *contention*) WANT_CONTENTION=1 ;; esac; case "$a" in *apps*) WANT_APPS=1 ;; esac ;;
   esac
+  if [ "$prev" = --part ]; then
+    case "$a" in *contention*) WANT_CONTENTION=1 ;; esac
+    case "$a" in *apps*) WANT_APPS=1 ;; esac
+  fi
+  prev=$a
 done
 
 # 1. System packages -----------------------------------------------------------------------
 PKGS=(libhwloc-dev libudev-dev pkg-config libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4)
+# The apps of --apps (redis-server's postinst would start a daemon: see policy-rc.d below).
+[ -n "$WANT_APPS" ] && PKGS+=(hpcc lammps sqlite3 redis-server redis-tools openmpi-bin gcc)
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=()
   for p in "${PKGS[@]}"; do
@@ -43,6 +63,11 @@ if command -v dpkg-query >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       log "installing ${missing[*]}"
       export DEBIAN_FRONTEND=noninteractive
+      # Keep package scripts from starting services (redis-server) while installing.
+      POLICY=/usr/sbin/policy-rc.d POLICY_MADE=
+      if [ ! -e "$POLICY" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod +x "$POLICY" && POLICY_MADE=1
+      fi
       if ! apt-get install -y -q "${missing[@]}"; then
         apt-get update -q || true
         # One at a time, so that one unknown package does not block the others.
@@ -50,6 +75,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
           apt-get install -y -q "$p" || log "WARNING: could not install $p"
         done
       fi
+      [ -n "$POLICY_MADE" ] && rm -f "$POLICY"
     else
       log "WARNING: not root (or no apt-get): cannot install ${missing[*]}; peers that are missing will be skipped"
     fi
@@ -136,7 +162,27 @@ else
   [ -f "$MI3" ] && ARGS+=(--mimalloc3 "$MI3")
 fi
 
-# 5. Run -------------------------------------------------------------------------------------
+# 5. The contention-stats library ------------------------------------------------------------
+if [ -n "$WANT_CONTENTION" ]; then
+  CONT_SO="$ROOT/target/contention/release/libdomalloc.so"
+  log "building the contention-stats domalloc (CARGO_TARGET_DIR=target/contention ... --features contention-stats)"
+  if CARGO_TARGET_DIR="$ROOT/target/contention" cargo build --release -p domalloc-ffi --features contention-stats \
+      && [ -f "$CONT_SO" ]; then
+    ARGS+=(--domalloc-contention "$CONT_SO")
+  else
+    log "SKIP contention report: the contention-stats build failed (see above)"
+    ARGS+=(--skip "domalloc-contention=cargo build -p domalloc-ffi --features contention-stats failed")
+  fi
+fi
+
+# 6. Run -------------------------------------------------------------------------------------
 export BENCH_COMMAND="scripts/bench.sh $*"
-log "running: $BENCH --out $ROOT/results ${ARGS[*]} $*"
-exec "$BENCH" --out "$ROOT/results" "${ARGS[@]}" "$@"
+OUT="$ROOT/results"
+if [ -n "$QUICK" ] && [ -z "$OUT_GIVEN" ]; then
+  # Quick runs do not overwrite the tracked results/latest.* of the full run.
+  OUT="$ROOT/results/quick"
+  log "--quick: results go to $OUT/<date>/ and $OUT/latest.* (not results/latest.*)"
+fi
+[ -n "$OUT_GIVEN" ] && OUTARG=() || OUTARG=(--out "$OUT")
+log "running: $BENCH ${OUTARG[*]} ${ARGS[*]} $*"
+exec "$BENCH" "${OUTARG[@]}" "${ARGS[@]}" "$@"

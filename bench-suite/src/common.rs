@@ -18,9 +18,28 @@ pub struct Params {
     pub seed: u64,
     /// Pin worker threads round-robin over cores with hwloc.
     pub pin: bool,
+    /// Workload-specific knobs (`None` = the workload's default); only the workloads that list a
+    /// knob in [`crate::workloads::Workload::knobs`] accept it.
+    pub knobs: Knobs,
+}
+
+/// Workload-specific parameters.
+#[derive(Clone, Debug, Default)]
+pub struct Knobs {
+    /// `test-stress`: the per-thread load (test-stress.c's SCALE, in percent).
+    pub load: Option<u64>,
+    /// `test-stress`: full iterations (all threads destroyed and recreated each time).
+    pub iterations: Option<u64>,
+    /// `xmalloc`: object size in bytes; -1 = the mixed sizes of xmalloc-test's `-s -1`.
+    pub object_size: Option<i64>,
 }
 
 impl Params {
+    /// The defaults every workload runs with when no option is given.
+    pub fn defaults() -> Params {
+        Params { threads: default_threads(), scale: 1.0, seed: 42, pin: true, knobs: Knobs::default() }
+    }
+
     /// Scales a base iteration count, never below `min`.
     pub fn scaled(&self, base: u64, min: u64) -> u64 {
         ((base as f64 * self.scale).round() as u64).max(min)

@@ -11,7 +11,7 @@ fn workloads() -> Command {
 fn every_workload_passes_its_checks_at_tiny_scale() {
     let out = workloads().arg("list").output().unwrap();
     let names = String::from_utf8(out.stdout).unwrap();
-    assert!(names.lines().count() >= 10, "{names}");
+    assert!(names.lines().count() >= 17, "{names}");
     for name in names.lines() {
         let out = workloads()
             .args([name, "--scale", "0.002", "--threads", "2"])
@@ -38,12 +38,45 @@ fn every_workload_passes_its_checks_at_tiny_scale() {
 
 #[test]
 fn every_workload_has_help() {
-    for name in ["larson", "xmalloc", "cache-scratch", "cache-thrash", "rptest", "mstress", "cfrac", "sh6bench", "large", "mleak"] {
+    let out = workloads().arg("list").output().unwrap();
+    let names = String::from_utf8(out.stdout).unwrap();
+    for new in ["barnes", "espresso", "glibc-simple", "glibc-thread", "alloc-test1", "alloc-testN", "test-stress"] {
+        assert!(names.lines().any(|n| n == new), "{new} missing from {names}");
+    }
+    for name in names.lines() {
         let out = workloads().args([name, "--help"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && text.contains("Stresses"), "{name}: {text}");
     }
     assert!(!workloads().arg("nope").output().unwrap().status.success());
+    // A knob a workload does not take is an error, not silently ignored.
+    assert!(!workloads().args(["larson", "--load", "3"]).output().unwrap().status.success());
+}
+
+/// xmalloc has xmalloc-testN's shape: --threads N = N producers + N consumers, 64-byte objects
+/// by default, and xmalloc-test's mixed sizes with --object-size -1.
+#[test]
+fn xmalloc_shape() {
+    let run = |extra: &[&str]| {
+        let out = workloads().args(["xmalloc", "--scale", "0.002", "--threads", "3", "--no-pin"]).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let s = run(&[]);
+    assert!(s.contains("producers=3 consumers=3") && s.contains("object_size=64"), "{s}");
+    assert!(run(&["--object-size", "-1"]).contains("object_size=mixed"));
+}
+
+/// test-stress takes its load and iterations; the checksum (words allocated) follows them.
+#[test]
+fn test_stress_knobs() {
+    let sum = |load: &str| {
+        let out = workloads().args(["test-stress", "--threads", "4", "--load", load, "--iterations", "2", "--no-pin"]).output().unwrap();
+        let s = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success() && s.contains(&format!("load={load} iterations=2")), "{s}");
+        s.split_whitespace().find(|kv| kv.starts_with("checksum=")).unwrap().to_string()
+    };
+    assert_ne!(sum("1"), sum("2"));
 }
 
 #[test]

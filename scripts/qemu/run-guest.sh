@@ -73,6 +73,8 @@ sparse      online nodes 0,1,3 (node 2 possible but offline): node0 CPUs 0-1 256
             and Linux numbers nodes densely in SRAT order, so the hole is made by a QEMU node whose
             only CPUs are not plugged (-smp 4,maxcpus=6) and a guest booted with possible_cpus=4.
 1n          1 node, 4 CPUs, 512M (patterns 2-5 report SKIP)
+1n8         1 node, 8 CPUs, 1024M (bench --guest: test-stress at 8 and 32 threads)
+4n2         4 nodes x 2 CPUs, 256M each (bench --guest)
 T
 }
 
@@ -158,6 +160,14 @@ case "$topology" in
               -numa node,nodeid=2,cpus=4-5 -numa node,nodeid=3,memdev=m3) ;;
     1n)
         mem=512; smp="4"; numa=() ;;
+    1n8)
+        mem=1024; smp="8"; numa=() ;;
+    4n2)
+        mem=1024; smp="8"
+        numa=(-object memory-backend-ram,id=m0,size=256M -object memory-backend-ram,id=m1,size=256M
+              -object memory-backend-ram,id=m2,size=256M -object memory-backend-ram,id=m3,size=256M
+              -numa node,nodeid=0,cpus=0-1,memdev=m0 -numa node,nodeid=1,cpus=2-3,memdev=m1
+              -numa node,nodeid=2,cpus=4-5,memdev=m2 -numa node,nodeid=3,cpus=6-7,memdev=m3) ;;
     *) die "unknown topology $topology (see --list)" ;;
 esac
 

@@ -12,60 +12,86 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use domalloc_bench_suite::common::{self, Params};
+use clap::{Args, Command, FromArgMatches};
+use domalloc_bench_suite::common::{self, Knobs, Params};
 use domalloc_bench_suite::pin;
 use domalloc_bench_suite::workloads::{self, Workload};
 
-fn usage() -> String {
-    let mut s = String::from(
-        "workloads: allocator stress programs (run them under LD_PRELOAD=<allocator.so>)\n\n\
-USAGE:\n    workloads <WORKLOAD> [OPTIONS]\n    workloads <WORKLOAD> --help\n    \
-workloads list | probe | --help\n\nWORKLOADS:\n",
-    );
-    for w in workloads::ALL {
-        s += &format!("    {:<14} {}\n", w.name, w.summary);
-    }
-    s += "\nOTHER COMMANDS:\n    list           print the workload names, one per line\n    \
-probe          print which library provides malloc (checks that LD_PRELOAD took effect)\n";
-    s += OPTIONS;
-    s
+/// The options every workload takes (plus the few workload-specific knobs).
+#[derive(Args, Debug)]
+struct WorkloadArgs {
+    /// Worker threads (default: the CPUs this process may use)
+    #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+    /// Work multiplier (the runner's --quick uses 0.1)
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
+    scale: f64,
+    /// RNG seed; every thread derives its own stream
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Do not pin threads (default: round-robin over cores)
+    #[arg(long)]
+    no_pin: bool,
+    /// Per-thread load (test-stress.c's SCALE; default 50)
+    #[arg(long)]
+    load: Option<u64>,
+    /// Rounds, each creating and joining all threads (test-stress.c's ITER; default 25)
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// Object size in bytes, -1 = xmalloc-test's mixed sizes (default 64)
+    #[arg(long, allow_negative_numbers = true)]
+    object_size: Option<i64>,
 }
 
-const OPTIONS: &str = "\nOPTIONS (every workload):\n    \
---threads N    worker threads (default: the CPUs this process may use)\n    \
---scale F      work multiplier (default 1.0; the runner's --quick uses 0.1)\n    \
---seed S       RNG seed (default 42); every thread derives its own stream\n    \
---no-pin       do not pin threads (default: round-robin over cores with hwloc)\n    \
--h, --help     this text\n";
-
-fn parse(w: &Workload, args: &[String]) -> Result<Option<Params>, String> {
-    let mut p = Params { threads: common::default_threads(), scale: 1.0, seed: 42, pin: true };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
-        match a.as_str() {
-            "-h" | "--help" => {
-                println!("{}\n\nUSAGE:\n    workloads {} [OPTIONS]\n{OPTIONS}", w.help, w.name);
-                return Ok(None);
-            }
-            "--threads" | "-t" => {
-                p.threads = val(a)?.parse().map_err(|e| format!("--threads: {e}"))?;
-                if p.threads == 0 {
-                    return Err("--threads must be at least 1".into());
-                }
-            }
-            "--scale" => {
-                p.scale = val(a)?.parse().map_err(|e| format!("--scale: {e}"))?;
-                if p.scale.is_nan() || p.scale <= 0.0 {
-                    return Err("--scale must be positive".into());
-                }
-            }
-            "--seed" => p.seed = val(a)?.parse().map_err(|e| format!("--seed: {e}"))?,
-            "--no-pin" => p.pin = false,
-            other => return Err(format!("unknown option {other:?} (see `workloads {} --help`)", w.name)),
-        }
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err("must be positive".into()),
+        Err(e) => Err(e.to_string()),
     }
-    Ok(Some(p))
+}
+
+impl WorkloadArgs {
+    /// The workload's parameters; a knob the workload does not take is an error.
+    fn params(self, w: &Workload) -> Result<Params, String> {
+        let given = [("load", self.load.is_some()), ("iterations", self.iterations.is_some()), ("object-size", self.object_size.is_some())];
+        if let Some((k, _)) = given.iter().find(|(k, on)| *on && !w.knobs.contains(k)) {
+            return Err(format!("--{k} does not apply to {} (see `workloads {} --help`)", w.name, w.name));
+        }
+        Ok(Params {
+            threads: self.threads.map_or_else(common::default_threads, |t| t as usize),
+            scale: self.scale,
+            seed: self.seed,
+            pin: !self.no_pin,
+            knobs: Knobs { load: self.load, iterations: self.iterations, object_size: self.object_size },
+        })
+    }
+}
+
+fn cli() -> Command {
+    let mut c = Command::new("workloads")
+        .about("allocator stress programs (run them under LD_PRELOAD=<allocator.so>)")
+        .long_about(
+            "allocator stress programs (run them under LD_PRELOAD=<allocator.so>).\n\n\
+On success a workload prints one line `RESULT workload=<name> threads=<n> elapsed_s=<s> ops=<n> \
+checksum=<hex> ...` and exits 0; a failed self-check prints `FAILED ...` and exits 1 (2 when \
+malloc returns NULL).",
+        )
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(Command::new("list").about("Print the workload names, one per line"))
+        .subcommand(Command::new("probe").about("Print which library provides malloc (checks that LD_PRELOAD took effect)"));
+    for w in workloads::ALL {
+        // augment_args sets the struct's doc as the about text: the workload's own comes after.
+        let mut sub = WorkloadArgs::augment_args(Command::new(w.name)).about(w.summary).long_about(w.help);
+        for (id, knob) in [("load", "load"), ("iterations", "iterations"), ("object_size", "object-size")] {
+            if !w.knobs.contains(&knob) {
+                sub = sub.mut_arg(id, |a| a.hide(true));
+            }
+        }
+        c = c.subcommand(sub);
+    }
+    c
 }
 
 /// Prints the shared object that provides `malloc` and any allocator version it exports.
@@ -125,20 +151,9 @@ fn probe() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        eprint!("{}", usage());
-        return ExitCode::from(64);
-    };
-    match cmd.as_str() {
-        "-h" | "--help" | "help" => {
-            if let Some(w) = args.get(1).and_then(|n| workloads::find(n)) {
-                println!("{}", w.help);
-            } else {
-                print!("{}", usage());
-            }
-            return ExitCode::SUCCESS;
-        }
+    let matches = cli().get_matches();
+    let (name, sub) = matches.subcommand().expect("subcommand_required");
+    match name {
         "list" => {
             for w in workloads::ALL {
                 println!("{}", w.name);
@@ -148,13 +163,9 @@ fn main() -> ExitCode {
         "probe" => return probe(),
         _ => {}
     }
-    let Some(w) = workloads::find(cmd) else {
-        eprintln!("error: unknown workload {cmd:?}\n\n{}", usage());
-        return ExitCode::from(64);
-    };
-    let p = match parse(w, &args[1..]) {
-        Ok(Some(p)) => p,
-        Ok(None) => return ExitCode::SUCCESS,
+    let w = workloads::find(name).expect("clap only accepts known workloads");
+    let p = match WorkloadArgs::from_arg_matches(sub).map_err(|e| e.to_string()).and_then(|a| a.params(w)) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(64);

@@ -96,8 +96,9 @@ pub fn discover(search: &Search) -> (Vec<Allocator>, Vec<Skipped>) {
         what: format!("system malloc (glibc {})", glibc_version()),
         version: String::new(),
     });
+    // Absolute paths: the apps part runs programs in other directories.
     let mut add = |name: &str, path: Option<PathBuf>, what: String, missing: String| match path {
-        Some(p) => found.push(Allocator { name: name.into(), path: Some(p), what, version: String::new() }),
+        Some(p) => found.push(Allocator { name: name.into(), path: Some(std::fs::canonicalize(&p).unwrap_or(p)), what, version: String::new() }),
         None => skipped.push(Skipped { name: name.into(), why: missing }),
     };
 
@@ -140,7 +141,8 @@ pub fn discover(search: &Search) -> (Vec<Allocator>, Vec<Skipped>) {
         found.retain(|a| &a.name != name);
         skipped.retain(|s| &s.name != name);
         if path.is_file() {
-            found.push(Allocator { name: name.clone(), path: Some(path.clone()), what: "--lib".into(), version: String::new() });
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            found.push(Allocator { name: name.clone(), path: Some(path), what: "--lib".into(), version: String::new() });
         } else {
             skipped.push(Skipped { name: name.clone(), why: format!("{} not found (--lib)", path.display()) });
         }

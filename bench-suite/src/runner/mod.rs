@@ -1,170 +1,233 @@
 //! The `bench` runner: every workload under every allocator, repetitions interleaved, with
-//! medians, ratios to the reference (mimalloc v3, else Debian's mimalloc 2), geometric means,
-//! and CSV / Markdown / SVG reports under `results/<date>/` (copied to `results/latest.*`).
+//! medians (and min–max), ratios to the reference (mimalloc v3, else Debian's mimalloc 2),
+//! geometric means, and CSV / Markdown / SVG reports under `results/<date>/` (copied to
+//! `results/latest.*`). Further parts: the NUMA locality section (`--numa`), the contention
+//! report (`--contention`), the QEMU guest benchmark (`--guest`) and real applications
+//! (`--apps`).
 
 pub mod allocators;
+pub mod apps;
+pub mod compare;
+pub mod contention;
+pub mod guest;
 pub mod measure;
 pub mod numa;
 pub mod report;
 pub mod svg;
 
 use std::fs;
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 
 use allocators::{Allocator, Search, Skipped};
-use report::{Metric, Record, Summary};
+use clap::{Parser, ValueEnum};
 
-use crate::workloads;
+const ABOUT: &str = "bench: compare allocators on the workloads of this suite (via LD_PRELOAD)";
 
-const HELP: &str = "bench: compare allocators on the workloads of this suite (via LD_PRELOAD)
+const LONG_ABOUT: &str = "bench: compare allocators on the workloads of this suite (via LD_PRELOAD).
 
-USAGE:
-    bench [OPTIONS]            (scripts/bench.sh builds everything first and runs this)
+scripts/bench.sh builds everything first and runs this. Every workload runs under every
+allocator, repetitions interleaved (A B C A B C ...). Each run is one child process measured
+with wait4: wall time, CPU time (user+sys), peak RSS. Reports give per workload the medians,
+min-max and their ratio to the reference allocator (mimalloc v3 if it is available, else
+Debian's mimalloc 2), plus geometric means; they are written as CSV, Markdown and SVG under
+<out>/<date>/ and copied to <out>/latest.{csv,md,svg} (--quick: <out>/quick/).
 
-Every workload runs under every allocator, repetitions interleaved (A B C A B C ...). Each run
-is one child process measured with wait4: wall time, CPU time (user+sys), peak RSS. Reports
-give per workload the medians and their ratio to the reference allocator (mimalloc v3 if it
-is available, else Debian's mimalloc 2), plus geometric means; they are written as CSV,
-Markdown and SVG under <out>/<date>/ and copied to <out>/latest.{csv,md,svg}.
+Parts (default: main): main = the comparison; numa = NUMA locality in a 2-node QEMU guest
+(with main); contention = shared-lock counts of a contention-stats domalloc at 2-64 threads;
+guest = test-stress in QEMU guests 1n8 and 4n2; apps = real programs (hpcc, LAMMPS, sqlite3,
+gcc, redis). --contention, --guest and --apps run only their part unless --part names more.";
 
-OPTIONS:
-    --quick               about a minute: --scale 0.1 --reps 2 (explicit options win)
-    --reps N              repetitions of each (workload, allocator) (default 3)
-    --scale F             work multiplier for every workload (default 1.0)
-    --threads N           threads for every workload (default: all CPUs)
-    --allocators LIST     comma-separated subset of: glibc,jemalloc,mimalloc2,mimalloc3,
-                          tcmalloc,domalloc (and --lib names)
-    --workloads LIST      comma-separated subset of the workloads (see --list)
-    --reference NAME      ratio reference (default mimalloc3, else mimalloc2, else the first)
-    --mimalloc3 PATH      libmimalloc3.so (default $MIMALLOC3_SO, else <target>/mimalloc3/)
-    --domalloc PATH       libdomalloc.so (default $DOMALLOC_SO, else <target>/release/)
-    --lib NAME=PATH       add another allocator (or override a built-in one)
-    --skip NAME=REASON    leave an allocator out, reporting REASON (scripts/bench.sh uses it
-                          when libdomalloc.so failed to build, so a stale one is not measured)
-    --out DIR             results directory (default: <repo>/results)
-    --timeout SECS        per-run time limit (default 300, --quick 60)
-    --no-pin              do not pin workload threads
-    --numa                also run the NUMA locality section: the locality patterns of the
-                          2-node QEMU guest (numa-tests/) under each allocator's LD_PRELOAD
-                          (about 30 s per allocator; numa.csv + a results.md section)
-    --strict              exit 1 if any run failed (default: failures are reported, exit 0)
-    --list                show the allocators found and the workloads, run nothing
-    -h, --help            this text
-";
-
-/// Parsed command line.
-#[derive(Clone, Debug)]
-pub struct Options {
-    reps: usize,
-    scale: f64,
-    threads: Option<usize>,
-    allocators: Option<Vec<String>>,
-    workloads: Option<Vec<String>>,
-    reference: Option<String>,
-    skip: Vec<(String, String)>,
-    search: Search,
-    out: PathBuf,
-    timeout: f64,
-    pin: bool,
-    numa: bool,
-    strict: bool,
-    list: bool,
-    quick: bool,
-    argv: Vec<String>,
+/// A part of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    /// The workload comparison (results.{md,csv,svg}, runs.csv).
+    Main,
+    /// NUMA locality patterns in a 2-node QEMU guest (a section of results.md; numa.csv).
+    Numa,
+    /// Contention counters of a `contention-stats` domalloc (contention.{md,csv}).
+    Contention,
+    /// test-stress in QEMU guests (guest.{md,csv}).
+    Guest,
+    /// Real applications from Debian packages (apps.{md,csv}).
+    Apps,
 }
 
-fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
-    let default_out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../results");
-    let mut reps = None;
-    let mut scale = None;
-    let mut timeout = None;
-    let mut o = Options {
-        reps: 3,
-        scale: 1.0,
-        threads: None,
-        allocators: None,
-        workloads: None,
-        reference: None,
-        skip: Vec::new(),
-        search: Search::default(),
-        out: default_out,
-        timeout: 300.0,
-        pin: true,
-        numa: false,
-        strict: false,
-        list: false,
-        quick: false,
-        argv: args.clone(),
-    };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let (key, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut val = || inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{key} needs a value"));
-        let list = |s: String| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect::<Vec<_>>();
-        match key.as_str() {
-            "-h" | "--help" => {
-                print!("{HELP}");
-                return Ok(None);
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err("must be positive".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn name_path(s: &str) -> Result<(String, PathBuf), String> {
+    let (n, p) = s.split_once('=').ok_or("takes NAME=PATH")?;
+    Ok((n.to_string(), PathBuf::from(p)))
+}
+
+fn name_reason(s: &str) -> Result<(String, String), String> {
+    let (n, why) = s.split_once('=').unwrap_or((s, "--skip"));
+    Ok((n.to_string(), why.to_string()))
+}
+
+/// The command line.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "bench", about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Options {
+    /// About two minutes: --scale 0.1 --reps 2 --timeout 60, results under <out>/quick/ (explicit options win)
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions of each (workload, allocator) [default: 3]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reps: Option<u64>,
+    /// Work multiplier for every workload [default: 1.0]
+    #[arg(long, value_parser = positive)]
+    pub scale: Option<f64>,
+    /// Threads for every workload [default: all CPUs]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+    /// Comma-separated subset of: glibc,jemalloc,mimalloc2,mimalloc3,tcmalloc,domalloc (and --lib names)
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub allocators: Option<Vec<String>>,
+    /// Comma-separated subset of the workloads (see --list)
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub workloads: Option<Vec<String>>,
+    /// Ratio reference [default: mimalloc3, else mimalloc2, else the first]
+    #[arg(long, value_name = "NAME")]
+    pub reference: Option<String>,
+    /// libmimalloc3.so [default: $MIMALLOC3_SO, else <target>/mimalloc3/]
+    #[arg(long, value_name = "PATH")]
+    pub mimalloc3: Option<PathBuf>,
+    /// libdomalloc.so [default: $DOMALLOC_SO, else <target>/release/]
+    #[arg(long, value_name = "PATH")]
+    pub domalloc: Option<PathBuf>,
+    /// Add another allocator (or override a built-in one)
+    #[arg(long = "lib", value_name = "NAME=PATH", value_parser = name_path)]
+    pub libs: Vec<(String, PathBuf)>,
+    /// Leave an allocator out, reporting REASON (scripts/bench.sh uses it when a build failed;
+    /// `domalloc-contention=REASON` skips the contention part's library)
+    #[arg(long, value_name = "NAME=REASON", value_parser = name_reason)]
+    pub skip: Vec<(String, String)>,
+    /// Results directory [default: <repo>/results; --quick: <repo>/results/quick]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Per-run time limit in seconds [default: 300, --quick 60]
+    #[arg(long, value_name = "SECS", value_parser = positive)]
+    pub timeout: Option<f64>,
+    /// Do not pin workload threads
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Parts to run (comma-separated) [default: main]
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub part: Vec<Part>,
+    /// Also run the NUMA locality section: the locality patterns of the 2-node QEMU guest
+    /// (numa-tests/) under each allocator's LD_PRELOAD (about 30 s per allocator)
+    #[arg(long)]
+    pub numa: bool,
+    /// Run the contention report (--part contention): larson, xmalloc and test-stress at
+    /// 2, 8, 32, 64 threads under a domalloc built with --features contention-stats
+    #[arg(long)]
+    pub contention: bool,
+    /// The contention-stats libdomalloc.so [default: $DOMALLOC_CONTENTION_SO, else
+    /// <repo>/target/contention/release/libdomalloc.so]
+    #[arg(long, value_name = "PATH")]
+    pub domalloc_contention: Option<PathBuf>,
+    /// Thread counts of the contention part
+    #[arg(long, value_delimiter = ',', value_name = "LIST", default_value = "2,8,32,64")]
+    pub contention_threads: Vec<u64>,
+    /// Run the guest benchmark (--part guest): test-stress at 8 and 32 threads in QEMU guests
+    /// 1n8 and 4n2 under glibc, mimalloc3, domalloc and domalloc with DOMALLOC_NUMA=0
+    #[arg(long)]
+    pub guest: bool,
+    /// Run the real applications (--part apps): hpcc, LAMMPS, sqlite3, gcc, redis
+    #[arg(long)]
+    pub apps: bool,
+    /// Exit 1 if any run failed (default: failures are reported, exit 0)
+    #[arg(long)]
+    pub strict: bool,
+    /// Show the allocators found and the workloads, run nothing
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// What the options resolve to.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The parsed command line.
+    pub opts: Options,
+    /// Repetitions.
+    pub reps: usize,
+    /// Work multiplier.
+    pub scale: f64,
+    /// Per-run limit, seconds.
+    pub timeout: f64,
+    /// Results root (`<out>`; `<out>/quick` for --quick without --out).
+    pub out: PathBuf,
+    /// Parts to run, in order.
+    pub parts: Vec<Part>,
+    /// Where allocators are looked for.
+    pub search: Search,
+    /// Pin threads.
+    pub pin: bool,
+    /// The command line as given (for the report).
+    pub argv: Vec<String>,
+}
+
+impl Settings {
+    /// Resolves `--quick` (explicit options win), the output directory and the parts.
+    pub fn new(opts: Options, argv: Vec<String>) -> Settings {
+        let q = opts.quick;
+        let repo_results = repo().join("results");
+        let out = opts.out.clone().unwrap_or_else(|| if q { repo_results.join("quick") } else { repo_results });
+        let mut parts = opts.part.clone();
+        if parts.is_empty() {
+            if !(opts.contention || opts.guest || opts.apps) || opts.numa {
+                parts.push(Part::Main);
             }
-            "--quick" => o.quick = true,
-            "--reps" => reps = Some(val()?.parse::<usize>().map_err(|e| format!("--reps: {e}"))?.max(1)),
-            "--scale" => {
-                let s: f64 = val()?.parse().map_err(|e| format!("--scale: {e}"))?;
-                if s.is_nan() || s <= 0.0 {
-                    return Err("--scale must be positive".into());
+            for (on, p) in [(opts.numa, Part::Numa), (opts.contention, Part::Contention), (opts.guest, Part::Guest), (opts.apps, Part::Apps)] {
+                if on {
+                    parts.push(p);
                 }
-                scale = Some(s);
             }
-            "--threads" => {
-                let t: usize = val()?.parse().map_err(|e| format!("--threads: {e}"))?;
-                if t == 0 {
-                    return Err("--threads must be at least 1".into());
-                }
-                o.threads = Some(t);
-            }
-            "--allocators" => o.allocators = Some(list(val()?)),
-            "--workloads" => o.workloads = Some(list(val()?)),
-            "--reference" => o.reference = Some(val()?),
-            "--mimalloc3" => o.search.mimalloc3 = Some(PathBuf::from(val()?)),
-            "--domalloc" => o.search.domalloc = Some(PathBuf::from(val()?)),
-            "--lib" => {
-                let v = val()?;
-                let (n, p) = v.split_once('=').ok_or("--lib takes NAME=PATH")?;
-                o.search.extra.push((n.to_string(), PathBuf::from(p)));
-            }
-            "--skip" => {
-                let v = val()?;
-                let (n, why) = v.split_once('=').unwrap_or((v.as_str(), "--skip"));
-                o.skip.push((n.to_string(), why.to_string()));
-            }
-            "--out" => o.out = PathBuf::from(val()?),
-            "--timeout" => timeout = Some(val()?.parse::<f64>().map_err(|e| format!("--timeout: {e}"))?),
-            "--no-pin" => o.pin = false,
-            "--numa" => o.numa = true,
-            "--strict" => o.strict = true,
-            "--list" => o.list = true,
-            other => return Err(format!("unknown option {other:?} (see bench --help)")),
+        }
+        if parts.contains(&Part::Numa) && !parts.contains(&Part::Main) {
+            parts.insert(0, Part::Main); // the NUMA section is part of the main report
+        }
+        parts.dedup();
+        let search = Search { mimalloc3: opts.mimalloc3.clone(), domalloc: opts.domalloc.clone(), extra: opts.libs.clone() };
+        Settings {
+            reps: opts.reps.map_or(if q { 2 } else { 3 }, |r| r as usize),
+            scale: opts.scale.unwrap_or(if q { 0.1 } else { 1.0 }),
+            timeout: opts.timeout.unwrap_or(if q { 60.0 } else { 300.0 }),
+            pin: !opts.no_pin,
+            out,
+            parts,
+            search,
+            argv,
+            opts,
         }
     }
-    if o.quick {
-        o.reps = 2;
-        o.scale = 0.1;
-        o.timeout = 60.0;
+
+    /// Whether a part runs.
+    pub fn runs(&self, p: Part) -> bool {
+        self.parts.contains(&p)
     }
-    o.reps = reps.unwrap_or(o.reps);
-    o.scale = scale.unwrap_or(o.scale);
-    o.timeout = timeout.unwrap_or(o.timeout);
-    Ok(Some(o))
+
+    /// The reason given with `--skip NAME=REASON`, if any.
+    pub fn skip_reason(&self, name: &str) -> Option<&str> {
+        self.opts.skip.iter().find(|(n, _)| n == name).map(|(_, w)| w.as_str())
+    }
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    let r = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    fs::canonicalize(&r).unwrap_or(r)
 }
 
 /// `YYYY-MM-DD_HHMMSS` in local time.
-fn timestamp() -> String {
+pub fn timestamp() -> String {
     // SAFETY: time/localtime_r/strftime with valid buffers.
     unsafe {
         let t = libc::time(std::ptr::null_mut());
@@ -176,7 +239,8 @@ fn timestamp() -> String {
     }
 }
 
-fn machine() -> String {
+/// CPU model, CPU count and kernel, for report headers.
+pub fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
@@ -191,8 +255,8 @@ fn machine() -> String {
 }
 
 /// The repository's commit (`+ local changes` when the tree is dirty), for the report.
-fn git_describe() -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+pub fn git_describe() -> String {
+    let root = repo();
     let git = |args: &[&str]| {
         Command::new("git")
             .arg("-C")
@@ -212,11 +276,13 @@ fn git_describe() -> String {
     }
 }
 
-fn loadavg() -> String {
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
 }
 
-fn secs(s: f64) -> String {
+/// `12s` or `3m05s`.
+pub fn secs(s: f64) -> String {
     if s >= 60.0 {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
     } else {
@@ -225,104 +291,88 @@ fn secs(s: f64) -> String {
 }
 
 /// Parses `RESULT key=value ...` from a workload's output.
-fn result_field(out: &str, key: &str) -> Option<String> {
+pub fn result_field(out: &str, key: &str) -> Option<String> {
     let line = out.lines().find(|l| l.starts_with("RESULT "))?;
     line.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('='))).map(str::to_string)
 }
 
-struct Run<'a> {
-    opts: &'a Options,
-    bin: PathBuf,
-    logs: PathBuf,
+/// The command that reproduces the run (scripts/bench.sh sets BENCH_COMMAND).
+pub fn command_line(s: &Settings) -> String {
+    std::env::var("BENCH_COMMAND").unwrap_or_else(|_| format!("bench {}", s.argv.join(" "))).trim().to_string()
 }
 
-impl Run<'_> {
-    fn one(&self, rep: usize, w: &str, a: &Allocator) -> Record {
-        let log = self.logs.join(format!("{w}.{}.{rep}.log", a.name));
-        let file = fs::File::create(&log).expect("create log file");
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg(w).arg("--scale").arg(self.opts.scale.to_string());
-        if let Some(t) = self.opts.threads {
-            cmd.arg("--threads").arg(t.to_string());
-        }
-        if !self.opts.pin {
-            cmd.arg("--no-pin");
-        }
-        cmd.env_remove("LD_PRELOAD");
-        if let Some(p) = &a.path {
-            cmd.env("LD_PRELOAD", p);
-        }
-        cmd.stdin(Stdio::null()).stdout(file.try_clone().expect("dup log")).stderr(file);
-        let m = measure::run(&mut cmd, Duration::from_secs_f64(self.opts.timeout));
-        let out = fs::read_to_string(&log).unwrap_or_default();
-        let ok = m.exit == measure::Exit::Code(0) && out.lines().any(|l| l.starts_with("RESULT "));
-        let status = if ok {
-            "ok".to_string()
-        } else {
-            let why = out.lines().find(|l| l.starts_with("error:")).or_else(|| out.lines().last()).unwrap_or("").trim();
-            let why: String = why.chars().take(160).collect();
-            if why.is_empty() {
-                format!("{}", m.exit)
-            } else {
-                format!("{}: {why}", m.exit)
-            }
-        };
-        if ok {
-            let _ = fs::remove_file(&log);
-        }
-        Record {
-            rep,
-            workload: w.to_string(),
-            alloc: a.name.clone(),
-            ok,
-            status,
-            wall: m.wall,
-            user: m.user,
-            sys: m.sys,
-            maxrss_kib: m.maxrss_kib,
-            work_s: result_field(&out, "elapsed_s").and_then(|v| v.parse().ok()),
-            checksum: result_field(&out, "checksum"),
-        }
+/// Writes a file, saying which one failed.
+pub fn write(path: &Path, body: &str) -> Result<(), String> {
+    fs::write(path, body).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// The workloads binary next to this one.
+pub fn workloads_bin() -> Result<PathBuf, String> {
+    let bin = allocators::exe_dir().join("workloads");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("{} not found: build with `cargo build --release -p domalloc-bench-suite`", bin.display()))
     }
 }
 
-/// Marks runs whose checksum differs from the checksum most runs of that workload agree on:
-/// every workload computes the same checksum under every correct allocator.
-fn check_checksums(records: &mut [Record]) {
-    let mut names: Vec<String> = records.iter().map(|r| r.workload.clone()).collect();
-    names.sort();
-    names.dedup();
-    for w in names {
-        let mut counts: Vec<(String, usize)> = Vec::new();
-        for r in records.iter().filter(|r| r.workload == w && r.ok) {
-            let c = r.checksum.clone().unwrap_or_default();
-            match counts.iter_mut().find(|(k, _)| *k == c) {
-                Some(e) => e.1 += 1,
-                None => counts.push((c, 1)),
-            }
+/// Finds, filters (`--allocators`, `--skip`) and probes the allocators.
+pub fn select_allocators(s: &Settings, bin: &Path) -> Result<(Vec<Allocator>, Vec<Skipped>), String> {
+    let (found, mut skipped) = allocators::discover(&s.search);
+    let known: Vec<String> = found.iter().map(|a| a.name.clone()).chain(skipped.iter().map(|s| s.name.clone())).collect();
+    let wanted = |n: &str| s.opts.allocators.as_ref().is_none_or(|l| l.iter().any(|x| x == n));
+    for n in s.opts.allocators.iter().flatten() {
+        if !known.contains(n) {
+            return Err(format!("unknown allocator {n:?}; known: {}", known.join(",")));
         }
-        let Some((majority, _)) = counts.iter().max_by_key(|(_, n)| *n).cloned() else { continue };
-        for r in records.iter_mut().filter(|r| r.workload == w && r.ok) {
-            if r.checksum.as_deref().unwrap_or("") != majority {
-                r.ok = false;
-                r.status = format!("checksum {} differs from the other runs' {majority}", r.checksum.clone().unwrap_or_default());
-            }
+    }
+    skipped.retain(|sk| wanted(&sk.name));
+    for sk in skipped.iter_mut() {
+        if let Some(why) = s.skip_reason(&sk.name) {
+            sk.why = why.to_string();
         }
+    }
+    let mut allocs = Vec::new();
+    for mut a in found.into_iter().filter(|a| wanted(&a.name)) {
+        if let Some(why) = s.skip_reason(&a.name) {
+            skipped.push(Skipped { name: a.name.clone(), why: why.to_string() });
+            continue;
+        }
+        match allocators::probe(bin, &mut a) {
+            Ok(()) => allocs.push(a),
+            Err(why) => skipped.push(Skipped { name: a.name.clone(), why }),
+        }
+    }
+    Ok((allocs, skipped))
+}
+
+/// Prints the allocators found and skipped.
+pub fn print_allocators(allocs: &[Allocator], skipped: &[Skipped]) {
+    println!("Allocators:");
+    for a in allocs {
+        let path = a.path.as_ref().map_or("(no preload)".into(), |p| p.display().to_string());
+        println!("  {:<10} {:<12} {}  [{}]", a.name, a.version, path, a.what);
+    }
+    for sk in skipped {
+        println!("  SKIPPED {}: {}", sk.name, sk.why);
+    }
+}
+
+/// The ratio reference: `--reference`, else mimalloc3, else mimalloc2, else the first.
+pub fn reference(s: &Settings, names: &[String]) -> Result<String, String> {
+    match &s.opts.reference {
+        Some(r) if names.contains(r) => Ok(r.clone()),
+        Some(r) => Err(format!("--reference {r} is not among the allocators run")),
+        None => Ok(["mimalloc3", "mimalloc2"].iter().find(|n| names.iter().any(|x| x == *n)).map_or(names[0].clone(), |s| s.to_string())),
     }
 }
 
 /// Entry point of `bench`.
 pub fn main() -> ExitCode {
-    let opts = match parse_args(std::env::args().skip(1).collect()) {
-        Ok(Some(o)) => o,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    match run(&opts) {
-        Ok(failed) if failed > 0 && opts.strict => ExitCode::FAILURE,
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let s = Settings::new(Options::parse(), argv);
+    match run(&s) {
+        Ok(failed) if failed > 0 && s.opts.strict => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -331,261 +381,75 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(opts: &Options) -> Result<usize, String> {
-    let bin = allocators::exe_dir().join("workloads");
-    if !bin.is_file() {
-        return Err(format!("{} not found: build with `cargo build --release -p domalloc-bench-suite`", bin.display()));
-    }
-
-    // Workloads.
-    let all: Vec<&str> = workloads::ALL.iter().map(|w| w.name).collect();
-    let wnames: Vec<String> = match &opts.workloads {
-        Some(ws) => {
-            for w in ws {
-                if !all.contains(&w.as_str()) {
-                    return Err(format!("unknown workload {w:?}; known: {}", all.join(",")));
-                }
-            }
-            all.iter().filter(|n| ws.iter().any(|w| w == *n)).map(|s| s.to_string()).collect()
-        }
-        None => all.iter().map(|s| s.to_string()).collect(),
-    };
-
-    // Allocators: discover, filter, probe.
-    let (found, mut skipped) = allocators::discover(&opts.search);
-    let known: Vec<String> = found.iter().map(|a| a.name.clone()).chain(skipped.iter().map(|s| s.name.clone())).collect();
-    let wanted = |n: &str| opts.allocators.as_ref().is_none_or(|l| l.iter().any(|x| x == n));
-    if let Some(l) = &opts.allocators {
-        for n in l {
-            if !known.contains(n) {
-                return Err(format!("unknown allocator {n:?}; known: {}", known.join(",")));
-            }
-        }
-    }
-    skipped.retain(|s| wanted(&s.name));
-    for s in skipped.iter_mut() {
-        if let Some((_, why)) = opts.skip.iter().find(|(n, _)| *n == s.name) {
-            s.why = why.clone();
-        }
-    }
-    let mut allocs: Vec<Allocator> = Vec::new();
-    for mut a in found.into_iter().filter(|a| wanted(&a.name)) {
-        if let Some((_, why)) = opts.skip.iter().find(|(n, _)| *n == a.name) {
-            skipped.push(Skipped { name: a.name.clone(), why: why.clone() });
-            continue;
-        }
-        match allocators::probe(&bin, &mut a) {
-            Ok(()) => allocs.push(a),
-            Err(why) => skipped.push(Skipped { name: a.name.clone(), why }),
-        }
-    }
-    println!("Allocators:");
-    for a in &allocs {
-        let path = a.path.as_ref().map_or("(no preload)".into(), |p| p.display().to_string());
-        println!("  {:<10} {:<12} {}  [{}]", a.name, a.version, path, a.what);
-    }
-    for s in &skipped {
-        println!("  SKIPPED {}: {}", s.name, s.why);
-    }
-    if opts.list {
-        println!("Workloads:");
-        for w in workloads::ALL {
+/// Runs the parts; returns the number of failed runs.
+fn run(s: &Settings) -> Result<usize, String> {
+    let bin = workloads_bin()?;
+    let (allocs, skipped) = select_allocators(s, &bin)?;
+    print_allocators(&allocs, &skipped);
+    if s.opts.list {
+        println!("Workloads (the default set, in report order):");
+        for w in crate::workloads::ALL {
             println!("  {:<14} {}", w.name, w.summary);
         }
+        let parts: Vec<String> = s.parts.iter().map(|p| format!("{p:?}").to_lowercase()).collect();
+        println!("Parts that would run: {}", parts.join(", "));
         return Ok(0);
     }
     if allocs.is_empty() {
         return Err("no allocator to run".into());
     }
-    let names: Vec<String> = allocs.iter().map(|a| a.name.clone()).collect();
-    let reference = match &opts.reference {
-        Some(r) if names.contains(r) => r.clone(),
-        Some(r) => return Err(format!("--reference {r} is not among the allocators run")),
-        None => ["mimalloc3", "mimalloc2"].iter().find(|n| names.iter().any(|x| x == *n)).map_or(names[0].clone(), |s| s.to_string()),
-    };
-
-    // Output directory.
     let stamp = timestamp();
-    let dir = opts.out.join(&stamp);
-    let logs = dir.join("logs");
-    fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
-    let mut runs_csv = fs::File::create(dir.join("runs.csv")).map_err(|e| e.to_string())?;
-    let _ = runs_csv.write_all(report::RUNS_CSV_HEAD.as_bytes());
-
-    let threads = opts.threads.unwrap_or_else(crate::common::default_threads);
-    let total = opts.reps * wnames.len() * allocs.len();
-    println!(
-        "Running {} workloads x {} allocators x {} reps = {total} runs (scale {}, threads {threads}, reference {reference}); results in {}",
-        wnames.len(),
-        allocs.len(),
-        opts.reps,
-        opts.scale,
-        dir.display()
-    );
-    let load_start = loadavg();
-    let load1: f64 = load_start.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    if load1 > crate::common::default_threads() as f64 * 0.75 {
-        println!(
-            "WARNING: load average {load_start} on {} CPUs: other processes compete for the CPUs, so wall times \
-             will be noisy (CPU times are steadier); results are still interleaved",
-            crate::common::default_threads()
-        );
+    let dir = s.out.join(&stamp);
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut failed = 0;
+    if s.runs(Part::Main) {
+        failed += compare::run(s, &bin, &allocs, &skipped, &dir, &stamp)?;
     }
-    let started = Instant::now();
-    let runner = Run { opts, bin: bin.clone(), logs: logs.clone() };
-    let mut records = Vec::new();
-    let mut n = 0;
-    for rep in 0..opts.reps {
-        for w in &wnames {
-            for a in &allocs {
-                n += 1;
-                let r = runner.one(rep, w, a);
-                let el = started.elapsed().as_secs_f64();
-                let eta = el / n as f64 * (total - n) as f64;
-                println!(
-                    "[{n:>3}/{total}] rep {}/{} {:<13} {:<10} wall {:>7.3}s cpu {:>7.3}s rss {:>7.1} MiB  {}  (elapsed {}, eta {})",
-                    rep + 1,
-                    opts.reps,
-                    w,
-                    a.name,
-                    r.wall,
-                    r.user + r.sys,
-                    r.maxrss_kib as f64 / 1024.0,
-                    if r.ok { "ok".to_string() } else { format!("FAILED {}", r.status) },
-                    secs(el),
-                    secs(eta)
-                );
-                let _ = runs_csv.write_all(report::runs_csv_line(&r).as_bytes());
-                records.push(r);
-            }
-        }
+    if s.runs(Part::Contention) {
+        failed += contention::run(s, &bin, &dir)?;
     }
-    let took = started.elapsed().as_secs_f64();
-    check_checksums(&mut records);
-    // Rewrite runs.csv with the checksum verdicts.
-    let mut csv = report::RUNS_CSV_HEAD.to_string();
-    for r in &records {
-        csv += &report::runs_csv_line(r);
+    if s.runs(Part::Guest) {
+        failed += guest::run(s, &bin, &allocs, &dir)?;
     }
-    fs::write(dir.join("runs.csv"), csv).map_err(|e| e.to_string())?;
-
-    let numa = if opts.numa { numa::run_section(&allocs) } else { numa::NumaOutcome::NotRequested };
-
-    let summary = Summary::new(&wnames, &names, &reference, &records);
-    let failed: Vec<&Record> = records.iter().filter(|r| !r.ok).collect();
-
-    // Terminal report.
-    println!();
-    for w in &wnames {
-        println!("== {w} (threads {threads}, medians of {} reps; x ref = ratio to {reference}, lower is better)", opts.reps);
-        print!("{}", report::workload_table(&summary, w).text());
-        println!();
+    if s.runs(Part::Apps) {
+        failed += apps::run(s, &allocs, &dir)?;
     }
-    println!("== wall time relative to {reference} (lower is better; ! = some runs failed)");
-    print!("{}", report::ratio_matrix(&summary, Metric::Wall).text());
-    println!("\n== peak RSS relative to {reference}");
-    print!("{}", report::ratio_matrix(&summary, Metric::Rss).text());
-    println!("\n== geometric means over workloads (ratio to {reference})");
-    print!("{}", report::geomean_table(&summary).text());
-    if !failed.is_empty() {
-        println!("\n== FAILED RUNS ({})", failed.len());
-        for r in &failed {
-            println!("  {} under {} (rep {}): {}", r.workload, r.alloc, r.rep + 1, r.status);
-        }
-        println!("  logs: {}", logs.display());
-    }
-    println!("\nTotal time {} (load average at start {load_start}, at end {})", secs(took), loadavg());
-
-    // Files.
-    let md = markdown(opts, &stamp, &allocs, &skipped, &summary, &failed, &numa, took, &load_start, threads);
-    let title = format!("Allocator comparison {stamp} — {}", machine());
-    let files = [
-        ("results.csv", report::summary_csv(&summary), "latest.csv"),
-        ("results.md", md, "latest.md"),
-        ("results.svg", svg::chart(&summary, &title), "latest.svg"),
-    ];
-    for (name, body, latest) in &files {
-        fs::write(dir.join(name), body).map_err(|e| format!("write {name}: {e}"))?;
-        fs::write(opts.out.join(latest), body).map_err(|e| format!("write {latest}: {e}"))?;
-    }
-    if let Some(csv) = numa.csv() {
-        fs::write(dir.join("numa.csv"), &csv).map_err(|e| format!("write numa.csv: {e}"))?;
-    }
-    if fs::read_dir(&logs).map(|mut d| d.next().is_none()).unwrap_or(false) {
-        let _ = fs::remove_dir(&logs);
-    }
-    println!("Wrote {0}/results.{{csv,md,svg}}, {0}/runs.csv and {1}/latest.{{csv,md,svg}}", dir.display(), opts.out.display());
-    Ok(failed.len())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn markdown(
-    opts: &Options,
-    stamp: &str,
-    allocs: &[Allocator],
-    skipped: &[Skipped],
-    s: &Summary,
-    failed: &[&Record],
-    numa: &numa::NumaOutcome,
-    took: f64,
-    load_start: &str,
-    threads: usize,
-) -> String {
-    let r = &s.reference;
-    let mut md = format!("# Allocator comparison — {stamp}\n\n");
-    md += &format!(
-        "- Command: `{}`\n- Source: {}\n- Machine: {}\n- Settings: {} reps interleaved, scale {}, threads {threads}, pinning {}\n\
-- Took {}; load average at start {load_start}, at end {} (other work on the machine skews times)\n\
-- Ratios are medians relative to **{r}**; lower is better. `!` = some runs failed, `FAIL` = all failed.\n\n",
-        std::env::var("BENCH_COMMAND").unwrap_or_else(|_| format!("bench {}", opts.argv.join(" "))).trim(),
-        git_describe(),
-        machine(),
-        opts.reps,
-        opts.scale,
-        if opts.pin { "round-robin over cores (hwloc)" } else { "off" },
-        secs(took),
-        loadavg()
-    );
-    md += "## Allocators\n\n| name | version | preloaded library | what |\n| :--- | :--- | :--- | :--- |\n";
-    for a in allocs {
-        let path = a.path.as_ref().map_or("(none)".into(), |p| format!("`{}`", p.display()));
-        let version = if a.version.is_empty() { "-" } else { a.version.as_str() };
-        md += &format!("| {} | {version} | {path} | {} |\n", a.name, a.what);
-    }
-    for sk in skipped {
-        md += &format!("| {} | SKIPPED | | {} |\n", sk.name, sk.why);
-    }
-    md += &format!("\n## Wall time relative to {r}\n\n{}", report::ratio_matrix(s, Metric::Wall).markdown());
-    md += &format!("\n## CPU time relative to {r}\n\n{}", report::ratio_matrix(s, Metric::Cpu).markdown());
-    md += &format!("\n## Peak RSS relative to {r}\n\n{}", report::ratio_matrix(s, Metric::Rss).markdown());
-    md += &format!("\n## Geometric means\n\n{}", report::geomean_table(s).markdown());
-    md += "\n## Per workload\n\n";
-    for w in &s.workloads {
-        let summary = workloads::find(w).map_or("", |x| x.summary);
-        md += &format!("### {w}\n\n{summary}\n\n{}\n", report::workload_table(s, w).markdown());
-    }
-    md += "## Failed runs\n\n";
-    if failed.is_empty() {
-        md += "None.\n";
-    } else {
-        for f in failed {
-            md += &format!("- {} under {} (rep {}): {}\n", f.workload, f.alloc, f.rep + 1, f.status);
-        }
-    }
-    md += &format!("\n## NUMA locality\n\n{}", numa.markdown());
-    md += "\n![chart](results.svg)\n";
-    md
+    println!("Results of this run: {}", dir.display());
+    Ok(failed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn settings(args: &[&str]) -> Settings {
+        let o = Options::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).unwrap();
+        Settings::new(o, args.iter().map(|s| s.to_string()).collect())
+    }
+
     #[test]
-    fn median_odd_even() {
-        assert_eq!(report::median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(report::median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        assert_eq!(report::median(&mut []), None);
+    fn quick_defaults_and_overrides() {
+        let s = settings(&["--quick", "--reps=5"]);
+        assert_eq!((s.reps, s.scale, s.timeout), (5, 0.1, 60.0));
+        assert!(s.out.ends_with("results/quick"), "{}", s.out.display());
+        let s = settings(&["--quick", "--out", "/tmp/x"]);
+        assert_eq!(s.out, PathBuf::from("/tmp/x"));
+        assert!(Options::try_parse_from(["bench", "--bogus"]).is_err());
+        assert!(Options::try_parse_from(["bench", "--scale", "0"]).is_err());
+    }
+
+    #[test]
+    fn parts() {
+        assert_eq!(settings(&[]).parts, vec![Part::Main]);
+        assert_eq!(settings(&["--numa"]).parts, vec![Part::Main, Part::Numa]);
+        assert_eq!(settings(&["--contention"]).parts, vec![Part::Contention]);
+        assert_eq!(settings(&["--guest", "--apps"]).parts, vec![Part::Guest, Part::Apps]);
+        assert_eq!(settings(&["--part", "main,contention"]).parts, vec![Part::Main, Part::Contention]);
+        assert_eq!(settings(&["--part", "numa"]).parts, vec![Part::Main, Part::Numa]);
+        let s = settings(&["--lib", "x=/a/b", "--skip", "y=why", "--skip", "z", "--workloads", "a,b"]);
+        assert_eq!(s.search.extra, vec![("x".to_string(), PathBuf::from("/a/b"))]);
+        assert_eq!((s.skip_reason("y"), s.skip_reason("z")), (Some("why"), Some("--skip")));
+        assert_eq!(s.opts.workloads, Some(vec!["a".to_string(), "b".to_string()]));
     }
 
     #[test]
@@ -594,49 +458,5 @@ mod tests {
         assert_eq!(result_field(out, "elapsed_s").as_deref(), Some("1.5"));
         assert_eq!(result_field(out, "checksum").as_deref(), Some("0x10"));
         assert_eq!(result_field(out, "check"), None);
-    }
-
-    #[test]
-    fn quick_defaults_and_overrides() {
-        let o = parse_args(vec!["--quick".into(), "--reps=5".into()]).unwrap().unwrap();
-        assert_eq!((o.reps, o.scale), (5, 0.1));
-        assert!(parse_args(vec!["--bogus".into()]).is_err());
-    }
-
-    fn rec(w: &str, a: &str, wall: f64, ok: bool) -> Record {
-        Record {
-            rep: 0,
-            workload: w.into(),
-            alloc: a.into(),
-            ok,
-            status: if ok { "ok".into() } else { "exit 1".into() },
-            wall,
-            user: wall,
-            sys: 0.0,
-            maxrss_kib: 1024,
-            work_s: None,
-            checksum: Some("0x1".into()),
-        }
-    }
-
-    #[test]
-    fn ratios_and_geomean() {
-        let ws = vec!["a".to_string(), "b".to_string()];
-        let al = vec!["ref".to_string(), "x".to_string()];
-        let recs = vec![rec("a", "ref", 1.0, true), rec("a", "x", 2.0, true), rec("b", "ref", 2.0, true), rec("b", "x", 1.0, true)];
-        let s = Summary::new(&ws, &al, "ref", &recs);
-        assert_eq!(s.ratio("a", "x", Metric::Wall), Some(2.0));
-        let (g, n) = s.geomean("x", Metric::Wall);
-        assert!((g.unwrap() - 1.0).abs() < 1e-12 && n == 2);
-        let svg = svg::chart(&s, "t");
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    }
-
-    #[test]
-    fn checksum_outlier_is_marked_failed() {
-        let mut recs = vec![rec("a", "p", 1.0, true), rec("a", "q", 1.0, true), rec("a", "r", 1.0, true)];
-        recs[2].checksum = Some("0x2".into());
-        check_checksums(&mut recs);
-        assert!(recs[0].ok && recs[1].ok && !recs[2].ok);
     }
 }

@@ -185,23 +185,24 @@ had at least 99% of its pages local. Patterns: see numa-tests/README.md.\n\n"
     /// or `None` when the section did not run.
     pub fn csv(&self) -> Option<String> {
         let NumaOutcome::Done { topology, runs } = self else { return None };
-        let mut s = String::from("allocator,topology,pattern,checks,failed,pages,local,share,min_share,pass\n");
-        for r in runs {
-            for (p, c) in &r.patterns {
-                s += &format!(
-                    "{},{topology},{p},{},{},{},{},{:.4},{:.4},{}\n",
-                    r.name,
-                    c.passed + c.failed,
-                    c.failed,
-                    c.pages,
-                    c.local,
-                    c.share(),
-                    c.min_share,
-                    c.failed == 0
-                );
-            }
-        }
-        Some(s)
+        let head = ["allocator", "topology", "pattern", "checks", "failed", "pages", "local", "share", "min_share", "pass"];
+        let rows = runs.iter().flat_map(|r| {
+            r.patterns.iter().map(move |(p, c)| {
+                vec![
+                    r.name.clone(),
+                    topology.clone(),
+                    p.to_string(),
+                    (c.passed + c.failed).to_string(),
+                    c.failed.to_string(),
+                    c.pages.to_string(),
+                    c.local.to_string(),
+                    format!("{:.4}", c.share()),
+                    format!("{:.4}", c.min_share),
+                    (c.failed == 0).to_string(),
+                ]
+            })
+        });
+        Some(super::report::csv_text(&head, rows))
     }
 }
 

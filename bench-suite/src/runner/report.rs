@@ -44,6 +44,12 @@ pub struct Cell {
     pub cpu: Option<f64>,
     /// Median peak RSS, MiB.
     pub rss: Option<f64>,
+    /// Fastest and slowest successful run, wall seconds.
+    pub wall_range: Option<(f64, f64)>,
+    /// Lowest and highest CPU seconds.
+    pub cpu_range: Option<(f64, f64)>,
+    /// Lowest and highest peak RSS, MiB.
+    pub rss_range: Option<(f64, f64)>,
     /// Distinct failure descriptions.
     pub failures: Vec<String>,
 }
@@ -83,6 +89,12 @@ pub struct Summary {
     pub cells: HashMap<(String, String), Cell>,
 }
 
+/// Smallest and largest value of a slice (`None` when empty).
+pub fn range(v: &[f64]) -> Option<(f64, f64)> {
+    let lo = v.iter().copied().reduce(f64::min)?;
+    Some((lo, v.iter().copied().fold(lo, f64::max)))
+}
+
 /// Median of a non-empty slice (mean of the middle two for even lengths).
 pub fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
@@ -107,12 +119,18 @@ impl Summary {
                         failures.push(r.status.clone());
                     }
                 }
+                let mut wall: Vec<f64> = good.iter().map(|r| r.wall).collect();
+                let mut cpu: Vec<f64> = good.iter().map(|r| r.user + r.sys).collect();
+                let mut rss: Vec<f64> = good.iter().map(|r| r.maxrss_kib as f64 / 1024.0).collect();
                 let cell = Cell {
                     runs: rs.len(),
                     ok: good.len(),
-                    wall: median(&mut good.iter().map(|r| r.wall).collect::<Vec<_>>()),
-                    cpu: median(&mut good.iter().map(|r| r.user + r.sys).collect::<Vec<_>>()),
-                    rss: median(&mut good.iter().map(|r| r.maxrss_kib as f64 / 1024.0).collect::<Vec<_>>()),
+                    wall_range: range(&wall),
+                    cpu_range: range(&cpu),
+                    rss_range: range(&rss),
+                    wall: median(&mut wall),
+                    cpu: median(&mut cpu),
+                    rss: median(&mut rss),
                     failures,
                 };
                 cells.insert((w.clone(), a.clone()), cell);
@@ -166,6 +184,11 @@ fn fmib(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}"))
 }
 
+/// `min–max` of a range, formatted like its median.
+fn frange(r: Option<(f64, f64)>, f: fn(Option<f64>) -> String) -> String {
+    r.map_or("-".into(), |(lo, hi)| format!("{}–{}", f(Some(lo)), f(Some(hi))))
+}
+
 /// A simple table: rendered as aligned text or Markdown.
 pub struct Table {
     /// Column headings.
@@ -215,7 +238,7 @@ impl Table {
 /// Per-workload table: medians and ratios of every allocator.
 pub fn workload_table(s: &Summary, w: &str) -> Table {
     let r = &s.reference;
-    let head = ["allocator", "wall s", "x ref", "cpu s", "x ref", "peak RSS MiB", "x ref", "ok/runs"];
+    let head = ["allocator", "wall s", "min–max", "x ref", "cpu s", "min–max", "x ref", "peak RSS MiB", "min–max", "x ref", "ok/runs"];
     let rows = s
         .allocs
         .iter()
@@ -226,10 +249,13 @@ pub fn workload_table(s: &Summary, w: &str) -> Table {
             vec![
                 name,
                 f3(c.wall),
+                frange(c.wall_range, f3),
                 f2(s.ratio(w, a, Metric::Wall)),
                 f3(c.cpu),
+                frange(c.cpu_range, f3),
                 f2(s.ratio(w, a, Metric::Cpu)),
                 fmib(c.rss),
+                frange(c.rss_range, fmib),
                 f2(s.ratio(w, a, Metric::Rss)),
                 okruns,
             ]
@@ -294,60 +320,86 @@ pub fn geomean_table(s: &Summary) -> Table {
     Table { head: head.iter().map(|h| h.to_string()).collect(), rows }
 }
 
-/// The summary CSV: one row per (workload, allocator) plus `geomean` rows.
+/// Writes rows to CSV text with the `csv` crate (quoting as needed).
+pub fn csv_text<R: IntoIterator<Item = Vec<String>>>(head: &[&str], rows: R) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(head).expect("write to memory");
+    for r in rows {
+        w.write_record(&r).expect("write to memory");
+    }
+    String::from_utf8(w.into_inner().expect("flush to memory")).expect("CSV of UTF-8 strings")
+}
+
+fn o6(v: Option<f64>) -> String {
+    v.map_or(String::new(), |v| format!("{v:.6}"))
+}
+
+/// The summary CSV: one row per (workload, allocator) plus `geomean` rows. The min/max
+/// columns come last, after the columns of earlier versions.
 pub fn summary_csv(s: &Summary) -> String {
-    let mut out = String::from(
-        "workload,allocator,reference,runs,ok,wall_median_s,cpu_median_s,peak_rss_median_mib,wall_ratio,cpu_ratio,peak_rss_ratio,failures\n",
-    );
-    let o = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    let head = [
+        "workload", "allocator", "reference", "runs", "ok", "wall_median_s", "cpu_median_s", "peak_rss_median_mib",
+        "wall_ratio", "cpu_ratio", "peak_rss_ratio", "failures", "wall_min_s", "wall_max_s", "cpu_min_s", "cpu_max_s",
+        "peak_rss_min_mib", "peak_rss_max_mib",
+    ];
+    let lo = |r: Option<(f64, f64)>| o6(r.map(|r| r.0));
+    let hi = |r: Option<(f64, f64)>| o6(r.map(|r| r.1));
+    let mut rows = Vec::new();
     for w in &s.workloads {
         for a in &s.allocs {
             let c = s.cell(w, a).cloned().unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{w},{a},{},{},{},{},{},{},{},{},{},\"{}\"",
-                s.reference,
-                c.runs,
-                c.ok,
-                o(c.wall),
-                o(c.cpu),
-                o(c.rss),
-                o(s.ratio(w, a, Metric::Wall)),
-                o(s.ratio(w, a, Metric::Cpu)),
-                o(s.ratio(w, a, Metric::Rss)),
-                c.failures.join("; ").replace('"', "'")
-            );
+            rows.push(vec![
+                w.clone(),
+                a.clone(),
+                s.reference.clone(),
+                c.runs.to_string(),
+                c.ok.to_string(),
+                o6(c.wall),
+                o6(c.cpu),
+                o6(c.rss),
+                o6(s.ratio(w, a, Metric::Wall)),
+                o6(s.ratio(w, a, Metric::Cpu)),
+                o6(s.ratio(w, a, Metric::Rss)),
+                c.failures.join("; "),
+                lo(c.wall_range),
+                hi(c.wall_range),
+                lo(c.cpu_range),
+                hi(c.cpu_range),
+                lo(c.rss_range),
+                hi(c.rss_range),
+            ]);
         }
     }
     for a in &s.allocs {
-        let _ = writeln!(
-            out,
-            "geomean,{a},{},,,,,,{},{},{},",
-            s.reference,
-            o(s.geomean(a, Metric::Wall).0),
-            o(s.geomean(a, Metric::Cpu).0),
-            o(s.geomean(a, Metric::Rss).0)
-        );
+        let mut row = vec!["geomean".to_string(), a.clone(), s.reference.clone(), String::new(), String::new()];
+        row.extend([String::new(), String::new(), String::new()]);
+        row.extend([Metric::Wall, Metric::Cpu, Metric::Rss].map(|m| o6(s.geomean(a, m).0)));
+        row.extend(std::iter::repeat_n(String::new(), 7));
+        rows.push(row);
     }
-    out
+    csv_text(&head, rows)
 }
 
-/// Header of the per-run CSV.
-pub const RUNS_CSV_HEAD: &str = "rep,workload,allocator,status,wall_s,user_s,sys_s,peak_rss_kib,work_s,checksum\n";
+/// Columns of the per-run CSV.
+pub const RUNS_CSV_HEAD: [&str; 10] = ["rep", "workload", "allocator", "status", "wall_s", "user_s", "sys_s", "peak_rss_kib", "work_s", "checksum"];
 
-/// One line of the per-run CSV.
-pub fn runs_csv_line(r: &Record) -> String {
-    format!(
-        "{},{},{},\"{}\",{:.6},{:.6},{:.6},{},{},{}\n",
-        r.rep,
-        r.workload,
-        r.alloc,
-        r.status.replace('"', "'"),
-        r.wall,
-        r.user,
-        r.sys,
-        r.maxrss_kib,
-        r.work_s.map_or(String::new(), |v| format!("{v:.6}")),
-        r.checksum.clone().unwrap_or_default()
-    )
+/// One row of the per-run CSV.
+pub fn runs_csv_row(r: &Record) -> Vec<String> {
+    vec![
+        r.rep.to_string(),
+        r.workload.clone(),
+        r.alloc.clone(),
+        r.status.clone(),
+        format!("{:.6}", r.wall),
+        format!("{:.6}", r.user),
+        format!("{:.6}", r.sys),
+        r.maxrss_kib.to_string(),
+        o6(r.work_s),
+        r.checksum.clone().unwrap_or_default(),
+    ]
+}
+
+/// The per-run CSV of all records.
+pub fn runs_csv(records: &[Record]) -> String {
+    csv_text(&RUNS_CSV_HEAD, records.iter().map(runs_csv_row))
 }

@@ -1,138 +1,120 @@
-//! A hand-written SVG chart: grouped bars of each allocator's ratio to the reference, one
-//! panel for wall time and one for peak RSS, on a log2 axis centred on 1.0 (bars above the
-//! line are slower / bigger than the reference, below are faster / smaller).
+//! The chart (plotters, SVG backend): grouped bars of each allocator's ratio to the reference,
+//! one panel for wall time and one for peak RSS, on a log axis through 1.0 (bars above the
+//! line are slower / bigger than the reference, below are faster / smaller). A red `×` marks
+//! an allocator whose runs of a workload all failed.
+//!
+//! plotters is built with only its SVG backend: text is measured with plotters' built-in
+//! estimate (no font-kit, fontconfig or freetype, which a fresh Debian does not have) and
+//! written as SVG `<text>`, so the viewer's sans-serif font draws it.
 
-use std::fmt::Write as _;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::report::{Metric, Summary};
 
-const PALETTE: &[&str] = &["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"];
+const PALETTE: &[RGBColor] = &[
+    RGBColor(0x4e, 0x79, 0xa7),
+    RGBColor(0xf2, 0x8e, 0x2b),
+    RGBColor(0xe1, 0x57, 0x59),
+    RGBColor(0x76, 0xb7, 0xb2),
+    RGBColor(0x59, 0xa1, 0x4f),
+    RGBColor(0xed, 0xc9, 0x48),
+    RGBColor(0xb0, 0x7a, 0xa1),
+    RGBColor(0xff, 0x9d, 0xa7),
+    RGBColor(0x9c, 0x75, 0x5f),
+];
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
+type Error = Box<dyn std::error::Error>;
 
 /// Renders the chart. `title` goes on top (date, machine).
 pub fn chart(s: &Summary, title: &str) -> String {
+    let mut out = String::new();
     let groups: Vec<String> = s.workloads.iter().cloned().chain(std::iter::once("geomean".to_string())).collect();
-    let na = s.allocs.len().max(1);
-    let bar = 12.0;
-    let gap = 18.0;
-    let group_w = na as f64 * bar + gap;
-    let left = 60.0;
-    let plot_w = groups.len() as f64 * group_w;
-    let width = left + plot_w + 20.0;
-    let panel_h = 240.0;
-    let label_h = 70.0;
-    let top = 70.0;
-    let metrics = [Metric::Wall, Metric::Rss];
-    let height = top + metrics.len() as f64 * (panel_h + label_h + 30.0);
-
-    let value = |g: &str, a: &str, m: Metric| -> Option<f64> {
-        if g == "geomean" {
-            s.geomean(a, m).0
-        } else {
-            s.ratio(g, a, m)
-        }
-    };
-    // Axis range per panel: powers of two around the data, at least [1/2, 2], at most [1/16, 16].
-    let range = |m: Metric| -> (f64, f64) {
-        let (mut lo, mut hi) = (0.5f64, 2.0f64);
-        for g in &groups {
-            for a in &s.allocs {
-                if let Some(v) = value(g, a, m) {
-                    lo = lo.min(v);
-                    hi = hi.max(v);
-                }
-            }
-        }
-        (2f64.powf(lo.log2().floor()).max(1.0 / 16.0), 2f64.powf(hi.log2().ceil()).min(16.0))
-    };
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">"##
-    );
-    let _ = writeln!(o, r##"<rect width="100%" height="100%" fill="white"/>"##);
-    let _ = writeln!(o, r##"<text x="{left}" y="18" font-size="14" font-weight="bold">{}</text>"##, esc(title));
-    let _ = writeln!(
-        o,
-        r##"<text x="{left}" y="34" fill="#555">ratio to {} (log scale; 1.0 = reference; lower is better; × = failed)</text>"##,
-        esc(&s.reference)
-    );
-    // Legend.
-    let mut lx = left;
-    for (i, a) in s.allocs.iter().enumerate() {
-        let c = PALETTE[i % PALETTE.len()];
-        let _ = writeln!(o, r##"<rect x="{lx:.0}" y="44" width="12" height="12" fill="{c}"/>"##);
-        let _ = writeln!(o, r##"<text x="{:.0}" y="54">{}</text>"##, lx + 16.0, esc(a));
-        lx += 24.0 + 7.0 * a.len() as f64;
+    let width = (120 + groups.len() * (14 * s.allocs.len().max(1) + 18)) as u32;
+    if let Err(e) = draw(&mut out, s, &groups, title, (width.max(900), 860)) {
+        return format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"40\"><text x=\"10\" y=\"25\">chart failed: {e}</text></svg>\n");
     }
+    out
+}
 
-    for (pi, m) in metrics.iter().enumerate() {
-        let y0 = top + pi as f64 * (panel_h + label_h + 30.0) + 20.0;
-        let (lo, hi) = range(*m);
-        let ymap = |v: f64| -> f64 {
-            let v = v.clamp(lo, hi);
-            y0 + panel_h * (hi.log2() - v.log2()) / (hi.log2() - lo.log2())
-        };
-        let _ = writeln!(o, r##"<text x="{left}" y="{:.0}" font-size="13" font-weight="bold">{}</text>"##, y0 - 6.0, m.label());
-        // Grid lines at powers of two.
+fn value(s: &Summary, g: &str, a: &str, m: Metric) -> Option<f64> {
+    if g == "geomean" {
+        s.geomean(a, m).0
+    } else {
+        s.ratio(g, a, m)
+    }
+}
+
+/// Axis range: powers of two around the data, at least [1/2, 2], at most [1/16, 16].
+fn range(s: &Summary, groups: &[String], m: Metric) -> (f64, f64) {
+    let vals = groups.iter().flat_map(|g| s.allocs.iter().filter_map(move |a| value(s, g, a, m)));
+    let (lo, hi) = vals.fold((0.5f64, 2.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    (2f64.powf(lo.log2().floor()).max(1.0 / 16.0), 2f64.powf(hi.log2().ceil()).min(16.0))
+}
+
+fn draw(out: &mut String, s: &Summary, groups: &[String], title: &str, size: (u32, u32)) -> Result<(), Error> {
+    let root = SVGBackend::with_string(out, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    let subtitle = format!("ratio to {} (log scale; 1.0 = reference; lower is better; × = failed)", s.reference);
+    root.draw(&Text::new(title.to_string(), (60, 8), ("sans-serif", 15).into_font().style(FontStyle::Bold)))?;
+    root.draw(&Text::new(subtitle, (60, 28), ("sans-serif", 11).into_font().color(&RGBColor(0x55, 0x55, 0x55))))?;
+    let panels = root.margin(44, 0, 0, 0).split_evenly((2, 1));
+    let n = groups.len() as f64;
+    let na = s.allocs.len().max(1) as f64;
+    for (pi, (panel, m)) in panels.iter().zip([Metric::Wall, Metric::Rss]).enumerate() {
+        let (lo, hi) = range(s, groups, m);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(m.label(), ("sans-serif", 13).into_font().style(FontStyle::Bold))
+            .margin_right(20)
+            .x_label_area_size(95)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..n, (lo..hi).log_scale())?;
+        chart.configure_mesh().disable_mesh().x_labels(0).y_labels(0).y_label_formatter(&|_| String::new()).draw()?;
+        // Grid lines and labels at the powers of two (plotters' log-scale ticks are decimal).
+        let base = panel.get_base_pixel();
+        let label = ("sans-serif", 11).into_font().color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
         let mut g = lo;
         while g <= hi * 1.0001 {
-            let y = ymap(g);
-            let (stroke, dash) = if (g - 1.0).abs() < 1e-9 { ("#000", "") } else { ("#ccc", r##" stroke-dasharray="3,3""##) };
-            let _ = writeln!(o, r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{stroke}"{dash}/>"##, left + plot_w);
-            let lbl = if g >= 1.0 { format!("{g:.0}") } else { format!("1/{:.0}", 1.0 / g) };
-            let _ = writeln!(o, r##"<text x="{:.0}" y="{:.1}" text-anchor="end">{lbl}</text>"##, left - 6.0, y + 4.0);
+            chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, g), (n, g)], RGBColor(0xcc, 0xcc, 0xcc))))?;
+            let (x, y) = chart.backend_coord(&(0.0, g));
+            let text = if g >= 1.0 { format!("{g:.0}") } else { format!("1/{:.0}", 1.0 / g) };
+            panel.draw(&Text::new(text, (x - base.0 - 6, y - base.1), label.clone()))?;
             g *= 2.0;
         }
-        let base = ymap(1.0);
-        for (gi, gname) in groups.iter().enumerate() {
-            let gx = left + gi as f64 * group_w + gap / 2.0;
-            for (ai, a) in s.allocs.iter().enumerate() {
-                let x = gx + ai as f64 * bar;
-                let c = PALETTE[ai % PALETTE.len()];
-                match value(gname, a, *m) {
-                    Some(v) => {
-                        let y = ymap(v);
-                        let (ytop, h) = if y < base { (y, base - y) } else { (base, y - base) };
-                        // Keep bars at ~1.0 (the reference itself) visible as a small tick.
-                        let (ytop, h) = if h < 3.0 { (base - 1.5, 3.0) } else { (ytop, h) };
-                        let _ = writeln!(
-                            o,
-                            r##"<rect x="{x:.1}" y="{ytop:.1}" width="{:.1}" height="{:.1}" fill="{c}"><title>{} / {}: {v:.3}</title></rect>"##,
-                            bar - 1.0,
-                            h,
-                            esc(gname),
-                            esc(a)
-                        );
-                    }
-                    None => {
-                        let failed = gname != "geomean" && s.cell(gname, a).is_some_and(|c| c.runs > 0 && c.ok == 0);
-                        if failed {
-                            let _ = writeln!(
-                                o,
-                                r##"<text x="{:.1}" y="{:.1}" fill="#d00" text-anchor="middle" font-weight="bold">×<title>{} / {}: failed</title></text>"##,
-                                x + bar / 2.0,
-                                base - 3.0,
-                                esc(gname),
-                                esc(a)
-                            );
-                        }
-                    }
-                }
+        chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, 1.0), (n, 1.0)], BLACK)))?;
+        for (ai, a) in s.allocs.iter().enumerate() {
+            let color = PALETTE[ai % PALETTE.len()];
+            let bars = groups.iter().enumerate().filter_map(|(gi, g)| {
+                let v = value(s, g, a, m)?.clamp(lo, hi);
+                let x0 = gi as f64 + 0.1 + ai as f64 * 0.8 / na;
+                // Keep a ratio of ~1.0 (the reference itself) visible as a thin bar.
+                let v = if (v.log2()).abs() < 0.02 { 1.03 } else { v };
+                Some(Rectangle::new([(x0, 1.0), (x0 + 0.72 / na, v)], color.filled()))
+            });
+            let series = chart.draw_series(bars)?;
+            if pi == 0 {
+                series.label(a.as_str()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
             }
-            let lx = gx + na as f64 * bar / 2.0;
-            let ly = y0 + panel_h + 12.0;
-            let weight = if gname == "geomean" { r##" font-weight="bold""## } else { "" };
-            let _ = writeln!(
-                o,
-                r##"<text x="{lx:.1}" y="{ly:.1}" text-anchor="end" transform="rotate(-35 {lx:.1} {ly:.1})"{weight}>{}</text>"##,
-                esc(gname)
-            );
+            let failed = groups.iter().enumerate().filter(|(_, g)| s.cell(g, a).is_some_and(|c| c.runs > 0 && c.ok == 0));
+            let red = ("sans-serif", 13).into_font().color(&RED).pos(Pos::new(HPos::Center, VPos::Bottom));
+            chart.draw_series(failed.map(|(gi, _)| Text::new("×", (gi as f64 + 0.1 + (ai as f64 + 0.5) * 0.8 / na, 1.0), red.clone())))?;
+        }
+        // Workload names under the bars, rotated.
+        let names = ("sans-serif", 11).into_font().transform(FontTransform::Rotate90);
+        for (gi, g) in groups.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(gi as f64 + 0.5, lo));
+            let style = if g == "geomean" { names.clone().style(FontStyle::Bold) } else { names.clone() };
+            panel.draw(&Text::new(g.clone(), (x - panel.get_base_pixel().0 + 6, y - panel.get_base_pixel().1 + 6), style))?;
+        }
+        if pi == 0 {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
         }
     }
-    o.push_str("</svg>\n");
-    o
+    root.present()?;
+    Ok(())
 }

@@ -35,6 +35,7 @@ Stresses: reuse policy for remotely freed small blocks, cache-line separation be
 Checks: bytes read back are summed and compared with the expected value.\n\
 Work: 50000 malloc/write/free rounds at --scale 1, split over the threads.",
     run: run_scratch,
+    knobs: &[],
 };
 
 /// Registry entry for active false sharing.
@@ -51,6 +52,7 @@ Stresses: cache-line separation of concurrently allocated small objects.\n\
 Checks: bytes read back are summed and compared with the expected value.\n\
 Work: 50000 malloc/write/free rounds at --scale 1, split over the threads.",
     run: run_thrash,
+    knobs: &[],
 };
 
 const OBJ: usize = 8;

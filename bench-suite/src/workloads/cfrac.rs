@@ -34,6 +34,7 @@ replaced by sums/products (low limb checked against wrapping u64 arithmetic).\n\
 Stresses: single-thread small-object malloc/free latency. --threads is ignored (1 thread).\n\
 Work: 1500 rounds at --scale 1.",
     run,
+    knobs: &[],
 };
 
 const BASE_ROUNDS: u64 = 1500;

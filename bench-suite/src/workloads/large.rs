@@ -31,6 +31,7 @@ mremap), returning memory to the OS. Checks: page words, zeroed calloc memory, c
 preserved by realloc.\n\
 Work: 40 rounds at --scale 1, split over the threads.",
     run,
+    knobs: &[],
 };
 
 const PAGE: usize = 4096;

@@ -34,6 +34,7 @@ Stresses: remote frees under steady churn, thread start/exit, reuse of memory fr
 threads. Checks: head/tail stamps of every block are verified before it is freed.\n\
 Work: 150M free+malloc pairs at --scale 1, split over the threads.",
     run,
+    knobs: &[],
 };
 
 const SLOTS: usize = 1000;

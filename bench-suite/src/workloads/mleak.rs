@@ -32,6 +32,7 @@ Stresses: thread-exit cleanup (caches, heaps, abandoned pages), remote frees int
 threads' memory, returning memory of dead threads. Checks: stamps and the RSS bounds.\n\
 Work: 400 generations at --scale 1.",
     run,
+    knobs: &[],
 };
 
 const BASE_GENERATIONS: u64 = 400;

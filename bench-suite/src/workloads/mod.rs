@@ -5,14 +5,19 @@
 
 use crate::common::{Outcome, Params};
 
+pub mod alloc_test;
+pub mod barnes;
 pub mod cache;
 pub mod cfrac;
+pub mod espresso;
+pub mod glibc;
 pub mod large;
 pub mod larson;
 pub mod mleak;
 pub mod mstress;
 pub mod rptest;
 pub mod sh6bench;
+pub mod test_stress;
 pub mod xmalloc;
 
 /// One workload: its name, its `--help` text and its entry point.
@@ -25,9 +30,11 @@ pub struct Workload {
     pub help: &'static str,
     /// Runs it; `Err` is a failed self-check or a bad parameter.
     pub run: fn(&Params) -> Result<Outcome, String>,
+    /// The workload-specific options it takes (`load`, `iterations`, `object-size`).
+    pub knobs: &'static [&'static str],
 }
 
-/// Every workload, in report order.
+/// Every workload, in report order (the default set of `bench`).
 pub const ALL: &[Workload] = &[
     larson::WORKLOAD,
     xmalloc::WORKLOAD,
@@ -39,6 +46,13 @@ pub const ALL: &[Workload] = &[
     sh6bench::WORKLOAD,
     large::WORKLOAD,
     mleak::WORKLOAD,
+    barnes::WORKLOAD,
+    espresso::WORKLOAD,
+    glibc::SIMPLE,
+    glibc::THREAD,
+    alloc_test::ONE,
+    alloc_test::MANY,
+    test_stress::WORKLOAD,
 ];
 
 /// Finds a workload by name.

@@ -41,6 +41,7 @@ into a dead thread's memory, power-of-two size classes. Checks: every word of ev
 verified against its pattern before it is freed.\n\
 Work: 20M item allocations at --scale 1, split over rounds and threads.",
     run,
+    knobs: &[],
 };
 
 const ROUNDS: u64 = 10;

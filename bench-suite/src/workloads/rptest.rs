@@ -34,6 +34,7 @@ Stresses: all size classes and large blocks mixed, fragmentation, some remote fr
 Checks: head/tail stamps verified before every free.\n\
 Work: 32M operations at --scale 1, split over the threads.",
     run,
+    knobs: &[],
 };
 
 const SLOTS: usize = 2000;

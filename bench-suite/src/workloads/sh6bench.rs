@@ -29,6 +29,7 @@ Stresses: free-list ordering, reuse of memory returned in different orders, per-
 throughput. Checks: head/tail stamps verified before every free.\n\
 Work: 20000 rounds (90M malloc/free pairs) at --scale 1, split over the threads.",
     run,
+    knobs: &[],
 };
 
 const BATCH: usize = 1500;

@@ -1,0 +1,316 @@
+//! `bench --guest`: the test-stress workload inside QEMU guests (issue 16 part 0).
+//!
+//! The user's measurement that started issue 16: mimalloc's test-stress at 32 threads in a
+//! guest with 8 vCPUs (TCG on 2 host cores) took 36 s with glibc, 12 s with mimalloc and
+//! 110-228 s with domalloc. This part reproduces the setting with the suite's `test-stress`
+//! workload, booting `scripts/qemu/run-guest.sh` once per topology — `1n8` (one node, 8 vCPUs)
+//! and `4n2` (4 nodes x 2 vCPUs) — and running every allocator at 8 and 32 threads in that one
+//! boot: glibc, mimalloc v3, domalloc, and domalloc with `DOMALLOC_NUMA=0`.
+//!
+//! One boot runs several allocators because the guest payload is a generated shell script (a
+//! self-extracting bundle): it carries, base64-encoded, a tarball of the workloads binary, the
+//! preload libraries and every shared library they need (as `ldd` lists them, at their host
+//! paths), unpacks it into the guest's root file system and runs each (threads, allocator)
+//! cell, printing one `GUESTBENCH` line per run with the guest-measured seconds (the
+//! workload's own `elapsed_s`). run-guest.sh treats a non-ELF payload like a static program.
+//!
+//! Environment: `BENCH_GUEST_LOAD` / `BENCH_GUEST_ITERATIONS` (test-stress's load and rounds;
+//! default 2 / 2, --quick 1 / 1), `BENCH_GUEST_THREADS` (default `8,32`), `BENCH_GUEST_TOPOLOGIES`
+//! (default `1n8,4n2`), `BENCH_GUEST_TIMEOUT` seconds per guest (default 1200). Console logs:
+//! `numa-tests/work/bench-guest/bench-guest-<topology>.log`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use super::allocators::Allocator;
+use super::report::csv_text;
+use super::Settings;
+
+/// One guest allocator: its name, preload library (none for glibc) and extra environment.
+#[derive(Clone, Debug)]
+pub struct GuestAlloc {
+    /// Column name.
+    pub name: String,
+    /// The host library to preload.
+    pub lib: Option<PathBuf>,
+    /// `K=V` for the run.
+    pub env: Option<String>,
+}
+
+/// One cell's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cell {
+    /// Topology.
+    pub topology: String,
+    /// Threads.
+    pub threads: u64,
+    /// Allocator column.
+    pub alloc: String,
+    /// Guest-measured seconds, or what went wrong.
+    pub seconds: Result<f64, String>,
+}
+
+fn env_or(k: &str, d: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| d.to_string())
+}
+
+/// The allocators of the guest runs (those of the run that are glibc, mimalloc3 or domalloc).
+pub fn guest_allocs(allocs: &[Allocator]) -> Vec<GuestAlloc> {
+    let mut v = Vec::new();
+    for a in allocs {
+        match a.name.as_str() {
+            "glibc" | "mimalloc3" => v.push(GuestAlloc { name: a.name.clone(), lib: a.path.clone(), env: None }),
+            "domalloc" => {
+                v.push(GuestAlloc { name: "domalloc".into(), lib: a.path.clone(), env: None });
+                v.push(GuestAlloc { name: "domalloc-nonuma".into(), lib: a.path.clone(), env: Some("DOMALLOC_NUMA=0".into()) });
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// Shared libraries (and the loader) a dynamic ELF needs, as `ldd` lists them.
+fn shared_deps(path: &Path) -> Vec<PathBuf> {
+    let Ok(out) = Command::new("ldd").arg(path).output() else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            match t.as_slice() {
+                [_, "=>", p, ..] if p.starts_with('/') => Some(PathBuf::from(p)),
+                [p, ..] if p.starts_with('/') => Some(PathBuf::from(p)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn copy_into(stage: &Path, src: &Path, dest: &str) -> Result<(), String> {
+    let to = stage.join(dest.trim_start_matches('/'));
+    fs::create_dir_all(to.parent().expect("a file path")).map_err(|e| e.to_string())?;
+    fs::copy(src, &to).map_err(|e| format!("copy {} -> {}: {e}", src.display(), to.display()))?;
+    Ok(())
+}
+
+/// The shell commands that run every cell in the guest.
+pub fn guest_script(allocs: &[GuestAlloc], threads: &[u64], load: u64, iterations: u64) -> String {
+    let mut s = String::from("echo \"GUESTBENCH-START cpus=$(nproc)\"\n");
+    for a in allocs {
+        let pre = a.lib.as_ref().map_or(String::new(), |l| format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()));
+        let _ = writeln!(s, "echo \"GUESTPROBE alloc={} $(LD_PRELOAD={pre} /bench/workloads probe 2>&1 | tail -n 1)\"", a.name);
+    }
+    for t in threads {
+        for a in allocs {
+            let pre = a.lib.as_ref().map_or(String::new(), |l| format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()));
+            let env = a.env.clone().unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "out=$(env {env} LD_PRELOAD={pre} /bench/workloads test-stress --threads {t} --load {load} --iterations {iterations} --no-pin 2>&1); rc=$?\n\
+echo \"GUESTBENCH alloc={} threads={t} rc=$rc $(echo \"$out\" | grep '^RESULT' | head -n 1)\"\n\
+[ $rc = 0 ] || echo \"GUESTBENCH-LOG alloc={} threads={t} $(echo \"$out\" | tail -n 3 | tr '\\n' ' ')\"",
+                a.name, a.name
+            );
+        }
+    }
+    s += "echo GUESTBENCH-END\n";
+    s
+}
+
+/// Builds the self-extracting payload script in `work`; returns its path.
+pub fn build_payload(work: &Path, bin: &Path, allocs: &[GuestAlloc], body: &str) -> Result<PathBuf, String> {
+    let stage = work.join("stage");
+    let _ = fs::remove_dir_all(&stage);
+    copy_into(&stage, bin, "/bench/workloads")?;
+    let _ = Command::new("strip").arg(stage.join("bench/workloads")).status();
+    let mut deps = shared_deps(bin);
+    for a in allocs {
+        if let Some(l) = &a.lib {
+            copy_into(&stage, l, &format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()))?;
+            deps.extend(shared_deps(l));
+        }
+    }
+    deps.sort();
+    deps.dedup();
+    if deps.is_empty() {
+        return Err(format!("ldd found no shared libraries for {}", bin.display()));
+    }
+    for d in &deps {
+        copy_into(&stage, d, &d.to_string_lossy())?;
+    }
+    let tgz = work.join("bundle.tgz");
+    let st = Command::new("tar").arg("-C").arg(&stage).args(["-czf"]).arg(&tgz).arg(".").status().map_err(|e| format!("tar: {e}"))?;
+    if !st.success() {
+        return Err("tar failed".into());
+    }
+    let b64 = Command::new("base64").arg(&tgz).output().map_err(|e| format!("base64: {e}"))?;
+    let mut script = String::from(
+        "#!/bin/sh\n# Generated by `bench --guest`: unpacks the bundle below (workloads, preload libraries and their\n\
+# shared libraries) into / and runs test-stress under every allocator.\n\
+cd / && sed '1,/^__BUNDLE__$/d' \"$0\" | base64 -d | gzip -d | tar -x || { echo GUESTBENCH-ERROR unpack; exit 3; }\n",
+    );
+    script += body;
+    script += "exit 0\n__BUNDLE__\n";
+    script += &String::from_utf8_lossy(&b64.stdout);
+    let path = work.join("guest-bench.sh");
+    fs::write(&path, script).map_err(|e| e.to_string())?;
+    let _ = Command::new("chmod").arg("+x").arg(&path).status();
+    let _ = fs::remove_dir_all(&stage);
+    let _ = fs::remove_file(&tgz);
+    Ok(path)
+}
+
+/// Folds the `GUESTBENCH` lines of a console log into cells.
+pub fn parse_console(topology: &str, console: &str) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for line in console.lines() {
+        let Some(i) = line.find("GUESTBENCH alloc=") else { continue };
+        let toks: Vec<&str> = line[i + 11..].split_whitespace().collect();
+        let field = |k: &str| toks.iter().find_map(|t| t.strip_prefix(k)?.strip_prefix('='));
+        let (Some(alloc), Some(threads)) = (field("alloc"), field("threads").and_then(|t| t.parse().ok())) else { continue };
+        let seconds = match (field("rc"), field("elapsed_s").and_then(|v| v.parse::<f64>().ok())) {
+            (Some("0"), Some(s)) => Ok(s),
+            (rc, _) => Err(format!("FAIL (exit {})", rc.unwrap_or("?"))),
+        };
+        cells.push(Cell { topology: topology.into(), threads, alloc: alloc.into(), seconds });
+    }
+    cells
+}
+
+fn cell<'a>(cells: &'a [Cell], topo: &str, t: u64, a: &str) -> Option<&'a Cell> {
+    cells.iter().find(|c| c.topology == topo && c.threads == t && c.alloc == a)
+}
+
+/// Markdown table: rows (topology, threads), columns allocators: seconds and ratio to mimalloc3.
+pub fn markdown_table(cells: &[Cell], allocs: &[String]) -> String {
+    let mut rows: Vec<(String, u64)> = cells.iter().map(|c| (c.topology.clone(), c.threads)).collect();
+    rows.dedup();
+    let mut head = vec!["topology".to_string(), "threads".to_string()];
+    head.extend(allocs.iter().cloned());
+    let body = rows
+        .iter()
+        .map(|(topo, t)| {
+            let reference = cell(cells, topo, *t, "mimalloc3").and_then(|c| c.seconds.clone().ok());
+            let mut r = vec![topo.clone(), t.to_string()];
+            for a in allocs {
+                r.push(match cell(cells, topo, *t, a).map(|c| &c.seconds) {
+                    None => "-".into(),
+                    Some(Err(e)) => e.clone(),
+                    Some(Ok(s)) => match reference {
+                        Some(m) if m > 0.0 => format!("{s:.2} s ({:.2}x)", s / m),
+                        _ => format!("{s:.2} s"),
+                    },
+                });
+            }
+            r
+        })
+        .collect();
+    super::report::Table { head, rows: body }.markdown()
+}
+
+/// Runs the part; returns the number of failed cells.
+pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], dir: &Path) -> Result<usize, String> {
+    let gallocs = guest_allocs(allocs);
+    println!("\n== Guest benchmark: test-stress in QEMU guests ({} allocators)", gallocs.len());
+    let script = super::repo().join("scripts/qemu/run-guest.sh");
+    let quick = s.opts.quick;
+    let load: u64 = env_or("BENCH_GUEST_LOAD", if quick { "1" } else { "2" }).parse().map_err(|e| format!("BENCH_GUEST_LOAD: {e}"))?;
+    let iterations: u64 = env_or("BENCH_GUEST_ITERATIONS", if quick { "1" } else { "2" }).parse().map_err(|e| format!("BENCH_GUEST_ITERATIONS: {e}"))?;
+    let threads: Vec<u64> = env_or("BENCH_GUEST_THREADS", "8,32").split(',').filter_map(|t| t.trim().parse().ok()).collect();
+    let topologies: Vec<String> = env_or("BENCH_GUEST_TOPOLOGIES", "1n8,4n2").split(',').map(|t| t.trim().to_string()).collect();
+    let timeout = env_or("BENCH_GUEST_TIMEOUT", "1200");
+    let work = super::repo().join("numa-tests/work/bench-guest");
+    fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let payload = build_payload(&work, bin, &gallocs, &guest_script(&gallocs, &threads, load, iterations))?;
+    let mut cells = Vec::new();
+    let mut notes = Vec::new();
+    for topo in &topologies {
+        let log = work.join(format!("bench-guest-{topo}.log"));
+        let t0 = Instant::now();
+        let out = Command::new(&script)
+            .args(["--topology", topo, "--timeout", &timeout, "--binary"])
+            .arg(&payload)
+            .arg("--log")
+            .arg(&log)
+            .arg("--workdir")
+            .arg(&work)
+            .env_remove("LD_PRELOAD")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let console = String::from_utf8_lossy(&out.stdout);
+        let got = parse_console(topo, &console);
+        let took = t0.elapsed().as_secs_f64();
+        let cpus = console.lines().find_map(|l| l.split("GUESTBENCH-START cpus=").nth(1)).unwrap_or("?").trim().to_string();
+        let probes: Vec<String> = console.lines().filter(|l| l.contains("GUESTPROBE")).map(|l| l.trim().to_string()).collect();
+        if !console.contains("GUESTBENCH-END") {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let why = err.lines().rev().find(|l| l.starts_with("run-guest")).unwrap_or("").to_string();
+            notes.push(format!("{topo}: guest did not finish ({why}; log {})", log.display()));
+        }
+        for c in &got {
+            let v = c.seconds.as_ref().map_or_else(|e| e.clone(), |s| format!("{s:.2} s"));
+            println!("  {topo:<4} threads {:>2}  {:<16} {v}", c.threads, c.alloc);
+        }
+        notes.push(format!("{topo}: one boot, {cpus} vCPUs, {took:.0} s in all; {}", probes.join("; ")));
+        cells.extend(got);
+    }
+    let names: Vec<String> = gallocs.iter().map(|a| a.name.clone()).collect();
+    let table = markdown_table(&cells, &names);
+    let mut md = format!(
+        "# Guest benchmark — {}\n\n- Command: `{}`\n- Source: {}\n- Host: {}\n\
+- test-stress (`--load {load} --iterations {iterations} --no-pin`) in QEMU guests (TCG: software emulation, so \
+absolute times are slow; compare ratios), each topology one boot running every cell once. Cells: guest-measured \
+seconds (the workload's own clock) and the ratio to mimalloc3. `domalloc-nonuma` = domalloc with `DOMALLOC_NUMA=0`.\n\n",
+        super::timestamp(),
+        super::command_line(s),
+        super::git_describe(),
+        super::machine()
+    );
+    md += &table;
+    md += "\n";
+    for n in &notes {
+        md += &format!("- {n}\n");
+    }
+    println!("\n{table}");
+    let rows = cells.iter().map(|c| {
+        vec![c.topology.clone(), c.threads.to_string(), c.alloc.clone(), c.seconds.as_ref().map_or(String::new(), |s| format!("{s:.4}")), c.seconds.as_ref().err().cloned().unwrap_or_else(|| "ok".into())]
+    });
+    super::write(&dir.join("guest.csv"), &csv_text(&["topology", "threads", "allocator", "guest_seconds", "status"], rows))?;
+    super::write(&dir.join("guest.md"), &md)?;
+    println!("Wrote {0}/guest.md and {0}/guest.csv", dir.display());
+    let expected = topologies.len() * threads.len() * gallocs.len();
+    Ok(expected - cells.iter().filter(|c| c.seconds.is_ok()).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cells_and_renders_ratios() {
+        let console = "GUESTBENCH-START cpus=8\n\
+GUESTBENCH alloc=glibc threads=8 rc=0 RESULT workload=test-stress threads=8 scale=1 pinned_cores=0 elapsed_s=3.0000 ops=1 checksum=0x1\n\
+GUESTBENCH alloc=mimalloc3 threads=8 rc=0 RESULT workload=test-stress threads=8 elapsed_s=1.5000 ops=1\n\
+GUESTBENCH alloc=domalloc threads=8 rc=134 \nGUESTBENCH-END\n";
+        let cells = parse_console("1n8", console);
+        assert_eq!(cells.len(), 3);
+        assert_eq!(cells[0].seconds, Ok(3.0));
+        assert_eq!(cells[2].seconds, Err("FAIL (exit 134)".into()));
+        let md = markdown_table(&cells, &["glibc".into(), "mimalloc3".into(), "domalloc".into()]);
+        assert!(md.contains("| 1n8 | 8 | 3.00 s (2.00x) | 1.50 s (1.00x) | FAIL (exit 134) |"), "{md}");
+    }
+
+    #[test]
+    fn script_runs_every_cell() {
+        let a = vec![
+            GuestAlloc { name: "glibc".into(), lib: None, env: None },
+            GuestAlloc { name: "domalloc-nonuma".into(), lib: Some("/x/libdomalloc.so".into()), env: Some("DOMALLOC_NUMA=0".into()) },
+        ];
+        let s = guest_script(&a, &[8, 32], 5, 5);
+        assert_eq!(s.matches("test-stress --threads").count(), 4);
+        assert!(s.contains("env DOMALLOC_NUMA=0 LD_PRELOAD=/bench/lib/libdomalloc.so /bench/workloads test-stress --threads 32 --load 5"), "{s}");
+    }
+}
