@@ -17,8 +17,18 @@ fn main() {
     let mapped: u64 = nodes.iter().map(|n| n.mapped_bytes).sum();
     assert!(mapped >= big.len() as u64, "the 64 MiB buffer is mapped ({mapped} bytes)");
     for n in nodes {
-        println!("node {}: {} MiB mapped", n.node, n.mapped_bytes >> 20);
+        println!(
+            "node {}: {} MiB mapped (peak {} MiB), {} blocks allocated, {} freed, {} freed from another node",
+            n.node,
+            n.mapped_bytes >> 20,
+            n.mapped_peak_bytes >> 20,
+            n.allocs,
+            n.frees,
+            n.remote_frees
+        );
     }
+    let live = s.total(|n| n.allocs) - s.total(|n| n.frees);
+    assert!(live >= small.len() as u64 + 1, "at least the blocks we hold are live ({live})");
     println!("stats: {} node(s), NUMA logic {}, {} small blocks kept", nodes.len(), if s.numa { "on" } else { "off" }, small.len());
     domalloc::print_stats(); // the text report, on stderr
 }

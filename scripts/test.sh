@@ -40,14 +40,21 @@ cargo test --workspace --exclude domalloc-numa-tests 2>&1
 step "tests again with expensive invariant checks (--features debug-invariants)"
 cargo test -p domalloc --features debug-invariants --tests 2>&1
 
-step "tests again in the quarantine build (--features quarantine: quarantine, poisoning, encoded links, guard pages)"
+step "tests again in the hardened build (--features hardened: guard pages, shuffled carving)"
+cargo test -p domalloc --features hardened --tests 2>&1
+
+step "tests again in the quarantine build (--features quarantine: quarantine, poisoning, guard pages)"
 cargo test -p domalloc --features quarantine --tests 2>&1
 
 step "C ABI with real programs (scripts/test-ffi.sh)"
 scripts/test-ffi.sh
-step "HPC codes under domalloc: HPCC, LAMMPS (MPI, OpenMP), per-rank statistics (scripts/test-apps.sh)" && scripts/test-apps.sh
 
-step "installation and site tools: pkg-config, CMake, man, Lmod, EasyBuild, crate packaging (scripts/test-site.sh)"; scripts/test-site.sh
+step "HPC codes under domalloc: HPCC, LAMMPS (MPI, OpenMP), per-rank statistics (scripts/test-apps.sh)"
+scripts/test-apps.sh
+
+step "installation and site tools: pkg-config, CMake, man, Lmod, EasyBuild, crate packaging (scripts/test-site.sh)"
+scripts/test-site.sh
+
 step "NUMA placement in QEMU guests with 2 and 4 nodes (cargo test -p domalloc-numa-tests)"
 cargo test -p domalloc-numa-tests --release 2>&1
 

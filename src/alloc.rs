@@ -29,7 +29,9 @@ pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
     alloc_generic(size, align, false)
 }
 
-/// C `malloc`: 16-byte alignment for every size, as glibc.
+/// C `malloc`: 16-byte alignment for every size, as glibc. On failure `errno` is set to
+/// `ENOMEM` here, so that the C entry point returns whatever this returns: its fast path then
+/// ends in a tail call and needs no stack frame.
 ///
 /// # Safety
 /// None beyond the allocator's contract.
@@ -38,9 +40,35 @@ pub unsafe fn malloc(size: usize) -> *mut u8 {
     contention::op();
     if size <= LOOKUP_MAX {
         // SAFETY: table entries are valid classes.
-        return unsafe { heap::alloc_small(*LOOKUP16.get_unchecked((size + 7) >> 3) as usize) };
+        return unsafe { heap::alloc_small_or(*LOOKUP16.get_unchecked((size + 7) >> 3) as usize, malloc_refill) };
     }
-    alloc_generic(size, 16, false)
+    malloc_generic(size)
+}
+
+/// The slow path of C `malloc` for small sizes (`errno = ENOMEM` on failure).
+///
+/// # Safety
+/// As [`heap::alloc_small_refill`].
+#[cold]
+#[inline(never)]
+unsafe fn malloc_refill(h: *mut heap::Heap, c: usize) -> *mut u8 {
+    // SAFETY: forwarded.
+    let p = unsafe { heap::alloc_small_refill(h, c) };
+    if p.is_null() {
+        os::set_errno(os::ENOMEM);
+    }
+    p
+}
+
+/// C `malloc` above the small sizes (`errno = ENOMEM` on failure).
+#[cold]
+#[inline(never)]
+fn malloc_generic(size: usize) -> *mut u8 {
+    let p = alloc_generic(size, 16, false);
+    if p.is_null() {
+        os::set_errno(os::ENOMEM);
+    }
+    p
 }
 
 /// Allocates zeroed memory. Memory that reads as zero because it was never touched (fresh or

@@ -47,6 +47,11 @@ pub(crate) struct Arena {
     partial: AtomicUsize,
     /// Pages of empty spans parked (a hint).
     empties: AtomicUsize,
+    /// Pages taken from the queues so far, and the count the last sweep saw: an arena whose
+    /// pages are being taken is in use, and its queued pages will be adopted soon enough; only
+    /// an idle arena's queues are worth walking for pages that remote frees emptied.
+    pops: AtomicUsize,
+    pops_seen: AtomicUsize,
 }
 
 impl Arena {
@@ -100,6 +105,7 @@ impl Arena {
                 (*p).next.set(ptr::null_mut());
             }
             self.partial.fetch_sub(1, Ordering::Relaxed);
+            self.pops.store(self.pops.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
         }
         p
     }
@@ -150,7 +156,7 @@ impl Arena {
     }
 
     /// Unlinks what should go back to the domains: queued pages that remote frees emptied after
-    /// their owner left, and parked empty spans older than `max_age_ms` (all of them with
+    /// their owner left (looked for only when no page was taken since the last call), and parked empty spans older than `max_age_ms` (all of them with
     /// `force`). Returns them as a list linked through `next`, for the caller to hand back after
     /// the lock is released. `None`: the lock was busy and `wait` was false.
     pub(crate) fn reclaim(&self, now_ms: u64, max_age_ms: u64, force: bool, wait: bool) -> Option<*mut Page> {
@@ -160,7 +166,12 @@ impl Arena {
         let mut q = if wait { self.queues.lock() } else { self.queues.try_lock()? };
         let mut out: *mut Page = ptr::null_mut();
         let mut removed = 0;
-        for c in 0..CLASSES {
+        let pops = self.pops.load(Ordering::Relaxed);
+        // Walking the queues collects every queued page's remote frees (cache misses on blocks
+        // another core wrote): only when the arena was idle since the last sweep, or forced.
+        let walk = force || pops == self.pops_seen.load(Ordering::Relaxed);
+        self.pops_seen.store(pops, Ordering::Relaxed);
+        for c in (0..CLASSES).filter(|_| walk) {
             let mut prev: *mut Page = ptr::null_mut();
             let mut p = q.head[c];
             while !p.is_null() {

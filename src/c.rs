@@ -28,17 +28,13 @@ use core::ffi::{c_int, c_void};
 use core::ptr;
 
 use crate::alloc;
-use crate::os::{Os, Sys, OS_PAGE};
+use crate::os::{self, OS_PAGE};
 
 /// Alignment of every block handed to C (glibc's `MALLOC_ALIGNMENT` on 64-bit targets; the core's
 /// `malloc` and `calloc` give it for every size).
 pub const MIN_ALIGN: usize = 16;
 
-/// Sets the calling thread's `errno`.
-#[inline]
-pub(crate) fn set_errno(e: i32) {
-    Sys::set_errno(e)
-}
+pub(crate) use crate::os::set_errno;
 
 #[cold]
 #[inline(never)]
@@ -55,7 +51,7 @@ fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
     // SAFETY: `align` is a power of two.
     let p = unsafe { alloc::alloc(size, align) };
     if p.is_null() {
-        return fail(libc::ENOMEM);
+        return fail(os::ENOMEM);
     }
     p.cast()
 }
@@ -67,11 +63,8 @@ fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
 #[inline(always)]
 pub unsafe fn malloc(size: usize) -> *mut c_void {
     // SAFETY: no preconditions.
-    let p = unsafe { alloc::malloc(size) };
-    if p.is_null() {
-        return fail(libc::ENOMEM);
-    }
-    p.cast()
+    // (`alloc::malloc` sets errno on failure.)
+    unsafe { alloc::malloc(size) }.cast()
 }
 
 /// C `free`; null is ignored.
@@ -91,11 +84,11 @@ pub unsafe fn free(p: *mut c_void) {
 /// None beyond the allocator's contract.
 #[inline]
 pub unsafe fn calloc(nmemb: usize, size: usize) -> *mut c_void {
-    let Some(total) = nmemb.checked_mul(size) else { return fail(libc::ENOMEM) };
+    let Some(total) = nmemb.checked_mul(size) else { return fail(os::ENOMEM) };
     // SAFETY: no preconditions.
     let p = unsafe { alloc::calloc(total) };
     if p.is_null() {
-        return fail(libc::ENOMEM);
+        return fail(os::ENOMEM);
     }
     p.cast()
 }
@@ -119,7 +112,7 @@ pub unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: live block, non-zero size, power-of-two alignment.
     let q = unsafe { alloc::realloc(p.cast(), size, MIN_ALIGN) };
     if q.is_null() {
-        return fail(libc::ENOMEM);
+        return fail(os::ENOMEM);
     }
     q.cast()
 }
@@ -130,7 +123,7 @@ pub unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
 /// # Safety
 /// As [`realloc`].
 pub unsafe fn reallocarray(p: *mut c_void, nmemb: usize, size: usize) -> *mut c_void {
-    let Some(total) = nmemb.checked_mul(size) else { return fail(libc::ENOMEM) };
+    let Some(total) = nmemb.checked_mul(size) else { return fail(os::ENOMEM) };
     // SAFETY: forwarded contract.
     unsafe { realloc(p, total) }
 }
@@ -143,12 +136,12 @@ pub unsafe fn reallocarray(p: *mut c_void, nmemb: usize, size: usize) -> *mut c_
 /// `memptr` is valid for a pointer write.
 pub unsafe fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int {
     if !align.is_power_of_two() || align < core::mem::size_of::<*mut c_void>() {
-        return libc::EINVAL;
+        return os::EINVAL;
     }
     // SAFETY: power of two.
     let p = unsafe { alloc::alloc(size, align.max(MIN_ALIGN)) };
     if p.is_null() {
-        return libc::ENOMEM;
+        return os::ENOMEM;
     }
     // SAFETY: the caller passes a writable `memptr`.
     unsafe { *memptr = p.cast() };
@@ -162,7 +155,7 @@ pub unsafe fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize
 /// None beyond the allocator's contract.
 pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     if !align.is_power_of_two() {
-        return fail(libc::EINVAL);
+        return fail(os::EINVAL);
     }
     alloc_aligned(size, align.max(MIN_ALIGN))
 }
@@ -173,7 +166,7 @@ pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// None beyond the allocator's contract.
 pub unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
-    let Some(align) = align.max(MIN_ALIGN).checked_next_power_of_two() else { return fail(libc::EINVAL) };
+    let Some(align) = align.max(MIN_ALIGN).checked_next_power_of_two() else { return fail(os::EINVAL) };
     alloc_aligned(size, align)
 }
 
@@ -190,7 +183,7 @@ pub unsafe fn valloc(size: usize) -> *mut c_void {
 /// # Safety
 /// None beyond the allocator's contract.
 pub unsafe fn pvalloc(size: usize) -> *mut c_void {
-    let Some(rounded) = size.max(1).checked_add(OS_PAGE - 1) else { return fail(libc::ENOMEM) };
+    let Some(rounded) = size.max(1).checked_add(OS_PAGE - 1) else { return fail(os::ENOMEM) };
     alloc_aligned(rounded & !(OS_PAGE - 1), OS_PAGE)
 }
 
@@ -391,12 +384,12 @@ fn c_layout(size: usize) -> Option<Layout> {
 /// memory, `ENOMEM` when out of memory.
 pub fn malloc_on_node(size: usize, node: c_int) -> *mut c_void {
     let Some(node) = usize::try_from(node).ok().filter(|&n| crate::Node::new(n).is_some()) else {
-        return fail(libc::EINVAL);
+        return fail(os::EINVAL);
     };
-    let Some(layout) = c_layout(size) else { return fail(libc::ENOMEM) };
+    let Some(layout) = c_layout(size) else { return fail(os::ENOMEM) };
     let p = crate::alloc_on_node(layout, node);
     if p.is_null() {
-        return fail(libc::ENOMEM);
+        return fail(os::ENOMEM);
     }
     p.cast()
 }
@@ -405,10 +398,10 @@ pub fn malloc_on_node(size: usize, node: c_int) -> *mut c_void {
 /// over every node with memory (for data every thread reads); free with `free`. Null with
 /// `errno = ENOMEM` on failure.
 pub fn malloc_interleaved(size: usize) -> *mut c_void {
-    let Some(layout) = c_layout(size) else { return fail(libc::ENOMEM) };
+    let Some(layout) = c_layout(size) else { return fail(os::ENOMEM) };
     let p = crate::alloc_interleaved(layout, None);
     if p.is_null() {
-        return fail(libc::ENOMEM);
+        return fail(os::ENOMEM);
     }
     p.cast()
 }
@@ -491,7 +484,7 @@ mod tests {
         unsafe {
             set_errno(0);
             assert!(calloc(usize::MAX / 2, 3).is_null());
-            assert_eq!(errno(), libc::ENOMEM);
+            assert_eq!(errno(), os::ENOMEM);
             let p = calloc(10, 10);
             assert!(!p.is_null());
             assert!(core::slice::from_raw_parts(p as *const u8, 100).iter().all(|&b| b == 0));
@@ -509,7 +502,7 @@ mod tests {
             let p = malloc(10);
             set_errno(0);
             assert!(realloc(p, usize::MAX).is_null());
-            assert_eq!(errno(), libc::ENOMEM);
+            assert_eq!(errno(), os::ENOMEM);
             free(p);
             assert!(reallocarray(ptr::null_mut(), usize::MAX, 2).is_null());
         }
@@ -520,18 +513,18 @@ mod tests {
         // SAFETY: plain calls on our own blocks.
         unsafe {
             let mut out: *mut c_void = 1 as *mut c_void;
-            assert_eq!(posix_memalign(&mut out, 3, 8), libc::EINVAL);
-            assert_eq!(posix_memalign(&mut out, 4, 8), libc::EINVAL);
-            assert_eq!(posix_memalign(&mut out, 0, 8), libc::EINVAL);
+            assert_eq!(posix_memalign(&mut out, 3, 8), os::EINVAL);
+            assert_eq!(posix_memalign(&mut out, 4, 8), os::EINVAL);
+            assert_eq!(posix_memalign(&mut out, 0, 8), os::EINVAL);
             assert_eq!(out as usize, 1);
-            assert_eq!(posix_memalign(&mut out, 1 << 20, usize::MAX / 2), libc::ENOMEM);
+            assert_eq!(posix_memalign(&mut out, 1 << 20, usize::MAX / 2), os::ENOMEM);
             assert_eq!(out as usize, 1);
             assert_eq!(posix_memalign(&mut out, 4096, 8), 0);
             assert_eq!(out as usize % 4096, 0);
             free(out);
             set_errno(0);
             assert!(aligned_alloc(24, 8).is_null());
-            assert_eq!(errno(), libc::EINVAL);
+            assert_eq!(errno(), os::EINVAL);
             let p = memalign(24, 8);
             assert_eq!(p as usize % 32, 0);
             free(p);
@@ -564,10 +557,10 @@ mod tests {
         assert_eq!(node_of(q), here);
         set_errno(0);
         assert!(malloc_on_node(10, -1).is_null());
-        assert_eq!(errno(), libc::EINVAL);
+        assert_eq!(errno(), os::EINVAL);
         assert!(malloc_on_node(10, 100_000).is_null());
         assert!(malloc_on_node(usize::MAX, here).is_null());
-        assert_eq!(errno(), libc::ENOMEM);
+        assert_eq!(errno(), os::ENOMEM);
         let r = malloc_interleaved(3 << 20);
         assert!(!r.is_null());
         assert!(malloc_interleaved(usize::MAX / 2).is_null());

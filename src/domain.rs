@@ -59,10 +59,18 @@ pub(crate) struct NodeCounters {
     /// Blocks sent to this node's lists by a free on another node (remote frees that went home,
     /// and placed blocks found on this node whose spans belong to another).
     pub(crate) went_home: AtomicU64,
-    /// Small-block allocations and frees of heaps that exited (live heaps count their own).
+    /// Small-block allocations and frees per class, folded in from heaps that exited or moved
+    /// (live heaps count their own), whatever node the blocks were on: class totals only.
     pub(crate) class_allocs: [AtomicU64; CLASSES],
     pub(crate) class_frees: [AtomicU64; CLASSES],
+    /// Small blocks of this node allocated and freed, folded in from heaps and counted by slow
+    /// paths (home pools, frees by threads without a heap): node totals.
+    pub(crate) node_allocs: AtomicU64,
+    pub(crate) node_frees: AtomicU64,
 }
+
+/// Node ids counted apart in per-node statistics (higher ids share the last slot).
+pub(crate) const COUNTED_NODES: usize = 64;
 
 impl NodeCounters {
     /// Adds to the mapped bytes (and the peak).
@@ -190,7 +198,7 @@ impl Domain {
             init_span(head, n, kind);
             let h = &*head;
             h.owner.store(0, Ordering::Relaxed);
-            h.set_used(0);
+            h.reset_counts(0);
             h.flags.set(0);
             h.set_capacity(0);
             h.set_reserved(0);

@@ -29,6 +29,7 @@ use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::domain::COUNTED_NODES;
 use crate::global;
 use crate::os::{self, Os, Sys};
 use crate::page::{self, Block, Page, PageKind, PF_PLACED};
@@ -59,15 +60,17 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
-/// One size class of a heap: the queue head (the fast path's page) and the class's counters,
-/// in one place so the fast path touches one cache line of the heap.
+/// One size class of a heap: the queue head (the fast path's page) and the class's counters
+/// (folded in from its pages at refills).
 #[repr(C)]
 pub(crate) struct Bin {
     page: Cell<*mut Page>,
-    /// Blocks this heap handed out.
+    /// Blocks this heap handed out from its pages.
     pub(crate) allocs: AtomicU64,
     /// Blocks this heap freed into its own pages.
     pub(crate) frees: AtomicU64,
+    /// Blocks this heap freed into pages it does not own (any node).
+    pub(crate) rfrees: AtomicU64,
 }
 
 /// Sentinel kinds.
@@ -101,6 +104,9 @@ pub struct Heap {
     pub(crate) reg_next: Cell<*mut Heap>,
     pub(crate) reg_prev: Cell<*mut Heap>,
     pub(crate) counters: HeapCounters,
+    /// Blocks this heap freed into pages it does not own, by the pages' node (slot
+    /// `min(node, COUNTED_NODES - 1)`): per-node statistics without shared atomics.
+    pub(crate) freed_to: [AtomicU64; COUNTED_NODES],
 }
 
 /// A `Sync` wrapper so the sentinel heaps can be statics.
@@ -115,7 +121,9 @@ static ZERO_CPU: u32 = 0;
 const fn sentinel(kind: u8) -> SyncHeap {
     let ep = &EMPTY_PAGE.0 as *const Page as *mut Page;
     SyncHeap(Heap {
-        bins: [const { Bin { page: Cell::new(&EMPTY_PAGE.0 as *const Page as *mut Page), allocs: AtomicU64::new(0), frees: AtomicU64::new(0) } }; CLASSES],
+        bins: [const {
+            Bin { page: Cell::new(&EMPTY_PAGE.0 as *const Page as *mut Page), allocs: AtomicU64::new(0), frees: AtomicU64::new(0), rfrees: AtomicU64::new(0) }
+        }; CLASSES],
         cpu_ptr: Cell::new(&ZERO_CPU),
         cpu: Cell::new(0),
         node: Cell::new(0),
@@ -137,6 +145,7 @@ const fn sentinel(kind: u8) -> SyncHeap {
             pages_from_arena: AtomicU64::new(0),
             pages_fresh: AtomicU64::new(0),
         },
+        freed_to: [const { AtomicU64::new(0) }; COUNTED_NODES],
     })
 }
 
@@ -186,6 +195,17 @@ fn cold() {}
 /// `c < CLASSES`.
 #[inline(always)]
 pub(crate) unsafe fn alloc_small(c: usize) -> *mut u8 {
+    // SAFETY: forwarded.
+    unsafe { alloc_small_or(c, alloc_small_refill) }
+}
+
+/// [`alloc_small`] with the slow path given: `slow(heap, c)` when the fast path cannot serve
+/// (a constant, so the fast path ends in a tail call and keeps no stack frame).
+///
+/// # Safety
+/// `c < CLASSES`; `slow` allocates a block of class `c` for the calling thread (or null).
+#[inline(always)]
+pub(crate) unsafe fn alloc_small_or(c: usize, slow: unsafe fn(*mut Heap, usize) -> *mut u8) -> *mut u8 {
     let h = tls::heap();
     // SAFETY: `h` is a valid heap (or sentinel); `bins[c].page` a valid page (or the empty
     // page); `cpu_ptr` points to a live u32 for the thread's life. The page is this thread's.
@@ -196,8 +216,20 @@ pub(crate) unsafe fn alloc_small(c: usize) -> *mut u8 {
         if likely(!b.is_null() && ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get()) {
             return page::pop(&*page).cast();
         }
-        alloc_small_slow(h, c).0
+        slow(h, c)
     }
+}
+
+/// The slow path of [`alloc_small`]: a block of class `c` for heap `h` (a sentinel: the
+/// thread's heap is created first), or null when memory is exhausted.
+///
+/// # Safety
+/// `h` is the calling thread's heap or a sentinel; `c < CLASSES`.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn alloc_small_refill(h: *mut Heap, c: usize) -> *mut u8 {
+    // SAFETY: forwarded.
+    unsafe { alloc_small_slow(h, c).0 }
 }
 
 /// Allocates a zeroed block of class `c`: as [`alloc_small`], then clears `size` bytes unless
@@ -242,7 +274,8 @@ pub(crate) unsafe fn free(p: *mut u8) {
         let h = tls::heap();
         #[cfg(feature = "debug-invariants")]
         check::on_free(seg, page, p);
-        if likely((*page).owner.load(Ordering::Relaxed) == h as usize && (*page).flags.get() == 0) {
+        // A flagged page's `owner` never equals a heap's address (`OWNER_SLOW`).
+        if likely((*page).owner.load(Ordering::Relaxed) == h as usize) {
             let pg = &*page;
             let b = p as *mut Block;
             if !likely(pg.is_block(p as usize)) {
@@ -270,9 +303,7 @@ unsafe fn local_free(h: *mut Heap, page: *mut Page, b: *mut Block, key: usize) {
         let pg = &*page;
         page::set_next_k(b, pg.local_free.get(), key);
         pg.local_free.set(b);
-        let u = pg.used().wrapping_sub(1);
-        pg.set_used(u);
-        pg.frees.store(pg.frees.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        let u = pg.count_free();
         if !likely(u != 0) {
             page_empty(h, page);
         }
@@ -346,11 +377,14 @@ unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page, p: *mut u8
                     }
                 }
                 if !tls::is_sentinel(h) && page::reclaim(pg, h as usize) {
-                    // A page we gave up (full) and nobody else freed into since: ours again.
+                    // A page we gave up (full) and nobody else freed into since: ours again, at
+                    // the back of its queue, so that it gathers frees while allocation goes on
+                    // from the head (at the front, its one free block would be taken at once
+                    // and the page given up again: a slow path for every block).
                     let c = pg.class.get() as usize;
-                    (*h).queue_push_front(c, page);
+                    (*h).queue_push_back(c, page);
                 }
-                if pg.owner.load(Ordering::Relaxed) == h as usize {
+                if pg.owned_by(h as usize) {
                     owner_double_free_check(pg, b);
                     local_free(h, page, b, page::link_key());
                 } else {
@@ -395,17 +429,28 @@ unsafe fn to_home_pool(h: *mut Heap, page: &Page, b: *mut Block, home: usize) {
         os::fatal(format_args!("free(): double free of {:p}", b));
     }
     let c = page.class.get() as usize;
-    let span_node = global::domain(page.node());
-    span_node.counters.class_frees[c].fetch_add(1, Ordering::Relaxed);
-    // SAFETY: `h` is this thread's heap or a sentinel (node 0 then: counted as remote).
-    let freer = if tls::is_sentinel(h) { usize::MAX } else { unsafe { (*h).node() } };
-    if freer != page.node() {
-        span_node.counters.remote_node_frees.fetch_add(1, Ordering::Relaxed);
-    }
+    count_foreign_free(h, page, c, 1);
     let dest = global::domain(home);
     dest.counters.went_home.fetch_add(1, Ordering::Relaxed);
     // SAFETY: the caller's block, resident on `home`.
     unsafe { dest.pool.put_block(c, b) };
+}
+
+/// Counts `n` blocks of class `c` of `page` freed by `h` (a heap that does not own the page, or
+/// a sentinel): in the heap's own counters (plain stores, no shared line), else in the page's
+/// domain.
+fn count_foreign_free(h: *mut Heap, page: &Page, c: usize, n: u64) {
+    if tls::is_sentinel(h) {
+        let d = global::domain(page.node());
+        d.counters.class_frees[c].fetch_add(n, Ordering::Relaxed);
+        d.counters.node_frees.fetch_add(n, Ordering::Relaxed);
+        d.counters.remote_node_frees.fetch_add(n, Ordering::Relaxed);
+        return;
+    }
+    // SAFETY: the calling thread's own heap (or the orphan / a node heap under its lock).
+    let hh = unsafe { &*h };
+    bump(&hh.bins[c].rfrees, n);
+    bump(&hh.freed_to[page.node().min(COUNTED_NODES - 1)], n);
 }
 
 /// Remote frees by threads that have no heap (not yet, or no more), for the stats.
@@ -427,9 +472,7 @@ unsafe fn remote_free(h: *mut Heap, page: *mut Page, b: *mut Block) {
         if tls::is_sentinel(h) {
             page::set_next(b, ptr::null_mut());
             HEAPLESS_REMOTE_FREES.fetch_add(1, Ordering::Relaxed);
-            let d = global::domain(pg.node());
-            d.counters.class_frees[pg.class.get() as usize].fetch_add(1, Ordering::Relaxed);
-            d.counters.remote_node_frees.fetch_add(1, Ordering::Relaxed);
+            count_foreign_free(h, pg, pg.class.get() as usize, 1);
             if page::push_remote(pg, b, b) {
                 queue_unowned(page);
             }
@@ -566,9 +609,10 @@ impl Heap {
         self.node.get() as usize
     }
 
-    /// Per-class counters (allocations and own frees), for the stats.
-    pub(crate) fn bin_counts(&self, c: usize) -> (u64, u64) {
-        (self.bins[c].allocs.load(Ordering::Relaxed), self.bins[c].frees.load(Ordering::Relaxed))
+    /// Per-class counters: allocations, frees into own pages, frees into other pages.
+    pub(crate) fn bin_counts(&self, c: usize) -> (u64, u64, u64) {
+        let b = &self.bins[c];
+        (b.allocs.load(Ordering::Relaxed), b.frees.load(Ordering::Relaxed), b.rfrees.load(Ordering::Relaxed))
     }
 
     /// Adds a page's unfolded counts to this heap's bins (owner: at refills, and before the page
@@ -586,13 +630,30 @@ impl Heap {
     /// goes back to the pool) and clears them.
     pub(crate) fn fold_counts(&self) {
         let d = global::domain(self.node());
+        let (mut allocs, mut frees) = (0, 0);
         for c in 0..CLASSES {
-            let (a, f) = self.bin_counts(c);
-            if a != 0 || f != 0 {
+            let (a, f, r) = self.bin_counts(c);
+            if a != 0 || f != 0 || r != 0 {
                 d.counters.class_allocs[c].fetch_add(a, Ordering::Relaxed);
-                d.counters.class_frees[c].fetch_add(f, Ordering::Relaxed);
+                d.counters.class_frees[c].fetch_add(f + r, Ordering::Relaxed);
                 self.bins[c].allocs.store(0, Ordering::Relaxed);
                 self.bins[c].frees.store(0, Ordering::Relaxed);
+                self.bins[c].rfrees.store(0, Ordering::Relaxed);
+                allocs += a;
+                frees += f;
+            }
+        }
+        d.counters.node_allocs.fetch_add(allocs, Ordering::Relaxed);
+        d.counters.node_frees.fetch_add(frees, Ordering::Relaxed);
+        for n in 0..COUNTED_NODES {
+            let f = self.freed_to[n].swap(0, Ordering::Relaxed);
+            if f != 0 {
+                let to = global::domain(n);
+                to.counters.node_frees.fetch_add(f, Ordering::Relaxed);
+                if n != self.node() {
+                    to.counters.remote_node_frees.fetch_add(f, Ordering::Relaxed);
+                    to.counters.went_home.fetch_add(f, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -802,7 +863,7 @@ impl Heap {
     fn adopt(&self, c: usize, page: *mut Page) {
         // SAFETY: the page came from an arena or the domain: nobody else owns it.
         unsafe {
-            (*page).owner.store(self as *const Heap as usize, Ordering::Release);
+            (*page).set_owner(self as *const Heap as usize);
             (*page).next.set(ptr::null_mut());
             (*page).prev.set(ptr::null_mut());
         }
@@ -823,6 +884,20 @@ impl Heap {
             }
         }
         self.bins[c].page.set(page);
+    }
+
+    fn queue_push_back(&self, c: usize, page: *mut Page) {
+        let tail = self.tails[c].get();
+        if tail.is_null() {
+            return self.queue_push_front(c, page);
+        }
+        // SAFETY: our pages; `tail` ends queue `c`.
+        unsafe {
+            (*page).next.set(ptr::null_mut());
+            (*page).prev.set(tail);
+            (*tail).next.set(page);
+        }
+        self.tails[c].set(page);
     }
 
     fn queue_remove(&self, c: usize, page: *mut Page) {
@@ -854,12 +929,7 @@ impl Heap {
         // SAFETY: the batch holds allocated blocks of `page`, chained head..tail.
         unsafe {
             let pg = &*page;
-            let d = global::domain(pg.node());
-            d.counters.class_frees[pg.class.get() as usize].fetch_add(n as u64, Ordering::Relaxed);
-            if pg.node() != self.node() {
-                d.counters.remote_node_frees.fetch_add(n as u64, Ordering::Relaxed);
-                d.counters.went_home.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            count_foreign_free(self as *const Heap as *mut Heap, pg, pg.class.get() as usize, n as u64);
             if page::push_remote(pg, self.pend_head.get(), self.pend_tail.get()) {
                 queue_unowned(page);
             }
@@ -930,7 +1000,9 @@ unsafe fn pool_taken(b: *mut Block, c: usize) {
         unsafe {
             let pg = &*page;
             pg.clear_pooled(pg.block_index(b as usize));
-            global::domain(pg.node()).counters.class_allocs[c].fetch_add(1, Ordering::Relaxed);
+            let d = global::domain(pg.node());
+            d.counters.class_allocs[c].fetch_add(1, Ordering::Relaxed);
+            d.counters.node_allocs.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -1002,7 +1074,7 @@ pub(crate) fn alloc_large(node: usize, size: usize, zero: bool) -> *mut u8 {
         pg.start.set(pg.span_start() as usize);
         pg.set_reserved(1);
         pg.set_capacity(1);
-        pg.set_used(1);
+        pg.reset_counts(1);
         pg.flags.set(0);
         if !pooled {
             pg.homes[0].store(0, Ordering::Relaxed); // (a pooled span keeps its home: its pages')
@@ -1029,7 +1101,7 @@ pub(crate) fn alloc_large(node: usize, size: usize, zero: bool) -> *mut u8 {
 unsafe fn free_large(h: *mut Heap, page: *mut Page, p: *mut u8) {
     // SAFETY: a live large span head.
     let pg = unsafe { &*page };
-    if pg.used.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+    if pg.counts.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed).is_err() {
         os::fatal(format_args!("free(): double free of {:p}", p));
     }
     let span_node = pg.node();
@@ -1082,7 +1154,7 @@ mod check {
             if !pg.is_block(p as usize) || pg.block_index(p as usize) >= pg.capacity() as usize {
                 os::fatal(format_args!("free(): invalid pointer {:p} (not a block start: never handed out; debug-invariants build)", p));
             }
-            if pg.owner.load(Ordering::Relaxed) == tls::heap() as usize && page::in_free_lists(pg, p.cast()) {
+            if pg.owned_by(tls::heap() as usize) && page::in_free_lists(pg, p.cast()) {
                 os::fatal(format_args!("free(): double free of {:p} (debug-invariants build)", p));
             }
         }

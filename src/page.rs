@@ -29,7 +29,7 @@
 use core::cell::Cell;
 use core::mem::size_of;
 use core::ptr;
-use core::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use static_assertions::const_assert;
 
@@ -62,8 +62,12 @@ pub enum PageKind {
 const POOLED: u16 = 1 << 15;
 
 /// Page flag: blocks' homes are checked on free (a first-touch span on a multi-node machine).
-/// Any flag sends the owner's frees to the slow path.
+/// Any flag sends the owner's frees to the slow path (through [`OWNER_SLOW`]).
 pub const PF_PLACED: u8 = 1;
+
+/// Bit 0 of `owner` (heaps are aligned): set on a flagged page, so that the owner's free, which
+/// compares `owner` with its heap's address and nothing else, takes the slow path.
+const OWNER_SLOW: usize = 1;
 
 /// Per-64 KiB-page metadata. For a span, the head descriptor holds the state; the others only
 /// `kind` and `head_off`. Fields marked *owner* are touched only by the thread whose heap owns
@@ -79,14 +83,16 @@ pub struct Page {
     pub(crate) free: Cell<*mut Block>,
     /// *owner*: blocks freed by the owner, merged into `free` when it runs dry.
     pub(crate) local_free: Cell<*mut Block>,
-    /// The owning heap's address, or 0 (in an arena, given up, large, or free). Compared by
-    /// `free` on any thread.
+    /// The owning heap's address (with [`OWNER_SLOW`] on a flagged page), or 0 (in an arena,
+    /// given up, large, or free). Compared by `free` on any thread.
     pub(crate) owner: AtomicUsize,
-    /// *owner*: blocks handed out and not yet collected back (atomic only so stats may read it;
-    /// large spans: 1 while live, taken back with a CAS by the one `free` that wins).
-    pub(crate) used: AtomicU32,
-    /// Block size in bytes (large: the span size).
-    pub(crate) block_size: Cell<u32>,
+    /// *owner*: low 32 bits: blocks handed out and not yet collected back (`used`; large
+    /// spans: 1 while live, taken back with a CAS by the one `free` that wins); high 32 bits:
+    /// blocks handed out since the counts were last folded into the heap's per-class totals
+    /// (at every refill: at most `reserved` apart). One word, so that an allocation counts both
+    /// with one add; frees are not counted one by one: see [`take_counts`]. Atomic only so that
+    /// the stats may read it.
+    pub(crate) counts: AtomicU64,
     /// Address of the first block.
     pub(crate) start: Cell<usize>,
     /// Bytes from `start` in which block starts lie (`reserved * block_size`).
@@ -102,11 +108,11 @@ pub struct Page {
     /// `u64::MAX / block_size + 1`: divisibility and division by the block size with one
     /// multiply (Lemire, Kaser, Kurz: "Faster remainder by direct computation", 2019).
     pub(crate) magic: Cell<u64>,
-    /// *owner*: blocks the owner handed out / freed into this page since its counts were last
-    /// folded into the heap's per-class totals (at every refill: at most `reserved` apart).
-    pub(crate) allocs: AtomicU32,
-    /// See `allocs`.
-    pub(crate) frees: AtomicU32,
+    /// Block size in bytes (large: the span size).
+    pub(crate) block_size: Cell<u32>,
+    /// *owner*: `used` when the counts were last folded, less the remote frees collected since:
+    /// the owner's own frees since then are `allocs - (used - fold_base)`.
+    pub(crate) fold_base: AtomicU32,
     // ---- line 1: shared, and the slow paths' ----
     /// Blocks freed by other threads: a lock-free stack; bit 0 is [`remote::FULL`].
     pub(crate) xfree: AtomicUsize,
@@ -145,8 +151,7 @@ impl Page {
             free: Cell::new(ptr::null_mut()),
             local_free: Cell::new(ptr::null_mut()),
             owner: AtomicUsize::new(0),
-            used: AtomicU32::new(0),
-            block_size: Cell::new(0),
+            counts: AtomicU64::new(0),
             start: Cell::new(0),
             limit: Cell::new(0),
             flags: Cell::new(0),
@@ -154,8 +159,8 @@ impl Page {
             kind: Cell::new(PageKind::Free as u8),
             head_off: Cell::new(0),
             magic: Cell::new(1),
-            allocs: AtomicU32::new(0),
-            frees: AtomicU32::new(0),
+            block_size: Cell::new(0),
+            fold_base: AtomicU32::new(0),
             xfree: AtomicUsize::new(0),
             next: Cell::new(ptr::null_mut()),
             prev: Cell::new(ptr::null_mut()),
@@ -201,6 +206,17 @@ impl Page {
     pub(crate) fn set_span_pages(&self, n: u32) {
         self.span_pages_.set(n as u8)
     }
+    /// Makes heap `h` the owner (release: the page's state is published with it).
+    #[inline]
+    pub(crate) fn set_owner(&self, h: usize) {
+        let slow = if self.flags.get() != 0 { OWNER_SLOW } else { 0 };
+        self.owner.store(h | slow, Ordering::Release);
+    }
+    /// Whether heap `h` owns the page.
+    #[inline]
+    pub(crate) fn owned_by(&self, h: usize) -> bool {
+        self.owner.load(Ordering::Relaxed) & !OWNER_SLOW == h
+    }
     /// The descriptor kind.
     #[inline]
     pub(crate) fn kind(&self) -> PageKind {
@@ -243,12 +259,46 @@ impl Page {
     /// Used blocks.
     #[inline(always)]
     pub(crate) fn used(&self) -> u32 {
-        self.used.load(Ordering::Relaxed)
+        self.counts.load(Ordering::Relaxed) as u32
     }
-    /// Sets used blocks (owner).
+    /// Sets `used` to `v` and forgets any unfolded counts (a span changing use).
+    #[inline]
+    pub(crate) fn reset_counts(&self, v: u32) {
+        self.counts.store(v as u64, Ordering::Relaxed);
+        self.fold_base.store(v, Ordering::Relaxed);
+    }
+    /// One block handed out (owner): `used` and the unfolded allocation count up by one.
     #[inline(always)]
-    pub(crate) fn set_used(&self, v: u32) {
-        self.used.store(v, Ordering::Relaxed)
+    pub(crate) fn count_alloc(&self) {
+        let c = self.counts.load(Ordering::Relaxed);
+        self.counts.store(c.wrapping_add(ALLOC_ONE), Ordering::Relaxed)
+    }
+    /// One block freed by the owner: `used` down by one; returns the new `used`.
+    #[inline(always)]
+    pub(crate) fn count_free(&self) -> u32 {
+        // `used` is at least 1 here (the block was handed out), so nothing borrows from the
+        // allocation count above it.
+        let c = self.counts.load(Ordering::Relaxed).wrapping_sub(1);
+        self.counts.store(c, Ordering::Relaxed);
+        c as u32
+    }
+    /// `n` remote frees collected back (owner or list holder): `used` down by `n` (at most by
+    /// `used`: more would be a miscount, never a borrow from the allocation count).
+    #[inline]
+    pub(crate) fn count_collected(&self, n: u32) {
+        let n = n.min(self.used());
+        self.counts.store(self.counts.load(Ordering::Relaxed) - n as u64, Ordering::Relaxed);
+        self.fold_base.store(self.fold_base.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+    }
+    /// The allocations and owner frees not yet folded into a heap's totals, read from any
+    /// thread (approximate while the owner works on the page).
+    pub(crate) fn unfolded_counts(&self) -> (u32, u32) {
+        let base = self.fold_base.load(Ordering::Relaxed);
+        let c = self.counts.load(Ordering::Relaxed);
+        if self.fold_base.load(Ordering::Relaxed) != base {
+            return (0, 0); // folded meanwhile: the heap has them
+        }
+        split_counts(c, base)
     }
     /// The span's placement.
     #[inline]
@@ -326,9 +376,7 @@ impl Page {
         self.set_capacity(0);
         self.free.set(ptr::null_mut());
         self.local_free.set(ptr::null_mut());
-        self.set_used(0);
-        self.allocs.store(0, Ordering::Relaxed);
-        self.frees.store(0, Ordering::Relaxed);
+        self.reset_counts(0);
         self.flags.set(flags);
         self.xfree.store(0, Ordering::Relaxed);
         for h in &self.homes {
@@ -339,18 +387,28 @@ impl Page {
 
 // ---- links ----
 
-/// The per-process key mixed into every stored link (odd: never 0).
-static LINK_KEY: AtomicUsize = AtomicUsize::new(0x9e37_79b9_7f4a_7c15);
+/// The per-process key mixed into every stored link (odd: never 0). It is read on every
+/// allocation and free and written once, so it gets a cache line of its own: a neighbour that is
+/// written (a lock, a pool head) would otherwise make every core miss on it.
+#[repr(align(128))]
+struct KeyLine(AtomicUsize);
+
+static LINK_KEY: KeyLine = KeyLine(AtomicUsize::new(0x9e37_79b9_7f4a_7c15));
+
+/// Takes `LINK_KEY`'s address so that the optimiser keeps it whole (with its alignment) instead of
+/// splitting the one-field struct into a bare word that the linker packs beside other statics.
+#[used]
+static LINK_KEY_LINE: &KeyLine = &LINK_KEY;
 
 /// Sets the link key. Called once during initialisation, before any block exists.
 pub(crate) fn set_link_key(k: u64) {
-    LINK_KEY.store(k as usize | 1, Ordering::Relaxed);
+    LINK_KEY.0.store(k as usize | 1, Ordering::Relaxed);
 }
 
 /// The link key.
 #[inline(always)]
 pub(crate) fn link_key() -> usize {
-    LINK_KEY.load(Ordering::Relaxed)
+    LINK_KEY.0.load(Ordering::Relaxed)
 }
 
 /// Reads free block `b`'s link, aborting if it does not decode to null or a block of `page`.
@@ -464,19 +522,30 @@ pub(crate) unsafe fn pop(page: &Page) -> *mut Block {
         page.free.set(next_of_k(page, b, link_key()));
         (*b).next = ptr::null_mut();
     }
-    page.set_used(page.used() + 1);
-    page.allocs.store(page.allocs.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    page.count_alloc();
     b
 }
 
-/// Takes the page's unfolded allocation and free counts (owner), leaving zero.
+/// `Page::counts` for one more allocation: `used` and the allocation count each up by one.
+const ALLOC_ONE: u64 = (1 << 32) | 1;
+
+/// Allocations and owner frees since the last fold, from a `counts` word and `fold_base`:
+/// `used` moved by allocations less owner frees less collected remote frees, and `fold_base`
+/// moved by the collected ones (all modulo 2^32).
+#[inline]
+fn split_counts(c: u64, base: u32) -> (u32, u32) {
+    let allocs = (c >> 32) as u32;
+    (allocs, allocs.wrapping_sub((c as u32).wrapping_sub(base)))
+}
+
+/// Takes the page's unfolded allocation and owner-free counts (owner), leaving zero.
 #[inline]
 pub(crate) fn take_counts(page: &Page) -> (u32, u32) {
-    let a = page.allocs.load(Ordering::Relaxed);
-    let f = page.frees.load(Ordering::Relaxed);
-    page.allocs.store(0, Ordering::Relaxed);
-    page.frees.store(0, Ordering::Relaxed);
-    (a, f)
+    let c = page.counts.load(Ordering::Relaxed);
+    let r = split_counts(c, page.fold_base.load(Ordering::Relaxed));
+    page.counts.store(c & u32::MAX as u64, Ordering::Relaxed);
+    page.fold_base.store(c as u32, Ordering::Relaxed);
+    r
 }
 
 /// Carves up to `EXTEND_BYTES` more blocks of the untouched span tail into `free` (small spans
@@ -560,8 +629,7 @@ pub(crate) unsafe fn bump(page: &Page) -> (*mut Block, bool) {
         return (ptr::null_mut(), false);
     }
     page.set_capacity(cap + 1);
-    page.set_used(page.used() + 1);
-    page.allocs.store(page.allocs.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    page.count_alloc();
     let b = page.block_at(cap as usize);
     let zero = page.is_zero.get();
     if !zero {
@@ -612,7 +680,7 @@ pub(crate) unsafe fn collect_remote(page: &Page) {
     // SAFETY: as above.
     unsafe { set_next(tail, page.free.get()) };
     page.free.set(head);
-    page.set_used(page.used().saturating_sub(n));
+    page.count_collected(n);
 }
 
 /// Links list `a` in front of `b` (walks `a`).
@@ -677,7 +745,7 @@ pub(crate) fn give_up(page: &Page, me: usize) -> bool {
     if remote::try_give_up(&page.xfree) {
         true
     } else {
-        page.owner.store(me, Ordering::Relaxed);
+        page.set_owner(me);
         false
     }
 }
@@ -691,7 +759,7 @@ pub(crate) unsafe fn reclaim(page: &Page, me: usize) -> bool {
     if page.last_owner.load(Ordering::Relaxed) != me || page.owner.load(Ordering::Relaxed) != 0 || !remote::try_reclaim(&page.xfree) {
         return false;
     }
-    page.owner.store(me, Ordering::Relaxed);
+    page.set_owner(me);
     true
 }
 

@@ -132,7 +132,7 @@ fn classify(p: *mut u8, what: &str) -> Option<usize> {
             PageKind::Small => {
                 let bs = pg.block_size.get() as usize;
                 // `capacity` is the owner's: other threads check the block grid only.
-                let owner = pg.owner.load(Ordering::Relaxed) == crate::tls::heap() as usize;
+                let owner = pg.owned_by(crate::tls::heap() as usize);
                 if !pg.is_block(p as usize) || (owner && pg.block_index(p as usize) >= pg.capacity() as usize) {
                     os::fatal(format_args!("{}(): invalid pointer {:p} (not a block start; debug-invariants build)", what, p));
                 }

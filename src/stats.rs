@@ -21,7 +21,7 @@ use crate::topology;
 use crate::util::{BufWriter, Bytes};
 
 /// Nodes a [`Stats`] value can describe (node ids at or above are folded into the last slot).
-pub const MAX_STAT_NODES: usize = 64;
+pub const MAX_STAT_NODES: usize = crate::domain::COUNTED_NODES;
 
 /// Counters of one NUMA node's domain.
 #[derive(Clone, Copy, Debug, Default)]
@@ -183,16 +183,29 @@ pub fn stats() -> Stats {
             s.node_count += 1;
         }
     }
-    // Live heaps' own counts, on the node each heap serves.
+    // Live heaps' own counts: allocations and own frees on the node each heap serves (its
+    // pages'), frees into other pages on those pages' nodes.
+    let slot_of_node = |n: usize| slot_of.get(n).copied().unwrap_or(usize::MAX);
     global::for_each_live_heap(|h| {
-        let slot = slot_of.get(h.node()).copied().unwrap_or(usize::MAX);
+        let slot = slot_of_node(h.node());
         for c in 0..CLASSES {
-            let (a, f) = h.bin_counts(c);
+            let (a, f, r) = h.bin_counts(c);
             s.classes[c].allocs += a;
-            s.classes[c].frees += f;
+            s.classes[c].frees += f + r;
             if slot != usize::MAX {
                 s.nodes[slot].allocs += a;
                 s.nodes[slot].frees += f;
+            }
+        }
+        for (n, c) in h.freed_to.iter().enumerate() {
+            let f = c.load(Ordering::Relaxed);
+            let to = slot_of_node(n);
+            if f != 0 && to != usize::MAX {
+                s.nodes[to].frees += f;
+                if n != h.node() {
+                    s.nodes[to].remote_frees += f;
+                    s.nodes[to].went_home += f;
+                }
             }
         }
     });
@@ -236,14 +249,11 @@ fn node_counters(s: &mut Stats, slot: usize, n: usize) {
     ns.migrations_in += ld(&c.migrations_in);
     ns.remote_frees += ld(&c.remote_node_frees);
     ns.went_home += ld(&c.went_home);
-    ns.allocs += ld(&c.large_allocs) + ld(&c.huge_total);
-    ns.frees += ld(&c.large_frees) + ld(&c.huge_frees);
+    ns.allocs += ld(&c.large_allocs) + ld(&c.huge_total) + ld(&c.node_allocs);
+    ns.frees += ld(&c.large_frees) + ld(&c.huge_frees) + ld(&c.node_frees);
     for cl in 0..CLASSES {
-        let (a, f) = (ld(&c.class_allocs[cl]), ld(&c.class_frees[cl]));
-        s.classes[cl].allocs += a;
-        s.classes[cl].frees += f;
-        s.nodes[slot].allocs += a;
-        s.nodes[slot].frees += f;
+        s.classes[cl].allocs += ld(&c.class_allocs[cl]);
+        s.classes[cl].frees += ld(&c.class_frees[cl]);
     }
     let classes = &mut s.classes;
     let mut small_in_use = 0;
@@ -261,7 +271,8 @@ fn node_counters(s: &mut Stats, slot: usize, n: usize) {
                 cs.in_use += p.used() as u64;
                 small_in_use += p.used() as u64;
                 // Counts of owned pages not yet folded into their heaps.
-                let (a, f) = (p.allocs.load(Ordering::Relaxed) as u64, p.frees.load(Ordering::Relaxed) as u64);
+                let (a, f) = p.unfolded_counts();
+                let (a, f) = (a as u64, f as u64);
                 cs.allocs += a;
                 cs.frees += f;
                 unfolded.0 += a;

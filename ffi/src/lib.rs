@@ -102,52 +102,10 @@ shims! {
     fn domalloc_print_stats() = c::print_stats;
 
     /// The library's version, e.g. `"0.2.0"` (a static NUL-terminated string).
-    fn domalloc_version() -> *const c_char = pending::version;
+    fn domalloc_version() -> *const c_char = domalloc::c::version;
     /// Writes the statistics report (text) to file descriptor `fd`; 0 on success, -1 on error.
-    fn domalloc_stats_print(fd: c_int) -> c_int = pending::stats_print;
+    fn domalloc_stats_print(fd: c_int) -> c_int = domalloc::c::stats_print;
     /// Writes the statistics as one NUL-terminated JSON document into `buf` if it fits in `len`
     /// bytes; returns the length it needs without the NUL (like `snprintf`).
-    fn domalloc_stats_json(buf: *mut c_char, len: usize) -> usize = pending::stats_json;
-}
-
-/// Stand-ins for calls the core is getting (`domalloc::c::{version, stats_print, stats_json}`),
-/// so that the ABI (`ffi/exports.txt`) and its tests exist now.
-// TODO(lead): forward to domalloc::c::version(), domalloc::c::stats_print() and
-// domalloc::c::stats_json(), and delete this module.
-mod pending {
-    use core::ffi::{c_char, c_int};
-
-    const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
-
-    // TODO(lead): forward to domalloc::c::version()
-    pub fn version() -> *const c_char {
-        VERSION.as_ptr().cast()
-    }
-
-    // TODO(lead): forward to domalloc::c::stats_print(fd). Stand-in: the text report goes to
-    // stderr only (fd 2); any other descriptor is refused with -1.
-    pub fn stats_print(fd: c_int) -> c_int {
-        if fd != 2 {
-            return -1;
-        }
-        domalloc::c::print_stats();
-        0
-    }
-
-    // TODO(lead): forward to domalloc::c::stats_json(buf, len). Stand-in: a document with only
-    // the schema and version keys.
-    /// # Safety
-    /// `buf` is null or valid for writes of `len` bytes.
-    pub unsafe fn stats_json(buf: *mut c_char, len: usize) -> usize {
-        let doc = concat!("{\"domalloc_stats\":1,\"version\":\"", env!("CARGO_PKG_VERSION"), "\"}");
-        if !buf.is_null() && len > doc.len() {
-            // SAFETY: `buf` is valid for `len` > doc.len() bytes (the caller's contract), and a
-            // static string cannot overlap it.
-            unsafe {
-                core::ptr::copy_nonoverlapping(doc.as_ptr(), buf.cast(), doc.len());
-                *buf.add(doc.len()) = 0;
-            }
-        }
-        doc.len()
-    }
+    fn domalloc_stats_json(buf: *mut c_char, len: usize) -> usize = domalloc::c::stats_json;
 }

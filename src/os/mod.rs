@@ -476,6 +476,16 @@ pub(crate) unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool {
 /// The OS page size assumed everywhere (4 KiB on every supported platform).
 pub(crate) const OS_PAGE: usize = 4096;
 
+/// `errno` values the C interface reports.
+pub(crate) const ENOMEM: i32 = libc::ENOMEM;
+pub(crate) const EINVAL: i32 = libc::EINVAL;
+
+/// Sets the calling thread's `errno`.
+#[inline]
+pub(crate) fn set_errno(e: i32) {
+    Sys::set_errno(e)
+}
+
 /// The calling thread's id (cached in TLS after the first call; reset in a fork child).
 #[inline]
 pub(crate) fn thread_id() -> u32 {
