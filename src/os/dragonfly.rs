@@ -13,7 +13,6 @@
 //! thread's mask back.
 
 use core::mem;
-use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 
 use super::bsd_sysctl::{dragonfly as sysctl, SysctlByName};
