@@ -111,10 +111,10 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
         // SAFETY: valid class; the block holds `size` bytes.
         return unsafe { if zero { heap::alloc_small_zeroed(c, size) } else { heap::alloc_small(c) } };
     }
-    let Some(node) = heap::alloc_node() else { return ptr::null_mut() };
-    if crate::global::policy_covers(size) && crate::global::policy().1 > 0 {
+    let Some(node) = crate::init::alloc_node() else { return ptr::null_mut() };
+    if crate::placement::policy_covers(size) && crate::config::policy().1 > 0 {
         // Blocks above the policy's threshold get their own mapping with the policy applied.
-        return huge::alloc(crate::global::domain(node), size, align.max(os::OS_PAGE), zero, false, true);
+        return alloc_huge(node, size, align.max(os::OS_PAGE), zero, false, true);
     }
     alloc_big_on(node, size, align, zero, false)
 }
@@ -122,11 +122,22 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
 /// Large or huge allocation from node `node`'s domain; `placed`: bound to the node.
 pub(crate) fn alloc_big_on(node: usize, size: usize, align: usize, zero: bool, placed: bool) -> *mut u8 {
     if size <= LARGE_MAX && align <= PAGE_SIZE && !placed {
-        heap::alloc_large(node, size, zero)
+        crate::large::alloc(node, size, zero)
     } else {
-        let policy = !placed && crate::global::policy_covers(size);
-        huge::alloc(crate::global::domain(node), size, align, zero, placed, policy)
+        let policy = !placed && crate::placement::policy_covers(size);
+        alloc_huge(node, size, align, zero, placed, policy)
     }
+}
+
+/// A huge block from node `node`'s domain (see `huge::alloc`). When the OS refuses the memory,
+/// everything free or cached is given back and the allocation is tried once more.
+fn alloc_huge(node: usize, size: usize, align: usize, zero: bool, placed: bool, policy: bool) -> *mut u8 {
+    let d = crate::domain::domain(node);
+    let p = huge::alloc(d, size, align, zero, placed, policy);
+    if p.is_null() && crate::init::release_free_memory() {
+        return huge::alloc(d, size, align, zero, placed, policy);
+    }
+    p
 }
 
 /// Frees a block (null is ignored). Invalid and double frees are reported and abort where

@@ -12,17 +12,21 @@
 //! domain lock is taken only when an arena runs out or overflows. The maintenance sweep gives
 //! back to the domain what has waited longer than the purge delay.
 //!
-//! Besides one arena per CPU id there is one per node (`global::node_arena`), for pages of
+//! Besides one arena per CPU id there is one per node ([`node_arena`]), for pages of
 //! node-targeted heaps (which run on any CPU) and of memory-only nodes.
 
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config;
 use crate::contention::LockKind;
+use crate::domain;
 use crate::lock::Lock;
 use crate::page::Page;
 use crate::segment::{SpanPlacement, PLACEMENTS};
 use crate::size_class::CLASSES;
+use crate::topology;
+use crate::util::SetOnce;
 
 /// Span sizes (pages) the empty-span cache keeps, 1..=EMPTY_SIZES.
 const EMPTY_SIZES: usize = 16;
@@ -241,17 +245,77 @@ impl Arena {
         self.empties.load(Ordering::Relaxed)
     }
 
-    /// Fork prepare handler.
-    pub(crate) fn fork_acquire(&self) {
-        self.queues.fork_acquire();
+    /// The arena's lock, for the fork handlers.
+    pub(crate) fn fork_lock(&self) -> &Lock<Queues> {
+        &self.queues
     }
+}
 
-    /// Fork parent and child handlers.
-    ///
-    /// # Safety
-    /// After `fork_acquire` by this thread (or its image in the child).
-    pub(crate) unsafe fn fork_release(&self) {
-        // SAFETY: forwarded.
-        unsafe { self.queues.fork_release() }
+// ---- the table of arenas ----
+
+/// One arena per CPU id, then one per node id, set up at start-up.
+struct Table {
+    arenas: *mut Arena,
+    n_cpus: usize,
+    n_nodes: usize,
+}
+
+static TABLE: SetOnce<Table> = SetOnce::new(Table { arenas: ptr::null_mut(), n_cpus: 0, n_nodes: 0 });
+
+/// Publishes the arena table: `n_cpus + n_nodes` initialised arenas at `arenas`.
+///
+/// # Safety
+/// Start-up only, before the allocator is published as ready; the table lives forever.
+pub(crate) unsafe fn set_table(arenas: *mut Arena, n_cpus: usize, n_nodes: usize) {
+    // SAFETY: the caller's contract is `SetOnce::set`'s.
+    unsafe { TABLE.set(Table { arenas, n_cpus, n_nodes }) }
+}
+
+/// Number of arenas (CPU arenas, then node arenas).
+pub(crate) fn arena_count() -> usize {
+    let t = TABLE.get();
+    t.n_cpus + t.n_nodes
+}
+
+/// Number of per-CPU arenas (the first of the table).
+pub(crate) fn cpu_arena_count() -> usize {
+    TABLE.get().n_cpus
+}
+
+/// Index of CPU `cpu`'s arena.
+#[inline]
+pub(crate) fn arena_index(cpu: usize) -> usize {
+    let n = TABLE.get().n_cpus;
+    if n == 0 { 0 } else { cpu % n }
+}
+
+/// Index of node `node`'s own arena (for node-targeted heaps and memory-only nodes).
+#[inline]
+pub(crate) fn node_arena(node: usize) -> usize {
+    let t = TABLE.get();
+    let node = if config::numa_enabled() && node < t.n_nodes { node } else { domain::solo_node() };
+    t.n_cpus + node
+}
+
+/// The node whose pages arena `i` holds.
+pub(crate) fn arena_node(i: usize) -> usize {
+    let t = TABLE.get();
+    if i >= t.n_cpus { i - t.n_cpus } else { domain::node_of_cpu(i) }
+}
+
+/// Arena number `i` (from [`arena_index`] or [`node_arena`]).
+#[inline]
+pub(crate) fn arena(i: usize) -> &'static Arena {
+    let t = TABLE.get();
+    // SAFETY: clamped to the table, which lives forever.
+    unsafe { &*t.arenas.add(i.min(t.n_cpus + t.n_nodes - 1)) }
+}
+
+/// CPUs whose arenas serve node `node` (none when NUMA is off: every CPU serves the one node,
+/// and heaps look in their own arena and the node's).
+pub(crate) fn cpus_of_node(node: usize) -> &'static [u32] {
+    if !config::numa_enabled() {
+        return &[];
     }
+    topology::get().cpus_of(node)
 }

@@ -221,18 +221,18 @@ pub unsafe fn free_aligned_sized(p: *mut c_void, align: usize, size: usize) {
 
 /// glibc's `mallopt` parameters (`<malloc.h>`).
 mod m {
-    pub const MXFAST: i32 = 1;
-    pub const NLBLKS: i32 = 2;
-    pub const GRAIN: i32 = 3;
-    pub const KEEP: i32 = 4;
-    pub const TRIM_THRESHOLD: i32 = -1;
-    pub const TOP_PAD: i32 = -2;
-    pub const MMAP_THRESHOLD: i32 = -3;
-    pub const MMAP_MAX: i32 = -4;
-    pub const CHECK_ACTION: i32 = -5;
-    pub const PERTURB: i32 = -6;
-    pub const ARENA_TEST: i32 = -7;
-    pub const ARENA_MAX: i32 = -8;
+    pub(super) const MXFAST: i32 = 1;
+    pub(super) const NLBLKS: i32 = 2;
+    pub(super) const GRAIN: i32 = 3;
+    pub(super) const KEEP: i32 = 4;
+    pub(super) const TRIM_THRESHOLD: i32 = -1;
+    pub(super) const TOP_PAD: i32 = -2;
+    pub(super) const MMAP_THRESHOLD: i32 = -3;
+    pub(super) const MMAP_MAX: i32 = -4;
+    pub(super) const CHECK_ACTION: i32 = -5;
+    pub(super) const PERTURB: i32 = -6;
+    pub(super) const ARENA_TEST: i32 = -7;
+    pub(super) const ARENA_MAX: i32 = -8;
 }
 
 /// glibc `mallopt`: every parameter glibc knows is accepted (returns 1) and has no effect, since
@@ -424,7 +424,7 @@ pub fn current_node() -> c_int {
 /// `domalloc_node_count`: the number of NUMA nodes with memory (at least 1). Node ids may be
 /// sparse: ids go up to the highest possible node id, not to this count.
 pub fn node_count() -> c_int {
-    if !crate::global::ensure_init() {
+    if !crate::init::ensure_init() {
         return 1;
     }
     crate::topology::get().memory_node_count().clamp(1, c_int::MAX as usize) as c_int
@@ -473,6 +473,26 @@ pub unsafe fn stats_json(buf: *mut core::ffi::c_char, size: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_json_measures_and_truncates() {
+        // SAFETY: null with size 0 only asks for the length; the buffers are ours and valid.
+        unsafe {
+            let needed = stats_json(ptr::null_mut(), 0);
+            assert!(needed > 100, "the document's length: {needed}");
+            let mut small = [0x55u8; 10];
+            let n = stats_json(small.as_mut_ptr().cast(), small.len());
+            assert!(n > 100, "the length again, whatever the buffer: {n}");
+            assert_eq!(small[9], 0, "truncated and terminated (snprintf's contract)");
+            assert_eq!(&small[..1], b"{");
+            let mut big = vec![0u8; n + 4096];
+            let m = stats_json(big.as_mut_ptr().cast(), big.len());
+            assert!(m < big.len());
+            let text = std::str::from_utf8(&big[..m]).unwrap();
+            assert!(text.starts_with('{') && text.trim_end().ends_with('}'), "{text}");
+            assert_eq!(big[m], 0);
+        }
+    }
 
     fn errno() -> i32 {
         std::io::Error::last_os_error().raw_os_error().unwrap_or(0)

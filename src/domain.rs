@@ -19,7 +19,8 @@
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::global;
+use crate::config;
+use crate::list::List;
 use crate::lock::Lock;
 use crate::options::{self, Policy};
 use crate::os::{self, Os, Placement, Sys};
@@ -28,6 +29,8 @@ use crate::segment::{
     SEGMENT_SIZE, SEG_NORMAL,
 };
 use crate::size_class::CLASSES;
+use crate::topology;
+use crate::util::SetOnce;
 
 /// Every page that can hold spans: all but the header page (and, in hardened builds, the last
 /// page, whose last OS page is a guard: an overflow off the segment's end faults before it
@@ -95,7 +98,7 @@ impl NodeCounters {
 /// The lists of one domain (under its lock).
 pub(crate) struct Spans {
     /// Per placement: segments, those with free pages first.
-    segs: [*mut Segment; PLACEMENTS],
+    segs: [List<Segment>; PLACEMENTS],
     /// Earliest purge deadline (ms) among segments with dirty pages; `u64::MAX` if none.
     next_purge: u64,
 }
@@ -137,7 +140,7 @@ struct PurgeRun {
 impl Domain {
     pub(crate) fn init(&mut self, node: usize) {
         self.node = node;
-        self.lock = Lock::new(crate::contention::LockKind::Domain, Spans { segs: [ptr::null_mut(); PLACEMENTS], next_purge: u64::MAX });
+        self.lock = Lock::new(crate::contention::LockKind::Domain, Spans { segs: [const { List::new() }; PLACEMENTS], next_purge: u64::MAX });
         self.huge_cache.init();
         self.pool.init();
     }
@@ -152,9 +155,10 @@ impl Domain {
             let mut g = self.lock.lock();
             if !fresh.is_null() {
                 // (`fresh` is only read again after `new_segment` set it anew.)
-                push_front(&mut g.segs[placement as usize], fresh);
+                // SAFETY: a new segment of ours, in no list; the lock is held.
+                unsafe { g.segs[placement as usize].push_front(fresh) };
             }
-            if let Some((seg, i)) = find_span(g.segs[placement as usize], n) {
+            if let Some((seg, i)) = find_span(&g.segs[placement as usize], n) {
                 // SAFETY: a live segment of ours under the lock; pages i..i+n are free.
                 return unsafe { self.carve_locked(&mut g, placement, seg, i, n, kind, arena) };
             }
@@ -191,7 +195,7 @@ impl Domain {
             s.dirty_mask.set(s.dirty_mask.get() & !run);
             s.nonzero_mask.set(s.nonzero_mask.get() | run);
             if s.free_mask.get() == 0 {
-                move_to_back(&mut g.segs[placement as usize], seg);
+                g.segs[placement as usize].move_to_back(seg);
             }
             self.dirty_bytes.fetch_sub(was_dirty << PAGE_SHIFT, Ordering::Relaxed);
             let head = s.page(i);
@@ -224,13 +228,12 @@ impl Domain {
         self.after_free();
     }
 
-    /// After spans came back: `DOMALLOC_PURGE_DELAY=0` purges at once (outside the lock), else the
-    /// purge thread is told (or started).
+    /// After spans came back: `DOMALLOC_PURGE_DELAY=0` purges at once (outside the lock). Otherwise
+    /// the memory waits for the maintenance sweep, which the caller tells
+    /// (`sweep::purge_wanted`: the domains do not start threads).
     fn after_free(&self) {
         if options::get().purge_delay_ms == 0 {
             self.purge_due(Sys::now_ms(), false, true);
-        } else {
-            crate::global::purge_wanted();
         }
     }
 
@@ -276,10 +279,11 @@ impl Domain {
             s.dirty_mask.set(s.dirty_mask.get() | run);
             self.dirty_bytes.fetch_add((n << PAGE_SHIFT) as u64, Ordering::Relaxed);
             self.counters.pages_in_use.fetch_sub(n as u64, Ordering::Relaxed);
-            let list = &mut g.segs[s.placement as usize];
             if was_full {
-                unlink(list, seg);
-                push_front(list, seg);
+                // Segments with free pages come first.
+                let list = &g.segs[s.placement as usize];
+                list.remove(seg);
+                list.push_front(seg);
             }
             let delay = options::get().purge_delay_ms;
             if delay != u64::MAX {
@@ -334,7 +338,7 @@ impl Domain {
                 zeroed[k] = all_zero;
             }
             if n_runs > 0 {
-                let mut g = self.lock.lock();
+                let g = self.lock.lock();
                 for (k, r) in runs[..n_runs].iter().enumerate() {
                     // SAFETY: a live segment of ours; the run was free before we took it.
                     unsafe {
@@ -345,9 +349,9 @@ impl Domain {
                             s.nonzero_mask.set(s.nonzero_mask.get() & !r.run);
                         }
                         if was_full {
-                            let list = &mut g.segs[s.placement as usize];
-                            unlink(list, r.seg);
-                            push_front(list, r.seg);
+                            let list = &g.segs[s.placement as usize];
+                            list.remove(r.seg);
+                            list.push_front(r.seg);
                         }
                     }
                 }
@@ -374,7 +378,7 @@ impl Domain {
         let (mut nr, mut nl) = (0, 0);
         let mut next = u64::MAX;
         for list in 0..PLACEMENTS {
-            let mut seg = g.segs[list];
+            let mut seg = g.segs[list].head();
             while !seg.is_null() {
                 // SAFETY: live segment under the lock.
                 let s = unsafe { &*seg };
@@ -383,7 +387,8 @@ impl Domain {
                 if dirty != 0 || s.free_mask.get() == ALL_PAGES {
                     if force || s.purge_at.get() <= now {
                         if s.free_mask.get() == ALL_PAGES && nl < PURGE_BATCH {
-                            unlink(&mut g.segs[list], seg);
+                            // SAFETY: a segment of this list, under the lock.
+                            unsafe { g.segs[list].remove(seg) };
                             self.dirty_bytes.fetch_sub((dirty.count_ones() as u64) << PAGE_SHIFT, Ordering::Relaxed);
                             released[nl] = seg;
                             nl += 1;
@@ -415,11 +420,11 @@ impl Domain {
         if p.is_null() {
             return ptr::null_mut();
         }
-        let (policy, _) = global::policy();
+        let (policy, _) = config::policy();
         let interleaved = matches!(policy, Policy::Interleave(_)) && placement == SpanPlacement::Policy;
         match placement {
             SpanPlacement::Policy => crate::placement::apply_policy(p, SEGMENT_SIZE, self.node, true),
-            SpanPlacement::Bound if global::numa_enabled() => crate::placement::apply_policy(p, SEGMENT_SIZE, self.node, false),
+            SpanPlacement::Bound if config::numa_enabled() => crate::placement::apply_policy(p, SEGMENT_SIZE, self.node, false),
             _ => {}
         }
         let thp = match placement {
@@ -464,13 +469,10 @@ impl Domain {
     /// Visits every live segment (for stats), under the lock.
     pub(crate) fn for_each_segment(&self, mut f: impl FnMut(&Segment)) {
         let g = self.lock.lock();
-        for list in 0..PLACEMENTS {
-            let mut seg = g.segs[list];
-            while !seg.is_null() {
+        for list in &g.segs {
+            for seg in list.iter() {
                 // SAFETY: live segment under the lock.
-                let s = unsafe { &*seg };
-                f(s);
-                seg = s.next.get();
+                f(unsafe { &*seg });
             }
         }
     }
@@ -502,11 +504,9 @@ pub(crate) unsafe fn init_span(head: *mut Page, n: usize, kind: PageKind) {
 
 /// The first segment of `list` with `n` free pages in a row: a run of still-resident (dirty)
 /// pages among the first few segments with room (no page faults), else the first run that fits.
-fn find_span(list: *mut Segment, n: usize) -> Option<(*mut Segment, usize)> {
-    let mut seg = list;
+fn find_span(list: &List<Segment>, n: usize) -> Option<(*mut Segment, usize)> {
     let mut found = None;
-    let mut looked = 0;
-    while !seg.is_null() {
+    for (looked, seg) in list.iter().enumerate() {
         // SAFETY: segments in the list are live; fields are under the caller's lock.
         let s = unsafe { &*seg };
         let free = s.free_mask.get();
@@ -526,8 +526,6 @@ fn find_span(list: *mut Segment, n: usize) -> Option<(*mut Segment, usize)> {
                 }
             }
         }
-        looked += 1;
-        seg = s.next.get();
     }
     found
 }
@@ -549,53 +547,61 @@ fn find_run(free: u64, n: usize) -> Option<usize> {
     if m == 0 { None } else { Some(m.trailing_zeros() as usize) }
 }
 
-fn push_front(head: &mut *mut Segment, seg: *mut Segment) {
-    // SAFETY: live segments under the lock.
-    unsafe {
-        (*seg).prev.set(ptr::null_mut());
-        (*seg).next.set(*head);
-        if !head.is_null() {
-            (**head).prev.set(seg);
-        }
-    }
-    *head = seg;
+// ---- the table of domains ----
+
+/// One domain per node id (slots of ids without a node stay unused), set up at start-up.
+struct Table {
+    domains: *mut Domain,
+    n: usize,
+    /// The node whose domain serves every request when NUMA is off (the first with memory).
+    solo: usize,
 }
 
-fn unlink(head: &mut *mut Segment, seg: *mut Segment) {
-    // SAFETY: live segments under the lock.
-    unsafe {
-        let (p, n) = ((*seg).prev.get(), (*seg).next.get());
-        if p.is_null() {
-            *head = n;
-        } else {
-            (*p).next.set(n);
-        }
-        if !n.is_null() {
-            (*n).prev.set(p);
-        }
-        (*seg).next.set(ptr::null_mut());
-        (*seg).prev.set(ptr::null_mut());
-    }
+static TABLE: SetOnce<Table> = SetOnce::new(Table { domains: ptr::null_mut(), n: 0, solo: 0 });
+
+/// Publishes the domain table (`n` initialised domains at `domains`).
+///
+/// # Safety
+/// Start-up only, before the allocator is published as ready; the table lives forever.
+pub(crate) unsafe fn set_table(domains: *mut Domain, n: usize, solo: usize) {
+    // SAFETY: the caller's contract is `SetOnce::set`'s.
+    unsafe { TABLE.set(Table { domains, n, solo }) }
 }
 
-fn move_to_back(head: &mut *mut Segment, seg: *mut Segment) {
-    // SAFETY: live segments under the lock.
-    unsafe {
-        if (*seg).next.get().is_null() {
-            return;
-        }
-        unlink(head, seg);
-        let mut t = *head;
-        if t.is_null() {
-            *head = seg;
-            return;
-        }
-        while !(*t).next.get().is_null() {
-            t = (*t).next.get();
-        }
-        (*t).next.set(seg);
-        (*seg).prev.set(t);
+/// The domain of node `n` (the solo domain when `n` is out of range).
+#[inline]
+pub(crate) fn domain(n: usize) -> &'static Domain {
+    let t = TABLE.get();
+    let n = if n < t.n { n } else { t.solo };
+    // SAFETY: index in range; the table lives forever.
+    unsafe { &*t.domains.add(n) }
+}
+
+/// Number of domain slots (highest possible node id + 1).
+#[inline]
+pub(crate) fn domain_slots() -> usize {
+    TABLE.get().n
+}
+
+/// The node of the one domain used when NUMA is off.
+#[inline]
+pub(crate) fn solo_node() -> usize {
+    TABLE.get().solo
+}
+
+/// The node whose memory serves CPU `cpu` (under a binding policy: the nearest allowed node).
+#[inline]
+pub(crate) fn node_of_cpu(cpu: usize) -> usize {
+    if !config::numa_enabled() {
+        return solo_node();
     }
+    let n = topology::get().cpu_node(cpu).unwrap_or(solo_node());
+    domain(n).policy_home
+}
+
+/// Whether the calling thread holds some domain's lock (the contention counters' probe).
+pub(crate) fn holds_a_domain_lock() -> bool {
+    (0..domain_slots()).any(|n| domain(n).lock.held_by_me())
 }
 
 /// Bytes per page, re-exported for the stats report.

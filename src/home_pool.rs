@@ -26,7 +26,7 @@ use crate::size_class::{class_size, CLASSES, PLACED_MIN_CLASS};
 
 const SMALL: usize = CLASSES - PLACED_MIN_CLASS;
 
-struct Lists {
+pub(crate) struct Lists {
     small: [*mut Block; SMALL],
     large: [*mut Page; PAGES],
     /// Pages of the tails of small blocks were given back (since the last put).
@@ -188,7 +188,7 @@ impl HomePool {
                 (*large).next.set(ptr::null_mut());
                 let len = (*large).span_bytes();
                 os::purge((*large).span_start(), len, os::PurgeMode::DontNeed);
-                let d = crate::global::domain((*large).node());
+                let d = crate::domain::domain((*large).node());
                 d.counters.purged_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 d.free_span(large);
                 large = next;
@@ -196,18 +196,9 @@ impl HomePool {
         }
     }
 
-    /// Takes the lock and keeps it (fork prepare handler).
-    pub(crate) fn fork_acquire(&self) {
-        self.lists.fork_acquire();
-    }
-
-    /// Releases what [`Self::fork_acquire`] took.
-    ///
-    /// # Safety
-    /// After `fork_acquire` in this thread (or its image in the child).
-    pub(crate) unsafe fn fork_release(&self) {
-        // SAFETY: forwarded.
-        unsafe { self.lists.fork_release() }
+    /// The pool's lock, for the fork handlers.
+    pub(crate) fn fork_lock(&self) -> &Lock<Lists> {
+        &self.lists
     }
 }
 

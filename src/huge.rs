@@ -18,14 +18,13 @@ use core::sync::atomic::Ordering;
 
 use crate::contention::LockKind;
 use crate::domain::Domain;
-use crate::global;
 use crate::lock::Lock;
 use crate::options::{self, Policy};
 use crate::os::{self, Os, Sys, OS_PAGE};
-use crate::placement::{self, Home};
+use crate::placement;
 use crate::segment::{init_header, segmap_set, Segment, SpanPlacement, PAGE_SIZE, SEGMENT_SIZE, SEG_HUGE, THP_SIZE};
 
-pub use crate::segment::LARGE_MAX;
+pub(crate) use crate::segment::LARGE_MAX;
 
 const CACHE_SLOTS: usize = 8;
 
@@ -46,7 +45,7 @@ pub(crate) struct HugeCache {
     slots: Lock<CacheSlots>,
 }
 
-struct CacheSlots {
+pub(crate) struct CacheSlots {
     seg: [*mut Segment; CACHE_SLOTS],
     freed_at: [u64; CACHE_SLOTS],
     bytes: usize,
@@ -100,6 +99,7 @@ impl HugeCache {
     /// Offers a freed block; returns false if the cache does not want it. Entries older than
     /// `max_age_ms` are released on the way, so a program that keeps freeing huge blocks does
     /// not hold idle ones past the purge delay.
+    #[cfg(not(feature = "hardened"))]
     fn put(&self, seg: *mut Segment, limit: usize, max_age_ms: u64) -> bool {
         // SAFETY: header is live.
         let size = unsafe { capacity(&*seg) };
@@ -177,18 +177,9 @@ impl HugeCache {
         }
     }
 
-    /// Takes the cache's lock and keeps it (fork prepare handler).
-    pub(crate) fn fork_acquire(&self) {
-        self.slots.fork_acquire();
-    }
-
-    /// Releases what [`Self::fork_acquire`] took (fork parent and child handlers).
-    ///
-    /// # Safety
-    /// After `fork_acquire` in this thread (or its image in a fork child).
-    pub(crate) unsafe fn fork_release(&self) {
-        // SAFETY: as stated.
-        unsafe { self.slots.fork_release() }
+    /// The cache's lock, for the fork handlers.
+    pub(crate) fn fork_lock(&self) -> &Lock<CacheSlots> {
+        &self.slots
     }
 
     /// Bytes held.
@@ -199,7 +190,8 @@ impl HugeCache {
 
 /// Allocates a huge block of `size` bytes aligned to `align` from domain `d`. `placed` says the
 /// block must be bound to `d`'s node (node-targeted allocation) rather than placed by first
-/// touch; `policy` that the process's placement policy applies to it.
+/// touch; `policy` that the process's placement policy applies to it. Null when the OS refuses
+/// the memory (the caller may give back free memory and try again).
 pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: bool, policy: bool) -> *mut u8 {
     if !placed && !policy {
         let Some(data_size) = size.checked_add(OS_PAGE - 1).map(|s| s & !(OS_PAGE - 1)) else {
@@ -216,11 +208,7 @@ pub(crate) fn alloc(d: &Domain, size: usize, align: usize, zero: bool, placed: b
             d.counters.huge_cache_misses.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let p = alloc_uncached(d, size, align, placed, policy);
-    if p.is_null() && global::release_free_memory() {
-        return alloc_uncached(d, size, align, placed, policy);
-    }
-    p
+    alloc_uncached(d, size, align, placed, policy)
 }
 
 /// Hands out a block taken from the cache, fitted to `data_size`: its pages stay where they are
@@ -242,7 +230,7 @@ unsafe fn reuse(d: &Domain, seg: *mut Segment, size: usize, data_size: usize, ze
         let s = &*seg;
         let p = s.huge_data.get();
         let mut is_zero = false;
-        if s.huge_mixed.get() || (zero && global::numa_enabled()) {
+        if s.huge_mixed.get() || (zero && crate::config::numa_enabled()) {
             // Pages on several nodes, or a `calloc` (the array many threads first-touch in
             // parallel: recycled pages on one node would stay there): placed again by first
             // touch like a fresh block (all of it: a later `realloc` may grow into the spare
@@ -289,7 +277,7 @@ unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Se
         // tail's pages back to the kernel lazily: they stay resident, and fault-free on the
         // next write, unless the system needs the memory meanwhile.
         s.huge_size.set(data_size);
-        if hs - data_size > (data_size / 4).max(LEND_MIN) && !global::numa_enabled() {
+        if hs - data_size > (data_size / 4).max(LEND_MIN) && !crate::config::numa_enabled() {
             // SAFETY: the tail of our own block; nobody uses it (its contents are undefined to
             // the program, which has not written it yet).
             unsafe { os::purge(s.huge_data.get().add(data_size), hs - data_size, os::PurgeMode::Free) };
@@ -388,7 +376,7 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool, policy: b
             Sys::protect(p.sub(GUARD), GUARD, false);
         }
     }
-    let (pol, _) = global::policy();
+    let (pol, _) = crate::config::policy();
     let placement = if placed {
         // Node-targeted: bound to the node per range, or first-touched from it (the BSDs).
         placement::place_range(p, data_size, os::Placement::Preferred(d.node));
@@ -493,7 +481,7 @@ pub(crate) unsafe fn mark_freed(seg: *mut Segment, p: *mut u8) {
     if s.freed.swap(1, Ordering::AcqRel) != 0 {
         os::fatal(format_args!("free(): double free of {:p}", p));
     }
-    let d = global::domain(s.node());
+    let d = crate::domain::domain(s.node());
     d.counters.huge_blocks.fetch_sub(1, Ordering::Relaxed);
     d.counters.huge_bytes.fetch_sub(s.huge_size.get() as u64, Ordering::Relaxed);
     d.counters.huge_frees.fetch_add(1, Ordering::Relaxed);
@@ -504,52 +492,70 @@ pub(crate) unsafe fn mark_freed(seg: *mut Segment, p: *mut u8) {
 /// # Safety
 /// `seg` is a huge block of ours that [`mark_freed`] marked, in no cache.
 unsafe fn cache_or_release(seg: *mut Segment) {
+    // Hardened builds keep no cache: the block is made inaccessible and unmapped a little later.
+    #[cfg(feature = "hardened")]
+    // SAFETY: freed, ours, in no cache.
+    unsafe {
+        retire(seg)
+    };
+    #[cfg(not(feature = "hardened"))]
+    // SAFETY: forwarded.
+    unsafe {
+        cache(seg)
+    };
+}
+
+/// Puts a freed block in the cache of the node its pages are on, or unmaps it.
+///
+/// # Safety
+/// `seg` is a huge block of ours that [`mark_freed`] marked, in no cache.
+#[cfg(not(feature = "hardened"))]
+unsafe fn cache(seg: *mut Segment) {
     // SAFETY: live header.
     let s = unsafe { &*seg };
     let limit = options::get().huge_cache;
     let first_touch = s.placement == SpanPlacement::FirstTouch as u8;
-    if limit == 0 || !first_touch || GUARD != 0 {
+    if limit == 0 || !first_touch {
         // SAFETY: freed, ours.
         unsafe { release(seg) };
         return;
     }
-    let home = if global::numa_enabled() {
+    let home = if crate::config::numa_enabled() {
         // SAFETY: our freed block.
         unsafe { rehome(seg) }
     } else {
-        global::domain(s.node())
+        crate::domain::domain(s.node())
     };
     if !home.huge_cache.put(seg, limit, cache_age_ms()) {
         // SAFETY: freed, ours.
         unsafe { release(seg) };
-        return;
     }
-    global::purge_wanted();
 }
 
 /// Asks where a freed block's pages are and moves it to that node's domain (its home).
 ///
 /// # Safety
 /// `seg` is a freed huge block of ours, in no cache.
+#[cfg(not(feature = "hardened"))]
 unsafe fn rehome(seg: *mut Segment) -> &'static Domain {
     // SAFETY: live header.
     let s = unsafe { &*seg };
     let old = s.node();
     let (node, mixed) = match placement::home_of(s.huge_data.get(), s.huge_size.get()) {
-        Home::On(n) => (n, false),
-        Home::Mixed(n) => (n, true),
-        Home::Untouched | Home::Unknown => (old, false),
+        placement::Home::On(n) => (n, false),
+        placement::Home::Mixed(n) => (n, true),
+        placement::Home::Untouched | placement::Home::Unknown => (old, false),
     };
     s.huge_mixed.set(mixed);
-    let node = if node < global::domain_slots() { global::domain(node).node } else { old };
+    let node = if node < crate::domain::domain_slots() { crate::domain::domain(node).node } else { old };
     if node != old {
-        let (from, to) = (global::domain(old), global::domain(node));
+        let (from, to) = (crate::domain::domain(old), crate::domain::domain(node));
         from.counters.unmapped(s.map_size.get() as u64);
         to.counters.mapped(s.map_size.get() as u64);
         to.counters.went_home.fetch_add(1, Ordering::Relaxed);
         s.node.store(node as u32, Ordering::Relaxed);
     }
-    global::domain(node)
+    crate::domain::domain(node)
 }
 
 /// Unmaps a huge block's mapping.
@@ -560,7 +566,7 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
     // SAFETY: live header until the unmap.
     let (start, size, node) = unsafe { ((*seg).map_start.get(), (*seg).map_size.get(), (*seg).node()) };
     segmap_set(seg, false);
-    global::domain(node).counters.unmapped(size as u64);
+    crate::domain::domain(node).counters.unmapped(size as u64);
     // SAFETY: our mapping.
     unsafe { os::unmap(start, size) };
 }
@@ -581,7 +587,7 @@ pub(crate) unsafe fn realloc(seg: *mut Segment, p: *mut u8, new_size: usize) -> 
     };
     let old_data = s.huge_size.get();
     let off = p as usize - s.map_start.get() as usize;
-    let d = global::domain(s.node());
+    let d = crate::domain::domain(s.node());
     if new_data <= old_data {
         if new_data >= old_data / 2 || new_size <= LARGE_MAX {
             return if new_size > LARGE_MAX { p } else { ptr::null_mut() };
@@ -633,4 +639,51 @@ fn adjust(d: &Domain, s: &Segment, map_size: usize, data: usize) {
     d.counters.huge_bytes.fetch_add(data as u64, Ordering::Relaxed);
     d.counters.huge_bytes.fetch_sub(old_data as u64, Ordering::Relaxed);
     d.counters.note_in_use();
+}
+
+/// Hardened builds: freed huge blocks kept (inaccessible, their pages dropped) before they are
+/// unmapped, so a second free or a use soon after the free is caught.
+#[cfg(feature = "hardened")]
+pub(crate) const RETIRED_SLOTS: usize = 16;
+
+/// Freed huge blocks waiting to be unmapped: a ring of headers, lock-free (a lock here could be
+/// held across `fork`).
+#[cfg(feature = "hardened")]
+static RETIRED: [core::sync::atomic::AtomicPtr<Segment>; RETIRED_SLOTS] =
+    [const { core::sync::atomic::AtomicPtr::new(ptr::null_mut()) }; RETIRED_SLOTS];
+#[cfg(feature = "hardened")]
+static RETIRED_NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Hardened builds: a huge block was freed (its `freed` flag set): its pages are dropped, it is
+/// made inaccessible and queued (its header stays, so a second free of it says "double free");
+/// the oldest queued block is unmapped.
+///
+/// # Safety
+/// `seg` is the live header of a freed huge block, in no cache, owned by the caller.
+#[cfg(feature = "hardened")]
+pub(crate) unsafe fn retire(seg: *mut Segment) {
+    // SAFETY: the caller's block: its data range is ours and nothing uses it.
+    unsafe {
+        let (p, n) = ((*seg).huge_data.get(), (*seg).huge_size.get());
+        os::purge(p, n, crate::os::PurgeMode::DontNeed);
+        Sys::protect(p, n, false);
+    }
+    let i = RETIRED_NEXT.fetch_add(1, Ordering::Relaxed) % RETIRED_SLOTS;
+    let old = RETIRED[i].swap(seg, Ordering::AcqRel);
+    if !old.is_null() {
+        // SAFETY: out of the ring: nobody else holds it.
+        unsafe { release(old) };
+    }
+}
+
+/// Hardened builds: unmaps every retired huge block (`collect(true)`).
+#[cfg(feature = "hardened")]
+pub(crate) fn flush_retired() {
+    for slot in &RETIRED {
+        let s = slot.swap(ptr::null_mut(), Ordering::AcqRel);
+        if !s.is_null() {
+            // SAFETY: out of the ring: nobody else holds it.
+            unsafe { release(s) };
+        }
+    }
 }

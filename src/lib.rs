@@ -11,25 +11,26 @@
 //! ```
 //!
 //! # Layers
-//! Each layer uses only the ones below it:
+//! Each file uses only files of its own layer or of the layers below it (`tests/layers.rs`
+//! reads this table and checks every `crate::` path of `src/` against it). Within a layer,
+//! files may use each other. The one way up is start-up: the first allocation's slow path calls
+//! `init::ensure_init` (layer 2), which sets up every layer below; lower layers never call it.
 //!
-//! | layer | file | job |
+//! | layer | files | job |
 //! |---|---|---|
-//! | `GlobalAlloc` / C ABI | `lib.rs`, `alloc.rs` (`ffi/` crate) | Layout or C semantics -> core calls |
-//! | thread cache | `heap.rs`, `tls.rs` | per-thread pages; fast path without atomics |
-//! | page protocol | `page.rs` | carving, collecting, lock-free remote frees |
-//! | per-CPU arenas | `arena.rs` | partly used pages left by exited or migrated threads |
-//! | per-node domains | `domain.rs`, `huge.rs` | segments on one node; spans; purge; huge blocks |
-//! | segments / pages | `segment.rs`, `size_class.rs` | layout; pointer -> metadata in O(1) |
-//! | process state | `global.rs`, `options.rs`, `topology.rs`, `stats.rs` | init, tables, options |
-//! | os | `os/` | map/purge/place/current-CPU/topology; one trait, one file per OS |
-//! | no-alloc helpers | `util.rs`, `spin.rs` | env, parsing, formatting, spin lock |
+//! | 1. API | `lib.rs`, `alloc.rs`, `c.rs`, `targeted.rs`, `stats.rs` | entry points: `GlobalAlloc`, C semantics, node-targeted API, statistics |
+//! | 2. thread cache | `heap.rs`, `refill.rs`, `foreign.rs`, `large.rs`, `tls.rs`, `init.rs`, `quarantine.rs` | per-thread heaps: fast paths; refill and page queues; frees of blocks the thread does not own (remote batches, home pools); large blocks; process and thread start-up and teardown, heap pool, fork |
+//! | 3. arenas | `arena.rs`, `sweep.rs` | per-CPU and per-node queues of unowned pages and empty spans; the maintenance sweep and purge thread |
+//! | 4. domains | `domain.rs`, `huge.rs`, `placement.rs`, `home_pool.rs` | per-node segments and spans, purging, huge blocks, placement policy and homes, home pools |
+//! | 5. layout | `segment.rs`, `page.rs`, `remote.rs`, `size_class.rs`, `list.rs` | segment and page descriptors, encoded free lists, remote-free protocol, classes, intrusive list |
+//! | 6. configuration | `config.rs`, `options.rs`, `topology.rs` | what start-up decided, the `DOMALLOC_*` options, CPUs and nodes; read-only after start-up |
+//! | 7. platform | `lock.rs`, `sync.rs`, `contention.rs`, `util.rs`, `os/` | futex lock, atomics, contention counters, no-alloc helpers, the one `Os` trait and its implementations |
 //!
 //! # Rules inside the allocator
 //! No allocation, no panic, no std I/O, no lock that may allocate. Every `unsafe` block says why
 //! it is sound (`// SAFETY:`); every unsafe fn has a `# Safety` section.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod alloc;
@@ -37,23 +38,29 @@ mod arena;
 pub mod c;
 mod contention;
 mod domain;
-mod global;
+mod foreign;
+mod config;
+mod init;
 mod heap;
 mod home_pool;
 mod huge;
+mod large;
+mod list;
 mod lock;
-mod node;
+mod targeted;
 pub mod options;
 mod os;
 mod page;
 mod placement;
 #[cfg(feature = "quarantine")]
 mod quarantine;
+mod refill;
 mod remote;
 mod segment;
 pub mod size_class;
 mod sync;
 pub mod stats;
+mod sweep;
 mod tls;
 pub mod topology;
 mod util;
@@ -64,7 +71,7 @@ pub use allocator_api2;
 
 use core::alloc::{GlobalAlloc, Layout};
 
-pub use crate::node::{alloc_interleaved, alloc_on_node, Interleaved, Node};
+pub use crate::targeted::{alloc_interleaved, alloc_on_node, Interleaved, Node};
 pub use crate::os::{NodeMask, PurgeMode};
 pub use crate::stats::{stats, ClassStats, NodeStats, Stats};
 
@@ -81,12 +88,12 @@ impl DomAlloc {
     /// Allocates `layout` on NUMA node `node` (see [`alloc_on_node`]). Free it with `dealloc`
     /// as any other block, from any thread.
     pub fn alloc_on_node(&self, layout: Layout, node: usize) -> *mut u8 {
-        node::alloc_on_node(layout, node)
+        targeted::alloc_on_node(layout, node)
     }
 
     /// Allocates `layout` with its pages interleaved over all nodes with memory.
     pub fn alloc_interleaved(&self, layout: Layout) -> *mut u8 {
-        node::alloc_interleaved(layout, None)
+        targeted::alloc_interleaved(layout, None)
     }
 }
 
@@ -127,11 +134,11 @@ pub mod raw {
 
 /// The NUMA node of the CPU the calling thread runs on now (the node whose memory it gets).
 pub fn current_node() -> usize {
-    if !global::ensure_init() {
+    if !crate::init::ensure_init() {
         return 0;
     }
     use crate::os::Os;
-    global::node_of_cpu(os::Sys::current_cpu().unwrap_or(0))
+    crate::domain::node_of_cpu(os::Sys::current_cpu().unwrap_or(0))
 }
 
 /// The node whose domain owns block `ptr` (huge blocks: the node they were allocated for; their
@@ -142,7 +149,7 @@ pub fn node_of(ptr: *const u8) -> Option<usize> {
 
 /// Whether domalloc runs its NUMA logic (more than one node with memory, or `DOMALLOC_NUMA=1`).
 pub fn numa_enabled() -> bool {
-    global::ensure_init() && global::numa_enabled()
+    crate::init::ensure_init() && crate::config::numa_enabled()
 }
 
 /// Returns memory that is free but not yet given back to the OS. With `force`, also memory
@@ -150,13 +157,13 @@ pub fn numa_enabled() -> bool {
 pub fn collect(force: bool) {
     // Quarantine build: blocks waiting in the calling thread's quarantine are really freed first.
     #[cfg(feature = "quarantine")]
-    {
-        quarantine::flush();
-        if force {
-            quarantine::flush_huge();
-        }
+    quarantine::flush();
+    // Hardened builds: freed huge blocks kept inaccessible for a while are unmapped now.
+    #[cfg(feature = "hardened")]
+    if force {
+        crate::huge::flush_retired();
     }
-    global::collect(force)
+    crate::init::collect(force)
 }
 
 /// Fault injection for tests: make every `every`-th OS mapping fail, and every mapping after

@@ -3,10 +3,9 @@
 //! Options are read once, during global initialisation, straight from the environment block
 //! (no allocation). The README's option table is checked against [`TABLE`] by a test.
 
-use core::cell::UnsafeCell;
 
 use crate::os::{self, NodeMask, Os, PurgeMode, Sys};
-use crate::util::{edit_distance, parse_bool, parse_size, parse_u64};
+use crate::util::{edit_distance, parse_bool, parse_size, parse_u64, SetOnce};
 
 fn getenv(name: &[u8]) -> Option<&'static [u8]> {
     Sys::environ_find(name)
@@ -282,18 +281,13 @@ pub fn parse_policy(v: &[u8]) -> Option<(Policy, usize)> {
     Some((p, min))
 }
 
-struct Slot(UnsafeCell<Options>);
-// SAFETY: written only by `init` under the global init lock before initialisation is published
-// (release store), read only after (acquire), see `global.rs`.
-unsafe impl Sync for Slot {}
-
-static OPTIONS: Slot = Slot(UnsafeCell::new(Options::DEFAULT));
+/// Written only by `init`, under the start-up lock, before start-up is published.
+static OPTIONS: SetOnce<Options> = SetOnce::new(Options::DEFAULT);
 
 /// The options in force (defaults before initialisation).
 #[inline]
 pub fn get() -> &'static Options {
-    // SAFETY: see `Slot`.
-    unsafe { &*OPTIONS.0.get() }
+    OPTIONS.get()
 }
 
 /// Reads the environment into the options. Called once by global initialisation, which holds
@@ -307,8 +301,8 @@ pub(crate) fn init() {
             core::str::from_utf8(v).unwrap_or("?")
         ));
     });
-    // SAFETY: see `Slot`: single writer before publication.
-    unsafe { *OPTIONS.0.get() = o };
+    // SAFETY: called once by start-up, under its lock, before publication (see `OPTIONS`).
+    unsafe { OPTIONS.set(o) };
     warn_unknown();
 }
 

@@ -40,14 +40,14 @@ use crate::size_class::MAX_PLACED_BLOCKS;
 
 /// A free block: the first word links to the next (encoded).
 #[repr(C)]
-pub struct Block {
+pub(crate) struct Block {
     pub(crate) next: *mut Block,
 }
 
 /// What a page descriptor describes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
-pub enum PageKind {
+pub(crate) enum PageKind {
     /// Not part of an allocated span (free, or a huge segment's unused descriptor).
     Free = 0,
     /// Head or member of a span of small blocks of one class.
@@ -63,7 +63,7 @@ const POOLED: u16 = 1 << 15;
 
 /// Page flag: blocks' homes are checked on free (a first-touch span on a multi-node machine).
 /// Any flag sends the owner's frees to the slow path (through [`OWNER_SLOW`]).
-pub const PF_PLACED: u8 = 1;
+pub(crate) const PF_PLACED: u8 = 1;
 
 /// Bit 0 of `owner` (heaps are aligned): set on a flagged page, so that the owner's free, which
 /// compares `owner` with its heap's address and nothing else, takes the slow path.
@@ -77,7 +77,7 @@ const OWNER_SLOW: usize = 1;
 /// the second the remote-free stack that other threads update (and the slow-path fields), so a
 /// producer/consumer pair does not bounce the owner's line with every batch of remote frees.
 #[repr(C, align(64))]
-pub struct Page {
+pub(crate) struct Page {
     // ---- line 0: the owner's fast path ----
     /// *owner*: blocks ready to allocate (links encoded).
     pub(crate) free: Cell<*mut Block>,
@@ -138,6 +138,15 @@ pub struct Page {
     pub(crate) is_zero: Cell<bool>,
     /// [`SpanPlacement`] of the span's segment, as a byte.
     pub(crate) placement: Cell<u8>,
+}
+
+impl crate::list::Linked for Page {
+    fn next_link(&self) -> &Cell<*mut Page> {
+        &self.next
+    }
+    fn prev_link(&self) -> &Cell<*mut Page> {
+        &self.prev
+    }
 }
 
 // Descriptors are two cache lines: `pages[i]` is a shift away, and neighbours share no line.

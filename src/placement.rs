@@ -10,9 +10,10 @@
 
 use core::ptr;
 
-use crate::global;
+use crate::config;
 use crate::options::Policy;
 use crate::os::{self, Os, Placement, Sys, OS_PAGE, PAGE_ABSENT};
+use crate::size_class::{class_of, class_size, SMALL_MAX};
 
 /// Pages asked about per block: all of them up to this many, else evenly spaced ones.
 pub(crate) const SAMPLES: usize = 32;
@@ -32,7 +33,7 @@ pub(crate) enum Home {
 
 /// Asks the kernel where the pages of `[p, p + len)` are (one system call).
 pub(crate) fn home_of(p: *const u8, len: usize) -> Home {
-    if !global::page_queries() {
+    if !crate::config::page_queries() {
         return Home::Unknown;
     }
     let pages = len.div_ceil(OS_PAGE).max(1);
@@ -74,12 +75,12 @@ pub(crate) fn home_of(p: *const u8, len: usize) -> Home {
 /// this range (`policy_applies`), else "this node" (preferred) so pages land on the domain's node
 /// whoever touches them first.
 pub(crate) fn apply_policy(p: *mut u8, size: usize, node: usize, policy_applies: bool) {
-    let (policy, _) = global::policy();
+    let (policy, _) = crate::config::policy();
     if policy_applies && !matches!(policy, Policy::Local) {
         place_range(p, size, crate::domain::placement_of(&policy));
         return;
     }
-    if !global::numa_enabled() {
+    if !crate::config::numa_enabled() {
         return;
     }
     // Only bind where the OS can do it per range, without touching the pages now.
@@ -143,4 +144,16 @@ pub(crate) unsafe fn purge_tail(p: *mut u8, len: usize) {
         // SAFETY: the caller's contract.
         unsafe { os::purge(p.add(OS_PAGE), len - OS_PAGE, os::PurgeMode::DontNeed) };
     }
+}
+
+/// Whether the policy in force applies to blocks of `size` bytes. Small blocks are covered per
+/// size class: a class is covered when its block size reaches the threshold (so the fast path,
+/// which never looks at the policy, gets its spans from the policy's segments).
+#[inline]
+pub(crate) fn policy_covers(size: usize) -> bool {
+    let (policy, min) = config::policy();
+    if matches!(policy, Policy::Local) {
+        return false;
+    }
+    min == 0 || if size <= SMALL_MAX { class_size(class_of(size.max(1))) >= min } else { size >= min }
 }

@@ -18,18 +18,18 @@
 //!   mappings never change size).
 //! * Everything the default and `hardened` builds check (encoded, validated free-list links;
 //!   double and interior frees; guard pages around huge blocks) applies too.
-//! * **Freed huge blocks** skip the per-thread quarantine and the huge cache: their pages are
-//!   dropped and made `PROT_NONE` at once (any later access faults; a second `free` or a
-//!   `realloc` sees the header's `freed` flag), and the mapping waits in a small process-wide
-//!   FIFO ([`HUGE_SLOTS`] blocks) before it is unmapped, so its addresses are not reused at once.
+//! * **Freed huge blocks** skip the per-thread quarantine and, as in every hardened build, the
+//!   huge cache: their pages are dropped and made `PROT_NONE` at once (any later access faults;
+//!   a second `free` or a `realloc` sees the header's `freed` flag), and the mapping waits in a
+//!   small process-wide ring (`huge::RETIRED_SLOTS` blocks) before it is unmapped.
 
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::heap;
-use crate::os::{self, Os, PurgeMode, Sys};
-use crate::segment::{self, PageKind, Segment, SEG_HUGE};
+use crate::os::{self, Os, Sys};
+use crate::segment::{self, PageKind, SEG_HUGE};
 
 /// Blocks a thread's quarantine holds at most.
 pub(crate) const SLOTS: usize = 256;
@@ -40,14 +40,6 @@ pub(crate) const POISON_MAX: usize = 8 << 10;
 /// The poison pattern (one byte, repeated).
 pub(crate) const POISON: u8 = 0xdf;
 const POISON_WORD: u64 = u64::from_ne_bytes([POISON; 8]);
-
-/// Freed huge blocks kept (inaccessible) before they are unmapped.
-pub(crate) const HUGE_SLOTS: usize = 16;
-
-/// Freed huge blocks waiting to be unmapped: a ring of headers, lock-free (a lock here could
-/// be held across `fork`).
-static HUGE_Q: [AtomicPtr<Segment>; HUGE_SLOTS] = [const { AtomicPtr::new(ptr::null_mut()) }; HUGE_SLOTS];
-static HUGE_NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Per-process random key (never 0 once initialised).
 static KEY: AtomicU64 = AtomicU64::new(0);
@@ -134,7 +126,7 @@ fn classify(p: *mut u8, what: &str) -> Option<usize> {
                 // `capacity` is the owner's: other threads check the block grid only.
                 let owner = pg.owned_by(crate::tls::heap() as usize);
                 if !pg.is_block(p as usize) || (owner && pg.block_index(p as usize) >= pg.capacity() as usize) {
-                    os::fatal(format_args!("{}(): invalid pointer {:p} (not a block start; debug-invariants build)", what, p));
+                    os::fatal(format_args!("{}(): invalid pointer {:p} (not a block start; quarantine build)", what, p));
                 }
                 Some(bs)
             }
@@ -176,7 +168,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
                 // SAFETY: the checks of `free`, then kept inaccessible for a while.
                 unsafe {
                     crate::huge::mark_freed(seg, p);
-                    huge_freed(seg);
+                    crate::huge::retire(seg);
                 }
                 return;
             }
@@ -191,7 +183,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
         let w = p as *mut u64;
         if ptr::read(w) == tag(p) {
             os::fatal(format_args!(
-                "free(): double free of {:p} (debug-invariants build: the block waits in the quarantine build's quarantine)",
+                "free(): double free of {:p} (it waits in the quarantine)",
                 p
             ));
         }
@@ -326,35 +318,4 @@ unsafe extern "C" fn thread_exit(_arg: *mut core::ffi::c_void) {
         // SAFETY: this thread's quarantine, not borrowed elsewhere.
         unsafe { (*q.get()).state = ST_DONE };
     });
-}
-
-/// A huge block was freed (its `freed` flag set): drops its pages, makes it inaccessible and
-/// queues it; the oldest queued block is unmapped.
-///
-/// # Safety
-/// `seg` is the live header of a freed huge block, in no cache, owned by the caller.
-unsafe fn huge_freed(seg: *mut Segment) {
-    // SAFETY: the caller's block: its data range is ours and nothing uses it.
-    unsafe {
-        let (p, n) = ((*seg).huge_data.get(), (*seg).huge_size.get());
-        os::purge(p, n, PurgeMode::DontNeed);
-        Sys::protect(p, n, false);
-    }
-    let i = HUGE_NEXT.fetch_add(1, Ordering::Relaxed) % HUGE_SLOTS;
-    let old = HUGE_Q[i].swap(seg, Ordering::AcqRel);
-    if !old.is_null() {
-        // SAFETY: out of the queue: nobody else holds it.
-        unsafe { crate::huge::release(old) };
-    }
-}
-
-/// Unmaps every freed huge block waiting in the queue.
-pub(crate) fn flush_huge() {
-    for slot in &HUGE_Q {
-        let s = slot.swap(ptr::null_mut(), Ordering::AcqRel);
-        if !s.is_null() {
-            // SAFETY: out of the queue: nobody else holds it.
-            unsafe { crate::huge::release(s) };
-        }
-    }
 }

@@ -26,26 +26,26 @@ use crate::os::ADDRESS_LIMIT;
 pub(crate) use crate::page::{Page, PageKind};
 
 /// log2 of the segment size.
-pub const SEGMENT_SHIFT: usize = 22;
+pub(crate) const SEGMENT_SHIFT: usize = 22;
 /// Segment size and alignment (4 MiB).
-pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+pub(crate) const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
 /// Low bits of an address inside its segment.
-pub const SEGMENT_MASK: usize = SEGMENT_SIZE - 1;
+pub(crate) const SEGMENT_MASK: usize = SEGMENT_SIZE - 1;
 /// log2 of the page size.
-pub const PAGE_SHIFT: usize = 16;
+pub(crate) const PAGE_SHIFT: usize = 16;
 /// Page size (64 KiB): the unit of spans.
-pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+pub(crate) const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
 /// Pages per segment; page 0 holds the header.
-pub const PAGES: usize = SEGMENT_SIZE / PAGE_SIZE;
+pub(crate) const PAGES: usize = SEGMENT_SIZE / PAGE_SIZE;
 /// Largest block served from a span inside a segment; bigger ones are huge (own mapping).
-pub const LARGE_MAX: usize = 1 << 20;
+pub(crate) const LARGE_MAX: usize = 1 << 20;
 /// Huge blocks at least this big are 2 MiB aligned (transparent huge page size on x86-64).
-pub const THP_SIZE: usize = 2 << 20;
+pub(crate) const THP_SIZE: usize = 2 << 20;
 
 /// Segment kinds.
-pub const SEG_NORMAL: u8 = 1;
+pub(crate) const SEG_NORMAL: u8 = 1;
 /// A huge block's own mapping.
-pub const SEG_HUGE: u8 = 2;
+pub(crate) const SEG_HUGE: u8 = 2;
 
 /// How the pages of a segment (and so of its spans) get their node.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,7 +67,7 @@ pub(crate) const PLACEMENTS: usize = 3;
 
 /// The header at the start of every segment (and of every huge block's mapping).
 #[repr(C)]
-pub struct Segment {
+pub(crate) struct Segment {
     /// `SEG_NORMAL` or `SEG_HUGE`.
     pub(crate) kind: u8,
     /// The [`SpanPlacement`] of its pages (huge: `Bound` for node-targeted blocks, `Policy` under
@@ -100,6 +100,15 @@ pub struct Segment {
     pub(crate) huge_align: Cell<usize>,
     /// One descriptor per page.
     pub(crate) pages: [Page; PAGES],
+}
+
+impl crate::list::Linked for Segment {
+    fn next_link(&self) -> &Cell<*mut Segment> {
+        &self.next
+    }
+    fn prev_link(&self) -> &Cell<*mut Segment> {
+        &self.prev
+    }
 }
 
 const_assert!(size_of::<Segment>() <= PAGE_SIZE);
@@ -142,7 +151,7 @@ pub(crate) unsafe fn init_header(seg: *mut Segment, kind: u8, placement: u8, nod
 
 /// The segment containing `p` (if `p` is in a segment's first 4 MiB).
 #[inline(always)]
-pub fn segment_of(p: *const u8) -> *mut Segment {
+pub(crate) fn segment_of(p: *const u8) -> *mut Segment {
     (p as usize & !SEGMENT_MASK) as *mut Segment
 }
 
@@ -151,7 +160,7 @@ pub fn segment_of(p: *const u8) -> *mut Segment {
 /// # Safety
 /// `seg` must be a live segment containing `p`.
 #[inline(always)]
-pub unsafe fn page_of(seg: *mut Segment, p: *const u8) -> *mut Page {
+pub(crate) unsafe fn page_of(seg: *mut Segment, p: *const u8) -> *mut Page {
     let i = (p as usize - seg as usize) >> PAGE_SHIFT;
     // SAFETY: i < PAGES since p is inside the segment; head_off leads back within the array.
     unsafe {
@@ -166,7 +175,7 @@ static SEGMAP: [AtomicU64; ADDRESS_LIMIT >> SEGMENT_SHIFT >> 6] =
 
 /// Whether a segment header of domalloc's lives at `seg` (a 4 MiB-aligned address).
 #[inline(always)]
-pub fn segmap_contains(seg: *const Segment) -> bool {
+pub(crate) fn segmap_contains(seg: *const Segment) -> bool {
     let i = seg as usize >> SEGMENT_SHIFT;
     let w = i >> 6;
     w < SEGMAP.len() && SEGMAP[w].load(Ordering::Relaxed) & (1 << (i & 63)) != 0

@@ -12,7 +12,6 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::Ordering;
 
-use crate::global;
 use crate::options::{self, StatsFormat};
 use crate::os::{Os, Sys};
 use crate::segment::{PageKind, PAGES, SEG_NORMAL};
@@ -160,17 +159,17 @@ pub fn stats() -> Stats {
     for (c, cs) in s.classes.iter_mut().enumerate() {
         cs.block_size = class_size(c);
     }
-    if !global::ensure_init() {
+    if !crate::init::ensure_init() {
         return s;
     }
-    s.numa = global::numa_enabled();
-    s.elapsed_ms = global::elapsed_ms();
-    s.purge_thread = global::purge_thread_running();
+    s.numa = crate::config::numa_enabled();
+    s.elapsed_ms = crate::config::elapsed_ms();
+    s.purge_thread = crate::sweep::purge_thread_running();
     let topo = topology::get();
     // Node id -> slot in `nodes`.
     let mut slot_of = [usize::MAX; 1024];
-    for n in 0..global::domain_slots() {
-        let d = global::domain(n);
+    for n in 0..crate::domain::domain_slots() {
+        let d = crate::domain::domain(n);
         if d.node != n || !(topo.has_memory(n) || d.counters.segments.load(Ordering::Relaxed) > 0) {
             continue;
         }
@@ -186,7 +185,7 @@ pub fn stats() -> Stats {
     // Live heaps' own counts: allocations and own frees on the node each heap serves (its
     // pages'), frees into other pages on those pages' nodes.
     let slot_of_node = |n: usize| slot_of.get(n).copied().unwrap_or(usize::MAX);
-    global::for_each_live_heap(|h| {
+    crate::init::for_each_live_heap(|h| {
         let slot = slot_of_node(h.node());
         for c in 0..CLASSES {
             let (a, f, r) = h.bin_counts(c);
@@ -209,7 +208,7 @@ pub fn stats() -> Stats {
             }
         }
     });
-    let (t, live) = global::heap_totals();
+    let (t, live) = crate::init::heap_totals();
     s.remote_frees = t[0];
     s.remote_batches = t[1];
     s.migrations = t[2];
@@ -223,7 +222,7 @@ pub fn stats() -> Stats {
 
 /// The counters of domain `n` into `s.nodes[slot]` (and its classes into `s.classes`).
 fn node_counters(s: &mut Stats, slot: usize, n: usize) {
-    let d = global::domain(n);
+    let d = crate::domain::domain(n);
     let c = &d.counters;
     let ld = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let ns = &mut s.nodes[slot];
@@ -407,9 +406,11 @@ impl<'a> CountingBuf<'a> {
 impl Write for CountingBuf<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let b = s.as_bytes();
-        let room = self.buf.len().saturating_sub(self.needed);
-        let n = room.min(b.len());
-        self.buf[self.needed..self.needed + n].copy_from_slice(&b[..n]);
+        // What still fits (nothing once the buffer is full: then only `needed` grows).
+        if let Some(room) = self.buf.get_mut(self.needed..) {
+            let n = room.len().min(b.len());
+            room[..n].copy_from_slice(&b[..n]);
+        }
         self.needed += b.len();
         Ok(())
     }
@@ -701,54 +702,6 @@ pub(crate) fn expand_path(template: &[u8], out: &mut [u8]) -> Option<usize> {
     Some(w.as_bytes().len() - 1)
 }
 
-/// Prints options and topology in plain words (for `DOMALLOC_VERBOSE=1`).
-pub(crate) fn print_banner() {
-    let o = options::get();
-    let t = topology::get();
-    let (policy, min) = global::policy();
-    let mut buf = [0u8; 512];
-    let mut w = BufWriter::new(&mut buf);
-    let _ = write!(w, "domalloc: {} on {}: ", env!("CARGO_PKG_VERSION"), <Sys as Os>::NAME);
-    let _ = if global::numa_enabled() {
-        write!(w, "NUMA on, {} nodes with memory", t.memory_node_count())
-    } else {
-        write!(w, "NUMA off (one domain)")
-    };
-    let _ = write!(w, "; CPU ids 0-{}, node ids 0-{}; placement: {}", t.cpu_ids().saturating_sub(1), t.node_ids().saturating_sub(1), policy);
-    if min > 0 {
-        let _ = write!(w, " for blocks of {} and more", Bytes(min as u64));
-    }
-    if global::policy_is_external() {
-        let _ = write!(w, " (inherited from the process, e.g. numactl)");
-    }
-    let _ = match o.purge_delay_ms {
-        u64::MAX => write!(w, "; free memory is kept (never purged)"),
-        ms => write!(w, "; free memory goes back to the OS after {} ms ({})", ms, match o.purge_mode {
-            crate::os::PurgeMode::DontNeed => "MADV_DONTNEED",
-            crate::os::PurgeMode::Free => "MADV_FREE",
-        }),
-    };
-    let _ = writeln!(w, "; huge pages: {}", match (o.thp, o.segment_thp) {
-        (true, _) => "on segments and huge blocks",
-        (false, true) => "on segments",
-        (false, false) => "off",
-    });
-    Sys::write_fd(2, w.as_bytes());
-    for n in t.nodes() {
-        let cpus = t.cpus_of(n);
-        let mut buf = [0u8; 256];
-        let mut w = BufWriter::new(&mut buf);
-        let _ = write!(w, "domalloc: node {}: {} of memory, {} CPUs", n, Bytes(t.memory(n)), cpus.len());
-        if let (Some(first), Some(last)) = (cpus.first(), cpus.last()) {
-            let _ = write!(w, " ({first}..{last})");
-        }
-        if t.home_of_node(n) != n {
-            let _ = write!(w, ", gets memory from node {}", t.home_of_node(n));
-        }
-        let _ = writeln!(w);
-        Sys::write_fd(2, w.as_bytes());
-    }
-}
 
 /// Runs at process exit (from `.fini_array`): the report, if asked for, and the contention line.
 extern "C" fn at_exit() {

@@ -10,6 +10,7 @@
 use core::ptr;
 
 use crate::os::{self, NodeMask, Os, Sys, TopologySink, OS_PAGE};
+use crate::util::SetOnce;
 
 const NO_NODE: u16 = u16::MAX;
 
@@ -308,24 +309,21 @@ impl TopologySink for Builder {
     }
 }
 
-struct Global(core::cell::UnsafeCell<Topology>);
-// SAFETY: written once by `init` before initialisation is published, read-only afterwards.
-unsafe impl Sync for Global {}
-static TOPOLOGY: Global = Global(core::cell::UnsafeCell::new(Topology::empty()));
+/// Written once by `init` before start-up is published, read-only afterwards.
+static TOPOLOGY: SetOnce<Topology> = SetOnce::new(Topology::empty());
 
 /// The process-wide topology (detected at initialisation).
 #[inline]
 pub fn get() -> &'static Topology {
-    // SAFETY: see `Global`.
-    unsafe { &*TOPOLOGY.0.get() }
+    TOPOLOGY.get()
 }
 
 /// Detects the process topology. Called once by global initialisation (under its lock).
 pub(crate) fn init(root: Option<&[u8]>) -> bool {
     match Topology::detect(root) {
         Some(t) => {
-            // SAFETY: single writer before publication; the old value is the empty one.
-            unsafe { ptr::write(TOPOLOGY.0.get(), t) };
+            // SAFETY: called once by start-up, under its lock, before publication.
+            unsafe { TOPOLOGY.set(t) };
             true
         }
         None => false,

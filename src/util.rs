@@ -2,7 +2,44 @@
 //! buffer, byte counts for reports, edit distance. They import nothing from the crate (the
 //! platform layer builds on them), so "malloc never calls malloc" is checkable in one file.
 
+use core::cell::UnsafeCell;
 use core::fmt;
+
+/// A value set during start-up and read-only afterwards: the allocator's tables and decisions.
+/// Reads are plain loads; the one write happens before the allocator is published as ready,
+/// and the release/acquire pair of that publication orders it before every read. What the
+/// value points to (tables mapped at start-up) is only read through it, or guarded by its own
+/// locks and atomics.
+pub(crate) struct SetOnce<T>(UnsafeCell<T>);
+
+// SAFETY: see the type's documentation: one write before publication, shared reads after; no
+// `T` is moved between threads (it is never taken out).
+unsafe impl<T> Sync for SetOnce<T> {}
+
+impl<T> SetOnce<T> {
+    /// A cell holding `v` until start-up sets it.
+    pub(crate) const fn new(v: T) -> Self {
+        SetOnce(UnsafeCell::new(v))
+    }
+
+    /// Sets the value.
+    ///
+    /// # Safety
+    /// Only during start-up, by one thread, before the value is published (no reader yet, and
+    /// no reference from an earlier [`get`](Self::get) alive).
+    pub(crate) unsafe fn set(&self, v: T) {
+        // SAFETY: the caller's contract: no other access. The old value (a constant) is
+        // overwritten, not dropped.
+        unsafe { core::ptr::write(self.0.get(), v) }
+    }
+
+    /// The value.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: written only by `set`, whose contract excludes concurrent readers.
+        unsafe { &*self.0.get() }
+    }
+}
 
 /// Parses an unsigned decimal number with an optional binary suffix (`k`, `m`, `g`, case-insensitive).
 pub(crate) fn parse_size(s: &[u8]) -> Option<u64> {

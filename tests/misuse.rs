@@ -110,8 +110,8 @@ fn double_free_huge_uncached() {
     case(
         "double_free_huge_uncached",
         &[("DOMALLOC_HUGE_CACHE", "0")],
-        // Checked mode keeps freed huge mappings (inaccessible) for a while: still "double free".
-        if cfg!(feature = "quarantine") { &["free()", "double free"] } else { &["free()", "not allocated by domalloc"] },
+        // Hardened builds keep freed huge mappings (inaccessible) for a while: still "double free".
+        if cfg!(feature = "hardened") { &["free()", "double free"] } else { &["free()", "not allocated by domalloc"] },
         || unsafe {
             let p = raw::malloc(4 << 20);
             *p = 1;

@@ -51,7 +51,7 @@ pub enum PurgeMode {
 /// Where the kernel should place the pages of a range.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[allow(dead_code)]
-pub enum Placement<'a> {
+pub(crate) enum Placement<'a> {
     /// First touch: the node of the CPU that first writes a page (the kernel default).
     Local,
     /// Only these nodes.
@@ -141,7 +141,7 @@ impl core::fmt::Display for NodeMask {
 
 /// A memory policy set on the process from outside (numactl, a launcher).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ProcessPolicy {
+pub(crate) enum ProcessPolicy {
     /// Memory only from these nodes.
     Bind(NodeMask),
     /// This node first.
@@ -426,7 +426,7 @@ pub(crate) const ADDRESS_LIMIT: usize = 1 << 47;
 
 /// Makes every `every`-th OS mapping fail, and every mapping after the `after`-th (counting from
 /// now); 0 turns each off. For tests of out-of-memory handling.
-pub fn set_fault_injection(every: u64, after: u64) {
+pub(crate) fn set_fault_injection(every: u64, after: u64) {
     FAIL_EVERY.store(every, Ordering::Relaxed);
     FAIL_AFTER.store(if after == 0 { 0 } else { MAP_CALLS.load(Ordering::Relaxed) + after }, Ordering::Relaxed);
 }

@@ -22,7 +22,6 @@ use core::ptr::{self, NonNull};
 use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::alloc::{free, MAX_ALIGN, MAX_ALLOC};
-use crate::global;
 use crate::heap::Heap;
 use crate::os::{NodeMask, OS_PAGE};
 use crate::size_class::class_for;
@@ -30,7 +29,7 @@ use crate::topology;
 
 /// Whether `node` exists and has memory.
 fn valid_node(node: usize) -> bool {
-    global::ensure_init() && topology::get().has_memory(node)
+    crate::init::ensure_init() && topology::get().has_memory(node)
 }
 
 /// Allocates `layout` on node `node`. Null if the node has no memory or on exhaustion.
@@ -39,16 +38,16 @@ pub fn alloc_on_node(layout: Layout, node: usize) -> *mut u8 {
     if !valid_node(node) || size > MAX_ALLOC || align > MAX_ALIGN {
         return ptr::null_mut();
     }
-    if !global::numa_enabled() {
+    if !crate::config::numa_enabled() {
         // One domain: any block is on "the" node.
         // SAFETY: Layout alignment is a power of two.
         return unsafe { crate::alloc::alloc(size, align) };
     }
     match class_for(size, align) {
         Some(c) => {
-            let mut slot = global::node_heap(node).lock();
+            let mut slot = crate::init::node_heap(node).lock();
             if slot.0.is_null() {
-                let h = global::heap_acquire();
+                let h = crate::init::heap_acquire();
                 if h.is_null() {
                     return ptr::null_mut();
                 }
@@ -73,7 +72,7 @@ pub fn alloc_on_node(layout: Layout, node: usize) -> *mut u8 {
 /// Allocates `layout` with its pages interleaved over `nodes` (all nodes with memory when
 /// `None`). The block gets a mapping of its own (page granular). Null on failure.
 pub fn alloc_interleaved(layout: Layout, nodes: Option<&NodeMask>) -> *mut u8 {
-    if !global::ensure_init() || layout.size() > MAX_ALLOC || layout.align() > MAX_ALIGN {
+    if !crate::init::ensure_init() || layout.size() > MAX_ALLOC || layout.align() > MAX_ALIGN {
         return ptr::null_mut();
     }
     let topo = topology::get();
@@ -89,8 +88,8 @@ pub fn alloc_interleaved(layout: Layout, nodes: Option<&NodeMask>) -> *mut u8 {
         // SAFETY: Layout alignment is a power of two.
         return unsafe { crate::alloc::alloc(0, layout.align()) };
     }
-    let Some(node) = crate::heap::alloc_node() else { return ptr::null_mut() };
-    crate::huge::alloc_placed(global::domain(node), layout.size(), layout.align().max(OS_PAGE), &mask)
+    let Some(node) = crate::init::alloc_node() else { return ptr::null_mut() };
+    crate::huge::alloc_placed(crate::domain::domain(node), layout.size(), layout.align().max(OS_PAGE), &mask)
 }
 
 /// An allocator handle that puts everything on one node (for `allocator_api2` collections).
@@ -137,7 +136,7 @@ impl Interleaved {
     }
     /// Over `nodes`; `None` if the set is empty or names a node without memory.
     pub fn over(nodes: NodeMask) -> Option<Interleaved> {
-        let ok = global::ensure_init() && !nodes.is_empty() && nodes.iter().all(|n| topology::get().has_memory(n));
+        let ok = crate::init::ensure_init() && !nodes.is_empty() && nodes.iter().all(|n| topology::get().has_memory(n));
         ok.then_some(Interleaved { nodes: Some(nodes) })
     }
 }

@@ -1,0 +1,214 @@
+//! Frees that are not the owner's fast path: huge blocks, large spans, blocks of pages another
+//! heap owns (batched per page and pushed home with one CAS, so a block is reused only by its
+//! own node), blocks freed by threads without a heap, and placed blocks whose pages are on
+//! another node than their span (they go to that node's home pool).
+
+use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::domain::COUNTED_NODES;
+use crate::heap::{bump, empty_page, local_free, not_a_block, owner_double_free_check, Heap, REMOTE_BATCH};
+use crate::huge;
+use crate::os;
+use crate::page::{self, Block, Page, PageKind, PF_PLACED};
+use crate::placement::{self, Home};
+use crate::segment::{self, Segment, SEG_HUGE};
+use crate::tls;
+
+#[cold]
+#[inline(never)]
+pub(crate) fn free_unknown(p: *mut u8) {
+    match segment::big_aligned_segment(p) {
+        // SAFETY: a live huge header whose data is p.
+        Some(seg) => unsafe { free_huge(seg, p) },
+        None => os::fatal(format_args!("free(): invalid pointer {:p} (not allocated by domalloc)", p)),
+    }
+}
+
+/// Frees huge block `p` (cached or unmapped); a cached block waits for the sweep, which is told.
+///
+/// # Safety
+/// `seg` is a live huge segment whose block is `p`, passed to free by the program.
+unsafe fn free_huge(seg: *mut Segment, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { huge::free(seg, p) };
+    crate::sweep::purge_wanted();
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: live segment/page (caller); page fields read per the ownership rules.
+    unsafe {
+        if (*seg).kind == SEG_HUGE {
+            return free_huge(seg, p);
+        }
+        let pg = &*page;
+        match pg.kind() {
+            PageKind::Small => {
+                if !pg.is_block(p as usize) {
+                    not_a_block(p);
+                }
+                let b = p as *mut Block;
+                if pg.flags.get() & PF_PLACED != 0 && crate::config::numa_enabled() {
+                    let home = placed_home(pg, b);
+                    if home != pg.node() {
+                        return to_home_pool(h, pg, b, home);
+                    }
+                }
+                // (Same node only: the heap that gave the page up may since have been recycled for
+                // a thread on another node, and a heap hands out only its own node's memory.)
+                if !tls::is_sentinel(h) && pg.node() == (*h).node() && page::reclaim(pg, h as usize) {
+                    // A page we gave up (full) and nobody else freed into since: ours again, at
+                    // the back of its queue, so that it gathers frees while allocation goes on
+                    // from the head (at the front, its one free block would be taken at once
+                    // and the page given up again: a slow path for every block).
+                    let c = pg.class.get() as usize;
+                    (*h).queue_push_back(c, page);
+                }
+                if pg.owned_by(h as usize) {
+                    owner_double_free_check(pg, b);
+                    local_free(h, page, b, page::link_key());
+                } else {
+                    remote_free(h, page, b);
+                }
+            }
+            PageKind::Large => {
+                if pg.span_start() != p {
+                    os::fatal(format_args!("free(): invalid pointer {:p} (inside a large block)", p));
+                }
+                crate::large::free(h, page, p);
+            }
+            PageKind::Free => os::fatal(format_args!("free(): double free or invalid pointer {:p}", p)),
+            PageKind::Meta => os::fatal(format_args!("free(): invalid pointer {:p} (allocator metadata)", p)),
+        }
+    }
+}
+
+/// The node whose memory holds placed block `b` of `page`: recorded, or asked of the kernel the
+/// first time the block is freed (and recorded).
+fn placed_home(page: &Page, b: *mut Block) -> usize {
+    let i = page.block_index(b as usize);
+    if let Some(n) = page.home(i) {
+        return n;
+    }
+    let n = match placement::home_of(b as *const u8, page.block_size.get() as usize) {
+        Home::On(n) | Home::Mixed(n) if n < crate::domain::domain_slots() && crate::domain::domain(n).node == n => n,
+        _ => page.node(),
+    };
+    page.set_home(i, n);
+    n
+}
+
+/// A placed block whose pages are on `home`, not on its span's node: it waits in `home`'s pool
+/// (still in use from its span's view) for the next allocation of its size there.
+///
+/// # Safety
+/// `b` is an allocated block of `page`, just freed by the program.
+unsafe fn to_home_pool(h: *mut Heap, page: &Page, b: *mut Block, home: usize) {
+    let i = page.block_index(b as usize);
+    if !page.mark_pooled(i) {
+        os::fatal(format_args!("free(): double free of {:p}", b));
+    }
+    let c = page.class.get() as usize;
+    count_foreign_free(h, page, c, 1);
+    let dest = crate::domain::domain(home);
+    dest.counters.went_home.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: the caller's block, resident on `home`.
+    unsafe { dest.pool.put_block(c, b) };
+}
+
+/// Counts `n` blocks of class `c` of `page` freed by `h` (a heap that does not own the page, or
+/// a sentinel): in the heap's own counters (plain stores, no shared line), else in the page's
+/// domain.
+fn count_foreign_free(h: *mut Heap, page: &Page, c: usize, n: u64) {
+    if tls::is_sentinel(h) {
+        let d = crate::domain::domain(page.node());
+        d.counters.class_frees[c].fetch_add(n, Ordering::Relaxed);
+        d.counters.node_frees.fetch_add(n, Ordering::Relaxed);
+        d.counters.remote_node_frees.fetch_add(n, Ordering::Relaxed);
+        return;
+    }
+    // SAFETY: the calling thread's own heap (or the orphan / a node heap under its lock).
+    let hh = unsafe { &*h };
+    bump(&hh.bins[c].rfrees, n);
+    bump(&hh.freed_to[page.node().min(COUNTED_NODES - 1)], n);
+}
+
+/// Remote frees by threads that have no heap (not yet, or no more), for the stats.
+pub(crate) static HEAPLESS_REMOTE_FREES: AtomicU64 = AtomicU64::new(0);
+
+/// Sends a block home: batched per page when the thread has a heap.
+///
+/// # Safety
+/// `b` is an allocated block of `page`, which this thread does not own.
+unsafe fn remote_free(h: *mut Heap, page: *mut Page, b: *mut Block) {
+    // SAFETY: sentinels are never written; a real heap is ours; the page is live.
+    unsafe {
+        let pg = &*page;
+        if page::is_freed(pg, b) {
+            // In another thread's lists, in a remote chain, or in our own pending batch: a
+            // double free (or, with about 2^-50 odds, a program word that looks like a link).
+            os::fatal(format_args!("free(): double free of {:p}", b));
+        }
+        if tls::is_sentinel(h) {
+            page::set_next(b, ptr::null_mut());
+            HEAPLESS_REMOTE_FREES.fetch_add(1, Ordering::Relaxed);
+            count_foreign_free(h, pg, pg.class.get() as usize, 1);
+            if page::push_remote(pg, b, b) {
+                queue_unowned(page);
+            }
+            return;
+        }
+        let hh = &*h;
+        if hh.pend_page.get() == page && hh.pend_count.get() < REMOTE_BATCH {
+            page::set_next(b, hh.pend_head.get());
+            hh.pend_head.set(b);
+            hh.pend_count.set(hh.pend_count.get() + 1);
+            return;
+        }
+        hh.flush_pending();
+        page::set_next(b, ptr::null_mut());
+        hh.pend_page.set(page);
+        hh.pend_head.set(b);
+        hh.pend_tail.set(b);
+        hh.pend_count.set(1);
+    }
+}
+
+/// A page that was given up received its first remote free: it goes to its arena (a node-local
+/// list where any heap of its node adopts it).
+///
+/// # Safety
+/// `page` is a small span's head, unowned and in no list (the caller's push moved it out of
+/// the given-up state, so no one else queues it).
+pub(crate) unsafe fn queue_unowned(page: *mut Page) {
+    // SAFETY: the caller's contract.
+    unsafe { crate::arena::arena((*page).arena.get() as usize).push(page) };
+}
+
+impl Heap {
+    /// Sends the pending remote-free batch home.
+    pub(crate) fn flush_pending(&self) {
+        let n = self.pend_count.get();
+        if n == 0 {
+            return;
+        }
+        let page = self.pend_page.get();
+        // SAFETY: the batch holds allocated blocks of `page`, chained head..tail.
+        unsafe {
+            let pg = &*page;
+            count_foreign_free(self as *const Heap as *mut Heap, pg, pg.class.get() as usize, n as u64);
+            if page::push_remote(pg, self.pend_head.get(), self.pend_tail.get()) {
+                queue_unowned(page);
+            }
+        }
+        bump(&self.counters.remote_frees, n as u64);
+        bump(&self.counters.remote_batches, 1);
+        self.pend_page.set(empty_page());
+        self.pend_head.set(ptr::null_mut());
+        self.pend_tail.set(ptr::null_mut());
+        self.pend_count.set(0);
+    }
+
+}

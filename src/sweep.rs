@@ -1,0 +1,189 @@
+//! Returning memory: the maintenance sweep and the background purge thread.
+//!
+//! A sweep of a node gives back to its domain what waited long enough in its arenas (pages that
+//! remote frees emptied after their owner left, empty spans parked longer than the purge delay),
+//! purges the domain's dirty pages that are due, releases old cached huge blocks and trims the
+//! home pools. Heap slow paths call [`maintain`], which sweeps at most once per purge delay per
+//! node, unless the purge thread runs: it sweeps every node when something is due and sleeps on a
+//! futex until the next deadline, or until [`purge_wanted`] wakes it.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+
+use crate::arena::{arena, arena_index, cpu_arena_count, node_arena};
+use crate::config;
+use crate::domain::{domain, domain_slots};
+use crate::options::{self, PurgeThread};
+use crate::os::{Os, Sys};
+use crate::topology;
+
+/// Periodic work from heap slow paths: unless the purge thread does it, sweep node `node` at
+/// most once per purge delay (without waiting for busy locks).
+pub(crate) fn maintain(node: usize) {
+    if PURGE_THREAD.load(Ordering::Relaxed) == PT_RUNNING {
+        return;
+    }
+    let d = domain(node);
+    let now = Sys::now_ms();
+    let last = d.last_sweep_ms.load(Ordering::Relaxed);
+    let delay = options::get().purge_delay_ms;
+    if now >= last.saturating_add(delay.clamp(1, 1000))
+        && d.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        sweep(node, now, false, false);
+    }
+}
+
+/// Returns what waited long enough on node `node`: arena pages emptied by remote frees and
+/// empty spans parked longer than the purge delay go to the domain; due dirty pages are purged;
+/// old cached huge blocks released; idle home pools trimmed. With `force`, everything now.
+/// Returns the earliest deadline still pending (ms) or `u64::MAX`.
+pub(crate) fn sweep(node: usize, now: u64, force: bool, wait: bool) -> u64 {
+    let delay = options::get().purge_delay_ms;
+    if delay == u64::MAX && !force {
+        return u64::MAX;
+    }
+    let mut next = u64::MAX;
+    let mut reclaim = |i: usize| {
+        let a = arena(i);
+        if let Some(p) = a.reclaim(now, delay, force, wait) {
+            // SAFETY: `reclaim` unlinked these unused, unowned span heads; we are their only holder.
+            unsafe { free_span_list(p) };
+        }
+        if a.parked_pages() > 0 {
+            next = next.min(now.saturating_add(delay));
+        }
+    };
+    if config::numa_enabled() {
+        for &cpu in topology::get().cpus_of(node) {
+            reclaim(arena_index(cpu as usize));
+        }
+    } else {
+        for i in 0..cpu_arena_count() {
+            reclaim(i);
+        }
+    }
+    reclaim(node_arena(node));
+    let d = domain(node);
+    next = next.min(d.purge_due(now, force, wait));
+    let age = if force { 0 } else { crate::huge::cache_age_ms() };
+    if age != u64::MAX {
+        d.huge_cache.trim(age);
+        if d.huge_cache.bytes() > 0 {
+            next = next.min(now.saturating_add(age.max(1)));
+        }
+    }
+    d.pool.trim(now, delay, force);
+    if !d.pool.is_empty() {
+        next = next.min(now.saturating_add(delay));
+    }
+    next
+}
+
+/// Returns a list of unused spans (linked through `next`) to their domains, taking each
+/// domain's lock once per run of pages of that domain.
+///
+/// # Safety
+/// Every page on the list is an unused, unowned span head of ours, on no other list.
+pub(crate) unsafe fn free_span_list(mut p: *mut crate::page::Page) {
+    while !p.is_null() {
+        // SAFETY: as stated: live span heads of live segments.
+        let node = unsafe { (*p).node() };
+        // SAFETY: forwarded; the call consumes the run of pages of `node`.
+        p = unsafe { domain(node).free_span_run(p) };
+    }
+}
+
+/// Sweeps every node (see [`sweep`]), waiting for busy locks; with `force`, everything free now.
+pub(crate) fn sweep_all(force: bool) {
+    let now = Sys::now_ms();
+    for n in 0..domain_slots() {
+        if domain(n).node == n {
+            sweep(n, now, force, true);
+        }
+    }
+}
+
+// ---- the background purge thread ----
+
+const PT_IDLE: u8 = 0;
+const PT_RUNNING: u8 = 1;
+const PT_FAILED: u8 = 2;
+static PURGE_THREAD: AtomicU8 = AtomicU8::new(PT_IDLE);
+/// The purge thread's futex word (bumped to wake it).
+static PURGE_WAKE: AtomicU32 = AtomicU32::new(0);
+/// The purge thread sleeps until woken (nothing was pending).
+static PURGE_SLEEPING: AtomicBool = AtomicBool::new(false);
+/// Bytes waiting to be purged from which `DOMALLOC_PURGE_THREAD=auto` starts the thread.
+pub(crate) const PURGE_THREAD_THRESHOLD: u64 = 4 << 20;
+
+/// Bytes of dirty free pages waiting in the domains (a sum of per-domain counters).
+fn pending_bytes() -> u64 {
+    (0..domain_slots()).map(|n| domain(n).dirty_bytes.load(Ordering::SeqCst)).sum()
+}
+
+/// Something now waits to be purged: wake the purge thread, or start it (lazily, the first time
+/// enough waits; again in a fork child). Call only where a nested `malloc` is safe (no lock
+/// held): starting a thread allocates.
+pub(crate) fn purge_wanted() {
+    match PURGE_THREAD.load(Ordering::Relaxed) {
+        PT_RUNNING if PURGE_SLEEPING.load(Ordering::SeqCst) && PURGE_SLEEPING.swap(false, Ordering::SeqCst) => {
+            PURGE_WAKE.fetch_add(1, Ordering::SeqCst);
+            Sys::futex_wake(&PURGE_WAKE, 1);
+        }
+        PT_IDLE => {
+            let mode = options::get().purge_thread;
+            if mode == PurgeThread::Off || options::get().purge_delay_ms == u64::MAX {
+                return;
+            }
+            if mode == PurgeThread::Auto && pending_bytes() < PURGE_THREAD_THRESHOLD {
+                return;
+            }
+            if PURGE_THREAD.compare_exchange(PT_IDLE, PT_RUNNING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                && !Sys::spawn_thread(purge_main)
+            {
+                PURGE_THREAD.store(PT_FAILED, Ordering::Relaxed);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The purge thread does not exist (in a fork child): started again when something waits.
+pub(crate) fn forget_purge_thread() {
+    if PURGE_THREAD.load(Ordering::Relaxed) == PT_RUNNING {
+        PURGE_THREAD.store(PT_IDLE, Ordering::Relaxed);
+    }
+    PURGE_SLEEPING.store(false, Ordering::Relaxed);
+}
+
+/// Whether the background purge thread runs.
+pub(crate) fn purge_thread_running() -> bool {
+    PURGE_THREAD.load(Ordering::Relaxed) == PT_RUNNING
+}
+
+/// The purge thread: sweeps every node when something is due, sleeps until the next deadline,
+/// and sleeps until woken when nothing waits.
+extern "C" fn purge_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
+    loop {
+        let gen = PURGE_WAKE.load(Ordering::SeqCst);
+        let now = Sys::now_ms();
+        let mut next = u64::MAX;
+        for n in 0..domain_slots() {
+            if domain(n).node == n {
+                next = next.min(sweep(n, now, false, true));
+            }
+        }
+        if next == u64::MAX {
+            PURGE_SLEEPING.store(true, Ordering::SeqCst);
+            if pending_bytes() > 0 {
+                PURGE_SLEEPING.store(false, Ordering::SeqCst);
+                continue;
+            }
+            Sys::futex_wait(&PURGE_WAKE, gen, None);
+            PURGE_SLEEPING.store(false, Ordering::SeqCst);
+        } else {
+            let wait = next.saturating_sub(Sys::now_ms()).clamp(5, options::get().purge_delay_ms.max(5));
+            Sys::futex_wait(&PURGE_WAKE, gen, Some(wait));
+        }
+    }
+}
