@@ -41,135 +41,158 @@ fn share_on(v: &[Vec<u8>], node: usize) -> f64 {
     n.iter().filter(|&&x| x == node).count() as f64 / n.len() as f64
 }
 
+/// Runs scenario `name` in this process (the child, which has the fake topology).
 fn scenario(name: &str) {
     assert!(domalloc::numa_enabled(), "fake topology not picked up");
     match name {
-        "own_data" => {
-            for cpu in [0, 1] {
-                std::thread::spawn(move || {
-                    pin(cpu);
-                    for s in SIZES {
-                        let v = alloc_many(if s > 100_000 { 8 } else { 500 }, s);
-                        assert_eq!(share_on(&v, cpu), 1.0, "size {s} on cpu {cpu}");
-                    }
-                })
-                .join()
-                .unwrap();
-            }
-        }
-        "cross_node_free" => {
-            for s in SIZES {
-                let n = if s > 100_000 { 8 } else { 2000 };
-                let (tx, rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
-                let a = std::thread::spawn(move || {
-                    pin(0);
-                    let v = alloc_many(n, s);
-                    assert_eq!(share_on(&v, 0), 1.0);
-                    let addrs: HashSet<usize> = v.iter().map(|b| b.as_ptr() as usize).collect();
-                    tx.send(v).unwrap();
-                    addrs
-                });
-                let addrs_a = a.join().unwrap();
-                let b = std::thread::spawn(move || {
-                    pin(1);
-                    drop(rx.recv().unwrap()); // frees node-0 blocks on node 1: they go home
-                    let v = alloc_many(n, s);
-                    assert_eq!(share_on(&v, 1), 1.0, "B got node-0 memory (size {s})");
-                    let reused = v.iter().filter(|b| addrs_a.contains(&(b.as_ptr() as usize))).count();
-                    assert_eq!(reused, 0, "B reused {reused} of A's freed blocks (size {s})");
-                });
-                b.join().unwrap();
-                // A's node gets its memory back: a new thread on node 0 allocates locally.
-                std::thread::spawn(move || {
-                    pin(0);
-                    let v = alloc_many(n, s);
-                    assert_eq!(share_on(&v, 0), 1.0);
-                })
-                .join()
-                .unwrap();
-            }
-        }
-        "producer_consumer_bounded" => {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(4);
-            let p = std::thread::spawn(move || {
-                pin(0);
-                for round in 0..2000 {
-                    tx.send(alloc_many(64, 16 + round % 700)).unwrap();
-                }
-            });
-            let c = std::thread::spawn(move || {
-                pin(1);
-                let mut n = 0;
-                for v in rx {
-                    n += v.len();
-                }
-                n
-            });
-            p.join().unwrap();
-            assert_eq!(c.join().unwrap(), 2000 * 64);
-            let s = domalloc::stats();
-            let n0 = s.nodes[..s.node_count].iter().find(|n| n.node == 0).unwrap();
-            // 128k blocks of up to ~700 B went through; without going home the mapping would grow
-            // to ~50 MiB. Bounded: a few segments.
-            assert!(n0.mapped_bytes <= 24 << 20, "node 0 grew to {} bytes", n0.mapped_bytes);
-            assert!(
-                s.remote_frees >= 2000 * 64 && s.remote_batches < s.remote_frees,
-                "remote frees are batched: {} frees in {} batches",
-                s.remote_frees,
-                s.remote_batches
-            );
-        }
-        "migration" => {
-            std::thread::spawn(|| {
-                pin(0);
-                let before = alloc_many(300, 100);
-                assert_eq!(share_on(&before, 0), 1.0);
-                pin(1);
-                for s in SIZES {
-                    let after = alloc_many(if s > 100_000 { 4 } else { 300 }, s);
-                    assert_eq!(share_on(&after, 1), 1.0, "after migrating, size {s}");
-                }
-                drop(before); // remote frees now
-                assert!(domalloc::stats().migrations >= 1);
-            })
-            .join()
-            .unwrap();
-        }
-        "thread_replacement" => {
-            for _ in 0..4 {
-                std::thread::spawn(|| {
-                    pin(0);
-                    let v = alloc_many(1000, 64);
-                    drop(v);
-                    let _keep = alloc_many(10, 64);
-                    std::mem::forget(_keep);
-                })
-                .join()
-                .unwrap();
-            }
-            std::thread::spawn(|| {
-                pin(1);
-                let v = alloc_many(5000, 64);
-                assert_eq!(share_on(&v, 1), 1.0, "new thread on node 1 got node-0 pages of dead threads");
-            })
-            .join()
-            .unwrap();
-        }
-        "node_targeted" => {
-            pin(0);
-            let l = std::alloc::Layout::from_size_align(100, 8).unwrap();
-            let p = domalloc::alloc_on_node(l, 1) as usize;
-            assert_eq!(domalloc::node_of(p as *const u8), Some(1));
-            let node1 = domalloc::Node::new(1).unwrap();
-            let mut v: allocator_api2::vec::Vec<u32, _> = allocator_api2::vec::Vec::new_in(node1);
-            v.extend(0..100_000);
-            assert_eq!(domalloc::node_of(v.as_ptr().cast()), Some(1));
-            std::thread::spawn(move || unsafe { domalloc::raw::free(p as *mut u8) }).join().unwrap();
-        }
+        "own_data" => scenario_own_data(),
+        "cross_node_free" => scenario_cross_node_free(),
+        "producer_consumer_bounded" => scenario_producer_consumer_bounded(),
+        "migration" => scenario_migration(),
+        "thread_replacement" => scenario_thread_replacement(),
+        "node_targeted" => scenario_node_targeted(),
         other => panic!("unknown scenario {other}"),
     }
 }
 
+/// Threads on each node allocate every size: all of it from their own node.
+fn scenario_own_data() {
+    for cpu in [0, 1] {
+        std::thread::spawn(move || {
+            pin(cpu);
+            for s in SIZES {
+                let v = alloc_many(if s > 100_000 { 8 } else { 500 }, s);
+                assert_eq!(share_on(&v, cpu), 1.0, "size {s} on cpu {cpu}");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// Per size: A (node 0) allocates, B (node 1) frees A's blocks and allocates: B gets node-1
+/// memory and none of A's freed blocks; then a new thread on node 0 allocates locally again.
+fn scenario_cross_node_free() {
+    for s in SIZES {
+        let n = if s > 100_000 { 8 } else { 2000 };
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+        let a = std::thread::spawn(move || {
+            pin(0);
+            let v = alloc_many(n, s);
+            assert_eq!(share_on(&v, 0), 1.0);
+            let addrs: HashSet<usize> = v.iter().map(|b| b.as_ptr() as usize).collect();
+            tx.send(v).unwrap();
+            addrs
+        });
+        let addrs_a = a.join().unwrap();
+        let b = std::thread::spawn(move || {
+            pin(1);
+            drop(rx.recv().unwrap()); // frees node-0 blocks on node 1: they go home
+            let v = alloc_many(n, s);
+            assert_eq!(share_on(&v, 1), 1.0, "B got node-0 memory (size {s})");
+            let reused = v.iter().filter(|b| addrs_a.contains(&(b.as_ptr() as usize))).count();
+            assert_eq!(reused, 0, "B reused {reused} of A's freed blocks (size {s})");
+        });
+        b.join().unwrap();
+        // A's node gets its memory back: a new thread on node 0 allocates locally.
+        std::thread::spawn(move || {
+            pin(0);
+            let v = alloc_many(n, s);
+            assert_eq!(share_on(&v, 0), 1.0);
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// A producer on node 0 streams batches to a consumer on node 1 that frees them: node 0's
+/// mapping stays bounded (the blocks go home) and the remote frees are batched.
+fn scenario_producer_consumer_bounded() {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(4);
+    let p = std::thread::spawn(move || {
+        pin(0);
+        for round in 0..2000 {
+            tx.send(alloc_many(64, 16 + round % 700)).unwrap();
+        }
+    });
+    let c = std::thread::spawn(move || {
+        pin(1);
+        let mut n = 0;
+        for v in rx {
+            n += v.len();
+        }
+        n
+    });
+    p.join().unwrap();
+    assert_eq!(c.join().unwrap(), 2000 * 64);
+    let s = domalloc::stats();
+    let n0 = s.nodes[..s.node_count].iter().find(|n| n.node == 0).unwrap();
+    // 128k blocks of up to ~700 B went through; without going home the mapping would grow
+    // to ~50 MiB. Bounded: a few segments.
+    assert!(n0.mapped_bytes <= 24 << 20, "node 0 grew to {} bytes", n0.mapped_bytes);
+    assert!(
+        s.remote_frees >= 2000 * 64 && s.remote_batches < s.remote_frees,
+        "remote frees are batched: {} frees in {} batches",
+        s.remote_frees,
+        s.remote_batches
+    );
+}
+
+/// A thread moves from node 0 to node 1: what it allocates afterwards (every size) is on
+/// node 1, and domalloc counted the migration.
+fn scenario_migration() {
+    std::thread::spawn(|| {
+        pin(0);
+        let before = alloc_many(300, 100);
+        assert_eq!(share_on(&before, 0), 1.0);
+        pin(1);
+        for s in SIZES {
+            let after = alloc_many(if s > 100_000 { 4 } else { 300 }, s);
+            assert_eq!(share_on(&after, 1), 1.0, "after migrating, size {s}");
+        }
+        drop(before); // remote frees now
+        assert!(domalloc::stats().migrations >= 1);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Threads on node 0 come and go; a new thread on node 1 gets node-1 pages, none of the dead
+/// threads' node-0 pages.
+fn scenario_thread_replacement() {
+    for _ in 0..4 {
+        std::thread::spawn(|| {
+            pin(0);
+            let v = alloc_many(1000, 64);
+            drop(v);
+            let _keep = alloc_many(10, 64);
+            std::mem::forget(_keep);
+        })
+        .join()
+        .unwrap();
+    }
+    std::thread::spawn(|| {
+        pin(1);
+        let v = alloc_many(5000, 64);
+        assert_eq!(share_on(&v, 1), 1.0, "new thread on node 1 got node-0 pages of dead threads");
+    })
+    .join()
+    .unwrap();
+}
+
+/// A thread on node 0 allocates for node 1 (`alloc_on_node`, `Vec::new_in(Node)`): the blocks are
+/// on node 1; one is freed from another thread.
+fn scenario_node_targeted() {
+    pin(0);
+    let l = std::alloc::Layout::from_size_align(100, 8).unwrap();
+    let p = domalloc::alloc_on_node(l, 1) as usize;
+    assert_eq!(domalloc::node_of(p as *const u8), Some(1));
+    let node1 = domalloc::Node::new(1).unwrap();
+    let mut v: allocator_api2::vec::Vec<u32, _> = allocator_api2::vec::Vec::new_in(node1);
+    v.extend(0..100_000);
+    assert_eq!(domalloc::node_of(v.as_ptr().cast()), Some(1));
+    std::thread::spawn(move || unsafe { domalloc::raw::free(p as *mut u8) }).join().unwrap();
+}
 fn fake_topology() -> std::path::PathBuf {
     let root = std::env::temp_dir().join(format!("domalloc-numa-logic-{}", std::process::id()));
     let n = root.join("devices/system/node");

@@ -83,7 +83,8 @@ mod driver {
     use crate::sys;
     use domalloc_numa_tests::{parse_result, parse_size, Verdict};
     use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
     use std::time::{Duration, Instant};
 
     fn sizes(s: &str) -> Result<Vec<SizeSpec>, String> {
@@ -153,13 +154,32 @@ mod driver {
         Ok(())
     }
 
-    pub fn main(args: Vec<String>) -> Result<i32, String> {
-        let mut cfg = Config::default();
-        let mut tpns = vec![1usize, 2];
-        let mut runs: Vec<String> = Vec::new();
-        let mut child: Option<u32> = None;
-        let mut sub: Option<String> = None;
-        let mut child_timeout = 300u64;
+    /// What the command line asks for.
+    struct Options {
+        /// The configuration after all options (the parent's; a child's own with its overrides).
+        cfg: Config,
+        /// `--tpn`: threads per node, one run each.
+        tpns: Vec<usize>,
+        /// The RUN arguments.
+        runs: Vec<String>,
+        /// `--child=P`: this process is the child running pattern P.
+        child: Option<u32>,
+        /// `--sub=CASE`: this child runs one case of pattern 7 or 8.
+        sub: Option<String>,
+        /// `--child-timeout`: seconds one run may take.
+        child_timeout: u64,
+    }
+
+    /// Parses the command line: `--key value` or `--key=value` options and RUN arguments.
+    fn parse_args(args: &[String]) -> Result<Options, String> {
+        let mut o = Options {
+            cfg: Config::default(),
+            tpns: vec![1usize, 2],
+            runs: Vec::new(),
+            child: None,
+            sub: None,
+            child_timeout: 300u64,
+        };
         let mut i = 0;
         while i < args.len() {
             let a = &args[i];
@@ -172,32 +192,27 @@ mod driver {
                     }
                 };
                 match key.as_str() {
-                    "child" => child = Some(val.parse().map_err(|_| "bad --child".to_string())?),
-                    "sub" => sub = Some(val),
+                    "child" => o.child = Some(val.parse().map_err(|_| "bad --child".to_string())?),
+                    "sub" => o.sub = Some(val),
                     "tpn" => {
-                        tpns = val.split(',').map(|v| v.parse::<usize>().map_err(|_| format!("bad tpn {v}")))
+                        o.tpns = val.split(',').map(|v| v.parse::<usize>().map_err(|_| format!("bad tpn {v}")))
                             .collect::<Result<_, _>>()?;
-                        tpns.retain(|t| *t > 0);
-                        cfg.tpn = tpns.first().copied().unwrap_or(1);
+                        o.tpns.retain(|t| *t > 0);
+                        o.cfg.tpn = o.tpns.first().copied().unwrap_or(1);
                     }
-                    "child-timeout" => child_timeout = val.parse().map_err(|_| "bad --child-timeout")?,
-                    _ => apply(&mut cfg, &key, &val)?,
+                    "child-timeout" => o.child_timeout = val.parse().map_err(|_| "bad --child-timeout")?,
+                    _ => apply(&mut o.cfg, &key, &val)?,
                 }
             } else {
-                runs.push(a.clone());
+                o.runs.push(a.clone());
             }
             i += 1;
         }
+        Ok(o)
+    }
 
-        let topo = sys::Topology::discover();
-        if let Some(p) = child {
-            if let Some(case) = sub {
-                return crate::policies::run_sub(p, &case, &cfg, &topo).map(|_| 0);
-            }
-            return patterns::run(p, &cfg, &topo).map(|_| 0);
-        }
-
-        // Parent: describe the machine, then run each (pattern, threads-per-node) in a child.
+    /// Prints the `INFO` lines that describe the machine (kernel, topology, THP, memory).
+    fn describe_machine(topo: &sys::Topology) {
         let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         println!("INFO allocator={} kernel={}", crate::ALLOCATOR, uname.trim());
         println!("INFO topology {}", topo.describe());
@@ -206,12 +221,17 @@ mod driver {
         #[cfg(not(feature = "system"))]
         println!("INFO domalloc numa_enabled={} current_node={}", domalloc::numa_enabled(), domalloc::current_node());
         let _ = std::io::stdout().flush();
+    }
 
-        if runs.is_empty() {
-            runs.push("all".to_string());
-        }
-        let mut plan: Vec<(u32, Vec<(String, String)>)> = Vec::new();
-        for r in &runs {
+    /// One planned run: a pattern and the `key=value` overrides of its RUN argument.
+    type Run = (u32, Vec<(String, String)>);
+
+    /// Expands the RUN arguments (default `all`) into (pattern, overrides) pairs.
+    fn plan(runs: &[String]) -> Result<Vec<Run>, String> {
+        let all = ["all".to_string()];
+        let runs = if runs.is_empty() { &all[..] } else { runs };
+        let mut plan: Vec<Run> = Vec::new();
+        for r in runs {
             let mut parts = r.split(':');
             let pat = parts.next().unwrap_or("all");
             let kv: Vec<(String, String)> = parts
@@ -232,121 +252,207 @@ mod driver {
                 plan.push((p, kv.clone()));
             }
         }
+        Ok(plan)
+    }
 
+    /// PASS, FAIL, INFO and crashed counts over all runs.
+    #[derive(Default)]
+    struct Totals {
+        passed: u64,
+        failed: u64,
+        info: u64,
+        crashed: u64,
+    }
+
+    /// What every run of the parent shares: the binary, the command line, the options and the
+    /// THP mode to restore after a run that set its own.
+    struct Parent<'a> {
+        exe: PathBuf,
+        args: &'a [String],
+        opts: &'a Options,
+        original_thp: String,
+    }
+
+    /// The parent: describes the machine, runs each (pattern, threads per node) in a child
+    /// process and prints the `SUMMARY`. Exit code 0 when something passed and nothing failed
+    /// or crashed.
+    fn parent(args: &[String], opts: &Options, topo: &sys::Topology) -> Result<i32, String> {
+        describe_machine(topo);
+        let plan = plan(&opts.runs)?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let (mut passed, mut failed, mut info, mut crashed) = (0u64, 0u64, 0u64, 0u64);
-        let original_thp = sys::thp_mode();
+        let ctx = Parent { exe, args, opts, original_thp: sys::thp_mode() };
+        let mut totals = Totals::default();
         for (p, kv) in plan {
             let run_tpns: Vec<usize> = match kv.iter().find(|(k, _)| k == "tpn") {
                 Some((_, v)) => v.split('+').filter_map(|x| x.parse().ok()).collect(),
-                None => tpns.clone(),
+                None => opts.tpns.clone(),
             };
             for tpn in run_tpns {
-                let mut cargs: Vec<String> = Vec::new();
-                // Pass every option through, then this run's overrides.
-                let mut j = 0;
-                while j < args.len() {
-                    let a = &args[j];
-                    if a.starts_with("--") {
-                        let has_inline = a.contains('=');
-                        let key = a.trim_start_matches("--").split('=').next().unwrap_or("").to_string();
-                        let skip = matches!(key.as_str(), "tpn" | "child-timeout");
-                        if !skip {
-                            cargs.push(a.clone());
-                            if !has_inline {
-                                if let Some(v) = args.get(j + 1) {
-                                    cargs.push(v.clone());
-                                }
-                            }
-                        }
-                        if !has_inline {
-                            j += 1;
-                        }
-                    }
-                    j += 1;
-                }
-                let mut thp = cfg.thp.clone();
-                for (k, v) in &kv {
-                    if k == "tpn" {
-                        continue;
-                    }
-                    if k == "thp" {
-                        thp = Some(v.clone());
-                    }
-                    // Validate here so a typo fails loudly in the parent.
-                    apply(&mut cfg.clone(), k, v)?;
-                    cargs.push(format!("--{k}={v}"));
-                }
-                cargs.push(format!("--tpn={tpn}"));
-                cargs.push(format!("--child={p}"));
-                if let Some(mode) = &thp {
-                    if let Err(e) = sys::set_thp_mode(mode) {
-                        println!("CRASH pattern={p} threads_per_node={tpn} error=cannot_set_thp_{mode}:{}", e.kind());
-                        crashed += 1;
-                        continue;
-                    }
-                }
-                let mut c = Command::new(&exe)
-                    .args(&cargs)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .map_err(|e| format!("spawn child: {e}"))?;
-                let out = c.stdout.take().expect("piped");
-                let reader = std::thread::spawn(move || {
-                    let mut counts = (0u64, 0u64, 0u64);
-                    for line in BufReader::new(out).lines().map_while(Result::ok) {
-                        println!("{line}");
-                        if let Some(r) = parse_result(&line) {
-                            match r.verdict {
-                                Verdict::Pass => counts.0 += 1,
-                                Verdict::Fail => counts.1 += 1,
-                                Verdict::Info => counts.2 += 1,
-                                Verdict::Skip => {}
-                            }
-                        }
-                    }
-                    counts
-                });
-                let start = Instant::now();
-                let status = loop {
-                    match c.try_wait() {
-                        Ok(Some(s)) => break Some(s),
-                        Ok(None) if start.elapsed() > Duration::from_secs(child_timeout) => {
-                            let _ = c.kill();
-                            let _ = c.wait();
-                            break None;
-                        }
-                        Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                        Err(e) => return Err(format!("wait: {e}")),
-                    }
-                };
-                let (p_ok, p_fail, p_info) = reader.join().unwrap_or_default();
-                passed += p_ok;
-                failed += p_fail;
-                info += p_info;
-                let secs = start.elapsed().as_secs_f64();
-                match status {
-                    Some(s) if s.success() => {
-                        println!("INFO run pattern={p} threads_per_node={tpn} seconds={secs:.1}")
-                    }
-                    Some(s) => {
-                        crashed += 1;
-                        println!("CRASH pattern={p} threads_per_node={tpn} status={s:?} seconds={secs:.1}")
-                    }
-                    None => {
-                        crashed += 1;
-                        println!("CRASH pattern={p} threads_per_node={tpn} status=timeout seconds={secs:.1}")
-                    }
-                }
-                if thp.is_some() {
-                    let _ = sys::set_thp_mode(&original_thp);
-                }
-                let _ = std::io::stdout().flush();
+                run_one(&ctx, p, &kv, tpn, &mut totals)?;
             }
         }
+        let Totals { passed, failed, info, crashed } = totals;
         println!("SUMMARY passed={passed} failed={failed} info={info} crashed={crashed}");
         let _ = std::io::stdout().flush();
         Ok(if failed == 0 && crashed == 0 && passed > 0 { 0 } else { 1 })
+    }
+
+    /// The parent's options to pass on to every child: all but `--tpn` and `--child-timeout`.
+    fn passthrough_args(args: &[String]) -> Vec<String> {
+        let mut cargs: Vec<String> = Vec::new();
+        let mut j = 0;
+        while j < args.len() {
+            let a = &args[j];
+            if a.starts_with("--") {
+                let has_inline = a.contains('=');
+                let key = a.trim_start_matches("--").split('=').next().unwrap_or("").to_string();
+                let skip = matches!(key.as_str(), "tpn" | "child-timeout");
+                if !skip {
+                    cargs.push(a.clone());
+                    if !has_inline {
+                        if let Some(v) = args.get(j + 1) {
+                            cargs.push(v.clone());
+                        }
+                    }
+                }
+                if !has_inline {
+                    j += 1;
+                }
+            }
+            j += 1;
+        }
+        cargs
+    }
+
+    /// The command line of the child for pattern `p` with `tpn` threads per node and the run's
+    /// overrides `kv` (validated here, so a typo fails loudly in the parent), and the THP mode
+    /// the run wants set, if any.
+    fn child_args(ctx: &Parent, p: u32, kv: &[(String, String)], tpn: usize) -> Result<(Vec<String>, Option<String>), String> {
+        // Pass every option through, then this run's overrides.
+        let mut cargs = passthrough_args(ctx.args);
+        let mut thp = ctx.opts.cfg.thp.clone();
+        for (k, v) in kv {
+            if k == "tpn" {
+                continue;
+            }
+            if k == "thp" {
+                thp = Some(v.clone());
+            }
+            // Validate here so a typo fails loudly in the parent.
+            apply(&mut ctx.opts.cfg.clone(), k, v)?;
+            cargs.push(format!("--{k}={v}"));
+        }
+        cargs.push(format!("--tpn={tpn}"));
+        cargs.push(format!("--child={p}"));
+        Ok((cargs, thp))
+    }
+
+    /// Runs pattern `p` with `tpn` threads per node and the overrides `kv` in a child process
+    /// (under the run's THP mode), echoes its output and adds its verdicts to `totals`.
+    fn run_one(ctx: &Parent, p: u32, kv: &[(String, String)], tpn: usize, totals: &mut Totals) -> Result<(), String> {
+        let (cargs, thp) = child_args(ctx, p, kv, tpn)?;
+        if let Some(mode) = &thp {
+            if let Err(e) = sys::set_thp_mode(mode) {
+                println!("CRASH pattern={p} threads_per_node={tpn} error=cannot_set_thp_{mode}:{}", e.kind());
+                totals.crashed += 1;
+                return Ok(());
+            }
+        }
+        let ChildRun { status, counts: (p_ok, p_fail, p_info), secs } = run_child(&ctx.exe, &cargs, ctx.opts.child_timeout)?;
+        totals.passed += p_ok;
+        totals.failed += p_fail;
+        totals.info += p_info;
+        match status {
+            Some(s) if s.success() => {
+                println!("INFO run pattern={p} threads_per_node={tpn} seconds={secs:.1}")
+            }
+            Some(s) => {
+                totals.crashed += 1;
+                println!("CRASH pattern={p} threads_per_node={tpn} status={s:?} seconds={secs:.1}")
+            }
+            None => {
+                totals.crashed += 1;
+                println!("CRASH pattern={p} threads_per_node={tpn} status=timeout seconds={secs:.1}")
+            }
+        }
+        if thp.is_some() {
+            let _ = sys::set_thp_mode(&ctx.original_thp);
+        }
+        let _ = std::io::stdout().flush();
+        Ok(())
+    }
+
+    /// How one child process ended.
+    struct ChildRun {
+        /// Its exit status; None: killed after the timeout.
+        status: Option<ExitStatus>,
+        /// Its (PASS, FAIL, INFO) RESULT lines.
+        counts: (u64, u64, u64),
+        /// Seconds from its start until its output ended.
+        secs: f64,
+    }
+
+    /// Starts `exe` with `cargs`, echoes its stdout and waits for it (killing it after
+    /// `timeout_s` seconds).
+    fn run_child(exe: &Path, cargs: &[String], timeout_s: u64) -> Result<ChildRun, String> {
+        let mut c = Command::new(exe)
+            .args(cargs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawn child: {e}"))?;
+        let out = c.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || echo_and_count(out));
+        let start = Instant::now();
+        let status = wait_with_timeout(&mut c, start, Duration::from_secs(timeout_s))?;
+        let counts = reader.join().unwrap_or_default();
+        Ok(ChildRun { status, counts, secs: start.elapsed().as_secs_f64() })
+    }
+
+    /// Prints every line of a child's stdout and counts its PASS, FAIL and INFO results.
+    fn echo_and_count(out: ChildStdout) -> (u64, u64, u64) {
+        let mut counts = (0u64, 0u64, 0u64);
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(r) = parse_result(&line) {
+                match r.verdict {
+                    Verdict::Pass => counts.0 += 1,
+                    Verdict::Fail => counts.1 += 1,
+                    Verdict::Info => counts.2 += 1,
+                    Verdict::Skip => {}
+                }
+            }
+        }
+        counts
+    }
+
+    /// Waits for `c` to exit; kills it once `timeout` has passed since `start` (then None).
+    fn wait_with_timeout(c: &mut Child, start: Instant, timeout: Duration) -> Result<Option<ExitStatus>, String> {
+        loop {
+            match c.try_wait() {
+                Ok(Some(s)) => return Ok(Some(s)),
+                Ok(None) if start.elapsed() > timeout => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return Ok(None);
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("wait: {e}")),
+            }
+        }
+    }
+
+    /// Runs numa-guest with `args`: as a child (`--child`), one pattern in this process; else as
+    /// the parent of one child per run. Returns the exit code.
+    pub fn main(args: Vec<String>) -> Result<i32, String> {
+        let opts = parse_args(&args)?;
+        let topo = sys::Topology::discover();
+        if let Some(p) = opts.child {
+            if let Some(case) = &opts.sub {
+                return crate::policies::run_sub(p, case, &opts.cfg, &topo).map(|_| 0);
+            }
+            return patterns::run(p, &opts.cfg, &topo).map(|_| 0);
+        }
+        parent(&args, &opts, &topo)
     }
 }

@@ -365,95 +365,138 @@ fn pattern1(cfg: &Config, topo: &Topology) {
 /// A allocates again (on A). Then a bounded producer/consumer stream A -> B: A's batches stay
 /// on A and the RSS stays under `rss_bound`.
 fn pattern2(cfg: &Config, topo: &Topology, a: usize, b: usize) {
-    let pair = format!("{a}>{b}");
     let barrier = Barrier::new(2 * cfg.tpn);
-    let nsizes = cfg.sizes.len();
-    // Per thread: [a-alloc, b-alloc, a-again] tallies per size (A threads fill 0 and 2, B fills 1).
-    type Out = (Vec<[Tally; 3]>, Tally, Option<(usize, usize, usize, u64)>);
-    let outs: Vec<Out> = thread::scope(|s| {
+    let outs: Vec<P2Out> = thread::scope(|s| {
         let mut hs = Vec::new();
         for i in 0..cfg.tpn {
             let (tx, rx) = mpsc::channel::<Vec<Obj>>();
             let (stx, srx) = mpsc::sync_channel::<Vec<Obj>>(4);
             let barrier = &barrier;
-            // Producer on A.
-            hs.push(s.spawn(move || {
-                pin(topo, cfg, a, i);
-                let mut rng = Rng::new(a * 1000 + i + 7);
-                let mut res = vec![<[Tally; 3]>::default(); nsizes];
-                for (k, &spec) in cfg.sizes.iter().enumerate() {
-                    let objs = alloc_objs(spec, object_count(cfg, spec), &mut rng);
-                    touch(&objs);
-                    res[k][0].add(&measure(&objs), a, objs.len());
-                    tx.send(objs).expect("send");
-                    barrier.wait(); // B freed A's objects
-                    barrier.wait(); // B allocated its own
-                    let again = alloc_objs(spec, object_count(cfg, spec), &mut rng);
-                    touch(&again);
-                    res[k][2].add(&measure(&again), a, again.len());
-                    barrier.wait();
-                    free_objs(again);
-                    barrier.wait();
-                }
-                // Stream.
-                let mut stream = Tally::default();
-                barrier.wait();
-                let rss0 = sys::rss_bytes();
-                let mut rss_max = rss0;
-                let mut streamed = 0u64;
-                for r in 0..cfg.rounds {
-                    let batch = alloc_objs(SizeSpec::Mixed, cfg.batch, &mut rng);
-                    touch(&batch);
-                    streamed += batch.iter().map(|o| o.layout.size() as u64).sum::<u64>();
-                    if r % 10 == 0 {
-                        stream.add(&measure(&batch), a, batch.len());
-                        if i == 0 {
-                            rss_max = rss_max.max(sys::rss_bytes());
-                        }
-                    }
-                    stx.send(batch).expect("send");
-                }
-                drop(stx);
-                barrier.wait();
-                let rss_end = sys::rss_bytes();
-                rss_max = rss_max.max(rss_end);
-                (res, stream, (i == 0).then_some((rss0, rss_max, rss_end, streamed)))
-            }));
-            // Consumer on B.
-            hs.push(s.spawn(move || {
-                pin(topo, cfg, b, i);
-                let mut rng = Rng::new(b * 1000 + i + 13);
-                let mut res = vec![<[Tally; 3]>::default(); nsizes];
-                for (k, &spec) in cfg.sizes.iter().enumerate() {
-                    let theirs = rx.recv().expect("recv");
-                    free_objs(theirs);
-                    barrier.wait();
-                    let mine = alloc_objs(spec, object_count(cfg, spec), &mut rng);
-                    touch(&mine);
-                    res[k][1].add(&measure(&mine), b, mine.len());
-                    barrier.wait();
-                    barrier.wait();
-                    free_objs(mine);
-                    barrier.wait();
-                }
-                barrier.wait();
-                let mut sink = 0u64;
-                while let Ok(batch) = srx.recv() {
-                    sink = sink.wrapping_add(read_first(&batch));
-                    free_objs(batch);
-                }
-                std::hint::black_box(sink);
-                barrier.wait();
-                (res, Tally::default(), None)
-            }));
+            hs.push(s.spawn(move || p2_producer(cfg, topo, a, i, barrier, tx, stx)));
+            hs.push(s.spawn(move || p2_consumer(cfg, topo, b, i, barrier, rx, srx)));
         }
         hs.into_iter().map(|h| h.join().expect("worker panicked")).collect()
     });
+    p2_report(cfg, &format!("{a}>{b}"), &outs);
+}
+
+/// What one thread of pattern 2 returns: [a-alloc, b-alloc, a-again] tallies per size (A
+/// threads fill 0 and 2, B fills 1), the stream's tally (A) and, from thread 0 on A, the
+/// stream's (rss at start, rss max, rss at end, bytes streamed).
+type P2Out = (Vec<[Tally; 3]>, Tally, Option<(usize, usize, usize, u64)>);
+
+/// Pattern 2, producer `i` on A: per size, allocates and hands the objects to its consumer,
+/// then allocates again after the consumer freed them and allocated its own; then streams
+/// batches to the consumer.
+fn p2_producer(
+    cfg: &Config,
+    topo: &Topology,
+    a: usize,
+    i: usize,
+    barrier: &Barrier,
+    tx: mpsc::Sender<Vec<Obj>>,
+    stx: mpsc::SyncSender<Vec<Obj>>,
+) -> P2Out {
+    pin(topo, cfg, a, i);
+    let mut rng = Rng::new(a * 1000 + i + 7);
+    let mut res = vec![<[Tally; 3]>::default(); cfg.sizes.len()];
+    for (k, &spec) in cfg.sizes.iter().enumerate() {
+        let objs = alloc_objs(spec, object_count(cfg, spec), &mut rng);
+        touch(&objs);
+        res[k][0].add(&measure(&objs), a, objs.len());
+        tx.send(objs).expect("send");
+        barrier.wait(); // B freed A's objects
+        barrier.wait(); // B allocated its own
+        let again = alloc_objs(spec, object_count(cfg, spec), &mut rng);
+        touch(&again);
+        res[k][2].add(&measure(&again), a, again.len());
+        barrier.wait();
+        free_objs(again);
+        barrier.wait();
+    }
+    let (stream, rss) = p2_stream(cfg, a, i, barrier, &mut rng, stx);
+    (res, stream, rss)
+}
+
+/// The stream of pattern 2, producer `i` on A: `rounds` batches of mixed sizes sent to the
+/// consumer (every tenth measured). Returns the tally and, from thread 0, the RSS figures.
+fn p2_stream(
+    cfg: &Config,
+    a: usize,
+    i: usize,
+    barrier: &Barrier,
+    rng: &mut Rng,
+    stx: mpsc::SyncSender<Vec<Obj>>,
+) -> (Tally, Option<(usize, usize, usize, u64)>) {
+    let mut stream = Tally::default();
+    barrier.wait();
+    let rss0 = sys::rss_bytes();
+    let mut rss_max = rss0;
+    let mut streamed = 0u64;
+    for r in 0..cfg.rounds {
+        let batch = alloc_objs(SizeSpec::Mixed, cfg.batch, rng);
+        touch(&batch);
+        streamed += batch.iter().map(|o| o.layout.size() as u64).sum::<u64>();
+        if r % 10 == 0 {
+            stream.add(&measure(&batch), a, batch.len());
+            if i == 0 {
+                rss_max = rss_max.max(sys::rss_bytes());
+            }
+        }
+        stx.send(batch).expect("send");
+    }
+    drop(stx);
+    barrier.wait();
+    let rss_end = sys::rss_bytes();
+    rss_max = rss_max.max(rss_end);
+    (stream, (i == 0).then_some((rss0, rss_max, rss_end, streamed)))
+}
+
+/// Pattern 2, consumer `i` on B: per size, frees the producer's objects and allocates its own;
+/// then reads and frees the streamed batches.
+fn p2_consumer(
+    cfg: &Config,
+    topo: &Topology,
+    b: usize,
+    i: usize,
+    barrier: &Barrier,
+    rx: mpsc::Receiver<Vec<Obj>>,
+    srx: mpsc::Receiver<Vec<Obj>>,
+) -> P2Out {
+    pin(topo, cfg, b, i);
+    let mut rng = Rng::new(b * 1000 + i + 13);
+    let mut res = vec![<[Tally; 3]>::default(); cfg.sizes.len()];
+    for (k, &spec) in cfg.sizes.iter().enumerate() {
+        let theirs = rx.recv().expect("recv");
+        free_objs(theirs);
+        barrier.wait();
+        let mine = alloc_objs(spec, object_count(cfg, spec), &mut rng);
+        touch(&mine);
+        res[k][1].add(&measure(&mine), b, mine.len());
+        barrier.wait();
+        barrier.wait();
+        free_objs(mine);
+        barrier.wait();
+    }
+    barrier.wait();
+    let mut sink = 0u64;
+    while let Ok(batch) = srx.recv() {
+        sink = sink.wrapping_add(read_first(&batch));
+        free_objs(batch);
+    }
+    std::hint::black_box(sink);
+    barrier.wait();
+    (res, Tally::default(), None)
+}
+
+/// Prints pattern 2's RESULT lines for `pair`: three phases per size, then the stream (local
+/// and under `rss_bound`).
+fn p2_report(cfg: &Config, pair: &str, outs: &[P2Out]) {
     for (k, spec) in cfg.sizes.iter().enumerate() {
         for (phase, idx) in [("a-alloc", 0), ("b-alloc", 1), ("a-again", 2)] {
             let mut t = Tally::default();
             outs.iter().for_each(|o| t.merge(&o.0[k][idx]));
-            report(cfg, 2, phase, &pair, &spec.label(), &t, "", true);
+            report(cfg, 2, phase, pair, &spec.label(), &t, "", true);
         }
     }
     let mut t = Tally::default();
@@ -471,7 +514,7 @@ fn pattern2(cfg: &Config, topo: &Topology, a: usize, b: usize) {
             growth / 1024,
             cfg.rss_bound / 1024
         );
-        report(cfg, 2, "stream", &pair, "mixed", &t, &extra, growth <= cfg.rss_bound);
+        report(cfg, 2, "stream", pair, "mixed", &t, &extra, growth <= cfg.rss_bound);
     }
 }
 

@@ -292,8 +292,7 @@ fn topology_check(cfg: &Config, topo: &Topology) -> String {
 /// The per-pair work of pattern 6, on a thread pinned to `a`. Returns the RESULT lines.
 #[cfg(not(feature = "system"))]
 fn node_api_pair(cfg: &Config, topo: &Topology, a: usize, b: usize, mem_nodes: &[usize]) -> Vec<String> {
-    use allocator_api2::vec::Vec as AVec;
-    use domalloc::{Interleaved, Node};
+    use domalloc::Node;
     pin(topo, cfg, a, 0);
     let pair = format!("{a}>{b}");
     let mut out = Vec::new();
@@ -309,90 +308,123 @@ fn node_api_pair(cfg: &Config, topo: &Topology, a: usize, b: usize, mem_nodes: &
     let node = Node::new(b).expect("Node::new(B) for a node with memory");
     let node_ok = node.id() == b && Node::new(usize::MAX / 2).is_none();
     for &(size, count) in SIZES {
-        let l = layout(size);
-        let node_of_extra = |blocks: &[(usize, usize)]| {
-            let k = node_of_count(blocks, b);
-            (format!("node_of_ok={k}/{}", blocks.len()), k == blocks.len())
-        };
-        // Vec::new_in(Node::new(B)), filled by the thread on A.
-        let vecs: Vec<AVec<u8, Node>> = (0..count)
-            .map(|_| {
-                let mut v = AVec::new_in(node);
-                v.resize(size, 0x5au8);
-                v
-            })
-            .collect();
-        let blocks: Vec<(usize, usize)> = vecs.iter().map(|v| (v.as_ptr() as usize, v.len())).collect();
-        let (e, ok) = node_of_extra(&blocks);
-        let s = Spread::measure(&blocks, Some(b));
-        out.push(line(cfg, 6, "vec-node", &pair, size, &s, &Expect::Node(b), &format!("{e} node_handle_ok={node_ok}"), ok && node_ok));
-        drop(vecs); // freed by the thread on A: the blocks go home to B
-
-        // DomAlloc::alloc_on_node, then domalloc::alloc_on_node.
-        for (phase, via_global) in [("domalloc-alloc-on-node", true), ("alloc-on-node", false)] {
-            let blocks: Vec<(usize, usize)> = (0..count)
-                .map(|_| {
-                    let p = if via_global { crate::ALLOC.alloc_on_node(l, b) } else { domalloc::alloc_on_node(l, b) };
-                    fill(p, size);
-                    (p as usize, size)
-                })
-                .collect();
-            let (e, ok) = node_of_extra(&blocks);
-            let s = Spread::measure(&blocks, Some(b));
-            out.push(line(cfg, 6, phase, &pair, size, &s, &Expect::Node(b), &e, ok));
-            for &(p, _) in &blocks {
-                // SAFETY: allocated above with layout `l`, freed once (from node A).
-                unsafe { dealloc(p as *mut u8, l) };
-            }
+        out.extend(node_api_targeted(cfg, &pair, b, node, node_ok, size, count));
+        out.extend(node_api_home(cfg, &pair, a, b, size, count));
+        // Interleaved (each block a mapping of its own: sizes from 64 KiB).
+        if size >= 64 << 10 && mem_nodes.len() >= 2 {
+            out.extend(node_api_interleaved(cfg, &pair, mem_nodes, size, count));
         }
+    }
+    out
+}
 
-        // After the frees from A: a fresh block for B is on B, a plain one on A.
-        let fresh: Vec<(usize, usize)> = (0..count)
+/// `node_of_ok=k/n` for the blocks (k of them on `b` by `domalloc::node_of`), and whether all are.
+#[cfg(not(feature = "system"))]
+fn node_of_extra(blocks: &[(usize, usize)], b: usize) -> (String, bool) {
+    let k = node_of_count(blocks, b);
+    (format!("node_of_ok={k}/{}", blocks.len()), k == blocks.len())
+}
+
+/// Pattern 6, `count` blocks of `size` bytes for node `b` (the handle `node`) allocated by the
+/// thread on A: `Vec::new_in(Node)`, `DomAlloc::alloc_on_node`, `domalloc::alloc_on_node`, each
+/// freed from A. Returns the RESULT lines (`node_ok`: the handle's own checks passed).
+#[cfg(not(feature = "system"))]
+fn node_api_targeted(cfg: &Config, pair: &str, b: usize, node: domalloc::Node, node_ok: bool, size: usize, count: usize) -> Vec<String> {
+    use allocator_api2::vec::Vec as AVec;
+    let l = layout(size);
+    let mut out = Vec::new();
+    // Vec::new_in(Node::new(B)), filled by the thread on A.
+    let vecs: Vec<AVec<u8, domalloc::Node>> = (0..count)
+        .map(|_| {
+            let mut v = AVec::new_in(node);
+            v.resize(size, 0x5au8);
+            v
+        })
+        .collect();
+    let blocks: Vec<(usize, usize)> = vecs.iter().map(|v| (v.as_ptr() as usize, v.len())).collect();
+    let (e, ok) = node_of_extra(&blocks, b);
+    let s = Spread::measure(&blocks, Some(b));
+    out.push(line(cfg, 6, "vec-node", pair, size, &s, &Expect::Node(b), &format!("{e} node_handle_ok={node_ok}"), ok && node_ok));
+    drop(vecs); // freed by the thread on A: the blocks go home to B
+
+    // DomAlloc::alloc_on_node, then domalloc::alloc_on_node.
+    for (phase, via_global) in [("domalloc-alloc-on-node", true), ("alloc-on-node", false)] {
+        let blocks: Vec<(usize, usize)> = (0..count)
             .map(|_| {
-                let p = domalloc::alloc_on_node(l, b);
+                let p = if via_global { crate::ALLOC.alloc_on_node(l, b) } else { domalloc::alloc_on_node(l, b) };
                 fill(p, size);
                 (p as usize, size)
             })
             .collect();
-        let plain = alloc_filled(size, count);
-        let (e, ok) = node_of_extra(&fresh);
-        let s = Spread::measure(&fresh, Some(b));
-        out.push(line(cfg, 6, "home-on-node", &pair, size, &s, &Expect::Node(b), &e, ok));
-        let k = plain.iter().filter(|&&(p, _)| domalloc::node_of(p as *const u8) == Some(a)).count();
-        let s = Spread::measure(&plain, Some(a));
-        let extra = format!("node_of_ok={k}/{}", plain.len());
-        out.push(line(cfg, 6, "home-plain", &pair, size, &s, &Expect::Node(a), &extra, k == plain.len()));
-        for &(p, _) in fresh.iter().chain(&plain) {
-            // SAFETY: allocated above with layout `l`, freed once.
+        let (e, ok) = node_of_extra(&blocks, b);
+        let s = Spread::measure(&blocks, Some(b));
+        out.push(line(cfg, 6, phase, pair, size, &s, &Expect::Node(b), &e, ok));
+        for &(p, _) in &blocks {
+            // SAFETY: allocated above with layout `l`, freed once (from node A).
             unsafe { dealloc(p as *mut u8, l) };
         }
+    }
+    out
+}
 
-        // Interleaved (each block a mapping of its own: sizes from 64 KiB).
-        if size >= 64 << 10 && mem_nodes.len() >= 2 {
-            let il = Expect::Interleave(mem_nodes.to_vec());
-            let vecs: Vec<AVec<u8, Interleaved>> = (0..count)
-                .map(|_| {
-                    let mut v = AVec::with_capacity_in(size, Interleaved::all());
-                    v.resize(size, 0x5au8);
-                    v
-                })
-                .collect();
-            let blocks: Vec<(usize, usize)> = vecs.iter().map(|v| (v.as_ptr() as usize, v.len())).collect();
-            out.push(line(cfg, 6, "interleaved-vec", &pair, size, &Spread::measure(&blocks, None), &il, "", true));
-            drop(vecs);
-            let blocks: Vec<(usize, usize)> = (0..count)
-                .map(|_| {
-                    let p = crate::ALLOC.alloc_interleaved(l);
-                    fill(p, size);
-                    (p as usize, size)
-                })
-                .collect();
-            out.push(line(cfg, 6, "domalloc-alloc-interleaved", &pair, size, &Spread::measure(&blocks, None), &il, "", true));
-            for &(p, _) in &blocks {
-                // SAFETY: allocated above with layout `l`, freed once.
-                unsafe { dealloc(p as *mut u8, l) };
-            }
-        }
+/// Pattern 6, after the frees from A: a fresh block for B (`domalloc::alloc_on_node`) is on B,
+/// a plain one (global allocator) on A. Returns the RESULT lines.
+#[cfg(not(feature = "system"))]
+fn node_api_home(cfg: &Config, pair: &str, a: usize, b: usize, size: usize, count: usize) -> Vec<String> {
+    let l = layout(size);
+    let mut out = Vec::new();
+    let fresh: Vec<(usize, usize)> = (0..count)
+        .map(|_| {
+            let p = domalloc::alloc_on_node(l, b);
+            fill(p, size);
+            (p as usize, size)
+        })
+        .collect();
+    let plain = alloc_filled(size, count);
+    let (e, ok) = node_of_extra(&fresh, b);
+    let s = Spread::measure(&fresh, Some(b));
+    out.push(line(cfg, 6, "home-on-node", pair, size, &s, &Expect::Node(b), &e, ok));
+    let k = plain.iter().filter(|&&(p, _)| domalloc::node_of(p as *const u8) == Some(a)).count();
+    let s = Spread::measure(&plain, Some(a));
+    let extra = format!("node_of_ok={k}/{}", plain.len());
+    out.push(line(cfg, 6, "home-plain", pair, size, &s, &Expect::Node(a), &extra, k == plain.len()));
+    for &(p, _) in fresh.iter().chain(&plain) {
+        // SAFETY: allocated above with layout `l`, freed once.
+        unsafe { dealloc(p as *mut u8, l) };
+    }
+    out
+}
+
+/// Pattern 6, interleaved blocks over `mem_nodes`: `Vec::with_capacity_in(Interleaved::all())`,
+/// then `DomAlloc::alloc_interleaved`. Returns the RESULT lines.
+#[cfg(not(feature = "system"))]
+fn node_api_interleaved(cfg: &Config, pair: &str, mem_nodes: &[usize], size: usize, count: usize) -> Vec<String> {
+    use allocator_api2::vec::Vec as AVec;
+    use domalloc::Interleaved;
+    let l = layout(size);
+    let mut out = Vec::new();
+    let il = Expect::Interleave(mem_nodes.to_vec());
+    let vecs: Vec<AVec<u8, Interleaved>> = (0..count)
+        .map(|_| {
+            let mut v = AVec::with_capacity_in(size, Interleaved::all());
+            v.resize(size, 0x5au8);
+            v
+        })
+        .collect();
+    let blocks: Vec<(usize, usize)> = vecs.iter().map(|v| (v.as_ptr() as usize, v.len())).collect();
+    out.push(line(cfg, 6, "interleaved-vec", pair, size, &Spread::measure(&blocks, None), &il, "", true));
+    drop(vecs);
+    let blocks: Vec<(usize, usize)> = (0..count)
+        .map(|_| {
+            let p = crate::ALLOC.alloc_interleaved(l);
+            fill(p, size);
+            (p as usize, size)
+        })
+        .collect();
+    out.push(line(cfg, 6, "domalloc-alloc-interleaved", pair, size, &Spread::measure(&blocks, None), &il, "", true));
+    for &(p, _) in &blocks {
+        // SAFETY: allocated above with layout `l`, freed once.
+        unsafe { dealloc(p as *mut u8, l) };
     }
     out
 }
