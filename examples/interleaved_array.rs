@@ -5,9 +5,8 @@
 //! cargo run --release --example interleaved_array
 //! ```
 
-// TODO(lead): `use domalloc::allocator_api2::vec::Vec;` once src/lib.rs re-exports allocator_api2
-// (then a program needs no allocator-api2 dependency of its own).
-use allocator_api2::vec::Vec;
+// allocator-api2's collections, re-exported by domalloc: no dependency of its own needed.
+use domalloc::allocator_api2::vec::Vec;
 
 fn main() {
     const LEN: usize = (32 << 20) / 8; // 32 MiB of f64

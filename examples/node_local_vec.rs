@@ -6,9 +6,8 @@
 //! cargo run --release --example node_local_vec
 //! ```
 
-// TODO(lead): `use domalloc::allocator_api2::vec::Vec;` once src/lib.rs re-exports allocator_api2
-// (then a program needs no allocator-api2 dependency of its own).
-use allocator_api2::vec::Vec;
+// allocator-api2's collections, re-exported by domalloc: no dependency of its own needed.
+use domalloc::allocator_api2::vec::Vec;
 
 fn main() {
     let here = domalloc::current_node();

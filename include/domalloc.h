@@ -45,9 +45,10 @@ void *domalloc_malloc_on_node(size_t size, int node);
  * free(). NULL with errno = ENOMEM on failure. */
 void *domalloc_malloc_interleaved(size_t size);
 
-/* The NUMA node whose domain owns block `ptr` (for blocks of 4 MiB and more: the node they were
- * allocated for; their pages are placed by first touch). -1 for NULL and for pointers domalloc
- * did not hand out. */
+/* The NUMA node of block `ptr`: the node whose domain owns it, or, for a block placed by first
+ * touch that was freed and found on another node, the node its pages are on (its home). Huge
+ * blocks (above 1 MiB) report the node they were allocated for. -1 for NULL and for pointers
+ * domalloc did not hand out. */
 int domalloc_node_of(const void *ptr);
 
 /* The NUMA node of the CPU the calling thread runs on now: the node whose memory malloc hands

@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::domain::COUNTED_NODES;
 use crate::heap::{bump, empty_page, local_free, not_a_block, owner_double_free_check, Heap, REMOTE_BATCH};
 use crate::huge;
-use crate::os;
+use crate::os::{self, Os, Sys};
 use crate::page::{self, Block, Page, PageKind, PF_PLACED};
 use crate::placement::{self, Home};
 use crate::segment::{self, Segment, SEG_HUGE};
@@ -126,7 +126,11 @@ fn count_foreign_free(h: *mut Heap, page: &Page, c: usize, n: u64) {
         let d = crate::domain::domain(page.node());
         d.counters.class_frees[c].fetch_add(n, Ordering::Relaxed);
         d.counters.node_frees.fetch_add(n, Ordering::Relaxed);
-        d.counters.remote_node_frees.fetch_add(n, Ordering::Relaxed);
+        // Remote only if the freeing thread runs on another node (a rare, slow path: asking is
+        // cheap next to the shared atomics above).
+        if crate::domain::node_of_cpu(Sys::current_cpu().unwrap_or(0)) != page.node() {
+            d.counters.remote_node_frees.fetch_add(n, Ordering::Relaxed);
+        }
         return;
     }
     // SAFETY: the calling thread's own heap (or the orphan / a node heap under its lock).

@@ -25,7 +25,7 @@ pub struct OptionDesc {
 pub const TABLE: &[OptionDesc] = &[
     OptionDesc { name: "DOMALLOC_PURGE_DELAY", default: "100", doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep." },
     OptionDesc { name: "DOMALLOC_PURGE", default: "dontneed", doc: "How pages are returned: `dontneed` (MADV_DONTNEED, re-placed by first touch) or `free` (MADV_FREE, lazy)." },
-    OptionDesc { name: "DOMALLOC_THP", default: "segments", doc: "Transparent huge pages (MADV_HUGEPAGE): `segments` on the 4 MiB segments of small and large blocks (each holds one node's memory, so placement is unchanged); `1` also on huge blocks (first-touch placement becomes 2 MiB-granular); `0` nowhere." },
+    OptionDesc { name: "DOMALLOC_THP", default: "segments", doc: "Transparent huge pages (MADV_HUGEPAGE): `segments` on the segments bound to one node (small blocks below 16 KiB; every segment on a one-node machine), so placement is unchanged (first-touch segments never get them); `1` also on huge blocks (first-touch placement becomes 2 MiB-granular); `0` nowhere." },
     OptionDesc { name: "DOMALLOC_NUMA", default: "auto", doc: "`auto`: NUMA logic when the machine has more than one node; `0`: act as one node; `1`: force it on." },
     OptionDesc { name: "DOMALLOC_POLICY", default: "local", doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`)." },
     OptionDesc { name: "DOMALLOC_TOPOLOGY_ROOT", default: "/sys", doc: "Read the topology from this directory instead of /sys (for tests with fake sysfs trees)." },
@@ -33,7 +33,7 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc { name: "DOMALLOC_STATS_FILE", default: "none", doc: "Write the report to this file instead: `%p` pid, `%r` MPI rank (Open MPI, MPICH, PMIx, MVAPICH, Slurm), `%h` host name, `%%` a percent sign. Implies the report (text unless `DOMALLOC_STATS=json`)." },
     OptionDesc { name: "DOMALLOC_VERBOSE", default: "0", doc: "Print the options and detected topology to stderr at start-up." },
     OptionDesc { name: "DOMALLOC_PURGE_THREAD", default: "auto", doc: "Background purge thread, so freed memory goes back to the OS even when the program makes no more allocator calls: `auto` starts it (with every signal blocked) the first time 4 MiB wait to be purged, again in a fork child; `1` at the first wait; `0` never (purges then run inside allocator calls)." },
-    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "128M", doc: "Bytes of freed huge blocks kept per node for reuse (purged before reuse on multi-node machines; released after 5x the purge delay)." },
+    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "128M", doc: "Bytes of freed huge blocks kept per node for reuse, on the node their pages are on (released after 5x the purge delay; hardened builds keep none)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_EVERY", default: "0", doc: "Fault injection: make every Nth OS mapping fail (0 = off)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_AFTER", default: "0", doc: "Fault injection: make every OS mapping after the Nth fail (0 = off)." },
 ];
@@ -317,6 +317,8 @@ pub const NOT_ALLOCATOR_OPTIONS: &[&str] = &[
     "DOMALLOC_NUMA_GUEST",
     "DOMALLOC_NUMA_GUEST_SYSTEM",
     "DOMALLOC_SOAK_SECS",
+    "DOMALLOC_TOOL",
+    "DOMALLOC_CONTENTION_SO",
 ];
 
 /// One warning line for each `DOMALLOC_*` variable that is no option, naming the nearest one

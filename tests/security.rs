@@ -2,7 +2,7 @@
 //! return an address the attacker chose.
 //!
 //! Each case runs in a child process (this binary with `DOMALLOC_SECURITY_CASE=<case>` and the
-//! block size in `DOMALLOC_SECURITY_SIZE`), for blocks of 24, 48, 112, 640 and 3000 bytes:
+//! block size in `DOMALLOC_TEST_SECURITY_SIZE`), for blocks of 24, 48, 112, 640 and 3000 bytes:
 //!
 //! * `overflow_into_freed_neighbour`: of 64 blocks, one whose lower neighbour is adjacent
 //!   (`b == a + usable_size(a)`) is freed, and the address of a global array is written into its
@@ -35,7 +35,7 @@ use domalloc::raw;
 mod common;
 
 const ENV: &str = "DOMALLOC_SECURITY_CASE";
-const SIZE_ENV: &str = "DOMALLOC_SECURITY_SIZE";
+const SIZE_ENV: &str = "DOMALLOC_TEST_SECURITY_SIZE";
 const SIZES: [usize; 5] = [24, 48, 112, 640, 3000];
 
 /// The chosen address: a global the allocator must never hand out. Its first word is 0, so an
