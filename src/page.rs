@@ -436,12 +436,23 @@ pub(crate) unsafe fn next_of(page: &Page, b: *mut Block) -> *mut Block {
 /// As [`next_of`].
 #[inline(always)]
 pub(crate) unsafe fn next_of_k(page: &Page, b: *mut Block, key: usize) -> *mut Block {
-    // SAFETY: the caller's contract.
-    let v = unsafe { (*b).next } as usize ^ b as usize ^ key;
-    if v != 0 && !page.is_block(v) {
-        corrupted(b, v);
+    // Measurement build only (`RUSTFLAGS=--cfg domalloc_plain_links`): plain, unchecked links,
+    // to price the encoding and the double-free screen. Never a build to run.
+    #[cfg(domalloc_plain_links)]
+    {
+        let _ = (page, key);
+        // SAFETY: the caller's contract.
+        return unsafe { (*b).next };
     }
-    v as *mut Block
+    #[cfg(not(domalloc_plain_links))]
+    {
+        // SAFETY: the caller's contract.
+        let v = unsafe { (*b).next } as usize ^ b as usize ^ key;
+        if v != 0 && !page.is_block(v) {
+            corrupted(b, v);
+        }
+        v as *mut Block
+    }
 }
 
 /// Writes free block `b`'s link to `next` (null or a block of the same span), encoded.
@@ -460,6 +471,11 @@ pub(crate) unsafe fn set_next(b: *mut Block, next: *mut Block) {
 /// As [`set_next`].
 #[inline(always)]
 pub(crate) unsafe fn set_next_k(b: *mut Block, next: *mut Block, key: usize) {
+    #[cfg(domalloc_plain_links)]
+    let key = {
+        let _ = key;
+        b as usize // cancels the block address: the link is stored plain
+    };
     // SAFETY: the caller's contract.
     unsafe { (*b).next = (next as usize ^ b as usize ^ key) as *mut Block }
 }
@@ -472,9 +488,18 @@ pub(crate) unsafe fn set_next_k(b: *mut Block, next: *mut Block, key: usize) {
 /// `b` is a block start of `page`.
 #[inline(always)]
 pub(crate) unsafe fn may_be_freed(page: &Page, b: *mut Block, key: usize) -> bool {
-    // SAFETY: the caller's contract: a mapped block of at least 8 bytes.
-    let v = unsafe { (*b).next } as usize ^ b as usize ^ key;
-    v == 0 || (v.wrapping_sub(page.start.get()) as u64) < page.limit.get() as u64
+    // Measurement build: no double-free screen (plain links cannot tell a freed block).
+    #[cfg(domalloc_plain_links)]
+    {
+        let _ = (page, b, key);
+        return false;
+    }
+    #[cfg(not(domalloc_plain_links))]
+    {
+        // SAFETY: the caller's contract: a mapped block of at least 8 bytes.
+        let v = unsafe { (*b).next } as usize ^ b as usize ^ key;
+        v == 0 || (v.wrapping_sub(page.start.get()) as u64) < page.limit.get() as u64
+    }
 }
 
 /// Whether block `b`'s first word is a valid encoded link: the mark every freed block carries
@@ -485,13 +510,22 @@ pub(crate) unsafe fn may_be_freed(page: &Page, b: *mut Block, key: usize) -> boo
 /// `b` is a block start of `page`.
 #[inline]
 pub(crate) unsafe fn is_freed(page: &Page, b: *mut Block) -> bool {
-    // SAFETY: the caller's contract: a mapped block of at least 8 bytes.
-    let v = unsafe { (*b).next } as usize ^ b as usize ^ link_key();
-    v == 0 || page.is_block(v)
+    #[cfg(domalloc_plain_links)]
+    {
+        let _ = (page, b);
+        return false;
+    }
+    #[cfg(not(domalloc_plain_links))]
+    {
+        // SAFETY: the caller's contract: a mapped block of at least 8 bytes.
+        let v = unsafe { (*b).next } as usize ^ b as usize ^ link_key();
+        v == 0 || page.is_block(v)
+    }
 }
 
 #[cold]
 #[inline(never)]
+#[cfg_attr(domalloc_plain_links, allow(dead_code))]
 fn corrupted(b: *mut Block, v: usize) -> ! {
     os::fatal(format_args!(
         "malloc(): corrupted free list at {:p}: its link decodes to {:#x}, not a block of its span (heap overflow, write after free or double free)",
