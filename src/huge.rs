@@ -68,7 +68,7 @@ impl HugeCache {
                 continue;
             }
             // SAFETY: cached headers stay mapped.
-            let (hs, ha, data) = unsafe { (capacity(&*s), (*s).huge_align.get(), (*s).huge_data.get()) };
+            let (hs, ha, data) = unsafe { (usable(&*s), (*s).huge_align.get(), (*s).huge_data.get()) };
             if (data as usize) % align != 0 || ha > SEGMENT_SIZE / 2 {
                 continue;
             }
@@ -92,14 +92,14 @@ impl HugeCache {
         }
         let s = g.seg[best];
         g.seg[best] = ptr::null_mut();
-        g.bytes -= best_size;
+        // SAFETY: cached headers stay mapped.
+        g.bytes -= unsafe { capacity(&*s) };
         s
     }
 
     /// Offers a freed block; returns false if the cache does not want it. Entries older than
     /// `max_age_ms` are released on the way, so a program that keeps freeing huge blocks does
     /// not hold idle ones past the purge delay.
-    #[cfg(not(feature = "hardened"))]
     fn put(&self, seg: *mut Segment, limit: usize, max_age_ms: u64) -> bool {
         // SAFETY: header is live.
         let size = unsafe { capacity(&*seg) };
@@ -229,6 +229,10 @@ unsafe fn reuse(d: &Domain, seg: *mut Segment, size: usize, data_size: usize, ze
     unsafe {
         let s = &*seg;
         let p = s.huge_data.get();
+        // Hardened builds: the block was inaccessible while cached; the part handed out becomes
+        // accessible again (a smaller request leaves the rest inaccessible, next to the guard).
+        #[cfg(feature = "hardened")]
+        Sys::protect(p, data_size, true);
         let mut is_zero = false;
         if s.huge_mixed.get() || (zero && crate::config::numa_enabled()) {
             // Pages on several nodes, or a `calloc` (the array many threads first-touch in
@@ -236,7 +240,7 @@ unsafe fn reuse(d: &Domain, seg: *mut Segment, size: usize, data_size: usize, ze
             // touch like a fresh block (all of it: a later `realloc` may grow into the spare
             // capacity), and zero. A plain `malloc` on the block's node keeps its resident
             // pages: no page fault.
-            is_zero = os::purge(p, capacity(s), os::PurgeMode::DontNeed);
+            is_zero = os::purge(p, usable(s), os::PurgeMode::DontNeed);
             s.huge_mixed.set(false);
         }
         if zero && !is_zero {
@@ -262,7 +266,7 @@ unsafe fn reuse(d: &Domain, seg: *mut Segment, size: usize, data_size: usize, ze
 unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Segment {
     // SAFETY: live header, ours.
     let s = unsafe { &*seg };
-    let hs = capacity(s);
+    let hs = usable(s);
     let off = s.huge_data.get() as usize - s.map_start.get() as usize;
     let old_map = s.map_size.get();
     let resized = |s: &Segment| {
@@ -283,6 +287,13 @@ unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Se
             unsafe { os::purge(s.huge_data.get().add(data_size), hs - data_size, os::PurgeMode::Free) };
         }
         return seg;
+    }
+    if GUARD != 0 {
+        // Hardened builds never grow a cached block (its guard page would have to move): a block
+        // too small for this request is released, so the cache does not fill with such blocks.
+        // SAFETY: ours, in no cache.
+        unsafe { drop_block(seg) };
+        return ptr::null_mut();
     }
     // SAFETY: our mapping.
     if unsafe { Sys::resize_in_place(s.map_start.get(), old_map, off + data_size) } {
@@ -492,32 +503,13 @@ pub(crate) unsafe fn mark_freed(seg: *mut Segment, p: *mut u8) {
 /// # Safety
 /// `seg` is a huge block of ours that [`mark_freed`] marked, in no cache.
 unsafe fn cache_or_release(seg: *mut Segment) {
-    // Hardened builds keep no cache: the block is made inaccessible and unmapped a little later.
-    #[cfg(feature = "hardened")]
-    // SAFETY: freed, ours, in no cache.
-    unsafe {
-        retire(seg)
-    };
-    #[cfg(not(feature = "hardened"))]
-    // SAFETY: forwarded.
-    unsafe {
-        cache(seg)
-    };
-}
-
-/// Puts a freed block in the cache of the node its pages are on, or unmaps it.
-///
-/// # Safety
-/// `seg` is a huge block of ours that [`mark_freed`] marked, in no cache.
-#[cfg(not(feature = "hardened"))]
-unsafe fn cache(seg: *mut Segment) {
     // SAFETY: live header.
     let s = unsafe { &*seg };
     let limit = options::get().huge_cache;
     let first_touch = s.placement == SpanPlacement::FirstTouch as u8;
     if limit == 0 || !first_touch {
         // SAFETY: freed, ours.
-        unsafe { release(seg) };
+        unsafe { drop_block(seg) };
         return;
     }
     let home = if crate::config::numa_enabled() {
@@ -526,17 +518,40 @@ unsafe fn cache(seg: *mut Segment) {
     } else {
         crate::domain::domain(s.node())
     };
+    // Hardened builds: a cached block is inaccessible until it is handed out again (its pages
+    // stay resident), so a use after free faults and a second free sees the `freed` flag.
+    #[cfg(feature = "hardened")]
+    // SAFETY: the data range of our freed block; nobody uses it.
+    unsafe {
+        Sys::protect(s.huge_data.get(), s.huge_size.get(), false)
+    };
     if !home.huge_cache.put(seg, limit, cache_age_ms()) {
         // SAFETY: freed, ours.
-        unsafe { release(seg) };
+        unsafe { drop_block(seg) };
     }
+}
+
+/// A freed block the cache does not keep: unmapped (hardened builds: retired first).
+///
+/// # Safety
+/// `seg` is a huge block of ours that [`mark_freed`] marked, in no cache.
+unsafe fn drop_block(seg: *mut Segment) {
+    #[cfg(feature = "hardened")]
+    // SAFETY: forwarded.
+    unsafe {
+        retire(seg)
+    };
+    #[cfg(not(feature = "hardened"))]
+    // SAFETY: forwarded.
+    unsafe {
+        release(seg)
+    };
 }
 
 /// Asks where a freed block's pages are and moves it to that node's domain (its home).
 ///
 /// # Safety
 /// `seg` is a freed huge block of ours, in no cache.
-#[cfg(not(feature = "hardened"))]
 unsafe fn rehome(seg: *mut Segment) -> &'static Domain {
     // SAFETY: live header.
     let s = unsafe { &*seg };
@@ -627,6 +642,11 @@ pub(crate) unsafe fn realloc(seg: *mut Segment, p: *mut u8, new_size: usize) -> 
 /// by a bigger cached block it reused.
 fn capacity(s: &Segment) -> usize {
     s.map_size.get() - (s.huge_data.get() as usize - s.map_start.get() as usize)
+}
+
+/// The bytes a huge block can hold: its capacity less the trailing guard page (hardened).
+fn usable(s: &Segment) -> usize {
+    capacity(s) - GUARD
 }
 
 fn adjust(d: &Domain, s: &Segment, map_size: usize, data: usize) {

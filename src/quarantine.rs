@@ -18,10 +18,10 @@
 //!   mappings never change size).
 //! * Everything the default and `hardened` builds check (encoded, validated free-list links;
 //!   double and interior frees; guard pages around huge blocks) applies too.
-//! * **Freed huge blocks** skip the per-thread quarantine and, as in every hardened build, the
-//!   huge cache: their pages are dropped and made `PROT_NONE` at once (any later access faults;
-//!   a second `free` or a `realloc` sees the header's `freed` flag), and the mapping waits in a
-//!   small process-wide ring (`huge::RETIRED_SLOTS` blocks) before it is unmapped.
+//! * **Freed huge blocks** skip the per-thread quarantine and the huge cache: their pages are
+//!   dropped and made `PROT_NONE` at once (any later access faults; a second `free` or a
+//!   `realloc` sees the header's `freed` flag), and the mapping waits in a small process-wide
+//!   ring (`huge::RETIRED_SLOTS` blocks) before it is unmapped.
 
 use core::cell::UnsafeCell;
 use core::ptr;

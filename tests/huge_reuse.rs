@@ -83,8 +83,9 @@ fn cached_huge_blocks_are_reused_and_resized() {
     let f3 = minor_faults();
     eprintln!("minor faults per round: {} {} {}", f1 - f0, f2 - f1, f3 - f2);
     if !domalloc::numa_enabled() && !cfg!(feature = "hardened") {
-        // (The hardened and quarantine builds keep no huge cache: a freed huge block is unmapped
-        // with its guard pages, so a later use faults.) The first round faults in ~100 MiB of fresh pages; later rounds reuse the cache
+        // (The hardened build never grows a cached block nor resizes one in place, so this
+        // round's growing blocks are fresh mappings there; the quarantine build keeps no huge
+        // cache.) The first round faults in ~100 MiB of fresh pages; later rounds reuse the cache
         // (multi-node machines purge cached blocks so first touch places them again).
         assert!(f3 - f2 < (f1 - f0) / 2, "no reuse: faults per round {} then {}", f1 - f0, f3 - f2);
     }
