@@ -806,18 +806,17 @@ pub(crate) unsafe fn reclaim(page: &Page, me: usize) -> bool {
     true
 }
 
-/// Owner: gives up ownership so that the page can go to an arena or its domain: merges the
-/// local list and clears `owner`.
+/// Owner: gives up ownership so that the page can go to an arena or its domain: clears `owner`;
+/// both free lists stay (the local one becomes `free` when `free` is empty).
 ///
 /// # Safety
 /// The caller owns `page`.
 pub(crate) unsafe fn disown(page: &Page) {
+    // Both lists go with the page as they are (the next owner's refill merges them when `free`
+    // runs out): walking `local_free` here to join them cost every exiting thread a pass over
+    // its freed blocks (cache misses) for nothing.
     let local = page.local_free.get();
-    if !local.is_null() {
-        if !page.free.get().is_null() {
-            // SAFETY: owned lists.
-            unsafe { append(page, local, page.free.get()) };
-        }
+    if !local.is_null() && page.free.get().is_null() {
         page.free.set(local);
         page.local_free.set(ptr::null_mut());
     }
