@@ -504,30 +504,23 @@ pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
             cs.allocs.wrapping_sub(cs.frees)
         )?;
     }
-    writeln!(
-        w,
-        "domalloc: {:>5} {:>11} {:>8} {:>10} {:>10} {:>12} {:>12} {:>10}",
-        "large",
-        "-",
-        "-",
-        "-",
-        s.total(|n| n.large_blocks),
-        s.total(|n| n.large_allocs),
-        s.total(|n| n.large_frees),
-        s.total(|n| n.large_allocs).wrapping_sub(s.total(|n| n.large_frees))
-    )?;
-    writeln!(
-        w,
-        "domalloc: {:>5} {:>11} {:>8} {:>10} {:>10} {:>12} {:>12} {:>10}",
-        "huge",
-        "-",
-        "-",
-        "-",
-        s.total(|n| n.huge_blocks),
-        s.total(|n| n.huge_total),
-        s.total(|n| n.huge_frees),
-        s.total(|n| n.huge_total).wrapping_sub(s.total(|n| n.huge_frees))
-    )
+    // The large and huge rows: blocks in use, allocations, frees, live (no spans or capacity).
+    let mut kind_row = |name: &str, in_use: u64, allocs: u64, frees: u64| {
+        writeln!(
+            w,
+            "domalloc: {:>5} {:>11} {:>8} {:>10} {:>10} {:>12} {:>12} {:>10}",
+            name,
+            "-",
+            "-",
+            "-",
+            in_use,
+            allocs,
+            frees,
+            allocs.wrapping_sub(frees)
+        )
+    };
+    kind_row("large", s.total(|n| n.large_blocks), s.total(|n| n.large_allocs), s.total(|n| n.large_frees))?;
+    kind_row("huge", s.total(|n| n.huge_blocks), s.total(|n| n.huge_total), s.total(|n| n.huge_frees))
 }
 
 /// Writes the JSON document (the schema is in the README's observability section).
