@@ -146,7 +146,7 @@ pub(crate) static HEAPLESS_REMOTE_FREES: AtomicU64 = AtomicU64::new(0);
 ///
 /// # Safety
 /// `b` is an allocated block of `page`, which this thread does not own.
-unsafe fn remote_free(h: *mut Heap, page: *mut Page, b: *mut Block) {
+unsafe fn remote_free(mut h: *mut Heap, page: *mut Page, b: *mut Block) {
     // SAFETY: sentinels are never written; a real heap is ours; the page is live.
     unsafe {
         let pg = &*page;
@@ -154,6 +154,16 @@ unsafe fn remote_free(h: *mut Heap, page: *mut Page, b: *mut Block) {
             // In another thread's lists, in a remote chain, or in our own pending batch: a
             // double free (or, with about 2^-50 odds, a program word that looks like a link).
             os::fatal(format_args!("free(): double free of {:p}", b));
+        }
+        if h == crate::heap::empty_heap() {
+            // A thread that only frees (the consumer of a producer/consumer pair) gets a heap
+            // on its first remote free, as on its first malloc: its frees are then batched
+            // per page (one CAS per batch) and counted in its own counters, instead of one
+            // CAS, two shared atomic adds and a CPU query per block.
+            let own = crate::init::init_thread_heap();
+            if !own.is_null() {
+                h = own;
+            }
         }
         if tls::is_sentinel(h) {
             page::set_next(b, ptr::null_mut());
