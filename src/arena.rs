@@ -16,7 +16,7 @@
 //! node-targeted heaps (which run on any CPU) and of memory-only nodes.
 
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::config;
 use crate::contention::LockKind;
@@ -32,6 +32,8 @@ use crate::util::SetOnce;
 const EMPTY_SIZES: usize = 16;
 /// Pages of empty spans an arena keeps at most (2 MiB).
 pub(crate) const EMPTY_MAX_PAGES: usize = 32;
+/// Words of the per-class non-empty bitmap.
+const CLASS_WORDS: usize = CLASSES.div_ceil(64);
 
 pub(crate) struct Queues {
     head: [*mut Page; CLASSES],
@@ -49,6 +51,10 @@ pub(crate) struct Arena {
     queues: Lock<Queues>,
     /// Partly used pages queued (a hint read without the lock).
     partial: AtomicUsize,
+    /// Bit `c % 64` of word `c / 64`: class `c`'s queue is not empty (changed under the lock,
+    /// read without it), so a heap looking for a page of one class takes no lock for an arena
+    /// that holds pages of other classes only.
+    nonempty: [AtomicU64; CLASS_WORDS],
     /// Pages of empty spans parked (a hint).
     empties: AtomicUsize,
     /// Pages taken from the queues so far, and the count the last sweep saw: an arena whose
@@ -77,6 +83,15 @@ impl Arena {
     /// `page` is a small span's head, owned by nobody, in no list.
     pub(crate) unsafe fn push(&self, page: *mut Page) {
         let mut q = self.queues.lock();
+        // SAFETY: forwarded, under the lock.
+        unsafe { self.link(&mut q, page) };
+    }
+
+    /// Links `page` at the tail of its class's queue.
+    ///
+    /// # Safety
+    /// As [`Self::push`]; `q` is this arena's locked queues.
+    unsafe fn link(&self, q: &mut Queues, page: *mut Page) {
         // SAFETY: the page is ours to link; queue pages are guarded by the lock.
         unsafe {
             let c = (*page).class.get() as usize;
@@ -84,6 +99,7 @@ impl Arena {
             (*page).prev.set(ptr::null_mut());
             if q.tail[c].is_null() {
                 q.head[c] = page;
+                self.nonempty[c / 64].fetch_or(1 << (c % 64), Ordering::Relaxed);
             } else {
                 (*q.tail[c]).next.set(page);
             }
@@ -92,9 +108,15 @@ impl Arena {
         self.partial.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether class `c`'s queue may hold a page (a hint: no lock).
+    #[inline]
+    fn may_have(&self, c: usize) -> bool {
+        self.nonempty[c / 64].load(Ordering::Relaxed) & 1 << (c % 64) != 0
+    }
+
     /// Takes the oldest queued page of class `c`, if any.
     pub(crate) fn pop(&self, c: usize) -> *mut Page {
-        if self.partial.load(Ordering::Relaxed) == 0 {
+        if !self.may_have(c) {
             return ptr::null_mut();
         }
         let mut q = self.queues.lock();
@@ -105,6 +127,7 @@ impl Arena {
                 q.head[c] = (*p).next.get();
                 if q.head[c].is_null() {
                     q.tail[c] = ptr::null_mut();
+                    self.nonempty[c / 64].fetch_and(!(1 << (c % 64)), Ordering::Relaxed);
                 }
                 (*p).next.set(ptr::null_mut());
             }
@@ -191,6 +214,9 @@ impl Arena {
                         }
                         if q.tail[c] == p {
                             q.tail[c] = prev;
+                        }
+                        if q.head[c].is_null() {
+                            self.nonempty[c / 64].fetch_and(!(1 << (c % 64)), Ordering::Relaxed);
                         }
                         (*p).next.set(out);
                         out = p;
@@ -309,6 +335,33 @@ pub(crate) fn arena(i: usize) -> &'static Arena {
     let t = TABLE.get();
     // SAFETY: clamped to the table, which lives forever.
     unsafe { &*t.arenas.add(i.min(t.n_cpus + t.n_nodes - 1)) }
+}
+
+/// Queues the pages of list `p` (linked through `next`) in their arenas, taking each arena's
+/// lock once per run of pages of that arena (a thread that exits or migrates gives up all its
+/// pages at once: one lock round instead of one per page).
+///
+/// # Safety
+/// Every page of the list is a small span's head with blocks in use, owned by nobody, in no
+/// other list.
+pub(crate) unsafe fn push_list(mut p: *mut Page) {
+    while !p.is_null() {
+        // SAFETY: live span heads (the caller's contract).
+        let i = unsafe { (*p).arena.get() } as usize;
+        let a = arena(i);
+        let mut q = a.queues.lock();
+        while !p.is_null() {
+            // SAFETY: as above; each page is linked once, under its arena's lock.
+            unsafe {
+                if (*p).arena.get() as usize != i {
+                    break;
+                }
+                let next = (*p).next.get();
+                a.link(&mut q, p);
+                p = next;
+            }
+        }
+    }
 }
 
 /// CPUs whose arenas serve node `node` (none when NUMA is off: every CPU serves the one node,

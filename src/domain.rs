@@ -287,10 +287,16 @@ impl Domain {
             }
             let delay = options::get().purge_delay_ms;
             if delay != u64::MAX {
-                if s.purge_at.get() == 0 {
-                    s.purge_at.set(Sys::now_ms().saturating_add(delay));
-                }
-                g.next_purge = g.next_purge.min(s.purge_at.get());
+                // The segment's deadline: the delay after its first dirty span, pushed back by a
+                // tenth of the delay for every later one (never past a full delay from now), so
+                // that a span freed just before the deadline is not purged at once and faulted
+                // in again by the next thread (mimalloc extends its arenas' deadline the same
+                // way). Under steady churn memory changes mapping only on this schedule.
+                let now = Sys::now_ms();
+                let at = s.purge_at.get();
+                let at = if at == 0 { now.saturating_add(delay) } else { at.saturating_add(delay / 10).min(now.saturating_add(delay)) };
+                s.purge_at.set(at);
+                g.next_purge = g.next_purge.min(at);
             }
         }
     }

@@ -511,9 +511,10 @@ impl Heap {
     /// home arenas.
     pub(crate) fn abandon_all(&self) {
         self.flush_pending();
-        // Pages in use to their arenas, unused ones to their domains in one batch (one lock
-        // round instead of one per page: threads exit in bursts).
+        // Pages in use to their arenas, unused ones to their domains, each in one batch (one
+        // lock round per arena or domain instead of one per page: threads exit in bursts).
         let mut unused = ptr::null_mut();
+        let mut in_use = ptr::null_mut();
         for c in 0..CLASSES {
             let q = &self.queues[c];
             while !q.is_empty() {
@@ -522,12 +523,16 @@ impl Heap {
                 unsafe { q.remove(p) };
                 // SAFETY: as above.
                 self.fold_page(unsafe { &*p });
-                release_page(p, &mut unused);
+                release_page(p, &mut unused, &mut in_use);
             }
             self.bins[c].page.set(empty_page());
         }
-        // SAFETY: unowned, unused span heads linked through `next`, ours to give back.
-        unsafe { crate::sweep::free_span_list(unused) };
+        // SAFETY: unowned span heads linked through `next`, ours to give back: with blocks in
+        // use (to their arenas), and unused (to their domains).
+        unsafe {
+            crate::arena::push_list(in_use);
+            crate::sweep::free_span_list(unused);
+        }
     }
 }
 
@@ -557,19 +562,16 @@ mod check {
     }
 }
 
-/// Gives one page away (heap teardown or migration): to its arena if blocks are in use, else
-/// onto `unused` (linked through `next`) for the caller to hand to the domains.
-fn release_page(page: *mut Page, unused: &mut *mut Page) {
+/// Gives one page away (heap teardown or migration): onto `in_use` (linked through `next`)
+/// if blocks are in use, for the caller to queue in their arenas, else onto `unused`, for the
+/// caller to hand to the domains.
+fn release_page(page: *mut Page, unused: &mut *mut Page, in_use: &mut *mut Page) {
     // SAFETY: the caller owns the page and has taken it out of its lists.
     unsafe {
-        (*page).next.set(ptr::null_mut());
         (*page).prev.set(ptr::null_mut());
         page::disown(&*page);
-        if page::is_unused(&*page) {
-            (*page).next.set(*unused);
-            *unused = page;
-        } else {
-            crate::arena::arena((*page).arena.get() as usize).push(page);
-        }
+        let list = if page::is_unused(&*page) { unused } else { in_use };
+        (*page).next.set(*list);
+        *list = page;
     }
 }

@@ -23,7 +23,7 @@ pub struct OptionDesc {
 
 /// Every option domalloc reads. Keep in sync with `Options::parse` (a test checks the README).
 pub const TABLE: &[OptionDesc] = &[
-    OptionDesc { name: "DOMALLOC_PURGE_DELAY", default: "100", doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep." },
+    OptionDesc { name: "DOMALLOC_PURGE_DELAY", default: "1000", doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep." },
     OptionDesc { name: "DOMALLOC_PURGE", default: "dontneed", doc: "How pages are returned: `dontneed` (MADV_DONTNEED, re-placed by first touch) or `free` (MADV_FREE, lazy)." },
     OptionDesc { name: "DOMALLOC_THP", default: "segments", doc: "Transparent huge pages (MADV_HUGEPAGE): `segments` on the segments bound to one node (small blocks below 16 KiB; every segment on a one-node machine), so placement is unchanged (first-touch segments never get them); `1` also on huge blocks (first-touch placement becomes 2 MiB-granular); `0` nowhere." },
     OptionDesc { name: "DOMALLOC_NUMA", default: "auto", doc: "`auto`: NUMA logic when the machine has more than one node; `0`: act as one node; `1`: force it on." },
@@ -133,7 +133,7 @@ pub struct Options {
 
 impl Options {
     const DEFAULT: Options = Options {
-        purge_delay_ms: 100,
+        purge_delay_ms: 1000,
         purge_mode: PurgeMode::DontNeed,
         thp: false,
         segment_thp: true,

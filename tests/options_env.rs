@@ -119,7 +119,7 @@ case!(verbose, &[("DOMALLOC_VERBOSE", "1")], |se| {
 
 case!(malformed, &[("DOMALLOC_PURGE_DELAY", "soon"), ("DOMALLOC_VERBOSE", "1")], |se| {
     assert!(se.contains("domalloc: warning: ignoring DOMALLOC_PURGE_DELAY=soon"), "{se}");
-    assert!(se.contains("goes back to the OS after 100 ms"), "default kept:\n{se}");
+    assert!(se.contains("goes back to the OS after 1000 ms"), "default kept:\n{se}");
 });
 
 case!(unknown_option_warns_with_nearest, &[("DOMALLOC_STAT", "1")], |se| {

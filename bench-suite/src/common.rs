@@ -37,7 +37,7 @@ pub struct Knobs {
 impl Params {
     /// The defaults every workload runs with when no option is given.
     pub fn defaults() -> Params {
-        Params { threads: default_threads(), scale: 1.0, seed: 42, pin: true, knobs: Knobs::default() }
+        Params { threads: default_threads(), scale: 1.0, seed: 42, pin: false, knobs: Knobs::default() }
     }
 
     /// Scales a base iteration count, never below `min`.

@@ -75,6 +75,7 @@ sparse      online nodes 0,1,3 (node 2 possible but offline): node0 CPUs 0-1 256
 1n          1 node, 4 CPUs, 512M (patterns 2-5 report SKIP)
 1n8         1 node, 8 CPUs, 1024M (bench --guest: test-stress at 8 and 32 threads)
 4n2         4 nodes x 2 CPUs, 256M each (bench --guest)
+8n2         8 nodes x 2 CPUs, 192M each (bench --guest: the nearest thing here to a many-core node)
 T
 }
 
@@ -168,6 +169,11 @@ case "$topology" in
               -object memory-backend-ram,id=m2,size=256M -object memory-backend-ram,id=m3,size=256M
               -numa node,nodeid=0,cpus=0-1,memdev=m0 -numa node,nodeid=1,cpus=2-3,memdev=m1
               -numa node,nodeid=2,cpus=4-5,memdev=m2 -numa node,nodeid=3,cpus=6-7,memdev=m3) ;;
+    8n2)
+        mem=1536; smp="16"; numa=()
+        for n in 0 1 2 3 4 5 6 7; do
+            numa+=(-object "memory-backend-ram,id=m$n,size=192M" -numa "node,nodeid=$n,cpus=$((2 * n))-$((2 * n + 1)),memdev=m$n")
+        done ;;
     *) die "unknown topology $topology (see --list)" ;;
 esac
 

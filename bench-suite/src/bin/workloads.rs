@@ -29,7 +29,10 @@ struct WorkloadArgs {
     /// RNG seed; every thread derives its own stream
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Do not pin threads (default: round-robin over cores)
+    /// Pin threads round-robin over cores (default: unpinned, as the real programs run)
+    #[arg(long, conflicts_with = "no_pin")]
+    pin: bool,
+    /// Do not pin threads (the default; kept for older command lines)
     #[arg(long)]
     no_pin: bool,
     /// Per-thread load (test-stress.c's SCALE; default 50)
@@ -62,7 +65,7 @@ impl WorkloadArgs {
             threads: self.threads.map_or_else(common::default_threads, |t| t as usize),
             scale: self.scale,
             seed: self.seed,
-            pin: !self.no_pin,
+            pin: self.pin,
             knobs: Knobs { load: self.load, iterations: self.iterations, object_size: self.object_size },
         })
     }

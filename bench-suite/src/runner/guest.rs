@@ -1,4 +1,5 @@
-//! `bench --guest`: the test-stress workload inside QEMU guests (issue 16 part 0).
+//! `bench --guest`: the test-stress and churn workloads inside QEMU guests (issues 16 and 19),
+//! with the guest kernel's TLB-shootdown, function-call-interrupt and page-fault counts.
 //!
 //! The user's measurement that started issue 16: mimalloc's test-stress at 32 threads in a
 //! guest with 8 vCPUs (TCG on 2 host cores) took 36 s with glibc, 12 s with mimalloc and
@@ -45,19 +46,46 @@ pub struct GuestAlloc {
 pub struct Cell {
     /// Topology.
     pub topology: String,
+    /// Workload.
+    pub workload: String,
     /// Threads.
     pub threads: u64,
     /// Allocator column.
     pub alloc: String,
     /// Guest-measured seconds, or what went wrong.
     pub seconds: Result<f64, String>,
+    /// Counts the guest kernel kept during the run (deltas of `/proc/interrupts` and
+    /// `/proc/vmstat`): TLB shootdowns, function-call interrupts, page faults.
+    pub counts: Option<Counts>,
+}
+
+/// What the guest kernel counted during one run: counts that noise cannot move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counts {
+    /// TLB shootdown interrupts, all CPUs (`TLB:` line).
+    pub tlb: u64,
+    /// Function-call interrupts, all CPUs (`CAL:` line).
+    pub cal: u64,
+    /// Page faults (`pgfault`).
+    pub faults: u64,
+}
+
+/// A workload of the guest runs and its arguments (besides `--threads`).
+#[derive(Clone, Debug)]
+pub struct GuestWorkload {
+    /// Workload name.
+    pub name: String,
+    /// Its arguments.
+    pub args: String,
 }
 
 fn env_or(k: &str, d: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| d.to_string())
 }
 
-/// The allocators of the guest runs (those of the run that are glibc, mimalloc3 or domalloc).
+/// The allocators of the guest runs: those of the run that are glibc, mimalloc3 or domalloc
+/// (domalloc also with `DOMALLOC_NUMA=0`), and any other `domalloc-*` library given with
+/// `--lib` (an older build, or a contention-stats build whose counter line the guest prints).
 pub fn guest_allocs(allocs: &[Allocator]) -> Vec<GuestAlloc> {
     let mut v = Vec::new();
     for a in allocs {
@@ -67,6 +95,7 @@ pub fn guest_allocs(allocs: &[Allocator]) -> Vec<GuestAlloc> {
                 v.push(GuestAlloc { name: "domalloc".into(), lib: a.path.clone(), env: None });
                 v.push(GuestAlloc { name: "domalloc-nonuma".into(), lib: a.path.clone(), env: Some("DOMALLOC_NUMA=0".into()) });
             }
+            n if n.starts_with("domalloc-") => v.push(GuestAlloc { name: a.name.clone(), lib: a.path.clone(), env: None }),
             _ => {}
         }
     }
@@ -96,24 +125,34 @@ fn copy_into(stage: &Path, src: &Path, dest: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The shell commands that run every cell in the guest.
-pub fn guest_script(allocs: &[GuestAlloc], threads: &[u64], load: u64, iterations: u64) -> String {
+/// The shell commands that run every cell in the guest: each (workload, threads, allocator)
+/// once, with the kernel's TLB-shootdown, function-call-interrupt and page-fault counts read
+/// before and after.
+pub fn guest_script(allocs: &[GuestAlloc], threads: &[u64], workloads: &[GuestWorkload]) -> String {
     let mut s = String::from("echo \"GUESTBENCH-START cpus=$(nproc)\"\n");
+    s += "irq() { awk -v k=\"$1:\" '$1 == k { for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i } END { print n + 0 }' /proc/interrupts; }\n";
+    s += "counts() { echo \"$(irq TLB) $(irq CAL) $(awk '$1 == \"pgfault\" { print $2 }' /proc/vmstat)\"; }\n";
     for a in allocs {
         let pre = a.lib.as_ref().map_or(String::new(), |l| format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()));
         let _ = writeln!(s, "echo \"GUESTPROBE alloc={} $(LD_PRELOAD={pre} /bench/workloads probe 2>&1 | tail -n 1)\"", a.name);
     }
-    for t in threads {
-        for a in allocs {
-            let pre = a.lib.as_ref().map_or(String::new(), |l| format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()));
-            let env = a.env.clone().unwrap_or_default();
-            let _ = writeln!(
-                s,
-                "out=$(env {env} LD_PRELOAD={pre} /bench/workloads test-stress --threads {t} --load {load} --iterations {iterations} --no-pin 2>&1); rc=$?\n\
-echo \"GUESTBENCH alloc={} threads={t} rc=$rc $(echo \"$out\" | grep '^RESULT' | head -n 1)\"\n\
-[ $rc = 0 ] || echo \"GUESTBENCH-LOG alloc={} threads={t} $(echo \"$out\" | tail -n 3 | tr '\\n' ' ')\"",
-                a.name, a.name
-            );
+    for w in workloads {
+        for t in threads {
+            for a in allocs {
+                let pre = a.lib.as_ref().map_or(String::new(), |l| format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()));
+                let env = a.env.clone().unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "set -- $(counts); out=$(env {env} LD_PRELOAD={pre} /bench/workloads {wl} --threads {t} {args} 2>&1); rc=$?\n\
+set -- $1 $2 $3 $(counts)\n\
+echo \"GUESTBENCH alloc={an} workload={wl} threads={t} rc=$rc tlb=$(($4 - $1)) cal=$(($5 - $2)) faults=$(($6 - $3)) $(echo \"$out\" | grep '^RESULT' | head -n 1)\"\n\
+echo \"$out\" | grep '^domalloc: contention:' | sed 's/^/GUESTBENCH-CONTENTION alloc={an} workload={wl} threads={t} /'\n\
+[ $rc = 0 ] || echo \"GUESTBENCH-LOG alloc={an} workload={wl} threads={t} $(echo \"$out\" | tail -n 3 | tr '\\n' ' ')\"",
+                    wl = w.name,
+                    args = w.args,
+                    an = a.name,
+                );
+            }
         }
     }
     s += "echo GUESTBENCH-END\n";
@@ -175,34 +214,48 @@ pub fn parse_console(topology: &str, console: &str) -> Vec<Cell> {
             (Some("0"), Some(s)) => Ok(s),
             (rc, _) => Err(format!("FAIL (exit {})", rc.unwrap_or("?"))),
         };
-        cells.push(Cell { topology: topology.into(), threads, alloc: alloc.into(), seconds });
+        let num = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
+        let counts = match (num("tlb"), num("cal"), num("faults")) {
+            (Some(tlb), Some(cal), Some(faults)) => Some(Counts { tlb, cal, faults }),
+            _ => None,
+        };
+        let workload = field("workload").unwrap_or("test-stress").to_string();
+        cells.push(Cell { topology: topology.into(), workload, threads, alloc: alloc.into(), seconds, counts });
     }
     cells
 }
 
-fn cell<'a>(cells: &'a [Cell], topo: &str, t: u64, a: &str) -> Option<&'a Cell> {
-    cells.iter().find(|c| c.topology == topo && c.threads == t && c.alloc == a)
+fn cell<'a>(cells: &'a [Cell], topo: &str, w: &str, t: u64, a: &str) -> Option<&'a Cell> {
+    cells.iter().find(|c| c.topology == topo && c.workload == w && c.threads == t && c.alloc == a)
 }
 
-/// Markdown table: rows (topology, threads), columns allocators: seconds and ratio to mimalloc3.
+/// Markdown table: rows (topology, workload, threads), columns allocators: seconds and ratio to
+/// mimalloc3, then the kernel's counts (TLB shootdowns / function-call interrupts / page faults).
 pub fn markdown_table(cells: &[Cell], allocs: &[String]) -> String {
-    let mut rows: Vec<(String, u64)> = cells.iter().map(|c| (c.topology.clone(), c.threads)).collect();
+    let mut rows: Vec<(String, String, u64)> = cells.iter().map(|c| (c.topology.clone(), c.workload.clone(), c.threads)).collect();
     rows.dedup();
-    let mut head = vec!["topology".to_string(), "threads".to_string()];
+    let mut head = vec!["topology".to_string(), "workload".to_string(), "threads".to_string()];
     head.extend(allocs.iter().cloned());
+    head.extend(allocs.iter().map(|a| format!("{a}: TLB / CAL / faults")));
     let body = rows
         .iter()
-        .map(|(topo, t)| {
-            let reference = cell(cells, topo, *t, "mimalloc3").and_then(|c| c.seconds.clone().ok());
-            let mut r = vec![topo.clone(), t.to_string()];
+        .map(|(topo, w, t)| {
+            let reference = cell(cells, topo, w, *t, "mimalloc3").and_then(|c| c.seconds.clone().ok());
+            let mut r = vec![topo.clone(), w.clone(), t.to_string()];
             for a in allocs {
-                r.push(match cell(cells, topo, *t, a).map(|c| &c.seconds) {
+                r.push(match cell(cells, topo, w, *t, a).map(|c| &c.seconds) {
                     None => "-".into(),
                     Some(Err(e)) => e.clone(),
                     Some(Ok(s)) => match reference {
                         Some(m) if m > 0.0 => format!("{s:.2} s ({:.2}x)", s / m),
                         _ => format!("{s:.2} s"),
                     },
+                });
+            }
+            for a in allocs {
+                r.push(match cell(cells, topo, w, *t, a).and_then(|c| c.counts) {
+                    None => "-".into(),
+                    Some(k) => format!("{} / {} / {}", k.tlb, k.cal, k.faults),
                 });
             }
             r
@@ -219,12 +272,21 @@ pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], dir: &Path) -> Result
     let quick = s.opts.quick;
     let load: u64 = env_or("BENCH_GUEST_LOAD", if quick { "1" } else { "2" }).parse().map_err(|e| format!("BENCH_GUEST_LOAD: {e}"))?;
     let iterations: u64 = env_or("BENCH_GUEST_ITERATIONS", if quick { "1" } else { "2" }).parse().map_err(|e| format!("BENCH_GUEST_ITERATIONS: {e}"))?;
+    let churn_rounds = env_or("BENCH_GUEST_CHURN_ROUNDS", if quick { "1" } else { "5" });
+    let workloads: Vec<GuestWorkload> = env_or("BENCH_GUEST_WORKLOADS", "test-stress,churn")
+        .split(',')
+        .map(|w| match w.trim() {
+            "test-stress" => Ok(GuestWorkload { name: "test-stress".into(), args: format!("--load {load} --iterations {iterations}") }),
+            "churn" => Ok(GuestWorkload { name: "churn".into(), args: format!("--load 20 --iterations {churn_rounds}") }),
+            other => Err(format!("BENCH_GUEST_WORKLOADS: {other}: the guest part runs test-stress and churn")),
+        })
+        .collect::<Result<_, _>>()?;
     let threads: Vec<u64> = env_or("BENCH_GUEST_THREADS", "8,32").split(',').filter_map(|t| t.trim().parse().ok()).collect();
     let topologies: Vec<String> = env_or("BENCH_GUEST_TOPOLOGIES", "1n8,4n2").split(',').map(|t| t.trim().to_string()).collect();
     let timeout = env_or("BENCH_GUEST_TIMEOUT", "1200");
     let work = super::repo().join("numa-tests/work/bench-guest");
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let payload = build_payload(&work, bin, &gallocs, &guest_script(&gallocs, &threads, load, iterations))?;
+    let payload = build_payload(&work, bin, &gallocs, &guest_script(&gallocs, &threads, &workloads))?;
     let mut cells = Vec::new();
     let mut notes = Vec::new();
     for topo in &topologies {
@@ -252,7 +314,8 @@ pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], dir: &Path) -> Result
         }
         for c in &got {
             let v = c.seconds.as_ref().map_or_else(|e| e.clone(), |s| format!("{s:.2} s"));
-            println!("  {topo:<4} threads {:>2}  {:<16} {v}", c.threads, c.alloc);
+            let k = c.counts.map_or(String::new(), |k| format!("  TLB {} CAL {} faults {}", k.tlb, k.cal, k.faults));
+            println!("  {topo:<4} {:<11} threads {:>2}  {:<16} {v}{k}", c.workload, c.threads, c.alloc);
         }
         notes.push(format!("{topo}: one boot, {cpus} vCPUs, {took:.0} s in all; {}", probes.join("; ")));
         cells.extend(got);
@@ -261,9 +324,12 @@ pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], dir: &Path) -> Result
     let table = markdown_table(&cells, &names);
     let mut md = format!(
         "# Guest benchmark — {}\n\n- Command: `{}`\n- Source: {}\n- Host: {}\n\
-- test-stress (`--load {load} --iterations {iterations} --no-pin`) in QEMU guests (TCG: software emulation, so \
+- {} in QEMU guests, threads unpinned (TCG: software emulation, so \
 absolute times are slow; compare ratios), each topology one boot running every cell once. Cells: guest-measured \
-seconds (the workload's own clock) and the ratio to mimalloc3. `domalloc-nonuma` = domalloc with `DOMALLOC_NUMA=0`.\n\n",
+seconds (the workload's own clock) and the ratio to mimalloc3; then what the guest kernel counted during the run \
+(`/proc/interrupts` TLB shootdowns and function-call interrupts summed over CPUs, `/proc/vmstat` pgfault). \
+`domalloc-nonuma` = domalloc with `DOMALLOC_NUMA=0`.\n\n",
+        workloads.iter().map(|w| format!("`{} {}`", w.name, w.args)).collect::<Vec<_>>().join(", "),
         super::timestamp(),
         super::command_line(s),
         super::git_describe(),
@@ -276,12 +342,26 @@ seconds (the workload's own clock) and the ratio to mimalloc3. `domalloc-nonuma`
     }
     println!("\n{table}");
     let rows = cells.iter().map(|c| {
-        vec![c.topology.clone(), c.threads.to_string(), c.alloc.clone(), c.seconds.as_ref().map_or(String::new(), |s| format!("{s:.4}")), c.seconds.as_ref().err().cloned().unwrap_or_else(|| "ok".into())]
+        let k = |f: fn(&Counts) -> u64| c.counts.as_ref().map_or(String::new(), |k| f(k).to_string());
+        vec![
+            c.topology.clone(),
+            c.workload.clone(),
+            c.threads.to_string(),
+            c.alloc.clone(),
+            c.seconds.as_ref().map_or(String::new(), |s| format!("{s:.4}")),
+            c.seconds.as_ref().err().cloned().unwrap_or_else(|| "ok".into()),
+            k(|k| k.tlb),
+            k(|k| k.cal),
+            k(|k| k.faults),
+        ]
     });
-    super::write(&dir.join("guest.csv"), &csv_text(&["topology", "threads", "allocator", "guest_seconds", "status"], rows))?;
+    super::write(
+        &dir.join("guest.csv"),
+        &csv_text(&["topology", "workload", "threads", "allocator", "guest_seconds", "status", "tlb_shootdowns", "call_interrupts", "page_faults"], rows),
+    )?;
     super::write(&dir.join("guest.md"), &md)?;
     println!("Wrote {0}/guest.md and {0}/guest.csv", dir.display());
-    let expected = topologies.len() * threads.len() * gallocs.len();
+    let expected = topologies.len() * workloads.len() * threads.len() * gallocs.len();
     Ok(expected - cells.iter().filter(|c| c.seconds.is_ok()).count())
 }
 
@@ -292,15 +372,16 @@ mod tests {
     #[test]
     fn parses_cells_and_renders_ratios() {
         let console = "GUESTBENCH-START cpus=8\n\
-GUESTBENCH alloc=glibc threads=8 rc=0 RESULT workload=test-stress threads=8 scale=1 pinned_cores=0 elapsed_s=3.0000 ops=1 checksum=0x1\n\
-GUESTBENCH alloc=mimalloc3 threads=8 rc=0 RESULT workload=test-stress threads=8 elapsed_s=1.5000 ops=1\n\
-GUESTBENCH alloc=domalloc threads=8 rc=134 \nGUESTBENCH-END\n";
+GUESTBENCH alloc=glibc workload=churn threads=8 rc=0 tlb=12 cal=30 faults=900 RESULT workload=churn threads=8 scale=1 pinned_cores=0 elapsed_s=3.0000 ops=1 checksum=0x1\n\
+GUESTBENCH alloc=mimalloc3 workload=churn threads=8 rc=0 tlb=5 cal=7 faults=1000 RESULT workload=churn threads=8 elapsed_s=1.5000 ops=1\n\
+GUESTBENCH alloc=domalloc workload=churn threads=8 rc=134 tlb=1 cal=2 faults=3 \nGUESTBENCH-END\n";
         let cells = parse_console("1n8", console);
         assert_eq!(cells.len(), 3);
         assert_eq!(cells[0].seconds, Ok(3.0));
+        assert_eq!(cells[0].counts, Some(Counts { tlb: 12, cal: 30, faults: 900 }));
         assert_eq!(cells[2].seconds, Err("FAIL (exit 134)".into()));
         let md = markdown_table(&cells, &["glibc".into(), "mimalloc3".into(), "domalloc".into()]);
-        assert!(md.contains("| 1n8 | 8 | 3.00 s (2.00x) | 1.50 s (1.00x) | FAIL (exit 134) |"), "{md}");
+        assert!(md.contains("| 1n8 | churn | 8 | 3.00 s (2.00x) | 1.50 s (1.00x) | FAIL (exit 134) | 12 / 30 / 900 | 5 / 7 / 1000 | 1 / 2 / 3 |"), "{md}");
     }
 
     #[test]
@@ -309,8 +390,14 @@ GUESTBENCH alloc=domalloc threads=8 rc=134 \nGUESTBENCH-END\n";
             GuestAlloc { name: "glibc".into(), lib: None, env: None },
             GuestAlloc { name: "domalloc-nonuma".into(), lib: Some("/x/libdomalloc.so".into()), env: Some("DOMALLOC_NUMA=0".into()) },
         ];
-        let s = guest_script(&a, &[8, 32], 5, 5);
+        let w = vec![
+            GuestWorkload { name: "test-stress".into(), args: "--load 5 --iterations 5".into() },
+            GuestWorkload { name: "churn".into(), args: "--load 20 --iterations 5".into() },
+        ];
+        let s = guest_script(&a, &[8, 32], &w);
         assert_eq!(s.matches("test-stress --threads").count(), 4);
+        assert_eq!(s.matches("churn --threads").count(), 4);
         assert!(s.contains("env DOMALLOC_NUMA=0 LD_PRELOAD=/bench/lib/libdomalloc.so /bench/workloads test-stress --threads 32 --load 5"), "{s}");
+        assert!(s.contains("tlb=$(($4 - $1))"), "{s}");
     }
 }

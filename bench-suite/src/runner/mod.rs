@@ -115,7 +115,10 @@ pub struct Options {
     /// Per-run time limit in seconds [default: 300, --quick 60]
     #[arg(long, value_name = "SECS", value_parser = positive)]
     pub timeout: Option<f64>,
-    /// Do not pin workload threads
+    /// Pin workload threads round-robin over cores (default: unpinned, as the real programs run)
+    #[arg(long, conflicts_with = "no_pin")]
+    pub pin: bool,
+    /// Do not pin workload threads (the default; kept for older command lines)
     #[arg(long)]
     pub no_pin: bool,
     /// Parts to run (comma-separated) [default: main]
@@ -200,7 +203,7 @@ impl Settings {
             reps: opts.reps.map_or(if q { 2 } else { 3 }, |r| r as usize),
             scale: opts.scale.unwrap_or(if q { 0.1 } else { 1.0 }),
             timeout: opts.timeout.unwrap_or(if q { 60.0 } else { 300.0 }),
-            pin: !opts.no_pin,
+            pin: opts.pin,
             out,
             parts,
             search,

@@ -9,6 +9,7 @@ pub mod alloc_test;
 pub mod barnes;
 pub mod cache;
 pub mod cfrac;
+pub mod churn;
 pub mod espresso;
 pub mod glibc;
 pub mod large;
@@ -53,6 +54,7 @@ pub const ALL: &[Workload] = &[
     alloc_test::ONE,
     alloc_test::MANY,
     test_stress::WORKLOAD,
+    churn::WORKLOAD,
 ];
 
 /// Finds a workload by name.
