@@ -64,6 +64,9 @@ pub(crate) struct Bin {
     pub(crate) rfrees: AtomicU64,
 }
 
+/// `stash_node` when nothing is stashed.
+pub(crate) const NO_NODE: u32 = u32::MAX;
+
 /// Sentinel kinds.
 const KIND_NORMAL: u8 = 0;
 const KIND_EMPTY: u8 = 1;
@@ -88,6 +91,12 @@ pub(crate) struct Heap {
     /// Per class, the pages this heap owns (the queue's head is also `bins[c].page`, the fast
     /// path's page; the empty page when the queue is empty).
     pub(crate) queues: [List<Page>; CLASSES],
+    /// The queues of the node the thread last left ([`NO_NODE`]: none): still owned, so that a
+    /// thread the scheduler moves back and forth between two nodes swaps two sets of queues
+    /// instead of giving every page up and adopting or carving new ones on each move.
+    pub(crate) stash: [List<Page>; CLASSES],
+    /// The node of `stash`'s pages, or [`NO_NODE`].
+    pub(crate) stash_node: Cell<u32>,
     pub(crate) pend_page: Cell<*mut Page>,
     pub(crate) pend_head: Cell<*mut Block>,
     pub(crate) pend_tail: Cell<*mut Block>,
@@ -124,6 +133,8 @@ const fn sentinel(kind: u8) -> SyncHeap {
         kind: Cell::new(kind),
         pinned: Cell::new(false),
         queues: [const { List::new() }; CLASSES],
+        stash: [const { List::new() }; CLASSES],
+        stash_node: Cell::new(NO_NODE),
         pend_page: Cell::new(ep),
         pend_head: Cell::new(ptr::null_mut()),
         pend_tail: Cell::new(ptr::null_mut()),
@@ -379,7 +390,9 @@ impl Heap {
         for c in 0..CLASSES {
             self.bins[c].page.set(empty_page());
             self.queues[c].clear();
+            self.stash[c].clear();
         }
+        self.stash_node.set(NO_NODE);
         self.pend_page.set(empty_page());
         self.pend_head.set(ptr::null_mut());
         self.pend_tail.set(ptr::null_mut());
@@ -499,33 +512,68 @@ impl Heap {
             self.cpu.set(cpu);
         }
         if node != self.node.get() {
-            self.abandon_all();
+            self.flush_pending();
+            for c in 0..CLASSES {
+                for p in self.queues[c].iter() {
+                    // SAFETY: our pages.
+                    self.fold_page(unsafe { &*p });
+                }
+            }
             self.fold_counts();
-            self.node.set(node);
+            self.switch_node(node);
             bump(&self.counters.migrations, 1);
             crate::domain::domain(node as usize).counters.migrations_in.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The thread now runs on `node`: the current queues are stashed (still owned) and the
+    /// stash becomes current if it holds `node`'s pages; a stash of a third node is given up.
+    /// No lock and no system call when the thread moves between two nodes.
+    fn switch_node(&self, node: u32) {
+        if self.stash_node.get() != node {
+            self.give_up_queues(&self.stash);
+        }
+        for c in 0..CLASSES {
+            self.queues[c].swap(&self.stash[c]);
+            self.sync_bin(c);
+        }
+        self.stash_node.set(if self.stash.iter().all(|q| q.is_empty()) { NO_NODE } else { self.node.get() });
+        self.node.set(node);
+    }
+
+    /// Whether `page` (ours) sits in the stash rather than the current queues.
+    #[inline]
+    pub(crate) fn in_stash(&self, page: &Page) -> bool {
+        self.stash_node.get() != NO_NODE && page.node() as u32 == self.stash_node.get()
     }
 
     /// Gives every page back: empty ones to their arenas' caches or domains, the others to their
     /// home arenas.
     pub(crate) fn abandon_all(&self) {
         self.flush_pending();
+        self.give_up_queues(&self.stash);
+        self.stash_node.set(NO_NODE);
+        self.give_up_queues(&self.queues);
+        for c in 0..CLASSES {
+            self.bins[c].page.set(empty_page());
+        }
+    }
+
+    /// Gives every page of `queues` back (see [`Self::abandon_all`]); leaves them empty.
+    fn give_up_queues(&self, queues: &[List<Page>; CLASSES]) {
         // Pages in use to their arenas, unused ones to their domains, each in one batch (one
         // lock round per arena or domain instead of one per page: threads exit in bursts).
         let mut unused = ptr::null_mut();
         let mut in_use = ptr::null_mut();
-        for c in 0..CLASSES {
-            let q = &self.queues[c];
+        for q in queues {
             while !q.is_empty() {
                 let p = q.head();
-                // SAFETY: our page, in queue `c`.
+                // SAFETY: our page, in queue `q`.
                 unsafe { q.remove(p) };
                 // SAFETY: as above.
                 self.fold_page(unsafe { &*p });
                 release_page(p, &mut unused, &mut in_use);
             }
-            self.bins[c].page.set(empty_page());
         }
         // SAFETY: unowned span heads linked through `next`, ours to give back: with blocks in
         // use (to their arenas), and unused (to their domains).

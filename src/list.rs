@@ -38,6 +38,12 @@ impl<T: Linked> List<T> {
 
     /// Whether the list is empty.
     #[inline]
+    /// Exchanges the contents of two lists (the elements' links are untouched).
+    pub(crate) fn swap(&self, other: &Self) {
+        self.head.swap(&other.head);
+        self.tail.swap(&other.tail);
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.head.get().is_null()
     }

@@ -211,11 +211,16 @@ pub(crate) unsafe fn page_empty(h: *mut Heap, page: *mut Page) {
     unsafe {
         let hh = &*h;
         let c = (*page).class.get() as usize;
-        // Keep the only page of a class: allocating again soon is likely.
-        if hh.bins[c].page.get() == page && (*page).next.get().is_null() {
-            return;
+        if hh.in_stash(&*page) {
+            // A page of the node the thread left, emptied by the thread's own frees.
+            hh.stash[c].remove(page);
+        } else {
+            // Keep the only page of a class: allocating again soon is likely.
+            if hh.bins[c].page.get() == page && (*page).next.get().is_null() {
+                return;
+            }
+            hh.queue_remove(c, page);
         }
-        hh.queue_remove(c, page);
         hh.fold_page(&*page);
         page::disown(&*page);
         give_back_span(page);

@@ -49,6 +49,7 @@ fn scenario(name: &str) {
         "cross_node_free" => scenario_cross_node_free(),
         "producer_consumer_bounded" => scenario_producer_consumer_bounded(),
         "migration" => scenario_migration(),
+        "migration_back_and_forth" => scenario_migration_back_and_forth(),
         "thread_replacement" => scenario_thread_replacement(),
         "node_targeted" => scenario_node_targeted(),
         other => panic!("unknown scenario {other}"),
@@ -157,6 +158,35 @@ fn scenario_migration() {
     .unwrap();
 }
 
+/// The scheduler moves a thread back and forth between two nodes (an oversubscribed node, an
+/// unpinned thread): every block is still on the node it runs on now, and the moves cost no
+/// page hand-offs: the thread keeps both nodes' pages (issue 19: every move gave all pages to
+/// the arenas and adopted or carved others, with their locks, on the next refill).
+fn scenario_migration_back_and_forth() {
+    std::thread::spawn(|| {
+        let mut keep = Vec::with_capacity(100 * 64);
+        pin(0);
+        keep.extend(alloc_many(100, 64));
+        pin(1);
+        keep.extend(alloc_many(100, 64));
+        let before = domalloc::stats();
+        for i in 0..60 {
+            let node = i % 2;
+            pin(node);
+            let v = alloc_many(100, 64);
+            assert_eq!(share_on(&v, node), 1.0, "bounce {i}: blocks not on node {node}");
+            keep.extend(v);
+        }
+        let after = domalloc::stats();
+        assert!(after.migrations - before.migrations >= 60, "moves not followed: {} migrations", after.migrations - before.migrations);
+        let handed = (after.pages_from_arena - before.pages_from_arena) + (after.pages_fresh - before.pages_fresh);
+        assert!(handed <= 8, "60 moves between two nodes took {handed} pages from arenas or domains");
+        drop(keep);
+    })
+    .join()
+    .unwrap();
+}
+
 /// Threads on node 0 come and go; a new thread on node 1 gets node-1 pages, none of the dead
 /// threads' node-0 pages.
 fn scenario_thread_replacement() {
@@ -252,6 +282,10 @@ fn producer_consumer_bounded() {
 #[test]
 fn migration() {
     run("migration");
+}
+#[test]
+fn migration_back_and_forth() {
+    run("migration_back_and_forth");
 }
 #[test]
 fn thread_replacement() {
