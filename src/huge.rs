@@ -355,19 +355,17 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool, policy: b
     };
     let opts = options::get();
     let (hdr, p, map_size) = if align >= SEGMENT_SIZE {
-        let Some(total) = data_size.checked_add(align + GUARD) else { return ptr::null_mut() };
-        // SAFETY: valid sizes.
-        let m = unsafe { os::map_aligned(total, align) };
-        if m.is_null() {
-            return m;
+        // The header's segment right before the block, the block on `align`: only these are
+        // mapped read/write (the search for the place reserves address space, not memory, so
+        // alignments far beyond the machine's memory work).
+        let Some(total) = data_size.checked_add(SEGMENT_SIZE + GUARD) else { return ptr::null_mut() };
+        // SAFETY: valid sizes; SEGMENT_SIZE < align, both page multiples.
+        let hdr = unsafe { os::map_aligned_offset(total, align, SEGMENT_SIZE) };
+        if hdr.is_null() {
+            return hdr;
         }
-        let p = m as usize + align;
-        let hdr = p - SEGMENT_SIZE;
-        if hdr > m as usize {
-            // SAFETY: the unused prefix of our own mapping.
-            unsafe { os::unmap(m, hdr - m as usize) };
-        }
-        (hdr as *mut u8, p as *mut u8, SEGMENT_SIZE + data_size + GUARD)
+        // SAFETY: SEGMENT_SIZE < total.
+        (hdr, unsafe { hdr.add(SEGMENT_SIZE) }, total)
     } else {
         let off = if data_size >= THP_SIZE || align > PAGE_SIZE { THP_SIZE.max(align) } else { PAGE_SIZE };
         let Some(total) = data_size.checked_add(off + GUARD) else { return ptr::null_mut() };

@@ -194,6 +194,18 @@ pub(crate) trait Os {
         unsafe { posix::map_aligned_trim(size, align, 0) }
     }
 
+    /// Maps `size` bytes (a page multiple), readable and writable and untouched like
+    /// [`Os::map_aligned`], at an address that plus `offset` (a page multiple) is a
+    /// multiple of `align` (a power of two, at least the OS page size, possibly far above the
+    /// machine's memory): the search for the place reserves address space only, never memory.
+    ///
+    /// # Safety
+    /// `size`, `align` and `offset` as stated.
+    unsafe fn map_aligned_offset(size: usize, align: usize, offset: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { posix::map_reserved_aligned(size, align, offset) }
+    }
+
     /// Unmaps a range obtained from this trait.
     ///
     /// # Safety
@@ -445,6 +457,28 @@ pub(crate) unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
     crate::contention::syscall(crate::contention::Syscall::Mmap);
     // SAFETY: the caller upholds the contract.
     let p = unsafe { Sys::map_aligned(size, align) };
+    if !p.is_null() && (p as usize).checked_add(size).map_or(true, |end| end > ADDRESS_LIMIT) {
+        // SAFETY: we just mapped it.
+        unsafe { Sys::unmap(p, size) };
+        return core::ptr::null_mut();
+    }
+    p
+}
+
+/// [`Os::map_aligned_offset`] with the same fault injection and address-range check as
+/// [`map_aligned`].
+///
+/// # Safety
+/// As [`Os::map_aligned_offset`].
+pub(crate) unsafe fn map_aligned_offset(size: usize, align: usize, offset: usize) -> *mut u8 {
+    let n = MAP_CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    let (every, after) = (FAIL_EVERY.load(Ordering::Relaxed), FAIL_AFTER.load(Ordering::Relaxed));
+    if (every != 0 && n % every == 0) || (after != 0 && n > after) {
+        return core::ptr::null_mut();
+    }
+    crate::contention::syscall(crate::contention::Syscall::Mmap);
+    // SAFETY: the caller upholds the contract.
+    let p = unsafe { Sys::map_aligned_offset(size, align, offset) };
     if !p.is_null() && (p as usize).checked_add(size).map_or(true, |end| end > ADDRESS_LIMIT) {
         // SAFETY: we just mapped it.
         unsafe { Sys::unmap(p, size) };
