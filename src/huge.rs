@@ -43,6 +43,8 @@ static_assertions::const_assert!(core::mem::size_of::<Segment>() + GUARD <= PAGE
 /// Freed huge blocks kept for reuse (per node).
 pub(crate) struct HugeCache {
     slots: Lock<CacheSlots>,
+    /// Bytes held, as of the last change (read without the lock).
+    held: core::sync::atomic::AtomicUsize,
 }
 
 pub(crate) struct CacheSlots {
@@ -94,6 +96,7 @@ impl HugeCache {
         g.seg[best] = ptr::null_mut();
         // SAFETY: cached headers stay mapped.
         g.bytes -= unsafe { capacity(&*s) };
+        self.held.store(g.bytes, Ordering::Relaxed);
         s
     }
 
@@ -141,6 +144,7 @@ impl HugeCache {
             g.seg[i] = seg;
             g.freed_at[i] = now;
             g.bytes += size;
+            self.held.store(g.bytes, Ordering::Relaxed);
         }
         for s in evict {
             if !s.is_null() {
@@ -168,6 +172,7 @@ impl HugeCache {
                     g.seg[i] = ptr::null_mut();
                 }
             }
+            self.held.store(g.bytes, Ordering::Relaxed);
         }
         for s in out {
             if !s.is_null() {
@@ -185,6 +190,11 @@ impl HugeCache {
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.slots.lock().bytes
+    }
+
+    /// Bytes held as of the last change (no lock: a hint).
+    pub(crate) fn bytes_hint(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 }
 

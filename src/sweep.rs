@@ -9,11 +9,12 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
-use crate::arena::{arena, arena_index, cpu_arena_count, node_arena};
+use crate::arena::{arena, arena_count, arena_index, cpu_arena_count, node_arena};
 use crate::config;
 use crate::domain::{domain, domain_slots};
 use crate::options::{self, PurgeThread};
 use crate::os::{Os, Sys};
+use crate::segment::PAGE_SIZE;
 use crate::topology;
 
 /// Periodic work from heap slow paths: unless the purge thread does it, sweep node `node` at
@@ -116,9 +117,37 @@ static PURGE_SLEEPING: AtomicBool = AtomicBool::new(false);
 /// Bytes waiting to be purged from which `DOMALLOC_PURGE_THREAD=auto` starts the thread.
 pub(crate) const PURGE_THREAD_THRESHOLD: u64 = 4 << 20;
 
-/// Bytes of dirty free pages waiting in the domains (a sum of per-domain counters).
+/// Bytes of freed memory waiting to go back to the OS, of every kind: dirty free pages in the
+/// domains, cached huge blocks, empty spans parked in the arenas and home pools (one page each:
+/// a hint).
 fn pending_bytes() -> u64 {
-    (0..domain_slots()).map(|n| domain(n).dirty_bytes.load(Ordering::SeqCst)).sum()
+    let mut sum = 0u64;
+    for n in 0..domain_slots() {
+        let d = domain(n);
+        if d.node != n {
+            continue;
+        }
+        sum = sum.saturating_add(d.dirty_bytes.load(Ordering::SeqCst));
+        sum = sum.saturating_add(d.huge_cache.bytes_hint() as u64);
+        if !d.pool.is_empty() {
+            sum = sum.saturating_add(PAGE_SIZE as u64);
+        }
+    }
+    for i in 0..arena_count() {
+        let a = arena(i);
+        sum = sum.saturating_add((a.parked_pages() * PAGE_SIZE) as u64);
+    }
+    sum
+}
+
+/// Starts the purge thread unless it runs (or failed to start). Allocates.
+fn start_purge_thread() {
+    if options::get().purge_delay_ms == u64::MAX || options::get().purge_thread == PurgeThread::Off {
+        return;
+    }
+    if PURGE_THREAD.compare_exchange(PT_IDLE, PT_RUNNING, Ordering::AcqRel, Ordering::Relaxed).is_ok() && !Sys::spawn_thread(purge_main) {
+        PURGE_THREAD.store(PT_FAILED, Ordering::Relaxed);
+    }
 }
 
 /// Something now waits to be purged: wake the purge thread, or start it (lazily, the first time
@@ -138,11 +167,7 @@ pub(crate) fn purge_wanted() {
             if mode == PurgeThread::Auto && pending_bytes() < PURGE_THREAD_THRESHOLD {
                 return;
             }
-            if PURGE_THREAD.compare_exchange(PT_IDLE, PT_RUNNING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-                && !Sys::spawn_thread(purge_main)
-            {
-                PURGE_THREAD.store(PT_FAILED, Ordering::Relaxed);
-            }
+            start_purge_thread();
         }
         _ => {}
     }
@@ -162,7 +187,9 @@ pub(crate) fn purge_thread_running() -> bool {
 }
 
 /// The purge thread: sweeps every node when something is due, sleeps until the next deadline,
-/// and sleeps until woken when nothing waits.
+/// and sleeps until woken when nothing waits. A wait longer than the purge delay (nothing due
+/// soon) can be cut short by [`purge_wanted`], so
+/// memory freed meanwhile still goes back after about its delay.
 extern "C" fn purge_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
     loop {
         let gen = PURGE_WAKE.load(Ordering::SeqCst);
@@ -173,17 +200,19 @@ extern "C" fn purge_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
                 next = next.min(sweep(n, now, false, true));
             }
         }
-        if next == u64::MAX {
+        let delay = options::get().purge_delay_ms.max(5);
+        let wait = if next == u64::MAX { None } else { Some(next.saturating_sub(Sys::now_ms()).max(5)) };
+        if wait.map_or(true, |w| w > delay) {
+            // A long sleep: say so, then look again whether something arrived meanwhile (its
+            // `purge_wanted` may have run before the flag was set).
+            let left = pending_bytes();
             PURGE_SLEEPING.store(true, Ordering::SeqCst);
-            if pending_bytes() > 0 {
+            if (wait.is_none() && left > 0) || pending_bytes() > left {
                 PURGE_SLEEPING.store(false, Ordering::SeqCst);
                 continue;
             }
-            Sys::futex_wait(&PURGE_WAKE, gen, None);
-            PURGE_SLEEPING.store(false, Ordering::SeqCst);
-        } else {
-            let wait = next.saturating_sub(Sys::now_ms()).clamp(5, options::get().purge_delay_ms.max(5));
-            Sys::futex_wait(&PURGE_WAKE, gen, Some(wait));
         }
+        Sys::futex_wait(&PURGE_WAKE, gen, wait);
+        PURGE_SLEEPING.store(false, Ordering::SeqCst);
     }
 }
