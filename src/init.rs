@@ -625,6 +625,9 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut core::ffi::c_void) {
     }
     tls::set_heap(dead_heap());
     crate::init::heap_release(h);
+    // Its pages wait in the arenas now (or given up, full), with blocks other threads may free:
+    // the purge thread, started here if enough is in use, looks at them. No lock is held.
+    crate::sweep::thread_exited();
 }
 
 

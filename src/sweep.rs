@@ -44,15 +44,19 @@ pub(crate) fn sweep(node: usize, now: u64, force: bool, wait: bool) -> u64 {
         return u64::MAX;
     }
     let mut next = u64::MAX;
+    let mut found = false;
+    let mut queued = false;
     let mut reclaim = |i: usize| {
         let a = arena(i);
         if let Some(p) = a.reclaim(now, delay, force, wait) {
+            found |= !p.is_null();
             // SAFETY: `reclaim` unlinked these unused, unowned span heads; we are their only holder.
             unsafe { free_span_list(p) };
         }
         if a.parked_pages() > 0 {
             next = next.min(now.saturating_add(delay));
         }
+        queued |= a.len() > 0;
     };
     if config::numa_enabled() {
         for &cpu in topology::get().cpus_of(node) {
@@ -64,6 +68,13 @@ pub(crate) fn sweep(node: usize, now: u64, force: bool, wait: bool) -> u64 {
         }
     }
     reclaim(node_arena(node));
+    if queued {
+        // Pages of exited threads wait in the queues with blocks in use; other threads' frees
+        // may empty them without telling anyone (a master thread freeing what its workers
+        // allocated), so come back to look: after the purge delay while sweeps keep finding
+        // such pages, then less and less often while they find none.
+        next = next.min(now.saturating_add(queue_poll_ms(delay, found)));
+    }
     let d = domain(node);
     next = next.min(d.purge_due(now, force, wait));
     let age = if force { 0 } else { crate::huge::cache_age_ms() };
@@ -117,9 +128,29 @@ static PURGE_SLEEPING: AtomicBool = AtomicBool::new(false);
 /// Bytes waiting to be purged from which `DOMALLOC_PURGE_THREAD=auto` starts the thread.
 pub(crate) const PURGE_THREAD_THRESHOLD: u64 = 4 << 20;
 
+/// The longest wait between two looks at the arenas' queues when the looks find nothing: 64
+/// purge delays (6.4 s by default).
+const QUEUE_POLL_MAX_SHIFT: u32 = 6;
+/// How many times in a row sweeps found no emptied page in the queues (capped).
+static QUEUE_POLL_SHIFT: AtomicU32 = AtomicU32::new(0);
+
+/// When to look at the arenas' queues again (ms from now): after `delay` when this sweep found
+/// emptied pages, backing off to 2^QUEUE_POLL_MAX_SHIFT delays while sweeps find none.
+fn queue_poll_ms(delay: u64, found: bool) -> u64 {
+    let shift = if found {
+        QUEUE_POLL_SHIFT.store(0, Ordering::Relaxed);
+        0
+    } else {
+        let s = QUEUE_POLL_SHIFT.load(Ordering::Relaxed);
+        QUEUE_POLL_SHIFT.store((s + 1).min(QUEUE_POLL_MAX_SHIFT), Ordering::Relaxed);
+        s
+    };
+    delay.max(1).saturating_mul(1 << shift)
+}
+
 /// Bytes of freed memory waiting to go back to the OS, of every kind: dirty free pages in the
-/// domains, cached huge blocks, empty spans parked in the arenas and home pools (one page each:
-/// a hint).
+/// domains, cached huge blocks, empty spans parked in the arenas, queued pages of exited threads
+/// (whose blocks other threads may free; counted whole) and home pools (one page each: a hint).
 fn pending_bytes() -> u64 {
     let mut sum = 0u64;
     for n in 0..domain_slots() {
@@ -135,9 +166,42 @@ fn pending_bytes() -> u64 {
     }
     for i in 0..arena_count() {
         let a = arena(i);
-        sum = sum.saturating_add((a.parked_pages() * PAGE_SIZE) as u64);
+        sum = sum.saturating_add(((a.parked_pages() + a.len()) * PAGE_SIZE) as u64);
     }
     sum
+}
+
+/// Bytes handed out (spans and huge blocks) on every node.
+fn in_use_bytes() -> u64 {
+    (0..domain_slots()).filter(|&n| domain(n).node == n).map(|n| domain(n).counters.in_use_bytes()).fold(0, u64::saturating_add)
+}
+
+/// A thread exited: pages it left with blocks in use (in the arenas, or given up full) empty
+/// later as other threads free their blocks, without any further call of this thread (workers
+/// allocate, the master frees). `auto` starts the purge thread here when that much memory is in
+/// use, so that its sweeps find them (woken by [`page_queued`]). No lock is held.
+pub(crate) fn thread_exited() {
+    if PURGE_THREAD.load(Ordering::Relaxed) == PT_IDLE
+        && options::get().purge_thread == PurgeThread::Auto
+        && in_use_bytes() >= PURGE_THREAD_THRESHOLD
+    {
+        start_purge_thread();
+    }
+    purge_wanted();
+}
+
+/// An unowned page was queued in an arena (a given-up page got its first remote free): a
+/// sleeping purge thread is woken to look at the queues again. Never starts a thread (callers
+/// may hold locks) and never allocates.
+pub(crate) fn page_queued() {
+    if PURGE_THREAD.load(Ordering::Relaxed) == PT_RUNNING
+        && PURGE_SLEEPING.load(Ordering::SeqCst)
+        && PURGE_SLEEPING.swap(false, Ordering::SeqCst)
+    {
+        QUEUE_POLL_SHIFT.store(0, Ordering::Relaxed);
+        PURGE_WAKE.fetch_add(1, Ordering::SeqCst);
+        Sys::futex_wake(&PURGE_WAKE, 1);
+    }
 }
 
 /// Starts the purge thread unless it runs (or failed to start). Allocates.
@@ -188,7 +252,7 @@ pub(crate) fn purge_thread_running() -> bool {
 
 /// The purge thread: sweeps every node when something is due, sleeps until the next deadline,
 /// and sleeps until woken when nothing waits. A wait longer than the purge delay (nothing due
-/// soon) can be cut short by [`purge_wanted`], so
+/// soon, or only the arenas' queues to look at again) can be cut short by [`purge_wanted`], so
 /// memory freed meanwhile still goes back after about its delay.
 extern "C" fn purge_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
     loop {

@@ -4,7 +4,9 @@
 //! small calls (issue 25):
 //!
 //! * a cached huge block (`malloc(64 MiB)`, touched, freed);
-//! * a huge block `realloc`ed down to 16 B and back 300 times.
+//! * a huge block `realloc`ed down to 16 B and back 300 times;
+//! * pages that threads left in the arenas when they exited, emptied by another thread's frees
+//!   (workers allocate, the master frees).
 //!
 //! Each case runs in a child process (this binary with `DOMALLOC_IDLE_CASE=<case>`, see
 //! `tests/common`), so the purge thread starts (or not) as in a fresh program. RSS is polled
@@ -158,5 +160,46 @@ fn realloc_huge_down_and_back_returns() {
         }
         expect_back("realloc 64 MiB <-> 16 B x300", base, peak, false);
         dealloc(p, Layout::from_size_align(16, 8).unwrap());
+    });
+}
+
+/// Four threads allocate 64 MiB each in 64 KiB blocks (touched) and exit; the main thread frees
+/// every block, then makes no allocator call: the pages the threads left in the arenas, emptied
+/// by the main thread's frees, go back. b541f39 keeps all of it (the issue's 1 GiB case: 1096
+/// MiB after 5 s).
+#[test]
+fn pages_of_exited_threads_freed_by_another_return() {
+    scenario("pages_of_exited_threads_freed_by_another_return", || {
+        const BLOCK: usize = 64 << 10;
+        const PER_THREAD: usize = (64 << 20) / BLOCK;
+        let base = rss_now();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let l = Layout::from_size_align(BLOCK, 8).unwrap();
+                    let mut v: Vec<usize> = Vec::with_capacity(PER_THREAD);
+                    for _ in 0..PER_THREAD {
+                        unsafe {
+                            let p = alloc(l);
+                            assert!(!p.is_null());
+                            p.write_bytes(0x5a, BLOCK);
+                            v.push(p as usize);
+                        }
+                    }
+                    v
+                })
+            })
+            .collect();
+        let blocks: Vec<Vec<usize>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let peak = rss_now();
+        assert!(peak > base + (200 << 20), "the blocks were not resident? base {base} peak {peak}");
+        let l = Layout::from_size_align(BLOCK, 8).unwrap();
+        for v in &blocks {
+            for &p in v {
+                unsafe { dealloc(p as *mut u8, l) };
+            }
+        }
+        expect_back("4 threads x 64 MiB in 64 KiB blocks, freed by main", base, peak, false);
+        drop(blocks);
     });
 }
