@@ -209,6 +209,9 @@ fn start_purge_thread() {
     if options::get().purge_delay_ms == u64::MAX || options::get().purge_thread == PurgeThread::Off {
         return;
     }
+    // The thread runs our code until the process ends: the object holding it must stay loaded
+    // (a plugin carrying its own copy of the allocator may be `dlclose`d).
+    crate::os::pin_once();
     if PURGE_THREAD.compare_exchange(PT_IDLE, PT_RUNNING, Ordering::AcqRel, Ordering::Relaxed).is_ok() && !Sys::spawn_thread(purge_main) {
         PURGE_THREAD.store(PT_FAILED, Ordering::Relaxed);
     }

@@ -328,6 +328,15 @@ pub(crate) trait Os {
         posix::thread_key_set(key, value)
     }
 
+    /// Keeps the object (shared library or plugin) that holds this copy of the allocator
+    /// loaded until the process ends, so that `dlclose` of a plugin linked with it cannot unmap
+    /// the code of its purge thread or of its thread-exit destructor. Returns whether it did
+    /// (false where the object is the main program or unknown). Allocates: call only where a
+    /// nested `malloc` is safe.
+    fn pin_own_object() -> bool {
+        posix::pin_object()
+    }
+
     /// Registers fork handlers.
     fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) -> bool {
         posix::atfork(prepare, parent, child)
@@ -485,6 +494,21 @@ pub(crate) unsafe fn map_aligned_offset(size: usize, align: usize, offset: usize
         return core::ptr::null_mut();
     }
     p
+}
+
+/// 0: not pinned yet; 1: being pinned (by some thread); 2: done (or tried).
+static PINNED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// [`Os::pin_own_object`] once per process, before the first thread of ours starts and before
+/// the first thread-exit destructor can run. A nested call (the loader allocates) or a call
+/// from another thread while the first one works returns at once. Allocates the first time:
+/// call only where a nested `malloc` is safe.
+pub(crate) fn pin_once() {
+    if PINNED.load(Ordering::Acquire) != 0 || PINNED.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return;
+    }
+    Sys::pin_own_object();
+    PINNED.store(2, Ordering::Release);
 }
 
 /// [`Os::unmap`], counted.

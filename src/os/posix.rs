@@ -341,6 +341,24 @@ pub(crate) fn thread_key_set(key: ThreadKey, value: *mut c_void) {
     unsafe { libc::pthread_setspecific(key.0 as libc::pthread_key_t, value) };
 }
 
+/// Keeps the shared object holding this code loaded for the rest of the process: finds it
+/// (`dladdr` on one of its functions) and opens it again with `RTLD_NOLOAD | RTLD_NODELETE`,
+/// so a later `dlclose` does not unmap the code our threads and thread-exit destructors run.
+/// Returns whether it is pinned (false for the main program, which is never unloaded, and
+/// where the loader does not know the object). The loader allocates (with this allocator):
+/// call only where a nested `malloc` is safe.
+pub(crate) fn pin_object() -> bool {
+    // SAFETY: `dladdr` fills `info` for an address of our own code; `dlopen` with
+    // `RTLD_NOLOAD` only looks the already loaded object up by the name the loader gave us.
+    unsafe {
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr(pin_object as *const c_void, &mut info) == 0 || info.dli_fname.is_null() {
+            return false;
+        }
+        !libc::dlopen(info.dli_fname, libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE).is_null()
+    }
+}
+
 /// `pthread_atfork`.
 pub(crate) fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) -> bool {
     // SAFETY: plain function pointers with static lifetime.
