@@ -9,7 +9,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
-use crate::arena::{arena, arena_count, arena_index, cpu_arena_count, node_arena};
+use crate::arena::{arena, arena_index, cpu_arena_count, node_arena};
 use crate::config;
 use crate::domain::{domain, domain_slots};
 use crate::options::{self, PurgeThread};
@@ -58,16 +58,7 @@ pub(crate) fn sweep(node: usize, now: u64, force: bool, wait: bool) -> u64 {
         }
         queued |= a.len() > 0;
     };
-    if config::numa_enabled() {
-        for &cpu in topology::get().cpus_of(node) {
-            reclaim(arena_index(cpu as usize));
-        }
-    } else {
-        for i in 0..cpu_arena_count() {
-            reclaim(i);
-        }
-    }
-    reclaim(node_arena(node));
+    swept_arenas(node, &mut reclaim);
     if queued {
         // Pages of exited threads wait in the queues with blocks in use; other threads' frees
         // may empty them without telling anyone (a master thread freeing what its workers
@@ -89,6 +80,21 @@ pub(crate) fn sweep(node: usize, now: u64, force: bool, wait: bool) -> u64 {
         next = next.min(now.saturating_add(delay));
     }
     next
+}
+
+/// Calls `f` with the index of every arena a sweep of node `node` visits: the arenas of its
+/// CPUs (all CPU arenas when NUMA is off) and its node arena.
+fn swept_arenas(node: usize, f: &mut impl FnMut(usize)) {
+    if config::numa_enabled() {
+        for &cpu in topology::get().cpus_of(node) {
+            f(arena_index(cpu as usize));
+        }
+    } else {
+        for i in 0..cpu_arena_count() {
+            f(i);
+        }
+    }
+    f(node_arena(node));
 }
 
 /// Returns a list of unused spans (linked through `next`) to their domains, taking each
@@ -163,10 +169,12 @@ fn pending_bytes() -> u64 {
         if !d.pool.is_empty() {
             sum = sum.saturating_add(PAGE_SIZE as u64);
         }
-    }
-    for i in 0..arena_count() {
-        let a = arena(i);
-        sum = sum.saturating_add(((a.parked_pages() + a.len()) * PAGE_SIZE) as u64);
+        // (Only the arenas the sweeps visit: what they never see must not keep the purge
+        // thread from sleeping.)
+        swept_arenas(n, &mut |i| {
+            let a = arena(i);
+            sum = sum.saturating_add(((a.parked_pages() + a.len()) * PAGE_SIZE) as u64);
+        });
     }
     sum
 }
