@@ -199,6 +199,8 @@ unsafe fn remote_free(mut h: *mut Heap, page: *mut Page, b: *mut Block) {
 pub(crate) unsafe fn queue_unowned(page: *mut Page) {
     // SAFETY: the caller's contract.
     unsafe { crate::arena::arena((*page).arena.get() as usize).push(page) };
+    // Its blocks may all be free soon (the owner left): a sleeping purge thread looks again.
+    crate::sweep::page_queued();
 }
 
 impl Heap {

@@ -28,9 +28,9 @@ pub(crate) use crate::segment::LARGE_MAX;
 
 const CACHE_SLOTS: usize = 8;
 
-/// Spare capacity (beyond a quarter of the block) from which a reused cached block lends its
-/// unused tail back to the kernel (`MADV_FREE`); smaller tails are kept as they are (the
-/// system call and its TLB shootdown would cost more than they give back).
+/// Spare capacity (beyond a quarter of the block) from which a reused cached block gives its
+/// unused tail's pages back to the kernel (`DOMALLOC_PURGE`); smaller tails are kept as they are
+/// (the system call and its TLB shootdown would cost more than they give back).
 const LEND_MIN: usize = 2 << 20;
 
 /// Hardened builds: a `PROT_NONE` guard page right after each huge block (counted in its mapping)
@@ -43,6 +43,8 @@ static_assertions::const_assert!(core::mem::size_of::<Segment>() + GUARD <= PAGE
 /// Freed huge blocks kept for reuse (per node).
 pub(crate) struct HugeCache {
     slots: Lock<CacheSlots>,
+    /// Bytes held, as of the last change (read without the lock).
+    held: core::sync::atomic::AtomicUsize,
 }
 
 pub(crate) struct CacheSlots {
@@ -94,6 +96,7 @@ impl HugeCache {
         g.seg[best] = ptr::null_mut();
         // SAFETY: cached headers stay mapped.
         g.bytes -= unsafe { capacity(&*s) };
+        self.held.store(g.bytes, Ordering::Relaxed);
         s
     }
 
@@ -141,6 +144,7 @@ impl HugeCache {
             g.seg[i] = seg;
             g.freed_at[i] = now;
             g.bytes += size;
+            self.held.store(g.bytes, Ordering::Relaxed);
         }
         for s in evict {
             if !s.is_null() {
@@ -168,6 +172,7 @@ impl HugeCache {
                     g.seg[i] = ptr::null_mut();
                 }
             }
+            self.held.store(g.bytes, Ordering::Relaxed);
         }
         for s in out {
             if !s.is_null() {
@@ -185,6 +190,11 @@ impl HugeCache {
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.slots.lock().bytes
+    }
+
+    /// Bytes held as of the last change (no lock: a hint).
+    pub(crate) fn bytes_hint(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 }
 
@@ -256,8 +266,8 @@ unsafe fn reuse(d: &Domain, seg: *mut Segment, size: usize, data_size: usize, ze
     }
 }
 
-/// Fits a block taken from the cache to `data_size` bytes: lends the tail back lazily when it is
-/// more than a quarter too big; grows it in place or by moving its pages (`mremap`) when too
+/// Fits a block taken from the cache to `data_size` bytes: gives the tail's pages back when it
+/// is more than a quarter too big; grows it in place or by moving its pages (`mremap`) when too
 /// small. Returns the (possibly moved) header, or null after releasing the block when it could
 /// not grow.
 ///
@@ -277,14 +287,20 @@ unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Se
     };
     if hs >= data_size {
         // A block more than a quarter too big keeps its mapping as spare capacity (a later
-        // `realloc` grows into it, a later request of its size reuses it) but lends the unused
-        // tail's pages back to the kernel lazily: they stay resident, and fault-free on the
-        // next write, unless the system needs the memory meanwhile.
+        // `realloc` grows into it, a later request of its size reuses it) but gives the unused
+        // tail's pages back as the purge mode says: with `dontneed` (the default) they leave
+        // the RSS now (`sort -S 100M` reused its 100 MB buffer's block for a 28 MB one and
+        // peaked at 183 MB with the tail lent lazily, `MADV_FREE` pages counting as resident;
+        // glibc 104 MB); with `free` they stay resident, and fault-free on the next write,
+        // unless the system needs the memory. On a multi-node machine the next toucher places
+        // them again.
         s.huge_size.set(data_size);
-        if hs - data_size > (data_size / 4).max(LEND_MIN) && !crate::config::numa_enabled() {
+        if hs - data_size > (data_size / 4).max(LEND_MIN) {
+            let tail = hs - data_size;
             // SAFETY: the tail of our own block; nobody uses it (its contents are undefined to
             // the program, which has not written it yet).
-            unsafe { os::purge(s.huge_data.get().add(data_size), hs - data_size, os::PurgeMode::Free) };
+            unsafe { os::purge(s.huge_data.get().add(data_size), tail, options::get().purge_mode) };
+            d.counters.purged_bytes.fetch_add(tail as u64, Ordering::Relaxed);
         }
         return seg;
     }
@@ -355,19 +371,17 @@ fn alloc_uncached(d: &Domain, size: usize, align: usize, placed: bool, policy: b
     };
     let opts = options::get();
     let (hdr, p, map_size) = if align >= SEGMENT_SIZE {
-        let Some(total) = data_size.checked_add(align + GUARD) else { return ptr::null_mut() };
-        // SAFETY: valid sizes.
-        let m = unsafe { os::map_aligned(total, align) };
-        if m.is_null() {
-            return m;
+        // The header's segment right before the block, the block on `align`: only these are
+        // mapped read/write (the search for the place reserves address space, not memory, so
+        // alignments far beyond the machine's memory work).
+        let Some(total) = data_size.checked_add(SEGMENT_SIZE + GUARD) else { return ptr::null_mut() };
+        // SAFETY: valid sizes; SEGMENT_SIZE < align, both page multiples.
+        let hdr = unsafe { os::map_aligned_offset(total, align, SEGMENT_SIZE) };
+        if hdr.is_null() {
+            return hdr;
         }
-        let p = m as usize + align;
-        let hdr = p - SEGMENT_SIZE;
-        if hdr > m as usize {
-            // SAFETY: the unused prefix of our own mapping.
-            unsafe { os::unmap(m, hdr - m as usize) };
-        }
-        (hdr as *mut u8, p as *mut u8, SEGMENT_SIZE + data_size + GUARD)
+        // SAFETY: SEGMENT_SIZE < total.
+        (hdr, unsafe { hdr.add(SEGMENT_SIZE) }, total)
     } else {
         let off = if data_size >= THP_SIZE || align > PAGE_SIZE { THP_SIZE.max(align) } else { PAGE_SIZE };
         let Some(total) = data_size.checked_add(off + GUARD) else { return ptr::null_mut() };

@@ -580,6 +580,11 @@ pub(crate) fn init_thread_heap() -> *mut Heap {
     unsafe { (*h).setup(true) };
     tls::set_heap(h);
     crate::init::register_thread_heap(h);
+    // The thread-exit destructor is registered for this thread now: the object holding it (a
+    // plugin carrying its own copy of the allocator) must stay loaded until the thread exits,
+    // whatever `dlclose` the program calls. Once per process; the loader's own allocations are
+    // served by the heap just set.
+    crate::os::pin_once();
     h
 }
 
@@ -625,6 +630,9 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut core::ffi::c_void) {
     }
     tls::set_heap(dead_heap());
     crate::init::heap_release(h);
+    // Its pages wait in the arenas now (or given up, full), with blocks other threads may free:
+    // the purge thread, started here if enough is in use, looks at them. No lock is held.
+    crate::sweep::thread_exited();
 }
 
 

@@ -14,6 +14,7 @@ use crate::config;
 use crate::domain::{domain, domain_slots};
 use crate::options::{self, PurgeThread};
 use crate::os::{Os, Sys};
+use crate::segment::PAGE_SIZE;
 use crate::topology;
 
 /// Periodic work from heap slow paths: unless the purge thread does it, sweep node `node` at
@@ -43,26 +44,28 @@ pub(crate) fn sweep(node: usize, now: u64, force: bool, wait: bool) -> u64 {
         return u64::MAX;
     }
     let mut next = u64::MAX;
+    let mut found = false;
+    let mut queued = false;
     let mut reclaim = |i: usize| {
         let a = arena(i);
         if let Some(p) = a.reclaim(now, delay, force, wait) {
+            found |= !p.is_null();
             // SAFETY: `reclaim` unlinked these unused, unowned span heads; we are their only holder.
             unsafe { free_span_list(p) };
         }
         if a.parked_pages() > 0 {
             next = next.min(now.saturating_add(delay));
         }
+        queued |= a.len() > 0;
     };
-    if config::numa_enabled() {
-        for &cpu in topology::get().cpus_of(node) {
-            reclaim(arena_index(cpu as usize));
-        }
-    } else {
-        for i in 0..cpu_arena_count() {
-            reclaim(i);
-        }
+    swept_arenas(node, &mut reclaim);
+    if queued {
+        // Pages of exited threads wait in the queues with blocks in use; other threads' frees
+        // may empty them without telling anyone (a master thread freeing what its workers
+        // allocated), so come back to look: after the purge delay while sweeps keep finding
+        // such pages, then less and less often while they find none.
+        next = next.min(now.saturating_add(queue_poll_ms(delay, found)));
     }
-    reclaim(node_arena(node));
     let d = domain(node);
     next = next.min(d.purge_due(now, force, wait));
     let age = if force { 0 } else { crate::huge::cache_age_ms() };
@@ -77,6 +80,21 @@ pub(crate) fn sweep(node: usize, now: u64, force: bool, wait: bool) -> u64 {
         next = next.min(now.saturating_add(delay));
     }
     next
+}
+
+/// Calls `f` with the index of every arena a sweep of node `node` visits: the arenas of its
+/// CPUs (all CPU arenas when NUMA is off) and its node arena.
+fn swept_arenas(node: usize, f: &mut impl FnMut(usize)) {
+    if config::numa_enabled() {
+        for &cpu in topology::get().cpus_of(node) {
+            f(arena_index(cpu as usize));
+        }
+    } else {
+        for i in 0..cpu_arena_count() {
+            f(i);
+        }
+    }
+    f(node_arena(node));
 }
 
 /// Returns a list of unused spans (linked through `next`) to their domains, taking each
@@ -116,9 +134,95 @@ static PURGE_SLEEPING: AtomicBool = AtomicBool::new(false);
 /// Bytes waiting to be purged from which `DOMALLOC_PURGE_THREAD=auto` starts the thread.
 pub(crate) const PURGE_THREAD_THRESHOLD: u64 = 4 << 20;
 
-/// Bytes of dirty free pages waiting in the domains (a sum of per-domain counters).
+/// The longest wait between two looks at the arenas' queues when the looks find nothing: 64
+/// purge delays (6.4 s by default).
+const QUEUE_POLL_MAX_SHIFT: u32 = 6;
+/// How many times in a row sweeps found no emptied page in the queues (capped).
+static QUEUE_POLL_SHIFT: AtomicU32 = AtomicU32::new(0);
+
+/// When to look at the arenas' queues again (ms from now): after `delay` when this sweep found
+/// emptied pages, backing off to 2^QUEUE_POLL_MAX_SHIFT delays while sweeps find none.
+fn queue_poll_ms(delay: u64, found: bool) -> u64 {
+    let shift = if found {
+        QUEUE_POLL_SHIFT.store(0, Ordering::Relaxed);
+        0
+    } else {
+        let s = QUEUE_POLL_SHIFT.load(Ordering::Relaxed);
+        QUEUE_POLL_SHIFT.store((s + 1).min(QUEUE_POLL_MAX_SHIFT), Ordering::Relaxed);
+        s
+    };
+    delay.max(1).saturating_mul(1 << shift)
+}
+
+/// Bytes of freed memory waiting to go back to the OS, of every kind: dirty free pages in the
+/// domains, cached huge blocks, empty spans parked in the arenas, queued pages of exited threads
+/// (whose blocks other threads may free; counted whole) and home pools (one page each: a hint).
 fn pending_bytes() -> u64 {
-    (0..domain_slots()).map(|n| domain(n).dirty_bytes.load(Ordering::SeqCst)).sum()
+    let mut sum = 0u64;
+    for n in 0..domain_slots() {
+        let d = domain(n);
+        if d.node != n {
+            continue;
+        }
+        sum = sum.saturating_add(d.dirty_bytes.load(Ordering::SeqCst));
+        sum = sum.saturating_add(d.huge_cache.bytes_hint() as u64);
+        if !d.pool.is_empty() {
+            sum = sum.saturating_add(PAGE_SIZE as u64);
+        }
+        // (Only the arenas the sweeps visit: what they never see must not keep the purge
+        // thread from sleeping.)
+        swept_arenas(n, &mut |i| {
+            let a = arena(i);
+            sum = sum.saturating_add(((a.parked_pages() + a.len()) * PAGE_SIZE) as u64);
+        });
+    }
+    sum
+}
+
+/// Bytes handed out (spans and huge blocks) on every node.
+fn in_use_bytes() -> u64 {
+    (0..domain_slots()).filter(|&n| domain(n).node == n).map(|n| domain(n).counters.in_use_bytes()).fold(0, u64::saturating_add)
+}
+
+/// A thread exited: pages it left with blocks in use (in the arenas, or given up full) empty
+/// later as other threads free their blocks, without any further call of this thread (workers
+/// allocate, the master frees). `auto` starts the purge thread here when that much memory is in
+/// use, so that its sweeps find them (woken by [`page_queued`]). No lock is held.
+pub(crate) fn thread_exited() {
+    if PURGE_THREAD.load(Ordering::Relaxed) == PT_IDLE
+        && options::get().purge_thread == PurgeThread::Auto
+        && in_use_bytes() >= PURGE_THREAD_THRESHOLD
+    {
+        start_purge_thread();
+    }
+    purge_wanted();
+}
+
+/// An unowned page was queued in an arena (a given-up page got its first remote free): a
+/// sleeping purge thread is woken to look at the queues again. Never starts a thread (callers
+/// may hold locks) and never allocates.
+pub(crate) fn page_queued() {
+    if PURGE_THREAD.load(Ordering::Relaxed) == PT_RUNNING
+        && PURGE_SLEEPING.load(Ordering::SeqCst)
+        && PURGE_SLEEPING.swap(false, Ordering::SeqCst)
+    {
+        QUEUE_POLL_SHIFT.store(0, Ordering::Relaxed);
+        PURGE_WAKE.fetch_add(1, Ordering::SeqCst);
+        Sys::futex_wake(&PURGE_WAKE, 1);
+    }
+}
+
+/// Starts the purge thread unless it runs (or failed to start). Allocates.
+fn start_purge_thread() {
+    if options::get().purge_delay_ms == u64::MAX || options::get().purge_thread == PurgeThread::Off {
+        return;
+    }
+    // The thread runs our code until the process ends: the object holding it must stay loaded
+    // (a plugin carrying its own copy of the allocator may be `dlclose`d).
+    crate::os::pin_once();
+    if PURGE_THREAD.compare_exchange(PT_IDLE, PT_RUNNING, Ordering::AcqRel, Ordering::Relaxed).is_ok() && !Sys::spawn_thread(purge_main) {
+        PURGE_THREAD.store(PT_FAILED, Ordering::Relaxed);
+    }
 }
 
 /// Something now waits to be purged: wake the purge thread, or start it (lazily, the first time
@@ -138,11 +242,7 @@ pub(crate) fn purge_wanted() {
             if mode == PurgeThread::Auto && pending_bytes() < PURGE_THREAD_THRESHOLD {
                 return;
             }
-            if PURGE_THREAD.compare_exchange(PT_IDLE, PT_RUNNING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-                && !Sys::spawn_thread(purge_main)
-            {
-                PURGE_THREAD.store(PT_FAILED, Ordering::Relaxed);
-            }
+            start_purge_thread();
         }
         _ => {}
     }
@@ -162,7 +262,9 @@ pub(crate) fn purge_thread_running() -> bool {
 }
 
 /// The purge thread: sweeps every node when something is due, sleeps until the next deadline,
-/// and sleeps until woken when nothing waits.
+/// and sleeps until woken when nothing waits. A wait longer than the purge delay (nothing due
+/// soon, or only the arenas' queues to look at again) can be cut short by [`purge_wanted`], so
+/// memory freed meanwhile still goes back after about its delay.
 extern "C" fn purge_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
     loop {
         let gen = PURGE_WAKE.load(Ordering::SeqCst);
@@ -173,17 +275,19 @@ extern "C" fn purge_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
                 next = next.min(sweep(n, now, false, true));
             }
         }
-        if next == u64::MAX {
+        let delay = options::get().purge_delay_ms.max(5);
+        let wait = if next == u64::MAX { None } else { Some(next.saturating_sub(Sys::now_ms()).max(5)) };
+        if wait.map_or(true, |w| w > delay) {
+            // A long sleep: say so, then look again whether something arrived meanwhile (its
+            // `purge_wanted` may have run before the flag was set).
+            let left = pending_bytes();
             PURGE_SLEEPING.store(true, Ordering::SeqCst);
-            if pending_bytes() > 0 {
+            if (wait.is_none() && left > 0) || pending_bytes() > left {
                 PURGE_SLEEPING.store(false, Ordering::SeqCst);
                 continue;
             }
-            Sys::futex_wait(&PURGE_WAKE, gen, None);
-            PURGE_SLEEPING.store(false, Ordering::SeqCst);
-        } else {
-            let wait = next.saturating_sub(Sys::now_ms()).clamp(5, options::get().purge_delay_ms.max(5));
-            Sys::futex_wait(&PURGE_WAKE, gen, Some(wait));
         }
+        Sys::futex_wait(&PURGE_WAKE, gen, wait);
+        PURGE_SLEEPING.store(false, Ordering::SeqCst);
     }
 }

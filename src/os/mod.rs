@@ -194,6 +194,18 @@ pub(crate) trait Os {
         unsafe { posix::map_aligned_trim(size, align, 0) }
     }
 
+    /// Maps `size` bytes (a page multiple), readable and writable and untouched like
+    /// [`Os::map_aligned`], at an address that plus `offset` (a page multiple) is a
+    /// multiple of `align` (a power of two, at least the OS page size, possibly far above the
+    /// machine's memory): the search for the place reserves address space only, never memory.
+    ///
+    /// # Safety
+    /// `size`, `align` and `offset` as stated.
+    unsafe fn map_aligned_offset(size: usize, align: usize, offset: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { posix::map_reserved_aligned(size, align, offset) }
+    }
+
     /// Unmaps a range obtained from this trait.
     ///
     /// # Safety
@@ -314,6 +326,15 @@ pub(crate) trait Os {
     /// Stores `value` for the calling thread under `key`.
     fn thread_key_set(key: ThreadKey, value: *mut c_void) {
         posix::thread_key_set(key, value)
+    }
+
+    /// Keeps the object (shared library or plugin) that holds this copy of the allocator
+    /// loaded until the process ends, so that `dlclose` of a plugin linked with it cannot unmap
+    /// the code of its purge thread or of its thread-exit destructor. Returns whether it did
+    /// (false where the object is the main program or unknown). Allocates: call only where a
+    /// nested `malloc` is safe.
+    fn pin_own_object() -> bool {
+        posix::pin_object()
     }
 
     /// Registers fork handlers.
@@ -451,6 +472,43 @@ pub(crate) unsafe fn map_aligned(size: usize, align: usize) -> *mut u8 {
         return core::ptr::null_mut();
     }
     p
+}
+
+/// [`Os::map_aligned_offset`] with the same fault injection and address-range check as
+/// [`map_aligned`].
+///
+/// # Safety
+/// As [`Os::map_aligned_offset`].
+pub(crate) unsafe fn map_aligned_offset(size: usize, align: usize, offset: usize) -> *mut u8 {
+    let n = MAP_CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    let (every, after) = (FAIL_EVERY.load(Ordering::Relaxed), FAIL_AFTER.load(Ordering::Relaxed));
+    if (every != 0 && n % every == 0) || (after != 0 && n > after) {
+        return core::ptr::null_mut();
+    }
+    crate::contention::syscall(crate::contention::Syscall::Mmap);
+    // SAFETY: the caller upholds the contract.
+    let p = unsafe { Sys::map_aligned_offset(size, align, offset) };
+    if !p.is_null() && (p as usize).checked_add(size).map_or(true, |end| end > ADDRESS_LIMIT) {
+        // SAFETY: we just mapped it.
+        unsafe { Sys::unmap(p, size) };
+        return core::ptr::null_mut();
+    }
+    p
+}
+
+/// 0: not pinned yet; 1: being pinned (by some thread); 2: done (or tried).
+static PINNED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// [`Os::pin_own_object`] once per process, before the first thread of ours starts and before
+/// the first thread-exit destructor can run. A nested call (the loader allocates) or a call
+/// from another thread while the first one works returns at once. Allocates the first time:
+/// call only where a nested `malloc` is safe.
+pub(crate) fn pin_once() {
+    if PINNED.load(Ordering::Acquire) != 0 || PINNED.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return;
+    }
+    Sys::pin_own_object();
+    PINNED.store(2, Ordering::Release);
 }
 
 /// [`Os::unmap`], counted.

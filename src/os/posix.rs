@@ -61,6 +61,47 @@ pub(crate) unsafe fn map_aligned_trim(size: usize, align: usize, extra_flags: li
     start as *mut u8
 }
 
+/// A read/write anonymous mapping of `size` bytes whose address plus `offset` is a multiple of
+/// `align`, without ever committing more than `size` bytes: the `size + align` bytes searched
+/// for a place are reserved inaccessible (`PROT_NONE`, which no kernel charges against its
+/// commit limit), trimmed to the block, and only the block is made read/write. So an alignment
+/// far above the machine's memory (2^40) costs address space only. Null on failure.
+///
+/// # Safety
+/// `size` a non-zero multiple of the page size, `align` a power of two >= page size, `offset` a
+/// multiple of the page size.
+pub(crate) unsafe fn map_reserved_aligned(size: usize, align: usize, offset: usize) -> *mut u8 {
+    let Some(over) = size.checked_add(align) else { return ptr::null_mut() };
+    // SAFETY: a fresh anonymous inaccessible mapping touches no existing memory.
+    let q = unsafe {
+        libc::mmap(ptr::null_mut(), over, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    if q == libc::MAP_FAILED {
+        return ptr::null_mut();
+    }
+    let q = q as usize;
+    // The first address >= q whose address + offset is aligned.
+    let start = ((q + offset + align - 1) & !(align - 1)) - offset;
+    let start = if start < q { start + align } else { start };
+    let head = start - q;
+    let tail = over - head - size;
+    // SAFETY: both trimmed pieces lie inside [q, q+over), which we own and nobody uses; then the
+    // block, ours, becomes accessible.
+    unsafe {
+        if head > 0 {
+            libc::munmap(q as *mut c_void, head);
+        }
+        if tail > 0 {
+            libc::munmap((start + size) as *mut c_void, tail);
+        }
+        if libc::mprotect(start as *mut c_void, size, libc::PROT_READ | libc::PROT_WRITE) != 0 {
+            libc::munmap(start as *mut c_void, size);
+            return ptr::null_mut();
+        }
+    }
+    start as *mut u8
+}
+
 /// `munmap`, ignoring errors (there is nothing useful to do about them inside free).
 ///
 /// # Safety
@@ -298,6 +339,24 @@ pub(crate) fn thread_key_create(dtor: unsafe extern "C" fn(*mut c_void)) -> Opti
 pub(crate) fn thread_key_set(key: ThreadKey, value: *mut c_void) {
     // SAFETY: `key` came from pthread_key_create.
     unsafe { libc::pthread_setspecific(key.0 as libc::pthread_key_t, value) };
+}
+
+/// Keeps the shared object holding this code loaded for the rest of the process: finds it
+/// (`dladdr` on one of its functions) and opens it again with `RTLD_NOLOAD | RTLD_NODELETE`,
+/// so a later `dlclose` does not unmap the code our threads and thread-exit destructors run.
+/// Returns whether it is pinned (false for the main program, which is never unloaded, and
+/// where the loader does not know the object). The loader allocates (with this allocator):
+/// call only where a nested `malloc` is safe.
+pub(crate) fn pin_object() -> bool {
+    // SAFETY: `dladdr` fills `info` for an address of our own code; `dlopen` with
+    // `RTLD_NOLOAD` only looks the already loaded object up by the name the loader gave us.
+    unsafe {
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr(pin_object as *const c_void, &mut info) == 0 || info.dli_fname.is_null() {
+            return false;
+        }
+        !libc::dlopen(info.dli_fname, libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE).is_null()
+    }
 }
 
 /// `pthread_atfork`.
