@@ -461,7 +461,7 @@ pub(crate) fn alloc_placed(d: &Domain, size: usize, align: usize, nodes: &crate:
 /// programs that reallocate big arrays every step (time steps, solver iterations) come back
 /// within that time; the cache's size limit bounds what an idle program holds meanwhile.
 pub(crate) fn cache_age_ms() -> u64 {
-    options::get().purge_delay_ms.saturating_mul(5)
+    options::get().purge_delay_ms.saturating_mul(2)
 }
 
 /// Aborts with a clear message naming `what` if `p` is not the live start of the huge block

@@ -33,7 +33,7 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc { name: "DOMALLOC_STATS_FILE", default: "none", doc: "Write the report to this file instead: `%p` pid, `%r` MPI rank (Open MPI, MPICH, PMIx, MVAPICH, Slurm), `%h` host name, `%%` a percent sign. Implies the report (text unless `DOMALLOC_STATS=json`)." },
     OptionDesc { name: "DOMALLOC_VERBOSE", default: "0", doc: "Print the options and detected topology to stderr at start-up." },
     OptionDesc { name: "DOMALLOC_PURGE_THREAD", default: "auto", doc: "Background purge thread, so freed memory goes back to the OS even when the program makes no more allocator calls: `auto` starts it (with every signal blocked) the first time 4 MiB wait to be purged, again in a fork child; `1` at the first wait; `0` never (purges then run inside allocator calls)." },
-    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "128M", doc: "Bytes of freed huge blocks kept per node for reuse, on the node their pages are on (released after 5x the purge delay; hardened builds keep them inaccessible while cached)." },
+    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "128M", doc: "Bytes of freed huge blocks kept per node for reuse, on the node their pages are on (released after 2x the purge delay; hardened builds keep them inaccessible while cached)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_EVERY", default: "0", doc: "Fault injection: make every Nth OS mapping fail (0 = off)." },
     OptionDesc { name: "DOMALLOC_FAIL_MAP_AFTER", default: "0", doc: "Fault injection: make every OS mapping after the Nth fail (0 = off)." },
 ];

@@ -44,9 +44,9 @@ fn rss_falls_back_after_large_working_set_is_freed() {
     let peak = rss_bytes();
     assert!(peak > base + (300 << 20), "working set not resident? base {base} peak {peak}");
     drop(v);
-    // After the purge delay (1000 ms by default) for spans and 5x that for cached huge blocks,
+    // After the purge delay (1000 ms by default) for spans and 2x that for cached huge blocks,
     // a non-forced collect returns what is due.
-    std::thread::sleep(std::time::Duration::from_millis(5200));
+    std::thread::sleep(std::time::Duration::from_millis(2200));
     domalloc::collect(false);
     let after = rss_bytes();
     eprintln!("rss: base {} MiB, peak {} MiB, after free+collect {} MiB", base >> 20, peak >> 20, after >> 20);
