@@ -66,6 +66,8 @@ pub(crate) struct Bin {
 
 /// `stash_node` when nothing is stashed.
 pub(crate) const NO_NODE: u32 = u32::MAX;
+/// Nodes whose pages a heap keeps while its thread runs elsewhere (about 1.5 KiB each).
+pub(crate) const STASHES: usize = 3;
 
 /// Sentinel kinds.
 const KIND_NORMAL: u8 = 0;
@@ -91,12 +93,14 @@ pub(crate) struct Heap {
     /// Per class, the pages this heap owns (the queue's head is also `bins[c].page`, the fast
     /// path's page; the empty page when the queue is empty).
     pub(crate) queues: [List<Page>; CLASSES],
-    /// The queues of the node the thread last left ([`NO_NODE`]: none): still owned, so that a
-    /// thread the scheduler moves back and forth between two nodes swaps two sets of queues
-    /// instead of giving every page up and adopting or carving new ones on each move.
-    pub(crate) stash: [List<Page>; CLASSES],
-    /// The node of `stash`'s pages, or [`NO_NODE`].
-    pub(crate) stash_node: Cell<u32>,
+    /// The queues of the nodes the thread last left: still owned, so that a thread the
+    /// scheduler moves between a few nodes swaps sets of queues instead of giving every page up
+    /// and adopting or carving new ones on each move. The least recently left goes first.
+    pub(crate) stash: [[List<Page>; CLASSES]; STASHES],
+    /// The node of each stash's pages, or [`NO_NODE`].
+    pub(crate) stash_node: [Cell<u32>; STASHES],
+    /// When each stash was filled (a count of moves): the lowest is given up first.
+    pub(crate) stash_age: [Cell<u32>; STASHES],
     pub(crate) pend_page: Cell<*mut Page>,
     pub(crate) pend_head: Cell<*mut Block>,
     pub(crate) pend_tail: Cell<*mut Block>,
@@ -133,8 +137,9 @@ const fn sentinel(kind: u8) -> SyncHeap {
         kind: Cell::new(kind),
         pinned: Cell::new(false),
         queues: [const { List::new() }; CLASSES],
-        stash: [const { List::new() }; CLASSES],
-        stash_node: Cell::new(NO_NODE),
+        stash: [const { [const { List::new() }; CLASSES] }; STASHES],
+        stash_node: [const { Cell::new(NO_NODE) }; STASHES],
+        stash_age: [const { Cell::new(0) }; STASHES],
         pend_page: Cell::new(ep),
         pend_head: Cell::new(ptr::null_mut()),
         pend_tail: Cell::new(ptr::null_mut()),
@@ -390,9 +395,11 @@ impl Heap {
         for c in 0..CLASSES {
             self.bins[c].page.set(empty_page());
             self.queues[c].clear();
-            self.stash[c].clear();
         }
-        self.stash_node.set(NO_NODE);
+        for s in 0..STASHES {
+            self.stash[s].iter().for_each(List::clear);
+            self.stash_node[s].set(NO_NODE);
+        }
         self.pend_page.set(empty_page());
         self.pend_head.set(ptr::null_mut());
         self.pend_tail.set(ptr::null_mut());
@@ -526,33 +533,48 @@ impl Heap {
         }
     }
 
-    /// The thread now runs on `node`: the current queues are stashed (still owned) and the
-    /// stash becomes current if it holds `node`'s pages; a stash of a third node is given up.
-    /// No lock and no system call when the thread moves between two nodes.
+    /// The thread now runs on `node`: the current queues are stashed (still owned) in the
+    /// stash that holds `node`'s pages, which become current; else in a free stash, else in
+    /// the least recently filled one, whose pages are given up first. No lock and no system
+    /// call while the thread moves among up to `STASHES + 1` nodes.
     fn switch_node(&self, node: u32) {
-        if self.stash_node.get() != node {
-            self.give_up_queues(&self.stash);
+        let slot = (0..STASHES)
+            .find(|&s| self.stash_node[s].get() == node)
+            .or_else(|| (0..STASHES).find(|&s| self.stash_node[s].get() == NO_NODE))
+            .unwrap_or_else(|| (0..STASHES).min_by_key(|&s| self.stash_age[s].get()).unwrap_or(0));
+        let stash = &self.stash[slot];
+        if self.stash_node[slot].get() != node {
+            self.give_up_queues(stash);
         }
         for c in 0..CLASSES {
-            self.queues[c].swap(&self.stash[c]);
+            self.queues[c].swap(&stash[c]);
             self.sync_bin(c);
         }
-        self.stash_node.set(if self.stash.iter().all(|q| q.is_empty()) { NO_NODE } else { self.node.get() });
+        let left = if stash.iter().all(List::is_empty) { NO_NODE } else { self.node.get() };
+        self.stash_node[slot].set(left);
+        self.stash_age[slot].set(self.counters.migrations.load(Ordering::Relaxed) as u32);
         self.node.set(node);
     }
 
-    /// Whether `page` (ours) sits in the stash rather than the current queues.
+    /// The stash holding `page` (ours), or `None` when it is in the current queues (its node is
+    /// the heap's).
     #[inline]
-    pub(crate) fn in_stash(&self, page: &Page) -> bool {
-        self.stash_node.get() != NO_NODE && page.node() as u32 == self.stash_node.get()
+    pub(crate) fn stash_of(&self, page: &Page) -> Option<&[List<Page>; CLASSES]> {
+        let n = page.node() as u32;
+        if n == self.node.get() {
+            return None;
+        }
+        (0..STASHES).find(|&s| self.stash_node[s].get() == n).map(|s| &self.stash[s])
     }
 
     /// Gives every page back: empty ones to their arenas' caches or domains, the others to their
     /// home arenas.
     pub(crate) fn abandon_all(&self) {
         self.flush_pending();
-        self.give_up_queues(&self.stash);
-        self.stash_node.set(NO_NODE);
+        for s in 0..STASHES {
+            self.give_up_queues(&self.stash[s]);
+            self.stash_node[s].set(NO_NODE);
+        }
         self.give_up_queues(&self.queues);
         for c in 0..CLASSES {
             self.bins[c].page.set(empty_page());

@@ -211,9 +211,9 @@ pub(crate) unsafe fn page_empty(h: *mut Heap, page: *mut Page) {
     unsafe {
         let hh = &*h;
         let c = (*page).class.get() as usize;
-        if hh.in_stash(&*page) {
-            // A page of the node the thread left, emptied by the thread's own frees.
-            hh.stash[c].remove(page);
+        if let Some(stash) = hh.stash_of(&*page) {
+            // A page of a node the thread left, emptied by the thread's own frees.
+            stash[c].remove(page);
         } else {
             // Keep the only page of a class: allocating again soon is likely.
             if hh.bins[c].page.get() == page && (*page).next.get().is_null() {
