@@ -5,7 +5,9 @@
 //!
 //! The library built with the feature prints one line at exit (see `report_line`):
 //! `domalloc: contention: ops=N locks_domain=N ...`; the comparison suite's contention report
-//! parses it. `ops` counts malloc-family and free calls through the entry points.
+//! parses it. `ops` counts malloc-family and free calls through the entry points. Lock
+//! acquisitions are also split by what the thread was doing (`locks_steady`,
+//! `locks_thread_start_exit`, `locks_node_moves`), with the number of node moves followed.
 
 /// Which lock an acquisition counts under.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -19,6 +21,20 @@ pub(crate) enum LockKind {
     Arena = 2,
     /// Anything else (huge caches, placed-block pools, node heaps).
     Other = 3,
+}
+
+/// What the calling thread is doing, for splitting lock counts: steady state, or one of the
+/// moments whose locks are counted apart (issue 19's targets count steady state).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// Ordinary allocation and free (the default: never set explicitly).
+    #[allow(dead_code)]
+    Steady = 0,
+    /// Creating the thread's heap, or tearing it down at thread exit.
+    Lifecycle = 1,
+    /// Following the thread to another node.
+    Move = 2,
 }
 
 /// System calls counted.
@@ -45,6 +61,15 @@ mod imp {
     pub(super) static CAS_RETRIES: AtomicU64 = AtomicU64::new(0);
     pub(super) static SYSCALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
     pub(super) static UNDER_DOMAIN: AtomicU64 = AtomicU64::new(0);
+    /// Lock acquisitions by [`super::Phase`] (all kinds together).
+    pub(super) static LOCKS_BY_PHASE: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+    pub(super) static MOVES: AtomicU64 = AtomicU64::new(0);
+
+    std::thread_local! {
+        /// The calling thread's [`super::Phase`] (const-initialised, no destructor: reading it
+        /// never allocates).
+        pub(super) static PHASE: core::cell::Cell<u8> = const { core::cell::Cell::new(0) };
+    }
 
     /// Whether the calling thread holds a domain lock (set by the domain layer).
     static HELD_HINT: [AtomicU64; 1] = [AtomicU64::new(0)];
@@ -54,6 +79,8 @@ mod imp {
     }
     pub(super) fn lock(k: LockKind) {
         add(&LOCKS[k as usize]);
+        let ph = PHASE.try_with(|p| p.get()).unwrap_or(1) as usize;
+        add(&LOCKS_BY_PHASE[ph.min(2)]);
     }
     pub(super) fn syscall(s: Syscall) {
         add(&SYSCALLS[s as usize]);
@@ -86,6 +113,23 @@ pub(crate) fn lock_taken(_kind: LockKind) {
 pub(crate) fn lock_contended(_kind: LockKind) {
     #[cfg(feature = "contention-stats")]
     imp::add(&imp::CONTENDED);
+}
+
+/// Runs `f` with the calling thread's locks counted under `phase` (see [`Phase`]).
+#[inline(always)]
+pub(crate) fn in_phase<R>(_phase: Phase, f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "contention-stats")]
+    {
+        let old = imp::PHASE.try_with(|p| p.replace(_phase as u8)).unwrap_or(0);
+        if _phase == Phase::Move {
+            imp::add(&imp::MOVES);
+        }
+        let r = f();
+        let _ = imp::PHASE.try_with(|p| p.set(old));
+        return r;
+    }
+    #[allow(unreachable_code)]
+    f()
 }
 
 /// Counts a futex sleep.
@@ -141,7 +185,7 @@ pub(crate) fn report_line(w: &mut dyn core::fmt::Write) -> bool {
         let s = |i: usize| imp::SYSCALLS[i].load(Relaxed);
         let _ = write!(
             w,
-            "domalloc: contention: ops={} locks_domain={} locks_process={} locks_arena={} locks_other={} contended={} futex_waits={} cas_retries={} mmap={} munmap={} madvise={} syscalls_under_domain_lock={}",
+            "domalloc: contention: ops={} locks_domain={} locks_process={} locks_arena={} locks_other={} contended={} futex_waits={} cas_retries={} mmap={} munmap={} madvise={} syscalls_under_domain_lock={} locks_steady={} locks_thread_start_exit={} locks_node_moves={} node_moves={}",
             imp::OPS.load(Relaxed),
             l(0),
             l(1),
@@ -153,7 +197,11 @@ pub(crate) fn report_line(w: &mut dyn core::fmt::Write) -> bool {
             s(0),
             s(1),
             s(2),
-            imp::UNDER_DOMAIN.load(Relaxed)
+            imp::UNDER_DOMAIN.load(Relaxed),
+            imp::LOCKS_BY_PHASE[0].load(Relaxed),
+            imp::LOCKS_BY_PHASE[1].load(Relaxed),
+            imp::LOCKS_BY_PHASE[2].load(Relaxed),
+            imp::MOVES.load(Relaxed)
         );
         return true;
     }

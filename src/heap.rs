@@ -526,8 +526,10 @@ impl Heap {
                     self.fold_page(unsafe { &*p });
                 }
             }
-            self.fold_counts();
-            self.switch_node(node);
+            crate::contention::in_phase(crate::contention::Phase::Move, || {
+                self.fold_counts();
+                self.switch_node(node);
+            });
             bump(&self.counters.migrations, 1);
             crate::domain::domain(node as usize).counters.migrations_in.fetch_add(1, Ordering::Relaxed);
         }

@@ -572,14 +572,19 @@ pub(crate) fn init_thread_heap() -> *mut Heap {
     if !crate::init::ensure_init() {
         return ptr::null_mut();
     }
-    let h = crate::init::heap_acquire();
+    let h = crate::contention::in_phase(crate::contention::Phase::Lifecycle, || {
+        let h = crate::init::heap_acquire();
+        if !h.is_null() {
+            // SAFETY: a fresh heap from the pool, ours.
+            unsafe { (*h).setup(true) };
+            tls::set_heap(h);
+            crate::init::register_thread_heap(h);
+        }
+        h
+    });
     if h.is_null() {
         return h;
     }
-    // SAFETY: a fresh heap from the pool, ours.
-    unsafe { (*h).setup(true) };
-    tls::set_heap(h);
-    crate::init::register_thread_heap(h);
     // The thread-exit destructor is registered for this thread now: the object holding it (a
     // plugin carrying its own copy of the allocator) must stay loaded until the thread exits,
     // whatever `dlclose` the program calls. Once per process; the loader's own allocations are
@@ -623,13 +628,15 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut core::ffi::c_void) {
     // Quarantine build: the thread's quarantine is really freed while its heap still counts them.
     #[cfg(feature = "quarantine")]
     crate::quarantine::flush();
-    // SAFETY: the exiting thread's own heap.
-    unsafe {
-        (*h).abandon_all();
-        (*h).fold_counts();
-    }
-    tls::set_heap(dead_heap());
-    crate::init::heap_release(h);
+    crate::contention::in_phase(crate::contention::Phase::Lifecycle, || {
+        // SAFETY: the exiting thread's own heap.
+        unsafe {
+            (*h).abandon_all();
+            (*h).fold_counts();
+        }
+        tls::set_heap(dead_heap());
+        crate::init::heap_release(h);
+    });
     // Its pages wait in the arenas now (or given up, full), with blocks other threads may free:
     // the purge thread, started here if enough is in use, looks at them. No lock is held.
     crate::sweep::thread_exited();
