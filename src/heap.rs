@@ -106,6 +106,8 @@ pub(crate) struct Heap {
     pub(crate) pend_tail: Cell<*mut Block>,
     pub(crate) pend_count: Cell<u32>,
     pub(crate) ticks: Cell<u32>,
+    /// When the heap was parked in the pool with its pages (ms; `init.rs`).
+    pub(crate) parked_ms: Cell<u64>,
     /// Links in the heap pool's lists (live heaps, or the free pool: `init.rs`).
     pub(crate) reg_next: Cell<*mut Heap>,
     pub(crate) reg_prev: Cell<*mut Heap>,
@@ -145,6 +147,7 @@ const fn sentinel(kind: u8) -> SyncHeap {
         pend_tail: Cell::new(ptr::null_mut()),
         pend_count: Cell::new(0),
         ticks: Cell::new(0),
+        parked_ms: Cell::new(0),
         reg_next: Cell::new(ptr::null_mut()),
         reg_prev: Cell::new(ptr::null_mut()),
         counters: HeapCounters {
@@ -404,6 +407,49 @@ impl Heap {
         self.pend_head.set(ptr::null_mut());
         self.pend_tail.set(ptr::null_mut());
         self.pend_count.set(0);
+        // SAFETY: forwarded.
+        unsafe { self.setup_thread(track_cpu) };
+    }
+
+    /// Makes a heap parked with its pages (`init.rs`) the calling thread's: its queues stay
+    /// (the pages are still its own); only the thread's CPU and node are taken. A heap parked
+    /// for another node than the thread's gives its pages up first.
+    ///
+    /// # Safety
+    /// The heap was parked by [`Self::park`], is owned by the caller and not in use.
+    pub(crate) unsafe fn setup_parked(&self, track_cpu: bool) {
+        let node = self.node.get();
+        // SAFETY: forwarded.
+        unsafe { self.setup_thread(track_cpu) };
+        if self.node.get() != node {
+            let now = self.node.get();
+            self.node.set(node);
+            self.abandon_all();
+            self.fold_counts();
+            self.node.set(now);
+        }
+    }
+
+    /// Before a heap is parked in the pool with its pages for the next thread of its node:
+    /// pending remote frees go home and the pages of other nodes are given up.
+    pub(crate) fn park(&self) {
+        self.flush_pending();
+        for s in 0..STASHES {
+            self.give_up_queues(&self.stash[s]);
+            self.stash_node[s].set(NO_NODE);
+        }
+    }
+
+    /// Whether the heap owns any page.
+    pub(crate) fn has_pages(&self) -> bool {
+        self.queues.iter().any(|q| !q.is_empty()) || self.stash.iter().flatten().any(|q| !q.is_empty())
+    }
+
+    /// The thread-dependent part of [`Self::setup`]: kind, CPU tracking, CPU, arena and node.
+    ///
+    /// # Safety
+    /// The heap is owned by the caller and not in use.
+    unsafe fn setup_thread(&self, track_cpu: bool) {
         self.kind.set(KIND_NORMAL);
         self.pinned.set(false);
         let mut cpu = Sys::current_cpu().unwrap_or(0) as u32;

@@ -176,6 +176,7 @@ fn init_locked() -> bool {
         config::set(Config { numa, page_queries, policy, policy_min_size, policy_external, start_ms: Sys::now_ms() });
     }
     crate::contention::set_domain_lock_probe(domain::holds_a_domain_lock);
+    crate::sweep::set_heap_trim(trim_parked);
     Sys::atfork(fork_prepare, fork_parent, fork_child);
     true
 }
@@ -275,6 +276,12 @@ fn released_bytes() -> (u64, u64) {
 struct Pool {
     /// Heaps of exited threads, ready for reuse (singly linked through `reg_next`).
     free: *mut Heap,
+    /// Heaps that exited threads left with their pages, newest first (singly linked through
+    /// `reg_next`): the next thread that starts on a heap's node takes it whole, so thread
+    /// churn (pools, OpenMP teams, short-lived workers) hands pages over with one pool lock
+    /// instead of a lock per page in the arenas. The sweeps give up the pages of heaps parked
+    /// longer than the purge delay ([`trim_parked`]).
+    parked: *mut Heap,
     /// Heaps in use (thread, orphan and node heaps).
     live: List<Heap>,
     live_count: usize,
@@ -287,7 +294,7 @@ unsafe impl Send for Pool {}
 
 static POOL: Lock<Pool> = Lock::new(
     LockKind::Process,
-    Pool { free: ptr::null_mut(), live: List::new(), live_count: 0, chunk: ptr::null_mut(), chunk_left: 0, retired: [0; 5] },
+    Pool { free: ptr::null_mut(), parked: ptr::null_mut(), live: List::new(), live_count: 0, chunk: ptr::null_mut(), chunk_left: 0, retired: [0; 5] },
 );
 
 const HEAP_CHUNK: usize = 256 << 10;
@@ -323,18 +330,133 @@ pub(crate) fn heap_acquire() -> *mut Heap {
     h
 }
 
+/// A heap parked with its pages for node `node` (see `Pool::parked`), linked into the live
+/// list; null if there is none.
+fn heap_acquire_parked(node: usize) -> *mut Heap {
+    let h = take_parked(node);
+    if !h.is_null() {
+        HEAPS_TAKEN_OVER.fetch_add(1, Ordering::Relaxed);
+    }
+    h
+}
+
+/// Heaps taken over whole by a new thread (statistics).
+static HEAPS_TAKEN_OVER: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// How many parked heaps new threads took over.
+pub(crate) fn heaps_taken_over() -> u64 {
+    HEAPS_TAKEN_OVER.load(Ordering::Relaxed)
+}
+
+/// Unlinks a heap parked for `node` and links it into the live list; null if there is none.
+fn take_parked(node: usize) -> *mut Heap {
+    let mut p = POOL.lock();
+    let mut prev: *mut Heap = ptr::null_mut();
+    let mut h = p.parked;
+    // SAFETY: parked heaps are live memory, linked under the pool lock.
+    unsafe {
+        while !h.is_null() && (*h).node() != node {
+            prev = h;
+            h = (*h).reg_next.get();
+        }
+        if h.is_null() {
+            return h;
+        }
+        let next = (*h).reg_next.get();
+        if prev.is_null() {
+            p.parked = next;
+        } else {
+            (*prev).reg_next.set(next);
+        }
+        p.live.push_front(h);
+    }
+    p.live_count += 1;
+    h
+}
+
+/// Parks the heap of an exiting thread with its pages (see `Pool::parked`), folding its
+/// counters into the retired totals.
+fn heap_park(h: *mut Heap) {
+    let mut p = POOL.lock();
+    retire_counters(&mut p, h);
+    // SAFETY: h is a live heap, no longer used by any thread; pool lists under the lock.
+    unsafe {
+        p.live.remove(h);
+        (*h).parked_ms.set(Sys::now_ms());
+        (*h).reg_next.set(p.parked);
+    }
+    p.parked = h;
+    p.live_count -= 1;
+}
+
+/// Gives up the pages of heaps parked longer than the purge delay (all of them with `force`)
+/// and moves those heaps to the free list. Returns the next deadline (ms) or `u64::MAX`.
+/// Installed as the sweeps' heap trimming (`sweep::set_heap_trim`).
+fn trim_parked(now: u64, force: bool) -> u64 {
+    let delay = crate::options::get().purge_delay_ms;
+    if delay == u64::MAX && !force {
+        return u64::MAX;
+    }
+    let mut due: *mut Heap = ptr::null_mut();
+    let mut next = u64::MAX;
+    {
+        let mut p = POOL.lock();
+        let mut prev: *mut Heap = ptr::null_mut();
+        let mut h = p.parked;
+        // SAFETY: parked heaps are live memory, linked under the pool lock.
+        unsafe {
+            while !h.is_null() {
+                let after = (*h).reg_next.get();
+                let at = (*h).parked_ms.get().saturating_add(delay);
+                if force || at <= now {
+                    if prev.is_null() {
+                        p.parked = after;
+                    } else {
+                        (*prev).reg_next.set(after);
+                    }
+                    (*h).reg_next.set(due);
+                    due = h;
+                } else {
+                    next = next.min(at);
+                    prev = h;
+                }
+                h = after;
+            }
+        }
+    }
+    while !due.is_null() {
+        // SAFETY: unlinked above: no thread uses these heaps and no list holds them.
+        unsafe {
+            let h = due;
+            due = (*h).reg_next.get();
+            (*h).abandon_all();
+            (*h).fold_counts();
+            let mut p = POOL.lock();
+            (*h).reg_next.set(p.free);
+            p.free = h;
+        }
+    }
+    next
+}
+
+/// Moves a heap's counters into the pool's retired totals and clears them.
+fn retire_counters(p: &mut Pool, h: *mut Heap) {
+    // SAFETY: h is a live heap no thread uses; its counters are atomics.
+    let c = unsafe { &(*h).counters };
+    for (r, v) in p.retired.iter_mut().zip(counters_of(c)) {
+        *r += v;
+    }
+    for a in [&c.remote_frees, &c.remote_batches, &c.migrations, &c.pages_from_arena, &c.pages_fresh] {
+        a.store(0, Ordering::Relaxed);
+    }
+}
+
 /// Returns a torn-down heap to the pool, folding its counters into the retired totals.
 pub(crate) fn heap_release(h: *mut Heap) {
     let mut p = POOL.lock();
-    // SAFETY: h is a live heap, no longer used by any thread.
+    retire_counters(&mut p, h);
+    // SAFETY: h is a live heap, no longer used by any thread; pool lists under the lock.
     unsafe {
-        let c = &(*h).counters;
-        for (r, v) in p.retired.iter_mut().zip(counters_of(c)) {
-            *r += v;
-        }
-        for a in [&c.remote_frees, &c.remote_batches, &c.migrations, &c.pages_from_arena, &c.pages_fresh] {
-            a.store(0, Ordering::Relaxed);
-        }
         p.live.remove(h);
         (*h).reg_next.set(p.free);
     }
@@ -573,13 +695,22 @@ pub(crate) fn init_thread_heap() -> *mut Heap {
         return ptr::null_mut();
     }
     let h = crate::contention::in_phase(crate::contention::Phase::Lifecycle, || {
-        let h = crate::init::heap_acquire();
+        // A heap an exited thread of this node left with its pages, else a fresh one.
+        let node = crate::domain::node_of_cpu(Sys::current_cpu().unwrap_or(0));
+        let mut h = heap_acquire_parked(node);
         if !h.is_null() {
+            // SAFETY: a parked heap, ours now.
+            unsafe { (*h).setup_parked(true) };
+        } else {
+            h = crate::init::heap_acquire();
+            if h.is_null() {
+                return h;
+            }
             // SAFETY: a fresh heap from the pool, ours.
             unsafe { (*h).setup(true) };
-            tls::set_heap(h);
-            crate::init::register_thread_heap(h);
         }
+        tls::set_heap(h);
+        crate::init::register_thread_heap(h);
         h
     });
     if h.is_null() {
@@ -631,11 +762,17 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut core::ffi::c_void) {
     crate::contention::in_phase(crate::contention::Phase::Lifecycle, || {
         // SAFETY: the exiting thread's own heap.
         unsafe {
-            (*h).abandon_all();
+            (*h).park();
             (*h).fold_counts();
         }
         tls::set_heap(dead_heap());
-        crate::init::heap_release(h);
+        // SAFETY: as above.
+        if unsafe { (*h).has_pages() } {
+            // Its pages stay with it for the next thread of its node (or the sweep's trim).
+            heap_park(h);
+        } else {
+            crate::init::heap_release(h);
+        }
     });
     // Its pages wait in the arenas now (or given up, full), with blocks other threads may free:
     // the purge thread, started here if enough is in use, looks at them. No lock is held.

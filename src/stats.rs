@@ -116,6 +116,9 @@ pub struct Stats {
     pub pages_from_arena: u64,
     /// Fresh spans taken from domains for small classes.
     pub pages_fresh: u64,
+    /// Heaps that exited threads left with their pages, taken over whole by a new thread of
+    /// the same node.
+    pub heaps_taken_over: u64,
     /// Threads with a live heap.
     pub live_heaps: usize,
     /// Whether NUMA logic is on.
@@ -149,6 +152,7 @@ pub fn stats() -> Stats {
         migrations: 0,
         pages_from_arena: 0,
         pages_fresh: 0,
+        heaps_taken_over: 0,
         live_heaps: 0,
         numa: false,
         elapsed_ms: 0,
@@ -214,6 +218,7 @@ pub fn stats() -> Stats {
     s.migrations = t[2];
     s.pages_from_arena = t[3];
     s.pages_fresh = t[4];
+    s.heaps_taken_over = crate::init::heaps_taken_over();
     s.live_heaps = live;
     process_rss(&mut s);
     node_resident(&mut s, &slot_of);
@@ -451,7 +456,7 @@ pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
     )?;
     writeln!(
         w,
-        "domalloc: blocks: allocs {} frees {} live {}; remote frees {} in {} batches; migrations {}; pages fresh {} from arenas {}",
+        "domalloc: blocks: allocs {} frees {} live {}; remote frees {} in {} batches; migrations {}; pages fresh {} from arenas {}; heaps taken over {}",
         s.total(|n| n.allocs),
         s.total(|n| n.frees),
         s.total(|n| n.allocs).wrapping_sub(s.total(|n| n.frees)),
@@ -459,7 +464,8 @@ pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
         s.remote_batches,
         s.migrations,
         s.pages_fresh,
-        s.pages_from_arena
+        s.pages_from_arena,
+        s.heaps_taken_over
     )?;
     const NODE_HDR: [&str; 12] =
         ["node", "in-use", "peak", "mapped", "map-peak", "resident", "allocs", "frees", "remote", "home", "purged", "huge-hit"];

@@ -7,7 +7,7 @@
 //! node, unless the purge thread runs: it sweeps every node when something is due and sleeps on a
 //! futex until the next deadline, or until [`purge_wanted`] wakes it.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::arena::{arena, arena_index, cpu_arena_count, node_arena};
 use crate::config;
@@ -31,7 +31,30 @@ pub(crate) fn maintain(node: usize) {
         && d.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     {
         sweep(node, now, false, false);
+        trim_heaps(now, false);
     }
+}
+
+/// The thread-cache layer's trimming of heaps that exited threads left with their pages (set
+/// once at start-up, see [`set_heap_trim`]): `f(now, force)` gives up the pages of those that
+/// waited longer than the purge delay (all with `force`) and returns the next deadline.
+static HEAP_TRIM: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the heap trimming the sweeps call (the thread-cache layer owns the heap pool; this
+/// layer only calls it on its schedule). Start-up only.
+pub(crate) fn set_heap_trim(f: fn(u64, bool) -> u64) {
+    HEAP_TRIM.store(f as usize, Ordering::Release);
+}
+
+/// Trims parked heaps (see [`HEAP_TRIM`]); returns the next deadline or `u64::MAX`.
+fn trim_heaps(now: u64, force: bool) -> u64 {
+    let f = HEAP_TRIM.load(Ordering::Acquire);
+    if f == 0 {
+        return u64::MAX;
+    }
+    // SAFETY: a non-zero value was stored by `set_heap_trim` from a `fn(u64, bool) -> u64`.
+    let f: fn(u64, bool) -> u64 = unsafe { core::mem::transmute::<usize, fn(u64, bool) -> u64>(f) };
+    f(now, force)
 }
 
 /// Returns what waited long enough on node `node`: arena pages emptied by remote frees and
@@ -114,6 +137,8 @@ pub(crate) unsafe fn free_span_list(mut p: *mut crate::page::Page) {
 /// Sweeps every node (see [`sweep`]), waiting for busy locks; with `force`, everything free now.
 pub(crate) fn sweep_all(force: bool) {
     let now = Sys::now_ms();
+    // Parked heaps first: what they give up is then swept (and with `force`, purged) too.
+    trim_heaps(now, force);
     for n in 0..domain_slots() {
         if domain(n).node == n {
             sweep(n, now, force, true);
@@ -269,7 +294,7 @@ extern "C" fn purge_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
     loop {
         let gen = PURGE_WAKE.load(Ordering::SeqCst);
         let now = Sys::now_ms();
-        let mut next = u64::MAX;
+        let mut next = trim_heaps(now, false);
         for n in 0..domain_slots() {
             if domain(n).node == n {
                 next = next.min(sweep(n, now, false, true));
