@@ -194,7 +194,7 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc {
         name: "DOMALLOC_FAIL_MAP_EVERY",
         default: "0",
-        doc: "Fault injection: make every Nth OS mapping fail (0 = off). Mappings are counted from start-up on, its own included.",
+        doc: "Fault injection: make every Nth OS mapping fail (0 = off). Mappings are counted from start-up on, its own tables included (the topology's excepted).",
         path: false,
         parse: |v, o| parse_u64(v).map(|n| o.fail_map_every = n).is_some(),
         show: |o, w| write!(w, "{}", o.fail_map_every),
@@ -202,7 +202,7 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc {
         name: "DOMALLOC_FAIL_MAP_AFTER",
         default: "0",
-        doc: "Fault injection: make every OS mapping after the Nth fail (0 = off). Mappings are counted from start-up on: start-up's own (its tables: 3 or 4) count too.",
+        doc: "Fault injection: make every OS mapping after the Nth fail (0 = off). Mappings are counted from start-up on, its own tables included (the topology's excepted): on Linux the first `malloc` maps 5 (3 tables, the thread's heap, a segment), so N = 5 lets it and other small blocks of that segment succeed and fails the next mapping.",
         path: false,
         parse: |v, o| parse_u64(v).map(|n| o.fail_map_after = n).is_some(),
         show: |o, w| write!(w, "{}", o.fail_map_after),
@@ -476,8 +476,8 @@ fn warn_malformed(name: &str, v: &[u8]) {
 /// the init lock and has not yet published initialisation.
 ///
 /// Two options need the topology: `DOMALLOC_TOPOLOGY_ROOT` (a directory that holds none is
-/// reported, and the real topology used), and a policy over `all` nodes. For them the topology
-/// is detected here, which the start-up's own `topology::init` then finds done.
+/// reported, and the real topology used), and a policy over `all` nodes. The topology is
+/// detected here, which the start-up's own `topology::init` then finds done.
 pub(crate) fn init() {
     let (mut o, mut sources) = Options::parse(&mut |name, v| warn_malformed(name, v));
     if let Some(root) = o.topology_root {
@@ -493,9 +493,13 @@ pub(crate) fn init() {
             }
         }
     }
+    // The topology, detected now (once; start-up's own call finds it done): before the fault
+    // injection the options configure is switched on, so its mapping never counts in
+    // DOMALLOC_FAIL_MAP_EVERY / _AFTER, whichever options are set.
+    let detected = topology::init(o.topology_root);
     if o.policy_all {
-        // Every node with memory (the topology detected now, once; start-up keeps it).
-        let nodes = if topology::init(o.topology_root) { topology::get().memory_nodes() } else { NodeMask::empty() };
+        // Every node with memory.
+        let nodes = if detected { topology::get().memory_nodes() } else { NodeMask::empty() };
         o.policy = match o.policy {
             _ if nodes.is_empty() => Policy::Local,
             Policy::Bind(_) => Policy::Bind(nodes),
