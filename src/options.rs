@@ -541,8 +541,8 @@ fn warn_unknown_percent(t: &[u8]) {
     }
 }
 
-/// Writes one line per option to `w`: `domalloc: option NAME=VALUE (where it came from)`, for
-/// `DOMALLOC_VERBOSE=1`. `w` is flushed by the caller line by line.
+/// Hands `line` one line per option, `domalloc: option NAME=VALUE (where it came from)`, for
+/// `DOMALLOC_VERBOSE=1` (each formatted on the stack).
 pub(crate) fn print_all(line: &mut dyn FnMut(&[u8])) {
     let o = get();
     for (d, src) in TABLE.iter().zip(SOURCES.get().iter()) {
