@@ -213,6 +213,13 @@ if cc_build idle_rss "$TESTS/idle_rss.c" -pthread -ldl; then
     run_test c-idle-rss-four-threads 60 env DOMALLOC_PURGE_DELAY=100 LD_PRELOAD="$LIB" "$WORK/idle_rss" threads
 fi
 cc_build overflow "$TESTS/overflow.c" -pthread -ldl && run_test c-free-list-overflow 60 preload "$WORK/overflow"
+# Every DOMALLOC_* option of the README's table under LD_PRELOAD: each documented value form is
+# taken (DOMALLOC_VERBOSE=1 lists it as from the environment), each malformed value gives one
+# warning and keeps the default.
+cc_build options_table "$TESTS/options_table.c" -ldl && run_test c-options-table 60 preload "$WORK/options_table"
+# malloc_stats()/domalloc_stats_print() under a deferred pthread_cancel: the cancel acts between
+# two reports, never inside one (glibc's tst-malloc-stats-cancellation scenario).
+cc_build stats_cancel "$TESTS/stats_cancel.c" -pthread -ldl && run_test c-stats-not-cancellable 60 preload "$WORK/stats_cancel" "$(N 20 100)"
 
 # DOMALLOC_STATS=1 prints per-node figures on stderr at exit.
 stats_report() {

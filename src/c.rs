@@ -19,7 +19,7 @@
 //! | `realloc(p, 0)` | frees `p`, returns null (glibc's behaviour), `errno` untouched |
 //! | `realloc` failure | null, `errno = ENOMEM`, `p` still valid |
 //! | `posix_memalign` bad alignment | returns `EINVAL`, `*memptr` untouched |
-//! | `posix_memalign` out of memory | returns `ENOMEM`, `*memptr` untouched |
+//! | `posix_memalign` out of memory | returns `ENOMEM` and sets `errno = ENOMEM` (glibc), `*memptr` untouched |
 //! | `aligned_alloc` alignment not a power of two | null, `errno = EINVAL` (glibc 2.38) |
 //! | `memalign` alignment not a power of two | rounded up to one (glibc) |
 
@@ -129,8 +129,10 @@ pub unsafe fn reallocarray(p: *mut c_void, nmemb: usize, size: usize) -> *mut c_
 }
 
 /// POSIX `posix_memalign`: `EINVAL` unless `align` is a power of two multiple of
-/// `sizeof(void *)`, `ENOMEM` on failure; `*memptr` is written only on success. `errno` is
-/// left alone, as POSIX asks.
+/// `sizeof(void *)`, `ENOMEM` on failure; `*memptr` is written only on success. A failure for
+/// want of memory also sets `errno` to `ENOMEM`, as glibc does (its tst-malloc-thread-fail reads
+/// `errno`): otherwise whatever a system call inside the allocator left there (a futex wait's
+/// `EAGAIN`) would read as the error.
 ///
 /// # Safety
 /// `memptr` is valid for a pointer write.
@@ -141,6 +143,7 @@ pub unsafe fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize
     // SAFETY: power of two.
     let p = unsafe { alloc::alloc(size, align.max(MIN_ALIGN)) };
     if p.is_null() {
+        set_errno(os::ENOMEM);
         return os::ENOMEM;
     }
     // SAFETY: the caller passes a writable `memptr`.
@@ -537,7 +540,11 @@ mod tests {
             assert_eq!(posix_memalign(&mut out, 4, 8), os::EINVAL);
             assert_eq!(posix_memalign(&mut out, 0, 8), os::EINVAL);
             assert_eq!(out as usize, 1);
+            // A failure reads ENOMEM in errno too (glibc's tst-malloc-thread-fail checks errno),
+            // whatever an earlier system call left there.
+            set_errno(libc::EAGAIN);
             assert_eq!(posix_memalign(&mut out, 1 << 20, usize::MAX / 2), os::ENOMEM);
+            assert_eq!(errno(), os::ENOMEM);
             assert_eq!(out as usize, 1);
             assert_eq!(posix_memalign(&mut out, 4096, 8), 0);
             assert_eq!(out as usize % 4096, 0);

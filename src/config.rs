@@ -81,7 +81,35 @@ pub(crate) fn elapsed_ms() -> u64 {
     Sys::now_ms().saturating_sub(get().start_ms)
 }
 
-/// Prints options and topology in plain words (for `DOMALLOC_VERBOSE=1`).
+/// Ascending CPU ids written as the kernel writes lists: `0-3,8,10-11`.
+struct CpuList<'a>(&'a [u32]);
+
+impl core::fmt::Display for CpuList<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut i = 0;
+        while i < self.0.len() {
+            let first = self.0[i];
+            let mut last = first;
+            while i + 1 < self.0.len() && self.0[i + 1] == last + 1 {
+                i += 1;
+                last = self.0[i];
+            }
+            if first != self.0[0] {
+                f.write_str(",")?;
+            }
+            if first == last {
+                write!(f, "{first}")?;
+            } else {
+                write!(f, "{first}-{last}")?;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Prints the decisions of start-up in plain words, every option with its value and where it
+/// came from, and the topology (for `DOMALLOC_VERBOSE=1`).
 pub(crate) fn print_banner() {
     let o = options::get();
     let t = topology::get();
@@ -114,13 +142,16 @@ pub(crate) fn print_banner() {
         (false, false) => "off",
     });
     Sys::write_fd(2, w.as_bytes());
+    options::print_all(&mut |line| {
+        Sys::write_fd(2, line);
+    });
     for n in t.nodes() {
         let cpus = t.cpus_of(n);
         let mut buf = [0u8; 256];
         let mut w = BufWriter::new(&mut buf);
         let _ = write!(w, "domalloc: node {}: {} of memory, {} CPUs", n, Bytes(t.memory(n)), cpus.len());
-        if let (Some(first), Some(last)) = (cpus.first(), cpus.last()) {
-            let _ = write!(w, " ({first}..{last})");
+        if !cpus.is_empty() {
+            let _ = write!(w, " ({})", CpuList(cpus));
         }
         if t.home_of_node(n) != n {
             let _ = write!(w, ", gets memory from node {}", t.home_of_node(n));

@@ -4,14 +4,19 @@
 //! (no allocation). The README's option table is checked against [`TABLE`] by a test.
 
 
+use core::fmt::{self, Write};
+
 use crate::os::{self, NodeMask, Os, PurgeMode, Sys};
-use crate::util::{edit_distance, parse_bool, parse_size, parse_u64, SetOnce};
+use crate::topology;
+use crate::util::{edit_distance, parse_size, parse_u64, SetOnce};
 
 fn getenv(name: &[u8]) -> Option<&'static [u8]> {
     Sys::environ_find(name)
 }
 
-/// One documented option.
+/// One documented option: its name, default and text, and how it is read and shown. The one
+/// place an option is named: [`Options::parse`] and the `DOMALLOC_VERBOSE=1` listing walk this
+/// table (as mimalloc's `options.c` does).
 pub struct OptionDesc {
     /// The environment variable.
     pub name: &'static str,
@@ -19,24 +24,225 @@ pub struct OptionDesc {
     pub default: &'static str,
     /// What it does.
     pub doc: &'static str,
+    /// A path: white space allowed in its value (other options take none).
+    path: bool,
+    /// Reads a value (never empty) into the options; false: malformed.
+    parse: fn(&'static [u8], &mut Options) -> bool,
+    /// Writes the value in force, in the option's own syntax.
+    show: fn(&Options, &mut dyn Write) -> fmt::Result,
 }
 
-/// Every option domalloc reads. Keep in sync with `Options::parse` (a test checks the README).
+/// Every option domalloc reads, in the README's order (a test checks the README against it).
 pub const TABLE: &[OptionDesc] = &[
-    OptionDesc { name: "DOMALLOC_PURGE_DELAY", default: "1000", doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep." },
-    OptionDesc { name: "DOMALLOC_PURGE", default: "dontneed", doc: "How pages are returned: `dontneed` (MADV_DONTNEED, re-placed by first touch) or `free` (MADV_FREE, lazy)." },
-    OptionDesc { name: "DOMALLOC_THP", default: "segments", doc: "Transparent huge pages (MADV_HUGEPAGE): `segments` on the segments bound to one node (small blocks below 16 KiB; every segment on a one-node machine), so placement is unchanged (first-touch segments never get them); `1` also on huge blocks (first-touch placement becomes 2 MiB-granular); `0` nowhere." },
-    OptionDesc { name: "DOMALLOC_NUMA", default: "auto", doc: "`auto`: NUMA logic when the machine has more than one node; `0`: act as one node; `1`: force it on." },
-    OptionDesc { name: "DOMALLOC_POLICY", default: "local", doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`)." },
-    OptionDesc { name: "DOMALLOC_TOPOLOGY_ROOT", default: "/sys", doc: "Read the topology from this directory instead of /sys (for tests with fake sysfs trees)." },
-    OptionDesc { name: "DOMALLOC_STATS", default: "0", doc: "Statistics report at exit: `1` or `text` (aligned tables), `json` (one JSON document); to stderr or `DOMALLOC_STATS_FILE`." },
-    OptionDesc { name: "DOMALLOC_STATS_FILE", default: "none", doc: "Write the report to this file instead: `%p` pid, `%r` MPI rank (Open MPI, MPICH, PMIx, MVAPICH, Slurm), `%h` host name, `%%` a percent sign. Implies the report (text unless `DOMALLOC_STATS=json`)." },
-    OptionDesc { name: "DOMALLOC_VERBOSE", default: "0", doc: "Print the options and detected topology to stderr at start-up." },
-    OptionDesc { name: "DOMALLOC_PURGE_THREAD", default: "auto", doc: "Background purge thread, so freed memory goes back to the OS even when the program makes no more allocator calls: `auto` starts it (with every signal blocked) the first time 4 MiB wait to be purged, again in a fork child; `1` at the first wait; `0` never (purges then run inside allocator calls)." },
-    OptionDesc { name: "DOMALLOC_HUGE_CACHE", default: "128M", doc: "Bytes of freed huge blocks kept per node for reuse, on the node their pages are on (released after 2x the purge delay; hardened builds keep them inaccessible while cached)." },
-    OptionDesc { name: "DOMALLOC_FAIL_MAP_EVERY", default: "0", doc: "Fault injection: make every Nth OS mapping fail (0 = off)." },
-    OptionDesc { name: "DOMALLOC_FAIL_MAP_AFTER", default: "0", doc: "Fault injection: make every OS mapping after the Nth fail (0 = off)." },
+    OptionDesc {
+        name: "DOMALLOC_PURGE_DELAY",
+        default: "1000",
+        doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep.",
+        path: false,
+        parse: |v, o| match v {
+            b"never" => set(&mut o.purge_delay_ms, u64::MAX),
+            _ => parse_u64(v).filter(|&ms| ms != u64::MAX).map(|ms| o.purge_delay_ms = ms).is_some(),
+        },
+        show: |o, w| match o.purge_delay_ms {
+            u64::MAX => w.write_str("never"),
+            ms => write!(w, "{ms}"),
+        },
+    },
+    OptionDesc {
+        name: "DOMALLOC_PURGE",
+        default: "dontneed",
+        doc: "How pages are returned: `dontneed` (MADV_DONTNEED, re-placed by first touch) or `free` (MADV_FREE, lazy).",
+        path: false,
+        parse: |v, o| match v {
+            b"dontneed" => set(&mut o.purge_mode, PurgeMode::DontNeed),
+            b"free" => set(&mut o.purge_mode, PurgeMode::Free),
+            _ => false,
+        },
+        show: |o, w| {
+            w.write_str(match o.purge_mode {
+                PurgeMode::DontNeed => "dontneed",
+                PurgeMode::Free => "free",
+            })
+        },
+    },
+    OptionDesc {
+        name: "DOMALLOC_THP",
+        default: "segments",
+        doc: "Transparent huge pages (MADV_HUGEPAGE): `segments` on the segments bound to one node (small blocks below 16 KiB; every segment on a one-node machine), so placement is unchanged (first-touch segments never get them); `1` also on huge blocks (first-touch placement becomes 2 MiB-granular); `0` nowhere.",
+        path: false,
+        parse: |v, o| match v {
+            b"segments" => set(&mut (o.thp, o.segment_thp), (false, true)),
+            _ => parse_01(v).map(|b| (o.thp, o.segment_thp) = (b, b)).is_some(),
+        },
+        show: |o, w| {
+            w.write_str(match (o.thp, o.segment_thp) {
+                (true, _) => "1",
+                (false, true) => "segments",
+                (false, false) => "0",
+            })
+        },
+    },
+    OptionDesc {
+        name: "DOMALLOC_NUMA",
+        default: "auto",
+        doc: "`auto`: NUMA logic when the machine has more than one node; `0`: act as one node; `1`: force it on.",
+        path: false,
+        parse: |v, o| match (v, parse_01(v)) {
+            (b"auto", _) => set(&mut o.numa, NumaMode::Auto),
+            (_, Some(true)) => set(&mut o.numa, NumaMode::On),
+            (_, Some(false)) => set(&mut o.numa, NumaMode::Off),
+            _ => false,
+        },
+        show: |o, w| {
+            w.write_str(match o.numa {
+                NumaMode::Auto => "auto",
+                NumaMode::On => "1",
+                NumaMode::Off => "0",
+            })
+        },
+    },
+    OptionDesc {
+        name: "DOMALLOC_POLICY",
+        default: "local",
+        doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`); `<nodes>` is a list such as `0-3,6` or `all` (every node with memory).",
+        path: false,
+        parse: |v, o| match parse_policy_or_all(v) {
+            Some((p, min, all)) => {
+                (o.policy, o.policy_min_size, o.policy_all) = (p, min, all);
+                true
+            }
+            None => false,
+        },
+        show: |o, w| {
+            write!(w, "{}", o.policy)?;
+            if o.policy_min_size > 0 {
+                write!(w, "@{}", SizeSuffix(o.policy_min_size as u64))?;
+            }
+            Ok(())
+        },
+    },
+    OptionDesc {
+        name: "DOMALLOC_TOPOLOGY_ROOT",
+        default: "/sys",
+        doc: "Read the topology from this directory instead of /sys (for tests with fake sysfs trees); one that holds no topology is reported and the real one used.",
+        path: true,
+        parse: |v, o| set(&mut o.topology_root, Some(v)),
+        show: |o, w| show_bytes(w, o.topology_root.unwrap_or(b"/sys")),
+    },
+    OptionDesc {
+        name: "DOMALLOC_STATS",
+        default: "0",
+        doc: "Statistics report at exit: `1` or `text` (aligned tables), `json` (one JSON document); to stderr or `DOMALLOC_STATS_FILE`.",
+        path: false,
+        parse: |v, o| match (v, parse_01(v)) {
+            (b"text", _) | (_, Some(true)) => set(&mut o.stats, StatsFormat::Text),
+            (b"json", _) => set(&mut o.stats, StatsFormat::Json),
+            (_, Some(false)) => set(&mut o.stats, StatsFormat::Off),
+            _ => false,
+        },
+        show: |o, w| {
+            w.write_str(match o.stats {
+                StatsFormat::Off => "0",
+                StatsFormat::Text => "text",
+                StatsFormat::Json => "json",
+            })
+        },
+    },
+    OptionDesc {
+        name: "DOMALLOC_STATS_FILE",
+        default: "none",
+        doc: "Write the report to this file instead: `%p` pid, `%r` MPI rank (Open MPI, MPICH, PMIx, MVAPICH, Slurm), `%h` host name, `%%` a percent sign (any other `%` is written as it is, with a warning). Implies the report (text unless `DOMALLOC_STATS=json`).",
+        path: true,
+        parse: |v, o| set(&mut o.stats_file, Some(v)),
+        show: |o, w| show_bytes(w, o.stats_file.unwrap_or(b"none")),
+    },
+    OptionDesc {
+        name: "DOMALLOC_VERBOSE",
+        default: "0",
+        doc: "`1`: print every option with its value and where it came from (environment or default), and the detected topology, to stderr at start-up.",
+        path: false,
+        parse: |v, o| parse_01(v).map(|b| o.verbose = b).is_some(),
+        show: |o, w| w.write_str(if o.verbose { "1" } else { "0" }),
+    },
+    OptionDesc {
+        name: "DOMALLOC_PURGE_THREAD",
+        default: "auto",
+        doc: "Background purge thread, so freed memory goes back to the OS even when the program makes no more allocator calls: `auto` starts it (with every signal blocked) the first time 4 MiB wait to be purged, again in a fork child; `1` at the first wait; `0` never (purges then run inside allocator calls).",
+        path: false,
+        parse: |v, o| match (v, parse_01(v)) {
+            (b"auto", _) => set(&mut o.purge_thread, PurgeThread::Auto),
+            (_, Some(true)) => set(&mut o.purge_thread, PurgeThread::On),
+            (_, Some(false)) => set(&mut o.purge_thread, PurgeThread::Off),
+            _ => false,
+        },
+        show: |o, w| {
+            w.write_str(match o.purge_thread {
+                PurgeThread::Auto => "auto",
+                PurgeThread::On => "1",
+                PurgeThread::Off => "0",
+            })
+        },
+    },
+    OptionDesc {
+        name: "DOMALLOC_HUGE_CACHE",
+        default: "128M",
+        doc: "Bytes of freed huge blocks kept per node for reuse (a number with an optional `k`, `M` or `G`), on the node their pages are on (released after 2x the purge delay; hardened builds keep them inaccessible while cached).",
+        path: false,
+        parse: |v, o| parse_size(v).and_then(|n| usize::try_from(n).ok()).map(|n| o.huge_cache = n).is_some(),
+        show: |o, w| write!(w, "{}", SizeSuffix(o.huge_cache as u64)),
+    },
+    OptionDesc {
+        name: "DOMALLOC_FAIL_MAP_EVERY",
+        default: "0",
+        doc: "Fault injection: make every Nth OS mapping fail (0 = off). Mappings are counted from start-up on, its own tables included (the topology's excepted).",
+        path: false,
+        parse: |v, o| parse_u64(v).map(|n| o.fail_map_every = n).is_some(),
+        show: |o, w| write!(w, "{}", o.fail_map_every),
+    },
+    OptionDesc {
+        name: "DOMALLOC_FAIL_MAP_AFTER",
+        default: "0",
+        doc: "Fault injection: make every OS mapping after the Nth fail (0 = off). Mappings are counted from start-up on, its own tables included (the topology's excepted): on Linux the first `malloc` maps 5 (3 tables, the thread's heap, a segment), so N = 5 lets it and other small blocks of that segment succeed and fails the next mapping.",
+        path: false,
+        parse: |v, o| parse_u64(v).map(|n| o.fail_map_after = n).is_some(),
+        show: |o, w| write!(w, "{}", o.fail_map_after),
+    },
 ];
+
+/// Stores `v` in `field`; true (a value the option accepts).
+fn set<T>(field: &mut T, v: T) -> bool {
+    *field = v;
+    true
+}
+
+/// `0` or `1`: the boolean form the README's table shows (`yes`, `true`, `on`... are malformed).
+fn parse_01(v: &[u8]) -> Option<bool> {
+    match v {
+        b"1" => Some(true),
+        b"0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Writes a path (or other bytes) as text, `?` for what is not UTF-8.
+fn show_bytes(w: &mut dyn Write, v: &[u8]) -> fmt::Result {
+    w.write_str(core::str::from_utf8(v).unwrap_or("?"))
+}
+
+/// A size in the options' syntax: `128M`, `64k`, `1G`, or plain bytes.
+struct SizeSuffix(u64);
+
+impl fmt::Display for SizeSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("0"),
+            n if n % (1 << 30) == 0 => write!(f, "{}G", n >> 30),
+            n if n % (1 << 20) == 0 => write!(f, "{}M", n >> 20),
+            n if n % (1 << 10) == 0 => write!(f, "{}k", n >> 10),
+            n => write!(f, "{n}"),
+        }
+    }
+}
 
 /// NUMA mode.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -129,6 +335,9 @@ pub struct Options {
     pub fail_map_every: u64,
     /// `DOMALLOC_FAIL_MAP_AFTER`.
     pub fail_map_after: u64,
+    /// `DOMALLOC_POLICY` named `all`: its mask is every node with memory (set at start-up, once
+    /// the topology is known).
+    policy_all: bool,
 }
 
 impl Options {
@@ -148,115 +357,76 @@ impl Options {
         huge_cache: 128 << 20,
         fail_map_every: 0,
         fail_map_after: 0,
+        policy_all: false,
     };
 
-    /// Reads every option from the environment; malformed values keep the default and are
-    /// reported (once, at start-up) through `bad`.
-    fn parse(bad: &mut dyn FnMut(&'static str, &[u8])) -> Options {
+    /// Reads every option of [`TABLE`] from the environment. A value the option does not accept
+    /// (anything but the forms the table documents: no white space, no sign, nothing beyond
+    /// 2^64) keeps the default and is reported through `bad`; an empty value is as unset.
+    /// Returns the options and, per table entry, where its value came from.
+    fn parse(bad: &mut dyn FnMut(&'static str, &[u8])) -> (Options, [Source; TABLE.len()]) {
         let mut o = Options::DEFAULT;
-        if let Some(v) = getenv(b"DOMALLOC_PURGE_DELAY") {
-            match v {
-                b"never" | b"-1" => o.purge_delay_ms = u64::MAX,
-                _ => match parse_u64(v) {
-                    Some(ms) => o.purge_delay_ms = ms,
-                    None => bad("DOMALLOC_PURGE_DELAY", v),
-                },
+        let mut sources = [Source::Default; TABLE.len()];
+        for (d, src) in TABLE.iter().zip(sources.iter_mut()) {
+            let Some(v) = getenv(d.name.as_bytes()) else { continue };
+            if v.is_empty() {
+                continue;
+            }
+            let mut tried = o;
+            let odd = |c: &u8| c.is_ascii_control() || (!d.path && c.is_ascii_whitespace());
+            if v.iter().any(odd) || !(d.parse)(v, &mut tried) {
+                bad(d.name, v);
+                *src = Source::Malformed;
+            } else {
+                o = tried;
+                *src = Source::Environment;
             }
         }
-        if let Some(v) = getenv(b"DOMALLOC_PURGE") {
-            match v {
-                b"dontneed" => o.purge_mode = PurgeMode::DontNeed,
-                b"free" => o.purge_mode = PurgeMode::Free,
-                _ => bad("DOMALLOC_PURGE", v),
-            }
-        }
-        if let Some(v) = getenv(b"DOMALLOC_THP") {
-            match (v, parse_bool(v)) {
-                (b"segments", _) => (o.thp, o.segment_thp) = (false, true),
-                (_, Some(b)) => (o.thp, o.segment_thp) = (b, b),
-                _ => bad("DOMALLOC_THP", v),
-            }
-        }
-        if let Some(v) = getenv(b"DOMALLOC_NUMA") {
-            match v {
-                b"auto" => o.numa = NumaMode::Auto,
-                _ => match parse_bool(v) {
-                    Some(true) => o.numa = NumaMode::On,
-                    Some(false) => o.numa = NumaMode::Off,
-                    None => bad("DOMALLOC_NUMA", v),
-                },
-            }
-        }
-        if let Some(v) = getenv(b"DOMALLOC_POLICY") {
-            match parse_policy(v) {
-                Some((p, min)) => {
-                    o.policy = p;
-                    o.policy_min_size = min;
-                }
-                None => bad("DOMALLOC_POLICY", v),
-            }
-        }
-        o.topology_root = getenv(b"DOMALLOC_TOPOLOGY_ROOT").filter(|v| !v.is_empty());
-        if let Some(v) = getenv(b"DOMALLOC_STATS") {
-            match (v, parse_bool(v)) {
-                (b"text", _) | (_, Some(true)) => o.stats = StatsFormat::Text,
-                (b"json", _) => o.stats = StatsFormat::Json,
-                (_, Some(false)) => o.stats = StatsFormat::Off,
-                _ => bad("DOMALLOC_STATS", v),
-            }
-        }
-        o.stats_file = getenv(b"DOMALLOC_STATS_FILE").filter(|v| !v.is_empty());
         if o.stats_file.is_some() && o.stats == StatsFormat::Off {
             o.stats = StatsFormat::Text;
         }
-        if let Some(v) = getenv(b"DOMALLOC_VERBOSE") {
-            match parse_bool(v) {
-                Some(b) => o.verbose = b,
-                None => bad("DOMALLOC_VERBOSE", v),
-            }
-        }
-        if let Some(v) = getenv(b"DOMALLOC_PURGE_THREAD") {
-            match (v, parse_bool(v)) {
-                (b"auto", _) => o.purge_thread = PurgeThread::Auto,
-                (_, Some(true)) => o.purge_thread = PurgeThread::On,
-                (_, Some(false)) => o.purge_thread = PurgeThread::Off,
-                _ => bad("DOMALLOC_PURGE_THREAD", v),
-            }
-        }
-        if let Some(v) = getenv(b"DOMALLOC_HUGE_CACHE") {
-            match parse_size(v) {
-                Some(n) => o.huge_cache = n as usize,
-                None => bad("DOMALLOC_HUGE_CACHE", v),
-            }
-        }
-        if let Some(v) = getenv(b"DOMALLOC_FAIL_MAP_EVERY") {
-            match parse_u64(v) {
-                Some(n) => o.fail_map_every = n,
-                None => bad("DOMALLOC_FAIL_MAP_EVERY", v),
-            }
-        }
-        if let Some(v) = getenv(b"DOMALLOC_FAIL_MAP_AFTER") {
-            match parse_u64(v) {
-                Some(n) => o.fail_map_after = n,
-                None => bad("DOMALLOC_FAIL_MAP_AFTER", v),
-            }
-        }
-        o
+        (o, sources)
     }
 }
 
-/// Parses `local`, `bind:0-1`, `preferred:2`, `interleave:0,2@64k`.
+/// Where an option's value came from (for `DOMALLOC_VERBOSE=1`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Source {
+    /// Not set (or set empty).
+    Default,
+    /// The environment.
+    Environment,
+    /// Set, but malformed (or, for a path, holding nothing usable): the default is in force.
+    Malformed,
+}
+
+/// Parses `local`, `bind:0-1`, `preferred:2`, `interleave:0,2@64k` (not `all`: see
+/// [`parse_policy_or_all`]).
 pub fn parse_policy(v: &[u8]) -> Option<(Policy, usize)> {
+    match parse_policy_or_all(v)? {
+        (p, min, false) => Some((p, min)),
+        _ => None,
+    }
+}
+
+/// [`parse_policy`], also taking `all` for the nodes of `bind:` and `interleave:` (as in
+/// `interleave:all@1M`): then the mask returned is empty and the flag true; start-up fills in
+/// every node with memory.
+fn parse_policy_or_all(v: &[u8]) -> Option<(Policy, usize, bool)> {
     let (body, min) = match v.iter().position(|&c| c == b'@') {
-        Some(i) => (&v[..i], parse_size(&v[i + 1..])? as usize),
+        Some(i) => (&v[..i], usize::try_from(parse_size(&v[i + 1..])?).ok()?),
         None => (v, 0),
     };
     let (kind, arg) = match body.iter().position(|&c| c == b':') {
         Some(i) => (&body[..i], &body[i + 1..]),
         None => (body, &b""[..]),
     };
+    let all = arg == b"all";
     let mask = |arg: &[u8]| -> Option<NodeMask> {
         let mut m = NodeMask::empty();
+        if all {
+            return Some(m);
+        }
         let mut ok = true;
         if !crate::util::for_each_in_list(arg, |n| {
             if n >= NodeMask::CAPACITY {
@@ -278,11 +448,13 @@ pub fn parse_policy(v: &[u8]) -> Option<(Policy, usize)> {
         b"preferred" => Policy::Preferred(parse_u64(arg).filter(|&n| (n as usize) < NodeMask::CAPACITY)? as usize),
         _ => return None,
     };
-    Some((p, min))
+    Some((p, min, all && matches!(p, Policy::Bind(_) | Policy::Interleave(_))))
 }
 
 /// Written only by `init`, under the start-up lock, before start-up is published.
 static OPTIONS: SetOnce<Options> = SetOnce::new(Options::DEFAULT);
+/// Where each option's value came from (same writer and rule as `OPTIONS`).
+static SOURCES: SetOnce<[Source; TABLE.len()]> = SetOnce::new([Source::Default; TABLE.len()]);
 
 /// The options in force (defaults before initialisation).
 #[inline]
@@ -290,20 +462,115 @@ pub fn get() -> &'static Options {
     OPTIONS.get()
 }
 
+/// One warning line for a malformed value (cut to 64 bytes).
+fn warn_malformed(name: &str, v: &[u8]) {
+    let v = &v[..v.len().min(64)];
+    os::eprint(format_args!(
+        "domalloc: warning: ignoring {}={} (malformed; using the default)\n",
+        name,
+        core::str::from_utf8(v).unwrap_or("?")
+    ));
+}
+
 /// Reads the environment into the options. Called once by global initialisation, which holds
 /// the init lock and has not yet published initialisation.
+///
+/// Two options need the topology: `DOMALLOC_TOPOLOGY_ROOT` (a directory that holds none is
+/// reported, and the real topology used), and a policy over `all` nodes. The topology is
+/// detected here, which the start-up's own `topology::init` then finds done.
 pub(crate) fn init() {
-    let o = Options::parse(&mut |name, v| {
-        let v = &v[..v.len().min(64)];
-        os::eprint(format_args!(
-            "domalloc: warning: ignoring {}={} (malformed; using the default)\n",
-            name,
-            core::str::from_utf8(v).unwrap_or("?")
-        ));
-    });
+    let (mut o, mut sources) = Options::parse(&mut |name, v| warn_malformed(name, v));
+    if let Some(root) = o.topology_root {
+        if !topology::init_from_root(root) {
+            os::eprint(format_args!(
+                "domalloc: warning: ignoring DOMALLOC_TOPOLOGY_ROOT={} (no topology there: {}/devices/system/cpu/possible cannot be read); using the machine's\n",
+                core::str::from_utf8(&root[..root.len().min(200)]).unwrap_or("?"),
+                core::str::from_utf8(&root[..root.len().min(200)]).unwrap_or("?"),
+            ));
+            o.topology_root = None;
+            if let Some(i) = TABLE.iter().position(|d| d.name == "DOMALLOC_TOPOLOGY_ROOT") {
+                sources[i] = Source::Malformed;
+            }
+        }
+    }
+    // The topology, detected now (once; start-up's own call finds it done): before the fault
+    // injection the options configure is switched on, so its mapping never counts in
+    // DOMALLOC_FAIL_MAP_EVERY / _AFTER, whichever options are set.
+    let detected = topology::init(o.topology_root);
+    if o.policy_all {
+        // Every node with memory.
+        let nodes = if detected { topology::get().memory_nodes() } else { NodeMask::empty() };
+        o.policy = match o.policy {
+            _ if nodes.is_empty() => Policy::Local,
+            Policy::Bind(_) => Policy::Bind(nodes),
+            Policy::Interleave(_) => Policy::Interleave(nodes),
+            p => p,
+        };
+    }
+    if let Some(t) = o.stats_file {
+        warn_unknown_percent(t);
+    }
     // SAFETY: called once by start-up, under its lock, before publication (see `OPTIONS`).
-    unsafe { OPTIONS.set(o) };
+    unsafe {
+        OPTIONS.set(o);
+        SOURCES.set(sources);
+    }
     warn_unknown();
+}
+
+/// One warning for each `%` sequence of a `DOMALLOC_STATS_FILE` template other than `%p`, `%r`,
+/// `%h` and `%%`, saying what is written instead (the two characters as they are).
+fn warn_unknown_percent(t: &[u8]) {
+    let mut i = 0;
+    while i < t.len() {
+        if t[i] == b'%' {
+            match t.get(i + 1) {
+                Some(b'p' | b'r' | b'h' | b'%') => i += 1,
+                next => {
+                    let seq = &t[i..(i + 2).min(t.len())];
+                    os::eprint(format_args!(
+                        "domalloc: warning: DOMALLOC_STATS_FILE={}: unknown sequence {} (known: %p %r %h %%) is written as it is: \"{}\"\n",
+                        core::str::from_utf8(&t[..t.len().min(200)]).unwrap_or("?"),
+                        core::str::from_utf8(seq).unwrap_or("?"),
+                        if next.is_none() { "%" } else { core::str::from_utf8(seq).unwrap_or("?") },
+                    ));
+                }
+            }
+        }
+        i += 1;
+    }
+}
+
+/// Hands `line` one line per option, `domalloc: option NAME=VALUE (where it came from)`, for
+/// `DOMALLOC_VERBOSE=1` (each formatted on the stack).
+pub(crate) fn print_all(line: &mut dyn FnMut(&[u8])) {
+    let o = get();
+    for (d, src) in TABLE.iter().zip(SOURCES.get().iter()) {
+        let mut buf = [0u8; 384];
+        let mut w = crate::util::BufWriter::new(&mut buf);
+        let _ = write!(w, "domalloc: option {}=", d.name);
+        let _ = (d.show)(o, &mut w);
+        let _ = match src {
+            Source::Default => write!(w, " (default)"),
+            Source::Environment => {
+                let raw = getenv(d.name.as_bytes()).unwrap_or(b"");
+                let mut shown = [0u8; 256];
+                let mut sw = crate::util::BufWriter::new(&mut shown);
+                let _ = (d.show)(o, &mut sw);
+                if sw.as_bytes() == raw {
+                    write!(w, " (environment)")
+                } else {
+                    write!(w, " (environment: {})", core::str::from_utf8(&raw[..raw.len().min(128)]).unwrap_or("?"))
+                }
+            }
+            Source::Malformed => {
+                let raw = getenv(d.name.as_bytes()).unwrap_or(b"");
+                write!(w, " (default; the environment's {} is not used: see the warning above)", core::str::from_utf8(&raw[..raw.len().min(64)]).unwrap_or("?"))
+            }
+        };
+        let _ = writeln!(w);
+        line(w.as_bytes());
+    }
 }
 
 /// `DOMALLOC_*` variables read by the launcher, the benchmarks and the test harnesses, not by the

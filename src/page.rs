@@ -449,7 +449,7 @@ pub(crate) unsafe fn next_of_k(page: &Page, b: *mut Block, key: usize) -> *mut B
         // SAFETY: the caller's contract.
         let v = unsafe { (*b).next } as usize ^ b as usize ^ key;
         if v != 0 && !page.is_block(v) {
-            corrupted(b, v);
+            corrupted(page, b);
         }
         v as *mut Block
     }
@@ -526,10 +526,17 @@ pub(crate) unsafe fn is_freed(page: &Page, b: *mut Block) -> bool {
 #[cold]
 #[inline(never)]
 #[cfg_attr(domalloc_plain_links, allow(dead_code))]
-fn corrupted(b: *mut Block, v: usize) -> ! {
+fn corrupted(page: &Page, b: *mut Block) -> ! {
+    // What locates the damage, and nothing from which the link key follows (forked children
+    // share it): not the decoded link (with the block's address and the value written, it gives
+    // the key), nor the raw word (a partial overwrite, as an off-by-one NUL, leaves the other
+    // bytes of the encoded link there).
     os::fatal(format_args!(
-        "malloc(): corrupted free list at {:p}: its link decodes to {:#x}, not a block of its span (heap overflow, write after free or double free)",
-        b, v
+        "malloc(): corrupted free list at {:p}, a free block of {} B (size class {}) in the span at {:p}: its link is not a block of its span (heap overflow, write after free or double free)",
+        b,
+        page.block_size.get(),
+        page.class.get(),
+        page.span_start()
     ))
 }
 

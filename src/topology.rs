@@ -318,14 +318,48 @@ pub fn get() -> &'static Topology {
     TOPOLOGY.get()
 }
 
-/// Detects the process topology. Called once by global initialisation (under its lock).
+/// Whether [`TOPOLOGY`] holds the detected topology (start-up's lock orders the accesses).
+static DETECTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Detects the process topology, once: a second call (start-up after `options::init` needed the
+/// topology) finds it done. Called by global initialisation, under its lock.
 pub(crate) fn init(root: Option<&[u8]>) -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    if DETECTED.load(Relaxed) {
+        return true;
+    }
     match Topology::detect(root) {
         Some(t) => {
-            // SAFETY: called once by start-up, under its lock, before publication.
+            // SAFETY: called by start-up, under its lock, before publication; not set before
+            // (`DETECTED`).
             unsafe { TOPOLOGY.set(t) };
+            DETECTED.store(true, Relaxed);
             true
         }
         None => false,
     }
+}
+
+/// Detects the process topology from the tree at `root` (`DOMALLOC_TOPOLOGY_ROOT`), once. False
+/// if `root` holds no topology the OS layer can read: then nothing is set, and the caller
+/// warns and falls back to the machine's own. A failure to map the tables also returns true
+/// here (start-up's `init` retries and fails as it would have).
+pub(crate) fn init_from_root(root: &[u8]) -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    if DETECTED.load(Relaxed) {
+        return true;
+    }
+    let mut b = Builder { t: Topology::empty(), failed: false };
+    let found = Sys::read_topology(Some(root), &mut b);
+    if b.failed {
+        return true;
+    }
+    if !found || b.t.map.is_null() {
+        return false;
+    }
+    b.t.finish();
+    // SAFETY: called by start-up (options), under its lock, before publication; not set before.
+    unsafe { TOPOLOGY.set(b.t) };
+    DETECTED.store(true, Relaxed);
+    true
 }

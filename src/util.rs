@@ -72,15 +72,6 @@ pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-/// Parses a boolean option: `1/0`, `true/false`, `yes/no`, `on/off`.
-pub(crate) fn parse_bool(s: &[u8]) -> Option<bool> {
-    match trim(s) {
-        b"1" | b"true" | b"yes" | b"on" | b"TRUE" | b"YES" | b"ON" => Some(true),
-        b"0" | b"false" | b"no" | b"off" | b"FALSE" | b"NO" | b"OFF" => Some(false),
-        _ => None,
-    }
-}
-
 /// Strips ASCII whitespace on both ends.
 pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = s {
@@ -214,8 +205,6 @@ mod tests {
         }));
         assert_eq!(&v[..n], &[0, 1, 2, 5, 7, 8]);
         assert!(!for_each_in_list(b"3-1", |_| {}));
-        assert_eq!(parse_bool(b"on"), Some(true));
-        assert_eq!(parse_bool(b"0"), Some(false));
     }
 
     #[test]

@@ -602,3 +602,147 @@ fn cgroup_child() {
     }
     println!("cgroup child: 12 rounds done");
 }
+
+/// Every failure of every C entry point reports `ENOMEM` (glibc's tst-malloc-thread-fail
+/// scenario, written here): eight threads allocate under an address-space limit until the
+/// allocator says no, through `malloc`, `calloc`, `realloc`, `posix_memalign`, `aligned_alloc`,
+/// `memalign`, `valloc` and `pvalloc` in turn, and check the error of every failure. `errno` is
+/// set to `EAGAIN` before each call, as a futex wait or a refused `mmap` inside the allocator
+/// may leave it: whatever the kernel said, the failure must read `ENOMEM`. Three rounds, each
+/// entry point in every thread; the blocks are chained through their first word, so the
+/// harness allocates nothing under the limit; every other round the mappings fail by fault
+/// injection instead, without a system call that would overwrite `errno`. 9545c7b fails on
+/// `posix_memalign`: it returns `ENOMEM` but leaves `errno` at `EAGAIN` (read as glibc's test
+/// reads it).
+#[test]
+fn every_entry_point_fails_with_enomem_under_rlimit_as() {
+    case("every_entry_point_fails_with_enomem_under_rlimit_as", &[], || {
+        use domalloc::c;
+        use std::ffi::c_void;
+        use std::sync::{Arc, Barrier};
+        const THREADS: usize = 8;
+        const FUNCS: [&str; 8] = ["malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc"];
+        fn errno() -> i32 {
+            // SAFETY: the calling thread's errno.
+            unsafe { *libc::__errno_location() }
+        }
+        fn set_errno(e: i32) {
+            // SAFETY: the calling thread's errno.
+            unsafe { *libc::__errno_location() = e };
+        }
+        /// One allocation of `size` through entry point `f`: the block, or on failure what the
+        /// failure said if that was not ENOMEM. (No panic in the threads: the others would
+        /// wait at the barrier for ever.)
+        fn one(f: usize, size: usize) -> Result<*mut c_void, Option<String>> {
+            set_errno(libc::EAGAIN);
+            // SAFETY: plain allocator calls; `realloc` only on our own fresh block.
+            let (p, ret) = unsafe {
+                match f {
+                    0 => (c::malloc(size), 0),
+                    1 => (c::calloc(1, size), 0),
+                    2 => {
+                        let q = c::malloc(16);
+                        if q.is_null() {
+                            (q, 0)
+                        } else {
+                            set_errno(libc::EAGAIN);
+                            let r = c::realloc(q, size);
+                            if r.is_null() {
+                                let e = errno();
+                                c::free(q);
+                                set_errno(e);
+                            }
+                            (r, 0)
+                        }
+                    }
+                    3 => {
+                        let mut out: *mut c_void = std::ptr::null_mut();
+                        match c::posix_memalign(&mut out, 128, size) {
+                            0 => (out, 0),
+                            e => (std::ptr::null_mut(), e),
+                        }
+                    }
+                    4 => (c::aligned_alloc(128, size), 0),
+                    5 => (c::memalign(128, size), 0),
+                    6 => (c::valloc(size), 0),
+                    _ => (c::pvalloc(size), 0),
+                }
+            };
+            if !p.is_null() {
+                return Ok(p);
+            }
+            let e = errno();
+            if e == libc::ENOMEM && (f != 3 || ret == libc::ENOMEM) {
+                return Err(None);
+            }
+            Err(Some(format!("{}({size}) failed with errno {e} (return value {ret}), not ENOMEM ({})", FUNCS[f], libc::ENOMEM)))
+        }
+        let start = Arc::new(Barrier::new(THREADS + 1));
+        let end = Arc::new(Barrier::new(THREADS + 1));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (start, end) = (start.clone(), end.clone());
+                std::thread::Builder::new()
+                    .stack_size(256 << 10)
+                    .spawn(move || {
+                        let sizes = [144usize, 4096, 17 * 4096, 512];
+                        let mut failures = [0usize; 8];
+                        let mut wrong: Option<String> = None;
+                        for round in 0..3 * FUNCS.len() {
+                            start.wait();
+                            let f = (t + round) % FUNCS.len();
+                            let size = sizes[(t + round) % sizes.len()];
+                            let mut head: *mut c_void = std::ptr::null_mut();
+                            loop {
+                                let p = match one(f, size) {
+                                    Ok(p) => p,
+                                    Err(e) => {
+                                        failures[f] += 1;
+                                        wrong = wrong.or(e);
+                                        break;
+                                    }
+                                };
+                                // SAFETY: a fresh block of at least 8 bytes.
+                                unsafe { *(p as *mut *mut c_void) = head };
+                                head = p;
+                            }
+                            end.wait();
+                            while !head.is_null() {
+                                // SAFETY: our own chain of live blocks.
+                                let next = unsafe { *(head as *mut *mut c_void) };
+                                // SAFETY: a live block of ours.
+                                unsafe { c::free(head) };
+                                head = next;
+                            }
+                        }
+                        (failures, wrong)
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let limit = vm_size() + (192 << 20);
+        let r = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: a plain syscall with a valid struct.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &r) }, 0);
+        for round in 0..3 * FUNCS.len() {
+            // Every other round the mappings fail without a system call (fault injection), so
+            // nothing in the kernel overwrites the EAGAIN the thread put in errno.
+            domalloc::set_fault_injection(u64::from(round % 2 == 1), 0);
+            start.wait();
+            end.wait();
+            domalloc::set_fault_injection(0, 0);
+        }
+        let mut total = [0usize; 8];
+        for t in threads {
+            let (failures, wrong) = t.join().unwrap();
+            if let Some(w) = wrong {
+                panic!("{w}");
+            }
+            for (i, n) in failures.iter().enumerate() {
+                total[i] += n;
+            }
+        }
+        assert!(total.iter().all(|&n| n == 3 * THREADS), "every thread failed once per round: {total:?}");
+        println!("ENOMEM from every entry point, {} failures checked", total.iter().sum::<usize>());
+    });
+}

@@ -15,7 +15,7 @@ fn rss() -> usize {
 
 fn child(name: &str) {
     match name {
-        "stats_at_exit" | "verbose" | "malformed" | "unknown_option_warns_with_nearest" | "policy_naming_a_missing_node_warns_and_is_ignored" => {
+        "stats_at_exit" | "verbose" | "malformed" | "every_option_every_form" | "unknown_option_warns_with_nearest" | "policy_naming_a_missing_node_warns_and_is_ignored" => {
             let v: Vec<Vec<u8>> = (0..1000).map(|i| vec![1u8; 10 + i]).collect();
             std::hint::black_box(&v);
         }
@@ -140,3 +140,231 @@ case!(policy_naming_a_missing_node_warns_and_is_ignored, &[("DOMALLOC_POLICY", "
 });
 
 case!(huge_thp_alignment, &[], |_se| {});
+
+/// One child with `env` (plus `DOMALLOC_VERBOSE=1` unless `env` sets it): its stderr.
+fn verbose_child(env: &[(&str, &str)]) -> String {
+    let mut all: Vec<(&str, &str)> = env.to_vec();
+    if !env.iter().any(|(k, _)| *k == "DOMALLOC_VERBOSE") {
+        all.push(("DOMALLOC_VERBOSE", "1"));
+    }
+    run("every_option_every_form", &all).1
+}
+
+fn warnings(se: &str) -> Vec<&str> {
+    se.lines().filter(|l| l.starts_with("domalloc: warning:")).collect()
+}
+
+/// The `DOMALLOC_VERBOSE=1` line of option `name`.
+fn option_line<'a>(se: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("domalloc: option {name}=");
+    se.lines().find(|l| l.starts_with(&prefix))
+}
+
+/// Every option of the README's table, each value form it shows (the value in force then, as
+/// `DOMALLOC_VERBOSE=1` lists it), and malformed values of each: exactly one warning naming the
+/// value, and the default in force (listed as the default). 9545c7b fails here: it lists no
+/// options (one summary line), and takes `DOMALLOC_PURGE_DELAY=-1`, ` 100`, `DOMALLOC_THP=yes`,
+/// `DOMALLOC_NUMA=on`... without a warning, and refuses `interleave:all`.
+#[test]
+fn every_option_every_form() {
+    if let Ok(c) = std::env::var("DOMALLOC_TEST_CHILD") {
+        if c == "every_option_every_form" {
+            child("every_option_every_form");
+        }
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("domalloc-opts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stats_file = format!("{}/stats-%p.txt", dir.display());
+    // (option, value, the value listed as in force)
+    let good: &[(&str, &str, &str)] = &[
+        ("DOMALLOC_PURGE_DELAY", "0", "0"),
+        ("DOMALLOC_PURGE_DELAY", "250", "250"),
+        ("DOMALLOC_PURGE_DELAY", "never", "never"),
+        ("DOMALLOC_PURGE", "dontneed", "dontneed"),
+        ("DOMALLOC_PURGE", "free", "free"),
+        ("DOMALLOC_THP", "segments", "segments"),
+        ("DOMALLOC_THP", "1", "1"),
+        ("DOMALLOC_THP", "0", "0"),
+        ("DOMALLOC_NUMA", "auto", "auto"),
+        ("DOMALLOC_NUMA", "0", "0"),
+        ("DOMALLOC_NUMA", "1", "1"),
+        ("DOMALLOC_POLICY", "local", "local"),
+        ("DOMALLOC_POLICY", "bind:0", "bind:0"),
+        ("DOMALLOC_POLICY", "preferred:0", "preferred:0"),
+        ("DOMALLOC_POLICY", "interleave:0", "interleave:0"),
+        ("DOMALLOC_POLICY", "interleave:0@1M", "interleave:0@1M"),
+        ("DOMALLOC_TOPOLOGY_ROOT", "/sys", "/sys"),
+        ("DOMALLOC_STATS", "0", "0"),
+        ("DOMALLOC_STATS", "1", "text"),
+        ("DOMALLOC_STATS", "text", "text"),
+        ("DOMALLOC_STATS", "json", "json"),
+        ("DOMALLOC_STATS_FILE", &stats_file, &stats_file),
+        ("DOMALLOC_VERBOSE", "1", "1"),
+        ("DOMALLOC_PURGE_THREAD", "auto", "auto"),
+        ("DOMALLOC_PURGE_THREAD", "1", "1"),
+        ("DOMALLOC_PURGE_THREAD", "0", "0"),
+        ("DOMALLOC_HUGE_CACHE", "0", "0"),
+        ("DOMALLOC_HUGE_CACHE", "64k", "64k"),
+        ("DOMALLOC_HUGE_CACHE", "128M", "128M"),
+        ("DOMALLOC_HUGE_CACHE", "1G", "1G"),
+        ("DOMALLOC_HUGE_CACHE", "1000", "1000"),
+        ("DOMALLOC_FAIL_MAP_EVERY", "0", "0"),
+        ("DOMALLOC_FAIL_MAP_EVERY", "1000000", "1000000"),
+        ("DOMALLOC_FAIL_MAP_AFTER", "0", "0"),
+        ("DOMALLOC_FAIL_MAP_AFTER", "1000000", "1000000"),
+    ];
+    // (option, malformed value, the default listed)
+    let bad: &[(&str, &str, &str)] = &[
+        ("DOMALLOC_PURGE_DELAY", "-1", "1000"),
+        ("DOMALLOC_PURGE_DELAY", " 100", "1000"),
+        ("DOMALLOC_PURGE_DELAY", "100 ", "1000"),
+        ("DOMALLOC_PURGE_DELAY", "18446744073709551616", "1000"),
+        ("DOMALLOC_PURGE_DELAY", "soon", "1000"),
+        ("DOMALLOC_PURGE", "DONTNEED", "dontneed"),
+        ("DOMALLOC_THP", "yes", "segments"),
+        ("DOMALLOC_THP", "2", "segments"),
+        ("DOMALLOC_NUMA", "on", "auto"),
+        ("DOMALLOC_POLICY", "interleave:", "local"),
+        ("DOMALLOC_POLICY", "preferred:all", "local"),
+        ("DOMALLOC_POLICY", "bind:0@", "local"),
+        ("DOMALLOC_POLICY", "interleave:0@99999999999999999999", "local"),
+        ("DOMALLOC_POLICY", "interleave:0@20000000000G", "local"),
+        ("DOMALLOC_POLICY", " local", "local"),
+        ("DOMALLOC_STATS", "yes", "0"),
+        ("DOMALLOC_PURGE_THREAD", "on", "auto"),
+        ("DOMALLOC_HUGE_CACHE", "-1", "128M"),
+        ("DOMALLOC_HUGE_CACHE", "64 k", "128M"),
+        ("DOMALLOC_HUGE_CACHE", "1T", "128M"),
+        ("DOMALLOC_HUGE_CACHE", "18446744073709551616", "128M"),
+        ("DOMALLOC_FAIL_MAP_EVERY", "-1", "0"),
+        ("DOMALLOC_FAIL_MAP_AFTER", "x", "0"),
+    ];
+    let mut failures = Vec::new();
+    for &(name, value, shown) in good {
+        let se = verbose_child(&[(name, value)]);
+        let line = option_line(&se, name).unwrap_or("(none)");
+        let want = format!("domalloc: option {name}={shown} (environment");
+        if !line.starts_with(&want) || !warnings(&se).is_empty() {
+            failures.push(format!("{name}={value:?}: expected a line starting {want:?} and no warning; got {line:?}, warnings {:?}", warnings(&se)));
+        }
+        // The other options are listed with their defaults.
+        let n = se.lines().filter(|l| l.starts_with("domalloc: option DOMALLOC_") && l.ends_with(" (default)")).count();
+        let want_n = domalloc::options::TABLE.len() - if name == "DOMALLOC_VERBOSE" { 1 } else { 2 };
+        if n != want_n {
+            failures.push(format!("{name}={value:?}: {n} options listed as defaults, not {want_n}"));
+        }
+    }
+    for &(name, value, default) in bad {
+        let se = verbose_child(&[(name, value)]);
+        let w = warnings(&se);
+        let line = option_line(&se, name).unwrap_or("(none)");
+        let want_warning = format!("domalloc: warning: ignoring {name}={value} (malformed; using the default)");
+        let want = format!("domalloc: option {name}={default} (default; ");
+        if w.len() != 1 || w[0] != want_warning || !line.starts_with(&want) {
+            failures.push(format!("{name}={value:?}: expected one warning {want_warning:?} and {want:?}...; got warnings {w:?}, line {line:?}"));
+        }
+    }
+    // DOMALLOC_VERBOSE malformed: one warning, and no listing (its default is off).
+    let se = verbose_child(&[("DOMALLOC_VERBOSE", "yes")]);
+    if warnings(&se) != ["domalloc: warning: ignoring DOMALLOC_VERBOSE=yes (malformed; using the default)"] || option_line(&se, "DOMALLOC_VERBOSE").is_some() {
+        failures.push(format!("DOMALLOC_VERBOSE=yes: {se}"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), good.len() + bad.len() + 1, failures.join("\n"));
+}
+
+/// `DOMALLOC_POLICY=interleave:all`, `bind:all` and `interleave:all@1M` (the README's
+/// `mpirun -x DOMALLOC_POLICY=interleave:all` recipe) work in the allocator itself, as under
+/// `LD_PRELOAD`: `all` is every node with memory. 9545c7b refuses them as malformed (only the
+/// launcher expanded `all`).
+#[test]
+fn policy_all_nodes() {
+    if let Ok(c) = std::env::var("DOMALLOC_TEST_CHILD") {
+        if c == "every_option_every_form" {
+            child("every_option_every_form");
+        }
+        return;
+    }
+    let t = domalloc::topology::Topology::detect(None).unwrap();
+    let nodes: Vec<String> = t.memory_nodes().iter().map(|n| n.to_string()).collect();
+    let list = nodes.join(",");
+    for (value, kind, min) in [("interleave:all", "interleave", ""), ("bind:all", "bind", ""), ("interleave:all@1M", "interleave", "@1M")] {
+        let se = verbose_child(&[("DOMALLOC_POLICY", value)]);
+        assert!(warnings(&se).is_empty(), "{value}: {se}");
+        let line = option_line(&se, "DOMALLOC_POLICY").unwrap_or("");
+        // The list as the policy prints it (ranges): compare the nodes it names.
+        let shown = line.strip_prefix(&format!("domalloc: option DOMALLOC_POLICY={kind}:")).and_then(|r| r.split(' ').next()).unwrap_or("?");
+        let shown = shown.strip_suffix(min).unwrap_or("?");
+        let mut named = Vec::new();
+        for part in shown.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => named.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+                None => named.push(part.parse::<usize>().unwrap_or(usize::MAX)),
+            }
+        }
+        let want: Vec<usize> = t.memory_nodes().iter().collect();
+        assert_eq!(named, want, "{value}: nodes {list} expected: {line}\n{se}");
+        assert!(line.ends_with(&format!("(environment: {value})")), "{value}: {line}");
+        assert!(se.contains(&format!("; placement: {kind}:")), "{value}: not in force:\n{se}");
+    }
+}
+
+/// A `DOMALLOC_TOPOLOGY_ROOT` that holds no topology: one warning, and the machine's topology
+/// (not a made-up one of 1024 CPUs and 1 byte of memory, as 9545c7b used).
+#[test]
+fn unreadable_topology_root_falls_back_to_the_machine() {
+    if let Ok(c) = std::env::var("DOMALLOC_TEST_CHILD") {
+        if c == "every_option_every_form" {
+            child("every_option_every_form");
+        }
+        return;
+    }
+    let real = verbose_child(&[]);
+    let se = verbose_child(&[("DOMALLOC_TOPOLOGY_ROOT", "/nonexistent/domalloc-test")]);
+    let w = warnings(&se);
+    assert_eq!(w.len(), 1, "{se}");
+    assert!(w[0].starts_with("domalloc: warning: ignoring DOMALLOC_TOPOLOGY_ROOT=/nonexistent/domalloc-test (no topology there"), "{se}");
+    let nodes = |s: &str| s.lines().filter(|l| l.starts_with("domalloc: node ")).map(String::from).collect::<Vec<_>>();
+    assert_eq!(nodes(&se), nodes(&real), "not the machine's topology:\n{se}");
+    assert!(!se.contains("1.0 B of memory") && !se.contains(" 1 B of memory"), "{se}");
+    assert!(option_line(&se, "DOMALLOC_TOPOLOGY_ROOT").unwrap_or("").starts_with("domalloc: option DOMALLOC_TOPOLOGY_ROOT=/sys (default; "), "{se}");
+}
+
+/// Unknown `%` sequences of `DOMALLOC_STATS_FILE`: one warning saying what is written, and the
+/// report written there (9545c7b wrote them without a word).
+#[test]
+fn stats_file_unknown_percent_warns() {
+    if let Ok(c) = std::env::var("DOMALLOC_TEST_CHILD") {
+        if c == "every_option_every_form" {
+            child("every_option_every_form");
+        }
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("domalloc-pct-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = format!("{}/s-%q-%p.txt", dir.display());
+    let se = verbose_child(&[("DOMALLOC_STATS_FILE", &path), ("DOMALLOC_VERBOSE", "0")]);
+    let w = warnings(&se);
+    assert_eq!(w.len(), 1, "{se}");
+    assert!(w[0].contains("unknown sequence %q") && w[0].contains("is written as it is: \"%q\""), "{se}");
+    let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(files.len() == 1 && files[0].starts_with("s-%q-") && !files[0].contains("%p"), "{files:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `DOMALLOC_VERBOSE=1` writes CPU lists as the kernel does (`0-3`), not Rust's `0..3`.
+#[test]
+fn verbose_cpu_lists_in_kernel_syntax() {
+    if let Ok(c) = std::env::var("DOMALLOC_TEST_CHILD") {
+        if c == "every_option_every_form" {
+            child("every_option_every_form");
+        }
+        return;
+    }
+    let se = verbose_child(&[]);
+    let line = se.lines().find(|l| l.starts_with("domalloc: node ")).unwrap_or("");
+    assert!(!line.contains(".."), "{line}");
+    let list = line.rsplit_once('(').map(|(_, r)| r.trim_end_matches(')')).unwrap_or("");
+    assert!(!list.is_empty() && list.chars().all(|c| c.is_ascii_digit() || c == '-' || c == ','), "{line}");
+}

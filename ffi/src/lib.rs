@@ -68,8 +68,8 @@ shims! {
     fn mallinfo2() -> c::Mallinfo2 = c::mallinfo2;
     /// glibc `mallinfo` (deprecated; fields clamped to `INT_MAX`).
     fn mallinfo() -> c::Mallinfo = c::mallinfo;
-    /// glibc `malloc_stats`.
-    fn malloc_stats() = c::malloc_stats;
+    /// glibc `malloc_stats` (not cancellable).
+    fn malloc_stats() = malloc_stats_uncancellable;
 
     /// glibc alias of `malloc`.
     fn __libc_malloc(size: usize) -> *mut c_void = c::malloc;
@@ -98,14 +98,55 @@ shims! {
     fn domalloc_current_node() -> c_int = c::current_node;
     /// Number of NUMA nodes with memory (node ids may be sparse).
     fn domalloc_node_count() -> c_int = c::node_count;
-    /// Prints the statistics report to stderr.
-    fn domalloc_print_stats() = c::print_stats;
+    /// Prints the statistics report to stderr (not cancellable).
+    fn domalloc_print_stats() = print_stats_uncancellable;
 
     /// The library's version, e.g. `"0.2.0"` (a static NUL-terminated string).
     fn domalloc_version() -> *const c_char = domalloc::c::version;
-    /// Writes the statistics report (text) to file descriptor `fd`; 0 on success, -1 on error.
-    fn domalloc_stats_print(fd: c_int) -> c_int = domalloc::c::stats_print;
+    /// Writes the statistics report (text) to file descriptor `fd`; 0 on success, -1 on error
+    /// (not cancellable).
+    fn domalloc_stats_print(fd: c_int) -> c_int = stats_print_uncancellable;
     /// Writes the statistics as one NUL-terminated JSON document into `buf` if it fits in `len`
     /// bytes; returns the length it needs without the NUL (like `snprintf`).
     fn domalloc_stats_json(buf: *mut c_char, len: usize) -> usize = domalloc::c::stats_json;
+}
+
+// ---- printing the report: not a cancellation point ----
+
+extern "C" {
+    // POSIX; the `libc` crate does not declare it for every target.
+    fn pthread_setcancelstate(state: c_int, oldstate: *mut c_int) -> c_int;
+}
+
+/// `PTHREAD_CANCEL_DISABLE` (1 in glibc, musl and the BSDs).
+const PTHREAD_CANCEL_DISABLE: c_int = 1;
+
+/// Runs `f` with the calling thread's cancellation disabled, and restores the state it had. The
+/// report's `write` calls are cancellation points: a deferred `pthread_cancel` acting there would
+/// unwind through the allocator in the middle of a report (glibc's tst-malloc-stats-cancellation);
+/// glibc's `malloc_stats` disables cancellation the same way. A cancel that arrives meanwhile stays
+/// pending and acts at the thread's next cancellation point.
+fn uncancellable<R>(f: impl FnOnce() -> R) -> R {
+    let mut old: c_int = PTHREAD_CANCEL_DISABLE;
+    // SAFETY: a plain libc call with a valid out-pointer; it fails only for an invalid state.
+    let changed = unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) } == 0;
+    let r = f();
+    if changed {
+        let mut ignored: c_int = 0;
+        // SAFETY: as above; `old` is the state the call returned.
+        unsafe { pthread_setcancelstate(old, &mut ignored) };
+    }
+    r
+}
+
+fn malloc_stats_uncancellable() {
+    uncancellable(c::malloc_stats)
+}
+
+fn print_stats_uncancellable() {
+    uncancellable(c::print_stats)
+}
+
+fn stats_print_uncancellable(fd: c_int) -> c_int {
+    uncancellable(|| c::stats_print(fd))
 }
