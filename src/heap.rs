@@ -594,8 +594,8 @@ impl Heap {
         if self.stash_node[slot].get() != node {
             self.give_up_queues(stash);
         }
-        for c in 0..CLASSES {
-            self.queues[c].swap(&stash[c]);
+        for (c, (q, s)) in self.queues.iter().zip(stash).enumerate() {
+            q.swap(s);
             self.sync_bin(c);
         }
         let left = if stash.iter().all(List::is_empty) { NO_NODE } else { self.node.get() };
