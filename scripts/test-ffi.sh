@@ -220,6 +220,20 @@ cc_build options_table "$TESTS/options_table.c" -ldl && run_test c-options-table
 # malloc_stats()/domalloc_stats_print() under a deferred pthread_cancel: the cancel acts between
 # two reports, never inside one (glibc's tst-malloc-stats-cancellation scenario).
 cc_build stats_cancel "$TESTS/stats_cancel.c" -pthread -ldl && run_test c-stats-not-cancellable 60 preload "$WORK/stats_cancel" "$(N 20 100)"
+# Memory back when idle and RSS that follows the payload, with the default options (issues 25
+# and 26): a cached huge block, a huge block realloc'ed down and back, 1 GiB of blocks that exited
+# threads allocated and the main thread freed, and touched blocks of 1 MiB and 128 KiB + 1.
+if cc_build rss_shapes "$TESTS/rss_shapes.c" -fno-builtin -pthread -ldl; then
+    run_test c-idle-huge-block 60 preload "$WORK/rss_shapes" huge
+    run_test c-idle-huge-block-small-calls 60 preload "$WORK/rss_shapes" huge-calls
+    run_test c-idle-realloc-down-and-back 60 preload "$WORK/rss_shapes" realloc
+    run_test c-idle-freed-by-master 60 preload "$WORK/rss_shapes" remote "$(N 256 1024)"
+    run_test c-rss-payload-1mib 60 preload "$WORK/rss_shapes" payload 1048576 300
+    run_test c-rss-payload-128k-plus-1 60 preload "$WORK/rss_shapes" payload 131073 300
+fi
+# A C plugin carrying its own copy of domalloc (libdomalloc.a) survives dlclose, 10 runs of each
+# host mode, plain and under LD_PRELOAD (issue 26).
+run_test c-plugin-survives-dlclose 300 sh "$TESTS/dlclose.sh" "$REL"
 
 # DOMALLOC_STATS=1 prints per-node figures on stderr at exit.
 stats_report() {
