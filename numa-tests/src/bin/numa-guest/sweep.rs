@@ -26,6 +26,7 @@
 //!   `sweep-recycle-faults` (every phase: the recycle round's minor faults under 10% of the pages
 //!   it touched): measured (`INFO`) unless `strict10`. A reusing phase's serial region may get
 //!   blocks the previous phase's workers touched and freed: issue 20 item 3.
+//!
 //! Each phase that misses prints an `INFO pattern=10 miss ...` line with its figures.
 
 use crate::firsttouch::{free, measure, touch, Api, Buf, Round};
