@@ -8,7 +8,7 @@
 //! numa-guest [options] [RUN...]
 //!   RUN            P[:key=value...]  P = pattern 1..10 or `all` (default: all). Keys override the
 //!                  options below for that run: tpn, sizes, large, split, thp, rounds, sizes9, k9,
-//!                  aligned9, seed10, orders10, strict10, info (=1: results are informational, not checks).
+//!                  aligned9, seed10, orders10, strict10, pause10, info (=1: results are informational, not checks).
 //!   --tpn 1,2      threads per node; each run is repeated for each value (default 1,2)
 //!   --sizes L      object sizes for patterns 1-4 (default 16,64,256,1K,4K,16K,64K,256K,1M,4M,mixed)
 //!   --large L      array sizes for pattern 5 (default 2M,8M,32M,64M)
@@ -30,6 +30,7 @@
 //!                  0 = none)
 //!   --seed10 N     pattern 10: the seed of the shuffled order (default: from the clock, printed)
 //!   --orders10 L   pattern 10: orders, `+`-separated (default asc+desc+shuffle)
+//!   --pause10 MS   pattern 10: wait MS ms between phases (an allocator's purge delay passes)
 //!   --strict10 1   pattern 10: also check the phases that reuse a size class and the recycle
 //!                  round's faults (default: measured, INFO)
 //! ```
@@ -156,6 +157,7 @@ mod driver {
             "k9" => cfg.k9 = num(val)?.max(1),
             "aligned9" => cfg.aligned9 = size(val)?,
             "strict10" => cfg.strict10 = val != "0",
+            "pause10" => cfg.pause10 = val.parse().map_err(|_| format!("bad pause10 {val}"))?,
             "seed10" => cfg.seed10 = Some(val.parse().map_err(|_| format!("bad seed10 {val}"))?),
             "orders10" => {
                 cfg.orders10 = val.split('+').map(str::to_string).collect();

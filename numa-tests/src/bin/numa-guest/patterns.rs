@@ -67,6 +67,8 @@ pub struct Config {
     /// Pattern 10: also check the first touch of recycled size classes and the recycle round's
     /// faults (else they are measured, `INFO`).
     pub strict10: bool,
+    /// Pattern 10: milliseconds the main thread waits between phases (0: none).
+    pub pause10: u64,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             seed10: None,
             orders10: vec!["asc".into(), "desc".into(), "shuffle".into()],
             strict10: false,
+            pause10: 0,
         }
     }
 }

@@ -27,6 +27,9 @@
 //!   it touched): measured (`INFO`) unless `strict10`. A reusing phase's serial region may get
 //!   blocks the previous phase's workers touched and freed: issue 20 item 3.
 //!
+//! `pause10=MS`: the main thread waits MS ms between phases (after everything was freed), so
+//! that an allocator's purge delay has passed when the next phase allocates (issue 20 item 3).
+//!
 //! Each phase that misses prints an `INFO pattern=10 miss ...` line with its figures.
 
 use crate::firsttouch::{free, measure, touch, Api, Buf, Round};
@@ -97,7 +100,7 @@ pub fn pattern10(cfg: &Config, topo: &Topology) {
                 "{}{}",
                 if o == "shuffle" { format!("shuffle-{seed}") } else { o.clone() },
                 if cfg.strict10 { ":strict" } else { "" }
-            ),
+            ) + &if cfg.pause10 > 0 { format!(":pause={}", cfg.pause10) } else { String::new() },
             env: None,
             affinity: None,
             mempolicy: None,
@@ -112,11 +115,15 @@ type Phase = [Round; 2];
 /// Runs one order of pattern 10 in this (sub-run) process.
 pub fn run_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> {
     let mut sizes = sweep_sizes();
+    let (sub, pause) = match sub.rsplit_once(":pause=") {
+        Some((s, ms)) => (s, ms.parse::<u64>().map_err(|_| format!("bad pause in {sub}"))?),
+        None => (sub, 0),
+    };
     let (sub, strict) = match sub.strip_suffix(":strict") {
         Some(s) => (s, true),
         None => (sub, false),
     };
-    let cfg = &Config { strict10: strict, ..cfg.clone() };
+    let cfg = &Config { strict10: strict, pause10: pause, ..cfg.clone() };
     let (order, seed) = match sub.split_once('-') {
         Some(("shuffle", s)) => ("shuffle", Some(s.parse::<u64>().map_err(|_| format!("bad seed in {sub}"))?)),
         _ if sub == "asc" || sub == "desc" => (sub, None),
@@ -147,9 +154,10 @@ pub fn run_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> {
         phases.push((size, count, api));
     }
     println!(
-        "INFO pattern=10 order={order} seed={} threads_per_node={} phases={} sizes={}",
+        "INFO pattern=10 order={order} seed={} threads_per_node={} pause_ms={} phases={} sizes={}",
         seed.map_or("-".to_string(), |s| s.to_string()),
         cfg.tpn,
+        cfg.pause10,
         phases.len(),
         phases.iter().map(|p| format_size(p.0)).collect::<Vec<_>>().join(",")
     );
@@ -204,6 +212,10 @@ pub fn run_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> {
             }
             barrier.wait(); // 1
             barrier.wait(); // 2
+            if cfg.pause10 > 0 {
+                // The next phase starts after the allocator's purge delay (`pause10=`).
+                thread::sleep(std::time::Duration::from_millis(cfg.pause10));
+            }
         }
     });
     let label = match seed {
