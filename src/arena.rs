@@ -163,7 +163,10 @@ impl Arena {
         true
     }
 
-    /// Takes a parked empty span of `n` pages and `placement`, or null.
+    /// Takes a parked empty span of `n` pages and `placement`, or null. A span for first touch
+    /// comes back untouched (purged here, one `madvise` for the span: its pages are where its
+    /// last users touched them, and the next user's first touch must place them); its
+    /// `is_zero` says whether it reads as zero.
     pub(crate) fn take_empty(&self, n: usize, placement: SpanPlacement) -> *mut Page {
         if n == 0 || n > EMPTY_SIZES || self.empties.load(Ordering::Relaxed) < n {
             return ptr::null_mut();
@@ -178,6 +181,15 @@ impl Arena {
             self.empties.fetch_sub(n, Ordering::Relaxed);
             // SAFETY: as above.
             unsafe { (*p).next.set(ptr::null_mut()) };
+        }
+        drop(q);
+        if !p.is_null() && placement == SpanPlacement::FirstTouch {
+            // SAFETY: a parked span, ours now, no block handed out. Its `is_zero` says nothing
+            // about what its blocks' users wrote: purge whatever it says.
+            unsafe {
+                (*p).is_zero.set(false);
+                crate::domain::domain((*p).node()).make_untouched(p);
+            }
         }
         p
     }

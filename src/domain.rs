@@ -62,6 +62,9 @@ pub(crate) struct NodeCounters {
     /// Blocks sent to this node's lists by a free on another node (remote frees that went home,
     /// and placed blocks found on this node whose spans belong to another).
     pub(crate) went_home: AtomicU64,
+    /// Spans for first touch that had been used since their last purge and were purged before
+    /// being handed out again (one `madvise` each).
+    pub(crate) fresh_purges: AtomicU64,
     /// Small-block allocations and frees per class, folded in from heaps that exited or moved
     /// (live heaps count their own), whatever node the blocks were on: class totals only.
     pub(crate) class_allocs: [AtomicU64; CLASSES],
@@ -158,9 +161,16 @@ impl Domain {
                 // SAFETY: a new segment of ours, in no list; the lock is held.
                 unsafe { g.segs[placement as usize].push_front(fresh) };
             }
-            if let Some((seg, i)) = find_span(&g.segs[placement as usize], n) {
+            let first_touch = placement == SpanPlacement::FirstTouch;
+            if let Some((seg, i)) = find_span(&g.segs[placement as usize], n, first_touch) {
                 // SAFETY: a live segment of ours under the lock; pages i..i+n are free.
-                return unsafe { self.carve_locked(&mut g, placement, seg, i, n, kind, arena) };
+                let head = unsafe { self.carve_locked(&mut g, placement, seg, i, n, kind, arena) };
+                drop(g);
+                if first_touch {
+                    // SAFETY: the span we just took out of the free set: nobody else uses it.
+                    unsafe { self.make_untouched(head) };
+                }
+                return head;
             }
             drop(g);
             // No room: map a segment outside the lock, then look again (another thread may have
@@ -213,6 +223,32 @@ impl Domain {
             self.counters.pages_in_use.fetch_add(n as u64, Ordering::Relaxed);
             self.counters.note_in_use();
             head
+        }
+    }
+
+    /// Makes a span about to be handed out for first touch untouched memory: a span carved from
+    /// pages that were used since their last purge (still resident where their last user touched
+    /// them, or only lazily freed with `MADV_FREE`) is purged now, with one `madvise` for the
+    /// whole span (never per block). Memory handed out as fresh must be untouched, or the
+    /// kernel's first touch does not place it: the span's history (a run freed in an earlier
+    /// phase of the program, parked, reused for another class) must not decide where its pages
+    /// are. A span that reads as zero (never used, or purged with `MADV_DONTNEED`) costs nothing.
+    ///
+    /// # Safety
+    /// `head` is the head of a span the caller just took (from this domain or a parked cache),
+    /// with no block handed out yet.
+    pub(crate) unsafe fn make_untouched(&self, head: *mut Page) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let h = &*head;
+            if h.is_zero.get() {
+                return;
+            }
+            let bytes = h.span_bytes();
+            let zeroed = os::purge(h.span_start(), bytes, os::PurgeMode::DontNeed);
+            self.counters.purged_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            self.counters.fresh_purges.fetch_add(1, Ordering::Relaxed);
+            h.is_zero.set(zeroed);
         }
     }
 
@@ -510,7 +546,9 @@ pub(crate) unsafe fn init_span(head: *mut Page, n: usize, kind: PageKind) {
 
 /// The first segment of `list` with `n` free pages in a row: a run of still-resident (dirty)
 /// pages among the first few segments with room (no page faults), else the first run that fits.
-fn find_span(list: &List<Segment>, n: usize) -> Option<(*mut Segment, usize)> {
+/// With `untouched` (spans placed by first touch) the preference is the other way round: a run
+/// that reads as zero (never used or purged), so that no `madvise` is needed to hand it out.
+fn find_span(list: &List<Segment>, n: usize, untouched: bool) -> Option<(*mut Segment, usize)> {
     let mut found = None;
     for (looked, seg) in list.iter().enumerate() {
         // SAFETY: segments in the list are live; fields are under the caller's lock.
@@ -520,7 +558,8 @@ fn find_span(list: &List<Segment>, n: usize) -> Option<(*mut Segment, usize)> {
             break; // full segments are at the back
         }
         if looked < DIRTY_SEARCH {
-            if let Some(i) = find_run(free & s.dirty_mask.get(), n) {
+            let preferred = if untouched { free & !s.nonzero_mask.get() } else { free & s.dirty_mask.get() };
+            if let Some(i) = find_run(preferred, n) {
                 return Some((seg, i));
             }
         }

@@ -45,8 +45,10 @@ pub(crate) fn alloc(node: usize, size: usize, zero: bool) -> *mut u8 {
         if !page.is_null() {
             // SAFETY: an unused span of this node, ours now.
             unsafe {
+                // (A first-touch span comes back purged from `take_empty`: it may read as zero.)
+                let zero = placement == SpanPlacement::FirstTouch && (*page).is_zero.get();
                 crate::domain::init_span(page, n, PageKind::Large);
-                (*page).is_zero.set(false);
+                (*page).is_zero.set(zero);
             }
         }
     }

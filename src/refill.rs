@@ -117,11 +117,17 @@ impl Heap {
         if !page.is_null() {
             // SAFETY: an unused span of our node, ours now.
             unsafe {
-                if (*page).kind() == PageKind::Small && (*page).class.get() as usize == c {
-                    return page; // same class: its lists are intact
+                // Same class: its lists are intact, except for a span placed by first touch,
+                // which `take_empty` purged (its blocks are handed out fresh again, by `bump`).
+                if placement != SpanPlacement::FirstTouch
+                    && (*page).kind() == PageKind::Small
+                    && (*page).class.get() as usize == c
+                {
+                    return page;
                 }
+                let zero = placement == SpanPlacement::FirstTouch && (*page).is_zero.get();
                 crate::domain::init_span(page, n, PageKind::Small);
-                (*page).is_zero.set(false);
+                (*page).is_zero.set(zero);
             }
         } else {
             let d = crate::domain::domain(self.node());

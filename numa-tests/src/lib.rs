@@ -217,7 +217,7 @@ impl GuestReport {
     pub fn render(&self) -> String {
         let mut s = String::new();
         // Pattern 9's per-worker fault lines are summed up by `first_touch_table`.
-        for i in self.info.iter().filter(|i| !i.starts_with("INFO pattern=9 recycle-faults")) {
+        for i in self.info.iter().filter(|i| !i.starts_with("INFO pattern=9 recycle-faults") && !i.starts_with("INFO pattern=10 ")) {
             s.push_str(&format!("  {i}\n"));
         }
         match self.summary {
@@ -405,6 +405,59 @@ pub const C_FIRST_TOUCH_APIS: FirstTouchApis<'static> = FirstTouchApis {
     aligned_size: "64K",
     remote: "malloc",
 };
+
+impl GuestReport {
+    /// Pattern 10 (the sweep of issue 20): what is missing for `tpn` workers per node on each of
+    /// `nodes`: a passing `checks` line (e.g. `sweep-first-touch`, `sweep-recycle`) for every order
+    /// (asc, desc, shuffle). Each missing one is described in one string; empty = complete.
+    pub fn sweep_gaps(&self, tpn: usize, checks: &[&str], nodes: &[usize]) -> Vec<String> {
+        let tpn = tpn.to_string();
+        let mut gaps = Vec::new();
+        for order in ["asc", "desc", "shuffle"] {
+            for check in checks {
+                for node in nodes {
+                    let found = self.passes().any(|r| {
+                        r.pattern() == 10
+                            && r.get("threads_per_node") == tpn
+                            && r.get("phase") == *check
+                            && r.get("order") == order
+                            && r.get("pair").rsplit('>').next() == Some(node.to_string().as_str())
+                    });
+                    if !found {
+                        gaps.push(format!("tpn={tpn} order={order} {check} worker node {node}: no passing check"));
+                    }
+                }
+            }
+        }
+        gaps
+    }
+
+    /// Pattern 10 as a table: one row per (threads per node, order, check, worker): the local
+    /// share of all its pages, the worst size's share, how many sizes missed, faults per page.
+    pub fn sweep_table(&self) -> String {
+        let mut s = String::from("  tpn  order    check                    worker  local    worst (size)        misses/phases  faults/page  verdict\n");
+        for r in self.results.iter().filter(|r| r.pattern() == 10 && r.get("size") == "sweep") {
+            s.push_str(&format!(
+                "  {:>3}  {:<7}  {:<23}  {:>6}  {:>6.2}%  {:>6.2}% ({:<8})  {:>6}/{:<6}  {:>11}  {:?}\n",
+                r.get("threads_per_node"),
+                r.get("order"),
+                r.get("phase"),
+                r.get("worker"),
+                r.share() * 100.0,
+                r.get("worst_share").parse::<f64>().unwrap_or(f64::NAN) * 100.0,
+                r.get("worst_size"),
+                r.get("misses"),
+                r.get("phases"),
+                r.get("faults_per_page"),
+                r.verdict
+            ));
+        }
+        for l in self.info.iter().filter(|l| l.starts_with("INFO pattern=10 order=")) {
+            s.push_str(&format!("  {}\n", l.split(" sizes=").next().unwrap_or(l)));
+        }
+        s
+    }
+}
 
 impl GuestReport {
     /// The pattern 9 checks missing from a run with `tpn` threads per node: for each of `nodes`,

@@ -87,14 +87,55 @@ fn c_program() -> PathBuf {
 /// Boots `topology` (with `transparent_hugepage=thp` when given) and runs the C program under
 /// `preload` (`None`: glibc malloc).
 fn boot(topology: &str, preload: Option<&Path>, thp: Option<&str>, args: &[&str]) -> GuestReport {
-    let binary = c_program();
+    boot_program(&c_program(), "c", topology, preload, thp, args)
+}
+
+/// The Rust guest (`numa-guest`) built with glibc malloc as its global allocator
+/// (`--features system`) and linked dynamically, so that `LD_PRELOAD` replaces malloc, calloc,
+/// realloc, posix_memalign and free under it: the same patterns as the static guest, through
+/// the C interface, without a second implementation in C.
+fn rust_guest_dynamic() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let repo = repo();
+        let target_dir =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let t = Instant::now();
+        // Its own target triple directory: the static guest of `tests/guest.rs` is built with
+        // `+crt-static`, this one without.
+        let out = Command::new(cargo)
+            .current_dir(&repo)
+            .args(["build", "--release", "-p", "domalloc-numa-tests", "--bin", "numa-guest", "--features", "system"])
+            .env("CARGO_TARGET_DIR", target_dir.join("dynamic-guest"))
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTFLAGS")
+            .env_remove("RUSTC_WRAPPER")
+            .env_remove("CARGO_MAKEFLAGS")
+            .output()
+            .map_err(|e| format!("running cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("cargo build numa-guest --features system failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let built = target_dir.join("dynamic-guest/release/numa-guest");
+        let dest = workdir().join("numa-guest-dynamic-system");
+        std::fs::copy(&built, &dest).map_err(|e| format!("copy {}: {e}", built.display()))?;
+        eprintln!("built {} in {:.0}s", dest.display(), t.elapsed().as_secs_f64());
+        Ok(dest)
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("cannot build the dynamic Rust guest: {e}"))
+}
+
+/// Boots `topology` and runs `binary` (named `what` in the log's name) under `preload`.
+fn boot_program(binary: &Path, what: &str, topology: &str, preload: Option<&Path>, thp: Option<&str>, args: &[&str]) -> GuestReport {
     let name = if preload.is_some() { "domalloc" } else { "glibc" };
     let _one_at_a_time = serial();
     let timeout = std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| "300".to_string());
-    let log = workdir().join(format!("test-c-{topology}-{name}.log"));
+    let log = workdir().join(format!("test-{what}-{topology}-{name}.log"));
     let t = Instant::now();
     let mut cmd = Command::new(repo().join("scripts/qemu/run-guest.sh"));
-    cmd.arg("--topology").arg(topology).arg("--binary").arg(&binary);
+    cmd.arg("--topology").arg(topology).arg("--binary").arg(binary);
     if let Some(p) = preload {
         cmd.arg("--preload").arg(p);
     }
@@ -123,7 +164,7 @@ fn boot(topology: &str, preload: Option<&Path>, thp: Option<&str>, args: &[&str]
     }
     let report = GuestReport::parse(&console);
     eprintln!(
-        "== C program, {topology} / {name}: {:.0}s, log {}\n{}{}",
+        "== {what} program, {topology} / {name}: {:.0}s, log {}\n{}{}",
         t.elapsed().as_secs_f64(),
         log.display(),
         report.pattern_table(),
@@ -231,4 +272,35 @@ fn c_negative_control_glibc_fails() {
     let failed: Vec<u32> = by.iter().filter(|(_, s)| !s.all_passed()).map(|(p, _)| *p).collect();
     eprintln!("glibc malloc (C program, no preload) fails patterns {failed:?}");
     assert!(!failed.is_empty(), "glibc malloc passed every pattern: the checks cannot fail\n{}", report.render());
+}
+
+/// Pattern 10 (issue 20, the sweep over every size class in one process) through the C
+/// interface: the Rust guest linked dynamically with glibc malloc as its allocator, run under
+/// `LD_PRELOAD=libdomalloc.so` on `2n` (1 and 2 workers per node) and `4n-unequal`; the
+/// checks are those of `tests/guest.rs` (first touch and recycle of every phase whose size class
+/// is new to the process). glibc (no preload) is measured beside it, not checked.
+#[test]
+fn rust_guest_preload_sweep_domalloc() {
+    if skipped() {
+        return;
+    }
+    let so = libdomalloc();
+    let guest = rust_guest_dynamic();
+    let checks = ["sweep-first-touch", "sweep-recycle"];
+    for (topology, tpn, tpns, nodes) in
+        [("2n", "1,2", &[1usize, 2][..], &[0usize, 1][..]), ("4n-unequal", "1", &[1][..], &[0, 1, 2, 3][..])]
+    {
+        let report = boot_program(&guest, "rust-dynamic", topology, Some(&so), None, &["--tpn", tpn, "10:thp=never"]);
+        assert_malloc_from(&report, "libdomalloc.so");
+        eprintln!("Rust guest under LD_PRELOAD, {topology} / domalloc:\n{}", report.sweep_table());
+        for &t in tpns {
+            let gaps = report.sweep_gaps(t, &checks, nodes);
+            assert!(gaps.is_empty(), "{topology}: pattern 10 under LD_PRELOAD:\n{}\n{}", gaps.join("\n"), report.sweep_table());
+        }
+        let s = report.summary.unwrap_or_else(|| panic!("{topology}: no SUMMARY line\n{}", report.render()));
+        assert!(s.failed == 0 && s.crashed == 0 && report.crashes.is_empty(), "{topology}: {}\n{}", report.render(), report.sweep_table());
+    }
+    let glibc = boot_program(&guest, "rust-dynamic", "2n", None, None, &["--tpn", "1", "10:thp=never:info"]);
+    eprintln!("Rust guest, 2n / glibc malloc (informational):\n{}", glibc.sweep_table());
+    assert!(glibc.results.iter().any(|r| r.pattern() == 10), "the glibc sweep produced no result\n{}", glibc.render());
 }

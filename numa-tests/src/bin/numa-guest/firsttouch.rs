@@ -44,11 +44,11 @@ const SMALL_CASES_MAX: usize = 4 << 20;
 /// that are right today; pattern 2 covers remote frees with more objects).
 const NEIGHBOUR_BUFFERS: usize = 1;
 /// Fill byte of `alloc` buffers (`touch_part` writes 0x77 into zeroed ones).
-const FILL: u8 = 0x5a;
+pub(crate) const FILL: u8 = 0x5a;
 
 /// How a buffer is allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Api {
+pub(crate) enum Api {
     /// `alloc` with the alignment malloc gives (16).
     Alloc,
     /// `alloc_zeroed`, alignment 16 (std's System allocator calls calloc for it).
@@ -58,7 +58,7 @@ enum Api {
 }
 
 impl Api {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Api::Alloc => "alloc",
             Api::Zeroed => "alloc_zeroed",
@@ -75,7 +75,7 @@ impl Api {
         Layout::from_size_align(size, align).expect("valid layout")
     }
 
-    fn alloc(self, size: usize) -> Buf {
+    pub(crate) fn alloc(self, size: usize) -> Buf {
         let layout = self.layout(size);
         // SAFETY: size > 0 (sizes are parsed as positive).
         let p = unsafe {
@@ -92,19 +92,19 @@ impl Api {
 
 /// A live buffer (an address, so that it can cross threads).
 #[derive(Clone, Copy, Debug)]
-struct Buf {
-    addr: usize,
-    layout: Layout,
+pub(crate) struct Buf {
+    pub(crate) addr: usize,
+    pub(crate) layout: Layout,
 }
 
-fn free(b: Buf) {
+pub(crate) fn free(b: Buf) {
     // SAFETY: allocated through the global allocator with this layout, freed once.
     unsafe { dealloc(b.addr as *mut u8, b.layout) };
 }
 
 /// Writes every byte of the buffers. `zeroed`: page by page, first byte first (the first touch
 /// places the page), checking that the rest reads as zero; returns the pages that did not.
-fn touch(bufs: &[Buf], zeroed: bool) -> u64 {
+pub(crate) fn touch(bufs: &[Buf], zeroed: bool) -> u64 {
     let mut nonzero = 0;
     for b in bufs {
         if zeroed {
@@ -119,18 +119,18 @@ fn touch(bufs: &[Buf], zeroed: bool) -> u64 {
 
 /// What one worker measured in one round.
 #[derive(Clone, Debug, Default)]
-struct Round {
-    t: Tally,
+pub(crate) struct Round {
+    pub(crate) t: Tally,
     /// The worker's minor faults during the round.
-    minflt: u64,
+    pub(crate) minflt: u64,
     /// The lowest local share of any one buffer.
-    worst: f64,
+    pub(crate) worst: f64,
     /// Buffers whose contents did not survive `realloc`.
     bad_content: u64,
 }
 
 /// Every page of every buffer, counted local when on `node`.
-fn measure(bufs: &[Buf], node: usize) -> Round {
+pub(crate) fn measure(bufs: &[Buf], node: usize) -> Round {
     let mut r = Round { worst: 1.0, ..Default::default() };
     let mut pages = Vec::new();
     for b in bufs {

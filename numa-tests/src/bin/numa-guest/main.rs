@@ -6,9 +6,9 @@
 //!
 //! ```text
 //! numa-guest [options] [RUN...]
-//!   RUN            P[:key=value...]  P = pattern 1..9 or `all` (default: all). Keys override the
+//!   RUN            P[:key=value...]  P = pattern 1..10 or `all` (default: all). Keys override the
 //!                  options below for that run: tpn, sizes, large, split, thp, rounds, sizes9, k9,
-//!                  aligned9, info (=1: results are informational, not checks).
+//!                  aligned9, seed10, orders10, strict10, pause10, info (=1: results are informational, not checks).
 //!   --tpn 1,2      threads per node; each run is repeated for each value (default 1,2)
 //!   --sizes L      object sizes for patterns 1-4 (default 16,64,256,1K,4K,16K,64K,256K,1M,4M,mixed)
 //!   --large L      array sizes for pattern 5 (default 2M,8M,32M,64M)
@@ -28,6 +28,11 @@
 //!   --k9 N         pattern 9 buffers per worker where the size gives no count (default 8)
 //!   --aligned9 S   pattern 9: the size also allocated with a 4 KiB-aligned Layout (default 64K;
 //!                  0 = none)
+//!   --seed10 N     pattern 10: the seed of the shuffled order (default: from the clock, printed)
+//!   --orders10 L   pattern 10: orders, `+`-separated (default asc+desc+shuffle)
+//!   --pause10 MS   pattern 10: wait MS ms between phases (an allocator's purge delay passes)
+//!   --strict10 1   pattern 10: also check the phases that reuse a size class and the recycle
+//!                  round's faults (default: measured, INFO)
 //! ```
 //! Pattern 9 (per-worker first touch, `firsttouch.rs`) runs each (size, api) case, `remote-free`
 //! and `realloc-grow` in a sub-run process of its own.
@@ -43,6 +48,8 @@ mod firsttouch;
 mod patterns;
 #[cfg(target_os = "linux")]
 mod policies;
+#[cfg(target_os = "linux")]
+mod sweep;
 #[cfg(target_os = "linux")]
 mod sys;
 
@@ -149,6 +156,15 @@ mod driver {
             "sizes9" => cfg.sizes9 = sizes9(val)?,
             "k9" => cfg.k9 = num(val)?.max(1),
             "aligned9" => cfg.aligned9 = size(val)?,
+            "strict10" => cfg.strict10 = val != "0",
+            "pause10" => cfg.pause10 = val.parse().map_err(|_| format!("bad pause10 {val}"))?,
+            "seed10" => cfg.seed10 = Some(val.parse().map_err(|_| format!("bad seed10 {val}"))?),
+            "orders10" => {
+                cfg.orders10 = val.split('+').map(str::to_string).collect();
+                if let Some(o) = cfg.orders10.iter().find(|o| !matches!(o.as_str(), "asc" | "desc" | "shuffle")) {
+                    return Err(format!("bad order {o} in orders10 (asc, desc, shuffle)"));
+                }
+            }
             _ => return Err(format!("unknown option {key}")),
         }
         Ok(())
@@ -214,7 +230,7 @@ mod driver {
     /// Prints the `INFO` lines that describe the machine (kernel, topology, THP, memory).
     fn describe_machine(topo: &sys::Topology) {
         let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        println!("INFO allocator={} kernel={}", crate::ALLOCATOR, uname.trim());
+        println!("INFO allocator={} malloc_from={} kernel={}", crate::ALLOCATOR, sys::malloc_from(), uname.trim());
         println!("INFO topology {}", topo.describe());
         println!("INFO thp={} numa_balancing={} rss_now={}K", sys::thp_mode(), sys::numa_balancing(), sys::rss_bytes() / 1024);
         println!("INFO memfree {}", sys::node_free());
@@ -241,12 +257,12 @@ mod driver {
                 })
                 .collect();
             let pats: Vec<u32> = if pat == "all" {
-                vec![1, 2, 3, 4, 5, 6, 7, 8, 9]
+                vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
             } else {
                 vec![pat.parse().map_err(|_| format!("bad run {r}"))?]
             };
             for p in pats {
-                if !(1..=9).contains(&p) {
+                if !(1..=10).contains(&p) {
                     return Err(format!("no pattern {p}"));
                 }
                 plan.push((p, kv.clone()));

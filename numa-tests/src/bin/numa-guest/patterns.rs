@@ -60,6 +60,15 @@ pub struct Config {
     pub k9: usize,
     /// Pattern 9: the size also allocated with a 4 KiB-aligned `Layout` (0: none).
     pub aligned9: usize,
+    /// Pattern 10: the shuffle's seed (None: from the clock, printed).
+    pub seed10: Option<u64>,
+    /// Pattern 10: the orders run, one sub-run each (`asc`, `desc`, `shuffle`).
+    pub orders10: Vec<String>,
+    /// Pattern 10: also check the first touch of recycled size classes and the recycle round's
+    /// faults (else they are measured, `INFO`).
+    pub strict10: bool,
+    /// Pattern 10: milliseconds the main thread waits between phases (0: none).
+    pub pause10: u64,
 }
 
 impl Default for Config {
@@ -91,6 +100,10 @@ impl Default for Config {
                 .collect(),
             k9: 8,
             aligned9: 64 * k,
+            seed10: None,
+            orders10: vec!["asc".into(), "desc".into(), "shuffle".into()],
+            strict10: false,
+            pause10: 0,
         }
     }
 }
@@ -319,6 +332,7 @@ pub fn run(p: u32, cfg: &Config, topo: &Topology) -> Result<(), String> {
         7 => crate::policies::pattern7(cfg, topo),
         8 => crate::policies::pattern8(cfg, topo),
         9 => crate::firsttouch::pattern9(cfg, topo),
+        10 => crate::sweep::pattern10(cfg, topo),
         _ => return Err(format!("no pattern {p}")),
     }
     Ok(())

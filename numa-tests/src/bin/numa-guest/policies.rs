@@ -715,6 +715,9 @@ pub fn run_sub(p: u32, sub: &str, cfg: &Config, topo: &Topology) -> Result<(), S
         // Runs on any topology (one CPU node: every worker is local); the parent skips it there.
         return crate::firsttouch::run_sub(cfg, topo, sub);
     }
+    if p == 10 {
+        return crate::sweep::run_sub(cfg, topo, sub);
+    }
     if two_nodes(topo).is_none() {
         return Err("needs two CPU nodes".to_string());
     }

@@ -382,3 +382,17 @@ pub fn thread_minflt() -> u64 {
     }
     ru.ru_minflt as u64
 }
+
+/// The file that provides `malloc` to this process (`dladdr`): the program itself when it is
+/// linked statically, `libc.so.6`, or a library preloaded in front of it (`libdomalloc.so`).
+pub fn malloc_from() -> String {
+    // SAFETY: `Dl_info` is plain data (pointers and integers): all-zero is a valid value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the address and fills `info`; `malloc` is a function of this process.
+    let ok = unsafe { libc::dladdr(libc::malloc as *const libc::c_void, &mut info) };
+    if ok == 0 || info.dli_fname.is_null() {
+        return "-".to_string();
+    }
+    // SAFETY: a NUL-terminated path owned by the dynamic loader.
+    unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().replace(' ', "_")
+}

@@ -1,0 +1,144 @@
+//! Issue 20: memory handed out as fresh for first touch is untouched, whatever the span's history.
+//!
+//! On a (fake) two-node machine, blocks of 16 KiB and more are placed by the kernel's first
+//! touch: the allocator hands them out from a bump pointer over memory it says is fresh and
+//! writes nothing into them. That memory must really be untouched: a span that an earlier phase
+//! of the program used and freed (parked in its arena, or back in its domain as dirty pages)
+//! and that is carved again, for another size class, before the purge delay ran out still has
+//! its pages where that phase's threads touched them, so the next user's first touch would place
+//! nothing. Here one thread uses and frees every other size class, and large blocks, then
+//! allocates the classes and large sizes it never used: `mincore` must report none of their pages
+//! resident before they are touched.
+//!
+//! Pages cannot be on two nodes here (one physical node): residency is what is checked; the
+//! guests of numa-tests/ (pattern 10) check where the pages go.
+
+// SAFETY (all unsafe blocks in this file): raw allocator calls on blocks the test itself
+// allocated and still owns, and `mincore` on whole pages of such blocks.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
+use std::process::Command;
+
+#[global_allocator]
+static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
+
+const PAGE: usize = 4096;
+
+fn pin(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+    std::thread::yield_now();
+}
+
+/// Resident pages among the whole pages of `[p, p + len)`.
+fn resident(p: *mut u8, len: usize) -> usize {
+    let lo = (p as usize).div_ceil(PAGE) * PAGE;
+    let hi = (p as usize + len) / PAGE * PAGE;
+    if hi <= lo {
+        return 0;
+    }
+    let mut v = vec![0u8; (hi - lo) / PAGE];
+    assert_eq!(unsafe { libc::mincore(lo as *mut libc::c_void, hi - lo, v.as_mut_ptr()) }, 0);
+    v.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+/// The small classes placed by first touch (16 KiB .. 128 KiB), and large sizes.
+fn sizes() -> (Vec<usize>, Vec<usize>) {
+    use domalloc::size_class::{class_size, CLASSES, PLACED_MIN_CLASS};
+    let small = (PLACED_MIN_CLASS..CLASSES).map(class_size).collect();
+    // Large blocks (one span of 64 KiB pages each): 3, 4, 5, ... 15 pages.
+    let large = (3..=15).map(|p| (p << 16) - 1000).collect();
+    (small, large)
+}
+
+fn use_and_free(size: usize, n: usize) {
+    let l = Layout::from_size_align(size, 16).unwrap();
+    let v: Vec<*mut u8> = (0..n).map(|_| unsafe { alloc(l) }).collect();
+    for &p in &v {
+        assert!(!p.is_null());
+        unsafe { std::ptr::write_bytes(p, 0x5a, size) };
+    }
+    for p in v {
+        unsafe { dealloc(p, l) };
+    }
+}
+
+/// Phase 1 uses and frees every other size; phase 2 allocates the others, which this process
+/// never served before: their memory must be untouched (fresh or purged).
+fn scenario_fresh_is_untouched() {
+    assert!(domalloc::numa_enabled(), "fake topology not picked up");
+    pin(0);
+    let (small, large) = sizes();
+    let (mut used, mut fresh) = (Vec::new(), Vec::new());
+    for list in [&small, &large] {
+        for (i, &s) in list.iter().enumerate() {
+            if i % 2 == 0 { used.push(s) } else { fresh.push(s) }
+        }
+    }
+    for &s in &used {
+        use_and_free(s, 8);
+    }
+    let mut bad = Vec::new();
+    for (k, &s) in fresh.iter().enumerate() {
+        let l = Layout::from_size_align(s, 16).unwrap();
+        let zeroed = k % 2 == 1;
+        let v: Vec<*mut u8> = (0..8).map(|_| unsafe { if zeroed { alloc_zeroed(l) } else { alloc(l) } }).collect();
+        let (pages, res): (usize, usize) = v.iter().fold((0, 0), |(a, b), &p| (a + s / PAGE, b + resident(p, s)));
+        if res > 0 {
+            bad.push(format!("size {s} ({}): {res} of ~{pages} pages already resident", if zeroed { "zeroed" } else { "alloc" }));
+        }
+        for &p in &v {
+            unsafe { dealloc(p, l) };
+        }
+    }
+    assert!(bad.is_empty(), "memory handed out as fresh was touched before:\n{}", bad.join("\n"));
+}
+
+fn fake_topology() -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("domalloc-first-touch-fresh-{}", std::process::id()));
+    let n = root.join("devices/system/node");
+    std::fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
+    std::fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
+    for (id, dist) in [(0, "10 20"), (1, "20 10")] {
+        let d = n.join(format!("node{id}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cpulist"), format!("{id}\n")).unwrap();
+        std::fs::write(d.join("distance"), format!("{dist}\n")).unwrap();
+        std::fs::write(d.join("meminfo"), format!("Node {id} MemTotal: 1048576 kB\n")).unwrap();
+    }
+    for f in ["possible", "online", "has_memory"] {
+        std::fs::write(n.join(f), "0-1\n").unwrap();
+    }
+    root
+}
+
+#[test]
+fn fresh_is_untouched() {
+    let name = "fresh_is_untouched";
+    if std::env::var("DOMALLOC_TEST_SCENARIO").is_ok() {
+        scenario_fresh_is_untouched();
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipping: needs 2 CPUs");
+        return;
+    }
+    let root = fake_topology();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("DOMALLOC_TEST_SCENARIO", name)
+        .env("DOMALLOC_TOPOLOGY_ROOT", &root)
+        .env("DOMALLOC_NUMA", "1")
+        // Freed spans stay unpurged through the test (the window where they were reused as fresh).
+        .env("DOMALLOC_PURGE_DELAY", "never")
+        .env("DOMALLOC_PURGE_THREAD", "0")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(out.status.success(), "scenario failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "scenario did not run");
+}
