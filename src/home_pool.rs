@@ -25,6 +25,8 @@ use crate::segment::{self, PAGES};
 use crate::size_class::{class_size, CLASSES, PLACED_MIN_CLASS};
 
 const SMALL: usize = CLASSES - PLACED_MIN_CLASS;
+const SMALL_WORDS: usize = SMALL.div_ceil(64);
+static_assertions::const_assert!(PAGES <= 64);
 
 pub(crate) struct Lists {
     small: [*mut Block; SMALL],
@@ -40,6 +42,10 @@ pub(crate) struct HomePool {
     lists: Lock<Lists>,
     /// Entries held (a hint read without the lock).
     count: AtomicU64,
+    /// Bit `i % 64` of word `i / 64`: small list `i` is not empty; word `SMALL_WORDS`: large
+    /// list `n` is not empty (changed under the lock, read without it), so that a refill of one
+    /// class takes no lock for a pool holding blocks of other classes only.
+    nonempty: [AtomicU64; SMALL_WORDS + 1],
     /// When the pool was last used (ms).
     last_use: AtomicU64,
 }
@@ -55,6 +61,23 @@ impl HomePool {
         self.count.load(Ordering::Relaxed) == 0
     }
 
+    /// Marks list `bit` (small list `i` is bit `i`, large list `n` is bit `64 * SMALL_WORDS + n`)
+    /// as holding entries or not. Called under the lock.
+    fn mark(&self, bit: usize, nonempty: bool) {
+        let (w, m) = (&self.nonempty[bit / 64], 1u64 << (bit % 64));
+        if nonempty {
+            w.fetch_or(m, Ordering::Relaxed);
+        } else {
+            w.fetch_and(!m, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether list `bit` (see [`Self::mark`]) may hold entries (a hint: no lock).
+    #[inline]
+    fn may_have(&self, bit: usize) -> bool {
+        self.nonempty[bit / 64].load(Ordering::Relaxed) & 1 << (bit % 64) != 0
+    }
+
     /// Keeps placed block `b` (of class `c`, in use from its span's view).
     ///
     /// # Safety
@@ -67,6 +90,7 @@ impl HomePool {
         unsafe { page::set_next(b, *slot) };
         *slot = b;
         g.trimmed = false;
+        self.mark(c - PLACED_MIN_CLASS, true);
         drop(g);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.last_use.store(Sys::now_ms(), Ordering::Relaxed);
@@ -74,7 +98,7 @@ impl HomePool {
 
     /// Takes a pooled block of class `c` (its first word cleared), or null.
     pub(crate) fn take_block(&self, c: usize) -> *mut Block {
-        if self.is_empty() {
+        if !self.may_have(c - PLACED_MIN_CLASS) {
             return ptr::null_mut();
         }
         let mut g = self.lists.lock();
@@ -90,6 +114,9 @@ impl HomePool {
             let raw = (*b).next as usize ^ b as usize ^ page::link_key();
             *slot = raw as *mut Block;
             (*b).next = ptr::null_mut();
+        }
+        if g.small[c - PLACED_MIN_CLASS].is_null() {
+            self.mark(c - PLACED_MIN_CLASS, false);
         }
         drop(g);
         self.count.fetch_sub(1, Ordering::Relaxed);
@@ -108,6 +135,7 @@ impl HomePool {
         // SAFETY: as above; linked through the descriptor.
         unsafe { (*page).next.set(g.large[n]) };
         g.large[n] = page;
+        self.mark(64 * SMALL_WORDS + n, true);
         drop(g);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.last_use.store(Sys::now_ms(), Ordering::Relaxed);
@@ -115,7 +143,7 @@ impl HomePool {
 
     /// Takes a pooled large span of exactly `n` pages, or null.
     pub(crate) fn take_large(&self, n: usize) -> *mut Page {
-        if self.is_empty() || n >= PAGES {
+        if n >= PAGES || !self.may_have(64 * SMALL_WORDS + n) {
             return ptr::null_mut();
         }
         let mut g = self.lists.lock();
@@ -123,6 +151,9 @@ impl HomePool {
         if !p.is_null() {
             // SAFETY: a pooled span of ours.
             g.large[n] = unsafe { (*p).next.get() };
+            if g.large[n].is_null() {
+                self.mark(64 * SMALL_WORDS + n, false);
+            }
             drop(g);
             self.count.fetch_sub(1, Ordering::Relaxed);
             self.last_use.store(Sys::now_ms(), Ordering::Relaxed);
@@ -143,6 +174,7 @@ impl HomePool {
             for n in 0..PAGES {
                 let mut p = g.large[n];
                 g.large[n] = ptr::null_mut();
+                self.mark(64 * SMALL_WORDS + n, false);
                 while !p.is_null() {
                     // SAFETY: pooled spans of ours.
                     let next = unsafe { (*p).next.get() };
@@ -179,6 +211,7 @@ impl HomePool {
                 // SAFETY: `tail` ends our list; relink it in front of what arrived meanwhile.
                 unsafe { page::set_next(tail, *slot) };
                 *slot = head;
+                self.mark(i, true);
             }
         }
         while !large.is_null() {
