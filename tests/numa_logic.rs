@@ -223,8 +223,10 @@ fn scenario_node_targeted() {
     assert_eq!(domalloc::node_of(v.as_ptr().cast()), Some(1));
     std::thread::spawn(move || unsafe { domalloc::raw::free(p as *mut u8) }).join().unwrap();
 }
-fn fake_topology() -> std::path::PathBuf {
-    let root = std::env::temp_dir().join(format!("domalloc-numa-logic-{}", std::process::id()));
+/// A fake two-node sysfs tree of its own for scenario `name` (the tests run in parallel: a
+/// shared tree rewritten by one test while another's child reads it gave a half-written file).
+fn fake_topology(name: &str) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("domalloc-numa-logic-{}-{name}", std::process::id()));
     let n = root.join("devices/system/node");
     std::fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
     std::fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
@@ -252,7 +254,7 @@ fn run(name: &str) {
         eprintln!("skipping: needs 2 CPUs");
         return;
     }
-    let root = fake_topology();
+    let root = fake_topology(name);
     let out = Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("DOMALLOC_TEST_SCENARIO", name)
@@ -263,6 +265,7 @@ fn run(name: &str) {
         .env("DOMALLOC_PURGE_THREAD", "0")
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&root);
     assert!(out.status.success(), "scenario {name} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "scenario {name} did not run");
 }
