@@ -238,6 +238,12 @@ impl Domain {
     /// `head` is the head of a span the caller just took (from this domain or a parked cache),
     /// with no block handed out yet.
     pub(crate) unsafe fn make_untouched(&self, head: *mut Page) {
+        // On one node there is nothing to place: first-touch spans exist there only to keep large
+        // blocks out of huge pages, and purging a reused one would only fault its pages in again
+        // (rptest: 44,000 -> 692,000 page faults, 1.6x the time).
+        if !crate::config::numa_enabled() {
+            return;
+        }
         // SAFETY: the caller's contract.
         unsafe {
             let h = &*head;
