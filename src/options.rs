@@ -130,6 +130,17 @@ pub const TABLE: &[OptionDesc] = &[
         show: |o, w| show_bytes(w, o.topology_root.unwrap_or(b"/sys")),
     },
     OptionDesc {
+        name: "DOMALLOC_HBW_NODES",
+        default: "detected",
+        doc: "The high-bandwidth nodes (`hbw_malloc` and the fast tier) as a node list (`4-5`), replacing what HMAT says; unset, memkind's `MEMKIND_HBW_NODES` is honoured the same way.",
+        path: false,
+        parse: |v, o| parse_node_list(v).map(|m| o.hbw_nodes = Some(m)).is_some(),
+        show: |o, w| match &o.hbw_nodes {
+            Some(m) => write!(w, "{m}"),
+            None => w.write_str("detected"),
+        },
+    },
+    OptionDesc {
         name: "DOMALLOC_STATS",
         default: "0",
         doc: "Statistics report at exit: `1` or `text` (aligned tables), `json` (one JSON document); to stderr or `DOMALLOC_STATS_FILE`.",
@@ -335,6 +346,8 @@ pub struct Options {
     pub fail_map_every: u64,
     /// `DOMALLOC_FAIL_MAP_AFTER`.
     pub fail_map_after: u64,
+    /// `DOMALLOC_HBW_NODES` (or `MEMKIND_HBW_NODES`): the high-bandwidth nodes; `None`: from HMAT.
+    pub hbw_nodes: Option<NodeMask>,
     /// `DOMALLOC_POLICY` named `all`: its mask is every node with memory (set at start-up, once
     /// the topology is known).
     policy_all: bool,
@@ -357,6 +370,7 @@ impl Options {
         huge_cache: 128 << 20,
         fail_map_every: 0,
         fail_map_after: 0,
+        hbw_nodes: None,
         policy_all: false,
     };
 
@@ -451,6 +465,14 @@ fn parse_policy_or_all(v: &[u8]) -> Option<(Policy, usize, bool)> {
     Some((p, min, all && matches!(p, Policy::Bind(_) | Policy::Interleave(_))))
 }
 
+/// A node list (`0-3,6`): not empty, every id below [`NodeMask::CAPACITY`].
+fn parse_node_list(v: &[u8]) -> Option<NodeMask> {
+    let mut m = NodeMask::empty();
+    let mut ok = true;
+    let listed = crate::util::for_each_in_list(v, |n| if n < NodeMask::CAPACITY { m.insert(n) } else { ok = false });
+    (listed && ok && !m.is_empty()).then_some(m)
+}
+
 /// Written only by `init`, under the start-up lock, before start-up is published.
 static OPTIONS: SetOnce<Options> = SetOnce::new(Options::DEFAULT);
 /// Where each option's value came from (same writer and rule as `OPTIONS`).
@@ -506,6 +528,18 @@ pub(crate) fn init() {
             Policy::Interleave(_) => Policy::Interleave(nodes),
             p => p,
         };
+    }
+    if o.hbw_nodes.is_none() {
+        // memkind's variable, for programs and sites that set it already.
+        if let Some(v) = getenv(b"MEMKIND_HBW_NODES").filter(|v| !v.is_empty()) {
+            o.hbw_nodes = parse_node_list(v);
+            if o.hbw_nodes.is_none() {
+                warn_malformed("MEMKIND_HBW_NODES", v);
+            }
+        }
+    }
+    if let (Some(m), true) = (&o.hbw_nodes, detected) {
+        topology::override_hbw_nodes(m);
     }
     if let Some(t) = o.stats_file {
         warn_unknown_percent(t);
@@ -635,6 +669,15 @@ mod tests {
         assert!(parse_policy(b"bind:").is_none());
         assert!(parse_policy(b"bogus").is_none());
         assert!(parse_policy(b"bind:5000").is_none());
+    }
+
+    #[test]
+    fn hbw_node_lists_parse() {
+        assert_eq!(parse_node_list(b"4-5").map(|m| m.iter().collect::<std::vec::Vec<_>>()), Some(std::vec![4, 5]));
+        assert_eq!(parse_node_list(b"2,3").map(|m| m.len()), Some(2));
+        assert!(parse_node_list(b"").is_none());
+        assert!(parse_node_list(b"x").is_none());
+        assert!(parse_node_list(b"5000").is_none());
     }
 
     #[test]
