@@ -3,7 +3,7 @@
 #
 #   lib/libdomalloc.so.X.Y.Z, libdomalloc.so.X -> it, libdomalloc.so -> it   (SONAME libdomalloc.so.X)
 #   lib/libdomalloc.a                  exports only ffi/exports.txt (no Rust runtime symbols)
-#   include/domalloc.h
+#   include/domalloc.h, include/hbwmalloc.h (memkind's hbwmalloc(3) interface)
 #   lib/pkgconfig/domalloc.pc          shared; domalloc-static.pc: libdomalloc.a
 #   lib/cmake/domalloc/                find_package(domalloc): domalloc::domalloc, domalloc::domalloc_static
 #   share/man/man1/domalloc.1, share/man/man3/domalloc.3 (+ one page name per function)
@@ -121,6 +121,7 @@ make_static_lib "$TARGET/libdomalloc.a" "$D$LIBDIR/libdomalloc.a.tmp"
 mv -f "$D$LIBDIR/libdomalloc.a.tmp" "$D$LIBDIR/libdomalloc.a"
 chmod 644 "$D$LIBDIR/libdomalloc.a"
 install -m 644 "$ROOT/include/domalloc.h" "$D$INCLUDEDIR/domalloc.h"
+install -m 644 "$ROOT/include/hbwmalloc.h" "$D$INCLUDEDIR/hbwmalloc.h"
 
 # pkg-config: paths relative to the .pc file's folder.
 PC_PREFIX="\${pcfiledir}/$(rel "$LIBDIR/pkgconfig" "$PREFIX")"
