@@ -78,8 +78,8 @@ sparse      online nodes 0,1,3 (node 2 possible but offline): node0 CPUs 0-1 256
 4n2         4 nodes x 2 CPUs, 256M each (bench --guest)
 8n2         8 nodes x 2 CPUs, 192M each (bench --guest: the nearest thing here to a many-core node)
 hmat2s      two sockets with memory tiers, described by ACPI HMAT (-machine hmat=on): node0 DDR,
-            CPUs 0-1, 256M; node1 DDR, CPUs 2-3, 256M; node2 HBM-like, no CPUs, 128M, near
-            node0; node3 HBM-like, no CPUs, 128M, near node1. HMAT (ns, bytes/s): local DDR
+            CPUs 0-1, 256M; node1 DDR, CPUs 2-3, 256M; node2 HBM-like, no CPUs, 320M, near
+            node0; node3 HBM-like, no CPUs, 320M, near node1 (big enough for a 256M hbw_malloc). HMAT (ns, bytes/s): local DDR
             100ns 20G, local HBM 110ns 80G, the other socket's DDR/HBM 200ns 10G. SLIT: local
             10, DDR-near HBM 12, other socket 21 (23 to its HBM).
 hmat2s-cxl  hmat2s plus node4: CXL-like, no CPUs, 256M, far from both sockets (300ns 5G; SLIT 30)
@@ -186,14 +186,14 @@ case "$topology" in
         # Two sockets, each a DDR node with CPUs and a CPU-less high-bandwidth node beside it;
         # the -cxl variant adds a CPU-less capacity node far from both. The tiers are told to
         # the guest kernel only through HMAT (bandwidth, latency) and SLIT (distances).
-        machine=pc,hmat=on; mem=768; smp="4,sockets=2,cores=2"
+        machine=pc,hmat=on; mem=1152; smp="4,sockets=2,cores=2"
         numa=(-object memory-backend-ram,id=m0,size=256M -object memory-backend-ram,id=m1,size=256M
-              -object memory-backend-ram,id=m2,size=128M -object memory-backend-ram,id=m3,size=128M
+              -object memory-backend-ram,id=m2,size=320M -object memory-backend-ram,id=m3,size=320M
               -numa node,nodeid=0,cpus=0-1,memdev=m0 -numa node,nodeid=1,cpus=2-3,memdev=m1
               -numa node,nodeid=2,memdev=m2,initiator=0 -numa node,nodeid=3,memdev=m3,initiator=1)
         targets=(0 1 2 3)
         [ "$topology" = hmat2s-cxl ] && {
-            mem=1024; targets+=(4)
+            mem=1408; targets+=(4)
             numa+=(-object memory-backend-ram,id=m4,size=256M -numa node,nodeid=4,memdev=m4,initiator=0)
         }
         # lat_bw INITIATOR TARGET: "latency(ns) bandwidth" and the SLIT distance.
