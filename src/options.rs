@@ -104,16 +104,29 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc {
         name: "DOMALLOC_POLICY",
         default: "local",
-        doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`); `<nodes>` is a list such as `0-3,6` or `all` (every node with memory).",
+        doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`); `<nodes>` is a list such as `0-3,6` or `all` (every node with memory). `hbw[:<budget>][<<size>]`: blocks below `<size>` (default 1M) on the high-bandwidth node nearest the allocating thread, up to `<budget>` bytes per process (default: no limit), then on the thread's own node; bigger blocks local.",
         path: false,
-        parse: |v, o| match parse_policy_or_all(v) {
-            Some((p, min, all)) => {
-                (o.policy, o.policy_min_size, o.policy_all) = (p, min, all);
-                true
+        parse: |v, o| {
+            if let Some(t) = parse_tier(v) {
+                (o.policy, o.policy_min_size, o.policy_all, o.tier) = (Policy::Local, 0, false, Some(t));
+                return true;
             }
-            None => false,
+            match parse_policy_or_all(v) {
+                Some((p, min, all)) => {
+                    (o.policy, o.policy_min_size, o.policy_all, o.tier) = (p, min, all, None);
+                    true
+                }
+                None => false,
+            }
         },
         show: |o, w| {
+            if let Some(t) = &o.tier {
+                w.write_str("hbw")?;
+                if t.budget > 0 {
+                    write!(w, ":{}", SizeSuffix(t.budget))?;
+                }
+                return write!(w, "<{}", SizeSuffix(t.below as u64));
+            }
             write!(w, "{}", o.policy)?;
             if o.policy_min_size > 0 {
                 write!(w, "@{}", SizeSuffix(o.policy_min_size as u64))?;
@@ -313,6 +326,36 @@ impl core::fmt::Display for Policy {
     }
 }
 
+/// The tier policy (`DOMALLOC_POLICY=hbw[:<budget>][<<size>]`): blocks below `below` bytes on
+/// the high-bandwidth node nearest the allocating thread while the process has placed less
+/// than `budget` bytes there (0: no limit), else on the thread's own node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierPolicy {
+    /// Bytes per process on high-bandwidth nodes (0: no limit).
+    pub budget: u64,
+    /// Blocks of this size and more are not placed by tier (they stay local).
+    pub below: usize,
+}
+
+/// Parses `hbw`, `hbw:512M`, `hbw<64K`, `hbw:1G<1M`.
+pub fn parse_tier(v: &[u8]) -> Option<TierPolicy> {
+    let rest = v.strip_prefix(b"hbw")?;
+    let (budget_part, below_part) = match rest.iter().position(|&c| c == b'<') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let budget = match budget_part {
+        b"" => 0,
+        [b':', b @ ..] => parse_size(b).filter(|&b| b > 0)?,
+        _ => return None,
+    };
+    let below = match below_part {
+        None => 1 << 20,
+        Some(b) => usize::try_from(parse_size(b).filter(|&b| b > 0)?).ok()?,
+    };
+    Some(TierPolicy { budget, below })
+}
+
 /// Parsed options.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -346,6 +389,8 @@ pub struct Options {
     pub fail_map_every: u64,
     /// `DOMALLOC_FAIL_MAP_AFTER`.
     pub fail_map_after: u64,
+    /// `DOMALLOC_POLICY=hbw...`: the tier policy (then `policy` is local).
+    pub tier: Option<TierPolicy>,
     /// `DOMALLOC_HBW_NODES` (or `MEMKIND_HBW_NODES`): the high-bandwidth nodes; `None`: from HMAT.
     pub hbw_nodes: Option<NodeMask>,
     /// `DOMALLOC_POLICY` named `all`: its mask is every node with memory (set at start-up, once
@@ -371,6 +416,7 @@ impl Options {
         fail_map_every: 0,
         fail_map_after: 0,
         hbw_nodes: None,
+        tier: None,
         policy_all: false,
     };
 
@@ -669,6 +715,17 @@ mod tests {
         assert!(parse_policy(b"bind:").is_none());
         assert!(parse_policy(b"bogus").is_none());
         assert!(parse_policy(b"bind:5000").is_none());
+    }
+
+    #[test]
+    fn tier_policies_parse() {
+        assert_eq!(parse_tier(b"hbw"), Some(TierPolicy { budget: 0, below: 1 << 20 }));
+        assert_eq!(parse_tier(b"hbw:512M"), Some(TierPolicy { budget: 512 << 20, below: 1 << 20 }));
+        assert_eq!(parse_tier(b"hbw:1G<64K"), Some(TierPolicy { budget: 1 << 30, below: 64 << 10 }));
+        assert_eq!(parse_tier(b"hbw<2M"), Some(TierPolicy { budget: 0, below: 2 << 20 }));
+        for bad in [&b"hbw:"[..], b"hbw:0", b"hbw<0", b"hbwx", b"hbw:1M<", b"local"] {
+            assert_eq!(parse_tier(bad), None, "{}", std::string::String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Each scenario runs in a child process so the allocator starts with its fake topology.
 
 // SAFETY (all unsafe blocks in this file): hbw calls on blocks the test itself allocated and
-// still owns.
+// still owns; a stats call into a buffer of the length given.
 #![allow(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::c_void;
@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use domalloc::hbw;
+
+#[global_allocator]
+static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
 
 fn pin(cpu: usize) {
     unsafe {
@@ -179,6 +182,24 @@ fn scenario(name: &str) {
             std::thread::spawn(|| allocations_for(0, 2)).join().unwrap();
             std::thread::spawn(|| allocations_for(1, 3)).join().unwrap();
         }
+        "tier_policy_budget" => {
+            // DOMALLOC_POLICY=hbw:8M<1M: small blocks of a thread on node 1 are placed on its
+            // HBM node (3) for the first 8 MiB of the process, then on node 1 itself; the
+            // statistics count both. (Where the pages really go: numa-tests' `tier-policy`.)
+            std::thread::spawn(|| {
+                pin(1);
+                let blocks: Vec<Vec<u8>> = (0..8192).map(|i| vec![i as u8; 4000]).collect();
+                drop(blocks);
+            })
+            .join()
+            .unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let n = unsafe { domalloc::c::stats_json(buf.as_mut_ptr().cast(), buf.len()) };
+            let json = String::from_utf8_lossy(&buf[..n]).to_string();
+            let tiers = json.split("\"tiers\":{").nth(1).and_then(|t| t.split('}').next()).unwrap_or_else(|| panic!("no tiers in {json}"));
+            assert!(tiers.contains(&format!("\"hbw_bytes\":{}", 8 << 20)), "{tiers}");
+            assert!(!tiers.contains("\"spills\":0"), "32 MiB of small blocks past an 8 MiB budget must spill: {tiers}");
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -224,6 +245,10 @@ fn no_hbm() {
 #[test]
 fn no_hbm_bind() {
     run("no_hbm_bind", false, &[]);
+}
+#[test]
+fn tier_policy_budget() {
+    run("tier_policy_budget", true, &[("DOMALLOC_POLICY", "hbw:8M<1M")]);
 }
 #[test]
 fn memkind_hbw_nodes() {

@@ -20,6 +20,11 @@
  *              on the other socket's nodes
  *   bind       HBW_POLICY_BIND: 8 MiB blocks until hbw_malloc returns NULL with ENOMEM; every
  *              page of every block on the HBM node, and at least half the node handed out
+ *   tier       not hbwmalloc: plain malloc under DOMALLOC_POLICY=hbw:32M<1M (the program
+ *              re-executes itself with it, and DOMALLOC_STATS=1): 16 MiB of 4000 B blocks from
+ *              socket A on A's HBM node; then 48 MiB from socket B on B's HBM node until the
+ *              32 MiB budget is spent and on B's DDR node after it (never on A's nodes); an
+ *              8 MiB block (above 1M) on A's DDR node. Not in the default list.
  *
  * Build: gcc -O2 -pthread -I include -o hbw_patterns hbw_patterns.c -L DIR -ldomalloc
  */
@@ -44,6 +49,7 @@ static int hbm_of[MAX_NODES]; /* -1: not a CPU node of the run */
 static int cpu_nodes[MAX_NODES], n_cpu_nodes;
 static size_t cfg_max = 256UL << 20;
 static double cfg_threshold = 0.99;
+static const char *cfg_hbm_arg;
 static int passed, failed;
 
 static void die(const char *what) {
@@ -327,6 +333,54 @@ static void fill_phase(int bind, int node) {
     }
 }
 
+/* ---- tier: plain malloc under DOMALLOC_POLICY=hbw ----------------------------------------- */
+#define TIER_OBJ 4000
+static void *tier_blocks[16384];
+static size_t tier_sizes[16384];
+static int tier_n;
+
+static void *tier_worker(void *arg) {
+    int node = (int)((intptr_t)arg & 0xff), mib = (int)((intptr_t)arg >> 8);
+    pin_node(node);
+    tier_n = (int)(((size_t)mib << 20) / TIER_OBJ);
+    for (int i = 0; i < tier_n; i++) {
+        tier_sizes[i] = TIER_OBJ;
+        tier_blocks[i] = malloc(TIER_OBJ);
+        if (!tier_blocks[i]) die("malloc");
+        touch(tier_blocks[i], TIER_OBJ, i);
+    }
+    return NULL;
+}
+
+static void *tier_big(void *arg) {
+    pin_node((int)(intptr_t)arg);
+    tier_n = 1;
+    tier_sizes[0] = 8UL << 20;
+    tier_blocks[0] = malloc(tier_sizes[0]);
+    if (!tier_blocks[0]) die("malloc");
+    touch(tier_blocks[0], tier_sizes[0], 1);
+    return NULL;
+}
+
+static void tier_run(void) {
+    int a = cpu_nodes[0], b = cpu_nodes[1 % n_cpu_nodes];
+    census_t c = {0};
+    run_thread(tier_worker, a | (16 << 8));
+    census_add(&c, tier_blocks, tier_sizes, tier_n);
+    report("tier-small-a", a, hbm_of[a], 1L << hbm_of[a], "4000", tier_n, &c, NULL, 1);
+    census_t d = {0};
+    run_thread(tier_worker, b | (48 << 8));
+    census_add(&d, tier_blocks, tier_sizes, tier_n);
+    char extra[128];
+    snprintf(extra, sizeof extra, "on_hbm=%ld spilled_local=%ld", d.on[hbm_of[b]], d.on[b]);
+    report("tier-small-b-budget", b, hbm_of[b], (1L << hbm_of[b]) | (1L << b), "4000", tier_n, &d, extra,
+           d.on[hbm_of[b]] > 0 && d.on[b] > 0);
+    census_t e = {0};
+    run_thread(tier_big, a);
+    census_add(&e, tier_blocks, tier_sizes, 1);
+    report("tier-big-a-local", a, a, 1L << a, "8M", 1, &e, NULL, 1);
+}
+
 /* ---- main ------------------------------------------------------------------------------ */
 static void phase_child(const char *name) {
     if (!strcmp(name, "sizes")) {
@@ -346,6 +400,16 @@ static void phase_child(const char *name) {
         }
     } else if (!strcmp(name, "bind")) {
         fill_phase(1, cpu_nodes[n_cpu_nodes - 1]);
+    } else if (!strcmp(name, "tier")) {
+        /* The allocator reads its options at start-up: a fresh image with the policy set. */
+        setenv("DOMALLOC_POLICY", "hbw:32M<1M", 1);
+        setenv("DOMALLOC_STATS", "1", 1);
+        char *args[] = {"hbw_patterns", "--hbm", (char *)cfg_hbm_arg, "tier-run", NULL};
+        fflush(stdout);
+        execv("/proc/self/exe", args);
+        die("execv");
+    } else if (!strcmp(name, "tier-run")) {
+        tier_run();
     } else {
         die("unknown phase");
     }
@@ -357,7 +421,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < MAX_NODES; i++) hbm_of[i] = -1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--hbm") && i + 1 < argc) {
-            for (char *p = argv[++i]; *p;) {
+            cfg_hbm_arg = argv[i + 1];
+            char *copy = strdup(argv[i + 1]);
+            i++;
+            for (char *p = copy; *p;) {
                 int c = (int)strtol(p, &p, 10);
                 if (*p++ != '=') die("--hbm");
                 int h = (int)strtol(p, &p, 10);
@@ -376,6 +443,11 @@ int main(int argc, char **argv) {
         }
     }
     if (!n_cpu_nodes) die("--hbm");
+    if (n_phases == 1 && !strcmp(phases[0], "tier-run")) {
+        tier_run();
+        fflush(stdout);
+        return failed ? 1 : 0;
+    }
     if (!n_phases) {
         static const char *all[] = {"sizes", "remote", "preferred", "bind"};
         for (int i = 0; i < 4; i++) phases[n_phases++] = all[i];

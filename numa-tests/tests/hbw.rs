@@ -7,7 +7,10 @@
 //! - `hbw_two_sockets`: hbw_malloc / hbw_calloc / hbw_posix_memalign from both sockets at 16 B
 //!   .. 256 MiB, hbw_realloc growth, hbw_verify_memory_region, frees from the other socket,
 //!   PREFERRED past the HBM node (spills to the local DDR node), BIND exhausting it (NULL,
-//!   ENOMEM): every check at least 99% of the pages on the expected node(s).
+//!   ENOMEM); and, with plain `malloc` under `DOMALLOC_POLICY=hbw:32M<1M` (the tier policy for
+//!   unmodified programs), small blocks on the socket's HBM node until the per-process budget is
+//!   spent and on its own DDR node after it, big blocks local, the spills in the statistics:
+//!   every check at least 99% of the pages on the expected node(s).
 //! - `hbw_with_far_cxl_node`: `hmat2s-cxl` (a far CPU-less CXL-like node besides): still each
 //!   socket's HBM node (sizes up to 16 MiB).
 //! - `hbw_wrong_nodes_fail`: `MEMKIND_HBW_NODES=3` (socket 0 is told to use socket 1's HBM):
@@ -90,7 +93,7 @@ fn program() -> PathBuf {
     .unwrap_or_else(|e| panic!("cannot build the hbwmalloc program: {e}"))
 }
 
-fn boot(topology: &str, tag: &str, envs: &[&str], args: &[&str]) -> GuestReport {
+fn boot(topology: &str, tag: &str, envs: &[&str], args: &[&str]) -> (GuestReport, String) {
     let binary = program();
     let _one_at_a_time = serial();
     let timeout = std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| "300".to_string());
@@ -109,7 +112,7 @@ fn boot(topology: &str, tag: &str, envs: &[&str], args: &[&str]) -> GuestReport 
     }
     let report = GuestReport::parse(&console);
     eprintln!("== hbwmalloc program, {topology} {tag}: {:.0}s, log {}\n{}", t.elapsed().as_secs_f64(), log.display(), report.render());
-    report
+    (report, console)
 }
 
 fn phases(report: &GuestReport, phase: &str, pair: &str) -> usize {
@@ -129,7 +132,7 @@ fn hbw_two_sockets() {
     if skipped() {
         return;
     }
-    let r = boot("hmat2s", "domalloc", &[], &["--hbm", "0=2,1=3"]);
+    let (r, console) = boot("hmat2s", "domalloc", &[], &["--hbm", "0=2,1=3", "sizes", "remote", "preferred", "bind", "tier"]);
     assert_all_pass("hmat2s", &r);
     for pair in ["0>2", "1>3"] {
         // 16 B .. 256 MiB by 4x: 13 sizes.
@@ -140,9 +143,20 @@ fn hbw_two_sockets() {
         assert_eq!(phases(&r, "hbw_verify_memory_region", pair), 1, "{pair}");
         assert_eq!(phases(&r, "preferred-overflow", pair), 1, "{pair}");
     }
-    for (phase, pair) in [("remote-a-alloc", "0>2"), ("remote-b-after-free", "1>3"), ("remote-a-again", "0>2"), ("bind-exhaust", "1>3")] {
+    for (phase, pair) in [
+        ("remote-a-alloc", "0>2"),
+        ("remote-b-after-free", "1>3"),
+        ("remote-a-again", "0>2"),
+        ("bind-exhaust", "1>3"),
+        ("tier-small-a", "0>2"),
+        ("tier-small-b-budget", "1>3"),
+        ("tier-big-a-local", "0>0"),
+    ] {
         assert_eq!(phases(&r, phase, pair), 1, "{phase}");
     }
+    // The statistics of the tier-policy process: the budget placed, the rest spilled.
+    let tiers = console.lines().find(|l| l.contains("domalloc: tiers:")).unwrap_or_else(|| panic!("no tiers line in the statistics"));
+    assert!(tiers.contains("placed on high-bandwidth nodes 32.0 MiB") && !tiers.contains(" 0 spills"), "{tiers}");
     assert!(r.results.iter().all(|x| x.verdict == Verdict::Pass));
 }
 
@@ -151,7 +165,7 @@ fn hbw_with_far_cxl_node() {
     if skipped() {
         return;
     }
-    let r = boot("hmat2s-cxl", "domalloc", &[], &["--hbm", "0=2,1=3", "--max", "16M", "sizes"]);
+    let (r, _) = boot("hmat2s-cxl", "domalloc", &[], &["--hbm", "0=2,1=3", "--max", "16M", "sizes"]);
     assert_all_pass("hmat2s-cxl", &r);
     assert_eq!(phases(&r, "hbw_malloc", "0>2") + phases(&r, "hbw_malloc", "1>3"), 22, "16 B .. 16 MiB by 4x: 11 sizes per socket");
 }
@@ -161,7 +175,7 @@ fn hbw_wrong_nodes_fail() {
     if skipped() {
         return;
     }
-    let r = boot("hmat2s", "memkind-hbw-nodes-3", &["MEMKIND_HBW_NODES=3"], &["--hbm", "0=2,1=3", "--max", "64K", "sizes"]);
+    let (r, _) = boot("hmat2s", "memkind-hbw-nodes-3", &["MEMKIND_HBW_NODES=3"], &["--hbm", "0=2,1=3", "--max", "64K", "sizes"]);
     assert!(r.crashes.is_empty(), "{:?}", r.crashes);
     let socket0 = r.results.iter().filter(|x| x.get("pair") == "0>2" && x.get("phase") == "hbw_malloc");
     assert!(socket0.clone().count() > 0 && socket0.clone().all(|x| x.verdict == Verdict::Fail), "socket 0 told to use node 3 must fail:\n{}", r.render());
