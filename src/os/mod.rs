@@ -166,6 +166,7 @@ pub(crate) trait TopologySink {
     /// `initiator` (ACPI HMAT; Linux `nodeN/access0/initiators/`): read bandwidth in MB/s and
     /// read latency in ns (0: not given). Called once per best initiator; platforms without
     /// HMAT never call it.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn access(&mut self, _target: usize, _initiator: usize, _bandwidth_mbs: u32, _latency_ns: u32) {}
 }
 
