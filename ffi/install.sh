@@ -3,10 +3,10 @@
 #
 #   lib/libdomalloc.so.X.Y.Z, libdomalloc.so.X -> it, libdomalloc.so -> it   (SONAME libdomalloc.so.X)
 #   lib/libdomalloc.a                  exports only ffi/exports.txt (no Rust runtime symbols)
-#   include/domalloc.h
+#   include/domalloc.h, include/hbwmalloc.h (memkind's hbwmalloc(3) interface)
 #   lib/pkgconfig/domalloc.pc          shared; domalloc-static.pc: libdomalloc.a
 #   lib/cmake/domalloc/                find_package(domalloc): domalloc::domalloc, domalloc::domalloc_static
-#   share/man/man1/domalloc.1, share/man/man3/domalloc.3 (+ one page name per function)
+#   share/man/man1/domalloc.1, share/man/man3/domalloc.3, hbwmalloc.3 (+ one page name per function)
 #   bin/domalloc                       the launcher (domalloc run / topo / report)
 #   share/modulefiles/domalloc/X.Y.Z.lua, share/modulefiles/domalloc-preload/X.Y.Z.lua   (Lmod)
 #   share/doc/domalloc/                LICENSE-MIT, LICENSE-APACHE, ABI.md
@@ -121,6 +121,7 @@ make_static_lib "$TARGET/libdomalloc.a" "$D$LIBDIR/libdomalloc.a.tmp"
 mv -f "$D$LIBDIR/libdomalloc.a.tmp" "$D$LIBDIR/libdomalloc.a"
 chmod 644 "$D$LIBDIR/libdomalloc.a"
 install -m 644 "$ROOT/include/domalloc.h" "$D$INCLUDEDIR/domalloc.h"
+install -m 644 "$ROOT/include/hbwmalloc.h" "$D$INCLUDEDIR/hbwmalloc.h"
 
 # pkg-config: paths relative to the .pc file's folder.
 PC_PREFIX="\${pcfiledir}/$(rel "$LIBDIR/pkgconfig" "$PREFIX")"
@@ -151,6 +152,12 @@ install -m 644 "$ROOT/docs/man/domalloc.1" "$D$MANDIR/man1/domalloc.1"
 install -m 644 "$ROOT/docs/man/domalloc.3" "$D$MANDIR/man3/domalloc.3"
 for f in $(printf '%s\n' "$EXPORTS" | grep '^domalloc_'); do
     echo ".so man3/domalloc.3" > "$D$MANDIR/man3/$f.3"
+    chmod 644 "$D$MANDIR/man3/$f.3"
+done
+# hbwmalloc(3); `man hbw_malloc` etc. open it.
+install -m 644 "$ROOT/docs/man/hbwmalloc.3" "$D$MANDIR/man3/hbwmalloc.3"
+for f in $(printf '%s\n' "$EXPORTS" | grep '^hbw_'); do
+    echo ".so man3/hbwmalloc.3" > "$D$MANDIR/man3/$f.3"
     chmod 644 "$D$MANDIR/man3/$f.3"
 done
 

@@ -71,7 +71,7 @@ pub use allocator_api2;
 
 use core::alloc::{GlobalAlloc, Layout};
 
-pub use crate::targeted::{alloc_interleaved, alloc_on_node, Interleaved, Node};
+pub use crate::targeted::{alloc_interleaved, alloc_on_node, hbw, HighBandwidth, Interleaved, Node};
 pub use crate::os::{NodeMask, PurgeMode};
 pub use crate::stats::{stats, ClassStats, NodeStats, Stats};
 

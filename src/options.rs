@@ -104,16 +104,29 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc {
         name: "DOMALLOC_POLICY",
         default: "local",
-        doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`); `<nodes>` is a list such as `0-3,6` or `all` (every node with memory).",
+        doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`); `<nodes>` is a list such as `0-3,6` or `all` (every node with memory). `hbw[:<budget>][<<size>]`: blocks below `<size>` (default 1M) on the high-bandwidth node nearest the allocating thread, up to `<budget>` bytes per process (default: no limit), then on the thread's own node; bigger blocks local.",
         path: false,
-        parse: |v, o| match parse_policy_or_all(v) {
-            Some((p, min, all)) => {
-                (o.policy, o.policy_min_size, o.policy_all) = (p, min, all);
-                true
+        parse: |v, o| {
+            if let Some(t) = parse_tier(v) {
+                (o.policy, o.policy_min_size, o.policy_all, o.tier) = (Policy::Local, 0, false, Some(t));
+                return true;
             }
-            None => false,
+            match parse_policy_or_all(v) {
+                Some((p, min, all)) => {
+                    (o.policy, o.policy_min_size, o.policy_all, o.tier) = (p, min, all, None);
+                    true
+                }
+                None => false,
+            }
         },
         show: |o, w| {
+            if let Some(t) = &o.tier {
+                w.write_str("hbw")?;
+                if t.budget > 0 {
+                    write!(w, ":{}", SizeSuffix(t.budget))?;
+                }
+                return write!(w, "<{}", SizeSuffix(t.below as u64));
+            }
             write!(w, "{}", o.policy)?;
             if o.policy_min_size > 0 {
                 write!(w, "@{}", SizeSuffix(o.policy_min_size as u64))?;
@@ -128,6 +141,17 @@ pub const TABLE: &[OptionDesc] = &[
         path: true,
         parse: |v, o| set(&mut o.topology_root, Some(v)),
         show: |o, w| show_bytes(w, o.topology_root.unwrap_or(b"/sys")),
+    },
+    OptionDesc {
+        name: "DOMALLOC_HBW_NODES",
+        default: "detected",
+        doc: "The high-bandwidth nodes (`hbw_malloc` and the fast tier) as a node list (`4-5`), replacing what HMAT says; unset, memkind's `MEMKIND_HBW_NODES` is honoured the same way.",
+        path: false,
+        parse: |v, o| parse_node_list(v).map(|m| o.hbw_nodes = Some(m)).is_some(),
+        show: |o, w| match &o.hbw_nodes {
+            Some(m) => write!(w, "{m}"),
+            None => w.write_str("detected"),
+        },
     },
     OptionDesc {
         name: "DOMALLOC_STATS",
@@ -302,6 +326,36 @@ impl core::fmt::Display for Policy {
     }
 }
 
+/// The tier policy (`DOMALLOC_POLICY=hbw[:<budget>][<<size>]`): blocks below `below` bytes on
+/// the high-bandwidth node nearest the allocating thread while the process has placed less
+/// than `budget` bytes there (0: no limit), else on the thread's own node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierPolicy {
+    /// Bytes per process on high-bandwidth nodes (0: no limit).
+    pub budget: u64,
+    /// Blocks of this size and more are not placed by tier (they stay local).
+    pub below: usize,
+}
+
+/// Parses `hbw`, `hbw:512M`, `hbw<64K`, `hbw:1G<1M`.
+pub fn parse_tier(v: &[u8]) -> Option<TierPolicy> {
+    let rest = v.strip_prefix(b"hbw")?;
+    let (budget_part, below_part) = match rest.iter().position(|&c| c == b'<') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let budget = match budget_part {
+        b"" => 0,
+        [b':', b @ ..] => parse_size(b).filter(|&b| b > 0)?,
+        _ => return None,
+    };
+    let below = match below_part {
+        None => 1 << 20,
+        Some(b) => usize::try_from(parse_size(b).filter(|&b| b > 0)?).ok()?,
+    };
+    Some(TierPolicy { budget, below })
+}
+
 /// Parsed options.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -335,6 +389,10 @@ pub struct Options {
     pub fail_map_every: u64,
     /// `DOMALLOC_FAIL_MAP_AFTER`.
     pub fail_map_after: u64,
+    /// `DOMALLOC_POLICY=hbw...`: the tier policy (then `policy` is local).
+    pub tier: Option<TierPolicy>,
+    /// `DOMALLOC_HBW_NODES` (or `MEMKIND_HBW_NODES`): the high-bandwidth nodes; `None`: from HMAT.
+    pub hbw_nodes: Option<NodeMask>,
     /// `DOMALLOC_POLICY` named `all`: its mask is every node with memory (set at start-up, once
     /// the topology is known).
     policy_all: bool,
@@ -357,6 +415,8 @@ impl Options {
         huge_cache: 128 << 20,
         fail_map_every: 0,
         fail_map_after: 0,
+        hbw_nodes: None,
+        tier: None,
         policy_all: false,
     };
 
@@ -451,6 +511,14 @@ fn parse_policy_or_all(v: &[u8]) -> Option<(Policy, usize, bool)> {
     Some((p, min, all && matches!(p, Policy::Bind(_) | Policy::Interleave(_))))
 }
 
+/// A node list (`0-3,6`): not empty, every id below [`NodeMask::CAPACITY`].
+fn parse_node_list(v: &[u8]) -> Option<NodeMask> {
+    let mut m = NodeMask::empty();
+    let mut ok = true;
+    let listed = crate::util::for_each_in_list(v, |n| if n < NodeMask::CAPACITY { m.insert(n) } else { ok = false });
+    (listed && ok && !m.is_empty()).then_some(m)
+}
+
 /// Written only by `init`, under the start-up lock, before start-up is published.
 static OPTIONS: SetOnce<Options> = SetOnce::new(Options::DEFAULT);
 /// Where each option's value came from (same writer and rule as `OPTIONS`).
@@ -506,6 +574,18 @@ pub(crate) fn init() {
             Policy::Interleave(_) => Policy::Interleave(nodes),
             p => p,
         };
+    }
+    if o.hbw_nodes.is_none() {
+        // memkind's variable, for programs and sites that set it already.
+        if let Some(v) = getenv(b"MEMKIND_HBW_NODES").filter(|v| !v.is_empty()) {
+            o.hbw_nodes = parse_node_list(v);
+            if o.hbw_nodes.is_none() {
+                warn_malformed("MEMKIND_HBW_NODES", v);
+            }
+        }
+    }
+    if let (Some(m), true) = (&o.hbw_nodes, detected) {
+        topology::override_hbw_nodes(m);
     }
     if let Some(t) = o.stats_file {
         warn_unknown_percent(t);
@@ -635,6 +715,26 @@ mod tests {
         assert!(parse_policy(b"bind:").is_none());
         assert!(parse_policy(b"bogus").is_none());
         assert!(parse_policy(b"bind:5000").is_none());
+    }
+
+    #[test]
+    fn tier_policies_parse() {
+        assert_eq!(parse_tier(b"hbw"), Some(TierPolicy { budget: 0, below: 1 << 20 }));
+        assert_eq!(parse_tier(b"hbw:512M"), Some(TierPolicy { budget: 512 << 20, below: 1 << 20 }));
+        assert_eq!(parse_tier(b"hbw:1G<64K"), Some(TierPolicy { budget: 1 << 30, below: 64 << 10 }));
+        assert_eq!(parse_tier(b"hbw<2M"), Some(TierPolicy { budget: 0, below: 2 << 20 }));
+        for bad in [&b"hbw:"[..], b"hbw:0", b"hbw<0", b"hbwx", b"hbw:1M<", b"local"] {
+            assert_eq!(parse_tier(bad), None, "{}", std::string::String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn hbw_node_lists_parse() {
+        assert_eq!(parse_node_list(b"4-5").map(|m| m.iter().collect::<std::vec::Vec<_>>()), Some(std::vec![4, 5]));
+        assert_eq!(parse_node_list(b"2,3").map(|m| m.len()), Some(2));
+        assert!(parse_node_list(b"").is_none());
+        assert!(parse_node_list(b"x").is_none());
+        assert!(parse_node_list(b"5000").is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!   (`move_pages` without target nodes on Linux), sampling up to [`SAMPLES`] pages.
 
 use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::config;
 use crate::options::Policy;
@@ -75,6 +76,10 @@ pub(crate) fn home_of(p: *const u8, len: usize) -> Home {
 /// this range (`policy_applies`), else "this node" (preferred) so pages land on the domain's node
 /// whoever touches them first.
 pub(crate) fn apply_policy(p: *mut u8, size: usize, node: usize, policy_applies: bool) {
+    if policy_applies && crate::options::get().tier.is_some() {
+        place_range(p, size, Placement::Preferred(tier_node(size, node)));
+        return;
+    }
     let (policy, _) = crate::config::policy();
     if policy_applies && !matches!(policy, Policy::Local) {
         place_range(p, size, crate::domain::placement_of(&policy));
@@ -134,6 +139,43 @@ pub(crate) fn place_range(p: *mut u8, len: usize, placement: Placement<'_>) -> b
     true
 }
 
+// ---- the tier policy (`DOMALLOC_POLICY=hbw...`) ----
+
+/// Bytes of memory the tier policy placed on high-bandwidth nodes, placed on the thread's own
+/// node instead (the budget was spent), and how many times that happened. Placements are whole
+/// segments (4 MiB) and own mappings of blocks: what the kernel was asked for, not pages touched.
+static TIER_HBW_BYTES: AtomicU64 = AtomicU64::new(0);
+static TIER_SPILL_BYTES: AtomicU64 = AtomicU64::new(0);
+static TIER_SPILLS: AtomicU64 = AtomicU64::new(0);
+
+/// Where the tier policy puts `size` bytes for a thread of node `node`: its nearest
+/// high-bandwidth node while the process budget lasts, else `node` itself (a spill; never
+/// another socket's high-bandwidth node). `node` too when there is no high-bandwidth node.
+fn tier_node(size: usize, node: usize) -> usize {
+    let Some(t) = crate::options::get().tier else { return node };
+    let Some(hbw) = crate::topology::get().hbw_node(node) else { return node };
+    let size = size as u64;
+    let fits = t.budget == 0
+        || TIER_HBW_BYTES.fetch_update(Relaxed, Relaxed, |used| (used + size <= t.budget).then_some(used + size)).is_ok();
+    if fits {
+        if t.budget == 0 {
+            TIER_HBW_BYTES.fetch_add(size, Relaxed);
+        }
+        hbw
+    } else {
+        TIER_SPILL_BYTES.fetch_add(size, Relaxed);
+        TIER_SPILLS.fetch_add(1, Relaxed);
+        node
+    }
+}
+
+/// The tier policy's counters: bytes placed on high-bandwidth nodes, bytes spilled to the
+/// threads' own nodes, spills. `None` when the policy is off.
+pub(crate) fn tier_counts() -> Option<(u64, u64, u64)> {
+    crate::options::get().tier?;
+    Some((TIER_HBW_BYTES.load(Relaxed), TIER_SPILL_BYTES.load(Relaxed), TIER_SPILLS.load(Relaxed)))
+}
+
 /// Gives back the pages of a free block except its first (which holds its pool link): for
 /// blocks waiting in a home pool while the program idles.
 ///
@@ -151,6 +193,11 @@ pub(crate) unsafe fn purge_tail(p: *mut u8, len: usize) {
 /// which never looks at the policy, gets its spans from the policy's segments).
 #[inline]
 pub(crate) fn policy_covers(size: usize) -> bool {
+    if let Some(t) = &crate::options::get().tier {
+        // The tier policy covers blocks below its size (small ones per class).
+        let size = if size <= SMALL_MAX { class_size(class_of(size.max(1))) } else { size };
+        return config::numa_enabled() && size < t.below;
+    }
     let (policy, min) = config::policy();
     if matches!(policy, Policy::Local) {
         return false;

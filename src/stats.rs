@@ -467,6 +467,9 @@ pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
         s.pages_from_arena,
         s.heaps_taken_over
     )?;
+    if let Some((hbw, spilled, spills)) = crate::placement::tier_counts() {
+        writeln!(w, "domalloc: tiers: placed on high-bandwidth nodes {}; spilled to the local node {} in {} spills", Bytes(hbw), Bytes(spilled), spills)?;
+    }
     const NODE_HDR: [&str; 12] =
         ["node", "in-use", "peak", "mapped", "map-peak", "resident", "allocs", "frees", "remote", "home", "purged", "huge-hit"];
     w.write_str("domalloc: ")?;
@@ -548,13 +551,17 @@ pub(crate) fn write_json(w: &mut dyn Write, s: &Stats) -> fmt::Result {
     }
     write!(
         w,
-        "\",\"elapsed_s\":{}.{:03},\"numa\":{},\"process\":{{\"rss_bytes\":{},\"rss_peak_bytes\":{}}},\"totals\":",
+        "\",\"elapsed_s\":{}.{:03},\"numa\":{},\"process\":{{\"rss_bytes\":{},\"rss_peak_bytes\":{}}},",
         s.elapsed_ms / 1000,
         s.elapsed_ms % 1000,
         s.numa,
         s.rss_bytes,
         s.rss_peak_bytes
     )?;
+    if let Some((hbw, spilled, spills)) = crate::placement::tier_counts() {
+        write!(w, "\"tiers\":{{\"hbw_bytes\":{hbw},\"spilled_bytes\":{spilled},\"spills\":{spills}}},")?;
+    }
+    w.write_str("\"totals\":")?;
     let mut total = NodeStats::default();
     for n in &s.nodes[..s.node_count] {
         add_node(&mut total, n);

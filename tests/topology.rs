@@ -150,3 +150,109 @@ fn agrees_with_hwloc_on_this_machine() {
         assert!(cpu < ours.cpu_ids(), "CPU {cpu} outside our tables");
     }
 }
+
+/// Writes HMAT figures for memory node `target` (as Linux shows them: `access0/initiators/`
+/// with the read/write bandwidth in MB/s and latency in ns, and one `nodeI` link per best
+/// initiator; a directory with a `cpulist` here).
+fn add_hmat(root: &Path, target: usize, initiators: &[usize], bw_mbs: u32, lat_ns: u32) {
+    let d = root.join(format!("devices/system/node/node{target}/access0/initiators"));
+    fs::create_dir_all(&d).unwrap();
+    for (f, v) in [("read_bandwidth", bw_mbs), ("write_bandwidth", bw_mbs), ("read_latency", lat_ns), ("write_latency", lat_ns)] {
+        fs::write(d.join(f), format!("{v}\n")).unwrap();
+    }
+    for i in initiators {
+        fs::create_dir_all(d.join(format!("node{i}"))).unwrap();
+        fs::write(d.join(format!("node{i}/cpulist")), "0\n").unwrap();
+    }
+}
+
+/// The `hmat2s-cxl` guest's tree as its kernel (6.1) shows it: two sockets (DDR nodes 0 and 1
+/// with CPUs), a CPU-less HBM-like node near each (2 near 0, 3 near 1), a far CXL-like node 4.
+fn hmat_two_sockets(name: &str, cxl: bool) -> PathBuf {
+    let mut nodes = vec![
+        FakeNode { id: 0, cpus: "0-1", mem_kb: 256 << 10, distance: "10 21 12 23 30" },
+        FakeNode { id: 1, cpus: "2-3", mem_kb: 256 << 10, distance: "21 10 23 12 30" },
+        FakeNode { id: 2, cpus: "", mem_kb: 128 << 10, distance: "12 23 10 21 30" },
+        FakeNode { id: 3, cpus: "", mem_kb: 128 << 10, distance: "23 12 21 10 30" },
+    ];
+    if cxl {
+        nodes.push(FakeNode { id: 4, cpus: "", mem_kb: 256 << 10, distance: "30 30 30 30 10" });
+    } else {
+        for n in &mut nodes {
+            n.distance = &n.distance[..n.distance.len() - 3];
+        }
+    }
+    let root = fake_sysfs(name, "0-3", if cxl { "0-4" } else { "0-3" }, &nodes);
+    add_hmat(&root, 0, &[0], 20480, 100);
+    add_hmat(&root, 1, &[1], 20480, 100);
+    add_hmat(&root, 2, &[0], 81920, 110);
+    add_hmat(&root, 3, &[1], 81920, 110);
+    if cxl {
+        add_hmat(&root, 4, &[0], 5120, 300);
+    }
+    root
+}
+
+#[test]
+fn hmat_tiers_two_sockets_with_hbm_and_cxl() {
+    use domalloc::topology::Tier;
+    let t = detect(&hmat_two_sockets("hmat-cxl", true));
+    assert!(t.has_hmat());
+    assert_eq!((t.bandwidth(2), t.latency(2)), (81920, 110));
+    assert!(t.is_initiator(0, 2) && !t.is_initiator(1, 2));
+    let tiers: Vec<Tier> = (0..5).map(|n| t.tier(n)).collect();
+    assert_eq!(tiers, [Tier::Standard, Tier::Standard, Tier::HighBandwidth, Tier::HighBandwidth, Tier::Capacity]);
+    assert_eq!(t.hbw_node(0), Some(2), "socket 0's HBM");
+    assert_eq!(t.hbw_node(1), Some(3), "socket 1's HBM, not socket 0's");
+    assert_eq!(t.capacity_node(0), Some(4));
+    assert_eq!(t.capacity_node(1), Some(4), "the CXL node is the capacity node of both sockets");
+    assert_eq!(t.tier_nodes(Tier::HighBandwidth).iter().collect::<Vec<_>>(), [2, 3]);
+}
+
+#[test]
+fn hmat_tiers_without_cxl_have_no_capacity_node() {
+    let t = detect(&hmat_two_sockets("hmat", false));
+    assert_eq!((t.hbw_node(0), t.hbw_node(1)), (Some(2), Some(3)));
+    assert_eq!((t.capacity_node(0), t.capacity_node(1)), (None, None));
+}
+
+#[test]
+fn no_hmat_no_hbw_node_until_named() {
+    use domalloc::topology::Tier;
+    // The same machine without HMAT: CPU-less nodes are capacity nodes (nothing says which is
+    // fast); naming them as DOMALLOC_HBW_NODES does makes them high-bandwidth, each socket
+    // getting the nearer one by SLIT distance.
+    let root = hmat_two_sockets("nohmat", false);
+    for n in 0..4 {
+        fs::remove_dir_all(root.join(format!("devices/system/node/node{n}/access0"))).unwrap();
+    }
+    let mut t = detect(&root);
+    assert!(!t.has_hmat());
+    assert_eq!((t.tier(2), t.tier(3)), (Tier::Capacity, Tier::Capacity));
+    assert_eq!(t.hbw_node(0), None);
+    assert_eq!(t.capacity_node(1), Some(3));
+    let mut m = domalloc::NodeMask::empty();
+    m.insert(2);
+    m.insert(3);
+    t.set_hbw_nodes(&m);
+    assert_eq!((t.tier(2), t.tier(3)), (Tier::HighBandwidth, Tier::HighBandwidth));
+    assert_eq!((t.hbw_node(0), t.hbw_node(1)), (Some(2), Some(3)));
+    assert_eq!(t.capacity_node(0), None);
+}
+
+#[test]
+fn no_tiers_on_plain_two_nodes() {
+    use domalloc::topology::Tier;
+    let root = fake_sysfs(
+        "plain-tiers",
+        "0-3",
+        "0-1",
+        &[
+            FakeNode { id: 0, cpus: "0-1", mem_kb: 1 << 20, distance: "10 21" },
+            FakeNode { id: 1, cpus: "2-3", mem_kb: 1 << 20, distance: "21 10" },
+        ],
+    );
+    let t = detect(&root);
+    assert_eq!((t.tier(0), t.tier(1)), (Tier::Standard, Tier::Standard));
+    assert_eq!((t.hbw_node(0), t.capacity_node(0)), (None, None));
+}

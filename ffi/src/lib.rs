@@ -4,7 +4,8 @@
 //! semantics (errno, overflow checks, alignment rules). Exported: the standard and glibc malloc
 //! family, glibc's internal aliases (`__libc_malloc`, ... so that code calling them directly,
 //! like some debuggers and hooks, stays on one allocator), C23 `free_sized`/`free_aligned_sized`,
-//! and the node-aware extras declared in `include/domalloc.h`. `ffi/exports.txt` lists every
+//! the node-aware extras declared in `include/domalloc.h`, and memkind's hbwmalloc(3) interface
+//! (`include/hbwmalloc.h`). `ffi/exports.txt` lists every
 //! exported name (the ABI: see `docs/ABI.md`); `scripts/test-ffi.sh` checks the list.
 //!
 //! Use it with `LD_PRELOAD=libdomalloc.so program`, or link with `-ldomalloc` (see
@@ -16,7 +17,7 @@
 
 use core::ffi::{c_char, c_int, c_void};
 
-use domalloc::c;
+use domalloc::{c, hbw};
 
 // The shims carry no `# Safety` sections: each has exactly the contract of the C function it
 // exports (and of the `domalloc::c` function it forwards to).
@@ -109,6 +110,30 @@ shims! {
     /// Writes the statistics as one NUL-terminated JSON document into `buf` if it fits in `len`
     /// bytes; returns the length it needs without the NUL (like `snprintf`).
     fn domalloc_stats_json(buf: *mut c_char, len: usize) -> usize = domalloc::c::stats_json;
+
+    /// memkind's hbwmalloc(3) (`include/hbwmalloc.h`): 0 when a high-bandwidth node exists,
+    /// else `ENODEV`.
+    fn hbw_check_available() -> c_int = hbw::check_available;
+    /// `hbw_malloc`: on the high-bandwidth node nearest the calling thread.
+    fn hbw_malloc(size: usize) -> *mut c_void = hbw::malloc;
+    /// `hbw_calloc`.
+    fn hbw_calloc(nmemb: usize, size: usize) -> *mut c_void = hbw::calloc;
+    /// `hbw_realloc`.
+    fn hbw_realloc(p: *mut c_void, size: usize) -> *mut c_void = hbw::realloc;
+    /// `hbw_free` (from any thread).
+    fn hbw_free(p: *mut c_void) = hbw::free;
+    /// `hbw_malloc_usable_size`.
+    fn hbw_malloc_usable_size(p: *mut c_void) -> usize = hbw::malloc_usable_size;
+    /// `hbw_posix_memalign`.
+    fn hbw_posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int = hbw::posix_memalign;
+    /// `hbw_posix_memalign_psize`.
+    fn hbw_posix_memalign_psize(memptr: *mut *mut c_void, align: usize, size: usize, pagesize: c_int) -> c_int = hbw::posix_memalign_psize;
+    /// `hbw_get_policy`.
+    fn hbw_get_policy() -> c_int = hbw::get_policy;
+    /// `hbw_set_policy`.
+    fn hbw_set_policy(mode: c_int) -> c_int = hbw::set_policy;
+    /// `hbw_verify_memory_region`.
+    fn hbw_verify_memory_region(addr: *mut c_void, size: usize, flags: c_int) -> c_int = hbw::verify_memory_region;
 }
 
 // ---- printing the report: not a cancellation point ----

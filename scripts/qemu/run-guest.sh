@@ -4,7 +4,8 @@
 #   scripts/qemu/run-guest.sh [options] [-- guest args...]
 #
 # Options:
-#   --topology NAME   2n (default) | 4n-unequal | memonly | sparse | 1n     (--list describes them)
+#   --topology NAME   2n (default) | 4n-unequal | memonly | sparse | 1n | hmat2s | hmat2s-cxl
+#                     (--list describes them)
 #   --binary PATH     program to run as the guest payload (default: build the static numa-guest,
 #                     see --alloc). A dynamically linked program is fine: it is copied into the
 #                     initramfs with every shared library `ldd` lists and the dynamic loader.
@@ -76,6 +77,12 @@ sparse      online nodes 0,1,3 (node 2 possible but offline): node0 CPUs 0-1 256
 1n8         1 node, 8 CPUs, 1024M (bench --guest: test-stress at 8 and 32 threads)
 4n2         4 nodes x 2 CPUs, 256M each (bench --guest)
 8n2         8 nodes x 2 CPUs, 192M each (bench --guest: the nearest thing here to a many-core node)
+hmat2s      two sockets with memory tiers, described by ACPI HMAT (-machine hmat=on): node0 DDR,
+            CPUs 0-1, 256M; node1 DDR, CPUs 2-3, 256M; node2 HBM-like, no CPUs, 320M, near
+            node0; node3 HBM-like, no CPUs, 320M, near node1 (big enough for a 256M hbw_malloc). HMAT (ns, bytes/s): local DDR
+            100ns 20G, local HBM 110ns 80G, the other socket's DDR/HBM 200ns 10G. SLIT: local
+            10, DDR-near HBM 12, other socket 21 (23 to its HBM).
+hmat2s-cxl  hmat2s plus node4: CXL-like, no CPUs, 256M, far from both sockets (300ns 5G; SLIT 30)
 T
 }
 
@@ -136,6 +143,7 @@ fi
 
 # ---- topology --------------------------------------------------------------------------------
 extra_append=
+machine=pc
 case "$topology" in
     2n)
         mem=1024; smp="4"
@@ -173,6 +181,51 @@ case "$topology" in
         mem=1536; smp="16"; numa=()
         for n in 0 1 2 3 4 5 6 7; do
             numa+=(-object "memory-backend-ram,id=m$n,size=192M" -numa "node,nodeid=$n,cpus=$((2 * n))-$((2 * n + 1)),memdev=m$n")
+        done ;;
+    hmat2s|hmat2s-cxl)
+        # Two sockets, each a DDR node with CPUs and a CPU-less high-bandwidth node beside it;
+        # the -cxl variant adds a CPU-less capacity node far from both. The tiers are told to
+        # the guest kernel only through HMAT (bandwidth, latency) and SLIT (distances).
+        machine=pc,hmat=on; mem=1152; smp="4,sockets=2,cores=2"
+        numa=(-object memory-backend-ram,id=m0,size=256M -object memory-backend-ram,id=m1,size=256M
+              -object memory-backend-ram,id=m2,size=320M -object memory-backend-ram,id=m3,size=320M
+              -numa node,nodeid=0,cpus=0-1,memdev=m0 -numa node,nodeid=1,cpus=2-3,memdev=m1
+              -numa node,nodeid=2,memdev=m2,initiator=0 -numa node,nodeid=3,memdev=m3,initiator=1)
+        targets=(0 1 2 3)
+        [ "$topology" = hmat2s-cxl ] && {
+            mem=1408; targets+=(4)
+            numa+=(-object memory-backend-ram,id=m4,size=256M -numa node,nodeid=4,memdev=m4,initiator=0)
+        }
+        # lat_bw INITIATOR TARGET: "latency(ns) bandwidth" and the SLIT distance.
+        hmat_of() {
+            local i=$1 t=$2
+            case "$t" in
+                4) echo "300 5G 30" ;;
+                *) local sock=$(( t % 2 )) hbm=$(( t / 2 ))
+                   if [ "$sock" = "$i" ]; then
+                       [ "$hbm" = 1 ] && echo "110 80G 12" || echo "100 20G 10"
+                   else
+                       [ "$hbm" = 1 ] && echo "200 10G 23" || echo "200 10G 21"
+                   fi ;;
+            esac
+        }
+        for i in 0 1; do
+            for t in "${targets[@]}"; do
+                read -r lat bw _ < <(hmat_of "$i" "$t")
+                numa+=(-numa "hmat-lb,initiator=$i,target=$t,hierarchy=memory,data-type=access-latency,latency=$lat"
+                       -numa "hmat-lb,initiator=$i,target=$t,hierarchy=memory,data-type=access-bandwidth,bandwidth=$bw")
+            done
+        done
+        # SLIT: from a CPU node as in hmat_of; between CPU-less nodes, via their sockets.
+        for a in "${targets[@]}"; do
+            for b in "${targets[@]}"; do
+                [ "$a" -lt "$b" ] || continue
+                if [ "$a" -le 1 ]; then
+                    read -r _ _ d < <(hmat_of "$a" "$b")
+                elif [ "$b" = 4 ]; then d=30
+                else d=21; fi
+                numa+=(-numa "dist,src=$a,dst=$b,val=$d")
+            done
         done ;;
     *) die "unknown topology $topology (see --list)" ;;
 esac
@@ -304,7 +357,7 @@ while :; do
     start=$(date +%s)
     : > "$raw"
     set +e
-    timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -machine pc \
+    timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -machine "$machine" \
         -smp "$smp" -m "${mem}M" "${numa[@]}" \
         -nographic -monitor none -no-reboot -nic none \
         -kernel "$kernel" -initrd "$initrd" -append "$append" </dev/null >"$raw" 2>&1 &

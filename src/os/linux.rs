@@ -135,6 +135,13 @@ impl Os for Sys {
         read_sysfs_topology(root.unwrap_or(b"/sys"), sink)
     }
 
+    fn node_free_memory(node: usize) -> Option<u64> {
+        let mut buf = [0u8; 4096];
+        let mut pbuf = [0u8; 512];
+        let p = path(&mut pbuf, b"/sys", format_args!("/devices/system/node/node{}/meminfo", node));
+        posix::read_file(p, &mut buf).and_then(|s| parse_meminfo_field(s, b"MemFree:"))
+    }
+
     fn process_policy() -> Option<super::ProcessPolicy> {
         let mut mode: libc::c_int = 0;
         let mut mask = super::NodeMask::empty();
@@ -376,14 +383,50 @@ pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> b
             }
         }
     }
+    read_hmat_access(root, &online[..n_online], sink);
     n_online > 0
+}
+
+/// HMAT performance (Linux 5.2+, `CONFIG_HMEM_REPORTING`): `nodeT/access0/initiators/` holds the
+/// read/write bandwidth (MB/s) and latency (ns) of memory node T from its *best* initiators, and
+/// one link `nodeI` per such initiator. The kernel gives no figures for the other initiators.
+/// A link is found by reading through it (`nodeT/access0/initiators/nodeI/cpulist`): no
+/// directory listing, no allocation.
+fn read_hmat_access(root: &[u8], online: &[u16], sink: &mut dyn TopologySink) {
+    let mut buf = [0u8; 256];
+    let mut pbuf = [0u8; 512];
+    let read = posix::read_file;
+    let mut value = |node: usize, what: &str, buf: &mut [u8]| -> Option<u32> {
+        let p = path(&mut pbuf, root, format_args!("/devices/system/node/node{}/access0/initiators/{}", node, what));
+        read(p, buf).and_then(|s| parse_u64(crate::util::trim(s))).map(|v| v.min(u32::MAX as u64) as u32)
+    };
+    for &t in online {
+        let t = t as usize;
+        let bw = value(t, "read_bandwidth", &mut buf);
+        let lat = value(t, "read_latency", &mut buf);
+        if bw.is_none() && lat.is_none() {
+            continue;
+        }
+        for &i in online {
+            let mut ipath = [0u8; 512];
+            let p = path(&mut ipath, root, format_args!("/devices/system/node/node{}/access0/initiators/node{}/cpulist", t, i));
+            if read(p, &mut buf).is_some() {
+                sink.access(t, i as usize, bw.unwrap_or(0), lat.unwrap_or(0));
+            }
+        }
+    }
 }
 
 /// Finds `MemTotal: N kB` in a node's meminfo.
 fn parse_meminfo_total(s: &[u8]) -> Option<u64> {
+    parse_meminfo_field(s, b"MemTotal:")
+}
+
+/// A `kB` field of a node's `meminfo` (`Node 1 MemFree:   3 kB`), in bytes.
+fn parse_meminfo_field(s: &[u8], field: &[u8]) -> Option<u64> {
     for line in s.split(|&c| c == b'\n') {
-        if let Some(pos) = line.windows(9).position(|w| w == b"MemTotal:") {
-            let rest = &line[pos + 9..];
+        if let Some(pos) = line.windows(field.len()).position(|w| w == field) {
+            let rest = &line[pos + field.len()..];
             let digits: &[u8] = {
                 let t = crate::util::trim(rest);
                 let end = t.iter().position(|c| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -404,6 +447,7 @@ mod tests {
         let s = b"Node 1 MemTotal:       16314468 kB\nNode 1 MemFree: 3 kB\n";
         assert_eq!(parse_meminfo_total(s), Some(16314468 * 1024));
         assert_eq!(parse_meminfo_total(b"nothing"), None);
+        assert_eq!(parse_meminfo_field(s, b"MemFree:"), Some(3 * 1024));
     }
 
     #[test]

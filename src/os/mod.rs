@@ -151,7 +151,8 @@ pub(crate) enum ProcessPolicy {
 }
 
 /// Receives what the platform knows about the machine's topology. Calls come in this order:
-/// `possible` once, then any number of `cpu`, `node_memory`, `distance`.
+/// `possible` once, then any number of `cpu`, `node_memory`, `distance`, then any number of
+/// `access`.
 pub(crate) trait TopologySink {
     /// Highest possible CPU id + 1 and highest possible node id + 1 (not counts: ids may be sparse).
     fn possible(&mut self, cpu_ids: usize, node_ids: usize) -> bool;
@@ -161,6 +162,12 @@ pub(crate) trait TopologySink {
     fn node_memory(&mut self, node: usize, bytes: u64);
     /// The firmware distance from `from` to `to` (10 = local, as ACPI SLIT).
     fn distance(&mut self, from: usize, to: usize, d: u32);
+    /// The firmware's performance of memory node `target` seen from its best initiator node
+    /// `initiator` (ACPI HMAT; Linux `nodeN/access0/initiators/`): read bandwidth in MB/s and
+    /// read latency in ns (0: not given). Called once per best initiator; platforms without
+    /// HMAT never call it.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn access(&mut self, _target: usize, _initiator: usize, _bandwidth_mbs: u32, _latency_ns: u32) {}
 }
 
 /// A thread-specific data key (`pthread_key_t` on every platform here), opaque to the allocator.
@@ -290,6 +297,12 @@ pub(crate) trait Os {
 
     /// The CPU the calling thread runs on now (a system call or vDSO; slow path only).
     fn current_cpu() -> Option<usize> {
+        None
+    }
+
+    /// Bytes of memory free on node `node` now (Linux: `MemFree` of the node's `meminfo`);
+    /// `None` where the OS does not say. A system call or two: slow paths only.
+    fn node_free_memory(_node: usize) -> Option<u64> {
         None
     }
 

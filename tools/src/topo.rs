@@ -82,13 +82,15 @@ pub struct DomView {
     pub placed: BTreeSet<usize>,
     /// Distances between online nodes (absent = unknown).
     pub distances: BTreeMap<(usize, usize), u32>,
+    /// The memory tiers as domalloc sees them, one line each (not compared with hwloc).
+    pub tiers: Vec<String>,
 }
 
 /// Reads domalloc's own detection (`sys_root` replaces `/sys`).
 pub fn domalloc_view(sys_root: Option<&Path>, cpus: &BTreeSet<usize>) -> Result<DomView, Failure> {
     let root = sys_root.map(|r| r.as_os_str().as_encoded_bytes());
-    let t = domalloc::topology::Topology::detect(root).ok_or("topo: domalloc's topology detection failed (cannot map its tables)")?;
-    let mut v = DomView::default();
+    let mut t = domalloc::topology::Topology::detect(root).ok_or("topo: domalloc's topology detection failed (cannot map its tables)")?;
+    let mut v = DomView { tiers: tier_lines(&mut t, hbw_override().as_deref()), ..DomView::default() };
     for n in t.nodes() {
         v.nodes.insert(n, (t.memory(n), t.cpus_of(n).iter().map(|&c| c as usize).collect()));
     }
@@ -108,6 +110,61 @@ pub fn domalloc_view(sys_root: Option<&Path>, cpus: &BTreeSet<usize>) -> Result<
         }
     }
     Ok(v)
+}
+
+/// The high-bandwidth node list the allocator would take from the environment:
+/// `DOMALLOC_HBW_NODES`, else memkind's `MEMKIND_HBW_NODES`.
+fn hbw_override() -> Option<String> {
+    ["DOMALLOC_HBW_NODES", "MEMKIND_HBW_NODES"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
+
+/// The tiers section: each node with memory (tier, HMAT figures and best initiators), then each
+/// CPU node's nearest high-bandwidth and capacity nodes. `hbw` overrides the high-bandwidth
+/// nodes as `DOMALLOC_HBW_NODES` does.
+pub fn tier_lines(t: &mut domalloc::topology::Topology, hbw: Option<&str>) -> Vec<String> {
+    use domalloc::topology::Tier;
+    let mut out = Vec::new();
+    let mut source = if t.has_hmat() { "HMAT (access0: best initiators)" } else { "no HMAT: CPU-less nodes are capacity nodes" }.to_string();
+    if let Some(list) = hbw {
+        let mut m = domalloc::NodeMask::empty();
+        let ok = list.split(',').all(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if a <= b && b < domalloc::NodeMask::CAPACITY => {
+                    (a..=b).for_each(|n| m.insert(n));
+                    true
+                }
+                _ => false,
+            }
+        });
+        if ok && !m.is_empty() {
+            t.set_hbw_nodes(&m);
+            source = format!("high-bandwidth nodes {list} from the environment");
+        }
+    }
+    out.push(format!("memory tiers (domalloc; {source}):"));
+    let nodes: Vec<usize> = t.nodes().collect();
+    for &n in &nodes {
+        if t.tier(n) == Tier::None {
+            continue;
+        }
+        let perf = match (t.bandwidth(n), t.latency(n)) {
+            (0, 0) => "-".to_string(),
+            (bw, lat) => {
+                let inits: Vec<String> = nodes.iter().filter(|&&i| t.is_initiator(i, n)).map(|i| i.to_string()).collect();
+                format!("{bw} MB/s {lat} ns from node {}", inits.join(","))
+            }
+        };
+        out.push(format!("  node {n:>3}  {:<9} {:<5} {perf}", t.tier(n).name(), if t.cpus_of(n).is_empty() { "-" } else { "cpus" }));
+    }
+    for &n in &nodes {
+        if t.cpus_of(n).is_empty() {
+            continue;
+        }
+        let show = |x: Option<usize>| x.map_or("none".to_string(), |x| x.to_string());
+        out.push(format!("  cpu node {n:>3}: nearest high-bandwidth node {}, nearest capacity node {}", show(t.hbw_node(n)), show(t.capacity_node(n))));
+    }
+    out
 }
 
 /// The outcome of one comparison.
@@ -261,6 +318,9 @@ pub fn report(hw: &HwView, dm: &DomView, checks: &[Check]) -> String {
         let hw_nodes: Vec<usize> = hw_nodes.into_iter().collect();
         s.push_str(&distance_matrix(&hw_nodes, &hw.distances, "distances (hwloc):"));
     }
+    for l in &dm.tiers {
+        let _ = writeln!(s, "{l}");
+    }
     for c in checks {
         let _ = match &c.verdict {
             Verdict::Agree(what) => writeln!(s, "{:<16} agree: {what}", format!("{}:", c.what)),
@@ -333,6 +393,34 @@ mod tests {
         dm.placed = [0, 1, 2, 3].into();
         dm.distances = hw.distances.clone();
         (hw, dm)
+    }
+
+    #[test]
+    fn tiers_from_a_fake_hmat_tree() {
+        let root = std::env::temp_dir().join(format!("domalloc-topo-tiers-{}", std::process::id()));
+        let n = root.join("devices/system/node");
+        std::fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
+        std::fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
+        for (id, cpus, dist, bw) in [(0, "0-1", "10 12", 20480), (1, "", "12 10", 81920)] {
+            let d = n.join(format!("node{id}"));
+            std::fs::create_dir_all(d.join("access0/initiators/node0")).unwrap();
+            std::fs::write(d.join("access0/initiators/node0/cpulist"), "0-1\n").unwrap();
+            std::fs::write(d.join("access0/initiators/read_bandwidth"), format!("{bw}\n")).unwrap();
+            std::fs::write(d.join("access0/initiators/read_latency"), "100\n").unwrap();
+            std::fs::write(d.join("cpulist"), format!("{cpus}\n")).unwrap();
+            std::fs::write(d.join("distance"), format!("{dist}\n")).unwrap();
+            std::fs::write(d.join("meminfo"), format!("Node {id} MemTotal: 1048576 kB\n")).unwrap();
+        }
+        for f in ["possible", "online", "has_memory"] {
+            std::fs::write(n.join(f), "0-1\n").unwrap();
+        }
+        let mut t = domalloc::topology::Topology::detect(Some(root.as_os_str().as_encoded_bytes())).unwrap();
+        let lines = tier_lines(&mut t, None).join("\n");
+        assert!(lines.contains("node   1  hbw       -     81920 MB/s 100 ns from node 0"), "{lines}");
+        assert!(lines.contains("cpu node   0: nearest high-bandwidth node 1, nearest capacity node none"), "{lines}");
+        let lines = tier_lines(&mut t, Some("0")).join("\n");
+        assert!(lines.contains("node   1  capacity"), "{lines}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     fn differing(checks: &[Check]) -> Vec<&'static str> {
