@@ -241,7 +241,7 @@ impl Domain {
         // On one node there is nothing to place: first-touch spans exist there only to keep large
         // blocks out of huge pages, and purging a reused one would only fault its pages in again
         // (rptest: 44,000 -> 692,000 page faults, 1.6x the time).
-        if !crate::config::numa_enabled() {
+        if !crate::config::numa_enabled() || !options::get().fresh_spans {
             return;
         }
         // SAFETY: the caller's contract.

@@ -66,6 +66,18 @@ pub const TABLE: &[OptionDesc] = &[
         },
     },
     OptionDesc {
+        name: "DOMALLOC_FIRST_TOUCH",
+        default: "fresh",
+        doc: "Multi-node machines, blocks from 16 KiB: `fresh` purges a span that was used since its last purge before it is handed out again for first touch (one madvise per span), so the toucher's node decides in every phase of a program; `reuse` hands it out with its pages where they are (no madvise, no page faults: for programs whose threads allocate what they touch themselves, under heavy thread churn).",
+        path: false,
+        parse: |v, o| match v {
+            b"fresh" => set(&mut o.fresh_spans, true),
+            b"reuse" => set(&mut o.fresh_spans, false),
+            _ => false,
+        },
+        show: |o, w| w.write_str(if o.fresh_spans { "fresh" } else { "reuse" }),
+    },
+    OptionDesc {
         name: "DOMALLOC_THP",
         default: "segments",
         doc: "Transparent huge pages (MADV_HUGEPAGE): `segments` on the segments bound to one node (small blocks below 16 KiB; every segment on a one-node machine), so placement is unchanged (first-touch segments never get them); `1` also on huge blocks (first-touch placement becomes 2 MiB-granular); `0` nowhere.",
@@ -363,6 +375,8 @@ pub struct Options {
     pub purge_delay_ms: u64,
     /// `DOMALLOC_PURGE`.
     pub purge_mode: PurgeMode,
+    /// `DOMALLOC_FIRST_TOUCH` is `fresh`: reused first-touch spans are purged first.
+    pub fresh_spans: bool,
     /// `DOMALLOC_THP` is `1`: huge pages for huge blocks too.
     pub thp: bool,
     /// `DOMALLOC_THP` is `segments` or `1`: huge pages for segments.
@@ -402,6 +416,7 @@ impl Options {
     const DEFAULT: Options = Options {
         purge_delay_ms: 1000,
         purge_mode: PurgeMode::DontNeed,
+        fresh_spans: true,
         thp: false,
         segment_thp: true,
         numa: NumaMode::Auto,

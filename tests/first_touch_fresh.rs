@@ -95,11 +95,16 @@ fn scenario_fresh_is_untouched() {
             unsafe { dealloc(p, l) };
         }
     }
-    assert!(bad.is_empty(), "memory handed out as fresh was touched before:\n{}", bad.join("\n"));
+    if std::env::var("DOMALLOC_FIRST_TOUCH").as_deref() == Ok("reuse") {
+        // The switch off: reused spans keep their resident pages (no madvise, no faults).
+        assert!(!bad.is_empty(), "DOMALLOC_FIRST_TOUCH=reuse purged the reused spans anyway");
+    } else {
+        assert!(bad.is_empty(), "memory handed out as fresh was touched before:\n{}", bad.join("\n"));
+    }
 }
 
-fn fake_topology() -> std::path::PathBuf {
-    let root = std::env::temp_dir().join(format!("domalloc-first-touch-fresh-{}", std::process::id()));
+fn fake_topology(name: &str) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("domalloc-first-touch-fresh-{}-{name}", std::process::id()));
     let n = root.join("devices/system/node");
     std::fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
     std::fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
@@ -118,7 +123,16 @@ fn fake_topology() -> std::path::PathBuf {
 
 #[test]
 fn fresh_is_untouched() {
-    let name = "fresh_is_untouched";
+    run("fresh_is_untouched", "fresh");
+}
+
+/// `DOMALLOC_FIRST_TOUCH=reuse` hands reused spans out as they are.
+#[test]
+fn reuse_keeps_resident_pages() {
+    run("reuse_keeps_resident_pages", "reuse");
+}
+
+fn run(name: &str, first_touch: &str) {
     if std::env::var("DOMALLOC_TEST_SCENARIO").is_ok() {
         scenario_fresh_is_untouched();
         return;
@@ -127,12 +141,13 @@ fn fresh_is_untouched() {
         eprintln!("skipping: needs 2 CPUs");
         return;
     }
-    let root = fake_topology();
+    let root = fake_topology(name);
     let out = Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("DOMALLOC_TEST_SCENARIO", name)
         .env("DOMALLOC_TOPOLOGY_ROOT", &root)
         .env("DOMALLOC_NUMA", "1")
+        .env("DOMALLOC_FIRST_TOUCH", first_touch)
         // Freed spans stay unpurged through the test (the window where they were reused as fresh).
         .env("DOMALLOC_PURGE_DELAY", "never")
         .env("DOMALLOC_PURGE_THREAD", "0")
