@@ -94,6 +94,13 @@ pub fn guest_allocs(allocs: &[Allocator]) -> Vec<GuestAlloc> {
             "domalloc" => {
                 v.push(GuestAlloc { name: "domalloc".into(), lib: a.path.clone(), env: None });
                 v.push(GuestAlloc { name: "domalloc-nonuma".into(), lib: a.path.clone(), env: Some("DOMALLOC_NUMA=0".into()) });
+                // More columns of the same library with other options:
+                // BENCH_GUEST_VARIANTS="domalloc-reuse:DOMALLOC_FIRST_TOUCH=reuse,...".
+                for var in std::env::var("BENCH_GUEST_VARIANTS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+                    if let Some((name, env)) = var.split_once(':') {
+                        v.push(GuestAlloc { name: name.into(), lib: a.path.clone(), env: Some(env.replace(';', " ")) });
+                    }
+                }
             }
             n if n.starts_with("domalloc-") => v.push(GuestAlloc { name: a.name.clone(), lib: a.path.clone(), env: None }),
             _ => {}
