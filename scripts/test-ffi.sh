@@ -221,6 +221,10 @@ cc_build options_table "$TESTS/options_table.c" -ldl && run_test c-options-table
 # two reports, never inside one (glibc's tst-malloc-stats-cancellation scenario).
 cc_build stats_cancel "$TESTS/stats_cancel.c" -pthread -ldl && run_test c-stats-not-cancellable 60 preload "$WORK/stats_cancel" "$(N 20 100)"
 
+# A walltime kill (SIGTERM) mid-run leaves the statistics file, live bytes counted; the process
+# still dies of SIGTERM.
+cc_build stats_sigterm "$TESTS/stats_sigterm.c" && run_test c-stats-on-sigterm 60 env DOMALLOC_STATS=json DOMALLOC_STATS_FILE="$WORK/sigterm.%p.json" LD_PRELOAD="$LIB" "$WORK/stats_sigterm"
+
 # DOMALLOC_STATS=1 prints per-node figures on stderr at exit.
 stats_report() {
     DOMALLOC_STATS=1 preload "$WORK/stress_mt" 2 2000 >"$WORK/stats.out" 2>"$WORK/stats.err" || return 1

@@ -482,6 +482,7 @@ impl Heap {
     pub(crate) fn fold_page(&self, page: &Page) {
         let (a, f) = page::take_counts(page);
         if a != 0 || f != 0 {
+            crate::prof::fold_small(page.class.get() as usize, a, f);
             let bin = &self.bins[page.class.get() as usize];
             bump(&bin.allocs, a as u64);
             bump(&bin.frees, f as u64);

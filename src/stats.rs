@@ -131,6 +131,16 @@ pub struct Stats {
     pub rss_peak_bytes: u64,
     /// Whether the background purge thread runs.
     pub purge_thread: bool,
+    /// Bytes of the blocks the program holds: small blocks at their class's size (requested
+    /// sizes are not kept), large and huge blocks at their usable size. jemalloc's `allocated`;
+    /// `in_use_bytes` is span occupancy (jemalloc's `active`).
+    pub live_bytes: u64,
+    /// The high-water mark of `live_bytes` (taken where heaps fold their counts, at refills: it
+    /// may miss a peak by the blocks of the spans the threads hold, at most one per class each).
+    pub live_peak_bytes: u64,
+    /// A snapshot taken in a signal handler that left out what a lock the interrupted thread
+    /// holds protects (the counts are then incomplete; `live_bytes` is the folded count).
+    pub partial: bool,
 }
 
 impl Stats {
@@ -143,6 +153,13 @@ impl Stats {
 /// Takes a snapshot of the counters. Cost: walks every segment (under each domain's lock) and
 /// every live heap (under the heap pool's lock).
 pub fn stats() -> Stats {
+    snapshot(false)
+}
+
+/// [`stats`]; `in_signal`: called from a signal handler, so every part guarded by a lock the
+/// calling thread holds (it was interrupted inside the allocator) is left out and the snapshot
+/// marked partial; locks other threads hold are waited for (they go on running).
+fn snapshot(in_signal: bool) -> Stats {
     let mut s = Stats {
         nodes: [NodeStats::default(); MAX_STAT_NODES],
         node_count: 0,
@@ -159,6 +176,9 @@ pub fn stats() -> Stats {
         rss_bytes: 0,
         rss_peak_bytes: 0,
         purge_thread: false,
+        live_bytes: 0,
+        live_peak_bytes: 0,
+        partial: false,
     };
     for (c, cs) in s.classes.iter_mut().enumerate() {
         cs.block_size = class_size(c);
@@ -181,7 +201,7 @@ pub fn stats() -> Stats {
         if n < slot_of.len() {
             slot_of[n] = slot;
         }
-        node_counters(&mut s, slot, n);
+        node_counters(&mut s, slot, n, in_signal);
         if s.node_count < MAX_STAT_NODES {
             s.node_count += 1;
         }
@@ -189,7 +209,9 @@ pub fn stats() -> Stats {
     // Live heaps' own counts: allocations and own frees on the node each heap serves (its
     // pages'), frees into other pages on those pages' nodes.
     let slot_of_node = |n: usize| slot_of.get(n).copied().unwrap_or(usize::MAX);
-    crate::init::for_each_live_heap(|h| {
+    let pool_ok = !(in_signal && crate::init::pool_held_by_me());
+    s.partial |= !pool_ok;
+    pool_ok.then(|| crate::init::for_each_live_heap(|h| {
         let slot = slot_of_node(h.node());
         for c in 0..CLASSES {
             let (a, f, r) = h.bin_counts(c);
@@ -211,22 +233,32 @@ pub fn stats() -> Stats {
                 }
             }
         }
-    });
-    let (t, live) = crate::init::heap_totals();
-    s.remote_frees = t[0];
-    s.remote_batches = t[1];
-    s.migrations = t[2];
-    s.pages_from_arena = t[3];
-    s.pages_fresh = t[4];
+    }));
+    if pool_ok {
+        let (t, live) = crate::init::heap_totals();
+        s.remote_frees = t[0];
+        s.remote_batches = t[1];
+        s.migrations = t[2];
+        s.pages_from_arena = t[3];
+        s.pages_fresh = t[4];
+        s.live_heaps = live;
+    }
     s.heaps_taken_over = crate::init::heaps_taken_over();
-    s.live_heaps = live;
+    let (folded, peak) = crate::prof::live_folded();
+    s.live_bytes = if s.partial {
+        folded
+    } else {
+        let small: u64 = s.classes.iter().map(|c| c.allocs.wrapping_sub(c.frees).wrapping_mul(c.block_size as u64)).sum();
+        small.wrapping_add(s.total(|n| n.large_bytes + n.huge_bytes))
+    };
+    s.live_peak_bytes = peak.max(s.live_bytes);
     process_rss(&mut s);
     node_resident(&mut s, &slot_of);
     s
 }
 
 /// The counters of domain `n` into `s.nodes[slot]` (and its classes into `s.classes`).
-fn node_counters(s: &mut Stats, slot: usize, n: usize) {
+fn node_counters(s: &mut Stats, slot: usize, n: usize, in_signal: bool) {
     let d = crate::domain::domain(n);
     let c = &d.counters;
     let ld = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -248,7 +280,7 @@ fn node_counters(s: &mut Stats, slot: usize, n: usize) {
     ns.huge_frees += ld(&c.huge_frees);
     ns.huge_cache_hits += ld(&c.huge_cache_hits);
     ns.huge_cache_misses += ld(&c.huge_cache_misses);
-    ns.huge_cached_bytes += d.huge_cache.bytes() as u64;
+    ns.huge_cached_bytes += if in_signal { d.huge_cache.bytes_hint() } else { d.huge_cache.bytes() } as u64;
     ns.purged_bytes += ld(&c.purged_bytes);
     ns.migrations_in += ld(&c.migrations_in);
     ns.remote_frees += ld(&c.remote_node_frees);
@@ -258,6 +290,10 @@ fn node_counters(s: &mut Stats, slot: usize, n: usize) {
     for cl in 0..CLASSES {
         s.classes[cl].allocs += ld(&c.class_allocs[cl]);
         s.classes[cl].frees += ld(&c.class_frees[cl]);
+    }
+    if in_signal && d.lock.held_by_me() {
+        s.partial = true;
+        return;
     }
     let classes = &mut s.classes;
     let mut small_in_use = 0;
@@ -467,6 +503,13 @@ pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
         s.pages_from_arena,
         s.heaps_taken_over
     )?;
+    writeln!(
+        w,
+        "domalloc: live: {} (peak {}): the blocks the program holds, at their usable size (small blocks at their class's size); in-use below counts whole spans{}",
+        Bytes(s.live_bytes),
+        Bytes(s.live_peak_bytes),
+        if s.partial { "; partial: written in a signal handler that interrupted the allocator" } else { "" }
+    )?;
     const NODE_HDR: [&str; 12] =
         ["node", "in-use", "peak", "mapped", "map-peak", "resident", "allocs", "frees", "remote", "home", "purged", "huge-hit"];
     w.write_str("domalloc: ")?;
@@ -548,12 +591,15 @@ pub(crate) fn write_json(w: &mut dyn Write, s: &Stats) -> fmt::Result {
     }
     write!(
         w,
-        "\",\"elapsed_s\":{}.{:03},\"numa\":{},\"process\":{{\"rss_bytes\":{},\"rss_peak_bytes\":{}}},\"totals\":",
+        "\",\"elapsed_s\":{}.{:03},\"numa\":{},\"partial\":{},\"process\":{{\"rss_bytes\":{},\"rss_peak_bytes\":{}}},\"live_bytes\":{},\"live_peak_bytes\":{},\"totals\":",
         s.elapsed_ms / 1000,
         s.elapsed_ms % 1000,
         s.numa,
+        s.partial,
         s.rss_bytes,
-        s.rss_peak_bytes
+        s.rss_peak_bytes,
+        s.live_bytes,
+        s.live_peak_bytes
     )?;
     let mut total = NodeStats::default();
     for n in &s.nodes[..s.node_count] {
@@ -653,7 +699,12 @@ pub fn print() {
 
 /// Writes the report in `format` to `fd`; false if writing failed.
 pub(crate) fn print_to(fd: i32, format: StatsFormat) -> bool {
-    let s = stats();
+    print_snapshot(fd, format, false)
+}
+
+/// [`print_to`], from a signal handler when `in_signal` (see [`snapshot`]).
+fn print_snapshot(fd: i32, format: StatsFormat, in_signal: bool) -> bool {
+    let s = snapshot(in_signal);
     let mut w = FdWriter::new(fd);
     let r = match format {
         StatsFormat::Json => write_json(&mut w, &s),
@@ -702,26 +753,64 @@ pub(crate) fn expand_path(template: &[u8], out: &mut [u8]) -> Option<usize> {
 }
 
 
-/// Runs at process exit (from `.fini_array`): the report, if asked for, and the contention line.
-extern "C" fn at_exit() {
+/// The report asked for by `DOMALLOC_STATS`, to its file or stderr; `in_signal`: from the
+/// SIGTERM handler (see [`snapshot`]).
+fn write_report(in_signal: bool) {
     let o = options::get();
-    if o.stats != StatsFormat::Off {
-        let mut path = [0u8; 512];
-        match o.stats_file.and_then(|t| expand_path(t, &mut path)) {
-            Some(_) => {
-                let fd = Sys::create_file(&path);
-                if fd >= 0 {
-                    print_to(fd, o.stats);
-                    Sys::close_fd(fd);
-                } else {
-                    crate::os::eprint(format_args!("domalloc: warning: cannot write the statistics file {}\n", core::str::from_utf8(&path).unwrap_or("?").trim_end_matches('\0')));
-                }
-            }
-            None => {
-                print_to(2, o.stats);
+    if o.stats == StatsFormat::Off {
+        return;
+    }
+    let mut path = [0u8; 512];
+    match o.stats_file.and_then(|t| expand_path(t, &mut path)) {
+        Some(_) => {
+            let fd = Sys::create_file(&path);
+            if fd >= 0 {
+                print_snapshot(fd, o.stats, in_signal);
+                Sys::close_fd(fd);
+            } else {
+                crate::os::eprint(format_args!("domalloc: warning: cannot write the statistics file {}\n", core::str::from_utf8(&path).unwrap_or("?").trim_end_matches('\0')));
             }
         }
+        None => {
+            print_snapshot(2, o.stats, in_signal);
+        }
     }
+}
+
+/// Set while a signal handler writes the report (a second SIGTERM on another thread meanwhile
+/// goes straight on to the default action).
+static SIGNAL_REPORT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// The SIGTERM hook (a batch system's walltime kill): the report, then the program's own handler
+/// or the default action (`Os::catch_signal`). Async-signal-safe: stack buffers, `open`/`write`,
+/// and no lock the interrupted thread holds ([`snapshot`]).
+fn on_term() {
+    if SIGNAL_REPORT.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    write_report(true);
+    SIGNAL_REPORT.store(false, Ordering::Release);
+}
+
+/// Runs at load (from `.init_array`): when a report is asked for, start-up now and the SIGTERM
+/// hook, chained to whatever the process has for SIGTERM at start-up (an ignored SIGTERM stays
+/// ignored; a handler the program installs later replaces ours, its choice).
+extern "C" fn at_load() {
+    if Sys::environ_find(b"DOMALLOC_STATS").is_none() && Sys::environ_find(b"DOMALLOC_STATS_FILE").is_none() {
+        return;
+    }
+    if crate::init::ensure_init() && options::get().stats != StatsFormat::Off {
+        Sys::catch_signal(crate::os::Signal::Term, on_term, true);
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
+/// Runs at process exit (from `.fini_array`): the report, if asked for, and the contention line.
+extern "C" fn at_exit() {
+    write_report(false);
     let mut buf = [0u8; 512];
     let mut w = BufWriter::new(&mut buf);
     if crate::contention::report_line(&mut w) {

@@ -432,6 +432,58 @@ pub(crate) trait Os {
 
     /// Sets the calling thread's `errno`.
     fn set_errno(e: i32);
+
+    // ---- signals ----
+
+    /// Calls `hook` when `sig` arrives, chained to the action in force now, never replacing it:
+    /// after `hook`, the handler that was installed before (if any) is called as the kernel would
+    /// have called it; with none and `then_default`, the signal is raised again with its default
+    /// action (SIGTERM then ends the process as it would have). A signal the process ignores is
+    /// left ignored (false). `hook` runs in a signal handler: it may only make async-signal-safe
+    /// calls and must not take a lock the interrupted thread may hold. A handler the program
+    /// installs later replaces ours (its choice). True when ours is installed.
+    fn catch_signal(sig: Signal, hook: fn(), then_default: bool) -> bool {
+        posix::catch_signal(sig, hook, then_default)
+    }
+}
+
+/// The signals the allocator may catch (statistics and profile dumps).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Signal {
+    /// SIGTERM (a batch system's walltime kill).
+    Term = 0,
+    /// SIGHUP.
+    Hup = 1,
+    /// SIGUSR1.
+    Usr1 = 2,
+    /// SIGUSR2.
+    Usr2 = 3,
+}
+
+impl Signal {
+    /// How many there are.
+    pub(crate) const COUNT: usize = 4;
+
+    /// From its name without `SIG` (`TERM`, `HUP`, `USR1`, `USR2`).
+    pub(crate) fn from_name(name: &[u8]) -> Option<Signal> {
+        match name {
+            b"TERM" => Some(Signal::Term),
+            b"HUP" => Some(Signal::Hup),
+            b"USR1" => Some(Signal::Usr1),
+            b"USR2" => Some(Signal::Usr2),
+            _ => None,
+        }
+    }
+
+    /// Its name without `SIG`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Hup => "HUP",
+            Signal::Usr1 => "USR1",
+            Signal::Usr2 => "USR2",
+        }
+    }
 }
 
 // ---- shared wrappers ----
