@@ -149,7 +149,7 @@ fn alloc_huge(node: usize, size: usize, align: usize, zero: bool, placed: bool, 
 fn big_allocated(p: *mut u8) {
     if !p.is_null() {
         // SAFETY: a live block of this allocator.
-        crate::prof::big_allocated(unsafe { usable_size(p) });
+        crate::prof::big_allocated(p, unsafe { usable_size(p) });
     }
 }
 
@@ -225,7 +225,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
             let before = (*seg).huge_size.get();
             let q = huge::realloc(seg, p, new_size);
             if !q.is_null() {
-                crate::prof::big_freed(before);
+                crate::prof::big_freed(p, before);
                 big_allocated(q);
                 return q;
             }

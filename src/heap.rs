@@ -371,7 +371,9 @@ unsafe fn alloc_small_slow(h: *mut Heap, c: usize) -> (*mut u8, bool) {
         }
     }
     // SAFETY: a real heap of this thread.
-    unsafe { (*h).alloc_refill(c) }
+    let r = unsafe { (*h).alloc_refill(c) };
+    crate::prof::small_refilled(h, r.0);
+    r
 }
 
 impl crate::list::Linked for Heap {

@@ -574,6 +574,7 @@ fn each_lock(mut f: impl FnMut(&dyn ForkLock)) {
         f(domain(n).pool.fork_lock());
         f(domain(n).huge_cache.fork_lock());
     }
+    f(crate::prof::fork_lock());
 }
 
 /// What the fork handlers do with each lock (whatever it guards).

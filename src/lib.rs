@@ -73,8 +73,8 @@ pub use allocator_api2;
 use core::alloc::{GlobalAlloc, Layout};
 
 pub use crate::targeted::{alloc_interleaved, alloc_on_node, Interleaved, Node};
-pub use crate::os::{NodeMask, PurgeMode};
-pub use crate::stats::{stats, ClassStats, NodeStats, Stats};
+pub use crate::os::{NodeMask, PurgeMode, Signal};
+pub use crate::stats::{prof_dump, prof_start, prof_stop, stats, ClassStats, NodeStats, Stats};
 
 /// The allocator, for `#[global_allocator]`. A zero-sized handle: all state is process-wide.
 #[derive(Clone, Copy, Debug, Default)]

@@ -789,28 +789,197 @@ fn on_term() {
         return;
     }
     write_report(true);
+    if crate::prof::active() {
+        dump_profile(None, true);
+    }
     SIGNAL_REPORT.store(false, Ordering::Release);
 }
 
-/// Runs at load (from `.init_array`): when a report is asked for, start-up now and the SIGTERM
-/// hook, chained to whatever the process has for SIGTERM at start-up (an ignored SIGTERM stays
-/// ignored; a handler the program installs later replaces ours, its choice).
+/// Runs at load (from `.init_array`): when a report or the profiler is asked for, start-up now,
+/// the profiler, and the signal hooks, chained to whatever the process has for the signal at
+/// start-up (an ignored signal stays ignored; a handler the program installs later replaces
+/// ours, its choice).
 extern "C" fn at_load() {
-    if Sys::environ_find(b"DOMALLOC_STATS").is_none() && Sys::environ_find(b"DOMALLOC_STATS_FILE").is_none() {
+    let asked = |name: &[u8]| Sys::environ_find(name).is_some();
+    if !(asked(b"DOMALLOC_STATS") || asked(b"DOMALLOC_STATS_FILE") || asked(b"DOMALLOC_PROF")) {
         return;
     }
-    if crate::init::ensure_init() && options::get().stats != StatsFormat::Off {
+    if !crate::init::ensure_init() {
+        return;
+    }
+    let o = options::get();
+    if o.prof {
+        crate::prof::start(0);
+    }
+    if o.stats != StatsFormat::Off || o.prof {
         Sys::catch_signal(crate::os::Signal::Term, on_term, true);
     }
+    if let Some(sig) = o.prof_signal {
+        Sys::catch_signal(sig, on_prof_signal, false);
+    }
+}
+
+/// The `DOMALLOC_PROF_SIGNAL` hook: the profile, then the program goes on.
+fn on_prof_signal() {
+    if SIGNAL_REPORT.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    dump_profile(None, true);
+    SIGNAL_REPORT.store(false, Ordering::Release);
+}
+
+// ---- the heap profile ----
+
+/// Starts the sampling heap profiler: one sample every `sample_bytes` allocated on average (0:
+/// `DOMALLOC_PROF_SAMPLE`). False if its tables (about 5 MiB, mapped once) cannot be mapped.
+pub fn prof_start(sample_bytes: u64) -> bool {
+    crate::init::ensure_init() && crate::prof::start(sample_bytes)
+}
+
+/// Stops sampling; the blocks sampled so far are still followed to their free.
+pub fn prof_stop() {
+    crate::prof::stop()
+}
+
+/// Writes the heap profile to `path` (`None`: `DOMALLOC_PROF_FILE`, with its `%p`, `%r`, `%h`
+/// patterns). False if there is no profile (never started) or the file cannot be written.
+pub fn prof_dump(path: Option<&str>) -> bool {
+    match path {
+        None => dump_profile(None, false),
+        Some(p) => {
+            let mut buf = [0u8; 512];
+            if p.len() >= buf.len() || p.as_bytes().contains(&0) {
+                return false;
+            }
+            buf[..p.len()].copy_from_slice(p.as_bytes());
+            dump_profile(Some(&buf[..p.len() + 1]), false)
+        }
+    }
+}
+
+/// Writes the profile to `path` (NUL-terminated) or to `DOMALLOC_PROF_FILE`'s expansion.
+pub(crate) fn dump_profile(path: Option<&[u8]>, in_signal: bool) -> bool {
+    let mut expanded = [0u8; 512];
+    let path = match path {
+        Some(p) => p,
+        None => match expand_path(options::get().prof_file, &mut expanded) {
+            Some(n) => &expanded[..n + 1],
+            None => return false,
+        },
+    };
+    let fd = Sys::create_file(path);
+    if fd < 0 {
+        crate::os::eprint(format_args!("domalloc: warning: cannot write the heap profile {}\n", core::str::from_utf8(path).unwrap_or("?").trim_end_matches('\0')));
+        return false;
+    }
+    let mut w = FdWriter::new(fd);
+    let ok = write_profile(&mut w, in_signal).is_ok();
+    w.flush();
+    Sys::close_fd(fd);
+    ok && !w.failed
+}
+
+/// The profile's views, each a collapsed-stack section (`frame;frame;frame value`).
+const PROF_VIEWS: [&str; 4] = ["alloc_bytes", "live_bytes", "peak_live_bytes", "remote_freed_bytes"];
+
+/// Writes the heap profile: a header, the module map (executable mappings, so addresses can be
+/// symbolised elsewhere), one `# site` line per call site with all its figures, then one
+/// collapsed-stack section per view (outermost frame first, raw hexadecimal addresses).
+pub(crate) fn write_profile(w: &mut dyn Write, in_signal: bool) -> fmt::Result {
+    let mut host = [0u8; 64];
+    let hl = Sys::host_name(&mut host);
+    write!(w, "# domalloc heap profile 1\n# pid {} rank ", Sys::process_id())?;
+    match rank() {
+        Some(r) => write!(w, "{r}")?,
+        None => w.write_str("-")?,
+    }
+    let (live, peak) = crate::prof::live_folded();
+    writeln!(
+        w,
+        " host {} elapsed_ms {} sample_bytes {} live_bytes {} live_peak_bytes {}",
+        core::str::from_utf8(&host[..hl]).unwrap_or("?"),
+        crate::config::elapsed_ms(),
+        crate::prof::interval(),
+        live,
+        peak
+    )?;
+    let mut r = Ok(());
+    Sys::for_each_mapping(&mut |m| {
+        if m.executable && !m.path.is_empty() && r.is_ok() {
+            r = writeln!(w, "# map {:#x}-{:#x} {:#x} {}", m.start, m.end, m.offset, core::str::from_utf8(m.path).unwrap_or("?"));
+        }
+    });
+    r?;
+    w.write_str("# site samples alloc_bytes live_bytes peak_live_bytes freed_bytes remote_freed_bytes mean_lifetime_ms alloc_bytes_by_node stack\n")?;
+    let mut r = Ok(());
+    let totals = crate::prof::for_each_site(in_signal, &mut |s| {
+        if r.is_ok() {
+            r = (|| {
+                write!(
+                    w,
+                    "# site {} {} {} {} {} {} {} {},{},{},{} ",
+                    s.samples,
+                    s.alloc_bytes,
+                    s.live_bytes,
+                    s.peak_bytes,
+                    s.freed_bytes,
+                    s.remote_bytes,
+                    s.lifetime_ms.checked_div(s.freed_samples).unwrap_or(0),
+                    s.node_bytes[0],
+                    s.node_bytes[1],
+                    s.node_bytes[2],
+                    s.node_bytes[3]
+                )?;
+                write_stack(w, s)?;
+                w.write_str("\n")
+            })();
+        }
+    });
+    r?;
+    let Some((sampled_live, sampled_peak, dropped)) = totals else {
+        return w.write_str("# no profile: the profiler was never started, or its lock is held by the interrupted thread\n");
+    };
+    writeln!(w, "# sampled live_bytes {sampled_live} peak {sampled_peak} dropped_samples {dropped}")?;
+    for (v, name) in PROF_VIEWS.iter().enumerate() {
+        writeln!(w, "# view {name}")?;
+        let mut r = Ok(());
+        crate::prof::for_each_site(in_signal, &mut |s| {
+            let value = [s.alloc_bytes, s.live_bytes, s.peak_bytes, s.remote_bytes][v];
+            if value != 0 && r.is_ok() {
+                r = write_stack(w, s).and_then(|_| writeln!(w, " {value}"));
+            }
+        });
+        r?;
+    }
+    Ok(())
+}
+
+/// A site's stack, outermost frame first, `;`-separated (`[unknown]` without frames).
+fn write_stack(w: &mut dyn Write, s: &crate::prof::Site) -> fmt::Result {
+    let frames = &s.frames[..(s.depth as usize).min(s.frames.len())];
+    if frames.is_empty() {
+        return w.write_str("[unknown]");
+    }
+    for (i, f) in frames.iter().rev().enumerate() {
+        if i > 0 {
+            w.write_str(";")?;
+        }
+        write!(w, "{f:#x}")?;
+    }
+    Ok(())
 }
 
 #[used]
 #[link_section = ".init_array"]
 static AT_LOAD: extern "C" fn() = at_load;
 
-/// Runs at process exit (from `.fini_array`): the report, if asked for, and the contention line.
+/// Runs at process exit (from `.fini_array`): the report, if asked for, the heap profile if the
+/// profiler runs, and the contention line.
 extern "C" fn at_exit() {
     write_report(false);
+    if crate::prof::active() {
+        dump_profile(None, false);
+    }
     let mut buf = [0u8; 512];
     let mut w = BufWriter::new(&mut buf);
     if crate::contention::report_line(&mut w) {

@@ -109,6 +109,12 @@ shims! {
     /// Writes the statistics as one NUL-terminated JSON document into `buf` if it fits in `len`
     /// bytes; returns the length it needs without the NUL (like `snprintf`).
     fn domalloc_stats_json(buf: *mut c_char, len: usize) -> usize = domalloc::c::stats_json;
+    /// Starts the sampling heap profiler (0: the `DOMALLOC_PROF_SAMPLE` interval); 0 or -1.
+    fn domalloc_prof_start(sample_bytes: usize) -> c_int = domalloc::c::prof_start;
+    /// Stops sampling.
+    fn domalloc_prof_stop() = domalloc::c::prof_stop;
+    /// Writes the heap profile to `path` (NULL: `DOMALLOC_PROF_FILE`); 0 or -1 (not cancellable).
+    fn domalloc_prof_dump(path: *const c_char) -> c_int = prof_dump_uncancellable;
 }
 
 // ---- printing the report: not a cancellation point ----
@@ -149,4 +155,11 @@ fn print_stats_uncancellable() {
 
 fn stats_print_uncancellable(fd: c_int) -> c_int {
     uncancellable(|| c::stats_print(fd))
+}
+
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+unsafe fn prof_dump_uncancellable(path: *const c_char) -> c_int {
+    // SAFETY: forwarded.
+    uncancellable(|| unsafe { c::prof_dump(path) })
 }

@@ -494,6 +494,66 @@ pub(crate) fn catch_signal(s: super::Signal, hook: fn(), then_default: bool) -> 
     true
 }
 
+// ---- the process's mappings ----
+
+/// `/proc/self/maps`, one line at a time through stack buffers (see
+/// [`super::Os::for_each_mapping`]); false where there is no such file (BSD without linprocfs).
+pub(crate) fn for_each_mapping(f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
+    let mut buf = [0u8; 4096];
+    let mut line = [0u8; 512];
+    let mut len = 0usize;
+    let mut handle = |l: &[u8]| {
+        // start-end perms offset dev inode path
+        let mut fields = l.splitn(6, |&c| c == b' ');
+        let (Some(range), Some(perms), Some(off)) = (fields.next(), fields.next(), fields.next()) else { return };
+        let _dev = fields.next();
+        let _inode = fields.next();
+        let path = crate::util::trim(fields.next().unwrap_or(b""));
+        let Some(dash) = range.iter().position(|&c| c == b'-') else { return };
+        let (Some(start), Some(end), Some(offset)) = (parse_hex(&range[..dash]), parse_hex(&range[dash + 1..]), parse_hex(off)) else { return };
+        f(super::Mapping {
+            start: start as usize,
+            end: end as usize,
+            readable: perms.first() == Some(&b'r'),
+            executable: perms.get(2) == Some(&b'x'),
+            offset,
+            path,
+        });
+    };
+    let opened = read_file_chunks(b"/proc/self/maps\0", &mut buf, &mut |chunk| {
+        for &c in chunk {
+            if c == b'\n' {
+                handle(&line[..len]);
+                len = 0;
+            } else if len < line.len() {
+                line[len] = c;
+                len += 1;
+            }
+        }
+    });
+    if len > 0 {
+        handle(&line[..len]);
+    }
+    opened
+}
+
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &c in s {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        v = v << 4 | d as u64;
+    }
+    Some(v)
+}
+
 #[cfg(test)]
 mod signal_tests {
     use core::sync::atomic::{AtomicU32, Ordering};
@@ -530,5 +590,21 @@ mod signal_tests {
             assert!(!catch_signal(super::super::Signal::Hup, hook, true));
             libc::raise(libc::SIGHUP);
         }
+    }
+}
+
+#[cfg(test)]
+mod mapping_tests {
+    #[test]
+    fn the_mappings_hold_this_code_and_this_stack() {
+        let code = the_mappings_hold_this_code_and_this_stack as *const () as usize;
+        let local = 0u8;
+        let stack = &local as *const u8 as usize;
+        let (mut code_seen, mut stack_seen) = (false, false);
+        assert!(super::for_each_mapping(&mut |m| {
+            code_seen |= m.executable && (m.start..m.end).contains(&code) && !m.path.is_empty();
+            stack_seen |= m.readable && (m.start..m.end).contains(&stack);
+        }));
+        assert!(code_seen && stack_seen);
     }
 }

@@ -2,7 +2,8 @@
  * DOMALLOC_STATS=json and DOMALLOC_STATS_FILE (a template with %p) its report must be written
  * from the signal handler, count the blocks it holds in "live_bytes", and the child must still
  * die of SIGTERM (the default action after the report). Run under LD_PRELOAD with both
- * variables set; prints "ok" and exits 0 on success. */
+ * variables set; prints "ok" and exits 0 on success. With DOMALLOC_PROF=1 and
+ * DOMALLOC_PROF_FILE (a template with %p) the heap profile must be left too, with call sites. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,5 +69,24 @@ int main(void) {
         return 1;
     }
     printf("ok: live_bytes %llu at SIGTERM\n", v);
+    const char *ptmpl = getenv("DOMALLOC_PROF_FILE");
+    if (ptmpl && getenv("DOMALLOC_PROF")) {
+        const char *pp = strstr(ptmpl, "%p");
+        if (!pp) return 2;
+        snprintf(path, sizeof path, "%.*s%s%s", (int)(pp - ptmpl), ptmpl, pidtxt, pp + 2);
+        f = fopen(path, "r");
+        if (!f) {
+            fprintf(stderr, "no heap profile %s after SIGTERM\n", path);
+            return 1;
+        }
+        n = fread(doc, 1, sizeof doc - 1, f);
+        fclose(f);
+        doc[n] = 0;
+        if (!strstr(doc, "# domalloc heap profile") || !strstr(doc, "\n# site ") || !strstr(doc, "# view live_bytes")) {
+            fprintf(stderr, "the heap profile %s after SIGTERM has no call sites:\n%s\n", path, doc);
+            return 1;
+        }
+        printf("ok: heap profile at SIGTERM\n");
+    }
     return 0;
 }

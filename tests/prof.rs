@@ -1,0 +1,98 @@
+//! The sampling heap profiler through the Rust API, in a child process with domalloc as the
+//! global allocator: `prof_start`/`prof_stop`/`prof_dump`, the file's form (header, module map,
+//! `# site` lines, one collapsed-stack section per view), and its totals: the sites' allocated
+//! bytes estimate what the child allocated, their live bytes what it kept (wide statistical
+//! bounds, no timing). Attribution to functions needs frame pointers (this test binary has
+//! none): `tests/c/prof_sites.c` and `prof_sites.rs` check it under `scripts/test-ffi.sh`.
+//! And a rule that can fail: `src/prof.rs` names nothing that allocates.
+
+#[global_allocator]
+static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
+
+mod common;
+
+const CASE: &str = "DOMALLOC_TEST_PROF_CASE";
+
+/// Bytes the child allocates in blocks it frees, and in blocks it keeps.
+const CHURN: usize = 64 << 20;
+const KEPT: usize = 24 << 20;
+
+fn child(path: &str) {
+    assert!(domalloc::prof_start(64 << 10));
+    let mut kept = Vec::new();
+    let mut n = 0;
+    while n < CHURN {
+        let v = std::hint::black_box(vec![1u8; 1000 + (n / 1000) % 3000]);
+        n += v.len();
+    }
+    let mut k = 0;
+    while k < KEPT {
+        kept.push(std::hint::black_box(vec![2u8; 8192]));
+        k += 8192;
+    }
+    for i in 0..40 {
+        drop(std::hint::black_box(vec![3u8; 200_000 + i]));
+    }
+    domalloc::prof_stop();
+    // Not sampled any more.
+    for _ in 0..10_000 {
+        drop(std::hint::black_box(vec![4u8; 5000]));
+    }
+    assert!(domalloc::prof_dump(Some(path)));
+    std::mem::forget(kept);
+}
+
+#[test]
+fn profile_api_writes_a_profile_whose_totals_match() {
+    let name = "profile_api_writes_a_profile_whose_totals_match";
+    let path = std::env::temp_dir().join(format!("domalloc-prof-{}.prof", std::process::id()));
+    if std::env::var(CASE).as_deref() == Ok(name) {
+        child(std::env::var("PROF_PATH").unwrap().as_str());
+        return;
+    }
+    let r = common::run_child(CASE, name, &[("PROF_PATH", path.to_str().unwrap())], common::CHILD_TIMEOUT);
+    assert!(r.status.success() && !r.hung, "{}", r.context(name));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("no profile at {}: {e}\n{}", path.display(), r.context(name)));
+    let _ = std::fs::remove_file(&path);
+    assert!(text.starts_with("# domalloc heap profile 1\n"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("# map 0x")), "no module map:\n{text}");
+    for v in ["alloc_bytes", "live_bytes", "peak_live_bytes", "remote_freed_bytes"] {
+        assert!(text.lines().any(|l| l == format!("# view {v}")), "no {v} view:\n{text}");
+    }
+    let (mut alloc, mut live, mut sites) = (0u64, 0u64, 0);
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix("# site ") else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f[0] == "samples" {
+            continue;
+        }
+        assert_eq!(f.len(), 9, "a site line with {} fields: {l}", f.len());
+        alloc += f[1].parse::<u64>().unwrap();
+        live += f[2].parse::<u64>().unwrap();
+        sites += 1;
+    }
+    // The view sections carry the same figures as the site lines.
+    let view_sum = |name: &str| -> u64 {
+        text.lines()
+            .skip_while(|l| *l != format!("# view {name}"))
+            .skip(1)
+            .take_while(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(view_sum("alloc_bytes"), alloc);
+    assert_eq!(view_sum("live_bytes"), live);
+    let total = (CHURN + KEPT + 40 * 200_000) as f64;
+    assert!(sites >= 1);
+    assert!((alloc as f64) > 0.6 * total && (alloc as f64) < 1.5 * total, "allocated bytes {alloc} vs {total} allocated while sampling");
+    assert!((live as f64) > 0.5 * KEPT as f64 && (live as f64) < 1.6 * KEPT as f64 + (4 << 20) as f64, "live bytes {live} vs {KEPT} kept");
+}
+
+#[test]
+fn the_profiler_names_nothing_that_allocates() {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/prof.rs")).unwrap();
+    let code: String = src.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+    for banned in ["Vec", "Box", "String", "format!", "vec!", "to_vec", "to_string", "to_owned", "std::", "alloc::", "println!", "eprintln!", "panic!", "unwrap()", "expect("] {
+        assert!(!code.contains(banned), "src/prof.rs names `{banned}`: the profiler runs inside malloc");
+    }
+}
