@@ -253,7 +253,7 @@ fn prof_report_symbolises_merges_ranks_and_draws_a_flame_graph() {
     let alpha = out.lines().find(|l| l.contains("prof_marker_alpha")).unwrap_or_else(|| panic!("alpha not symbolised:\n{out}"));
     assert!(alpha.contains("4.0 MiB") && alpha.split_whitespace().any(|w| w == "2"), "alpha merged over 2 ranks: {alpha}\n{out}");
     // The remote share of beta's freed bytes: 786432 of 2 MiB.
-    let beta = out.lines().filter(|l| l.contains("prof_marker_beta")).last().unwrap_or_else(|| panic!("beta not symbolised:\n{out}"));
+    let beta = out.lines().rfind(|l| l.contains("prof_marker_beta")).unwrap_or_else(|| panic!("beta not symbolised:\n{out}"));
     assert!(beta.contains("37.5%"), "beta's remote share: {beta}\n{out}");
     let c = std::fs::read_to_string(&col).unwrap();
     assert!(c.lines().any(|l| l.contains("prof_marker_alpha") && l.ends_with(&format!(" {}", 4 << 20))), "{c}");
