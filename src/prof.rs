@@ -126,6 +126,10 @@ pub(crate) struct Site {
     pub(crate) freed_samples: u64,
     /// Bytes allocated per node of the allocating CPU (slot `min(node, 3)`).
     pub(crate) node_bytes: [u64; 4],
+    /// Sum of the sampled blocks' sizes (their mean: `sizes / samples`).
+    pub(crate) sizes: u64,
+    /// Allocating threads: bit `thread id % 64` (its population: a lower bound of how many).
+    pub(crate) threads: u64,
 }
 
 /// One live sampled block.
@@ -138,7 +142,10 @@ struct Sample {
     site: u32,
     node: u16,
     _pad: u16,
+    /// The allocating thread.
     thread: u32,
+    /// The block's size.
+    size: u64,
 }
 
 /// Executable mappings the profiler knows (re-read at most once a second while sampling).
@@ -406,7 +413,6 @@ fn record(addr: usize, size: u64, weight: u64) -> bool {
     let node = Sys::current_cpu().and_then(|c| crate::topology::get().cpu_node(c)).unwrap_or(0);
     let now = Sys::now_ms();
     let thread = os::thread_id();
-    let _ = size;
     let mut t = TABLES.lock();
     if t.sites.is_null() {
         return false;
@@ -456,12 +462,14 @@ fn record(addr: usize, size: u64, weight: u64) -> bool {
         while (*samples.add(j)).addr != 0 {
             j = (j + 1) & (SAMPLES - 1);
         }
-        *samples.add(j) = Sample { addr, weight, t_ms: now, site: site as u32, node: node as u16, _pad: 0, thread };
+        *samples.add(j) = Sample { addr, weight, t_ms: now, site: site as u32, node: node as u16, _pad: 0, thread, size };
         let s = &mut *sites.add(site);
         s.alloc_bytes += weight;
         s.samples += 1;
         s.live_bytes += weight;
         s.node_bytes[node.min(3)] += weight;
+        s.sizes += size;
+        s.threads |= 1 << (thread % 64);
     }
     t.live_samples += 1;
     t.live += weight;

@@ -910,14 +910,14 @@ pub(crate) fn write_profile(w: &mut dyn Write, in_signal: bool) -> fmt::Result {
         }
     });
     r?;
-    w.write_str("# site samples alloc_bytes live_bytes peak_live_bytes freed_bytes remote_freed_bytes mean_lifetime_ms alloc_bytes_by_node stack\n")?;
+    w.write_str("# site samples alloc_bytes live_bytes peak_live_bytes freed_bytes remote_freed_bytes mean_lifetime_ms alloc_bytes_by_node mean_size threads stack\n")?;
     let mut r = Ok(());
     let totals = crate::prof::for_each_site(in_signal, &mut |s| {
         if r.is_ok() {
             r = (|| {
                 write!(
                     w,
-                    "# site {} {} {} {} {} {} {} {},{},{},{} ",
+                    "# site {} {} {} {} {} {} {} {},{},{},{} {} {} ",
                     s.samples,
                     s.alloc_bytes,
                     s.live_bytes,
@@ -928,7 +928,9 @@ pub(crate) fn write_profile(w: &mut dyn Write, in_signal: bool) -> fmt::Result {
                     s.node_bytes[0],
                     s.node_bytes[1],
                     s.node_bytes[2],
-                    s.node_bytes[3]
+                    s.node_bytes[3],
+                    s.sizes.checked_div(s.samples).unwrap_or(0),
+                    s.threads.count_ones()
                 )?;
                 write_stack(w, s)?;
                 w.write_str("\n")

@@ -68,7 +68,11 @@ fn profile_api_writes_a_profile_whose_totals_match() {
         if f[0] == "samples" {
             continue;
         }
-        assert_eq!(f.len(), 9, "a site line with {} fields: {l}", f.len());
+        assert_eq!(f.len(), 11, "a site line with {} fields: {l}", f.len());
+        // Blocks of 1000..4000, 8192 and 200000 bytes: their mean lies between; one thread.
+        let mean_size: u64 = f[8].parse().unwrap();
+        assert!((1000..=200_100).contains(&mean_size), "mean size {mean_size}: {l}");
+        assert_eq!(f[9], "1", "one allocating thread: {l}");
         alloc += f[1].parse::<u64>().unwrap();
         live += f[2].parse::<u64>().unwrap();
         sites += 1;
@@ -153,6 +157,7 @@ fn frees_on_another_node_are_counted_as_remote() {
             drop(std::hint::black_box(vec![i as u8; 300_000]));
         }
         assert!(domalloc::prof_dump(Some(std::env::var("PROF_PATH").unwrap().as_str())));
+        domalloc::prof_stop(); // (else the exit dump writes DOMALLOC_PROF_FILE's default here)
         return;
     }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {

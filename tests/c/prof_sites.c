@@ -70,10 +70,10 @@ int main(int argc, char **argv) {
     double alloc[3] = {0}, live[3] = {0}, unattributed = 0;
     static char line[8192];
     while (fgets(line, sizeof line, f)) {
-        unsigned long long samples, a, lv, peak, freed, remote, life;
+        unsigned long long samples, a, lv, peak, freed, remote, life, size, threads;
         char nodes[256], stack[4096];
-        if (sscanf(line, "# site %llu %llu %llu %llu %llu %llu %llu %255s %4095s", &samples, &a, &lv, &peak, &freed,
-                   &remote, &life, nodes, stack) != 9)
+        if (sscanf(line, "# site %llu %llu %llu %llu %llu %llu %llu %255s %llu %llu %4095s", &samples, &a, &lv, &peak,
+                   &freed, &remote, &life, nodes, &size, &threads, stack) != 11)
             continue;
         char *inner = strrchr(stack, ';');
         inner = inner ? inner + 1 : stack;

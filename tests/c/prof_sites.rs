@@ -63,10 +63,10 @@ fn main() {
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("# site ") else { continue };
         let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() != 9 || f[0] == "samples" {
+        if f.len() != 11 || f[0] == "samples" {
             continue;
         }
-        let inner = f[8].rsplit(';').next().unwrap();
+        let inner = f[10].rsplit(';').next().unwrap();
         let ra = usize::from_str_radix(inner.trim_start_matches("0x"), 16).unwrap_or(0);
         let (a, l): (f64, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
         match function_of(ra) {

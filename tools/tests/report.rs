@@ -231,9 +231,9 @@ fn write_profile(path: &PathBuf, rank: u32, alpha_bytes: u64, beta_remote: u64) 
     }
     let a = prof_marker_alpha as *const () as usize + 5;
     let b = prof_marker_beta as *const () as usize + 5;
-    text += "# site samples alloc_bytes live_bytes peak_live_bytes freed_bytes remote_freed_bytes mean_lifetime_ms alloc_bytes_by_node stack\n";
-    text += &format!("# site 3 {alpha_bytes} {alpha_bytes} {alpha_bytes} 0 0 0 {alpha_bytes},0,0,0 {a:#x}\n");
-    text += &format!("# site 2 1048576 0 524288 1048576 {beta_remote} 7 1048576,0,0,0 {b:#x}\n");
+    text += "# site samples alloc_bytes live_bytes peak_live_bytes freed_bytes remote_freed_bytes mean_lifetime_ms alloc_bytes_by_node mean_size threads stack\n";
+    text += &format!("# site 3 {alpha_bytes} {alpha_bytes} {alpha_bytes} 0 0 0 {alpha_bytes},0,0,0 4000 1 {a:#x}\n");
+    text += &format!("# site 2 1048576 0 524288 1048576 {beta_remote} 7 1048576,0,0,0 64 2 {b:#x}\n");
     text += "# sampled live_bytes 0 peak 0 dropped_samples 0\n# view alloc_bytes\n";
     std::fs::write(path, text).unwrap();
 }

@@ -49,6 +49,8 @@ pub struct RawSite {
     pub remote: u64,
     /// Mean lifetime of the freed samples (ms).
     pub lifetime_ms: u64,
+    /// Sum of the sampled blocks' sizes.
+    pub sizes: u64,
     /// Return addresses, outermost first.
     pub frames: Vec<u64>,
 }
@@ -104,11 +106,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Profile, String> {
             if f.first() == Some(&"samples") {
                 continue; // the column header
             }
-            if f.len() != 9 {
-                return Err(bad("a site line without its 9 fields"));
+            if f.len() != 11 {
+                return Err(bad("a site line without its 11 fields"));
             }
             let num = |i: usize| f[i].parse::<u64>().map_err(|_| bad("a site figure is not a number"));
-            let frames = if f[8] == "[unknown]" { Vec::new() } else { f[8].split(';').map(|a| hex(a).ok_or_else(|| bad("a frame is not an address"))).collect::<Result<_, _>>()? };
+            let frames = if f[10] == "[unknown]" { Vec::new() } else { f[10].split(';').map(|a| hex(a).ok_or_else(|| bad("a frame is not an address"))).collect::<Result<_, _>>()? };
             p.sites.push(RawSite {
                 samples: num(0)?,
                 alloc: num(1)?,
@@ -117,6 +119,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Profile, String> {
                 freed: num(4)?,
                 remote: num(5)?,
                 lifetime_ms: num(6)?,
+                sizes: num(8)? * num(0)?,
                 frames,
             });
         }
@@ -264,6 +267,7 @@ pub fn merge(profiles: &[Profile], sym: &mut Symbolizer) -> Vec<Site> {
             r.peak += s.peak;
             r.freed += s.freed;
             r.remote += s.remote;
+            r.sizes += s.sizes;
             if e.1 != k {
                 e.1 = k;
                 e.0.ranks += 1;
@@ -300,7 +304,17 @@ pub fn tables(sites: &[Site], profiles: &[Profile], top: usize) -> String {
         v.sort_by_key(|s| std::cmp::Reverse(view_value(view, &s.raw).unwrap_or(0)));
         let total: u64 = sites.iter().map(|s| view_value(view, &s.raw).unwrap_or(0)).sum();
         let _ = writeln!(out, "\ntop call sites by bytes {title} (total {}):", human_bytes(total));
-        let _ = writeln!(out, "{:>11} {:>6} {:>11} {:>11} {:>9} {:>5}  call site (allocating function; its caller)", title.split(' ').next().unwrap_or(""), "share", "allocated", "freed", "remote", "ranks");
+        let _ = writeln!(
+            out,
+            "{:>11} {:>6} {:>11} {:>11} {:>9} {:>10} {:>5}  call site (allocating function; its caller)",
+            title.split(' ').next().unwrap_or(""),
+            "share",
+            "allocated",
+            "freed",
+            "remote",
+            "mean-size",
+            "ranks"
+        );
         if v.is_empty() {
             let _ = writeln!(out, "  (none)");
         }
@@ -309,12 +323,13 @@ pub fn tables(sites: &[Site], profiles: &[Profile], top: usize) -> String {
             let parent = s.stack.len().checked_sub(2).map(|i| s.stack[i].as_str());
             let _ = writeln!(
                 out,
-                "{:>11} {:>5.1}% {:>11} {:>11} {:>9} {:>5}  {}{}",
+                "{:>11} {:>5.1}% {:>11} {:>11} {:>9} {:>10} {:>5}  {}{}",
                 human_bytes(value),
                 100.0 * value as f64 / total.max(1) as f64,
                 human_bytes(s.raw.alloc),
                 human_bytes(s.raw.freed),
                 s.remote_share().map_or("-".to_string(), |r| format!("{:.1}%", 100.0 * r)),
+                human_bytes(s.raw.sizes.checked_div(s.raw.samples).unwrap_or(0)),
                 s.ranks,
                 s.caller(),
                 parent.map(|p| format!("; from {p}")).unwrap_or_default()
