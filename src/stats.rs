@@ -978,6 +978,9 @@ static AT_LOAD: extern "C" fn() = at_load;
 /// Runs at process exit (from `.fini_array`): the report, if asked for, the heap profile if the
 /// profiler runs, and the contention line.
 extern "C" fn at_exit() {
+    // A SIGTERM from now on (the process is exiting) writes nothing: its report would truncate
+    // the file this one is being written to.
+    SIGNAL_REPORT.store(true, Ordering::Release);
     write_report(false);
     if crate::prof::active() {
         dump_profile(None, false);
