@@ -1014,6 +1014,25 @@ mod tests {
         assert!(expand_path(&[b'x'; 600], &mut out).is_none());
     }
 
+    /// What the SIGTERM handler takes: a lock the interrupted thread (here: this one) holds is
+    /// skipped, not waited for (waiting would never end), and the snapshot says it is partial.
+    #[test]
+    fn a_snapshot_in_a_signal_handler_skips_a_lock_this_thread_holds() {
+        assert!(crate::init::ensure_init());
+        let n = (0..crate::domain::domain_slots()).find(|&n| crate::domain::domain(n).node == n).unwrap();
+        let held = crate::domain::domain(n).lock.lock();
+        let s = snapshot(true);
+        drop(held);
+        assert!(s.partial, "a snapshot that skipped a held lock must say so");
+        let mut out = [0u8; 4096];
+        let mut w = CountingBuf::new(&mut out);
+        write_text(&mut w, &s).unwrap();
+        let n = w.needed.min(4096);
+        let text = core::str::from_utf8(&out[..n]).unwrap();
+        assert!(text.contains("partial"), "{text}");
+        assert!(!snapshot(true).partial, "nothing held: complete");
+    }
+
     #[test]
     fn counting_buffer_reports_the_length_it_needs() {
         let mut b = [0u8; 4];
