@@ -72,6 +72,19 @@ int domalloc_stats_print(int fd);
  * without the NUL, like snprintf: call it with (NULL, 0) to learn the size. */
 size_t domalloc_stats_json(char *buf, size_t size);
 
+/* The sampling heap profiler (README: "Heap profiling"). Starts sampling one allocation per
+ * `sample_bytes` allocated on average (0: DOMALLOC_PROF_SAMPLE, 512 KiB by default); 0 on
+ * success, -1 if its tables (about 5 MiB, mapped once) cannot be mapped. */
+int domalloc_prof_start(size_t sample_bytes);
+
+/* Stops sampling; blocks sampled so far are still followed to their free. */
+void domalloc_prof_stop(void);
+
+/* Writes the heap profile (collapsed stacks with raw addresses and the module map; symbolised
+ * by `domalloc report --prof`) to `path`, or to DOMALLOC_PROF_FILE's expansion when NULL.
+ * 0 on success, -1 if the profiler never ran or the file cannot be written. */
+int domalloc_prof_dump(const char *path);
+
 #ifdef __cplusplus
 }
 #endif

@@ -235,6 +235,20 @@ fi
 # host mode, plain and under LD_PRELOAD (issue 26).
 run_test c-plugin-survives-dlclose 300 sh "$TESTS/dlclose.sh" "$REL"
 
+# A walltime kill (SIGTERM) mid-run leaves the statistics file, live bytes counted; the process
+# still dies of SIGTERM.
+cc_build stats_sigterm "$TESTS/stats_sigterm.c" && run_test c-stats-on-sigterm 60 env DOMALLOC_STATS=json DOMALLOC_STATS_FILE="$WORK/sigterm.%p.json" LD_PRELOAD="$LIB" "$WORK/stats_sigterm" &&
+    run_test c-stats-and-profile-on-sigterm 60 env DOMALLOC_STATS=json DOMALLOC_STATS_FILE="$WORK/sigterm2.%p.json" DOMALLOC_PROF=1 DOMALLOC_PROF_SAMPLE=64k DOMALLOC_PROF_FILE="$WORK/sigterm2.%p.prof" LD_PRELOAD="$LIB" "$WORK/stats_sigterm"
+# The sampling heap profiler attributes the bytes of three call sites of known sizes and counts
+# to the right functions (frame pointers; a wide statistical bound).
+cc_build prof_sites "$TESTS/prof_sites.c" -fno-omit-frame-pointer -ldl && run_test c-prof-three-sites 60 env DOMALLOC_PROF=1 DOMALLOC_PROF_FILE="$WORK/exit.%p.prof" LD_PRELOAD="$LIB" "$WORK/prof_sites" "$WORK/prof_sites.prof"
+# The same with a Rust program (system allocator, so malloc under the preload), frame pointers on.
+if rustc --edition 2021 -O -C force-frame-pointers=yes -o "$WORK/prof_sites_rs" "$TESTS/prof_sites.rs" >>"$WORK/compile.log" 2>&1; then
+    run_test rust-prof-three-sites 60 env DOMALLOC_PROF=1 DOMALLOC_PROF_FILE="$WORK/exit.%p.prof" LD_PRELOAD="$LIB" "$WORK/prof_sites_rs" "$WORK/prof_sites_rs.prof"
+else
+    run_test rust-prof-three-sites-compile 10 false
+fi
+
 # DOMALLOC_STATS=1 prints per-node figures on stderr at exit.
 stats_report() {
     DOMALLOC_STATS=1 preload "$WORK/stress_mt" 2 2000 >"$WORK/stats.out" 2>"$WORK/stats.err" || return 1

@@ -122,7 +122,9 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
 /// Large or huge allocation from node `node`'s domain; `placed`: bound to the node.
 pub(crate) fn alloc_big_on(node: usize, size: usize, align: usize, zero: bool, placed: bool) -> *mut u8 {
     if size <= LARGE_MAX && align <= PAGE_SIZE && !placed {
-        crate::large::alloc(node, size, zero)
+        let p = crate::large::alloc(node, size, zero);
+        big_allocated(p);
+        p
     } else {
         let policy = !placed && crate::placement::policy_covers(size);
         alloc_huge(node, size, align, zero, placed, policy)
@@ -133,11 +135,22 @@ pub(crate) fn alloc_big_on(node: usize, size: usize, align: usize, zero: bool, p
 /// everything free or cached is given back and the allocation is tried once more.
 fn alloc_huge(node: usize, size: usize, align: usize, zero: bool, placed: bool, policy: bool) -> *mut u8 {
     let d = crate::domain::domain(node);
-    let p = huge::alloc(d, size, align, zero, placed, policy);
+    let mut p = huge::alloc(d, size, align, zero, placed, policy);
     if p.is_null() && crate::init::release_free_memory() {
-        return huge::alloc(d, size, align, zero, placed, policy);
+        p = huge::alloc(d, size, align, zero, placed, policy);
     }
+    big_allocated(p);
     p
+}
+
+/// Counts a large or huge block just handed out (null: none) in the live bytes and, when the
+/// profiler samples it, in the profile.
+#[inline]
+fn big_allocated(p: *mut u8) {
+    if !p.is_null() {
+        // SAFETY: a live block of this allocator.
+        crate::prof::big_allocated(p, unsafe { usable_size(p) });
+    }
 }
 
 /// Frees a block (null is ignored). Invalid and double frees are reported and abort where
@@ -209,8 +222,11 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     let old = unsafe {
         if (*seg).kind == SEG_HUGE {
             huge::check_live(seg, p, "realloc");
+            let before = (*seg).huge_size.get();
             let q = huge::realloc(seg, p, new_size);
             if !q.is_null() {
+                crate::prof::big_freed(p, before);
+                big_allocated(q);
                 return q;
             }
             (*seg).huge_size.get()

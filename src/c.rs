@@ -473,6 +473,34 @@ pub unsafe fn stats_json(buf: *mut core::ffi::c_char, size: usize) -> usize {
     needed
 }
 
+/// `domalloc_prof_start`: starts the sampling heap profiler, one sample per `sample_bytes`
+/// allocated on average (0: `DOMALLOC_PROF_SAMPLE`); 0 on success, -1 if its tables cannot be
+/// mapped.
+pub fn prof_start(sample_bytes: usize) -> c_int {
+    if crate::stats::prof_start(sample_bytes as u64) { 0 } else { -1 }
+}
+
+/// `domalloc_prof_stop`: stops sampling (blocks sampled so far are still followed).
+pub fn prof_stop() {
+    crate::stats::prof_stop()
+}
+
+/// `domalloc_prof_dump`: writes the heap profile to `path` (NUL-terminated; null:
+/// `DOMALLOC_PROF_FILE`); 0 on success, -1 if there is no profile or the file cannot be written.
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+pub unsafe fn prof_dump(path: *const core::ffi::c_char) -> c_int {
+    let ok = if path.is_null() {
+        crate::stats::dump_profile(None, false)
+    } else {
+        // SAFETY: the caller's NUL-terminated string.
+        let p = unsafe { core::ffi::CStr::from_ptr(path) };
+        crate::stats::dump_profile(Some(p.to_bytes_with_nul()), false)
+    };
+    if ok { 0 } else { -1 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,8 @@ pub(crate) fn free_unknown(p: *mut u8) {
 /// # Safety
 /// `seg` is a live huge segment whose block is `p`, passed to free by the program.
 unsafe fn free_huge(seg: *mut Segment, p: *mut u8) {
+    // SAFETY: a live huge header (the caller's contract).
+    crate::prof::big_freed(p, unsafe { (*seg).huge_size.get() });
     // SAFETY: forwarded.
     unsafe { huge::free(seg, p) };
     crate::sweep::purge_wanted();
@@ -50,6 +52,7 @@ pub(crate) unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page,
                     not_a_block(p);
                 }
                 let b = p as *mut Block;
+                crate::prof::small_freed(pg, p);
                 if pg.flags.get() & PF_PLACED != 0 && crate::config::numa_enabled() {
                     let home = placed_home(pg, b);
                     if home != pg.node() {
@@ -77,6 +80,7 @@ pub(crate) unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page,
                 if pg.span_start() != p {
                     os::fatal(format_args!("free(): invalid pointer {:p} (inside a large block)", p));
                 }
+                crate::prof::big_freed(p, pg.block_size.get() as usize);
                 crate::large::free(h, page, p);
             }
             PageKind::Free => os::fatal(format_args!("free(): double free or invalid pointer {:p}", p)),
@@ -122,6 +126,7 @@ unsafe fn to_home_pool(h: *mut Heap, page: &Page, b: *mut Block, home: usize) {
 /// a sentinel): in the heap's own counters (plain stores, no shared line), else in the page's
 /// domain.
 fn count_foreign_free(h: *mut Heap, page: &Page, c: usize, n: u64) {
+    crate::prof::freed_small(c, n);
     if tls::is_sentinel(h) {
         let d = crate::domain::domain(page.node());
         d.counters.class_frees[c].fetch_add(n, Ordering::Relaxed);

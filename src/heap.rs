@@ -371,7 +371,9 @@ unsafe fn alloc_small_slow(h: *mut Heap, c: usize) -> (*mut u8, bool) {
         }
     }
     // SAFETY: a real heap of this thread.
-    unsafe { (*h).alloc_refill(c) }
+    let r = unsafe { (*h).alloc_refill(c) };
+    crate::prof::small_refilled(h, r.0);
+    r
 }
 
 impl crate::list::Linked for Heap {
@@ -482,6 +484,7 @@ impl Heap {
     pub(crate) fn fold_page(&self, page: &Page) {
         let (a, f) = page::take_counts(page);
         if a != 0 || f != 0 {
+            crate::prof::fold_small(page.class.get() as usize, a, f);
             let bin = &self.bins[page.class.get() as usize];
             bump(&bin.allocs, a as u64);
             bump(&bin.frees, f as u64);

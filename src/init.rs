@@ -494,6 +494,11 @@ pub(crate) fn heap_totals() -> ([u64; 5], usize) {
     (t, p.live_count)
 }
 
+/// Whether the calling thread holds the heap pool's lock (a signal handler that interrupted it).
+pub(crate) fn pool_held_by_me() -> bool {
+    POOL.held_by_me()
+}
+
 /// Calls `f` with every live heap (thread, orphan and node heaps), under the pool lock: `f` may
 /// only read their counters.
 pub(crate) fn for_each_live_heap(mut f: impl FnMut(&Heap)) {
@@ -569,6 +574,7 @@ fn each_lock(mut f: impl FnMut(&dyn ForkLock)) {
         f(domain(n).pool.fork_lock());
         f(domain(n).huge_cache.fork_lock());
     }
+    f(crate::prof::fork_lock());
 }
 
 /// What the fork handlers do with each lock (whatever it guards).

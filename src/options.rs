@@ -6,7 +6,7 @@
 
 use core::fmt::{self, Write};
 
-use crate::os::{self, NodeMask, Os, PurgeMode, Sys};
+use crate::os::{self, NodeMask, Os, PurgeMode, Signal, Sys};
 use crate::topology;
 use crate::util::{edit_distance, parse_size, parse_u64, SetOnce};
 
@@ -191,6 +191,42 @@ pub const TABLE: &[OptionDesc] = &[
         path: true,
         parse: |v, o| set(&mut o.stats_file, Some(v)),
         show: |o, w| show_bytes(w, o.stats_file.unwrap_or(b"none")),
+    },
+    OptionDesc {
+        name: "DOMALLOC_PROF",
+        default: "0",
+        doc: "`1`: sampling heap profiler from start-up (call stacks of sampled allocations, by call site: allocated, live, live at the peak, remote-freed bytes), written to `DOMALLOC_PROF_FILE` at exit; `0`: off (the API can still start it).",
+        path: false,
+        parse: |v, o| parse_01(v).map(|b| o.prof = b).is_some(),
+        show: |o, w| w.write_str(if o.prof { "1" } else { "0" }),
+    },
+    OptionDesc {
+        name: "DOMALLOC_PROF_SAMPLE",
+        default: "512k",
+        doc: "Mean bytes between two sampled allocations (a random interval per thread; a number with an optional `k`, `M` or `G`, at least 1).",
+        path: false,
+        parse: |v, o| parse_size(v).filter(|&n| n > 0).map(|n| o.prof_sample = n).is_some(),
+        show: |o, w| write!(w, "{}", SizeSuffix(o.prof_sample)),
+    },
+    OptionDesc {
+        name: "DOMALLOC_PROF_FILE",
+        default: "domalloc.%p.prof",
+        doc: "Where the profile is written: the patterns of `DOMALLOC_STATS_FILE` (`%p`, `%r`, `%h`, `%%`). Collapsed stacks with raw addresses and the module map; `domalloc report --prof` symbolises them.",
+        path: true,
+        parse: |v, o| set(&mut o.prof_file, v),
+        show: |o, w| show_bytes(w, o.prof_file),
+    },
+    OptionDesc {
+        name: "DOMALLOC_PROF_SIGNAL",
+        default: "none",
+        doc: "A signal that writes the profile (and lets the program go on): `USR1`, `USR2` or `HUP` (chained to the program's own handler); `none`.",
+        path: false,
+        parse: |v, o| match (v, Signal::from_name(v)) {
+            (b"none", _) => set(&mut o.prof_signal, None),
+            (_, Some(s)) if s != Signal::Term => set(&mut o.prof_signal, Some(s)),
+            _ => false,
+        },
+        show: |o, w| w.write_str(o.prof_signal.map_or("none", Signal::name)),
     },
     OptionDesc {
         name: "DOMALLOC_VERBOSE",
@@ -407,6 +443,14 @@ pub struct Options {
     pub tier: Option<TierPolicy>,
     /// `DOMALLOC_HBW_NODES` (or `MEMKIND_HBW_NODES`): the high-bandwidth nodes; `None`: from HMAT.
     pub hbw_nodes: Option<NodeMask>,
+    /// `DOMALLOC_PROF`.
+    pub prof: bool,
+    /// `DOMALLOC_PROF_SAMPLE` in bytes.
+    pub prof_sample: u64,
+    /// `DOMALLOC_PROF_FILE` (a path template).
+    pub prof_file: &'static [u8],
+    /// `DOMALLOC_PROF_SIGNAL`.
+    pub prof_signal: Option<Signal>,
     /// `DOMALLOC_POLICY` named `all`: its mask is every node with memory (set at start-up, once
     /// the topology is known).
     policy_all: bool,
@@ -432,6 +476,10 @@ impl Options {
         fail_map_after: 0,
         hbw_nodes: None,
         tier: None,
+        prof: false,
+        prof_sample: 512 << 10,
+        prof_file: b"domalloc.%p.prof",
+        prof_signal: None,
         policy_all: false,
     };
 

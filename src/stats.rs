@@ -131,6 +131,16 @@ pub struct Stats {
     pub rss_peak_bytes: u64,
     /// Whether the background purge thread runs.
     pub purge_thread: bool,
+    /// Bytes of the blocks the program holds: small blocks at their class's size (requested
+    /// sizes are not kept), large and huge blocks at their usable size. jemalloc's `allocated`;
+    /// `in_use_bytes` is span occupancy (jemalloc's `active`).
+    pub live_bytes: u64,
+    /// The high-water mark of `live_bytes` (taken where heaps fold their counts, at refills: it
+    /// may miss a peak by the blocks of the spans the threads hold, at most one per class each).
+    pub live_peak_bytes: u64,
+    /// A snapshot taken in a signal handler that left out what a lock the interrupted thread
+    /// holds protects (the counts are then incomplete; `live_bytes` is the folded count).
+    pub partial: bool,
 }
 
 impl Stats {
@@ -143,6 +153,13 @@ impl Stats {
 /// Takes a snapshot of the counters. Cost: walks every segment (under each domain's lock) and
 /// every live heap (under the heap pool's lock).
 pub fn stats() -> Stats {
+    snapshot(false)
+}
+
+/// [`stats`]; `in_signal`: called from a signal handler, so every part guarded by a lock the
+/// calling thread holds (it was interrupted inside the allocator) is left out and the snapshot
+/// marked partial; locks other threads hold are waited for (they go on running).
+fn snapshot(in_signal: bool) -> Stats {
     let mut s = Stats {
         nodes: [NodeStats::default(); MAX_STAT_NODES],
         node_count: 0,
@@ -159,6 +176,9 @@ pub fn stats() -> Stats {
         rss_bytes: 0,
         rss_peak_bytes: 0,
         purge_thread: false,
+        live_bytes: 0,
+        live_peak_bytes: 0,
+        partial: false,
     };
     for (c, cs) in s.classes.iter_mut().enumerate() {
         cs.block_size = class_size(c);
@@ -181,7 +201,7 @@ pub fn stats() -> Stats {
         if n < slot_of.len() {
             slot_of[n] = slot;
         }
-        node_counters(&mut s, slot, n);
+        node_counters(&mut s, slot, n, in_signal);
         if s.node_count < MAX_STAT_NODES {
             s.node_count += 1;
         }
@@ -189,7 +209,9 @@ pub fn stats() -> Stats {
     // Live heaps' own counts: allocations and own frees on the node each heap serves (its
     // pages'), frees into other pages on those pages' nodes.
     let slot_of_node = |n: usize| slot_of.get(n).copied().unwrap_or(usize::MAX);
-    crate::init::for_each_live_heap(|h| {
+    let pool_ok = !(in_signal && crate::init::pool_held_by_me());
+    s.partial |= !pool_ok;
+    pool_ok.then(|| crate::init::for_each_live_heap(|h| {
         let slot = slot_of_node(h.node());
         for c in 0..CLASSES {
             let (a, f, r) = h.bin_counts(c);
@@ -211,22 +233,32 @@ pub fn stats() -> Stats {
                 }
             }
         }
-    });
-    let (t, live) = crate::init::heap_totals();
-    s.remote_frees = t[0];
-    s.remote_batches = t[1];
-    s.migrations = t[2];
-    s.pages_from_arena = t[3];
-    s.pages_fresh = t[4];
+    }));
+    if pool_ok {
+        let (t, live) = crate::init::heap_totals();
+        s.remote_frees = t[0];
+        s.remote_batches = t[1];
+        s.migrations = t[2];
+        s.pages_from_arena = t[3];
+        s.pages_fresh = t[4];
+        s.live_heaps = live;
+    }
     s.heaps_taken_over = crate::init::heaps_taken_over();
-    s.live_heaps = live;
+    let (folded, peak) = crate::prof::live_folded();
+    s.live_bytes = if s.partial {
+        folded
+    } else {
+        let small: u64 = s.classes.iter().map(|c| c.allocs.wrapping_sub(c.frees).wrapping_mul(c.block_size as u64)).sum();
+        small.wrapping_add(s.total(|n| n.large_bytes + n.huge_bytes))
+    };
+    s.live_peak_bytes = peak.max(s.live_bytes);
     process_rss(&mut s);
     node_resident(&mut s, &slot_of);
     s
 }
 
 /// The counters of domain `n` into `s.nodes[slot]` (and its classes into `s.classes`).
-fn node_counters(s: &mut Stats, slot: usize, n: usize) {
+fn node_counters(s: &mut Stats, slot: usize, n: usize, in_signal: bool) {
     let d = crate::domain::domain(n);
     let c = &d.counters;
     let ld = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -248,7 +280,7 @@ fn node_counters(s: &mut Stats, slot: usize, n: usize) {
     ns.huge_frees += ld(&c.huge_frees);
     ns.huge_cache_hits += ld(&c.huge_cache_hits);
     ns.huge_cache_misses += ld(&c.huge_cache_misses);
-    ns.huge_cached_bytes += d.huge_cache.bytes() as u64;
+    ns.huge_cached_bytes += if in_signal { d.huge_cache.bytes_hint() } else { d.huge_cache.bytes() } as u64;
     ns.purged_bytes += ld(&c.purged_bytes);
     ns.migrations_in += ld(&c.migrations_in);
     ns.remote_frees += ld(&c.remote_node_frees);
@@ -258,6 +290,10 @@ fn node_counters(s: &mut Stats, slot: usize, n: usize) {
     for cl in 0..CLASSES {
         s.classes[cl].allocs += ld(&c.class_allocs[cl]);
         s.classes[cl].frees += ld(&c.class_frees[cl]);
+    }
+    if in_signal && d.lock.held_by_me() {
+        s.partial = true;
+        return;
     }
     let classes = &mut s.classes;
     let mut small_in_use = 0;
@@ -470,6 +506,13 @@ pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
     if let Some((hbw, spilled, spills)) = crate::placement::tier_counts() {
         writeln!(w, "domalloc: tiers: placed on high-bandwidth nodes {}; spilled to the local node {} in {} spills", Bytes(hbw), Bytes(spilled), spills)?;
     }
+    writeln!(
+        w,
+        "domalloc: live: {} (peak {}): the blocks the program holds, at their usable size (small blocks at their class's size); in-use below counts whole spans{}",
+        Bytes(s.live_bytes),
+        Bytes(s.live_peak_bytes),
+        if s.partial { "; partial: written in a signal handler that interrupted the allocator" } else { "" }
+    )?;
     const NODE_HDR: [&str; 12] =
         ["node", "in-use", "peak", "mapped", "map-peak", "resident", "allocs", "frees", "remote", "home", "purged", "huge-hit"];
     w.write_str("domalloc: ")?;
@@ -551,12 +594,15 @@ pub(crate) fn write_json(w: &mut dyn Write, s: &Stats) -> fmt::Result {
     }
     write!(
         w,
-        "\",\"elapsed_s\":{}.{:03},\"numa\":{},\"process\":{{\"rss_bytes\":{},\"rss_peak_bytes\":{}}},",
+        "\",\"elapsed_s\":{}.{:03},\"numa\":{},\"partial\":{},\"process\":{{\"rss_bytes\":{},\"rss_peak_bytes\":{}}},\"live_bytes\":{},\"live_peak_bytes\":{},",
         s.elapsed_ms / 1000,
         s.elapsed_ms % 1000,
         s.numa,
+        s.partial,
         s.rss_bytes,
-        s.rss_peak_bytes
+        s.rss_peak_bytes,
+        s.live_bytes,
+        s.live_peak_bytes
     )?;
     if let Some((hbw, spilled, spills)) = crate::placement::tier_counts() {
         write!(w, "\"tiers\":{{\"hbw_bytes\":{hbw},\"spilled_bytes\":{spilled},\"spills\":{spills}}},")?;
@@ -660,7 +706,12 @@ pub fn print() {
 
 /// Writes the report in `format` to `fd`; false if writing failed.
 pub(crate) fn print_to(fd: i32, format: StatsFormat) -> bool {
-    let s = stats();
+    print_snapshot(fd, format, false)
+}
+
+/// [`print_to`], from a signal handler when `in_signal` (see [`snapshot`]).
+fn print_snapshot(fd: i32, format: StatsFormat, in_signal: bool) -> bool {
+    let s = snapshot(in_signal);
     let mut w = FdWriter::new(fd);
     let r = match format {
         StatsFormat::Json => write_json(&mut w, &s),
@@ -709,25 +760,237 @@ pub(crate) fn expand_path(template: &[u8], out: &mut [u8]) -> Option<usize> {
 }
 
 
-/// Runs at process exit (from `.fini_array`): the report, if asked for, and the contention line.
-extern "C" fn at_exit() {
+/// The report asked for by `DOMALLOC_STATS`, to its file or stderr; `in_signal`: from the
+/// SIGTERM handler (see [`snapshot`]).
+fn write_report(in_signal: bool) {
     let o = options::get();
-    if o.stats != StatsFormat::Off {
-        let mut path = [0u8; 512];
-        match o.stats_file.and_then(|t| expand_path(t, &mut path)) {
-            Some(_) => {
-                let fd = Sys::create_file(&path);
-                if fd >= 0 {
-                    print_to(fd, o.stats);
-                    Sys::close_fd(fd);
-                } else {
-                    crate::os::eprint(format_args!("domalloc: warning: cannot write the statistics file {}\n", core::str::from_utf8(&path).unwrap_or("?").trim_end_matches('\0')));
-                }
-            }
-            None => {
-                print_to(2, o.stats);
+    if o.stats == StatsFormat::Off {
+        return;
+    }
+    let mut path = [0u8; 512];
+    match o.stats_file.and_then(|t| expand_path(t, &mut path)) {
+        Some(_) => {
+            let fd = Sys::create_file(&path);
+            if fd >= 0 {
+                print_snapshot(fd, o.stats, in_signal);
+                Sys::close_fd(fd);
+            } else {
+                crate::os::eprint(format_args!("domalloc: warning: cannot write the statistics file {}\n", core::str::from_utf8(&path).unwrap_or("?").trim_end_matches('\0')));
             }
         }
+        None => {
+            print_snapshot(2, o.stats, in_signal);
+        }
+    }
+}
+
+/// Set while a signal handler writes the report (a second SIGTERM on another thread meanwhile
+/// goes straight on to the default action).
+static SIGNAL_REPORT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// The SIGTERM hook (a batch system's walltime kill): the report, then the program's own handler
+/// or the default action (`Os::catch_signal`). Async-signal-safe: stack buffers, `open`/`write`,
+/// and no lock the interrupted thread holds ([`snapshot`]).
+fn on_term() {
+    if SIGNAL_REPORT.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    write_report(true);
+    if crate::prof::active() {
+        dump_profile(None, true);
+    }
+    SIGNAL_REPORT.store(false, Ordering::Release);
+}
+
+/// Runs at load (from `.init_array`): when a report or the profiler is asked for, start-up now,
+/// the profiler, and the signal hooks, chained to whatever the process has for the signal at
+/// start-up (an ignored signal stays ignored; a handler the program installs later replaces
+/// ours, its choice).
+extern "C" fn at_load() {
+    let asked = |name: &[u8]| Sys::environ_find(name).is_some();
+    if !(asked(b"DOMALLOC_STATS") || asked(b"DOMALLOC_STATS_FILE") || asked(b"DOMALLOC_PROF")) {
+        return;
+    }
+    if !crate::init::ensure_init() {
+        return;
+    }
+    let o = options::get();
+    if o.prof {
+        crate::prof::start(0);
+    }
+    if o.stats != StatsFormat::Off || o.prof {
+        Sys::catch_signal(crate::os::Signal::Term, on_term, true);
+    }
+    if let Some(sig) = o.prof_signal {
+        Sys::catch_signal(sig, on_prof_signal, false);
+    }
+}
+
+/// The `DOMALLOC_PROF_SIGNAL` hook: the profile, then the program goes on.
+fn on_prof_signal() {
+    if SIGNAL_REPORT.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    dump_profile(None, true);
+    SIGNAL_REPORT.store(false, Ordering::Release);
+}
+
+// ---- the heap profile ----
+
+/// Starts the sampling heap profiler: one sample every `sample_bytes` allocated on average (0:
+/// `DOMALLOC_PROF_SAMPLE`). False if its tables (about 5 MiB, mapped once) cannot be mapped.
+pub fn prof_start(sample_bytes: u64) -> bool {
+    crate::init::ensure_init() && crate::prof::start(sample_bytes)
+}
+
+/// Stops sampling; the blocks sampled so far are still followed to their free.
+pub fn prof_stop() {
+    crate::prof::stop()
+}
+
+/// Writes the heap profile to `path` (`None`: `DOMALLOC_PROF_FILE`, with its `%p`, `%r`, `%h`
+/// patterns). False if there is no profile (never started) or the file cannot be written.
+pub fn prof_dump(path: Option<&str>) -> bool {
+    match path {
+        None => dump_profile(None, false),
+        Some(p) => {
+            let mut buf = [0u8; 512];
+            if p.len() >= buf.len() || p.as_bytes().contains(&0) {
+                return false;
+            }
+            buf[..p.len()].copy_from_slice(p.as_bytes());
+            dump_profile(Some(&buf[..p.len() + 1]), false)
+        }
+    }
+}
+
+/// Writes the profile to `path` (NUL-terminated) or to `DOMALLOC_PROF_FILE`'s expansion.
+pub(crate) fn dump_profile(path: Option<&[u8]>, in_signal: bool) -> bool {
+    let mut expanded = [0u8; 512];
+    let path = match path {
+        Some(p) => p,
+        None => match expand_path(options::get().prof_file, &mut expanded) {
+            Some(n) => &expanded[..n + 1],
+            None => return false,
+        },
+    };
+    let fd = Sys::create_file(path);
+    if fd < 0 {
+        crate::os::eprint(format_args!("domalloc: warning: cannot write the heap profile {}\n", core::str::from_utf8(path).unwrap_or("?").trim_end_matches('\0')));
+        return false;
+    }
+    let mut w = FdWriter::new(fd);
+    let ok = write_profile(&mut w, in_signal).is_ok();
+    w.flush();
+    Sys::close_fd(fd);
+    ok && !w.failed
+}
+
+/// The profile's views, each a collapsed-stack section (`frame;frame;frame value`).
+const PROF_VIEWS: [&str; 4] = ["alloc_bytes", "live_bytes", "peak_live_bytes", "remote_freed_bytes"];
+
+/// Writes the heap profile: a header, the module map (executable mappings, so addresses can be
+/// symbolised elsewhere), one `# site` line per call site with all its figures, then one
+/// collapsed-stack section per view (outermost frame first, raw hexadecimal addresses).
+pub(crate) fn write_profile(w: &mut dyn Write, in_signal: bool) -> fmt::Result {
+    let mut host = [0u8; 64];
+    let hl = Sys::host_name(&mut host);
+    write!(w, "# domalloc heap profile 1\n# pid {} rank ", Sys::process_id())?;
+    match rank() {
+        Some(r) => write!(w, "{r}")?,
+        None => w.write_str("-")?,
+    }
+    let (live, peak) = crate::prof::live_folded();
+    writeln!(
+        w,
+        " host {} elapsed_ms {} sample_bytes {} live_bytes {} live_peak_bytes {}",
+        core::str::from_utf8(&host[..hl]).unwrap_or("?"),
+        crate::config::elapsed_ms(),
+        crate::prof::interval(),
+        live,
+        peak
+    )?;
+    let mut r = Ok(());
+    Sys::for_each_mapping(&mut |m| {
+        if m.executable && !m.path.is_empty() && r.is_ok() {
+            r = writeln!(w, "# map {:#x}-{:#x} {:#x} {}", m.start, m.end, m.offset, core::str::from_utf8(m.path).unwrap_or("?"));
+        }
+    });
+    r?;
+    w.write_str("# site samples alloc_bytes live_bytes peak_live_bytes freed_bytes remote_freed_bytes mean_lifetime_ms alloc_bytes_by_node mean_size threads stack\n")?;
+    let mut r = Ok(());
+    let totals = crate::prof::for_each_site(in_signal, &mut |s| {
+        if r.is_ok() {
+            r = (|| {
+                write!(
+                    w,
+                    "# site {} {} {} {} {} {} {} {},{},{},{} {} {} ",
+                    s.samples,
+                    s.alloc_bytes,
+                    s.live_bytes,
+                    s.peak_bytes,
+                    s.freed_bytes,
+                    s.remote_bytes,
+                    s.lifetime_ms.checked_div(s.freed_samples).unwrap_or(0),
+                    s.node_bytes[0],
+                    s.node_bytes[1],
+                    s.node_bytes[2],
+                    s.node_bytes[3],
+                    s.sizes.checked_div(s.samples).unwrap_or(0),
+                    s.threads.count_ones()
+                )?;
+                write_stack(w, s)?;
+                w.write_str("\n")
+            })();
+        }
+    });
+    r?;
+    let Some((sampled_live, sampled_peak, dropped)) = totals else {
+        return w.write_str("# no profile: the profiler was never started, or its lock is held by the interrupted thread\n");
+    };
+    writeln!(w, "# sampled live_bytes {sampled_live} peak {sampled_peak} dropped_samples {dropped}")?;
+    for (v, name) in PROF_VIEWS.iter().enumerate() {
+        writeln!(w, "# view {name}")?;
+        let mut r = Ok(());
+        crate::prof::for_each_site(in_signal, &mut |s| {
+            let value = [s.alloc_bytes, s.live_bytes, s.peak_bytes, s.remote_bytes][v];
+            if value != 0 && r.is_ok() {
+                r = write_stack(w, s).and_then(|_| writeln!(w, " {value}"));
+            }
+        });
+        r?;
+    }
+    Ok(())
+}
+
+/// A site's stack, outermost frame first, `;`-separated (`[unknown]` without frames).
+fn write_stack(w: &mut dyn Write, s: &crate::prof::Site) -> fmt::Result {
+    let frames = &s.frames[..(s.depth as usize).min(s.frames.len())];
+    if frames.is_empty() {
+        return w.write_str("[unknown]");
+    }
+    for (i, f) in frames.iter().rev().enumerate() {
+        if i > 0 {
+            w.write_str(";")?;
+        }
+        write!(w, "{f:#x}")?;
+    }
+    Ok(())
+}
+
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
+/// Runs at process exit (from `.fini_array`): the report, if asked for, the heap profile if the
+/// profiler runs, and the contention line.
+extern "C" fn at_exit() {
+    // A SIGTERM from now on (the process is exiting) writes nothing: its report would truncate
+    // the file this one is being written to.
+    SIGNAL_REPORT.store(true, Ordering::Release);
+    write_report(false);
+    if crate::prof::active() {
+        dump_profile(None, false);
     }
     let mut buf = [0u8; 512];
     let mut w = BufWriter::new(&mut buf);
@@ -756,6 +1019,25 @@ mod tests {
         let s = core::str::from_utf8(&out[..n]).unwrap();
         assert!(s.ends_with("-norank") || s.contains('-'), "{s}");
         assert!(expand_path(&[b'x'; 600], &mut out).is_none());
+    }
+
+    /// What the SIGTERM handler takes: a lock the interrupted thread (here: this one) holds is
+    /// skipped, not waited for (waiting would never end), and the snapshot says it is partial.
+    #[test]
+    fn a_snapshot_in_a_signal_handler_skips_a_lock_this_thread_holds() {
+        assert!(crate::init::ensure_init());
+        let n = (0..crate::domain::domain_slots()).find(|&n| crate::domain::domain(n).node == n).unwrap();
+        let held = crate::domain::domain(n).lock.lock();
+        let s = snapshot(true);
+        drop(held);
+        assert!(s.partial, "a snapshot that skipped a held lock must say so");
+        let mut out = [0u8; 4096];
+        let mut w = CountingBuf::new(&mut out);
+        write_text(&mut w, &s).unwrap();
+        let n = w.needed.min(4096);
+        let text = core::str::from_utf8(&out[..n]).unwrap();
+        assert!(text.contains("partial"), "{text}");
+        assert!(!snapshot(true).partial, "nothing held: complete");
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   in the column where its values end).
 //! * The file name: `%p` the pid, `%r` the MPI rank from each launcher's variable (`norank`
 //!   without one), `%h` the host name, `%%` a percent sign.
+//! * Live bytes: the blocks the program holds (classes' live blocks at their size, large and
+//!   huge blocks' bytes) add up to `live_bytes`; a peak the program freed again stays in
+//!   `live_peak_bytes`.
+//! * A walltime kill: a process SIGTERM'd mid-run leaves its report and still dies of SIGTERM.
 
 #[global_allocator]
 static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
@@ -134,6 +138,19 @@ fn check_adds_up(doc: &Value) {
     assert!(u(totals, "in_use_bytes") >= 8 << 20, "the live 8 MiB block is not in use: {totals}");
     assert!(u(totals, "mapped_peak_bytes") >= u(totals, "in_use_peak_bytes"));
     assert!(doc["elapsed_s"].as_f64().unwrap() >= 0.0);
+    check_live_bytes(doc);
+}
+
+/// `live_bytes` is the classes' live blocks at their block size plus the large and huge bytes;
+/// its peak is at least it; spans hold at least the blocks in them.
+fn check_live_bytes(doc: &Value) {
+    let classes = doc["classes"].as_array().expect("classes is an array");
+    let small: u64 = classes.iter().map(|c| u(c, "live_blocks") * u(c, "block_size")).sum();
+    let big = u(&doc["large"], "in_use_bytes") + u(&doc["huge"], "in_use_bytes");
+    assert_eq!(u(doc, "live_bytes"), small + big, "live_bytes is not the classes' live bytes + large + huge: {doc}");
+    assert!(u(doc, "live_peak_bytes") >= u(doc, "live_bytes"), "live peak below current: {doc}");
+    assert!(u(doc, "live_bytes") <= u(&doc["totals"], "in_use_bytes"), "more live bytes than spans in use: {doc}");
+    assert_eq!(doc["partial"], false);
 }
 
 #[test]
@@ -243,4 +260,77 @@ fn rank_comes_from_each_launchers_variable() {
         let doc: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(doc["rank"].as_u64(), rank.parse().ok(), "{var}");
     }
+}
+
+/// A peak the program frees again before exit: `live_peak_bytes` keeps it, `live_bytes` does not.
+#[test]
+fn live_peak_keeps_a_freed_peak() {
+    let name = "live_peak_keeps_a_freed_peak";
+    const PEAK: usize = 48 << 20;
+    if std::env::var(CASE).as_deref() == Ok(name) {
+        // 4 KiB blocks (a small class) and a few large ones, all freed before exit.
+        let small: Vec<Vec<u8>> = (0..PEAK / 2 / 4096).map(|i| vec![i as u8; 4096]).collect();
+        let large: Vec<Vec<u8>> = (0..PEAK / 2 / (256 << 10)).map(|i| vec![i as u8; 256 << 10]).collect();
+        drop(small);
+        drop(large);
+        return;
+    }
+    let dir = fresh_dir("peak");
+    let pattern = dir.join("p.%p.json");
+    let (_, text) = run(name, &dir, &[("DOMALLOC_STATS", "json"), ("DOMALLOC_STATS_FILE", pattern.to_str().unwrap())]);
+    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("the report is not JSON ({e}):\n{text}"));
+    let (live, peak) = (u(&doc, "live_bytes"), u(&doc, "live_peak_bytes"));
+    // The peak may miss the blocks of the spans the thread held unfolded (one per class).
+    assert!(peak >= (PEAK - (4 << 20)) as u64, "live peak {peak} below the {PEAK} bytes held at once: {doc}");
+    assert!(live < (8 << 20), "live bytes {live} after everything was freed: {doc}");
+}
+
+/// A batch system's walltime kill: SIGTERM mid-run. The report is written from the signal
+/// handler, complete, and the process still dies of SIGTERM.
+#[test]
+fn sigterm_mid_run_leaves_the_report() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let name = "sigterm_mid_run_leaves_the_report";
+    if std::env::var(CASE).as_deref() == Ok(name) {
+        workload();
+        println!("READY");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    let dir = fresh_dir("term");
+    let pattern = dir.join("k.%p.json");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CASE, name)
+        .env("DOMALLOC_STATS", "json")
+        .env("DOMALLOC_STATS_FILE", pattern.to_str().unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let watchdog_pid = child.id() as libc::pid_t;
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(common::CHILD_TIMEOUT);
+        // SAFETY: a plain syscall (the child is ours; if it is gone this fails harmlessly).
+        unsafe { libc::kill(watchdog_pid, libc::SIGKILL) };
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.map(|l| l.contains("READY")).unwrap_or(false)), "the child never got ready");
+    // SAFETY: a plain syscall on our child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    drop(watchdog);
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "the child did not die of SIGTERM: {status:?}\n{err}");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "expected one report file after SIGTERM in {}: {files:?}\n{err}", dir.display());
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("the report is not JSON ({e}):\n{text}"));
+    check_adds_up(&doc);
 }

@@ -134,6 +134,12 @@ shims! {
     fn hbw_set_policy(mode: c_int) -> c_int = hbw::set_policy;
     /// `hbw_verify_memory_region`.
     fn hbw_verify_memory_region(addr: *mut c_void, size: usize, flags: c_int) -> c_int = hbw::verify_memory_region;
+    /// Starts the sampling heap profiler (0: the `DOMALLOC_PROF_SAMPLE` interval); 0 or -1.
+    fn domalloc_prof_start(sample_bytes: usize) -> c_int = domalloc::c::prof_start;
+    /// Stops sampling.
+    fn domalloc_prof_stop() = domalloc::c::prof_stop;
+    /// Writes the heap profile to `path` (NULL: `DOMALLOC_PROF_FILE`); 0 or -1 (not cancellable).
+    fn domalloc_prof_dump(path: *const c_char) -> c_int = prof_dump_uncancellable;
 }
 
 // ---- printing the report: not a cancellation point ----
@@ -174,4 +180,11 @@ fn print_stats_uncancellable() {
 
 fn stats_print_uncancellable(fd: c_int) -> c_int {
     uncancellable(|| c::stats_print(fd))
+}
+
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+unsafe fn prof_dump_uncancellable(path: *const c_char) -> c_int {
+    // SAFETY: forwarded.
+    uncancellable(|| unsafe { c::prof_dump(path) })
 }

@@ -445,6 +445,229 @@ pub(crate) trait Os {
 
     /// Sets the calling thread's `errno`.
     fn set_errno(e: i32);
+
+    // ---- signals ----
+
+    /// Calls `hook` when `sig` arrives, chained to the action in force now, never replacing it:
+    /// after `hook`, the handler that was installed before (if any) is called as the kernel would
+    /// have called it; with none and `then_default`, the signal is raised again with its default
+    /// action (SIGTERM then ends the process as it would have). A signal the process ignores is
+    /// left ignored (false). `hook` runs in a signal handler: it may only make async-signal-safe
+    /// calls and must not take a lock the interrupted thread may hold. A handler the program
+    /// installs later replaces ours (its choice). True when ours is installed.
+    fn catch_signal(sig: Signal, hook: fn(), then_default: bool) -> bool {
+        posix::catch_signal(sig, hook, then_default)
+    }
+
+    // ---- the heap profiler's view of the process ----
+
+    /// Calls `f` with each mapping of the process (`start`, `end`, executable, file offset, path
+    /// or empty), read without allocating (Linux: `/proc/self/maps` through a stack buffer).
+    /// False where the platform cannot list them (the profiler then records no call stacks).
+    fn for_each_mapping(f: &mut dyn FnMut(Mapping<'_>)) -> bool {
+        posix::for_each_mapping(f)
+    }
+}
+
+/// One mapping of the process (see [`Os::for_each_mapping`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mapping<'a> {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) readable: bool,
+    pub(crate) executable: bool,
+    pub(crate) offset: u64,
+    pub(crate) path: &'a [u8],
+}
+
+/// Return addresses of the calling code's callers, innermost first, into `out`; how many were
+/// written (0 on architectures without a walk here). Nothing is read outside
+/// `[stack pointer, stack_end)` (`stack_end`: the end of the readable mapping that holds the
+/// stack), so the walk never faults; it is safe in a signal handler.
+///
+/// The frame-pointer chain from the register as it is here, each record checked (16-aligned,
+/// strictly above the last, its return address in code: `is_code`), when its first return
+/// address lies in `own` (the allocator's own code: it was built with frame pointers too).
+/// Otherwise the allocator's frames keep none (its fast paths are built without), so the
+/// register holds the caller's frame or data: the stack is scanned upwards for the program's
+/// first frame record, and below it for the program's return address into the allocator (see
+/// the comments inside). A heuristic: a stale record left below the live stack can be taken for
+/// the program's, and a code pointer among the caller's locals for its call. Full depth needs
+/// the program built with frame pointers; a call the compiler turned into a jump (a tail call)
+/// leaves no return address, so its caller stands for it.
+#[inline(never)]
+pub(crate) fn frame_walk(out: &mut [usize], stack_end: usize, is_code: &dyn Fn(usize) -> bool, own: (usize, usize)) -> usize {
+    #[allow(unused_mut)]
+    let (mut fp, sp): (usize, usize);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads two registers.
+    unsafe {
+        core::arch::asm!("mov {fp}, rbp", "mov {sp}, rsp", fp = out(reg) fp, sp = out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads two registers.
+    unsafe {
+        core::arch::asm!("mov {fp}, x29", "mov {sp}, sp", fp = out(reg) fp, sp = out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (out, stack_end, is_code, own);
+        return 0;
+    }
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        if out.is_empty() || stack_end <= sp {
+            return 0;
+        }
+        let read = |a: usize| -> usize {
+            // SAFETY: every caller checks `sp <= a` and `a + 8 <= stack_end`: inside the
+            // stack's readable mapping.
+            unsafe { core::ptr::read_volatile(a as *const usize) }
+        };
+        let mine = |ra: usize| own.0 <= ra && ra < own.1;
+        let chain = |out: &mut [usize], mut fp: usize, mut low: usize| -> usize {
+            let mut n = 0;
+            while n < out.len() && fp % 16 == 0 && fp > low && fp.checked_add(16).is_some_and(|e| e <= stack_end) {
+                let (next, ra) = (read(fp), read(fp + 8));
+                if !is_code(ra) {
+                    break;
+                }
+                out[n] = ra;
+                n += 1;
+                low = fp;
+                fp = next;
+            }
+            n
+        };
+        let n = chain(out, fp, sp);
+        if n > 0 && mine(out[0]) {
+            return n;
+        }
+        // The first frame record above the stack pointer that is the program's: 16-aligned, its
+        // return address in code outside the allocator, the next record valid. Below it, the highest word that is a return address into code outside
+        // the allocator is the program's call into the allocator (dead slots lower down may
+        // hold stale ones, never above it; a tail call leaves none: then the record's function
+        // stands for its callee).
+        let limit = stack_end.min(sp.saturating_add(64 << 10));
+        let valid_next = |l: usize, next: usize| next == 0 || (next % 16 == 0 && next > l && next.checked_add(16).is_some_and(|e| e <= stack_end));
+        let mut l = (sp + 15) & !15;
+        while l + 16 <= limit {
+            let (next, ra) = (read(l), read(l + 8));
+            // (The next record's return address must be code too; past it, chains often end in
+            // a frame of code built without frame pointers, such as the C library's start.)
+            let record = is_code(ra) && !mine(ra) && valid_next(l, next) && (next == 0 || is_code(read(next + 8)));
+            if record {
+                let mut top = 0;
+                let mut a = (sp + 7) & !7;
+                while a < l {
+                    let v = read(a);
+                    if is_code(v) && !mine(v) && follows_call(v, is_code) {
+                        top = v;
+                    }
+                    a += 8;
+                }
+                if top != 0 {
+                    out[0] = top;
+                    return 1 + chain(&mut out[1..], l, sp);
+                }
+                return chain(out, l, sp);
+            }
+            l += 16;
+        }
+        0
+    }
+}
+
+/// Whether `ra` follows a call instruction (so it can be a return address, not a function
+/// pointer or other code address a frame holds). `is_code` says which bytes are readable code.
+#[allow(unused_variables)]
+fn follows_call(ra: usize, is_code: &dyn Fn(usize) -> bool) -> bool {
+    if ra < 8 || !is_code(ra - 8) {
+        return false; // (the bytes before it are read: they must be code, which is readable)
+    }
+    // SAFETY: [ra - 8, ra) is in a readable code mapping (`is_code` lists only those).
+    let b = |back: usize| unsafe { core::ptr::read_volatile((ra - back) as *const u8) };
+    #[cfg(target_arch = "x86_64")]
+    {
+        let call_ind = |modrm: u8| modrm & 0x38 == 0x10; // FF /2
+        // call rel32; call *disp32(%rip) or *disp32(reg); *(reg)/disp8(reg); *reg; with SIB.
+        b(5) == 0xe8
+            || (b(6) == 0xff && call_ind(b(5)))
+            || (b(7) == 0xff && call_ind(b(6)))
+            || (b(3) == 0xff && call_ind(b(2)))
+            || (b(4) == 0xff && call_ind(b(3)))
+            || (b(2) == 0xff && call_ind(b(1)))
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let insn = u32::from_le_bytes([b(4), b(3), b(2), b(1)]);
+        insn & 0xfc00_0000 == 0x9400_0000 || insn & 0xffff_fc1f == 0xd63f_0000 // BL, BLR
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        true
+    }
+}
+
+/// The current stack pointer.
+#[inline(always)]
+pub(crate) fn stack_pointer() -> usize {
+    let sp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads a register.
+    unsafe {
+        core::arch::asm!("mov {sp}, rsp", sp = out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads a register.
+    unsafe {
+        core::arch::asm!("mov {sp}, sp", sp = out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let x = 0u8;
+        sp = &x as *const u8 as usize;
+    }
+    sp
+}
+
+/// The signals the allocator may catch (statistics and profile dumps).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Signal {
+    /// SIGTERM (a batch system's walltime kill).
+    Term = 0,
+    /// SIGHUP.
+    Hup = 1,
+    /// SIGUSR1.
+    Usr1 = 2,
+    /// SIGUSR2.
+    Usr2 = 3,
+}
+
+impl Signal {
+    /// How many there are.
+    pub(crate) const COUNT: usize = 4;
+
+    /// From its name without `SIG` (`TERM`, `HUP`, `USR1`, `USR2`).
+    pub fn from_name(name: &[u8]) -> Option<Signal> {
+        match name {
+            b"TERM" => Some(Signal::Term),
+            b"HUP" => Some(Signal::Hup),
+            b"USR1" => Some(Signal::Usr1),
+            b"USR2" => Some(Signal::Usr2),
+            _ => None,
+        }
+    }
+
+    /// Its name without `SIG`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Hup => "HUP",
+            Signal::Usr1 => "USR1",
+            Signal::Usr2 => "USR2",
+        }
+    }
 }
 
 // ---- shared wrappers ----

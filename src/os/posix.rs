@@ -387,3 +387,224 @@ pub(crate) fn spawn_thread(run: extern "C" fn(*mut c_void) -> *mut c_void) -> bo
         r == 0
     }
 }
+
+// ---- signals: the statistics and profile dumps on a signal ----
+
+/// The signals the allocator may catch ([`super::Signal`]) as numbers.
+fn signal_number(s: super::Signal) -> libc::c_int {
+    match s {
+        super::Signal::Term => libc::SIGTERM,
+        super::Signal::Hup => libc::SIGHUP,
+        super::Signal::Usr1 => libc::SIGUSR1,
+        super::Signal::Usr2 => libc::SIGUSR2,
+    }
+}
+
+/// Per caught signal: our hook, whether the default action follows it, and the action that was
+/// installed before ours (called after the hook: chaining, never replacing).
+struct Caught {
+    hook: core::sync::atomic::AtomicUsize,
+    then_default: core::sync::atomic::AtomicBool,
+    prev: core::cell::UnsafeCell<core::mem::MaybeUninit<libc::sigaction>>,
+}
+
+// SAFETY: `prev` is written once, before the handler that reads it is installed (the
+// `sigaction` call that installs it orders the write before any delivery).
+unsafe impl Sync for Caught {}
+
+static CAUGHT: [Caught; super::Signal::COUNT] = [const {
+    Caught {
+        hook: core::sync::atomic::AtomicUsize::new(0),
+        then_default: core::sync::atomic::AtomicBool::new(false),
+        prev: core::cell::UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+    }
+}; super::Signal::COUNT];
+
+fn slot_of(sig: libc::c_int) -> Option<&'static Caught> {
+    [super::Signal::Term, super::Signal::Hup, super::Signal::Usr1, super::Signal::Usr2]
+        .into_iter()
+        .find(|&s| signal_number(s) == sig)
+        .map(|s| &CAUGHT[s as usize])
+}
+
+/// Our handler: the hook, then the program's previous handler if there was one, else (when
+/// asked) the default action by re-raising the signal with `SIG_DFL` installed.
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    let Some(slot) = slot_of(sig) else { return };
+    let hook = slot.hook.load(core::sync::atomic::Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: `hook` was stored from an `fn()` by `catch_signal`.
+        let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
+        f();
+    }
+    // SAFETY: `prev` was written before this handler was installed.
+    let prev = unsafe { (*slot.prev.get()).assume_init_ref() };
+    let h = prev.sa_sigaction;
+    if h != libc::SIG_DFL && h != libc::SIG_IGN {
+        // SAFETY: the program's own handler, called as the kernel would have called it.
+        unsafe {
+            if prev.sa_flags & libc::SA_SIGINFO != 0 {
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void) = core::mem::transmute(h);
+                f(sig, info, ctx);
+            } else {
+                let f: extern "C" fn(libc::c_int) = core::mem::transmute(h);
+                f(sig);
+            }
+        }
+        return;
+    }
+    if h == libc::SIG_DFL && slot.then_default.load(core::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: async-signal-safe calls on a zeroed action of our own. The signal is blocked
+        // while this handler runs; it is delivered, with the default action, once we return.
+        unsafe {
+            let mut dfl: libc::sigaction = core::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &dfl, ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+}
+
+/// Installs `hook` for `s`, chained to the action in force (see [`super::Os::catch_signal`]).
+pub(crate) fn catch_signal(s: super::Signal, hook: fn(), then_default: bool) -> bool {
+    let sig = signal_number(s);
+    let slot = &CAUGHT[s as usize];
+    if slot.hook.load(core::sync::atomic::Ordering::Acquire) != 0 {
+        return true; // installed already
+    }
+    // SAFETY: `sigaction` reads and writes actions on our stack and in `slot.prev`, which no
+    // handler reads yet (ours is not installed for `sig`).
+    unsafe {
+        let mut old: libc::sigaction = core::mem::zeroed();
+        if libc::sigaction(sig, ptr::null(), &mut old) != 0 || old.sa_sigaction == libc::SIG_IGN {
+            return false; // ignored by the program (or its parent): stays ignored
+        }
+        (*slot.prev.get()).write(old);
+        slot.then_default.store(then_default, core::sync::atomic::Ordering::Relaxed);
+        slot.hook.store(hook as *const () as usize, core::sync::atomic::Ordering::Release);
+        let mut act: libc::sigaction = core::mem::zeroed();
+        act.sa_sigaction = on_signal as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaction(sig, &act, ptr::null_mut()) != 0 {
+            slot.hook.store(0, core::sync::atomic::Ordering::Release);
+            return false;
+        }
+    }
+    true
+}
+
+// ---- the process's mappings ----
+
+/// `/proc/self/maps`, one line at a time through stack buffers (see
+/// [`super::Os::for_each_mapping`]); false where there is no such file (BSD without linprocfs).
+pub(crate) fn for_each_mapping(f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
+    let mut buf = [0u8; 4096];
+    let mut line = [0u8; 512];
+    let mut len = 0usize;
+    let mut handle = |l: &[u8]| {
+        // start-end perms offset dev inode path
+        let mut fields = l.splitn(6, |&c| c == b' ');
+        let (Some(range), Some(perms), Some(off)) = (fields.next(), fields.next(), fields.next()) else { return };
+        let _dev = fields.next();
+        let _inode = fields.next();
+        let path = crate::util::trim(fields.next().unwrap_or(b""));
+        let Some(dash) = range.iter().position(|&c| c == b'-') else { return };
+        let (Some(start), Some(end), Some(offset)) = (parse_hex(&range[..dash]), parse_hex(&range[dash + 1..]), parse_hex(off)) else { return };
+        f(super::Mapping {
+            start: start as usize,
+            end: end as usize,
+            readable: perms.first() == Some(&b'r'),
+            executable: perms.get(2) == Some(&b'x'),
+            offset,
+            path,
+        });
+    };
+    let opened = read_file_chunks(b"/proc/self/maps\0", &mut buf, &mut |chunk| {
+        for &c in chunk {
+            if c == b'\n' {
+                handle(&line[..len]);
+                len = 0;
+            } else if len < line.len() {
+                line[len] = c;
+                len += 1;
+            }
+        }
+    });
+    if len > 0 {
+        handle(&line[..len]);
+    }
+    opened
+}
+
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &c in s {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        v = v << 4 | d as u64;
+    }
+    Some(v)
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use core::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Order in which the hook (1) and the program's handler (2) ran, as decimal digits.
+    static ORDER: AtomicU32 = AtomicU32::new(0);
+
+    fn hook() {
+        ORDER.store(ORDER.load(Ordering::SeqCst) * 10 + 1, Ordering::SeqCst);
+    }
+
+    extern "C" fn program_handler(_: libc::c_int) {
+        ORDER.store(ORDER.load(Ordering::SeqCst) * 10 + 2, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn a_caught_signal_runs_the_hook_then_the_programs_handler() {
+        // SAFETY: installs a handler that only touches an atomic; raise delivers it to us.
+        unsafe {
+            libc::signal(libc::SIGUSR1, program_handler as *const () as libc::sighandler_t);
+            assert!(catch_signal(super::super::Signal::Usr1, hook, true));
+            libc::raise(libc::SIGUSR1);
+        }
+        assert_eq!(ORDER.load(Ordering::SeqCst), 12, "hook, then the program's handler");
+    }
+
+    #[test]
+    fn an_ignored_signal_stays_ignored() {
+        // SAFETY: plain signal calls; SIGHUP is ignored, so raising it does nothing.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            assert!(!catch_signal(super::super::Signal::Hup, hook, true));
+            libc::raise(libc::SIGHUP);
+        }
+    }
+}
+
+#[cfg(test)]
+mod mapping_tests {
+    #[test]
+    fn the_mappings_hold_this_code_and_this_stack() {
+        let code = the_mappings_hold_this_code_and_this_stack as *const () as usize;
+        let local = 0u8;
+        let stack = &local as *const u8 as usize;
+        let (mut code_seen, mut stack_seen) = (false, false);
+        assert!(super::for_each_mapping(&mut |m| {
+            code_seen |= m.executable && (m.start..m.end).contains(&code) && !m.path.is_empty();
+            stack_seen |= m.readable && (m.start..m.end).contains(&stack);
+        }));
+        assert!(code_seen && stack_seen);
+    }
+}

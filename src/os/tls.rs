@@ -156,3 +156,51 @@ pub(crate) fn thread_id() -> u32 {
 pub(crate) fn set_thread_id(t: u32) {
     TID.with(|c| c.set(t))
 }
+
+// ---- the heap profiler's per-thread words ----
+
+/// Words of the heap profiler (a layer above names their meaning), zero in every new thread.
+pub(crate) const PROF_WORDS: usize = 4;
+
+#[cfg(all(target_arch = "x86_64", target_family = "unix", not(target_vendor = "apple")))]
+core::arch::global_asm!(
+    ".pushsection .tbss,\"awT\",@nobits",
+    ".p2align 3",
+    ".globl __domalloc_tls_prof_v1",
+    ".hidden __domalloc_tls_prof_v1",
+    ".type __domalloc_tls_prof_v1, @object",
+    ".size __domalloc_tls_prof_v1, 32",
+    "__domalloc_tls_prof_v1:",
+    ".zero 32",
+    ".popsection",
+);
+
+/// This thread's profiler words (valid for the thread's life, only this thread uses them).
+#[cfg(all(target_arch = "x86_64", target_family = "unix", not(target_vendor = "apple")))]
+#[inline]
+pub(crate) fn prof_words() -> *mut [u64; PROF_WORDS] {
+    let p: usize;
+    // SAFETY: the TLS offset of the block plus the thread pointer (at `fs:0` on x86-64 ELF) is
+    // the block's address in this thread.
+    unsafe {
+        core::arch::asm!(
+            "mov {p}, qword ptr [rip + __domalloc_tls_prof_v1@GOTTPOFF]",
+            "add {p}, qword ptr fs:0",
+            p = out(reg) p,
+            options(nostack, readonly),
+        );
+    }
+    p as *mut [u64; PROF_WORDS]
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_family = "unix", not(target_vendor = "apple"))))]
+std::thread_local! {
+    static PROF: core::cell::UnsafeCell<[u64; PROF_WORDS]> = const { core::cell::UnsafeCell::new([0; PROF_WORDS]) };
+}
+
+/// This thread's profiler words (valid for the thread's life, only this thread uses them).
+#[cfg(not(all(target_arch = "x86_64", target_family = "unix", not(target_vendor = "apple"))))]
+#[inline]
+pub(crate) fn prof_words() -> *mut [u64; PROF_WORDS] {
+    PROF.with(|w| w.get())
+}

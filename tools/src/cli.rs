@@ -130,4 +130,19 @@ pub struct ReportArgs {
     /// totals, peaks >= current values, ...) as an error instead of a warning.
     #[arg(long)]
     pub strict: bool,
+    /// The FILEs are heap profiles (DOMALLOC_PROF=1): symbolise and merge them, print the top
+    /// call sites (live at the peak, live at the end, allocated; remote-freed share); --svg
+    /// draws a flame graph.
+    #[arg(long)]
+    pub prof: bool,
+    /// With --prof: the view of the flame graph and --collapsed: peak (bytes live at the
+    /// peak), live (at the end), alloc (allocated), remote (freed on another node).
+    #[arg(long, value_name = "VIEW", default_value = "peak")]
+    pub view: String,
+    /// With --prof: rows of each top table.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// With --prof: write the view's symbolised collapsed stacks to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub collapsed: Option<PathBuf>,
 }

@@ -204,3 +204,70 @@ fn the_chart_needs_no_font_library() {
         assert!(!libs.contains(lib), "the domalloc binary links {lib}:\n{libs}");
     }
 }
+
+// ---- heap profiles (`--prof`) ----
+
+#[inline(never)]
+fn prof_marker_alpha(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_mul(3).wrapping_add(1))
+}
+
+#[inline(never)]
+fn prof_marker_beta(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_mul(5).wrapping_add(2))
+}
+
+/// A profile file as the allocator writes it, with this test binary's own module map and
+/// "return addresses" inside two of its functions.
+fn write_profile(path: &PathBuf, rank: u32, alpha_bytes: u64, beta_remote: u64) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mut text = format!("# domalloc heap profile 1\n# pid {} rank {rank} host h elapsed_ms 5 sample_bytes 524288 live_bytes 0 live_peak_bytes 0\n", 100 + rank);
+    for l in maps.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 6 && f[1].contains('x') {
+            let (s, e) = f[0].split_once('-').unwrap();
+            text += &format!("# map 0x{s}-0x{e} 0x{} {}\n", f[2], f[5]);
+        }
+    }
+    let a = prof_marker_alpha as *const () as usize + 5;
+    let b = prof_marker_beta as *const () as usize + 5;
+    text += "# site samples alloc_bytes live_bytes peak_live_bytes freed_bytes remote_freed_bytes mean_lifetime_ms alloc_bytes_by_node mean_size threads stack\n";
+    text += &format!("# site 3 {alpha_bytes} {alpha_bytes} {alpha_bytes} 0 0 0 {alpha_bytes},0,0,0 4000 1 {a:#x}\n");
+    text += &format!("# site 2 1048576 0 524288 1048576 {beta_remote} 7 1048576,0,0,0 64 2 {b:#x}\n");
+    text += "# sampled live_bytes 0 peak 0 dropped_samples 0\n# view alloc_bytes\n";
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn prof_report_symbolises_merges_ranks_and_draws_a_flame_graph() {
+    let (f0, f1, svg, col) = (tmp("p0.prof"), tmp("p1.prof"), tmp("flame.svg"), tmp("c.txt"));
+    write_profile(&f0, 0, 3 << 20, 0);
+    write_profile(&f1, 1, 1 << 20, 786432);
+    let o = report(
+        &["--prof", "--view", "alloc", "--svg", svg.to_str().unwrap(), "--collapsed", col.to_str().unwrap()],
+        &[f0.to_str().unwrap().to_string(), f1.to_str().unwrap().to_string()],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}\n{out}");
+    // Merged over the two ranks, by the symbolised stack.
+    let alpha = out.lines().find(|l| l.contains("prof_marker_alpha")).unwrap_or_else(|| panic!("alpha not symbolised:\n{out}"));
+    assert!(alpha.contains("4.0 MiB") && alpha.split_whitespace().any(|w| w == "2"), "alpha merged over 2 ranks: {alpha}\n{out}");
+    // The remote share of beta's freed bytes: 786432 of 2 MiB.
+    let beta = out.lines().rfind(|l| l.contains("prof_marker_beta")).unwrap_or_else(|| panic!("beta not symbolised:\n{out}"));
+    assert!(beta.contains("37.5%"), "beta's remote share: {beta}\n{out}");
+    let c = std::fs::read_to_string(&col).unwrap();
+    assert!(c.lines().any(|l| l.contains("prof_marker_alpha") && l.ends_with(&format!(" {}", 4 << 20))), "{c}");
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(s.starts_with("<?xml") && s.contains("prof_marker_alpha"), "not a flame graph of the sites");
+    for f in [f0, f1, svg, col] {
+        let _ = std::fs::remove_file(f);
+    }
+    // Keep the markers alive.
+    assert_eq!(prof_marker_alpha(1) + prof_marker_beta(1), 11);
+}
+
+#[test]
+fn prof_report_refuses_a_file_that_is_not_a_profile() {
+    let o = report(&["--prof"], &[data("job4/stats.0.json")]);
+    assert_refused(&o, "not a domalloc heap profile", "a statistics file given as a profile");
+}

@@ -5,6 +5,7 @@
 
 pub mod chart;
 pub mod outliers;
+pub mod prof;
 pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -296,6 +297,9 @@ pub fn json(m: &Merged) -> String {
 
 /// `domalloc report`.
 pub fn main(args: &ReportArgs) -> Result<u8, Failure> {
+    if args.prof {
+        return prof::main(args);
+    }
     let (merged, warnings) = load_all(&args.files, args.outlier_factor, args.strict)?;
     for w in &warnings {
         eprintln!("domalloc: report: warning: {w}");

@@ -1,0 +1,190 @@
+//! The sampling heap profiler through the Rust API, in a child process with domalloc as the
+//! global allocator: `prof_start`/`prof_stop`/`prof_dump`, the file's form (header, module map,
+//! `# site` lines, one collapsed-stack section per view), and its totals: the sites' allocated
+//! bytes estimate what the child allocated, their live bytes what it kept (wide statistical
+//! bounds, no timing). Attribution to functions needs frame pointers (this test binary has
+//! none): `tests/c/prof_sites.c` and `prof_sites.rs` check it under `scripts/test-ffi.sh`.
+//! On a fake two-node machine (CPU 0 on node 0, CPU 1 on node 1), blocks allocated on CPU 0
+//! and freed by a thread on CPU 1 are counted as remote-freed, local frees are not. And a rule
+//! that can fail: `src/prof.rs` names nothing that allocates.
+
+#[global_allocator]
+static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
+
+mod common;
+
+const CASE: &str = "DOMALLOC_TEST_PROF_CASE";
+
+/// Bytes the child allocates in blocks it frees, and in blocks it keeps.
+const CHURN: usize = 64 << 20;
+const KEPT: usize = 24 << 20;
+
+fn child(path: &str) {
+    assert!(domalloc::prof_start(64 << 10));
+    let mut kept = Vec::new();
+    let mut n = 0;
+    while n < CHURN {
+        let v = std::hint::black_box(vec![1u8; 1000 + (n / 1000) % 3000]);
+        n += v.len();
+    }
+    let mut k = 0;
+    while k < KEPT {
+        kept.push(std::hint::black_box(vec![2u8; 8192]));
+        k += 8192;
+    }
+    for i in 0..40 {
+        drop(std::hint::black_box(vec![3u8; 200_000 + i]));
+    }
+    domalloc::prof_stop();
+    // Not sampled any more.
+    for _ in 0..10_000 {
+        drop(std::hint::black_box(vec![4u8; 5000]));
+    }
+    assert!(domalloc::prof_dump(Some(path)));
+    std::mem::forget(kept);
+}
+
+#[test]
+fn profile_api_writes_a_profile_whose_totals_match() {
+    let name = "profile_api_writes_a_profile_whose_totals_match";
+    let path = std::env::temp_dir().join(format!("domalloc-prof-{}.prof", std::process::id()));
+    if std::env::var(CASE).as_deref() == Ok(name) {
+        child(std::env::var("PROF_PATH").unwrap().as_str());
+        return;
+    }
+    let r = common::run_child(CASE, name, &[("PROF_PATH", path.to_str().unwrap())], common::CHILD_TIMEOUT);
+    assert!(r.status.success() && !r.hung, "{}", r.context(name));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("no profile at {}: {e}\n{}", path.display(), r.context(name)));
+    let _ = std::fs::remove_file(&path);
+    assert!(text.starts_with("# domalloc heap profile 1\n"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("# map 0x")), "no module map:\n{text}");
+    for v in ["alloc_bytes", "live_bytes", "peak_live_bytes", "remote_freed_bytes"] {
+        assert!(text.lines().any(|l| l == format!("# view {v}")), "no {v} view:\n{text}");
+    }
+    let (mut alloc, mut live, mut sites) = (0u64, 0u64, 0);
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix("# site ") else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f[0] == "samples" {
+            continue;
+        }
+        assert_eq!(f.len(), 11, "a site line with {} fields: {l}", f.len());
+        // Blocks of 1000..4000, 8192 and 200000 bytes, recorded at their usable size (a 200000-byte
+        // block is a large span of 256 KiB): their mean lies between; one thread.
+        let mean_size: u64 = f[8].parse().unwrap();
+        assert!((1000..=262_144).contains(&mean_size), "mean size {mean_size}: {l}");
+        assert_eq!(f[9], "1", "one allocating thread: {l}");
+        alloc += f[1].parse::<u64>().unwrap();
+        live += f[2].parse::<u64>().unwrap();
+        sites += 1;
+    }
+    // The view sections carry the same figures as the site lines.
+    let view_sum = |name: &str| -> u64 {
+        text.lines()
+            .skip_while(|l| *l != format!("# view {name}"))
+            .skip(1)
+            .take_while(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(view_sum("alloc_bytes"), alloc);
+    assert_eq!(view_sum("live_bytes"), live);
+    let total = (CHURN + KEPT + 40 * 200_000) as f64;
+    assert!(sites >= 1);
+    assert!((alloc as f64) > 0.6 * total && (alloc as f64) < 1.5 * total, "allocated bytes {alloc} vs {total} allocated while sampling");
+    assert!((live as f64) > 0.5 * KEPT as f64 && (live as f64) < 1.6 * KEPT as f64 + (4 << 20) as f64, "live bytes {live} vs {KEPT} kept");
+}
+
+#[test]
+fn the_profiler_names_nothing_that_allocates() {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/prof.rs")).unwrap();
+    let code: String = src.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+    for banned in ["Vec", "Box", "String", "format!", "vec!", "to_vec", "to_string", "to_owned", "std::", "alloc::", "println!", "eprintln!", "panic!", "unwrap()", "expect("] {
+        assert!(!code.contains(banned), "src/prof.rs names `{banned}`: the profiler runs inside malloc");
+    }
+}
+
+/// A fake two-node machine: CPU 0 on node 0, CPU 1 on node 1 (`DOMALLOC_TOPOLOGY_ROOT`).
+fn two_node_sysfs() -> std::path::PathBuf {
+    use std::fs;
+    let root = std::env::temp_dir().join(format!("domalloc-prof-sysfs-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let node_dir = root.join("devices/system/node");
+    fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
+    fs::create_dir_all(&node_dir).unwrap();
+    fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
+    fs::write(node_dir.join("possible"), "0-1\n").unwrap();
+    fs::write(node_dir.join("online"), "0,1\n").unwrap();
+    fs::write(node_dir.join("has_memory"), "0,1\n").unwrap();
+    for (n, dist) in [(0, "10 21"), (1, "21 10")] {
+        let d = node_dir.join(format!("node{n}"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("cpulist"), format!("{n}\n")).unwrap();
+        fs::write(d.join("distance"), format!("{dist}\n")).unwrap();
+        fs::write(d.join("meminfo"), format!("Node {n} MemTotal:       1048576 kB\nNode {n} MemFree:        1000 kB\n")).unwrap();
+    }
+    root
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+/// Bytes allocated on CPU 0 (node 0) and freed by a thread on CPU 1 (node 1), and bytes
+/// allocated and freed on CPU 0.
+const REMOTE: usize = 48 << 20;
+const LOCAL: usize = 48 << 20;
+
+#[test]
+fn frees_on_another_node_are_counted_as_remote() {
+    let name = "frees_on_another_node_are_counted_as_remote";
+    let path = std::env::temp_dir().join(format!("domalloc-prof-remote-{}.prof", std::process::id()));
+    if std::env::var(CASE).as_deref() == Ok(name) {
+        pin_to_cpu(0);
+        assert!(domalloc::prof_start(64 << 10));
+        let blocks: Vec<Vec<u8>> = (0..REMOTE / 300_000).map(|i| std::hint::black_box(vec![i as u8; 300_000])).collect();
+        std::thread::spawn(move || {
+            pin_to_cpu(1);
+            drop(blocks);
+        })
+        .join()
+        .unwrap();
+        for i in 0..LOCAL / 300_000 {
+            drop(std::hint::black_box(vec![i as u8; 300_000]));
+        }
+        assert!(domalloc::prof_dump(Some(std::env::var("PROF_PATH").unwrap().as_str())));
+        domalloc::prof_stop(); // (else the exit dump writes DOMALLOC_PROF_FILE's default here)
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipped: needs 2 CPUs");
+        return;
+    }
+    let root = two_node_sysfs();
+    let r = common::run_child(
+        CASE,
+        name,
+        &[("PROF_PATH", path.to_str().unwrap()), ("DOMALLOC_TOPOLOGY_ROOT", root.to_str().unwrap()), ("DOMALLOC_NUMA", "1")],
+        common::CHILD_TIMEOUT,
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(r.status.success() && !r.hung, "{}", r.context(name));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let (mut freed, mut remote) = (0f64, 0f64);
+    for l in text.lines().filter_map(|l| l.strip_prefix("# site ")) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f[0] != "samples" {
+            freed += f[4].parse::<f64>().unwrap();
+            remote += f[5].parse::<f64>().unwrap();
+        }
+    }
+    let (want_freed, want_remote) = ((REMOTE + LOCAL) as f64, REMOTE as f64);
+    assert!(freed > 0.6 * want_freed && freed < 1.5 * want_freed, "freed {freed} vs {want_freed}:\n{text}");
+    assert!(remote > 0.6 * want_remote && remote < 1.5 * want_remote, "remote-freed {remote} vs {want_remote}:\n{text}");
+}
