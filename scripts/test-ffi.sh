@@ -38,7 +38,7 @@ say() { printf '%s\n' "$*"; }
 
 ensure_packages() {
     local want=(gcc gfortran openmpi-bin libopenmpi-dev python3 sqlite3 git pkg-config hwloc libhwloc-dev libudev-dev
-                make binutils procps)
+                make binutils procps heaptrack)
     local pyver
     pyver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
     [ -n "$pyver" ] && want+=("libpython$pyver-testsuite")
@@ -234,6 +234,19 @@ fi
 # A C plugin carrying its own copy of domalloc (libdomalloc.a) survives dlclose, 10 runs of each
 # host mode, plain and under LD_PRELOAD (issue 26).
 run_test c-plugin-survives-dlclose 300 sh "$TESTS/dlclose.sh" "$REL"
+# heaptrack traces a program running on domalloc (issue 24): its preload library initialises
+# inside its first malloc holding its own lock, so domalloc must not call dlopen there (it hung).
+heaptrack_on_domalloc() {
+    LD_PRELOAD="$LIB" heaptrack -o "$WORK/heaptrack" "$WORK/stress_mt" 2 2000 >"$WORK/heaptrack.log" 2>&1 || { cat "$WORK/heaptrack.log"; return 1; }
+    cat "$WORK/heaptrack.log"
+    grep -Eq 'allocations:[[:space:]]+[1-9][0-9]{3,}' "$WORK/heaptrack.log" || { echo "heaptrack traced no allocations"; return 1; }
+    echo "heaptrack ok"
+}
+if have heaptrack && [ -x "$WORK/stress_mt" ]; then
+    run_test heaptrack-on-domalloc 120 heaptrack_on_domalloc
+else
+    skip heaptrack-on-domalloc "heaptrack not installed"
+fi
 
 # A walltime kill (SIGTERM) mid-run leaves the statistics file, live bytes counted; the process
 # still dies of SIGTERM.

@@ -348,6 +348,13 @@ pub(crate) fn thread_key_set(key: ThreadKey, value: *mut c_void) {
 /// where the loader does not know the object). The loader allocates (with this allocator):
 /// call only where a nested `malloc` is safe.
 pub(crate) fn pin_object() -> bool {
+    // Only a copy of the allocator inside an object that `dlclose` can unload needs pinning: not
+    // the main program, and not an object linked `-z nodelete` (libdomalloc.so). Skipping the
+    // `dlopen` there matters: a tool that intercepts `dlopen` and takes its own lock inside its
+    // first `malloc` (heaptrack) would wait on itself.
+    if !own_object_unloadable() {
+        return false;
+    }
     // SAFETY: `dladdr` fills `info` for an address of our own code; `dlopen` with
     // `RTLD_NOLOAD` only looks the already loaded object up by the name the loader gave us.
     unsafe {
@@ -357,6 +364,69 @@ pub(crate) fn pin_object() -> bool {
         }
         !libc::dlopen(info.dli_fname, libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE).is_null()
     }
+}
+
+/// Whether the object holding this code could be unloaded by `dlclose`: false for the main
+/// program (the first object `dl_iterate_phdr` reports) and for an object whose dynamic section
+/// has `DF_1_NODELETE`. Reads the loader's program headers; no allocation.
+fn own_object_unloadable() -> bool {
+    const PT_DYNAMIC: u32 = 2;
+    const DT_NULL: i64 = 0;
+    const DT_FLAGS_1: i64 = 0x6fff_fffb;
+    const DF_1_NODELETE: u64 = 0x8;
+    /// An ELF dynamic-section entry (`Elf64_Dyn`).
+    #[repr(C)]
+    struct Dyn {
+        tag: i64,
+        val: u64,
+    }
+    struct Found {
+        addr: usize,
+        index: usize,
+        unloadable: Option<bool>,
+    }
+    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> libc::c_int {
+        // SAFETY: the loader passes a valid `info` for each object and our `data` back.
+        unsafe {
+            let f = &mut *(data as *mut Found);
+            let i = &*info;
+            let index = f.index;
+            f.index += 1;
+            let base = i.dlpi_addr as usize;
+            let mut dynamic = 0usize;
+            let mut ours = false;
+            for k in 0..i.dlpi_phnum as usize {
+                let ph = &*i.dlpi_phdr.add(k);
+                let lo = base + ph.p_vaddr as usize;
+                if ph.p_type == 1 /* PT_LOAD */ && (lo..lo + ph.p_memsz as usize).contains(&f.addr) {
+                    ours = true;
+                }
+                if ph.p_type == PT_DYNAMIC {
+                    dynamic = lo;
+                }
+            }
+            if !ours {
+                return 0;
+            }
+            let mut nodelete = false;
+            if dynamic != 0 {
+                let mut d = dynamic as *const Dyn;
+                while (*d).tag != DT_NULL {
+                    if (*d).tag == DT_FLAGS_1 && (*d).val & DF_1_NODELETE != 0 {
+                        nodelete = true;
+                    }
+                    d = d.add(1);
+                }
+            }
+            f.unloadable = Some(index != 0 && !nodelete);
+            1
+        }
+    }
+    let mut f = Found { addr: own_object_unloadable as *const () as usize, index: 0, unloadable: None };
+    // SAFETY: `each` only reads what the loader hands it and writes our `Found`.
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut f as *mut Found as *mut c_void) };
+    // Unknown: pin (the safe side for a plugin).
+    f.unloadable.unwrap_or(true)
 }
 
 /// `pthread_atfork`.
