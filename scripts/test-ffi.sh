@@ -231,6 +231,12 @@ if cc_build rss_shapes "$TESTS/rss_shapes.c" -fno-builtin -pthread -ldl; then
     run_test c-rss-payload-1mib 60 preload "$WORK/rss_shapes" payload 1048576 300
     run_test c-rss-payload-128k-plus-1 60 preload "$WORK/rss_shapes" payload 131073 300
 fi
+# A process ends when its last thread ends: the background purge thread never keeps it alive
+# (main leaving with pthread_exit; a fork child whose only thread returns).
+if cc_build last_thread_exits "$TESTS/last_thread_exits.c" -pthread; then
+    run_test c-last-thread-pthread-exit 30 preload "$WORK/last_thread_exits" pthread_exit
+    run_test c-last-thread-fork-child 30 preload "$WORK/last_thread_exits" fork
+fi
 # A C plugin carrying its own copy of domalloc (libdomalloc.a) survives dlclose, 10 runs of each
 # host mode, plain and under LD_PRELOAD (issue 26).
 run_test c-plugin-survives-dlclose 300 sh "$TESTS/dlclose.sh" "$REL"

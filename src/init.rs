@@ -678,8 +678,9 @@ unsafe extern "C" fn fork_child() {
     // The child's only thread has a new kernel id; ids cached in locks held across the fork are
     // released by `fork_release_all` (and by the interrupted code for skipped ones).
     os::forget_thread_id();
-    // No purge thread in the child: started again when something waits.
-    sweep::forget_purge_thread();
+    // No purge thread in the child: started again when something waits. Its one thread is the
+    // only one that may have a heap.
+    sweep::forget_purge_thread(usize::from(!tls::is_sentinel(tls::heap())));
     if leave_nested() {
         // The child of a fork from a signal handler inside the fork handlers: the locks stay as
         // the outer handlers left them (such a child may only make async-signal-safe calls).
@@ -717,6 +718,7 @@ pub(crate) fn init_thread_heap() -> *mut Heap {
         }
         tls::set_heap(h);
         crate::init::register_thread_heap(h);
+        crate::sweep::thread_started();
         h
     });
     if h.is_null() {

@@ -214,6 +214,17 @@ fn in_use_bytes() -> u64 {
 /// allocate, the master frees). `auto` starts the purge thread here when that much memory is in
 /// use, so that its sweeps find them (woken by [`page_queued`]). No lock is held.
 pub(crate) fn thread_exited() {
+    if THREADS.fetch_sub(1, Ordering::AcqRel) <= 1 {
+        // The last thread with a heap: the purge thread must not keep the process alive (a
+        // process whose last thread leaves with `pthread_exit`, or a fork child whose only
+        // thread returns, ends only when every thread has). Wake it: it sees no thread and ends.
+        THREADS.store(0, Ordering::Release);
+        if PURGE_THREAD.load(Ordering::Relaxed) == PT_RUNNING {
+            PURGE_WAKE.fetch_add(1, Ordering::SeqCst);
+            Sys::futex_wake(&PURGE_WAKE, 1);
+        }
+        return;
+    }
     if PURGE_THREAD.load(Ordering::Relaxed) == PT_IDLE
         && options::get().purge_thread == PurgeThread::Auto
         && in_use_bytes() >= PURGE_THREAD_THRESHOLD
@@ -221,6 +232,15 @@ pub(crate) fn thread_exited() {
         start_purge_thread();
     }
     purge_wanted();
+}
+
+/// Threads that have a heap (created on their first allocation, gone at their exit): the purge
+/// thread ends when there is none left.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread got its heap.
+pub(crate) fn thread_started() {
+    THREADS.fetch_add(1, Ordering::AcqRel);
 }
 
 /// An unowned page was queued in an arena (a given-up page got its first remote free): a
@@ -274,7 +294,9 @@ pub(crate) fn purge_wanted() {
 }
 
 /// The purge thread does not exist (in a fork child): started again when something waits.
-pub(crate) fn forget_purge_thread() {
+/// `threads` is the number of the child's threads with a heap (its one thread, or none).
+pub(crate) fn forget_purge_thread(threads: usize) {
+    THREADS.store(threads, Ordering::Release);
     if PURGE_THREAD.load(Ordering::Relaxed) == PT_RUNNING {
         PURGE_THREAD.store(PT_IDLE, Ordering::Relaxed);
     }
@@ -293,6 +315,13 @@ pub(crate) fn purge_thread_running() -> bool {
 extern "C" fn purge_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
     loop {
         let gen = PURGE_WAKE.load(Ordering::SeqCst);
+        if THREADS.load(Ordering::Acquire) == 0 {
+            // Every thread of the program is gone (see `thread_exited`): end, so that the
+            // process can. A thread that starts later starts a new purge thread when needed.
+            PURGE_SLEEPING.store(false, Ordering::SeqCst);
+            PURGE_THREAD.store(PT_IDLE, Ordering::Release);
+            return core::ptr::null_mut();
+        }
         let now = Sys::now_ms();
         let mut next = trim_heaps(now, false);
         for n in 0..domain_slots() {
