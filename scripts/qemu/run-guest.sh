@@ -271,9 +271,11 @@ if [ -n "$preload" ]; then
     tag=$tag-$ptag
 fi
 
-# Shared libraries (and the dynamic loader) a dynamic ELF needs, one absolute path a line.
+# Shared libraries (and the dynamic loader) a dynamic ELF needs, one absolute path a line, as
+# the guest's loader finds them: without the caller's LD_LIBRARY_PATH (cargo test sets one that
+# holds target/release; the guest has none, only the program's RUNPATH).
 shared_deps() {
-    ldd "$1" 2>/dev/null | awk '
+    env -u LD_LIBRARY_PATH ldd "$1" 2>/dev/null | awk '
         $2 == "=>" && $3 ~ /^\// { print $3; next }
         $1 ~ /^\// { print $1 }'
 }
