@@ -148,8 +148,8 @@ fn alloc_huge(node: usize, size: usize, align: usize, zero: bool, placed: bool, 
 #[inline]
 fn big_allocated(p: *mut u8) {
     if !p.is_null() {
-        // SAFETY: a live block of this allocator.
-        crate::prof::big_allocated(p, unsafe { usable_size(p) });
+        // SAFETY: a live block of this allocator, just handed out.
+        crate::prof::big_allocated(p, unsafe { block_size(p) });
     }
 }
 
@@ -186,6 +186,17 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     }
     #[cfg(feature = "quarantine")]
     crate::quarantine::check_live(p as *mut u8, "malloc_usable_size");
+    // SAFETY: forwarded.
+    unsafe { block_size(p) }
+}
+
+/// [`usable_size`] from the allocator's metadata alone: never reads the block (a block just
+/// handed out for first touch must stay untouched; the quarantine build's check reads its
+/// first word).
+///
+/// # Safety
+/// `p` is a live block of this allocator.
+unsafe fn block_size(p: *const u8) -> usize {
     let Some((seg, page)) = segment::lookup(p) else {
         os::fatal(format_args!("malloc_usable_size(): invalid pointer {:p}", p));
     };
