@@ -558,22 +558,6 @@ fn fork_during_remote_frees_does_not_hang() {
 
 // ---- 4. idle RSS ----
 
-/// RSS in bytes from /proc/self/statm, without allocating.
-fn rss_now() -> u64 {
-    let mut buf = [0u8; 128];
-    // SAFETY: plain syscalls on a stack buffer.
-    let n = unsafe {
-        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0);
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0);
-    let s = std::str::from_utf8(&buf[..n as usize]).unwrap();
-    let pages: u64 = s.split(' ').nth(1).unwrap().trim().parse().unwrap();
-    pages * 4096
-}
 
 const IDLE_BLOCKS: usize = 400_000;
 const IDLE_SLACK: u64 = 16 << 20;
@@ -582,7 +566,7 @@ const IDLE_SLACK: u64 = 16 << 20;
 /// call; returns the last value and the time waited.
 fn idle_until_rss_below(limit: u64) -> (u64, u64) {
     let mut waited = 0;
-    let mut rss = rss_now();
+    let mut rss = common::rss_now();
     while rss > limit && waited < 10_000 {
         // SAFETY: a plain syscall with a valid timespec.
         unsafe {
@@ -590,7 +574,7 @@ fn idle_until_rss_below(limit: u64) -> (u64, u64) {
             libc::nanosleep(&ts, std::ptr::null_mut());
         }
         waited += 100;
-        rss = rss_now();
+        rss = common::rss_now();
     }
     (rss, waited)
 }
@@ -620,7 +604,7 @@ fn idle_rss_returns_after_frees_single_thread() {
     scenario("idle_rss_returns_after_frees_single_thread", &[("DOMALLOC_PURGE_DELAY", "100")], || {
         let l = Layout::from_size_align(512, 8).unwrap();
         let mut v: Vec<*mut u8> = vec![std::ptr::null_mut(); IDLE_BLOCKS]; // touched: in the baseline
-        let base = rss_now();
+        let base = common::rss_now();
         for p in v.iter_mut() {
             // SAFETY: a non-zero layout; freed below with it.
             unsafe {
@@ -629,13 +613,13 @@ fn idle_rss_returns_after_frees_single_thread() {
                 p.write_bytes(0x5a, 512);
             }
         }
-        let peak = rss_now();
+        let peak = common::rss_now();
         assert!(peak > base + (150 << 20), "the working set was not resident? base {base} peak {peak}");
         for &p in &v {
             // SAFETY: allocated above with `l`.
             unsafe { dealloc(p, l) };
         }
-        let after_free = rss_now();
+        let after_free = common::rss_now();
         idle_verdict("single thread", base, peak, after_free);
         drop(v);
     });
@@ -647,7 +631,7 @@ fn idle_rss_returns_after_frees_single_thread() {
 fn idle_rss_returns_after_frees_four_threads() {
     scenario("idle_rss_returns_after_frees_four_threads", &[("DOMALLOC_PURGE_DELAY", "100")], || {
         static PEAK: AtomicU64 = AtomicU64::new(0);
-        let base = rss_now();
+        let base = common::rss_now();
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 std::thread::spawn(|| {
@@ -662,7 +646,7 @@ fn idle_rss_returns_after_frees_four_threads() {
                             v.push(p);
                         }
                     }
-                    PEAK.fetch_max(rss_now(), Ordering::Relaxed);
+                    PEAK.fetch_max(common::rss_now(), Ordering::Relaxed);
                     for p in v {
                         // SAFETY: allocated above with `l`.
                         unsafe { dealloc(p, l) };
@@ -673,7 +657,7 @@ fn idle_rss_returns_after_frees_four_threads() {
         for t in threads {
             t.join().unwrap();
         }
-        let after_free = rss_now();
+        let after_free = common::rss_now();
         idle_verdict("4 threads", base, PEAK.load(Ordering::Relaxed), after_free);
     });
 }

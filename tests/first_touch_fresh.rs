@@ -23,6 +23,8 @@ use std::process::Command;
 #[global_allocator]
 static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
 
+mod common;
+
 const PAGE: usize = 4096;
 
 fn pin(cpu: usize) {
@@ -103,23 +105,6 @@ fn scenario_fresh_is_untouched() {
     }
 }
 
-fn fake_topology(name: &str) -> std::path::PathBuf {
-    let root = std::env::temp_dir().join(format!("domalloc-first-touch-fresh-{}-{name}", std::process::id()));
-    let n = root.join("devices/system/node");
-    std::fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
-    std::fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
-    for (id, dist) in [(0, "10 20"), (1, "20 10")] {
-        let d = n.join(format!("node{id}"));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("cpulist"), format!("{id}\n")).unwrap();
-        std::fs::write(d.join("distance"), format!("{dist}\n")).unwrap();
-        std::fs::write(d.join("meminfo"), format!("Node {id} MemTotal: 1048576 kB\n")).unwrap();
-    }
-    for f in ["possible", "online", "has_memory"] {
-        std::fs::write(n.join(f), "0-1\n").unwrap();
-    }
-    root
-}
 
 #[test]
 fn fresh_is_untouched() {
@@ -141,7 +126,7 @@ fn run(name: &str, first_touch: &str) {
         eprintln!("skipping: needs 2 CPUs");
         return;
     }
-    let root = fake_topology(name);
+    let root = common::fake_two_nodes(name);
     let out = Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("DOMALLOC_TEST_SCENARIO", name)

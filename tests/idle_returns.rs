@@ -52,21 +52,6 @@ fn scenario(name: &str, body: fn()) {
     eprintln!("{name}: {}", run.stdout.lines().find(|l| l.contains(" ok:")).unwrap_or("ok"));
 }
 
-/// RSS in bytes from /proc/self/statm, without allocating.
-fn rss_now() -> u64 {
-    let mut buf = [0u8; 128];
-    let n = unsafe {
-        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0);
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0);
-    let s = std::str::from_utf8(&buf[..n as usize]).unwrap();
-    let pages: u64 = s.split(' ').nth(1).unwrap().trim().parse().unwrap();
-    pages * 4096
-}
 
 fn nap_100ms() {
     unsafe {
@@ -79,7 +64,7 @@ fn nap_100ms() {
 /// a 32-byte block is allocated and freed at each poll (a program that keeps making small
 /// calls), otherwise no allocator call is made. Asserts and reports.
 fn expect_back(what: &str, base: u64, peak: u64, small_calls: bool) {
-    let after_free = rss_now();
+    let after_free = common::rss_now();
     let mut waited = 0u64;
     let mut rss = after_free;
     let l = Layout::from_size_align(32, 8).unwrap();
@@ -94,7 +79,7 @@ fn expect_back(what: &str, base: u64, peak: u64, small_calls: bool) {
             }
         }
         waited += 100;
-        rss = rss_now();
+        rss = common::rss_now();
     }
     let msg = format!(
         "{what}: RSS {} MiB at the peak, {} MiB right after the frees, {} MiB after {waited} ms (baseline {} MiB)",
@@ -108,7 +93,7 @@ fn expect_back(what: &str, base: u64, peak: u64, small_calls: bool) {
 }
 
 fn huge_block(small_calls: bool) {
-    let base = rss_now();
+    let base = common::rss_now();
     let l = Layout::from_size_align(64 << 20, 16).unwrap();
     unsafe {
         let p = alloc(l);
@@ -116,7 +101,7 @@ fn huge_block(small_calls: bool) {
         p.write_bytes(0x5a, l.size());
         // The pointer escapes: the stores above cannot be dropped as dead before the free.
         std::hint::black_box(p);
-        let peak = rss_now();
+        let peak = common::rss_now();
         assert!(peak > base + (60 << 20), "the block was not resident? base {base} peak {peak}");
         dealloc(p, l);
         expect_back(if small_calls { "64 MiB block, small calls" } else { "64 MiB block, idle" }, base, peak, small_calls);
@@ -142,7 +127,7 @@ fn cached_huge_block_returns_with_small_calls() {
 #[test]
 fn realloc_huge_down_and_back_returns() {
     scenario("realloc_huge_down_and_back_returns", || unsafe {
-        let base = rss_now();
+        let base = common::rss_now();
         let big = 64usize << 20;
         let mut p = alloc(Layout::from_size_align(16, 8).unwrap());
         assert!(!p.is_null());
@@ -156,7 +141,7 @@ fn realloc_huge_down_and_back_returns() {
             }
             p.add(big - 1).write(i as u8);
             p.write_bytes(i as u8, 16);
-            peak = peak.max(rss_now());
+            peak = peak.max(common::rss_now());
             p = realloc(p, Layout::from_size_align(big, 8).unwrap(), 16);
             assert!(!p.is_null());
             assert_eq!(*p, i as u8);
@@ -175,7 +160,7 @@ fn pages_of_exited_threads_freed_by_another_return() {
     scenario("pages_of_exited_threads_freed_by_another_return", || {
         const BLOCK: usize = 64 << 10;
         const PER_THREAD: usize = (64 << 20) / BLOCK;
-        let base = rss_now();
+        let base = common::rss_now();
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 std::thread::spawn(|| {
@@ -194,7 +179,7 @@ fn pages_of_exited_threads_freed_by_another_return() {
             })
             .collect();
         let blocks: Vec<Vec<usize>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        let peak = rss_now();
+        let peak = common::rss_now();
         assert!(peak > base + (200 << 20), "the blocks were not resident? base {base} peak {peak}");
         let l = Layout::from_size_align(BLOCK, 8).unwrap();
         for v in &blocks {

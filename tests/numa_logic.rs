@@ -15,6 +15,8 @@ use std::process::Command;
 #[global_allocator]
 static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
 
+mod common;
+
 const SIZES: [usize; 6] = [16, 200, 3000, 40_000, 300_000, 3 << 20];
 
 fn pin(cpu: usize) {
@@ -225,25 +227,6 @@ fn scenario_node_targeted() {
     assert_eq!(domalloc::node_of(v.as_ptr().cast()), Some(1));
     std::thread::spawn(move || unsafe { domalloc::raw::free(p as *mut u8) }).join().unwrap();
 }
-/// A fake two-node sysfs tree of its own for scenario `name` (the tests run in parallel: a
-/// shared tree rewritten by one test while another's child reads it gave a half-written file).
-fn fake_topology(name: &str) -> std::path::PathBuf {
-    let root = std::env::temp_dir().join(format!("domalloc-numa-logic-{}-{name}", std::process::id()));
-    let n = root.join("devices/system/node");
-    std::fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
-    std::fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
-    for (id, dist) in [(0, "10 20"), (1, "20 10")] {
-        let d = n.join(format!("node{id}"));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("cpulist"), format!("{id}\n")).unwrap();
-        std::fs::write(d.join("distance"), format!("{dist}\n")).unwrap();
-        std::fs::write(d.join("meminfo"), format!("Node {id} MemTotal: 1048576 kB\n")).unwrap();
-    }
-    for f in ["possible", "online", "has_memory"] {
-        std::fs::write(n.join(f), "0-1\n").unwrap();
-    }
-    root
-}
 
 fn run(name: &str) {
     if let Ok(s) = std::env::var("DOMALLOC_TEST_SCENARIO") {
@@ -256,7 +239,7 @@ fn run(name: &str) {
         eprintln!("skipping: needs 2 CPUs");
         return;
     }
-    let root = fake_topology(name);
+    let root = common::fake_two_nodes(name);
     let out = Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("DOMALLOC_TEST_SCENARIO", name)

@@ -39,27 +39,13 @@ fn scenario(name: &str, body: fn()) {
     eprintln!("{name}: {}", run.stdout.lines().find(|l| l.contains("payload")).unwrap_or("ok"));
 }
 
-fn rss_now() -> u64 {
-    let mut buf = [0u8; 128];
-    let n = unsafe {
-        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0);
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0);
-    let s = std::str::from_utf8(&buf[..n as usize]).unwrap();
-    let pages: u64 = s.split(' ').nth(1).unwrap().trim().parse().unwrap();
-    pages * 4096
-}
 
 /// `count` blocks of `size` bytes, each written whole: the RSS they add is at most 1.1x their
 /// bytes.
 fn blocks_cost_their_payload(size: usize, count: usize) {
     let l = Layout::from_size_align(size, 8).unwrap();
     let mut v: Vec<*mut u8> = vec![std::ptr::null_mut(); count]; // touched: in the baseline
-    let base = rss_now();
+    let base = common::rss_now();
     for (i, p) in v.iter_mut().enumerate() {
         unsafe {
             *p = alloc(l);
@@ -67,7 +53,7 @@ fn blocks_cost_their_payload(size: usize, count: usize) {
             p.write_bytes(i as u8, size);
         }
     }
-    let added = rss_now() - base;
+    let added = common::rss_now() - base;
     let payload = (size * count) as u64;
     let ratio = added as f64 / payload as f64;
     let msg = format!(
@@ -99,7 +85,7 @@ fn cached_huge_block_reused_for_a_smaller_request_costs_its_payload() {
     scenario("cached_huge_block_reused_for_a_smaller_request_costs_its_payload", || {
         let big = Layout::from_size_align(100 << 20, 16).unwrap();
         let small = Layout::from_size_align(28 << 20, 16).unwrap();
-        let base = rss_now();
+        let base = common::rss_now();
         unsafe {
             let p = alloc(big);
             assert!(!p.is_null());
@@ -111,7 +97,7 @@ fn cached_huge_block_reused_for_a_smaller_request_costs_its_payload() {
             assert!(!q.is_null());
             q.write_bytes(2, small.size());
             std::hint::black_box(q);
-            let added = rss_now().saturating_sub(base);
+            let added = common::rss_now().saturating_sub(base);
             let limit = small.size() as u64 * 11 / 10 + (2 << 20);
             let msg = format!(
                 "100 MiB block freed, 28 MiB taken: payload 28.0 MiB, RSS added {:.1} MiB",

@@ -1,6 +1,7 @@
-//! Shared by the child-process tests (`misuse.rs`, `quarantine.rs`, `security.rs`, `drop_in.rs`):
-//! a case runs in a child process (this test binary started again with `<env_var>=<case>`),
-//! watched by a watchdog that kills it if it hangs, and the parent checks how it ended.
+//! Shared by the child-process tests (`misuse.rs`, `quarantine.rs`, `security.rs`, `drop_in.rs`,
+//! ...): a case runs in a child process (this test binary started again with `<env_var>=<case>`),
+//! watched by a watchdog that kills it if it hangs, and the parent checks how it ended. Also the
+//! RSS probe and the fake two-node sysfs tree several tests use.
 
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
@@ -150,4 +151,42 @@ pub fn case(env_var: &str, name: &str, env: &[(&str, &str)], death: Death<'_>, b
             }
         }
     }
+}
+
+/// RSS in bytes from /proc/self/statm, without allocating.
+pub fn rss_now() -> u64 {
+    let mut buf = [0u8; 128];
+    // SAFETY: plain syscalls on a stack buffer.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
+        assert!(fd >= 0);
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    assert!(n > 0);
+    let s = std::str::from_utf8(&buf[..n as usize]).unwrap();
+    let pages: u64 = s.split(' ').nth(1).unwrap().trim().parse().unwrap();
+    pages * 4096
+}
+
+/// A fake two-node sysfs tree (CPU 0 = node 0, CPU 1 = node 1, 1 GiB each) for
+/// `DOMALLOC_TOPOLOGY_ROOT`, in a directory of its own named after `tag` (tests run in parallel:
+/// each scenario needs its own tree). The caller removes it.
+pub fn fake_two_nodes(tag: &str) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("domalloc-fake-2n-{}-{tag}", std::process::id()));
+    let n = root.join("devices/system/node");
+    std::fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
+    std::fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
+    for (id, dist) in [(0, "10 20"), (1, "20 10")] {
+        let d = n.join(format!("node{id}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cpulist"), format!("{id}\n")).unwrap();
+        std::fs::write(d.join("distance"), format!("{dist}\n")).unwrap();
+        std::fs::write(d.join("meminfo"), format!("Node {id} MemTotal: 1048576 kB\n")).unwrap();
+    }
+    for f in ["possible", "online", "has_memory"] {
+        std::fs::write(n.join(f), "0-1\n").unwrap();
+    }
+    root
 }
