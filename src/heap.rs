@@ -621,11 +621,7 @@ impl Heap {
     /// Gives every page back: empty ones to their arenas' caches or domains, the others to their
     /// home arenas.
     pub(crate) fn abandon_all(&self) {
-        self.flush_pending();
-        for s in 0..STASHES {
-            self.give_up_queues(&self.stash[s]);
-            self.stash_node[s].set(NO_NODE);
-        }
+        self.park();
         self.give_up_queues(&self.queues);
         for c in 0..CLASSES {
             self.bins[c].page.set(empty_page());
