@@ -111,7 +111,19 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
         // SAFETY: valid class; the block holds `size` bytes.
         return unsafe { if zero { heap::alloc_small_zeroed(c, size) } else { heap::alloc_small(c) } };
     }
-    let Some(node) = crate::init::alloc_node() else { return ptr::null_mut() };
+    let h = crate::tls::heap();
+    let node = if h == heap::busy_heap() {
+        // A signal handler interrupted one of this thread's slow paths: served from the
+        // domains as for a thread without a heap, unless that would wait for a lock we hold.
+        if crate::reentry::refused() {
+            return ptr::null_mut();
+        }
+        crate::init::node_of_this_cpu()
+    } else {
+        None
+    };
+    let _busy = crate::tls::SlowPath::enter(h);
+    let Some(node) = node.or_else(crate::init::alloc_node) else { return ptr::null_mut() };
     if crate::placement::policy_covers(size) && crate::config::policy().1 > 0 {
         // Blocks above the policy's threshold get their own mapping with the policy applied.
         return alloc_huge(node, size, align.max(os::OS_PAGE), zero, false, true);
@@ -234,7 +246,13 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
         if (*seg).kind == SEG_HUGE {
             huge::check_live(seg, p, "realloc");
             let before = (*seg).huge_size.get();
-            let q = huge::realloc(seg, p, new_size);
+            let h = crate::tls::heap();
+            let q = if h == heap::busy_heap() && crate::reentry::refused() {
+                ptr::null_mut()
+            } else {
+                let _busy = crate::tls::SlowPath::enter(h);
+                huge::realloc(seg, p, new_size)
+            };
             if !q.is_null() {
                 crate::prof::big_freed(p, before);
                 big_allocated(q);

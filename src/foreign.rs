@@ -19,8 +19,15 @@ use crate::tls;
 #[inline(never)]
 pub(crate) fn free_unknown(p: *mut u8) {
     match segment::big_aligned_segment(p) {
-        // SAFETY: a live huge header whose data is p.
-        Some(seg) => unsafe { free_huge(seg, p) },
+        // SAFETY: a live huge header whose data is p; a re-entered free (signal handler) waits.
+        Some(seg) => unsafe {
+            let h = tls::heap();
+            if h == crate::heap::busy_heap() {
+                return crate::reentry::defer_free(p);
+            }
+            let _busy = tls::SlowPath::enter(h);
+            free_huge(seg, p)
+        },
         None => os::fatal(format_args!("free(): invalid pointer {:p} (not allocated by domalloc)", p)),
     }
 }
@@ -40,6 +47,12 @@ unsafe fn free_huge(seg: *mut Segment, p: *mut u8) {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page, p: *mut u8) {
+    if h == crate::heap::busy_heap() {
+        // A signal handler interrupted one of this thread's slow paths: the block waits.
+        // SAFETY: a block of a live segment, passed to free.
+        return unsafe { crate::reentry::defer_free(p) };
+    }
+    let _busy = tls::SlowPath::enter(h);
     // SAFETY: live segment/page (caller); page fields read per the ownership rules.
     unsafe {
         if (*seg).kind == SEG_HUGE {

@@ -73,6 +73,7 @@ pub(crate) const STASHES: usize = 3;
 const KIND_NORMAL: u8 = 0;
 const KIND_EMPTY: u8 = 1;
 const KIND_DEAD: u8 = 2;
+const KIND_BUSY: u8 = 3;
 
 /// A thread's cache. See the module documentation.
 #[repr(C)]
@@ -165,6 +166,10 @@ const fn sentinel(kind: u8) -> SyncHeap {
 pub(crate) static EMPTY_HEAP: SyncHeap = sentinel(KIND_EMPTY);
 /// The heap of threads past their teardown.
 pub(crate) static DEAD_HEAP: SyncHeap = sentinel(KIND_DEAD);
+/// The thread's heap while one of its slow paths runs (`tls::SlowPath`): a signal handler that
+/// calls malloc or free then finds empty bins and no page it owns, so its calls take the slow
+/// path and are served aside (`reentry.rs`) instead of touching the heap mid-update.
+pub(crate) static BUSY_HEAP: SyncHeap = sentinel(KIND_BUSY);
 
 #[inline(always)]
 pub(crate) fn empty_heap() -> *mut Heap {
@@ -173,6 +178,10 @@ pub(crate) fn empty_heap() -> *mut Heap {
 #[inline(always)]
 pub(crate) fn dead_heap() -> *mut Heap {
     &DEAD_HEAP.0 as *const Heap as *mut Heap
+}
+#[inline(always)]
+pub(crate) fn busy_heap() -> *mut Heap {
+    &BUSY_HEAP.0 as *const Heap as *mut Heap
 }
 
 /// Shared empty page: every list head of an empty heap points here, so the fast path needs no
@@ -224,8 +233,9 @@ pub(crate) unsafe fn alloc_small_or(c: usize, slow: unsafe fn(*mut Heap, usize) 
     unsafe {
         let bin = (*h).bins.get_unchecked(c);
         let page = bin.page.get();
-        let b = (*page).free.get();
-        if likely(!b.is_null() && ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get()) {
+        // The CPU first: the block is loaded just before `pop` stores the next one (the
+        // window a signal handler's malloc could fall into stays a few instructions).
+        if likely(ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get() && !(*page).free.get().is_null()) {
             return page::pop(&*page).cast();
         }
         slow(h, c)
@@ -257,8 +267,7 @@ pub(crate) unsafe fn alloc_small_zeroed(c: usize, size: usize) -> *mut u8 {
     unsafe {
         let bin = (*h).bins.get_unchecked(c);
         let page = bin.page.get();
-        let b = (*page).free.get();
-        let (p, zero) = if likely(!b.is_null() && ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get()) {
+        let (p, zero) = if likely(ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get() && !(*page).free.get().is_null()) {
             (page::pop(&*page).cast::<u8>(), false)
         } else {
             alloc_small_slow(h, c)
@@ -315,8 +324,7 @@ pub(crate) unsafe fn local_free(h: *mut Heap, page: *mut Page, b: *mut Block, ke
         let pg = &*page;
         page::set_next_k(b, pg.local_free.get(), key);
         pg.local_free.set(b);
-        let u = pg.count_free();
-        if !likely(u != 0) {
+        if !likely(!pg.count_free()) {
             crate::refill::page_empty(h, page);
         }
     }
@@ -327,6 +335,7 @@ pub(crate) unsafe fn local_free(h: *mut Heap, page: *mut Page, b: *mut Block, ke
 #[cold]
 #[inline(never)]
 unsafe fn free_suspect(h: *mut Heap, page: *mut Page, b: *mut Block) {
+    let _busy = tls::SlowPath::enter(h);
     // SAFETY: `h` owns `page`; `b` is a block start of it.
     unsafe {
         owner_double_free_check(&*page, b);
@@ -360,6 +369,11 @@ pub(crate) unsafe fn owner_double_free_check(page: &Page, b: *mut Block) {
 #[cold]
 #[inline(never)]
 unsafe fn alloc_small_slow(h: *mut Heap, c: usize) -> (*mut u8, bool) {
+    if h == busy_heap() {
+        // A signal handler interrupted one of this thread's slow paths.
+        return crate::reentry::alloc_small(c);
+    }
+    let _busy = tls::SlowPath::enter(h);
     let mut h = h;
     if tls::is_sentinel(h) {
         if h == dead_heap() {

@@ -239,7 +239,7 @@ pub(crate) fn collect(force: bool) {
     if STATE.load(Ordering::Acquire) != READY {
         return;
     }
-    let h = crate::tls::heap();
+    let h = crate::tls::own_heap();
     if !crate::tls::is_sentinel(h) {
         // SAFETY: our own heap.
         unsafe { (*h).flush_pending() };
@@ -577,9 +577,26 @@ fn each_lock(mut f: impl FnMut(&dyn ForkLock)) {
     f(crate::prof::fork_lock());
 }
 
+/// Whether the calling thread holds one of the allocator's locks (a signal handler's call
+/// re-entering the allocator must not wait for one: `reentry.rs`). Walks every lock: for the
+/// rare re-entered call only.
+pub(crate) fn holds_a_lock() -> bool {
+    if INIT_LOCK.held_by_me() || FORK_LOCK.held_by_me() {
+        return true;
+    }
+    if STATE.load(Ordering::Acquire) != READY {
+        return false;
+    }
+    let mut held = false;
+    each_lock(|l| held |= l.held_by_me());
+    held
+}
+
 /// What the fork handlers do with each lock (whatever it guards).
 trait ForkLock {
     fn acquire(&self);
+    /// Whether the calling thread holds it.
+    fn held_by_me(&self) -> bool;
     /// # Safety
     /// After `acquire` by this thread (or its image in the child).
     unsafe fn release(&self);
@@ -591,6 +608,9 @@ trait ForkLock {
 impl<T> ForkLock for Lock<T> {
     fn acquire(&self) {
         self.fork_acquire()
+    }
+    fn held_by_me(&self) -> bool {
+        Lock::held_by_me(self)
     }
     unsafe fn release(&self) {
         // SAFETY: forwarded.
@@ -680,7 +700,7 @@ unsafe extern "C" fn fork_child() {
     os::forget_thread_id();
     // No purge thread in the child: started again when something waits. Its one thread is the
     // only one that may have a heap.
-    sweep::forget_purge_thread(usize::from(!tls::is_sentinel(tls::heap())));
+    sweep::forget_purge_thread(usize::from(!tls::is_sentinel(tls::own_heap())));
     if leave_nested() {
         // The child of a fork from a signal handler inside the fork handlers: the locks stay as
         // the outer handlers left them (such a child may only make async-signal-safe calls).
@@ -716,7 +736,7 @@ pub(crate) fn init_thread_heap() -> *mut Heap {
             // SAFETY: a fresh heap from the pool, ours.
             unsafe { (*h).setup(true) };
         }
-        tls::set_heap(h);
+        tls::install(h);
         crate::init::register_thread_heap(h);
         crate::sweep::thread_started();
         h
@@ -735,7 +755,7 @@ pub(crate) fn init_thread_heap() -> *mut Heap {
 /// The node a large or huge allocation of the calling thread should come from (creating the
 /// thread's heap on its first allocation). `None` if the allocator cannot initialise.
 pub(crate) fn alloc_node() -> Option<usize> {
-    let h = tls::heap();
+    let h = tls::own_heap();
     if !tls::is_sentinel(h) {
         // SAFETY: our own heap. The thread may have moved since its last small refill: follow
         // it before choosing the node of a large or huge block.
@@ -753,6 +773,15 @@ pub(crate) fn alloc_node() -> Option<usize> {
     let h = init_thread_heap();
     // SAFETY: our own new heap.
     if h.is_null() { None } else { Some(unsafe { (*h).node() }) }
+}
+
+/// The node of the CPU the calling thread runs on, without touching its heap (a re-entered
+/// call's). `None` if the allocator cannot initialise.
+pub(crate) fn node_of_this_cpu() -> Option<usize> {
+    if !crate::init::ensure_init() {
+        return None;
+    }
+    Some(crate::domain::node_of_cpu(Sys::current_cpu().unwrap_or(0)))
 }
 
 /// The thread-exit destructor (registered with `pthread_key_create`).

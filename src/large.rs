@@ -35,8 +35,8 @@ pub(crate) fn alloc(node: usize, size: usize, zero: bool) -> *mut u8 {
     } else {
         SpanPlacement::FirstTouch
     };
-    let h = tls::heap();
-    // SAFETY: a real heap is this thread's; sentinels are only read.
+    let h = tls::own_heap();
+    // SAFETY: a real heap is this thread's (only read here); sentinels are only read.
     let arena = unsafe { (*h).arena_index() } as u32;
     let mut page = if placement == SpanPlacement::FirstTouch { d.pool.take_large(n) } else { ptr::null_mut() };
     let pooled = !page.is_null();

@@ -19,7 +19,7 @@
 //! | layer | files | job |
 //! |---|---|---|
 //! | 1. API | `lib.rs`, `alloc.rs`, `c.rs`, `targeted.rs`, `stats.rs` | entry points: `GlobalAlloc`, C semantics, node-targeted API, statistics |
-//! | 2. thread cache | `heap.rs`, `refill.rs`, `foreign.rs`, `large.rs`, `tls.rs`, `init.rs`, `quarantine.rs`, `prof.rs` | per-thread heaps: fast paths; refill and page queues; frees of blocks the thread does not own (remote batches, home pools); large blocks; process and thread start-up and teardown, heap pool, fork; live bytes and the sampling heap profiler |
+//! | 2. thread cache | `heap.rs`, `refill.rs`, `foreign.rs`, `large.rs`, `tls.rs`, `reentry.rs`, `init.rs`, `quarantine.rs`, `prof.rs` | per-thread heaps: fast paths; refill and page queues; frees of blocks the thread does not own (remote batches, home pools); large blocks; calls re-entered from signal handlers; process and thread start-up and teardown, heap pool, fork; live bytes and the sampling heap profiler |
 //! | 3. arenas | `arena.rs`, `sweep.rs` | per-CPU and per-node queues of unowned pages and empty spans; the maintenance sweep and purge thread |
 //! | 4. domains | `domain.rs`, `huge.rs`, `placement.rs`, `home_pool.rs` | per-node segments and spans, purging, huge blocks, placement policy and homes, home pools |
 //! | 5. layout | `segment.rs`, `page.rs`, `remote.rs`, `size_class.rs`, `list.rs` | segment and page descriptors, encoded free lists, remote-free protocol, classes, intrusive list |
@@ -55,6 +55,7 @@ mod placement;
 mod prof;
 #[cfg(feature = "quarantine")]
 mod quarantine;
+mod reentry;
 mod refill;
 mod remote;
 mod segment;

@@ -74,6 +74,13 @@ impl<T> Lock<T> {
 
     #[cold]
     fn lock_contended(&self, me: u32) {
+        if self.word.load(Ordering::Relaxed) & !WAITERS == me {
+            // Waiting would wait for ourselves: the thread is inside the allocator holding this
+            // lock and called it again, which only a signal handler can do (`reentry.rs`).
+            os::fatal(format_args!(
+                "malloc or free re-entered from a signal handler while this thread held an allocator lock (a handler that allocates must not interrupt these calls; block the signal around them)"
+            ));
+        }
         contention::lock_contended(self.kind);
         for round in 0..SPINS {
             for _ in 0..(1u32 << round) {

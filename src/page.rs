@@ -281,17 +281,42 @@ impl Page {
     /// One block handed out (owner): `used` and the unfolded allocation count up by one.
     #[inline(always)]
     pub(crate) fn count_alloc(&self) {
-        let c = self.counts.load(Ordering::Relaxed);
-        self.counts.store(c.wrapping_add(ALLOC_ONE), Ordering::Relaxed)
+        // One instruction on x86-64 (an `add` to memory, not locked: only the owner writes), so a
+        // signal handler that allocates from this page cannot land between a load and a store
+        // and lose its count or ours (`reentry.rs`).
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the owner's word (no other thread writes it); a plain read-modify-write.
+        unsafe {
+            core::arch::asm!("add qword ptr [{c}], {one}", c = in(reg) self.counts.as_ptr(), one = in(reg) ALLOC_ONE, options(nostack));
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let c = self.counts.load(Ordering::Relaxed);
+            self.counts.store(c.wrapping_add(ALLOC_ONE), Ordering::Relaxed)
+        }
     }
-    /// One block freed by the owner: `used` down by one; returns the new `used`.
+    /// One block freed by the owner: `used` down by one; returns whether it reached zero.
     #[inline(always)]
-    pub(crate) fn count_free(&self) -> u32 {
+    pub(crate) fn count_free(&self) -> bool {
         // `used` is at least 1 here (the block was handed out), so nothing borrows from the
-        // allocation count above it.
-        let c = self.counts.load(Ordering::Relaxed).wrapping_sub(1);
-        self.counts.store(c, Ordering::Relaxed);
-        c as u32
+        // allocation count above it: the low 32 bits alone go down by one. One instruction on
+        // x86-64 (as `count_alloc`), which also tells whether `used` reached zero.
+        #[cfg(target_arch = "x86_64")]
+        {
+            let empty: u8;
+            // SAFETY: the owner's word (no other thread writes it); `used` is its low half
+            // (little-endian); a plain read-modify-write of it.
+            unsafe {
+                core::arch::asm!("sub dword ptr [{c}], 1", "setz {e}", c = in(reg) self.counts.as_ptr(), e = out(reg_byte) empty, options(nostack));
+            }
+            empty != 0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let c = self.counts.load(Ordering::Relaxed).wrapping_sub(1);
+            self.counts.store(c, Ordering::Relaxed);
+            c as u32 == 0
+        }
     }
     /// `n` remote frees collected back (owner or list holder): `used` down by `n` (at most by
     /// `used`: more would be a miscount, never a borrow from the allocation count).
@@ -430,6 +455,36 @@ pub(crate) fn link_key() -> usize {
 pub(crate) unsafe fn next_of(page: &Page, b: *mut Block) -> *mut Block {
     // SAFETY: the caller's contract.
     unsafe { next_of_k(page, b, link_key()) }
+}
+
+/// Free block `b`'s link, decoded, not yet validated ([`check_next`]).
+///
+/// # Safety
+/// As [`next_of`].
+#[inline(always)]
+unsafe fn raw_next(b: *mut Block, key: usize) -> *mut Block {
+    #[cfg(domalloc_plain_links)]
+    {
+        let _ = key;
+        // SAFETY: the caller's contract.
+        return unsafe { (*b).next };
+    }
+    #[cfg(not(domalloc_plain_links))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        ((*b).next as usize ^ b as usize ^ key) as *mut Block
+    }
+}
+
+/// Aborts unless `next` (from [`raw_next`] of `b`) is null or a block of `page`.
+#[inline(always)]
+fn check_next(page: &Page, b: *mut Block, next: *mut Block) {
+    #[cfg(not(domalloc_plain_links))]
+    if !next.is_null() && !page.is_block(next as usize) {
+        corrupted(page, b);
+    }
+    #[cfg(domalloc_plain_links)]
+    let _ = (page, b, next);
 }
 
 /// [`next_of`] with the key already loaded.
@@ -571,7 +626,11 @@ pub(crate) unsafe fn pop(page: &Page) -> *mut Block {
     let b = page.free.get();
     // SAFETY: a block of our list.
     unsafe {
-        page.free.set(next_of_k(page, b, link_key()));
+        // The new head is stored before it is validated: the window in which a signal handler's
+        // malloc could take the same block is the two loads and the store (`reentry.rs`).
+        let next = raw_next(b, link_key());
+        page.free.set(next);
+        check_next(page, b, next);
         (*b).next = ptr::null_mut();
     }
     page.count_alloc();

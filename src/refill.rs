@@ -213,6 +213,7 @@ impl Heap {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn page_empty(h: *mut Heap, page: *mut Page) {
+    let _busy = crate::tls::SlowPath::enter(h);
     // SAFETY: the page is ours (owner path).
     unsafe {
         let hh = &*h;

@@ -811,5 +811,18 @@ pub(crate) fn eprint(args: core::fmt::Arguments<'_>) {
 #[inline(never)]
 pub(crate) fn fatal(args: core::fmt::Arguments<'_>) -> ! {
     eprint(format_args!("domalloc: error: {}\n", args));
+    let n = SIGNAL_REENTRIES.load(Ordering::Relaxed);
+    if n > 0 {
+        // The likely real cause when a program allocates in signal handlers: a handler that
+        // interrupted the few unguarded instructions of a fast path (`reentry.rs`).
+        eprint(format_args!(
+            "domalloc: note: malloc or free was re-entered from a signal handler {} times in this process; a handler that interrupts malloc or free can cause the error above\n",
+            n
+        ));
+    }
     Sys::abort()
 }
+
+/// Calls re-entered from signal handlers so far (counted by the thread cache's `reentry.rs`,
+/// read by [`fatal`] and the statistics).
+pub(crate) static SIGNAL_REENTRIES: AtomicU64 = AtomicU64::new(0);
