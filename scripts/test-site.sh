@@ -552,34 +552,55 @@ eb_venv() {
     fi
     echo "$venv"
 }
-# The source tarball EasyBuild unpacks: the working tree as `git archive` would give it (tracked
-# and untracked files that git does not ignore).
-eb_source() {
-    local dir=$1
-    mkdir -p "$dir"
-    git ls-files -co --exclude-standard -z |
-        tar --null -T - --transform "s|^|domalloc-$VERSION/|" -czf "$dir/domalloc-$VERSION.tar.gz"
+# The README's EasyBuild commands: the lines of its ```sh block that starts with
+# "mkdir -p target/sources && git archive" (the source tarball from HEAD, then eb as root).
+readme_eb_block() {
+    awk '/^ *```/ { inside = !inside; if (!inside && want) exit; first = inside; next }
+         inside && first { first = 0; want = ($0 ~ /^ *mkdir -p target\/sources && git archive /) }
+         inside && want' README.md | sed 's/^ *//'
 }
 check_easybuild() {
-    local init venv
+    local init venv block
     init=$(lmod_init) || fail "Lmod is not installed (EasyBuild needs a modules tool)"
     venv=$(eb_venv)
     export EB_PYTHON=$venv/bin/python
     # The same environment in every run (hwloc's build script reruns when PKG_CONFIG_PATH changes).
     unset PKG_CONFIG_PATH
     source "$init"
-    # A fixed prefix (under target/) so that the build folder, and the cargo target folder the
-    # real install keeps in target/site-eb/target, are the same paths in every run: cargo then
-    # rebuilds only what changed.
     local EBP=$CARGO_TARGET_DIR/site-eb/prefix
     rm -rf "$EBP/software/domalloc" "$EBP/modules"
-    local E="$venv/bin/eb --allow-use-as-root-and-accept-consequences --prefix=$EBP --sourcepath=$WORK/eb-src --rebuild"
-    eb_source "$WORK/eb-src"
+    block=$(readme_eb_block)
+    [ -n "$block" ] || fail "README.md has no \`\`\`sh block starting with 'mkdir -p target/sources && git archive'"
+    echo "the README's commands:"; echo "$block"
+    grep -q "^EASYBUILD_ALLOW_USE_AS_ROOT_AND_ACCEPT_CONSEQUENCES=1 eb packaging/easybuild/domalloc-$VERSION.eb " <<<"$block" ||
+        fail "the README's block does not run eb on packaging/easybuild/domalloc-$VERSION.eb as root"
+    # They run as written, from the repository's root (git archive takes HEAD: a change not
+    # committed yet is not in the tarball), with the venv's eb on PATH and the prefix from
+    # EasyBuild's environment configuration. In the real install EasyBuild runs cargo,
+    # ffi/install.sh and its sanity checks (the files, domalloc --version, domalloc run -- true,
+    # pkg-config); SITE_EB_INSTALL=0 makes eb an extended dry run instead.
+    local path=$venv/bin:$PATH
+    if [ "$SITE_EB_INSTALL" = 0 ]; then
+        mkdir -p "$WORK/eb-dry"
+        printf '#!/bin/sh\nexec "%s" --extended-dry-run "$@"\n' "$venv/bin/eb" > "$WORK/eb-dry/eb"
+        chmod +x "$WORK/eb-dry/eb"
+        path=$WORK/eb-dry:$path
+    fi
+    rm -f "$ROOT/target/sources/domalloc-$VERSION.tar.gz"
+    (cd "$ROOT" && PATH=$path EASYBUILD_PREFIX=$EBP bash -e -c "$block") > "$WORK/eb-readme.out" 2>&1 ||
+        { tail -40 "$WORK/eb-readme.out"; fail "the README's EasyBuild commands"; }
+    [ -f "$ROOT/target/sources/domalloc-$VERSION.tar.gz" ] || fail "no target/sources/domalloc-$VERSION.tar.gz"
+    tar -tzf "$ROOT/target/sources/domalloc-$VERSION.tar.gz" | grep -qx "domalloc-$VERSION/ffi/install.sh" ||
+        fail "the tarball does not unpack to domalloc-$VERSION/"
+    if [ "$SITE_EB_INSTALL" != 0 ]; then
+        grep -q "SUCCESS.*domalloc/$VERSION" "$WORK/eb-readme.out" || fail "eb did not report success: $(tail -5 "$WORK/eb-readme.out")"
+    fi
+    # The release step and dry runs, on a copy with the checksum put in.
+    local E="$venv/bin/eb --allow-use-as-root-and-accept-consequences --prefix=$EBP --sourcepath=$ROOT/target/sources --rebuild"
     mkdir -p "$WORK/eb-ec"
     cp packaging/easybuild/domalloc-$VERSION.eb "$WORK/eb-ec/"
     local ec=$WORK/eb-ec/domalloc-$VERSION.eb
     $venv/bin/eb --version
-    # The release step: put the tarball's checksum in.
     $E "$ec" --inject-checksums > "$WORK/eb-inject.out" 2>&1 || { cat "$WORK/eb-inject.out"; fail "eb --inject-checksums"; }
     grep -q "^checksums = \['[0-9a-f]\{64\}'\]" "$ec" || fail "no checksum injected"
     # Parses, resolves, and shows what it would do.
@@ -591,18 +612,10 @@ check_easybuild() {
     grep -q "setenv(\"DOMALLOC_LIB\"" "$WORK/eb-x.out" || fail "eb -x: the module does not set DOMALLOC_LIB"
     echo "eb -x: $(grep -c 'running shell command' "$WORK/eb-x.out") commands"
     if [ "$SITE_EB_INSTALL" = 0 ]; then
-        echo "ok: EasyBuild $($venv/bin/eb --version | grep -oE "[0-9]+\.[0-9]+\.[0-9]+" | head -1): checksums injected, -D and -x (SITE_EB_INSTALL=0: no install)"
+        echo "ok: EasyBuild $($venv/bin/eb --version | grep -oE "[0-9]+\.[0-9]+\.[0-9]+" | head -1): the README's commands (eb as a dry run), checksums injected, -D and -x (SITE_EB_INSTALL=0: no install)"
         return 0
     fi
-    # A real install (EasyBuild runs cargo, ffi/install.sh and its sanity checks: the files, RPATH
-    # in every binary, domalloc --version, domalloc run -- true, pkg-config). The cargo target
-    # folder is kept between runs so that a second run does not rebuild.
-    local keep=$CARGO_TARGET_DIR/site-eb/target
-    $E "$ec" --try-amend=prebuildopts="CARGO_TARGET_DIR=$keep RUSTFLAGS=\"-C linker=gcc\" " \
-        --try-amend=install_cmd="CARGO_TARGET_DIR=$keep NO_BUILD=1 bash ffi/install.sh %(installdir)s" \
-        > "$WORK/eb-install.out" 2>&1 || { tail -40 "$WORK/eb-install.out"; fail "eb install"; }
-    grep -q "SUCCESS.*domalloc/$VERSION" "$WORK/eb-install.out" || fail "eb did not report success"
-    # Its module works like ours: build through pkg-config and run.
+    # The module of the README's install works like ours: build through pkg-config and run.
     module use "$EBP/modules/all"
     module load "domalloc/$VERSION"
     [ -n "${EBROOTDOMALLOC:-}" ] || fail "the EasyBuild module did not load"
@@ -610,7 +623,7 @@ check_easybuild() {
     cc app.c $(pkg-config --cflags --libs domalloc) -o app_eb && ./app_eb
     ldd app_eb | grep -q "$EBROOTDOMALLOC" || fail "app_eb does not use the EasyBuild install: $(ldd app_eb | grep domalloc); pkg-config: $(pkg-config --libs domalloc)"
     domalloc run -- ./plain
-    echo "ok: EasyBuild $($venv/bin/eb --version | grep -oE "[0-9]+\.[0-9]+\.[0-9]+" | head -1): checksums, -D, -x, a real install with its sanity checks, its module builds and runs a program"
+    echo "ok: EasyBuild $($venv/bin/eb --version | grep -oE "[0-9]+\.[0-9]+\.[0-9]+" | head -1): the README's commands as written (a real install with its sanity checks; its module builds and runs a program), checksums, -D, -x"
 }
 run_test easybuild 900 check_easybuild
 

@@ -101,9 +101,9 @@ pub struct RunArgs {
 /// `domalloc topo`.
 #[derive(Debug, Default, Args)]
 pub struct TopoArgs {
-    /// Read another machine's tree (a directory with sys/ and proc/, as saved by
-    /// hwloc-gather-topology) instead of this machine's /sys.
-    #[arg(long, value_name = "DIR")]
+    /// Read another machine's tree instead of this machine's /sys: the NAME.tar.bz2 that
+    /// hwloc-gather-topology writes, or a directory with sys/ and proc/ (that tarball unpacked).
+    #[arg(long, value_name = "PATH")]
     pub fsroot: Option<PathBuf>,
 }
 

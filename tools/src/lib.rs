@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 pub mod affinity;
 pub mod cli;
+pub mod fsroot;
 pub mod hardware;
 pub mod report;
 pub mod run;

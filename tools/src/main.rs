@@ -4,7 +4,7 @@
 //! ```text
 //! domalloc run [OPTIONS] [--] CMD [ARGS...]
 //! domalloc run -H | --show [OPTIONS]
-//! domalloc topo [--fsroot DIR]
+//! domalloc topo [--fsroot PATH]
 //! domalloc report [--svg PATH] [--csv PATH] [--json] [--outlier-factor X] FILE...
 //! domalloc lib
 //! ```

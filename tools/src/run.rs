@@ -80,7 +80,7 @@ pub fn plan(args: &RunArgs, m: &Machine) -> Result<RunPlan, Failure> {
         let n = if n.starts_with("DOMALLOC_") { n } else { format!("DOMALLOC_{n}") };
         let known = domalloc::options::TABLE.iter().any(|o| o.name == n) || n == "DOMALLOC_STATS_FILE";
         if !known {
-            return Err(format!("run: --set {s}: unknown option {n} (see the README's option table)"));
+            return Err(format!("run: --set {s}: unknown option {n} (the options: ENVIRONMENT in `man 3 domalloc`, or \"Options\" in the README)"));
         }
         let v = if n == "DOMALLOC_POLICY" { checked_policy("--set POLICY", v, m)? } else { v.to_string() };
         plan.set(&n, v);

@@ -6,13 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hwlocality::object::attributes::ObjectAttributes;
 use hwlocality::object::types::ObjectType;
 use hwlocality::Topology as Hwloc;
 
 use crate::cli::TopoArgs;
+use crate::fsroot::SavedTree;
 use crate::hardware::distance_matrix;
 use crate::{format_list, human_bytes, Failure};
 
@@ -338,38 +339,16 @@ pub fn report(hw: &HwView, dm: &DomView, checks: &[Check]) -> String {
     s
 }
 
-/// Checks `--fsroot DIR`: a directory holding `sys/devices/system/cpu` (the layout
-/// hwloc-gather-topology saves). Returns the sysfs root below it.
-pub fn check_fsroot(dir: &Path) -> Result<PathBuf, Failure> {
-    let shown = dir.display();
-    if !dir.is_dir() {
-        return Err(format!("topo: --fsroot {shown}: no such directory"));
-    }
-    let sys = dir.join("sys");
-    if sys.join("devices/system/cpu/possible").is_file() {
-        return Ok(sys);
-    }
-    if dir.join("devices/system/cpu/possible").is_file() {
-        return Err(format!(
-            "topo: --fsroot {shown}: this is a sys directory itself; pass the directory that holds it (with sys/ and proc/)"
-        ));
-    }
-    Err(format!("topo: --fsroot {shown}: not a sysfs tree (no sys/devices/system/cpu/possible below it)"))
-}
-
-/// `domalloc topo [--fsroot DIR]`: prints the report; exit status 0 when they agree, 1 when not.
+/// `domalloc topo [--fsroot PATH]`: prints the report; exit status 0 when they agree, 1 when not.
 pub fn main(args: &TopoArgs) -> Result<u8, Failure> {
-    let sys_root = match &args.fsroot {
-        Some(dir) => {
-            let sys = check_fsroot(dir)?;
-            // hwloc's Linux backend reads /sys and /proc below this root.
-            std::env::set_var("HWLOC_FSROOT", dir);
-            Some(sys)
-        }
-        None => None,
-    };
+    // Kept until the report is printed: an unpacked tarball is removed when it is dropped.
+    let tree = args.fsroot.as_deref().map(SavedTree::open).transpose()?;
+    if let Some(t) = &tree {
+        // hwloc's Linux backend reads /sys and /proc below this root.
+        std::env::set_var("HWLOC_FSROOT", t.root());
+    }
     let hw = hwloc_view()?;
-    let dm = domalloc_view(sys_root.as_deref(), &hw.cpus)?;
+    let dm = domalloc_view(tree.as_ref().map(SavedTree::sys), &hw.cpus)?;
     let checks = compare(&hw, &dm);
     print!("{}", report(&hw, &dm, &checks));
     Ok(if checks.iter().any(|c| matches!(c.verdict, Verdict::Differ(_))) { 1 } else { 0 })
@@ -455,19 +434,6 @@ mod tests {
         let checks = compare(&hw, &dm);
         assert_eq!(checks[4].verdict, Verdict::NotCompared("hwloc has no distance matrix".into()));
         assert!(report(&hw, &dm, &checks).contains("agree: yes (4 checks agree, 1 not compared)"));
-    }
-
-    #[test]
-    fn fsroot_must_be_a_sysfs_tree() {
-        let base = std::env::temp_dir().join(format!("domalloc-topo-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        assert!(check_fsroot(&base).unwrap_err().contains("no such directory"));
-        std::fs::create_dir_all(base.join("sys/devices/system/cpu")).unwrap();
-        assert!(check_fsroot(&base).unwrap_err().contains("not a sysfs tree"));
-        std::fs::write(base.join("sys/devices/system/cpu/possible"), "0-1\n").unwrap();
-        assert_eq!(check_fsroot(&base).unwrap(), base.join("sys"));
-        assert!(check_fsroot(&base.join("sys")).unwrap_err().contains("sys directory itself"));
-        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

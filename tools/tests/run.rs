@@ -132,7 +132,7 @@ fn refusals_are_one_line_and_exit_1() {
         (&["-N", "3"], "none of the CPUs of node(s) 3 (4000) is allowed"),
         (&["--physcpubind", "5000"], "--physcpubind 5000: CPU 5000 does not exist"),
         (&["-C", "4000"], "CPU 4000 is not allowed for this process"),
-        (&["--set", "no_such_option=1"], "unknown option DOMALLOC_NO_SUCH_OPTION"),
+        (&["--set", "no_such_option=1"], "unknown option DOMALLOC_NO_SUCH_OPTION (the options: ENVIRONMENT in `man 3 domalloc`"),
     ];
     for (args, want) in cases {
         let mut all = vec!["run"];

@@ -1,6 +1,7 @@
 //! `domalloc topo`, by running the real binary: `--fsroot` must be a sysfs tree (else one line,
 //! exit 1), a tree complete enough for hwloc is compared check by check (both distance matrices
-//! shown), and a tree where the two detections differ says what differs and exits 1.
+//! shown), and a tree where the two detections differ says what differs and exits 1. The
+//! tarball `hwloc-gather-topology` writes is read as it is, without unpacking it first.
 
 mod common;
 
@@ -59,7 +60,7 @@ fn fsroot_that_is_not_a_sysfs_tree_is_an_error() {
     let _ = fs::remove_dir_all(&base);
     let missing = base.join("missing");
     let o = run(&["topo", "--fsroot", missing.to_str().unwrap()], &[]);
-    assert_refused(&o, "no such directory", "missing");
+    assert_refused(&o, "no such file or directory", "missing");
     fs::create_dir_all(base.join("empty")).unwrap();
     let o = run(&["topo", "--fsroot", base.join("empty").to_str().unwrap()], &[]);
     assert_refused(&o, "not a sysfs tree (no sys/devices/system/cpu/possible below it)", "empty");
@@ -102,6 +103,81 @@ fn a_disagreement_is_named_and_exits_1() {
     assert!(out.contains("CPU -> node:     DIFFER: cpu 2: hwloc node(s) 1, domalloc node 0; cpu 3:"), "{out}");
     assert!(out.contains("agree: NO (2 of 5 checks differ)"), "{out}");
     let _ = fs::remove_dir_all(tree);
+}
+
+/// `dir` packed as `<dir>.tar.bz2`, its files under `NAME/` as hwloc-gather-topology packs them.
+fn tar_bz2(dir: &Path) -> PathBuf {
+    let out = dir.with_extension("tar.bz2");
+    let file = fs::File::create(&out).unwrap();
+    let mut b = tar::Builder::new(bzip2::write::BzEncoder::new(file, bzip2::Compression::default()));
+    b.append_dir_all(dir.file_name().unwrap(), dir).unwrap();
+    b.into_inner().unwrap().finish().unwrap();
+    out
+}
+
+/// `domalloc topo --fsroot PATH` with its own TMPDIR (returned, to check that it is left empty).
+fn topo_fsroot(path: &Path, name: &str) -> (std::process::Output, PathBuf) {
+    let tmp = std::env::temp_dir().join(format!("domalloc-topo-{}-{name}-tmp", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).unwrap();
+    let o = run(&["topo", "--fsroot", path.to_str().unwrap()], &[("TMPDIR", tmp.to_str().unwrap())]);
+    (o, tmp)
+}
+
+#[test]
+fn a_tarball_reads_as_its_folder_and_is_cleaned_up() {
+    let tree = hwloc_tree("tarball", "0-1");
+    let tarball = tar_bz2(&tree);
+    let from_dir = run(&["topo", "--fsroot", tree.to_str().unwrap()], &[]);
+    let (from_tar, tmp) = topo_fsroot(&tarball, "tarball");
+    let (out, err) = text(&from_tar);
+    assert_eq!(from_tar.status.code(), Some(0), "{out}{err}");
+    assert_eq!(out, text(&from_dir).0, "the tarball and its folder give the same report");
+    assert!(out.contains("agree: yes (all 5 checks)"), "{out}");
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "the unpacked tree is removed");
+    // A tarball without a sysfs tree in it: one line naming the tarball.
+    let empty = std::env::temp_dir().join(format!("domalloc-topo-{}-nosys", std::process::id()));
+    let _ = fs::remove_dir_all(&empty);
+    fs::create_dir_all(empty.join("proc")).unwrap();
+    let bad = tar_bz2(&empty);
+    let (o, tmp2) = topo_fsroot(&bad, "nosys");
+    assert_refused(&o, &format!("--fsroot {}: not a sysfs tree", bad.display()), "tarball without sys/");
+    assert_eq!(fs::read_dir(&tmp2).unwrap().count(), 0, "the unpacked tree is removed after a refusal too");
+    for p in [&tree, &empty, &tmp, &tmp2] {
+        let _ = fs::remove_dir_all(p);
+    }
+    let _ = fs::remove_file(tarball);
+    let _ = fs::remove_file(bad);
+}
+
+/// The real tool on this machine: its tarball gives the report `domalloc topo` gives live.
+#[test]
+fn hwloc_gather_topology_tarball_of_this_machine() {
+    let tool = "hwloc-gather-topology";
+    let have = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if !have {
+        // scripts/test.sh installs Debian's `hwloc`, which has it; CI must not skip.
+        assert!(std::env::var_os("CI").is_none(), "{tool} is not installed (Debian package hwloc)");
+        eprintln!("SKIPPED: {tool} is not installed (Debian package hwloc)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("domalloc-topo-{}-gather", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let g = std::process::Command::new(tool).arg(dir.join("machine")).output().expect("run hwloc-gather-topology");
+    assert!(g.status.success(), "{tool}: {}", String::from_utf8_lossy(&g.stderr));
+    let tarball = dir.join("machine.tar.bz2");
+    assert!(tarball.is_file(), "{tool} wrote no {}", tarball.display());
+    let (o, tmp) = topo_fsroot(&tarball, "gather");
+    let (out, err) = text(&o);
+    let live = run(&["topo"], &[]);
+    assert_eq!(o.status.code(), live.status.code(), "{out}{err}");
+    assert_eq!(out, text(&live).0, "the tarball's report is this machine's");
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "the unpacked tree is removed");
+    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_dir_all(&tmp);
 }
 
 #[test]
