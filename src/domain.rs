@@ -664,6 +664,7 @@ pub(crate) fn placement_of(policy: &Policy) -> Placement<'_> {
         Policy::Bind(m) => Placement::Bind(m),
         Policy::Interleave(m) => Placement::Interleave(m),
         Policy::Preferred(n) => Placement::Preferred(*n),
+        Policy::PreferredMany(m) => Placement::PreferredMany(m),
         Policy::Local => Placement::Local,
     }
 }

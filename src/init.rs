@@ -158,7 +158,7 @@ fn init_locked() -> bool {
             solo_node
         } else if policy_min_size == 0 {
             match policy {
-                Policy::Bind(m) => nearest_in(topo, topo.home_of_node(n), &m),
+                Policy::Bind(m) | Policy::PreferredMany(m) => nearest_in(topo, topo.home_of_node(n), &m),
                 Policy::Preferred(p) if topo.has_memory(p) => p,
                 _ => topo.home_of_node(n),
             }
@@ -188,7 +188,7 @@ fn resolve_policy(topo: &topology::Topology, opts: &options::Options) -> (Policy
     let bad = match &policy {
         Policy::Local => None,
         Policy::Preferred(n) => (!topo.has_memory(*n)).then_some(*n),
-        Policy::Bind(m) | Policy::Interleave(m) => m.iter().find(|&n| !topo.has_memory(n)),
+        Policy::Bind(m) | Policy::Interleave(m) | Policy::PreferredMany(m) => m.iter().find(|&n| !topo.has_memory(n)),
     };
     if let Some(n) = bad {
         os::eprint(format_args!(
@@ -203,6 +203,7 @@ fn resolve_policy(topo: &topology::Topology, opts: &options::Options) -> (Policy
     match Sys::process_policy() {
         Some(ProcessPolicy::Bind(m)) => (Policy::Bind(m), 0, true),
         Some(ProcessPolicy::Preferred(n)) => (Policy::Preferred(n), 0, true),
+        Some(ProcessPolicy::PreferredMany(m)) => (Policy::PreferredMany(m), 0, true),
         Some(ProcessPolicy::Interleave(m)) => (Policy::Interleave(m), 0, true),
         None => (Policy::Local, 0, false),
     }

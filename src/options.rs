@@ -116,7 +116,7 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc {
         name: "DOMALLOC_POLICY",
         default: "local",
-        doc: "Placement: `local`, `bind:<nodes>`, `preferred:<node>`, `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`); `<nodes>` is a list such as `0-3,6` or `all` (every node with memory). `hbw[:<budget>][<<size>]`: blocks below `<size>` (default 1M) on the high-bandwidth node nearest the allocating thread, up to `<budget>` bytes per process (default: no limit), then on the thread's own node; bigger blocks local.",
+        doc: "Placement: `local`, `bind:<nodes>`, `preferred:<nodes>` (several nodes: `MPOL_PREFERRED_MANY`), `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`); `<nodes>` is a list such as `0-3,6` or `all` (every node with memory). `hbw[:<budget>][<<size>]`: blocks below `<size>` (default 1M) on the high-bandwidth node nearest the allocating thread, up to `<budget>` bytes per process (default: no limit), then on the thread's own node; bigger blocks local.",
         path: false,
         parse: |v, o| {
             if let Some(t) = parse_tier(v) {
@@ -358,6 +358,10 @@ pub enum Policy {
     Bind(NodeMask),
     /// This node first.
     Preferred(usize),
+    /// These nodes first, the nearest of them to the allocating CPU before the others (Linux
+    /// 5.15's `MPOL_PREFERRED_MANY`, as `numactl --preferred-many`; older kernels: the first
+    /// node of the set, as `preferred`).
+    PreferredMany(NodeMask),
     /// Pages spread round-robin over these nodes.
     Interleave(NodeMask),
 }
@@ -369,6 +373,7 @@ impl core::fmt::Display for Policy {
             Policy::Local => f.write_str("local"),
             Policy::Bind(m) => write!(f, "bind:{m}"),
             Policy::Preferred(n) => write!(f, "preferred:{n}"),
+            Policy::PreferredMany(m) => write!(f, "preferred:{m}"),
             Policy::Interleave(m) => write!(f, "interleave:{m}"),
         }
     }
@@ -568,10 +573,17 @@ fn parse_policy_or_all(v: &[u8]) -> Option<(Policy, usize, bool)> {
         b"local" | b"default" if arg.is_empty() => Policy::Local,
         b"bind" => Policy::Bind(mask(arg)?),
         b"interleave" => Policy::Interleave(mask(arg)?),
-        b"preferred" => Policy::Preferred(parse_u64(arg).filter(|&n| (n as usize) < NodeMask::CAPACITY)? as usize),
+        b"preferred" => {
+            let m = mask(arg)?;
+            let first = m.iter().next();
+            match (m.len(), first) {
+                (1, Some(n)) => Policy::Preferred(n),
+                _ => Policy::PreferredMany(m),
+            }
+        }
         _ => return None,
     };
-    Some((p, min, all && matches!(p, Policy::Bind(_) | Policy::Interleave(_))))
+    Some((p, min, all && matches!(p, Policy::Bind(_) | Policy::Interleave(_) | Policy::PreferredMany(_))))
 }
 
 /// A node list (`0-3,6`): not empty, every id below [`NodeMask::CAPACITY`].
@@ -635,6 +647,7 @@ pub(crate) fn init() {
             _ if nodes.is_empty() => Policy::Local,
             Policy::Bind(_) => Policy::Bind(nodes),
             Policy::Interleave(_) => Policy::Interleave(nodes),
+            Policy::PreferredMany(_) => Policy::PreferredMany(nodes),
             p => p,
         };
     }
@@ -775,6 +788,13 @@ mod tests {
             _ => panic!(),
         }
         assert_eq!(parse_policy(b"preferred:3"), Some((Policy::Preferred(3), 0)));
+        let mut m = NodeMask::empty();
+        m.insert(1);
+        m.insert(3);
+        assert_eq!(parse_policy(b"preferred:1,3"), Some((Policy::PreferredMany(m), 0)));
+        assert_eq!(parse_policy(b"preferred:3-3"), Some((Policy::Preferred(3), 0)));
+        assert_eq!(parse_policy(b"preferred:"), None);
+        assert_eq!(Policy::PreferredMany(m).to_string(), "preferred:1,3");
         assert!(parse_policy(b"bind:").is_none());
         assert!(parse_policy(b"bogus").is_none());
         assert!(parse_policy(b"bind:5000").is_none());
@@ -802,7 +822,7 @@ mod tests {
 
     #[test]
     fn policies_print_as_they_parse() {
-        for text in ["local", "bind:0-1", "preferred:3", "interleave:0,2-4,7", "bind:5"] {
+        for text in ["local", "bind:0-1", "preferred:3", "preferred:0-1,4", "interleave:0,2-4,7", "bind:5"] {
             let (p, _) = parse_policy(text.as_bytes()).unwrap();
             assert_eq!(p.to_string(), text);
             assert_eq!(parse_policy(p.to_string().as_bytes()).unwrap().0, p);

@@ -107,6 +107,7 @@ pub(crate) fn place_range(p: *mut u8, len: usize, placement: Placement<'_>) -> b
         match placement {
             Placement::Local => None,
             Placement::Preferred(n) => Some(n),
+            Placement::PreferredMany(m) => m.nth_cyclic(0),
             Placement::Bind(m) => m.nth_cyclic(0),
             Placement::Interleave(m) => m.nth_cyclic(i),
         }

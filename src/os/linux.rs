@@ -16,6 +16,32 @@ pub(crate) struct Sys;
 const MPOL_PREFERRED: libc::c_long = 1;
 const MPOL_BIND: libc::c_long = 2;
 const MPOL_INTERLEAVE: libc::c_long = 3;
+/// Linux 5.15 and later.
+const MPOL_PREFERRED_MANY: libc::c_long = 5;
+
+/// Whether the kernel refused `MPOL_PREFERRED_MANY` once (then the first node of the set is
+/// preferred, as `MPOL_PREFERRED`).
+static NO_PREFERRED_MANY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// `mbind` of `[ptr, ptr + size)`; whether it worked.
+///
+/// # Safety
+/// The range is the caller's own mapping.
+unsafe fn mbind(ptr: *mut u8, size: usize, mode: libc::c_long, mask: &super::NodeMask) -> bool {
+    // SAFETY: mbind on the caller's range with a valid 1024-bit mask (maxnode = bits + 1).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            ptr as usize,
+            size,
+            mode,
+            mask.words().as_ptr(),
+            (super::NodeMask::CAPACITY + 1) as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    r == 0
+}
 
 impl Os for Sys {
     const NAME: &'static str = "linux";
@@ -77,20 +103,21 @@ impl Os for Sys {
                 single.insert(n);
                 (MPOL_PREFERRED, &single)
             }
+            Placement::PreferredMany(m) => {
+                use core::sync::atomic::Ordering::Relaxed;
+                // SAFETY: forwarded contract.
+                if !NO_PREFERRED_MANY.load(Relaxed) && unsafe { mbind(ptr, size, MPOL_PREFERRED_MANY, m) } {
+                    return true;
+                }
+                if posix::errno() == libc::EINVAL {
+                    NO_PREFERRED_MANY.store(true, Relaxed);
+                }
+                single.insert(m.iter().next().unwrap_or(0));
+                (MPOL_PREFERRED, &single)
+            }
         };
-        // SAFETY: mbind on our own range with a valid 1024-bit mask (maxnode = bits + 1).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mbind,
-                ptr as usize,
-                size,
-                mode,
-                mask.words().as_ptr(),
-                (super::NodeMask::CAPACITY + 1) as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
-        };
-        r == 0
+        // SAFETY: forwarded contract.
+        unsafe { mbind(ptr, size, mode, mask) }
     }
 
     fn page_nodes(addrs: &[usize], nodes: &mut [i32]) -> bool {
@@ -164,6 +191,7 @@ impl Os for Sys {
             MPOL_BIND => Some(super::ProcessPolicy::Bind(mask)),
             MPOL_INTERLEAVE => Some(super::ProcessPolicy::Interleave(mask)),
             MPOL_PREFERRED => mask.iter().next().map(super::ProcessPolicy::Preferred),
+            MPOL_PREFERRED_MANY if !mask.is_empty() => Some(super::ProcessPolicy::PreferredMany(mask)),
             _ => None,
         }
     }

@@ -58,6 +58,8 @@ pub(crate) enum Placement<'a> {
     Bind(&'a NodeMask),
     /// This node if it has memory, others otherwise.
     Preferred(usize),
+    /// These nodes first (the nearest to the faulting CPU first), others otherwise.
+    PreferredMany(&'a NodeMask),
     /// Round-robin, page by page, over these nodes.
     Interleave(&'a NodeMask),
 }
@@ -146,6 +148,8 @@ pub(crate) enum ProcessPolicy {
     Bind(NodeMask),
     /// This node first.
     Preferred(usize),
+    /// These nodes first.
+    PreferredMany(NodeMask),
     /// Round-robin over these nodes.
     Interleave(NodeMask),
 }

@@ -195,6 +195,12 @@ unsafe fn errno_location() -> *mut libc::c_int {
     unsafe { libc::__errno_location() }
 }
 
+/// The calling thread's `errno`.
+pub(crate) fn errno() -> i32 {
+    // SAFETY: errno location of the calling thread.
+    unsafe { *errno_location() }
+}
+
 /// Sets `errno`.
 pub(crate) fn set_errno(e: i32) {
     // SAFETY: errno location of the calling thread.

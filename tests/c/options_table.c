@@ -33,6 +33,7 @@ static const struct good GOOD[] = {
     {"DOMALLOC_POLICY", "local", "local"},
     {"DOMALLOC_POLICY", "bind:0", "bind:0"},
     {"DOMALLOC_POLICY", "preferred:0", "preferred:0"},
+    {"DOMALLOC_POLICY", "preferred:all", "preferred:0"},
     {"DOMALLOC_POLICY", "interleave:0", "interleave:0"},
     {"DOMALLOC_POLICY", "interleave:0@1M", "interleave:0@1M"},
     /* `all`: every node with memory; the list shown depends on the machine (prefix only). */
@@ -68,7 +69,7 @@ static const struct bad BAD[] = {
     {"DOMALLOC_THP", "yes", "segments"},
     {"DOMALLOC_NUMA", "on", "auto"},
     {"DOMALLOC_POLICY", "interleave:", "local"},
-    {"DOMALLOC_POLICY", "preferred:all", "local"},
+    {"DOMALLOC_POLICY", "preferred:x", "local"},
     {"DOMALLOC_POLICY", "bind:0@99999999999999999999", "local"},
     {"DOMALLOC_STATS", "yes", "0"},
     {"DOMALLOC_PURGE_THREAD", "on", "auto"},

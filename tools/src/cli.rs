@@ -34,14 +34,14 @@ pub enum Command {
 /// the launcher itself before it executes CMD (the allocator never pins threads).
 #[derive(Debug, Default, Args)]
 #[command(
-    group(ArgGroup::new("mempolicy").args(["policy", "interleave", "membind", "preferred", "localalloc"])),
+    group(ArgGroup::new("mempolicy").args(["policy", "interleave", "membind", "preferred", "preferred_many", "localalloc"])),
     group(ArgGroup::new("cpubind").args(["cpunodebind", "physcpubind"])),
     after_help = "NODES and CPUS: lists like 0-3, 0,2, all, or !1 (all but 1). Nodes must exist (and have \
 memory for memory policies), CPUs must exist and be allowed: otherwise one line on stderr, exit 1.\n\
 Exit status: CMD's own (domalloc executes it in place); 127 if CMD is not found."
 )]
 pub struct RunArgs {
-    /// DOMALLOC_POLICY: local | bind:NODES | preferred:N | interleave:NODES, optionally @SIZE
+    /// DOMALLOC_POLICY: local | bind:NODES | preferred:NODES | interleave:NODES, optionally @SIZE
     /// (only blocks of at least SIZE, e.g. interleave:all@1M).
     #[arg(long, value_name = "P")]
     pub policy: Option<String>,
@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Prefer NODE, fall back to others (DOMALLOC_POLICY=preferred:NODE).
     #[arg(short = 'p', long, value_name = "NODE")]
     pub preferred: Option<String>,
+    /// Prefer NODES, the nearest of them first, fall back to others
+    /// (DOMALLOC_POLICY=preferred:NODES; Linux 5.15's MPOL_PREFERRED_MANY).
+    #[arg(long, value_name = "NODES")]
+    pub preferred_many: Option<String>,
     /// Allocate on the node of the CPU the thread runs on (DOMALLOC_POLICY=local).
     #[arg(short = 'l', long)]
     pub localalloc: bool,

@@ -160,6 +160,7 @@ pub fn show_report(m: &Machine, input: &ShowInput<'_>) -> String {
         Some((_, Policy::Local, _)) => ("local", "current".to_string(), mem.clone(), None),
         Some((_, Policy::Bind(mask), _)) => ("bind", "current".to_string(), list_of(mask), None),
         Some((_, Policy::Preferred(n), _)) => ("preferred", n.to_string(), mem.clone(), None),
+        Some((_, Policy::PreferredMany(mask), _)) => ("preferred-many", spaced(&list_of(mask)), mem.clone(), None),
         Some((_, Policy::Interleave(mask), _)) => ("interleave", "current".to_string(), mem.clone(), Some(list_of(mask))),
     };
     let _ = writeln!(s, "policy: {name}");

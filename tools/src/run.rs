@@ -108,6 +108,9 @@ fn memory_policy(args: &RunArgs, m: &Machine) -> Result<Option<String>, Failure>
     if let Some(v) = &args.preferred {
         return Ok(Some(format!("preferred:{}", one_memory_node(&format!("--preferred {v}"), v, m)?)));
     }
+    if let Some(v) = &args.preferred_many {
+        return Ok(Some(format!("preferred:{}", format_list(&memory_nodes(&format!("--preferred-many {v}"), v, m)?))));
+    }
     Ok(args.localalloc.then(|| "local".to_string()))
 }
 
@@ -120,12 +123,12 @@ fn checked_policy(opt: &str, p: &str, m: &Machine) -> Result<String, Failure> {
     let normalised = match body.split_once(':') {
         Some(("bind", list)) => format!("bind:{}{tail}", format_list(&memory_nodes(&shown, list, m)?)),
         Some(("interleave", list)) => format!("interleave:{}{tail}", format_list(&memory_nodes(&shown, list, m)?)),
-        Some(("preferred", n)) => format!("preferred:{}{tail}", one_memory_node(&shown, n, m)?),
+        Some(("preferred", list)) => format!("preferred:{}{tail}", format_list(&memory_nodes(&shown, list, m)?)),
         _ => p.to_string(),
     };
     if domalloc::options::parse_policy(normalised.as_bytes()).is_none() {
         return Err(format!(
-            "run: {opt} {p}: invalid policy (expected local, bind:NODES, preferred:N or interleave:NODES, optionally @SIZE)"
+            "run: {opt} {p}: invalid policy (expected local, bind:NODES, preferred:NODES or interleave:NODES, optionally @SIZE)"
         ));
     }
     Ok(normalised)
@@ -302,6 +305,8 @@ mod tests {
         assert_eq!(p.command, ["prog"]);
         assert_eq!(plan_of("-m 2,0 x").unwrap().get("DOMALLOC_POLICY"), Some("bind:0,2"));
         assert_eq!(plan_of("-p 1 x").unwrap().get("DOMALLOC_POLICY"), Some("preferred:1"));
+        assert_eq!(plan_of("--preferred-many 2,0 x").unwrap().get("DOMALLOC_POLICY"), Some("preferred:0,2"));
+        assert_eq!(plan_of("--policy preferred:all x").unwrap().get("DOMALLOC_POLICY"), Some("preferred:0-2"));
         assert_eq!(plan_of("-l x").unwrap().get("DOMALLOC_POLICY"), Some("local"));
         assert_eq!(plan_of("-i !1 x").unwrap().get("DOMALLOC_POLICY"), Some("interleave:0,2"));
         let p = plan_of("--set purge_delay=0 --lib /x/libdomalloc.so x").unwrap();
@@ -329,6 +334,7 @@ mod tests {
             ("--interleave 0,9 x", "node 9 does not exist"),
             ("--preferred 3 x", "node 3 has no memory"),
             ("--preferred 0-1 x", "expected one node"),
+            ("--preferred-many 0,3 x", "node 3 has no memory"),
             ("--policy bind:5 x", "node 5 does not exist"),
             ("--policy bogus x", "invalid policy"),
             ("--policy interleave:0@zz x", "invalid policy"),
