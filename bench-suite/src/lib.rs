@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod callgrind;
 pub mod common;
 pub mod pin;
 pub mod runner;

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Command, FromArgMatches};
+use domalloc_bench_suite::callgrind;
 use domalloc_bench_suite::common::{self, Knobs, Params};
 use domalloc_bench_suite::pin;
 use domalloc_bench_suite::workloads::{self, Workload};
@@ -176,7 +177,9 @@ fn main() -> ExitCode {
     };
     let cores = pin::init(p.pin);
     let start = Instant::now();
+    callgrind::start_measuring();
     let result = (w.run)(&p);
+    callgrind::stop_measuring();
     let elapsed = start.elapsed().as_secs_f64();
     let (nerr, msgs) = common::errors();
     for m in &msgs {
