@@ -23,8 +23,8 @@
 //! Valgrind runs one thread at a time (`--fair-sched=yes`: in a fixed order) and the runs have
 //! no address-space randomisation, so the counts repeat from run to run: exactly for
 //! single-threaded workloads; where threads block on each other the interleaving still depends
-//! on when the kernel wakes them (a few tenths of a percent, up to about 2%). `--reps 2` shows
-//! how far they move.
+//! on when the kernel wakes them, and time-based policies (purge delays) on the clock: mostly
+//! under 1%, a few percent at worst (bench-suite/README.md). `--reps 2` shows how far they move.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
