@@ -7,6 +7,7 @@
 #   scripts/bench.sh --contention     # the contention report (a contention-stats domalloc, 2-64 threads)
 #   scripts/bench.sh --guest          # test-stress in QEMU guests 1n8 and 4n2 (~5-10 minutes)
 #   scripts/bench.sh --apps           # real programs: hpcc, LAMMPS, sqlite3, gcc, redis
+#   scripts/bench.sh --icount         # malloc+free instructions per pair under callgrind (~1 minute)
 #   scripts/bench.sh --help           # every option of the runner (filters, --threads, --part...)
 #
 # What it does:
@@ -20,6 +21,7 @@
 #   5. for the contention part, builds the contention-stats library
 #      (CARGO_TARGET_DIR=target/contention ... --features contention-stats); for --apps, installs
 #      the apps' Debian packages (hpcc lammps sqlite3 redis-server redis-tools openmpi-bin gcc);
+#      for --icount, valgrind;
 #   6. runs the runner (target/release/bench) with the arguments given here; results go to
 #      results/<date>/ and results/latest.{csv,md,svg} (--quick: results/quick/).
 # A peer that cannot be found or does not take over malloc when preloaded is skipped with a
@@ -32,7 +34,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 TARGET="$CARGO_TARGET_DIR"
 log() { printf '==> %s\n' "$*"; }
 
-QUICK= OUT_GIVEN= WANT_CONTENTION= WANT_APPS=
+QUICK= OUT_GIVEN= WANT_CONTENTION= WANT_APPS= WANT_ICOUNT=
 prev=
 for a in "$@"; do
   case "$a" in
@@ -41,11 +43,14 @@ for a in "$@"; do
     --out|--out=*) OUT_GIVEN=1 ;;
     --contention) WANT_CONTENTION=1 ;;
     --apps) WANT_APPS=1 ;;
-    --part=*) case "$a" in *contention*) WANT_CONTENTION=1 ;; esac; case "$a" in *apps*) WANT_APPS=1 ;; esac ;;
+    --icount) WANT_ICOUNT=1 ;;
+    --part=*) case "$a" in *contention*) WANT_CONTENTION=1 ;; esac; case "$a" in *apps*) WANT_APPS=1 ;; esac
+              case "$a" in *icount*) WANT_ICOUNT=1 ;; esac ;;
   esac
   if [ "$prev" = --part ]; then
     case "$a" in *contention*) WANT_CONTENTION=1 ;; esac
     case "$a" in *apps*) WANT_APPS=1 ;; esac
+    case "$a" in *icount*) WANT_ICOUNT=1 ;; esac
   fi
   prev=$a
 done
@@ -54,6 +59,8 @@ done
 PKGS=(libhwloc-dev libudev-dev pkg-config libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4)
 # The apps of --apps (redis-server's postinst would start a daemon: see policy-rc.d below).
 [ -n "$WANT_APPS" ] && PKGS+=(hpcc lammps sqlite3 redis-server redis-tools openmpi-bin gcc)
+# The instruction report runs the workloads under callgrind.
+[ -n "$WANT_ICOUNT" ] && PKGS+=(valgrind)
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=()
   for p in "${PKGS[@]}"; do

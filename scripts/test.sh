@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(pkg-config libhwloc-dev libudev-dev hwloc gcc gfortran openmpi-bin libopenmpi-dev
-          python3 sqlite3 git qemu-system-x86 linux-image-amd64 busybox-static)
+          python3 sqlite3 git qemu-system-x86 linux-image-amd64 busybox-static valgrind)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

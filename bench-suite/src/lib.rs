@@ -12,12 +12,14 @@
 //! * `bench` — the runner: finds the allocators, runs every workload under every allocator,
 //!   interleaving repetitions, measures wall time, CPU time and peak RSS of each child with
 //!   `wait4`, and writes CSV, Markdown and SVG reports under `results/`; further parts give the
-//!   contention report, the QEMU guest benchmark and real applications.
+//!   contention report, the QEMU guest benchmark, real applications and the instruction report
+//!   (malloc+free instructions per pair under callgrind).
 //!
 //! The modules here are shared by both binaries.
 
 #![warn(missing_docs)]
 
+pub mod callgrind;
 pub mod common;
 pub mod pin;
 pub mod runner;

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Command, FromArgMatches};
+use domalloc_bench_suite::callgrind;
 use domalloc_bench_suite::common::{self, Knobs, Params};
 use domalloc_bench_suite::pin;
 use domalloc_bench_suite::workloads::{self, Workload};
@@ -139,6 +140,14 @@ fn probe() -> ExitCode {
                 line += &format!(" version={}", CStr::from_ptr(s).to_string_lossy().replace(' ', "-"));
             }
         }
+        let dom = libc::dlsym(libc::RTLD_DEFAULT, c"domalloc_version".as_ptr());
+        if !dom.is_null() {
+            let f: extern "C" fn() -> *const c_char = std::mem::transmute(dom);
+            let s = f();
+            if !s.is_null() {
+                line += &format!(" version=domalloc-{}", CStr::from_ptr(s).to_string_lossy());
+            }
+        }
         // Exercise the allocator a little: a preloaded library that breaks basic use fails here.
         let p = libc::malloc(100) as *mut u8;
         let q = libc::realloc(p.cast(), 100_000) as *mut u8;
@@ -176,7 +185,9 @@ fn main() -> ExitCode {
     };
     let cores = pin::init(p.pin);
     let start = Instant::now();
+    callgrind::start_measuring();
     let result = (w.run)(&p);
+    callgrind::stop_measuring();
     let elapsed = start.elapsed().as_secs_f64();
     let (nerr, msgs) = common::errors();
     for m in &msgs {

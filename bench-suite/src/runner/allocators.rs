@@ -153,12 +153,25 @@ pub fn discover(search: &Search) -> (Vec<Allocator>, Vec<Skipped>) {
 /// Runs `workloads probe` under the allocator and checks that `malloc` resolves into the
 /// preloaded library (for glibc: into libc). Fills in the version. `Err` says why not.
 pub fn probe(workloads_bin: &Path, a: &mut Allocator) -> Result<(), String> {
-    let mut cmd = Command::new(workloads_bin);
+    probe_under(&[], workloads_bin, a)
+}
+
+/// [`probe`] with the probe started through `wrapper` (a program and its arguments, such as
+/// valgrind): checks that the preload takes over `malloc` there too.
+pub fn probe_under(wrapper: &[String], workloads_bin: &Path, a: &mut Allocator) -> Result<(), String> {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(workloads_bin);
+            c
+        }
+        None => Command::new(workloads_bin),
+    };
     cmd.arg("probe").env_remove("LD_PRELOAD");
     if let Some(p) = &a.path {
         cmd.env("LD_PRELOAD", p);
     }
-    let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", workloads_bin.display()))?;
+    let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", Path::new(cmd.get_program()).display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {

@@ -2,14 +2,16 @@
 //! medians (and min–max), ratios to the reference (mimalloc v3, else Debian's mimalloc 2),
 //! geometric means, and CSV / Markdown / SVG reports under `results/<date>/` (copied to
 //! `results/latest.*`). Further parts: the NUMA locality section (`--numa`), the contention
-//! report (`--contention`), the QEMU guest benchmark (`--guest`) and real applications
-//! (`--apps`).
+//! report (`--contention`), the QEMU guest benchmark (`--guest`), real applications
+//! (`--apps`) and the instruction report under callgrind (`--icount`).
 
 pub mod allocators;
 pub mod apps;
+pub mod callgrind_file;
 pub mod compare;
 pub mod contention;
 pub mod guest;
+pub mod icount;
 pub mod measure;
 pub mod numa;
 pub mod report;
@@ -36,7 +38,9 @@ Debian's mimalloc 2), plus geometric means; they are written as CSV, Markdown an
 Parts (default: main): main = the comparison; numa = NUMA locality in a 2-node QEMU guest
 (with main); contention = shared-lock counts of a contention-stats domalloc at 2-64 threads;
 guest = test-stress in QEMU guests 1n8 and 4n2; apps = real programs (hpcc, LAMMPS, sqlite3,
-gcc, redis). --contention, --guest and --apps run only their part unless --part names more.";
+gcc, redis); icount = malloc+free instructions and simulated cache misses per pair under
+callgrind (deterministic; default allocators domalloc and mimalloc3). --contention, --guest,
+--apps and --icount run only their part unless --part names more.";
 
 /// A part of the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -51,6 +55,9 @@ pub enum Part {
     Guest,
     /// Real applications from Debian packages (apps.{md,csv}).
     Apps,
+    /// Instructions and simulated cache misses per malloc/free pair under callgrind
+    /// (icount.{md,csv}).
+    Icount,
 }
 
 fn positive(s: &str) -> Result<f64, String> {
@@ -146,6 +153,12 @@ pub struct Options {
     /// Run the real applications (--part apps): hpcc, LAMMPS, sqlite3, gcc, redis
     #[arg(long)]
     pub apps: bool,
+    /// Run the instruction report (--part icount): every workload, scaled down, under callgrind
+    /// with cache simulation; malloc+free instructions and D1/LL misses per pair, ratio to
+    /// mimalloc3 (default allocators mimalloc3,domalloc; threads 2; --scale multiplies the
+    /// per-workload scales; --reps N repeats to show the counts do not move)
+    #[arg(long)]
+    pub icount: bool,
     /// Exit 1 if any run failed (default: failures are reported, exit 0)
     #[arg(long)]
     pub strict: bool,
@@ -185,10 +198,16 @@ impl Settings {
         let out = opts.out.clone().unwrap_or_else(|| if q { repo_results.join("quick") } else { repo_results });
         let mut parts = opts.part.clone();
         if parts.is_empty() {
-            if !(opts.contention || opts.guest || opts.apps) || opts.numa {
+            if !(opts.contention || opts.guest || opts.apps || opts.icount) || opts.numa {
                 parts.push(Part::Main);
             }
-            for (on, p) in [(opts.numa, Part::Numa), (opts.contention, Part::Contention), (opts.guest, Part::Guest), (opts.apps, Part::Apps)] {
+            for (on, p) in [
+                (opts.numa, Part::Numa),
+                (opts.contention, Part::Contention),
+                (opts.guest, Part::Guest),
+                (opts.apps, Part::Apps),
+                (opts.icount, Part::Icount),
+            ] {
                 if on {
                     parts.push(p);
                 }
@@ -417,6 +436,9 @@ fn run(s: &Settings) -> Result<usize, String> {
     if s.runs(Part::Apps) {
         failed += apps::run(s, &allocs, &dir)?;
     }
+    if s.runs(Part::Icount) {
+        failed += icount::run(s, &bin, &allocs, &dir, &stamp)?;
+    }
     println!("Results of this run: {}", dir.display());
     Ok(failed)
 }
@@ -447,6 +469,8 @@ mod tests {
         assert_eq!(settings(&["--numa"]).parts, vec![Part::Main, Part::Numa]);
         assert_eq!(settings(&["--contention"]).parts, vec![Part::Contention]);
         assert_eq!(settings(&["--guest", "--apps"]).parts, vec![Part::Guest, Part::Apps]);
+        assert_eq!(settings(&["--icount"]).parts, vec![Part::Icount]);
+        assert_eq!(settings(&["--part", "main,icount"]).parts, vec![Part::Main, Part::Icount]);
         assert_eq!(settings(&["--part", "main,contention"]).parts, vec![Part::Main, Part::Contention]);
         assert_eq!(settings(&["--part", "numa"]).parts, vec![Part::Main, Part::Numa]);
         let s = settings(&["--lib", "x=/a/b", "--skip", "y=why", "--skip", "z", "--workloads", "a,b"]);
