@@ -234,9 +234,9 @@ fi
 # malloc and free re-entered from signal handlers while the workers are inside the allocator's
 # slow paths (large and huge blocks: its locks held): served aside, never a hang (the timeout)
 # and never a corrupted heap (stamps checked). 853ba39 hung in 2 of 4 runs of the usr1 case.
-signal_runs() { # MODE: three runs of 2 s, each under its own 20 s timeout
+signal_runs() { # MODE [LIB]: three runs of 2 s, each under its own 20 s timeout
     for i in 1 2 3; do
-        LD_PRELOAD="$LIB" timeout 20 "$WORK/signal_malloc" 2 2 "$1" big || { echo "run $i: exit $? (124: hung)"; return 1; }
+        LD_PRELOAD="${2:-$LIB}" timeout 20 "$WORK/signal_malloc" 2 2 "$1" big || { echo "run $i: exit $? (124: hung)"; return 1; }
     done
 }
 if cc_build signal_malloc "$TESTS/signal_malloc.c" -pthread -ldl; then
@@ -451,6 +451,31 @@ pkgconfig_install() {
     echo "pkg-config install ok: $(pkg-config --modversion domalloc)"
 }
 have pkg-config && run_test install-pkg-config 120 pkgconfig_install
+
+# ---- the hardened build ----
+# The drop-in cases that the peers' own test suites found, again with libdomalloc.so built with
+# --features hardened (guard pages, shuffled carving, freed huge blocks kept inaccessible): memory
+# back when idle (huge block, realloc down and back, blocks exited threads allocated and the main
+# thread freed), ENOMEM under an address-space limit, every option of the table, and malloc
+# re-entered from signal handlers.
+export HARD=$CARGO_TARGET_DIR/hardened/release/libdomalloc.so
+hardened_build() {
+    CARGO_TARGET_DIR="$CARGO_TARGET_DIR/hardened" cargo build --release -p domalloc-ffi --features hardened 2>&1 | tail -n 3
+    [ -f "$HARD" ]
+}
+if run_test hardened-build 900 hardened_build && [ -f "$HARD" ]; then
+    [ -x "$WORK/rss_shapes" ] && {
+        run_test hardened-c-idle-huge-block 60 env LD_PRELOAD="$HARD" "$WORK/rss_shapes" huge
+        run_test hardened-c-idle-realloc-down-and-back 60 env LD_PRELOAD="$HARD" "$WORK/rss_shapes" realloc
+        run_test hardened-c-idle-freed-by-master 60 env LD_PRELOAD="$HARD" "$WORK/rss_shapes" remote "$(N 256 1024)"
+    }
+    [ -x "$WORK/oom_recover" ] && run_test hardened-c-oom-then-recovery 60 env LD_PRELOAD="$HARD" "$WORK/oom_recover" 400000
+    [ -x "$WORK/options_table" ] && run_test hardened-c-options-table 60 env LD_PRELOAD="$HARD" "$WORK/options_table"
+    [ -x "$WORK/signal_malloc" ] && {
+        run_test hardened-c-signal-handler-reenters-slow-paths 90 signal_runs usr1 "$HARD"
+        run_test hardened-c-signal-handler-profiler-slow-paths 90 signal_runs prof "$HARD"
+    }
+fi
 
 # ---- summary ----
 
