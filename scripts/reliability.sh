@@ -69,9 +69,9 @@ run_fuzz() {
 }
 
 run_loom() {
-    step "loom: page remote-free protocol, the real src/remote.rs (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-2})"
+    step "loom: page remote-free protocol, the real src/layout/remote.rs (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-2})"
     local t0=$SECONDS
-    # loom-model/ compiles src/sync.rs and src/remote.rs with cfg(loom) (its build.rs sets it).
+    # loom-model/ compiles src/sys/sync.rs and src/layout/remote.rs with cfg(loom) (its build.rs sets it).
     if (cd loom-model && cargo test --release -- --nocapture --test-threads=1) >"$LOGS/loom.log" 2>&1; then
         local sum; sum=$(awk '/loom explored/ { n++; for (i = 1; i < NF; i++) if ($i == "explored") e += $(i + 1) } END { print n + 0 " models, " e + 0 }' "$LOGS/loom.log")
         record loom pass "$sum executions in $((SECONDS - t0)) s"

@@ -672,7 +672,7 @@ run_test crate-metadata 60 check_crate_metadata
 check_crate_package() {
     cargo package --list --allow-dirty > "$WORK/package.list"
     local f
-    for f in Cargo.toml README.md LICENSE-MIT LICENSE-APACHE src/lib.rs src/targeted.rs examples/global_allocator.rs \
+    for f in Cargo.toml README.md LICENSE-MIT LICENSE-APACHE src/lib.rs src/api/node_api.rs examples/global_allocator.rs \
         examples/node_local_vec.rs examples/interleaved_array.rs examples/stats.rs; do
         grep -qx "$f" "$WORK/package.list" || fail "the package lacks $f"
     done

@@ -11,20 +11,23 @@
 //! ```
 //!
 //! # Layers
-//! Each file uses only files of its own layer or of the layers below it (`tests/layers.rs`
-//! reads this table and checks every `crate::` path of `src/` against it). Within a layer,
-//! files may use each other. The one way up is start-up: the first allocation's slow path calls
-//! `init::ensure_init` (layer 2), which sets up every layer below; lower layers never call it.
+//! `src/` is seven layers, one folder each. A file uses only its own layer and the layers below
+//! it; another layer is used only through its face, the folder's `mod.rs`: the modules inside are
+//! private (the compiler enforces it) except the few the face names as its own (`os`, and the
+//! public `options`, `topology`, `size_class`, `c`, `stats`). `tests/layers.rs` reads this table
+//! and checks every `crate::` path of `src/` against it, and that each face keeps its insides
+//! private. The one way up is start-up: the first allocation's slow path calls
+//! `thread::ensure_init`, which sets up every layer below; lower layers never call it.
 //!
-//! | layer | files | job |
-//! |---|---|---|
-//! | 1. API | `lib.rs`, `alloc.rs`, `c.rs`, `targeted.rs`, `stats.rs` | entry points: `GlobalAlloc`, C semantics, node-targeted API, statistics |
-//! | 2. thread cache | `heap.rs`, `refill.rs`, `foreign.rs`, `large.rs`, `tls.rs`, `reentry.rs`, `init.rs`, `quarantine.rs`, `prof.rs` | per-thread heaps: fast paths; refill and page queues; frees of blocks the thread does not own (remote batches, home pools); large blocks; calls re-entered from signal handlers; process and thread start-up and teardown, heap pool, fork; live bytes and the sampling heap profiler |
-//! | 3. arenas | `arena.rs`, `sweep.rs` | per-CPU and per-node queues of unowned pages and empty spans; the maintenance sweep and purge thread |
-//! | 4. domains | `domain.rs`, `huge.rs`, `placement.rs`, `home_pool.rs` | per-node segments and spans, purging, huge blocks, placement policy and homes, home pools |
-//! | 5. layout | `segment.rs`, `page.rs`, `remote.rs`, `size_class.rs`, `list.rs` | segment and page descriptors, encoded free lists, remote-free protocol, classes, intrusive list |
-//! | 6. configuration | `config.rs`, `options.rs`, `topology.rs` | what start-up decided, the `DOMALLOC_*` options, CPUs and nodes; read-only after start-up |
-//! | 7. platform | `lock.rs`, `sync.rs`, `contention.rs`, `util.rs`, `os/` | futex lock, atomics, contention counters, no-alloc helpers, the one `Os` trait and its implementations |
+//! | layer | folder | faces beside `mod.rs` | job |
+//! |---|---|---|---|
+//! | 1. API | `api/` | `alloc`, `c`, `node_api`, `stats` | entry points: `GlobalAlloc` (`lib.rs`), shared entry points, C semantics, node-targeted API, statistics |
+//! | 2. thread cache | `thread/` | | per-thread heaps: fast paths, refill, every free that is not the owner's fast path (`free.rs`), large blocks, calls re-entered from signal handlers, start-up, teardown and fork, the sampling heap profiler |
+//! | 3. arenas | `arena/` | | per-CPU and per-node queues of unowned pages and empty spans; returning memory (sweep, purge thread) |
+//! | 4. nodes | `node/` | | per-node domains: segments and spans, purging, huge blocks, placement and homes, home pools |
+//! | 5. layout | `layout/` | `size_class` | segment and page descriptors, encoded free lists, remote-free protocol, size classes, intrusive list |
+//! | 6. configuration | `config/` | `options`, `topology` | what start-up decided, the `DOMALLOC_*` options, CPUs, nodes and tiers; read-only after start-up |
+//! | 7. platform | `sys/` | `os` | futex lock, atomics, contention counters, no-alloc helpers, the one `Os` trait and its implementations |
 //!
 //! # Rules inside the allocator
 //! No allocation, no panic, no std I/O, no lock that may allocate. Every `unsafe` block says why
@@ -33,39 +36,17 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod alloc;
+mod api;
 mod arena;
-pub mod c;
-mod contention;
-mod domain;
-mod foreign;
 mod config;
-mod init;
-mod heap;
-mod home_pool;
-mod huge;
-mod large;
-mod list;
-mod lock;
-mod targeted;
-pub mod options;
-mod os;
-mod page;
-mod placement;
-mod prof;
-#[cfg(feature = "quarantine")]
-mod quarantine;
-mod reentry;
-mod refill;
-mod remote;
-mod segment;
-pub mod size_class;
-mod sync;
-pub mod stats;
-mod sweep;
-mod tls;
-pub mod topology;
-mod util;
+mod layout;
+mod node;
+mod sys;
+mod thread;
+
+pub use api::{c, stats};
+pub use config::{options, topology};
+pub use layout::size_class;
 
 /// The `allocator_api2` crate the node-aware allocators implement (`Node`, `Interleaved`), so
 /// `domalloc::allocator_api2::vec::Vec::new_in(node)` works without naming it as a dependency.
@@ -73,9 +54,12 @@ pub use allocator_api2;
 
 use core::alloc::{GlobalAlloc, Layout};
 
-pub use crate::targeted::{alloc_interleaved, alloc_on_node, hbw, HighBandwidth, Interleaved, Node};
-pub use crate::os::{NodeMask, PurgeMode, Signal};
-pub use crate::stats::{prof_dump, prof_start, prof_stop, stats, ClassStats, NodeStats, Stats};
+pub use crate::api::node_api::{alloc_interleaved, alloc_on_node, hbw, HighBandwidth, Interleaved, Node};
+pub use crate::sys::os::{NodeMask, PurgeMode, Signal};
+pub use crate::api::stats::{prof_dump, prof_start, prof_stop, stats, ClassStats, NodeStats, Stats};
+
+use api::{alloc, node_api};
+use sys::os;
 
 /// The allocator, for `#[global_allocator]`. A zero-sized handle: all state is process-wide.
 #[derive(Clone, Copy, Debug, Default)]
@@ -90,12 +74,12 @@ impl DomAlloc {
     /// Allocates `layout` on NUMA node `node` (see [`alloc_on_node`]). Free it with `dealloc`
     /// as any other block, from any thread.
     pub fn alloc_on_node(&self, layout: Layout, node: usize) -> *mut u8 {
-        targeted::alloc_on_node(layout, node)
+        node_api::alloc_on_node(layout, node)
     }
 
     /// Allocates `layout` with its pages interleaved over all nodes with memory.
     pub fn alloc_interleaved(&self, layout: Layout) -> *mut u8 {
-        targeted::alloc_interleaved(layout, None)
+        node_api::alloc_interleaved(layout, None)
     }
 }
 
@@ -131,16 +115,16 @@ unsafe impl GlobalAlloc for DomAlloc {
 /// checks, `malloc(0)`) are not applied here.
 #[doc(hidden)]
 pub mod raw {
-    pub use crate::alloc::{alloc, alloc_zeroed, calloc, free, malloc, node_of, realloc, usable_size};
+    pub use crate::api::alloc::{alloc, alloc_zeroed, calloc, free, malloc, node_of, realloc, usable_size};
 }
 
 /// The NUMA node of the CPU the calling thread runs on now (the node whose memory it gets).
 pub fn current_node() -> usize {
-    if !crate::init::ensure_init() {
+    if !crate::thread::ensure_init() {
         return 0;
     }
-    use crate::os::Os;
-    crate::domain::node_of_cpu(os::Sys::current_cpu().unwrap_or(0))
+    use crate::sys::os::Os;
+    crate::node::node_of_cpu(os::Sys::current_cpu().unwrap_or(0))
 }
 
 /// The node whose domain owns block `ptr` (huge blocks: the node they were allocated for; their
@@ -151,7 +135,7 @@ pub fn node_of(ptr: *const u8) -> Option<usize> {
 
 /// Whether domalloc runs its NUMA logic (more than one node with memory, or `DOMALLOC_NUMA=1`).
 pub fn numa_enabled() -> bool {
-    crate::init::ensure_init() && crate::config::numa_enabled()
+    crate::thread::ensure_init() && crate::config::numa_enabled()
 }
 
 /// Returns memory that is free but not yet given back to the OS. With `force`, also memory
@@ -159,13 +143,13 @@ pub fn numa_enabled() -> bool {
 pub fn collect(force: bool) {
     // Quarantine build: blocks waiting in the calling thread's quarantine are really freed first.
     #[cfg(feature = "quarantine")]
-    quarantine::flush();
+    crate::thread::quarantine_flush();
     // Hardened builds: freed huge blocks kept inaccessible for a while are unmapped now.
     #[cfg(feature = "hardened")]
     if force {
-        crate::huge::flush_retired();
+        crate::node::huge_flush_retired();
     }
-    crate::init::collect(force)
+    crate::thread::collect(force)
 }
 
 /// Fault injection for tests: make every `every`-th OS mapping fail, and every mapping after

@@ -6,7 +6,7 @@
 //! none): `tests/c/prof_sites.c` and `prof_sites.rs` check it under `scripts/test-ffi.sh`.
 //! On a fake two-node machine (CPU 0 on node 0, CPU 1 on node 1), blocks allocated on CPU 0
 //! and freed by a thread on CPU 1 are counted as remote-freed, local frees are not. And a rule
-//! that can fail: `src/prof.rs` names nothing that allocates.
+//! that can fail: `src/thread/prof.rs` names nothing that allocates.
 
 #[global_allocator]
 static A: domalloc::DomAlloc = domalloc::DomAlloc::new();
@@ -97,10 +97,10 @@ fn profile_api_writes_a_profile_whose_totals_match() {
 
 #[test]
 fn the_profiler_names_nothing_that_allocates() {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/prof.rs")).unwrap();
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/thread/prof.rs")).unwrap();
     let code: String = src.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
     for banned in ["Vec", "Box", "String", "format!", "vec!", "to_vec", "to_string", "to_owned", "std::", "alloc::", "println!", "eprintln!", "panic!", "unwrap()", "expect("] {
-        assert!(!code.contains(banned), "src/prof.rs names `{banned}`: the profiler runs inside malloc");
+        assert!(!code.contains(banned), "src/thread/prof.rs names `{banned}`: the profiler runs inside malloc");
     }
 }
 

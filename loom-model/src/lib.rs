@@ -27,12 +27,17 @@ use std::sync::Mutex;
 use loom::cell::UnsafeCell;
 
 #[allow(dead_code)]
-#[path = "../../src/sync.rs"]
+#[path = "../../src/sys/sync.rs"]
 mod sync;
 
 #[allow(dead_code)]
-#[path = "../../src/remote.rs"]
+#[path = "../../src/layout/remote.rs"]
 mod remote;
+
+/// What `remote.rs` imports from its platform layer's face (`crate::sys` in the allocator).
+mod sys {
+    pub(crate) use super::sync::{cas_retry, AtomicUsize, Ordering};
+}
 
 use remote::{Link, MASK};
 use sync::{AtomicUsize, Ordering};

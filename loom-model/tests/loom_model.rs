@@ -1,4 +1,4 @@
-//! Loom checks of domalloc's page remote-free protocol, on the allocator's own `src/remote.rs`
+//! Loom checks of domalloc's page remote-free protocol, on the allocator's own `src/layout/remote.rs`
 //! (see `src/lib.rs`).
 //!
 //! Properties, in every interleaving loom explores (and with loom's weak-memory model):
@@ -13,7 +13,7 @@
 //!
 //! Run: `scripts/reliability.sh loom`, or `cd loom-model && cargo test --release -- --nocapture`.
 //!
-//! Weakenings of `src/remote.rs` the models catch (tried by hand): `push`'s CAS AcqRel ->
+//! Weakenings of `src/layout/remote.rs` the models catch (tried by hand): `push`'s CAS AcqRel ->
 //! Relaxed and `take`'s CAS Acquire -> Relaxed (a block link read concurrently with its write:
 //! two models fail each). `try_reclaim` Acquire -> Relaxed is *not* caught, and need not be: it
 //! succeeds only on the exact value `FULL`, i.e. when no block was pushed since the give-up, so

@@ -1,0 +1,19 @@
+//! Layer 4, the nodes: one domain per NUMA node.
+//!
+//! Per-node segments and spans, purging (`domain`); huge blocks with their per-node cache (`huge`);
+//! who places memory and asking the kernel where pages are (`placement`); placed blocks whose pages
+//! are on another node than their span (`home_pool`). Other layers use only what this file
+//! re-exports.
+
+mod domain;
+mod huge;
+mod placement;
+mod home_pool;
+
+pub(crate) use domain::{COUNTED_NODES, Domain, SPAN_UNIT, domain, domain_slots, holds_a_domain_lock, init_span, node_of_cpu, set_table, solo_node};
+pub(crate) use huge::{alloc as huge_alloc, alloc_placed as huge_alloc_placed, cache_age_ms as huge_cache_age_ms, check_live as huge_check_live, free as huge_free, realloc as huge_realloc};
+pub(crate) use placement::{Home, home_of, policy_covers, tier_counts};
+#[cfg(feature = "hardened")]
+pub(crate) use huge::flush_retired as huge_flush_retired;
+#[cfg(feature = "quarantine")]
+pub(crate) use huge::{mark_freed as huge_mark_freed, retire as huge_retire};

@@ -1,0 +1,246 @@
+//! Frees that are not the owner's fast path: huge blocks, large spans, blocks of pages another
+//! heap owns (batched per page and pushed home with one CAS, so a block is reused only by its
+//! own node), blocks freed by threads without a heap, and placed blocks whose pages are on
+//! another node than their span (they go to that node's home pool).
+
+use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::node::COUNTED_NODES;
+use crate::thread::heap::{bump, empty_page, local_free, not_a_block, owner_double_free_check, Heap, REMOTE_BATCH};
+use crate::node::{self, Home};
+use crate::sys::os::{self, Os, Sys};
+use crate::layout::{self, Block, PF_PLACED, Page, PageKind, SEG_HUGE, Segment};
+use crate::thread::tls;
+
+#[cold]
+#[inline(never)]
+pub(crate) fn free_unknown(p: *mut u8) {
+    match layout::big_aligned_segment(p) {
+        // SAFETY: a live huge header whose data is p; a re-entered free (signal handler) waits.
+        Some(seg) => unsafe {
+            let h = tls::heap();
+            if h == crate::thread::heap::busy_heap() {
+                return crate::thread::reentry::defer_free(p);
+            }
+            let _busy = tls::SlowPath::enter(h);
+            free_huge(seg, p)
+        },
+        None => os::fatal(format_args!("free(): invalid pointer {:p} (not allocated by domalloc)", p)),
+    }
+}
+
+/// Frees huge block `p` (cached or unmapped); a cached block waits for the sweep, which is told.
+///
+/// # Safety
+/// `seg` is a live huge segment whose block is `p`, passed to free by the program.
+unsafe fn free_huge(seg: *mut Segment, p: *mut u8) {
+    // SAFETY: a live huge header (the caller's contract).
+    crate::thread::prof::big_freed(p, unsafe { (*seg).huge_size.get() });
+    // SAFETY: forwarded.
+    unsafe { node::huge_free(seg, p) };
+    crate::arena::purge_wanted();
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page, p: *mut u8) {
+    if h == crate::thread::heap::busy_heap() {
+        // A signal handler interrupted one of this thread's slow paths: the block waits.
+        // SAFETY: a block of a live segment, passed to free.
+        return unsafe { crate::thread::reentry::defer_free(p) };
+    }
+    let _busy = tls::SlowPath::enter(h);
+    // SAFETY: live segment/page (caller); page fields read per the ownership rules.
+    unsafe {
+        if (*seg).kind == SEG_HUGE {
+            return free_huge(seg, p);
+        }
+        let pg = &*page;
+        match pg.kind() {
+            PageKind::Small => {
+                if !pg.is_block(p as usize) {
+                    not_a_block(p);
+                }
+                let b = p as *mut Block;
+                crate::thread::prof::small_freed(pg, p);
+                if pg.flags.get() & PF_PLACED != 0 && crate::config::numa_enabled() {
+                    let home = placed_home(pg, b);
+                    if home != pg.node() {
+                        return to_home_pool(h, pg, b, home);
+                    }
+                }
+                // (Same node only: the heap that gave the page up may since have been recycled for
+                // a thread on another node, and a heap hands out only its own node's memory.)
+                if !tls::is_sentinel(h) && pg.node() == (*h).node() && layout::reclaim(pg, h as usize) {
+                    // A page we gave up (full) and nobody else freed into since: ours again, at
+                    // the back of its queue, so that it gathers frees while allocation goes on
+                    // from the head (at the front, its one free block would be taken at once
+                    // and the page given up again: a slow path for every block).
+                    let c = pg.class.get() as usize;
+                    (*h).queue_push_back(c, page);
+                }
+                if pg.owned_by(h as usize) {
+                    owner_double_free_check(pg, b);
+                    local_free(h, page, b, layout::link_key());
+                } else {
+                    remote_free(h, page, b);
+                }
+            }
+            PageKind::Large => {
+                if pg.span_start() != p {
+                    os::fatal(format_args!("free(): invalid pointer {:p} (inside a large block)", p));
+                }
+                crate::thread::prof::big_freed(p, pg.block_size.get() as usize);
+                crate::thread::large::free(h, page, p);
+            }
+            PageKind::Free => os::fatal(format_args!("free(): double free or invalid pointer {:p}", p)),
+            PageKind::Meta => os::fatal(format_args!("free(): invalid pointer {:p} (allocator metadata)", p)),
+        }
+    }
+}
+
+/// The node whose memory holds placed block `b` of `page`: recorded, or asked of the kernel the
+/// first time the block is freed (and recorded).
+fn placed_home(page: &Page, b: *mut Block) -> usize {
+    let i = page.block_index(b as usize);
+    if let Some(n) = page.home(i) {
+        return n;
+    }
+    let n = match node::home_of(b as *const u8, page.block_size.get() as usize) {
+        Home::On(n) | Home::Mixed(n) if n < crate::node::domain_slots() && crate::node::domain(n).node == n => n,
+        _ => page.node(),
+    };
+    page.set_home(i, n);
+    n
+}
+
+/// A placed block whose pages are on `home`, not on its span's node: it waits in `home`'s pool
+/// (still in use from its span's view) for the next allocation of its size there.
+///
+/// # Safety
+/// `b` is an allocated block of `page`, just freed by the program.
+unsafe fn to_home_pool(h: *mut Heap, page: &Page, b: *mut Block, home: usize) {
+    let i = page.block_index(b as usize);
+    if !page.mark_pooled(i) {
+        os::fatal(format_args!("free(): double free of {:p}", b));
+    }
+    let c = page.class.get() as usize;
+    count_foreign_free(h, page, c, 1);
+    let dest = crate::node::domain(home);
+    dest.counters.went_home.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: the caller's block, resident on `home`.
+    unsafe { dest.pool.put_block(c, b) };
+}
+
+/// Counts `n` blocks of class `c` of `page` freed by `h` (a heap that does not own the page, or
+/// a sentinel): in the heap's own counters (plain stores, no shared line), else in the page's
+/// domain.
+fn count_foreign_free(h: *mut Heap, page: &Page, c: usize, n: u64) {
+    crate::thread::prof::freed_small(c, n);
+    if tls::is_sentinel(h) {
+        let d = crate::node::domain(page.node());
+        d.counters.class_frees[c].fetch_add(n, Ordering::Relaxed);
+        d.counters.node_frees.fetch_add(n, Ordering::Relaxed);
+        // Remote only if the freeing thread runs on another node (a rare, slow path: asking is
+        // cheap next to the shared atomics above).
+        if crate::node::node_of_cpu(Sys::current_cpu().unwrap_or(0)) != page.node() {
+            d.counters.remote_node_frees.fetch_add(n, Ordering::Relaxed);
+        }
+        return;
+    }
+    // SAFETY: the calling thread's own heap (or the orphan / a node heap under its lock).
+    let hh = unsafe { &*h };
+    bump(&hh.bins[c].rfrees, n);
+    bump(&hh.freed_to[page.node().min(COUNTED_NODES - 1)], n);
+}
+
+/// Remote frees by threads that have no heap (not yet, or no more), for the stats.
+pub(crate) static HEAPLESS_REMOTE_FREES: AtomicU64 = AtomicU64::new(0);
+
+/// Sends a block home: batched per page when the thread has a heap.
+///
+/// # Safety
+/// `b` is an allocated block of `page`, which this thread does not own.
+unsafe fn remote_free(mut h: *mut Heap, page: *mut Page, b: *mut Block) {
+    // SAFETY: sentinels are never written; a real heap is ours; the page is live.
+    unsafe {
+        let pg = &*page;
+        if layout::is_freed(pg, b) {
+            // In another thread's lists, in a remote chain, or in our own pending batch: a
+            // double free (or, with about 2^-50 odds, a program word that looks like a link).
+            os::fatal(format_args!("free(): double free of {:p}", b));
+        }
+        if h == crate::thread::heap::empty_heap() {
+            // A thread that only frees (the consumer of a producer/consumer pair) gets a heap
+            // on its first remote free, as on its first malloc: its frees are then batched
+            // per page (one CAS per batch) and counted in its own counters, instead of one
+            // CAS, two shared atomic adds and a CPU query per block.
+            let own = crate::thread::init::init_thread_heap();
+            if !own.is_null() {
+                h = own;
+            }
+        }
+        if tls::is_sentinel(h) {
+            layout::set_next(b, ptr::null_mut());
+            HEAPLESS_REMOTE_FREES.fetch_add(1, Ordering::Relaxed);
+            count_foreign_free(h, pg, pg.class.get() as usize, 1);
+            if layout::push_remote(pg, b, b) {
+                queue_unowned(page);
+            }
+            return;
+        }
+        let hh = &*h;
+        if hh.pend_page.get() == page && hh.pend_count.get() < REMOTE_BATCH {
+            layout::set_next(b, hh.pend_head.get());
+            hh.pend_head.set(b);
+            hh.pend_count.set(hh.pend_count.get() + 1);
+            return;
+        }
+        hh.flush_pending();
+        layout::set_next(b, ptr::null_mut());
+        hh.pend_page.set(page);
+        hh.pend_head.set(b);
+        hh.pend_tail.set(b);
+        hh.pend_count.set(1);
+    }
+}
+
+/// A page that was given up received its first remote free: it goes to its arena (a node-local
+/// list where any heap of its node adopts it).
+///
+/// # Safety
+/// `page` is a small span's head, unowned and in no list (the caller's push moved it out of
+/// the given-up state, so no one else queues it).
+pub(crate) unsafe fn queue_unowned(page: *mut Page) {
+    // SAFETY: the caller's contract.
+    unsafe { crate::arena::arena((*page).arena.get() as usize).push(page) };
+    // Its blocks may all be free soon (the owner left): a sleeping purge thread looks again.
+    crate::arena::page_queued();
+}
+
+impl Heap {
+    /// Sends the pending remote-free batch home.
+    pub(crate) fn flush_pending(&self) {
+        let n = self.pend_count.get();
+        if n == 0 {
+            return;
+        }
+        let page = self.pend_page.get();
+        // SAFETY: the batch holds allocated blocks of `page`, chained head..tail.
+        unsafe {
+            let pg = &*page;
+            count_foreign_free(self as *const Heap as *mut Heap, pg, pg.class.get() as usize, n as u64);
+            if layout::push_remote(pg, self.pend_head.get(), self.pend_tail.get()) {
+                queue_unowned(page);
+            }
+        }
+        bump(&self.counters.remote_frees, n as u64);
+        bump(&self.counters.remote_batches, 1);
+        self.pend_page.set(empty_page());
+        self.pend_head.set(ptr::null_mut());
+        self.pend_tail.set(ptr::null_mut());
+        self.pend_count.set(0);
+    }
+
+}

@@ -1,0 +1,31 @@
+//! Layer 2, the thread cache: per-thread heaps.
+//!
+//! Promises: the malloc and free fast paths touch only the calling thread's heap (`heap`); refills
+//! and page queues (`refill`); every free that is not the owner's fast path, in one file (`free`:
+//! blocks of other heaps, heapless threads, placed blocks, large and huge blocks, double and
+//! invalid frees); large blocks (`large`); the thread's heap pointer and the slow-path guard
+//! (`tls`); calls re-entered from signal handlers (`reentry`); process and thread start-up and
+//! teardown, heap pool, fork (`init`); the quarantine build (`quarantine`); live bytes and the
+//! sampling profiler (`prof`). Other layers use only what this file re-exports.
+
+mod heap;
+mod refill;
+mod free;
+mod large;
+mod tls;
+mod reentry;
+mod init;
+#[cfg(feature = "quarantine")]
+mod quarantine;
+mod prof;
+
+#[cfg(not(feature = "quarantine"))]
+pub(crate) use heap::free;
+pub(crate) use heap::{Heap, alloc_small, alloc_small_or, alloc_small_refill, alloc_small_zeroed, busy_heap};
+pub(crate) use large::alloc as alloc_large;
+pub(crate) use tls::{SlowPath, heap as thread_heap};
+pub(crate) use reentry::refused as reentry_refused;
+pub(crate) use init::{alloc_node, collect, ensure_init, for_each_live_heap, heap_acquire, heap_totals, heaps_taken_over, node_heap, node_of_this_cpu, pool_held_by_me, release_free_memory};
+#[cfg(feature = "quarantine")]
+pub(crate) use quarantine::{check_live as quarantine_check_live, flush as quarantine_flush, free as quarantine_free};
+pub(crate) use prof::{Site as ProfSite, active as prof_active, big_allocated as prof_big_allocated, big_freed as prof_big_freed, for_each_site as prof_for_each_site, interval as prof_interval, live_folded as prof_live_folded, start as prof_start, stop as prof_stop};

@@ -1,0 +1,594 @@
+//! Live bytes and heap profiling: what the program holds, counted off the fast paths.
+//!
+//! # Live bytes
+//! The usable size of every block the program holds (jemalloc's `allocated`, beside the
+//! statistics' `in_use_bytes`, which is span occupancy: jemalloc's `active`). Requested sizes of
+//! small blocks are not kept anywhere, so small blocks count their class's size; large and huge
+//! blocks their usable size. Nothing is added to the fast paths: the owner's allocations and
+//! frees are counted in the page's counts already, and reach [`LIVE`] when the page's counts are
+//! folded into its heap (at every refill: one add per page's worth of blocks); frees by a heap
+//! that does not own the page are counted per batch where the heap counts them; large and huge
+//! blocks in their slow paths. The high-water mark [`LIVE_PEAK`] is taken at those moments, so
+//! it may miss a peak by the blocks of the pages heaps hold unfolded (at most a span per class
+//! per thread). The statistics' current value is exact (read from every heap and page).
+//!
+//! # The sampling heap profiler (`DOMALLOC_PROF=1`, or [`start`])
+//! Allocations are sampled by bytes: each thread counts down a random interval (exponentially
+//! distributed, mean `DOMALLOC_PROF_SAMPLE`, 512 KiB by default, so a sample stands for that
+//! many bytes) and the allocation that finds it run out is sampled. Nothing is added to the
+//! fast paths: small blocks are counted down where their page's counts are folded (at refills),
+//! and the sample is the block the next refill hands out; large and huge blocks (always slow
+//! paths) count their own size. A sampled allocation records its call stack (the frame-pointer
+//! walk of [`os::frame_walk`], bounded by the thread's stack mapping: full depth needs the
+//! program built with `-fno-omit-frame-pointer` / `-C force-frame-pointers=yes`), its size,
+//! thread, node of the allocating CPU and time, in fixed tables mapped once at [`start`]: call
+//! sites (stack -> allocated, live, live-at-peak, freed and remote-freed bytes) and live sampled
+//! blocks (address -> site). A sampled small block's page gets [`PF_SAMPLED`], which sends every
+//! free of that page to the slow path ([`small_freed`]), where the table is looked up; large and
+//! huge frees are slow paths already. A free records the freeing node (remote when it is not the
+//! allocating one) and the lifetime. With profiling off, each hook is one load of a flag that
+//! is false, on paths that are slow already.
+
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use crate::sys::LockKind;
+use crate::sys::Lock;
+use crate::sys::os::{self, Os, Sys};
+use crate::layout::{Page, PF_SAMPLED};
+use crate::layout::size_class::class_size;
+
+/// Live bytes as folded so far (signed: a remote free may be counted before the owner folds the
+/// block's allocation).
+static LIVE: AtomicI64 = AtomicI64::new(0);
+/// The highest value [`LIVE`] has had.
+static LIVE_PEAK: AtomicI64 = AtomicI64::new(0);
+
+#[inline]
+fn live_add(delta: i64) {
+    let now = LIVE.fetch_add(delta, Ordering::Relaxed).wrapping_add(delta);
+    if delta > 0 && now > LIVE_PEAK.load(Ordering::Relaxed) {
+        LIVE_PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// A page's counts folded into its owner's heap: `allocs` blocks of class `c` handed out and
+/// `frees` freed by the owner since the last fold.
+#[inline]
+pub(crate) fn fold_small(c: usize, allocs: u32, frees: u32) {
+    live_add((allocs as i64 - frees as i64) * class_size(c) as i64);
+    if ON.load(Ordering::Relaxed) {
+        count_down(allocs as u64 * class_size(c) as u64);
+    }
+}
+
+/// `n` blocks of class `c` freed by a heap that does not own their page (or a heapless thread).
+#[inline]
+pub(crate) fn freed_small(c: usize, n: u64) {
+    live_add(-((n * class_size(c) as u64) as i64));
+}
+
+/// Large or huge block `p` of `bytes` (usable size) handed out.
+#[inline]
+pub(crate) fn big_allocated(p: *mut u8, bytes: usize) {
+    live_add(bytes as i64);
+    if ON.load(Ordering::Relaxed) {
+        big_sample(p, bytes);
+    }
+}
+
+/// Large or huge block `p` of `bytes` (usable size) freed (or moved away by `realloc`).
+#[inline]
+pub(crate) fn big_freed(p: *mut u8, bytes: usize) {
+    live_add(-(bytes as i64));
+    if EVER.load(Ordering::Relaxed) {
+        freed(p as usize);
+    }
+}
+
+/// The live bytes as folded so far and their high-water mark (see the module documentation).
+pub(crate) fn live_folded() -> (u64, u64) {
+    (LIVE.load(Ordering::Relaxed).max(0) as u64, LIVE_PEAK.load(Ordering::Relaxed).max(0) as u64)
+}
+
+// ---- the sampling profiler ----
+
+/// Return addresses kept per call stack.
+pub(crate) const MAX_FRAMES: usize = 30;
+/// Call sites the table holds (a power of two; further stacks are counted in site 0).
+const SITES: usize = 4096;
+/// Live sampled blocks the table holds (a power of two; further samples are dropped, counted).
+const SAMPLES: usize = 1 << 16;
+
+/// One call site: its stack and what its samples add up to (bytes are sample weights).
+#[repr(C)]
+pub(crate) struct Site {
+    /// The stack's hash (0: the slot is free; site 0 holds stacks that found no slot).
+    hash: u64,
+    /// Valid entries of `frames`.
+    pub(crate) depth: u32,
+    /// Return addresses, innermost first.
+    pub(crate) frames: [usize; MAX_FRAMES],
+    /// Bytes allocated (estimated from the samples) and samples taken.
+    pub(crate) alloc_bytes: u64,
+    /// Samples taken here.
+    pub(crate) samples: u64,
+    /// Bytes allocated and not yet freed.
+    pub(crate) live_bytes: u64,
+    /// `live_bytes` when the sampled live bytes were at their highest.
+    pub(crate) peak_bytes: u64,
+    /// Bytes freed, and of them those freed on another node than the allocating CPU's.
+    pub(crate) freed_bytes: u64,
+    /// See `freed_bytes`.
+    pub(crate) remote_bytes: u64,
+    /// Sum of the freed samples' lifetimes in ms, and how many there were.
+    pub(crate) lifetime_ms: u64,
+    /// See `lifetime_ms`.
+    pub(crate) freed_samples: u64,
+    /// Bytes allocated per node of the allocating CPU (slot `min(node, 3)`).
+    pub(crate) node_bytes: [u64; 4],
+    /// Sum of the sampled blocks' sizes (their mean: `sizes / samples`).
+    pub(crate) sizes: u64,
+    /// Allocating threads: bit `thread id % 64` (its population: a lower bound of how many).
+    pub(crate) threads: u64,
+}
+
+/// One live sampled block.
+#[repr(C)]
+struct Sample {
+    /// Block address (0: free slot).
+    addr: usize,
+    weight: u64,
+    t_ms: u64,
+    site: u32,
+    node: u16,
+    _pad: u16,
+    /// The allocating thread.
+    thread: u32,
+    /// The block's size.
+    size: u64,
+}
+
+/// Executable mappings the profiler knows (re-read at most once a second while sampling).
+const CODE_RANGES: usize = 256;
+
+struct Tables {
+    /// Executable mappings, for telling return addresses from data in the frame walk.
+    code: [(usize, usize); CODE_RANGES],
+    code_len: usize,
+    code_read_ms: u64,
+    /// The allocator's own code's mapping.
+    own: (usize, usize),
+    sites: *mut Site,
+    samples: *mut Sample,
+    live: u64,
+    peak: u64,
+    /// `live` when the sites' `peak_bytes` were last taken (taken again 1/64 above it).
+    peak_taken: u64,
+    live_samples: usize,
+    dropped: u64,
+}
+
+// SAFETY: the tables are process-wide memory, used under the lock only.
+unsafe impl Send for Tables {}
+
+static TABLES: Lock<Tables> = Lock::new(
+    LockKind::Other,
+    Tables {
+        code: [(0, 0); CODE_RANGES],
+        code_len: 0,
+        code_read_ms: 0,
+        own: (0, 0),
+        sites: core::ptr::null_mut(),
+        samples: core::ptr::null_mut(), live: 0, peak: 0, peak_taken: 0, live_samples: 0, dropped: 0 },
+);
+/// Sampling on.
+static ON: AtomicBool = AtomicBool::new(false);
+/// The tables exist (frees of sampled blocks are looked up, even after [`stop`]).
+static EVER: AtomicBool = AtomicBool::new(false);
+/// Mean bytes between samples.
+static INTERVAL: AtomicU64 = AtomicU64::new(512 << 10);
+
+const TABLES_BYTES: usize = (SITES * core::mem::size_of::<Site>() + SAMPLES * core::mem::size_of::<Sample>() + 0xffff) & !0xffff;
+
+/// Starts sampling every `interval` bytes on average (0: the option's value); maps the tables
+/// the first time. False if they cannot be mapped.
+pub(crate) fn start(interval: u64) -> bool {
+    let interval = if interval == 0 { crate::config::options::get().prof_sample.max(1) } else { interval };
+    INTERVAL.store(interval, Ordering::Relaxed);
+    let mut t = TABLES.lock();
+    if t.sites.is_null() {
+        // SAFETY: a fresh anonymous mapping (zeroed: every slot free).
+        let m = unsafe { os::map_aligned(TABLES_BYTES, 1 << 16) };
+        if m.is_null() {
+            return false;
+        }
+        t.sites = m.cast();
+        // SAFETY: inside the mapping (TABLES_BYTES holds both tables).
+        t.samples = unsafe { m.add(SITES * core::mem::size_of::<Site>()) }.cast();
+        EVER.store(true, Ordering::Release);
+    }
+    drop(t);
+    ON.store(true, Ordering::Release);
+    true
+}
+
+/// Stops sampling (frees of blocks sampled so far are still recorded).
+pub(crate) fn stop() {
+    ON.store(false, Ordering::Release);
+}
+
+/// Whether sampling is on.
+pub(crate) fn active() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+// The calling thread's profiler words (`os::tls::prof_words`).
+const W_LEFT: usize = 0; // bytes left until the next sample (as i64)
+const W_STACK_END: usize = 1; // end of the stack's mapping (0: not looked up; 1: none found)
+const W_RNG: usize = 2; // xorshift state (0: not seeded)
+const W_PENDING: usize = 3; // samples owed to the next block handed out (small classes)
+
+fn words() -> &'static mut [u64; os::tls::PROF_WORDS] {
+    // SAFETY: this thread's own words, used by this thread only and never across a call that
+    // could use them again (no reentry: the profiler does not allocate).
+    unsafe { &mut *os::tls::prof_words() }
+}
+
+/// The next interval: exponentially distributed with mean [`INTERVAL`].
+fn next_interval(w: &mut [u64; os::tls::PROF_WORDS]) -> i64 {
+    if w[W_RNG] == 0 {
+        w[W_RNG] = Sys::random_u64() | 1;
+    }
+    let mut x = w[W_RNG];
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w[W_RNG] = x;
+    let u = ((x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) + 1) as f64 / (1u64 << 53) as f64; // (0, 1]
+    let mean = INTERVAL.load(Ordering::Relaxed) as f64;
+    ((-ln(u) * mean) as i64).max(1)
+}
+
+/// Natural logarithm without libm (`core` has none): frexp by the exponent bits, then the
+/// atanh series, to ~1e-10.
+fn ln(x: f64) -> f64 {
+    let bits = x.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i64 - 1022;
+    let m = f64::from_bits((bits & !(0x7ff << 52)) | (1022 << 52)); // in [0.5, 1)
+    let z = (m - 1.0) / (m + 1.0);
+    let z2 = z * z;
+    let mut term = z;
+    let mut sum = 0.0;
+    let mut k = 1.0;
+    while k < 40.0 {
+        sum += term / k;
+        term *= z2;
+        k += 2.0;
+    }
+    2.0 * sum + e as f64 * core::f64::consts::LN_2
+}
+
+/// Counts `bytes` allocated by this thread; a run-out interval is owed to the next block the
+/// refill hands out ([`small_refilled`]).
+fn count_down(bytes: u64) {
+    let w = words();
+    if w[W_RNG] == 0 {
+        w[W_LEFT] = next_interval(w) as u64;
+    }
+    let mut left = w[W_LEFT] as i64 - bytes as i64;
+    while left <= 0 {
+        w[W_PENDING] += 1;
+        left += next_interval(w);
+    }
+    w[W_LEFT] = left as u64;
+}
+
+/// The block `p` a refill of heap `h` just handed out: sampled if an interval ran out (see the
+/// module documentation). One flag load when profiling is off.
+#[inline]
+pub(crate) fn small_refilled(h: *mut crate::thread::heap::Heap, p: *mut u8) {
+    if ON.load(Ordering::Relaxed) && !p.is_null() {
+        small_sample(h, p);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn small_sample(h: *mut crate::thread::heap::Heap, p: *mut u8) {
+    let w = words();
+    let owed = core::mem::take(&mut w[W_PENDING]);
+    if owed == 0 {
+        return;
+    }
+    let Some((_, page)) = crate::layout::lookup(p) else { return };
+    // SAFETY: a live page of this thread's heap (the refill handed `p` out of it).
+    let pg = unsafe { &*page };
+    if !pg.owned_by(h as usize) {
+        return; // the orphan heap's or a pooled block's: not flagged, not sampled
+    }
+    let size = pg.block_size.get() as u64;
+    if record(p as usize, size, owed * INTERVAL.load(Ordering::Relaxed)) {
+        // Every free of this page now takes the slow path, where the table is looked up.
+        pg.flags.set(pg.flags.get() | PF_SAMPLED);
+        pg.set_owner(h as usize);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn big_sample(p: *mut u8, bytes: usize) {
+    if p.is_null() {
+        return;
+    }
+    let w = words();
+    if w[W_RNG] == 0 {
+        w[W_LEFT] = next_interval(w) as u64;
+    }
+    let mut left = w[W_LEFT] as i64 - bytes as i64;
+    if left > 0 {
+        w[W_LEFT] = left as u64;
+        return;
+    }
+    while left <= 0 {
+        left += next_interval(w);
+    }
+    w[W_LEFT] = left as u64;
+    // A block of size s is sampled with probability 1 - exp(-s/T): it stands for s / that.
+    let t = INTERVAL.load(Ordering::Relaxed) as f64;
+    let s = bytes as f64;
+    let x = s / t;
+    let p_sampled = if x > 30.0 { 1.0 } else { 1.0 - 1.0 / exp(x) };
+    record(p as usize, bytes as u64, (s / p_sampled.max(1e-12)) as u64);
+}
+
+fn exp(x: f64) -> f64 {
+    // e^x = 2^k * e^r, |r| <= ln2/2; the Taylor series of e^r.
+    let k = (x / core::f64::consts::LN_2 + 0.5) as i64;
+    let r = x - k as f64 * core::f64::consts::LN_2;
+    let (mut term, mut sum, mut i) = (1.0, 1.0, 1.0);
+    while i < 25.0 {
+        term *= r / i;
+        sum += term;
+        i += 1.0;
+    }
+    sum * f64::from_bits(((k + 1023).clamp(1, 2046) as u64) << 52)
+}
+
+/// The end of the calling thread's stack mapping (cached per thread; 0 if not found).
+fn stack_end() -> usize {
+    let w = words();
+    if w[W_STACK_END] == 0 {
+        let sp = os::stack_pointer();
+        let mut end = 1usize;
+        Sys::for_each_mapping(&mut |m| {
+            if m.readable && m.start <= sp && sp < m.end {
+                end = m.end;
+            }
+        });
+        w[W_STACK_END] = end as u64;
+    }
+    match w[W_STACK_END] as usize {
+        1 => 0,
+        e => e,
+    }
+}
+
+fn hash_frames(frames: &[usize]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &f in frames {
+        h = (h ^ f as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h | 1
+}
+
+fn slot_of_addr(addr: usize) -> usize {
+    ((addr as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as usize & (SAMPLES - 1)
+}
+
+/// Reads the executable mappings into `t.code` (and which one holds this code into `t.own`).
+fn read_code_ranges(t: &mut Tables, now: u64) {
+    let here = read_code_ranges as *const () as usize;
+    let (mut n, mut own) = (0, (0, 0));
+    let code = &mut t.code;
+    Sys::for_each_mapping(&mut |m| {
+        if m.executable && m.readable && n < CODE_RANGES {
+            code[n] = (m.start, m.end);
+            n += 1;
+            // The allocator's frames are told apart by their mapping when it is a shared library
+            // (preloaded or linked); linked into the program, by nothing (see `os::frame_walk`).
+            if m.start <= here && here < m.end && m.path.windows(3).any(|w| w == b".so") {
+                own = (m.start, m.end);
+            }
+        }
+    });
+    t.code_len = n;
+    t.own = own;
+    t.code_read_ms = now;
+}
+
+/// Records a sample of `size` bytes at `addr` standing for `weight` bytes; false if the tables
+/// do not exist or are full.
+fn record(addr: usize, size: u64, weight: u64) -> bool {
+    let end = stack_end();
+    let node = Sys::current_cpu().and_then(|c| crate::config::topology::get().cpu_node(c)).unwrap_or(0);
+    let now = Sys::now_ms();
+    let thread = os::thread_id();
+    let mut t = TABLES.lock();
+    if t.sites.is_null() {
+        return false;
+    }
+    if now >= t.code_read_ms + 1000 || t.code_len == 0 {
+        read_code_ranges(&mut t, now);
+    }
+    let mut frames = [0usize; MAX_FRAMES];
+    let depth = {
+        let code = &t.code[..t.code_len];
+        let is_code = |a: usize| code.iter().any(|&(s, e)| s <= a && a < e);
+        os::frame_walk(&mut frames, end, &is_code, t.own)
+    };
+    let frames = &frames[..depth];
+    let (sites, samples) = (t.sites, t.samples);
+    // The call site.
+    let h = hash_frames(frames);
+    let mut site = 0usize;
+    let mut i = (h as usize) & (SITES - 1);
+    for _ in 0..64 {
+        if i != 0 {
+            // SAFETY: `i < SITES`, inside the table; under the lock.
+            let s = unsafe { &mut *sites.add(i) };
+            if s.hash == 0 {
+                s.hash = h;
+                s.depth = depth as u32;
+                s.frames[..depth].copy_from_slice(frames);
+                site = i;
+                break;
+            }
+            if s.hash == h && s.depth as usize == depth && s.frames[..depth] == *frames {
+                site = i;
+                break;
+            }
+        }
+        i = (i + 1) & (SITES - 1);
+    }
+    // The block.
+    if t.live_samples >= SAMPLES / 2 {
+        t.dropped += 1;
+        return false;
+    }
+    let mut j = slot_of_addr(addr);
+    // SAFETY: indices masked to the table; under the lock. At most half the slots are used, so
+    // a free one is found.
+    unsafe {
+        while (*samples.add(j)).addr != 0 {
+            j = (j + 1) & (SAMPLES - 1);
+        }
+        *samples.add(j) = Sample { addr, weight, t_ms: now, site: site as u32, node: node as u16, _pad: 0, thread, size };
+        let s = &mut *sites.add(site);
+        s.alloc_bytes += weight;
+        s.samples += 1;
+        s.live_bytes += weight;
+        s.node_bytes[node.min(3)] += weight;
+        s.sizes += size;
+        s.threads |= 1 << (thread % 64);
+    }
+    t.live_samples += 1;
+    t.live += weight;
+    if t.live > t.peak {
+        t.peak = t.live;
+        if t.live > t.peak_taken + t.peak_taken / 64 {
+            t.peak_taken = t.live;
+            for k in 0..SITES {
+                // SAFETY: inside the table; under the lock.
+                let s = unsafe { &mut *sites.add(k) };
+                s.peak_bytes = s.live_bytes;
+            }
+        }
+    }
+    true
+}
+
+/// A small block of `page` freed (any thread): looked up if the page holds sampled blocks.
+#[inline]
+pub(crate) fn small_freed(page: &Page, p: *mut u8) {
+    if page.flags.get() & PF_SAMPLED != 0 {
+        freed(p as usize);
+    }
+}
+
+/// A block freed: if it was sampled, its site's live bytes go down and the free is recorded.
+#[cold]
+#[inline(never)]
+fn freed(addr: usize) {
+    let mut t = TABLES.lock();
+    if t.samples.is_null() {
+        return;
+    }
+    let (sites, samples) = (t.sites, t.samples);
+    let mut j = slot_of_addr(addr);
+    // SAFETY: indices masked to the tables; under the lock.
+    unsafe {
+        loop {
+            let a = (*samples.add(j)).addr;
+            if a == 0 {
+                return; // not sampled
+            }
+            if a == addr {
+                break;
+            }
+            j = (j + 1) & (SAMPLES - 1);
+        }
+        let smp = &*samples.add(j);
+        let node = Sys::current_cpu().and_then(|c| crate::config::topology::get().cpu_node(c)).unwrap_or(0);
+        let s = &mut *sites.add(smp.site as usize);
+        s.live_bytes = s.live_bytes.saturating_sub(smp.weight);
+        s.freed_bytes += smp.weight;
+        if node != smp.node as usize {
+            s.remote_bytes += smp.weight;
+        }
+        s.lifetime_ms += Sys::now_ms().saturating_sub(smp.t_ms);
+        s.freed_samples += 1;
+        t.live = t.live.saturating_sub(smp.weight);
+        t.live_samples -= 1;
+        // Backward-shift deletion (linear probing without tombstones).
+        let mut hole = j;
+        let mut k = (j + 1) & (SAMPLES - 1);
+        loop {
+            let a = (*samples.add(k)).addr;
+            if a == 0 {
+                break;
+            }
+            let home = slot_of_addr(a);
+            // Move `k` into the hole unless its home lies cyclically in (hole, k].
+            let stays = if hole <= k { hole < home && home <= k } else { hole < home || home <= k };
+            if !stays {
+                core::ptr::copy_nonoverlapping(samples.add(k), samples.add(hole), 1);
+                hole = k;
+            }
+            k = (k + 1) & (SAMPLES - 1);
+        }
+        (*samples.add(hole)).addr = 0;
+    }
+}
+
+/// What the profile holds, for a dump: calls `f` with each call site that has samples (under
+/// the tables' lock; `in_signal`: not if the calling thread holds it, then false). Also returns
+/// the sampled live bytes, their peak and the samples dropped for want of room.
+pub(crate) fn for_each_site(in_signal: bool, f: &mut dyn FnMut(&Site)) -> Option<(u64, u64, u64)> {
+    if !EVER.load(Ordering::Acquire) || (in_signal && TABLES.held_by_me()) {
+        return None;
+    }
+    let t = TABLES.lock();
+    for k in 0..SITES {
+        // SAFETY: inside the table; under the lock.
+        let s = unsafe { &*t.sites.add(k) };
+        if s.samples != 0 {
+            f(s);
+        }
+    }
+    Some((t.live, t.peak, t.dropped))
+}
+
+/// The profiler's lock, for the fork handlers (`init.rs`): a leaf, taken with no other lock held.
+pub(crate) fn fork_lock() -> &'static Lock<impl Send> {
+    &TABLES
+}
+
+/// The mean sampling interval in bytes.
+pub(crate) fn interval() -> u64 {
+    INTERVAL.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ln_and_exp_are_accurate() {
+        for x in [1e-9, 0.001, 0.3, 0.5, 0.9999, 1.0] {
+            assert!((ln(x) - x.ln()).abs() < 1e-9, "ln({x})");
+        }
+        for x in [0.0, 0.001, 0.5, 1.0, 7.5, 29.0] {
+            assert!((exp(x) / x.exp() - 1.0).abs() < 1e-9, "exp({x})");
+        }
+    }
+}
