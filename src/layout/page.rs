@@ -423,29 +423,7 @@ impl Page {
 
 // ---- links ----
 
-/// The per-process key mixed into every stored link (odd: never 0). It is read on every
-/// allocation and free and written once, so it gets a cache line of its own: a neighbour that is
-/// written (a lock, a pool head) would otherwise make every core miss on it.
-#[repr(align(128))]
-struct KeyLine(AtomicUsize);
-
-static LINK_KEY: KeyLine = KeyLine(AtomicUsize::new(0x9e37_79b9_7f4a_7c15));
-
-/// Takes `LINK_KEY`'s address so that the optimiser keeps it whole (with its alignment) instead of
-/// splitting the one-field struct into a bare word that the linker packs beside other statics.
-#[used]
-static LINK_KEY_LINE: &KeyLine = &LINK_KEY;
-
-/// Sets the link key. Called once during initialisation, before any block exists.
-pub(crate) fn set_link_key(k: u64) {
-    LINK_KEY.0.store(k as usize | 1, Ordering::Relaxed);
-}
-
-/// The link key.
-#[inline(always)]
-pub(crate) fn link_key() -> usize {
-    LINK_KEY.0.load(Ordering::Relaxed)
-}
+pub(crate) use super::codec::{link_key, set_link_key, Codec};
 
 /// Reads free block `b`'s link, aborting if it does not decode to null or a block of `page`.
 ///
@@ -463,17 +441,8 @@ pub(crate) unsafe fn next_of(page: &Page, b: *mut Block) -> *mut Block {
 /// As [`next_of`].
 #[inline(always)]
 unsafe fn raw_next(b: *mut Block, key: usize) -> *mut Block {
-    #[cfg(domalloc_plain_links)]
-    {
-        let _ = key;
-        // SAFETY: the caller's contract.
-        return unsafe { (*b).next };
-    }
-    #[cfg(not(domalloc_plain_links))]
     // SAFETY: the caller's contract.
-    unsafe {
-        ((*b).next as usize ^ b as usize ^ key) as *mut Block
-    }
+    unsafe { Codec::with(key).read(b.cast()) as *mut Block }
 }
 
 /// Aborts unless `next` (from [`raw_next`] of `b`) is null or a block of `page`.
@@ -495,21 +464,10 @@ fn check_next(page: &Page, b: *mut Block, next: *mut Block) {
 pub(crate) unsafe fn next_of_k(page: &Page, b: *mut Block, key: usize) -> *mut Block {
     // Measurement build only (`RUSTFLAGS=--cfg domalloc_plain_links`): plain, unchecked links,
     // to price the encoding and the double-free screen. Never a build to run.
-    #[cfg(domalloc_plain_links)]
-    {
-        let _ = (page, key);
-        // SAFETY: the caller's contract.
-        return unsafe { (*b).next };
-    }
-    #[cfg(not(domalloc_plain_links))]
-    {
-        // SAFETY: the caller's contract.
-        let v = unsafe { (*b).next } as usize ^ b as usize ^ key;
-        if v != 0 && !page.is_block(v) {
-            corrupted(page, b);
-        }
-        v as *mut Block
-    }
+    // SAFETY: the caller's contract.
+    let next = unsafe { raw_next(b, key) };
+    check_next(page, b, next);
+    next
 }
 
 /// Writes free block `b`'s link to `next` (null or a block of the same span), encoded.
@@ -528,13 +486,8 @@ pub(crate) unsafe fn set_next(b: *mut Block, next: *mut Block) {
 /// As [`set_next`].
 #[inline(always)]
 pub(crate) unsafe fn set_next_k(b: *mut Block, next: *mut Block, key: usize) {
-    #[cfg(domalloc_plain_links)]
-    let key = {
-        let _ = key;
-        b as usize // cancels the block address: the link is stored plain
-    };
     // SAFETY: the caller's contract.
-    unsafe { (*b).next = (next as usize ^ b as usize ^ key) as *mut Block }
+    unsafe { Codec::with(key).write(b.cast(), next as usize) }
 }
 
 /// The fast screen for a freed block: its first word decodes to null or to an address inside
@@ -554,7 +507,7 @@ pub(crate) unsafe fn may_be_freed(page: &Page, b: *mut Block, key: usize) -> boo
     #[cfg(not(domalloc_plain_links))]
     {
         // SAFETY: the caller's contract: a mapped block of at least 8 bytes.
-        let v = unsafe { (*b).next } as usize ^ b as usize ^ key;
+        let v = unsafe { Codec::with(key).read(b.cast()) };
         v == 0 || (v.wrapping_sub(page.start.get()) as u64) < page.limit.get() as u64
     }
 }
@@ -575,7 +528,7 @@ pub(crate) unsafe fn is_freed(page: &Page, b: *mut Block) -> bool {
     #[cfg(not(domalloc_plain_links))]
     {
         // SAFETY: the caller's contract: a mapped block of at least 8 bytes.
-        let v = unsafe { (*b).next } as usize ^ b as usize ^ link_key();
+        let v = unsafe { Codec::current().read(b.cast()) };
         v == 0 || page.is_block(v)
     }
 }

@@ -110,8 +110,7 @@ impl HomePool {
         // SAFETY: a pooled block of ours; its link decodes to another pooled block or null,
         // which is checked when it is taken in turn (links cross spans here).
         unsafe {
-            let raw = (*b).next as usize ^ b as usize ^ layout::link_key();
-            *slot = raw as *mut Block;
+            *slot = layout::Codec::current().read(b.cast()) as *mut Block;
             (*b).next = ptr::null_mut();
         }
         if g.small[c - PLACED_MIN_CLASS].is_null() {
@@ -201,7 +200,7 @@ impl HomePool {
                 unsafe {
                     crate::node::placement::purge_tail(b.cast(), bs);
                     tail = b;
-                    b = ((*b).next as usize ^ b as usize ^ layout::link_key()) as *mut Block;
+                    b = layout::Codec::current().read(b.cast()) as *mut Block;
                 }
             }
             if !head.is_null() {
