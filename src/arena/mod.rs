@@ -7,5 +7,5 @@
 mod queues;
 mod purge;
 
-pub(crate) use queues::{Arena, arena, arena_count, arena_index, arena_node, cpus_of_node, node_arena, push_list, set_table};
+pub(crate) use queues::{Arena, arena, arena_index, arena_node, cpus_of_node, fork_locks, node_arena, push_list, set_table};
 pub(crate) use purge::{forget_purge_thread, free_span_list, maintain, page_queued, purge_thread_running, purge_wanted, set_heap_trim, sweep_all, thread_exited, thread_started};

@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::config;
 use crate::sys::LockKind;
 use crate::node;
-use crate::sys::Lock;
+use crate::sys::{ForkLock, ForkStage, Lock};
 use crate::layout::Page;
 use crate::layout::{SpanPlacement, PLACEMENTS};
 use crate::layout::size_class::CLASSES;
@@ -313,6 +313,15 @@ pub(crate) unsafe fn set_table(arenas: *mut Arena, n_cpus: usize, n_nodes: usize
 pub(crate) fn arena_count() -> usize {
     let t = TABLE.get();
     t.n_cpus + t.n_nodes
+}
+
+/// The arena layer's locks of fork stage `stage` (see `sys::ForkStage`): every arena's queue lock.
+pub(crate) fn fork_locks(stage: ForkStage, f: &mut dyn FnMut(&dyn ForkLock)) {
+    if stage == ForkStage::Queues {
+        for i in 0..arena_count() {
+            f(arena(i).fork_lock());
+        }
+    }
 }
 
 /// Number of per-CPU arenas (the first of the table).

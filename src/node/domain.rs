@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config;
 use crate::layout::List;
-use crate::sys::Lock;
+use crate::sys::{ForkLock, ForkStage, Lock};
 use crate::config::options::{self, Policy};
 use crate::sys::os::{self, Os, Placement, Sys};
 use crate::layout::{
@@ -632,6 +632,22 @@ pub(crate) fn domain(n: usize) -> &'static Domain {
 #[inline]
 pub(crate) fn domain_slots() -> usize {
     TABLE.get().n
+}
+
+/// The node layer's locks of fork stage `stage` (see `sys::ForkStage`): the domains' span locks,
+/// then, as leaves, their home pools and huge-block caches.
+pub(crate) fn fork_locks(stage: ForkStage, f: &mut dyn FnMut(&dyn ForkLock)) {
+    for n in 0..domain_slots() {
+        let d = domain(n);
+        match stage {
+            ForkStage::Spans => f(&d.lock),
+            ForkStage::Leaves => {
+                f(d.pool.fork_lock());
+                f(d.huge_cache.fork_lock());
+            }
+            ForkStage::Outer | ForkStage::Queues => {}
+        }
+    }
 }
 
 /// The node of the one domain used when NUMA is off.

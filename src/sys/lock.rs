@@ -176,6 +176,61 @@ impl<T> Drop for Guard<'_, T> {
     }
 }
 
+/// The fork handlers' view of a lock, whatever it guards (`thread/init.rs` takes every lock
+/// of the allocator in `fork_prepare` and releases them in `fork_parent` and `fork_child`).
+pub(crate) trait ForkLock {
+    /// Takes the lock for the fork (a lock the forking thread holds itself is left alone).
+    fn acquire(&self);
+    /// Whether the calling thread holds it.
+    fn held_by_me(&self) -> bool;
+    /// Releases what `acquire` took.
+    ///
+    /// # Safety
+    /// After `acquire` by this thread (or its image in the child).
+    unsafe fn release(&self);
+    /// Whether some thread holds it.
+    #[cfg(test)]
+    fn locked(&self) -> bool;
+}
+
+impl<T> ForkLock for Lock<T> {
+    fn acquire(&self) {
+        self.fork_acquire()
+    }
+    fn held_by_me(&self) -> bool {
+        Lock::held_by_me(self)
+    }
+    unsafe fn release(&self) {
+        // SAFETY: forwarded.
+        unsafe { self.fork_release() }
+    }
+    #[cfg(test)]
+    fn locked(&self) -> bool {
+        self.is_locked()
+    }
+}
+
+/// The order in which the fork handlers take the allocator's locks, stage by stage (each layer
+/// names its locks of each stage: jemalloc's `*_prefork` stages): a lock held while another is
+/// taken comes in an earlier stage than that other one, so the handlers never wait in the
+/// opposite order of a thread that allocates.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ForkStage {
+    /// Process-wide locks held while refilling (start-up, orphan and node heaps, heap pool).
+    Outer,
+    /// The domains' span locks.
+    Spans,
+    /// The arenas' queue locks.
+    Queues,
+    /// Locks under which no other allocator lock is taken.
+    Leaves,
+}
+
+impl ForkStage {
+    /// Every stage, in the order the prepare handler takes them.
+    pub(crate) const ALL: [ForkStage; 4] = [ForkStage::Outer, ForkStage::Spans, ForkStage::Queues, ForkStage::Leaves];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ mod contention;
 mod util;
 pub(crate) mod os;
 
-pub(crate) use lock::Lock;
+pub(crate) use lock::{ForkLock, ForkStage, Lock};
 pub(crate) use sync::{AtomicUsize, Ordering, cas_retry};
 pub(crate) use contention::{LockKind, Phase, in_phase, op, report_line, set_domain_lock_probe};
 pub(crate) use util::{BufWriter, Bytes, SetOnce, edit_distance, for_each_in_list, parse_size, parse_u64, trim};

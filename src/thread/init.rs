@@ -28,7 +28,7 @@ use crate::node::{self, Domain, domain, domain_slots};
 use crate::thread::heap::{dead_heap, Heap, HeapCounters};
 use crate::thread::tls;
 use crate::layout::List;
-use crate::sys::Lock;
+use crate::sys::{ForkLock, ForkStage, Lock};
 use crate::config::options::{self, NumaMode, Policy};
 use crate::sys::os::{self, Os, ProcessPolicy, Sys, ThreadKey, OS_PAGE};
 use crate::config::topology;
@@ -557,24 +557,33 @@ static STDIO_TAKEN: AtomicBool = AtomicBool::new(false);
 /// process-wide ones and the node heaps first (they are held while refilling, which takes the
 /// others), then the inner ones, which never nest.
 fn each_lock(mut f: impl FnMut(&dyn ForkLock)) {
-    f(&INIT_LOCK);
-    f(&ORPHAN);
-    let n_nodes = domain_slots();
-    for n in 0..n_nodes {
-        f(node_heap(n));
+    for stage in ForkStage::ALL {
+        fork_locks(stage, &mut f);
+        crate::arena::fork_locks(stage, &mut f);
+        crate::node::fork_locks(stage, &mut f);
     }
-    f(&POOL);
-    for n in 0..n_nodes {
-        f(&domain(n).lock);
+}
+
+/// The thread layer's locks of fork stage `stage` (see `sys::ForkStage`): start-up, the orphan
+/// heap, the node heaps and the heap pool first; the profiler's tables and the quarantine's
+/// thread-exit key as leaves.
+fn fork_locks(stage: ForkStage, f: &mut dyn FnMut(&dyn ForkLock)) {
+    match stage {
+        ForkStage::Outer => {
+            f(&INIT_LOCK);
+            f(&ORPHAN);
+            for n in 0..domain_slots() {
+                f(node_heap(n));
+            }
+            f(&POOL);
+        }
+        ForkStage::Leaves => {
+            f(crate::thread::prof::fork_lock());
+            #[cfg(feature = "quarantine")]
+            f(crate::thread::quarantine::fork_lock());
+        }
+        ForkStage::Spans | ForkStage::Queues => {}
     }
-    for i in 0..arena::arena_count() {
-        f(arena::arena(i).fork_lock());
-    }
-    for n in 0..n_nodes {
-        f(domain(n).pool.fork_lock());
-        f(domain(n).huge_cache.fork_lock());
-    }
-    f(crate::thread::prof::fork_lock());
 }
 
 /// Whether the calling thread holds one of the allocator's locks (a signal handler's call
@@ -590,36 +599,6 @@ pub(crate) fn holds_a_lock() -> bool {
     let mut held = false;
     each_lock(|l| held |= l.held_by_me());
     held
-}
-
-/// What the fork handlers do with each lock (whatever it guards).
-trait ForkLock {
-    fn acquire(&self);
-    /// Whether the calling thread holds it.
-    fn held_by_me(&self) -> bool;
-    /// # Safety
-    /// After `acquire` by this thread (or its image in the child).
-    unsafe fn release(&self);
-    /// Whether some thread holds it.
-    #[cfg(test)]
-    fn locked(&self) -> bool;
-}
-
-impl<T> ForkLock for Lock<T> {
-    fn acquire(&self) {
-        self.fork_acquire()
-    }
-    fn held_by_me(&self) -> bool {
-        Lock::held_by_me(self)
-    }
-    unsafe fn release(&self) {
-        // SAFETY: forwarded.
-        unsafe { self.fork_release() }
-    }
-    #[cfg(test)]
-    fn locked(&self) -> bool {
-        self.is_locked()
-    }
 }
 
 /// Held by the thread that runs the fork handlers, from `fork_prepare` to `fork_parent` or
@@ -826,6 +805,47 @@ mod tests {
         let mut locked = false;
         each_lock(|l| locked |= l.locked());
         locked
+    }
+
+    /// `fork_prepare` holds every lock of every layer (each layer names its own, stage by
+    /// stage), the quarantine build's thread-exit key lock included, and `fork_parent` releases
+    /// them all.
+    #[test]
+    fn fork_prepare_takes_every_lock_of_every_layer() {
+        assert!(ensure_init());
+        let mut seen: [*const u8; 4] = [ptr::null(); 4];
+        let wanted: [*const u8; 4] = [
+            &POOL as *const _ as *const u8,
+            &domain(0).lock as *const _ as *const u8,
+            crate::arena::arena(0).fork_lock() as *const _ as *const u8,
+            domain(0).huge_cache.fork_lock() as *const _ as *const u8,
+        ];
+        #[cfg(feature = "quarantine")]
+        let mut quarantine_seen = false;
+        each_lock(|l| {
+            let a = l as *const dyn ForkLock as *const u8;
+            for (i, w) in wanted.iter().enumerate() {
+                if a == *w {
+                    seen[i] = a;
+                }
+            }
+            #[cfg(feature = "quarantine")]
+            if a == crate::thread::quarantine::fork_lock() as *const _ as *const u8 {
+                quarantine_seen = true;
+            }
+        });
+        assert_eq!(seen, wanted, "a layer's lock is missing from the fork handlers' set");
+        #[cfg(feature = "quarantine")]
+        assert!(quarantine_seen, "the quarantine's thread-exit key lock is not taken at fork");
+        // SAFETY: the handlers' calling sequence of a fork in the parent.
+        unsafe {
+            fork_prepare();
+            let mut all = true;
+            each_lock(|l| all &= l.locked());
+            fork_parent();
+            assert!(all, "fork_prepare left a lock free");
+        }
+        assert!(!any_locked(), "a lock stayed held after fork_parent");
     }
 
     /// A fork from a signal handler that interrupted the fork handlers themselves (the signal

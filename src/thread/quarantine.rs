@@ -289,6 +289,11 @@ static EXIT_KEY: AtomicU64 = AtomicU64::new(0);
 /// Serialises the key's creation.
 static EXIT_KEY_LOCK: crate::sys::Lock<()> = crate::sys::Lock::new(crate::sys::LockKind::Other, ());
 
+/// The thread-exit key's lock, for the fork handlers (a leaf: nothing else is taken under it).
+pub(crate) fn fork_lock() -> &'static crate::sys::Lock<()> {
+    &EXIT_KEY_LOCK
+}
+
 /// Arranges for the calling thread's quarantine to be flushed when it exits.
 #[cold]
 fn register_exit() {
