@@ -147,10 +147,7 @@ pub(crate) fn alloc_big_on(node: usize, size: usize, align: usize, zero: bool, p
 /// everything free or cached is given back and the allocation is tried once more.
 fn alloc_huge(node: usize, size: usize, align: usize, zero: bool, placed: bool, policy: bool) -> *mut u8 {
     let d = crate::node::domain(node);
-    let mut p = node::huge_alloc(d, size, align, zero, placed, policy);
-    if p.is_null() && crate::thread::release_free_memory() {
-        p = node::huge_alloc(d, size, align, zero, placed, policy);
-    }
+    let p = crate::thread::retrying_after_release(|| node::huge_alloc(d, size, align, zero, placed, policy));
     big_allocated(p);
     p
 }

@@ -260,6 +260,22 @@ pub(crate) fn release_free_memory() -> bool {
     released_bytes() != before
 }
 
+/// The one out-of-memory retry: `alloc()`, and when it gets null (the OS refused memory), gives
+/// back everything free or cached ([`release_free_memory`]) and tries once more if that released
+/// anything. Every kind of block (small spans, large spans, huge blocks) goes through it.
+#[inline]
+pub(crate) fn retrying_after_release<T>(mut alloc: impl FnMut() -> *mut T) -> *mut T {
+    let p = alloc();
+    if !p.is_null() {
+        return p;
+    }
+    if release_free_memory() {
+        alloc()
+    } else {
+        p
+    }
+}
+
 /// Bytes purged and unmapped so far (to tell whether a release did anything).
 fn released_bytes() -> (u64, u64) {
     let (mut purged, mut mapped) = (0u64, 0u64);

@@ -53,10 +53,7 @@ pub(crate) fn alloc(node: usize, size: usize, zero: bool) -> *mut u8 {
     }
     if page.is_null() {
         let arena = if tls::is_sentinel(h) || crate::arena::arena_node(arena as usize) != node { crate::arena::node_arena(node) as u32 } else { arena };
-        page = d.alloc_span(n, PageKind::Large, arena, placement);
-        if page.is_null() && crate::thread::init::release_free_memory() {
-            page = d.alloc_span(n, PageKind::Large, arena, placement);
-        }
+        page = crate::thread::init::retrying_after_release(|| d.alloc_span(n, PageKind::Large, arena, placement));
         if page.is_null() {
             return ptr::null_mut();
         }

@@ -130,10 +130,7 @@ impl Heap {
             }
         } else {
             let d = crate::node::domain(self.node());
-            page = d.alloc_span(n, PageKind::Small, self.arena.get(), placement);
-            if page.is_null() && crate::thread::init::release_free_memory() {
-                page = d.alloc_span(n, PageKind::Small, self.arena.get(), placement);
-            }
+            page = crate::thread::init::retrying_after_release(|| d.alloc_span(n, PageKind::Small, self.arena.get(), placement));
             if page.is_null() {
                 return page;
             }
