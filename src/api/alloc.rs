@@ -124,7 +124,7 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
     };
     let _busy = crate::thread::SlowPath::enter(h);
     let Some(node) = node.or_else(crate::thread::alloc_node) else { return ptr::null_mut() };
-    if crate::node::policy_covers(size) && crate::config::policy().1 > 0 {
+    if crate::node::huge_by_policy(size, false, true) {
         // Blocks above the policy's threshold get their own mapping with the policy applied.
         return alloc_huge(node, size, align.max(os::OS_PAGE), zero, false, true);
     }
@@ -138,7 +138,7 @@ pub(crate) fn alloc_big_on(node: usize, size: usize, align: usize, zero: bool, p
         big_allocated(p);
         p
     } else {
-        let policy = !placed && crate::node::policy_covers(size);
+        let policy = crate::node::huge_by_policy(size, placed, false);
         alloc_huge(node, size, align, zero, placed, policy)
     }
 }

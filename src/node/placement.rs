@@ -14,7 +14,8 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::config;
 use crate::config::options::Policy;
 use crate::sys::os::{self, Os, Placement, Sys, OS_PAGE, PAGE_ABSENT};
-use crate::layout::size_class::{class_of, class_size, SMALL_MAX};
+use crate::layout::size_class::{class_of, class_size, is_placed, SMALL_MAX};
+use crate::layout::SpanPlacement;
 
 /// Pages asked about per block: all of them up to this many, else evenly spaced ones.
 pub(crate) const SAMPLES: usize = 32;
@@ -187,6 +188,59 @@ pub(crate) unsafe fn purge_tail(p: *mut u8, len: usize) {
         // SAFETY: the caller's contract.
         unsafe { os::purge(p.add(OS_PAGE), len - OS_PAGE, os::PurgeMode::DontNeed) };
     }
+}
+
+/// What is being placed, for [`span_placement`] and [`huge_by_policy`]: the one placement
+/// decision for every kind of block.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BlockKind {
+    /// A span of small blocks of class `class`, for a heap whose thread is `pinned` or not.
+    Small { class: usize, pinned: bool },
+    /// A large block (one span) of `size` bytes.
+    Large { size: usize },
+}
+
+/// How the span of a small or large block is placed:
+/// - covered by the policy in force (`DOMALLOC_POLICY`, also the tier policy): from segments
+///   with the policy applied;
+/// - small blocks of the placed classes (16 KiB and more) on a multi-node machine, for a thread
+///   not pinned by the node API: first touch (fresh or purged memory, so the toucher's node
+///   decides);
+/// - large blocks: first touch too (also on one node: no transparent huge pages, so a block
+///   costs the pages the program touches), unless `DOMALLOC_THP=1` on one node, which keeps
+///   them in bound segments with huge pages;
+/// - everything else: bound to the heap's node.
+#[inline]
+pub(crate) fn span_placement(kind: BlockKind) -> SpanPlacement {
+    match kind {
+        BlockKind::Small { class, pinned } => {
+            if policy_covers(class_size(class)) {
+                SpanPlacement::Policy
+            } else if config::numa_enabled() && is_placed(class) && !pinned {
+                SpanPlacement::FirstTouch
+            } else {
+                SpanPlacement::Bound
+            }
+        }
+        BlockKind::Large { size } => {
+            if policy_covers(size) {
+                SpanPlacement::Policy
+            } else if config::options::get().thp && !config::numa_enabled() {
+                SpanPlacement::Bound
+            } else {
+                SpanPlacement::FirstTouch
+            }
+        }
+    }
+}
+
+/// Whether a block of `size` bytes above the small sizes gets its own mapping with the policy
+/// applied (`placed`: bound by the node API, which the policy never overrides). `threshold_only`:
+/// asked before choosing between a large and a huge block, when only a policy with a size
+/// threshold (`@<size>`) sends large sizes to their own mapping.
+#[inline]
+pub(crate) fn huge_by_policy(size: usize, placed: bool, threshold_only: bool) -> bool {
+    !placed && policy_covers(size) && (!threshold_only || config::policy().1 > 0)
 }
 
 /// Whether the policy in force applies to blocks of `size` bytes. Small blocks are covered per

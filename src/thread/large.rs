@@ -27,13 +27,7 @@ pub(crate) fn alloc(node: usize, size: usize, zero: bool) -> *mut u8 {
     // 37.5 MiB of payload). The price: a fresh block's first touch takes a fault per 4 KiB
     // page (as glibc's), not per 2 MiB; `DOMALLOC_THP=1` keeps them in bound segments with huge
     // pages on one-node machines.
-    let placement = if crate::node::policy_covers(size) {
-        SpanPlacement::Policy
-    } else if crate::config::options::get().thp && !crate::config::numa_enabled() {
-        SpanPlacement::Bound
-    } else {
-        SpanPlacement::FirstTouch
-    };
+    let placement = crate::node::span_placement(crate::node::BlockKind::Large { size });
     let h = tls::own_heap();
     // SAFETY: a real heap is this thread's (only read here); sentinels are only read.
     let arena = unsafe { (*h).arena_index() } as u32;

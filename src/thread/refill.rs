@@ -98,13 +98,7 @@ impl Heap {
 
     /// Where class `c`'s spans come from.
     pub(crate) fn placement_for(&self, c: usize) -> SpanPlacement {
-        if crate::node::policy_covers(class_size(c)) {
-            SpanPlacement::Policy
-        } else if crate::config::numa_enabled() && is_placed(c) && !self.pinned.get() {
-            SpanPlacement::FirstTouch
-        } else {
-            SpanPlacement::Bound
-        }
+        crate::node::span_placement(crate::node::BlockKind::Small { class: c, pinned: self.pinned.get() })
     }
 
     /// A span for class `c`: parked empty in our arena, else fresh from the node's domain
