@@ -5,7 +5,7 @@
 #   scripts/reliability.sh fuzz    replay the seed corpus, then fuzz alloc_ops for FUZZ_SECS (60)
 #   scripts/reliability.sh loom    loom on the page remote-free protocol's real code (loom-model/)
 #   scripts/reliability.sh tsan    ThreadSanitizer on smoke, random_ops and the full-page scenario
-#   scripts/reliability.sh miri    Miri on the pure modules (size_class, util)
+#   scripts/reliability.sh miri    Miri on the pure modules (size_class, util, layout::codec)
 #   scripts/reliability.sh soak    tests/soak.rs for DOMALLOC_SOAK_SECS (60), plus misuse and
 #                                  faults in both build modes
 #   scripts/reliability.sh all     everything above
@@ -100,13 +100,13 @@ run_tsan() {
 }
 
 run_miri() {
-    step "miri: size_class and util"
+    step "miri: size_class, util and the link codec"
     if ! have_nightly; then record miri skip "no nightly toolchain"; return; fi
     if ! cargo +nightly miri --version >/dev/null 2>&1 && ! rustup +nightly component add miri >/dev/null 2>&1; then
         record miri skip "miri not installed and not installable"; return
     fi
     local t0=$SECONDS
-    if cargo +nightly miri test -p domalloc --lib -- size_class util >"$LOGS/miri.log" 2>&1; then
+    if cargo +nightly miri test -p domalloc --lib -- size_class util codec >"$LOGS/miri.log" 2>&1; then
         record miri pass "$(grep -o '[0-9]* passed' "$LOGS/miri.log" | tail -1) in $((SECONDS - t0)) s"
     else
         tail -30 "$LOGS/miri.log"; record miri FAIL "see $LOGS/miri.log"

@@ -854,3 +854,102 @@ pub(crate) unsafe fn is_unused(page: &Page) -> bool {
     unsafe { collect_remote(page) };
     page.used() == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A descriptor for blocks of `size` bytes starting at `start`, `n` of them (the geometry
+    /// `init_small` sets up, without a segment around it).
+    fn geometry(start: usize, size: usize, n: usize) -> Page {
+        let p = Page::empty();
+        p.block_size.set(size as u32);
+        p.start.set(start);
+        p.limit.set((n * size) as u32);
+        p.magic.set(u64::MAX / size as u64 + 1);
+        p
+    }
+
+    #[test]
+    fn block_starts_and_indexes_for_every_small_size() {
+        for size in [16usize, 24, 48, 112, 640, 3000, 16384, 20480, 98304] {
+            let n = 20;
+            let start = 0x7f00_0000_0000usize;
+            let p = geometry(start, size, n);
+            for i in 0..n {
+                let a = start + i * size;
+                assert!(p.is_block(a), "block {i} of {size} B");
+                assert_eq!(p.block_index(a), i);
+                assert_eq!(p.block_at(i) as usize, a);
+                for off in [1usize, 8, size / 2, size - 1] {
+                    assert!(!p.is_block(a + off), "{size} B: {off} bytes into block {i} taken for a block start");
+                }
+            }
+            assert!(!p.is_block(start + n * size), "{size} B: the end of the span taken for a block");
+            assert!(!p.is_block(start - size), "{size} B: before the span taken for a block");
+        }
+    }
+
+    #[test]
+    fn counts_track_used_and_report_the_last_free() {
+        let p = Page::empty();
+        for _ in 0..3 {
+            p.count_alloc();
+        }
+        assert_eq!(p.used(), 3);
+        assert!(!p.count_free());
+        assert!(!p.count_free());
+        assert!(p.count_free(), "the last free must say the page is empty");
+        assert_eq!(p.used(), 0);
+        // Three allocations and three owner frees since the last fold; the fold leaves zero.
+        assert_eq!(take_counts(&p), (3, 3));
+        assert_eq!(take_counts(&p), (0, 0));
+        p.count_alloc();
+        p.count_alloc();
+        p.count_collected(1);
+        assert_eq!(p.used(), 1);
+    }
+
+    #[test]
+    fn homes_and_the_pooled_mark() {
+        let p = Page::empty();
+        assert_eq!(p.home(3), None);
+        p.set_home(3, 5);
+        assert_eq!(p.home(3), Some(5));
+        assert!(p.mark_pooled(3), "first mark");
+        assert!(!p.mark_pooled(3), "a block pooled twice (a double free) must be told");
+        assert_eq!(p.home(3), Some(5), "the mark keeps the home");
+        p.clear_pooled(3);
+        assert!(p.mark_pooled(3));
+        // Beyond the recorded blocks nothing is kept and nothing is refused.
+        assert_eq!(p.home(MAX_PLACED_BLOCKS), None);
+        assert!(p.mark_pooled(MAX_PLACED_BLOCKS));
+    }
+
+    #[test]
+    fn pop_follows_encoded_links_and_rejects_a_forged_one() {
+        // Four blocks of 64 B in a buffer, linked 0 -> 2 -> 1 -> end.
+        let mut buf = [0u64; 32];
+        let start = buf.as_mut_ptr() as usize;
+        let p = geometry(start, 64, 4);
+        let b = |i: usize| (start + i * 64) as *mut Block;
+        // SAFETY: the blocks are inside `buf`.
+        unsafe {
+            set_next(b(0), b(2));
+            set_next(b(2), b(1));
+            set_next(b(1), ptr::null_mut());
+            p.free.set(b(0));
+            assert_eq!(pop(&p), b(0));
+            assert_eq!(pop(&p), b(2));
+            assert_eq!(pop(&p), b(1));
+            assert!(p.free.get().is_null());
+            assert_eq!(p.used(), 3);
+            // A freed block's first word is a valid encoding: the double-free screen sees it.
+            set_next(b(3), ptr::null_mut());
+            assert!(is_freed(&p, b(3)));
+            assert!(may_be_freed(&p, b(3), link_key()));
+            *(b(3) as *mut u64) = 0x4141_4141_4141_4141;
+            assert!(!is_freed(&p, b(3)), "a program's word taken for a free-list link");
+        }
+    }
+}
