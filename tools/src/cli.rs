@@ -34,14 +34,15 @@ pub enum Command {
 /// the launcher itself before it executes CMD (the allocator never pins threads).
 #[derive(Debug, Default, Args)]
 #[command(
-    group(ArgGroup::new("mempolicy").args(["policy", "interleave", "membind", "preferred", "preferred_many", "localalloc"])),
+    group(ArgGroup::new("mempolicy").args(["policy", "interleave", "membind", "preferred", "preferred_many", "hbw", "localalloc"])),
     group(ArgGroup::new("cpubind").args(["cpunodebind", "physcpubind"])),
     after_help = "NODES and CPUS: lists like 0-3, 0,2, all, or !1 (all but 1). Nodes must exist (and have \
 memory for memory policies), CPUs must exist and be allowed: otherwise one line on stderr, exit 1.\n\
 Exit status: CMD's own (domalloc executes it in place); 127 if CMD is not found."
 )]
 pub struct RunArgs {
-    /// DOMALLOC_POLICY: local | bind:NODES | preferred:NODES | interleave:NODES, optionally @SIZE
+    /// DOMALLOC_POLICY: local | bind:NODES | preferred:NODES | interleave:NODES, optionally @SIZE;
+    /// or the tier policy hbw[:BUDGET][<SIZE]
     /// (only blocks of at least SIZE, e.g. interleave:all@1M).
     #[arg(long, value_name = "P")]
     pub policy: Option<String>,
@@ -58,6 +59,11 @@ pub struct RunArgs {
     /// (DOMALLOC_POLICY=preferred:NODES; Linux 5.15's MPOL_PREFERRED_MANY).
     #[arg(long, value_name = "NODES")]
     pub preferred_many: Option<String>,
+    /// The tier policy: blocks below SIZE (default 1M) on the nearest high-bandwidth node, up to
+    /// BUDGET bytes per process, then on the thread's own node (DOMALLOC_POLICY=hbw[:BUDGET][<SIZE];
+    /// `--hbw` alone: no budget, 1M).
+    #[arg(long, value_name = "[BUDGET][<SIZE]", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub hbw: Option<String>,
     /// Allocate on the node of the CPU the thread runs on (DOMALLOC_POLICY=local).
     #[arg(short = 'l', long)]
     pub localalloc: bool,

@@ -163,6 +163,11 @@ pub fn show_report(m: &Machine, input: &ShowInput<'_>) -> String {
         Some((_, Policy::PreferredMany(mask), _)) => ("preferred-many", spaced(&list_of(mask)), mem.clone(), None),
         Some((_, Policy::Interleave(mask), _)) => ("interleave", "current".to_string(), mem.clone(), Some(list_of(mask))),
     };
+    // The tier policy is not one of numactl's: shown as written.
+    let name = match input.policy.filter(|p| domalloc::options::parse_tier(p.as_bytes()).is_some()) {
+        Some(tier) => tier,
+        None => name,
+    };
     let _ = writeln!(s, "policy: {name}");
     let _ = writeln!(s, "preferred node: {preferred}");
     if let Some(il) = interleave {

@@ -108,6 +108,10 @@ fn memory_policy(args: &RunArgs, m: &Machine) -> Result<Option<String>, Failure>
     if let Some(v) = &args.preferred {
         return Ok(Some(format!("preferred:{}", one_memory_node(&format!("--preferred {v}"), v, m)?)));
     }
+    if let Some(v) = &args.hbw {
+        let p = if v.is_empty() || v.starts_with('<') { format!("hbw{v}") } else { format!("hbw:{v}") };
+        return checked_policy("--hbw", &p, m).map(Some);
+    }
     if let Some(v) = &args.preferred_many {
         return Ok(Some(format!("preferred:{}", format_list(&memory_nodes(&format!("--preferred-many {v}"), v, m)?))));
     }
@@ -126,6 +130,12 @@ fn checked_policy(opt: &str, p: &str, m: &Machine) -> Result<String, Failure> {
         Some(("preferred", list)) => format!("preferred:{}{tail}", format_list(&memory_nodes(&shown, list, m)?)),
         _ => p.to_string(),
     };
+    if body.starts_with("hbw") {
+        if domalloc::options::parse_tier(p.as_bytes()).is_none() {
+            return Err(format!("run: {opt} {p}: invalid tier policy (expected hbw, hbw:BUDGET, hbw<SIZE or hbw:BUDGET<SIZE, e.g. hbw:16G<1M)"));
+        }
+        return Ok(p.to_string());
+    }
     if domalloc::options::parse_policy(normalised.as_bytes()).is_none() {
         return Err(format!(
             "run: {opt} {p}: invalid policy (expected local, bind:NODES, preferred:NODES or interleave:NODES, optionally @SIZE)"
@@ -306,6 +316,10 @@ mod tests {
         assert_eq!(plan_of("-m 2,0 x").unwrap().get("DOMALLOC_POLICY"), Some("bind:0,2"));
         assert_eq!(plan_of("-p 1 x").unwrap().get("DOMALLOC_POLICY"), Some("preferred:1"));
         assert_eq!(plan_of("--preferred-many 2,0 x").unwrap().get("DOMALLOC_POLICY"), Some("preferred:0,2"));
+        assert_eq!(plan_of("--hbw x").unwrap().get("DOMALLOC_POLICY"), Some("hbw"));
+        assert_eq!(plan_of("--hbw=16G<1M x").unwrap().get("DOMALLOC_POLICY"), Some("hbw:16G<1M"));
+        assert_eq!(plan_of("--hbw=<64K x").unwrap().get("DOMALLOC_POLICY"), Some("hbw<64K"));
+        assert_eq!(plan_of("--policy hbw:512M x").unwrap().get("DOMALLOC_POLICY"), Some("hbw:512M"));
         assert_eq!(plan_of("--policy preferred:all x").unwrap().get("DOMALLOC_POLICY"), Some("preferred:0-2"));
         assert_eq!(plan_of("-l x").unwrap().get("DOMALLOC_POLICY"), Some("local"));
         assert_eq!(plan_of("-i !1 x").unwrap().get("DOMALLOC_POLICY"), Some("interleave:0,2"));
@@ -335,6 +349,7 @@ mod tests {
             ("--preferred 3 x", "node 3 has no memory"),
             ("--preferred 0-1 x", "expected one node"),
             ("--preferred-many 0,3 x", "node 3 has no memory"),
+            ("--hbw=lots x", "invalid tier policy"),
             ("--policy bind:5 x", "node 5 does not exist"),
             ("--policy bogus x", "invalid policy"),
             ("--policy interleave:0@zz x", "invalid policy"),
