@@ -117,9 +117,79 @@ fn reuse_keeps_resident_pages() {
     run("reuse_keeps_resident_pages", "reuse");
 }
 
+/// Recycled *blocks* (a span still in use, its freed blocks handed out again): resident where
+/// the earlier phase touched them, unless `DOMALLOC_FIRST_TOUCH=always@<size>`, which purges
+/// each block of at least `<size>` before handing it out again (first touch decides again).
+/// Blocks of every placed class from 64 KiB, freed and allocated again with one block of the span
+/// kept in use (so the span is not emptied and parked).
+fn scenario_recycled_blocks() {
+    assert!(domalloc::numa_enabled(), "fake topology not picked up");
+    pin(0);
+    use domalloc::size_class::{class_size, CLASSES, PLACED_MIN_CLASS};
+    let always = std::env::var("DOMALLOC_FIRST_TOUCH").as_deref() == Ok("always@64K");
+    let mut report = Vec::new();
+    for s in (PLACED_MIN_CLASS..CLASSES).map(class_size) {
+        let l = Layout::from_size_align(s, 16).unwrap();
+        let keep = unsafe { alloc(l) };
+        let v: Vec<*mut u8> = (0..4).map(|_| unsafe { alloc(l) }).collect();
+        for &p in &v {
+            unsafe { std::ptr::write_bytes(p, 0x5a, s) };
+        }
+        for &p in &v {
+            unsafe { dealloc(p, l) };
+        }
+        let again: Vec<*mut u8> = (0..4).map(|k| unsafe { if k % 2 == 0 { alloc(l) } else { alloc_zeroed(l) } }).collect();
+        let res: usize = again.iter().map(|&p| resident(p, s)).sum();
+        for (k, &p) in again.iter().enumerate() {
+            if k % 2 == 1 {
+                let z = unsafe { std::slice::from_raw_parts(p, s) };
+                assert!(z.iter().all(|&b| b == 0), "alloc_zeroed of {s} B not zero");
+            }
+        }
+        // A recycled block must be recycled (same blocks), else the check proves nothing.
+        let recycled = again.iter().filter(|p| v.contains(p)).count();
+        report.push((s, res, recycled));
+        for p in again {
+            unsafe { dealloc(p, l) };
+        }
+        unsafe { dealloc(keep, l) };
+    }
+    let tested: Vec<_> = report.iter().filter(|r| r.0 >= 64 << 10 && r.2 > 0).collect();
+    assert!(tested.len() >= 4, "too few classes recycled their blocks: {report:?}");
+    for &&(s, res, _) in &tested {
+        if always {
+            assert_eq!(res, 0, "{s} B: recycled blocks handed out resident under always@64K: {report:?}");
+        } else {
+            assert!(res > 0, "{s} B: recycled blocks were purged without always@: {report:?}");
+        }
+    }
+    // Below the threshold nothing changes (where blocks below it were recycled at all: the
+    // quarantine build delays their reuse).
+    let below: Vec<_> = report.iter().filter(|r| r.0 < 64 << 10 && r.2 > 0).collect();
+    if always && !below.is_empty() {
+        assert!(below.iter().any(|r| r.1 > 0), "blocks below 64 KiB were purged too: {report:?}");
+    }
+}
+
+/// `DOMALLOC_FIRST_TOUCH=always@64K`: recycled blocks of 64 KiB and more are purged first.
+#[test]
+fn always_purges_recycled_blocks() {
+    run("always_purges_recycled_blocks", "always@64K");
+}
+
+/// The default keeps recycled blocks resident (the multi-phase limitation the switch is for).
+#[test]
+fn fresh_recycles_blocks_resident() {
+    run("fresh_recycles_blocks_resident", "fresh");
+}
+
 fn run(name: &str, first_touch: &str) {
     if std::env::var("DOMALLOC_TEST_SCENARIO").is_ok() {
-        scenario_fresh_is_untouched();
+        if name.contains("recycle") || name.contains("always") {
+            scenario_recycled_blocks();
+        } else {
+            scenario_fresh_is_untouched();
+        }
         return;
     }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {

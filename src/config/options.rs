@@ -32,6 +32,10 @@ pub struct OptionDesc {
     show: fn(&Options, &mut dyn Write) -> fmt::Result,
 }
 
+/// The smallest block `DOMALLOC_FIRST_TOUCH=always` purges before reuse: the smallest class
+/// placed by first touch (blocks whose pages no other block shares).
+pub const FRESH_BLOCKS_MIN: usize = 16 << 10;
+
 /// Every option domalloc reads, in the README's order (a test checks the README against it).
 pub const TABLE: &[OptionDesc] = &[
     OptionDesc {
@@ -68,14 +72,29 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc {
         name: "DOMALLOC_FIRST_TOUCH",
         default: "fresh",
-        doc: "Multi-node machines, blocks from 16 KiB: `fresh` purges a span that was used since its last purge before it is handed out again for first touch (one madvise per span), so the toucher's node decides in every phase of a program; `reuse` hands it out with its pages where they are (no madvise, no page faults: for programs whose threads allocate what they touch themselves, under heavy thread churn).",
+        doc: "Multi-node machines, blocks from 16 KiB: `fresh` purges a span that was used since its last purge before it is handed out again for first touch (one madvise per span), so the toucher's node decides in every phase of a program; `reuse` hands it out with its pages where they are (no madvise, no page faults: for programs whose threads allocate what they touch themselves, under heavy thread churn); `always[@<size>]` is `fresh`, and a freed block of at least `<size>` (default and minimum 16K) is purged too before it is handed out again (one madvise per block), so first touch decides again for recycled blocks: for multi-phase codes whose serial region allocates what workers on other nodes touch.",
         path: false,
         parse: |v, o| match v {
-            b"fresh" => set(&mut o.fresh_spans, true),
-            b"reuse" => set(&mut o.fresh_spans, false),
-            _ => false,
+            b"fresh" => set(&mut o.fresh_spans, true) && set(&mut o.fresh_blocks_from, 0),
+            b"reuse" => set(&mut o.fresh_spans, false) && set(&mut o.fresh_blocks_from, 0),
+            _ => {
+                let Some(rest) = v.strip_prefix(b"always") else { return false };
+                let from = match rest {
+                    b"" => FRESH_BLOCKS_MIN,
+                    _ => match rest.strip_prefix(b"@").and_then(parse_size).and_then(|n| usize::try_from(n).ok()) {
+                        Some(n) => n.max(FRESH_BLOCKS_MIN),
+                        None => return false,
+                    },
+                };
+                o.fresh_spans = true;
+                o.fresh_blocks_from = from;
+                true
+            }
         },
-        show: |o, w| w.write_str(if o.fresh_spans { "fresh" } else { "reuse" }),
+        show: |o, w| match (o.fresh_spans, o.fresh_blocks_from) {
+            (_, 0) => w.write_str(if o.fresh_spans { "fresh" } else { "reuse" }),
+            (_, n) => write!(w, "always@{}", SizeSuffix(n as u64)),
+        },
     },
     OptionDesc {
         name: "DOMALLOC_THP",
@@ -418,6 +437,9 @@ pub struct Options {
     pub purge_mode: PurgeMode,
     /// `DOMALLOC_FIRST_TOUCH` is `fresh`: reused first-touch spans are purged first.
     pub fresh_spans: bool,
+    /// `DOMALLOC_FIRST_TOUCH=always@<size>`: recycled blocks of first-touch spans of at least
+    /// this many bytes are purged before they are handed out again (0: off).
+    pub fresh_blocks_from: usize,
     /// `DOMALLOC_THP` is `1`: huge pages for huge blocks too.
     pub thp: bool,
     /// `DOMALLOC_THP` is `segments` or `1`: huge pages for segments.
@@ -466,6 +488,7 @@ impl Options {
         purge_delay_ms: 1000,
         purge_mode: PurgeMode::DontNeed,
         fresh_spans: true,
+        fresh_blocks_from: 0,
         thp: false,
         segment_thp: true,
         numa: NumaMode::Auto,

@@ -727,6 +727,26 @@ pub(crate) unsafe fn collect(page: &Page) -> bool {
     !page.free.get().is_null()
 }
 
+/// Moves the page's `free` list onto `local_free`, so that the fast path finds no block here and
+/// the next allocation takes the refill path (`DOMALLOC_FIRST_TOUCH=always`: each recycled block
+/// is purged as it is handed out).
+///
+/// # Safety
+/// The caller owns `page`.
+pub(crate) unsafe fn hold_back(page: &Page) {
+    let rest = page.free.get();
+    if rest.is_null() {
+        return;
+    }
+    let local = page.local_free.get();
+    if !local.is_null() {
+        // SAFETY: owned lists; `rest` goes in front of `local`.
+        unsafe { append(page, rest, local) };
+    }
+    page.local_free.set(rest);
+    page.free.set(ptr::null_mut());
+}
+
 /// Takes every remotely freed block and adds them to `free`, decrementing `used` by their number.
 ///
 /// # Safety

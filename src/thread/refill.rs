@@ -64,6 +64,12 @@ impl Heap {
             if !b.is_null() {
                 // SAFETY: a block of a live span: it leaves the pool.
                 unsafe { pool_taken(b, c) };
+                let from = crate::config::options::get().fresh_blocks_from;
+                if from != 0 && class_size(c) >= from {
+                    // SAFETY: the block is ours now, whole OS pages.
+                    let zero = unsafe { refresh(b, class_size(c), self.node()) };
+                    return (b, zero);
+                }
                 return (b, false);
             }
         }
@@ -252,7 +258,15 @@ unsafe fn take_block(page: &Page) -> Option<(*mut Block, bool)> {
     // SAFETY: the caller owns the page.
     unsafe {
         if !page.free.get().is_null() || layout::collect(page) {
-            return Some((layout::pop(page), false));
+            let b = layout::pop(page);
+            if refresh_blocks(page) {
+                // First touch decides again: the rest waits off the fast path, this one is
+                // purged (it reads as zero then).
+                layout::hold_back(page);
+                let zero = refresh(b, page.block_size.get() as usize, page.node());
+                return Some((b, zero));
+            }
+            return Some((b, false));
         }
         if is_placed(page.class.get() as usize) {
             let (b, zero) = layout::bump(page);
@@ -263,6 +277,30 @@ unsafe fn take_block(page: &Page) -> Option<(*mut Block, bool)> {
         }
     }
     None
+}
+
+/// Whether recycled blocks of `page` are purged before they are handed out again
+/// (`DOMALLOC_FIRST_TOUCH=always@<size>`: spans placed by first touch, blocks of at least
+/// `<size>`, on a machine with several nodes).
+#[inline]
+fn refresh_blocks(page: &Page) -> bool {
+    let from = crate::config::options::get().fresh_blocks_from;
+    from != 0 && page.block_size.get() as usize >= from && page.placement() == SpanPlacement::FirstTouch && crate::config::numa_enabled()
+}
+
+/// Purges recycled block `b` of `size` bytes (a multiple of the OS page, page-aligned: a placed
+/// class) of node `node`'s domain, so the first thread that touches it places its pages.
+/// Returns whether it reads as zero now.
+///
+/// # Safety
+/// `b` is a block just taken for handing out; nothing else uses it.
+unsafe fn refresh(b: *mut Block, size: usize, node: usize) -> bool {
+    // SAFETY: the caller's block, whole OS pages (placed classes are multiples of 4 KiB).
+    let zero = unsafe { crate::sys::os::purge(b.cast(), size, crate::sys::os::PurgeMode::DontNeed) };
+    if zero {
+        crate::node::domain(node).counters.purged_bytes.fetch_add(size as u64, Ordering::Relaxed);
+    }
+    zero
 }
 
 /// Bookkeeping for a placed block taken out of a home pool.
