@@ -244,7 +244,14 @@ unsafe fn reuse(d: &Domain, seg: *mut Segment, size: usize, data_size: usize, ze
         #[cfg(feature = "hardened")]
         Sys::protect(p, data_size, true);
         let mut is_zero = false;
-        if s.huge_mixed.get() || (zero && crate::config::numa_enabled()) {
+        // `DOMALLOC_FIRST_TOUCH=always@<size>`: a recycled block of a first-touch mapping is
+        // placed again by first touch, whoever allocates it.
+        let from = crate::config::options::get().fresh_blocks_from;
+        let refresh = from != 0
+            && data_size >= from
+            && s.placement == crate::layout::SpanPlacement::FirstTouch as u8
+            && crate::config::numa_enabled();
+        if refresh || s.huge_mixed.get() || (zero && crate::config::numa_enabled()) {
             // Pages on several nodes, or a `calloc` (the array many threads first-touch in
             // parallel: recycled pages on one node would stay there): placed again by first
             // touch like a fresh block (all of it: a later `realloc` may grow into the spare
