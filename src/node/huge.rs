@@ -728,3 +728,79 @@ pub(crate) fn flush_retired() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicUsize;
+
+    const MIB: usize = 1 << 20;
+
+    /// A cache of our own, outside any domain.
+    fn cache() -> HugeCache {
+        HugeCache {
+            slots: Lock::new(LockKind::Other, CacheSlots { seg: [ptr::null_mut(); CACHE_SLOTS], freed_at: [0; CACHE_SLOTS], bytes: 0 }),
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// A header describing a huge block of `cap` bytes at a made-up address (never mapped: the
+    /// cache policy only reads the header), data `align`-aligned.
+    fn header(cap: usize, at: usize) -> *mut Segment {
+        // SAFETY: a zeroed header is a valid `Segment` (null pointers, zero counters).
+        let s = unsafe { std::alloc::alloc_zeroed(std::alloc::Layout::new::<Segment>()) } as *mut Segment;
+        assert!(!s.is_null());
+        // SAFETY: ours.
+        unsafe {
+            (*s).kind = SEG_HUGE;
+            (*s).map_start.set(at as *mut u8);
+            (*s).huge_data.set((at + PAGE_SIZE) as *mut u8);
+            (*s).map_size.set(cap + PAGE_SIZE + GUARD);
+            (*s).huge_size.set(cap);
+            (*s).huge_align.set(16);
+        }
+        s
+    }
+
+    fn cap_of(s: *mut Segment) -> usize {
+        // SAFETY: a header of ours.
+        unsafe { usable(&*s) }
+    }
+
+    #[test]
+    fn takes_the_smallest_block_that_holds_the_request_else_the_largest_smaller_one() {
+        let c = cache();
+        let limit = 1 << 30;
+        let blocks = [8 * MIB, 16 * MIB, 32 * MIB];
+        let segs: Vec<*mut Segment> = blocks.iter().enumerate().map(|(i, &b)| header(b, 0x7e00_0000_0000 + i * (64 << 20))).collect();
+        for &s in &segs {
+            assert!(c.put(s, limit, u64::MAX));
+        }
+        assert_eq!(c.bytes_hint(), blocks.iter().map(|b| b + PAGE_SIZE + GUARD - PAGE_SIZE).sum::<usize>());
+        assert_eq!(cap_of(c.take(10 * MIB, 16)), 16 * MIB, "10 MiB: the smallest block that holds it");
+        assert_eq!(cap_of(c.take(40 * MIB, 16)), 32 * MIB, "40 MiB: nothing holds it, the largest smaller block grows");
+        assert_eq!(cap_of(c.take(1 * MIB, 16)), 8 * MIB);
+        assert!(c.take(1 * MIB, 16).is_null(), "an empty cache hands out nothing");
+        assert_eq!(c.bytes_hint(), 0);
+        for s in segs {
+            // SAFETY: allocated above, out of the cache.
+            unsafe { std::alloc::dealloc(s.cast(), std::alloc::Layout::new::<Segment>()) };
+        }
+    }
+
+    #[test]
+    fn refuses_what_exceeds_its_limit_and_skips_misaligned_blocks() {
+        let c = cache();
+        let big = header(200 * MIB, 0x7e10_0000_0000);
+        assert!(!c.put(big, 128 * MIB, u64::MAX), "a block above the cache's limit is not kept");
+        let odd = header(8 * MIB, 0x7e20_0000_0000);
+        assert!(c.put(odd, 128 * MIB, u64::MAX));
+        // Its data is page-aligned, not 2 MiB-aligned: a 2 MiB-aligned request cannot use it.
+        assert!(c.take(4 * MIB, 2 * MIB).is_null());
+        assert_eq!(c.take(4 * MIB, 4096), odd);
+        for s in [big, odd] {
+            // SAFETY: allocated above, out of the cache.
+            unsafe { std::alloc::dealloc(s.cast(), std::alloc::Layout::new::<Segment>()) };
+        }
+    }
+}
