@@ -22,7 +22,7 @@
 //! | layer | folder | faces beside `mod.rs` | job |
 //! |---|---|---|---|
 //! | 1. API | `api/` | `alloc`, `c`, `node_api`, `stats` | entry points: `GlobalAlloc` (`lib.rs`), shared entry points, C semantics, node-targeted API, statistics |
-//! | 2. thread cache | `thread/` | | per-thread heaps: fast paths, refill, every free that is not the owner's fast path (`free.rs`), large blocks, calls re-entered from signal handlers, start-up, teardown and fork, the sampling heap profiler |
+//! | 2. thread cache | `thread/` | | per-thread heaps: fast paths, refill, every free in one file (`free.rs`), large blocks, calls re-entered from signal handlers, start-up, teardown and fork, the sampling heap profiler |
 //! | 3. arenas | `arena/` | | per-CPU and per-node queues of unowned pages and empty spans; returning memory (sweep, purge thread) |
 //! | 4. nodes | `node/` | | per-node domains: segments and spans, purging, huge blocks, placement and homes, home pools |
 //! | 5. layout | `layout/` | `size_class` | segment and page descriptors, encoded free lists, remote-free protocol, size classes, intrusive list |

@@ -1,4 +1,6 @@
-//! Frees that are not the owner's fast path: huge blocks, large spans, blocks of pages another
+//! Every free, in one place (mimalloc's `free.c` is the model): the owner's fast path
+//! ([`free`]: segment map, page, owner, block start, double-free screen, push), and the frees
+//! that are not the owner's fast path: huge blocks, large spans, blocks of pages another
 //! heap owns (batched per page and pushed home with one CAS, so a block is reused only by its
 //! own node), blocks freed by threads without a heap, and placed blocks whose pages are on
 //! another node than their span (they go to that node's home pool).
@@ -7,11 +9,98 @@ use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::node::COUNTED_NODES;
-use crate::thread::heap::{bump, empty_page, local_free, not_a_block, owner_double_free_check, Heap, REMOTE_BATCH};
+use crate::thread::heap::{bump, empty_page, likely, Heap, REMOTE_BATCH};
 use crate::node::{self, Home};
 use crate::sys::os::{self, Os, Sys};
 use crate::layout::{self, Block, PF_PLACED, Page, PageKind, SEG_HUGE, Segment};
 use crate::thread::tls;
+
+/// Frees a block (the fast path).
+///
+/// # Safety
+/// `p` is non-null and was returned by this allocator (anything else is detected where cheap).
+#[inline(always)]
+pub(crate) unsafe fn free(p: *mut u8) {
+    let seg = layout::segment_of(p);
+    if !likely(layout::segmap_contains(seg)) {
+        return crate::thread::free::free_unknown(p);
+    }
+    // SAFETY: the segment is live (its bit is set) and contains p.
+    unsafe {
+        let page = layout::page_of(seg, p);
+        let h = tls::heap();
+        #[cfg(feature = "debug-invariants")]
+        crate::thread::heap::check::on_free(seg, page, p);
+        // A flagged page's `owner` never equals a heap's address (`OWNER_SLOW`).
+        if likely((*page).owner.load(Ordering::Relaxed) == h as usize) {
+            let pg = &*page;
+            let b = p as *mut Block;
+            if !likely(pg.is_block(p as usize)) {
+                not_a_block(p);
+            }
+            let key = layout::link_key();
+            if !likely(!layout::may_be_freed(pg, b, key)) {
+                // Cold, and a tail call: the fast path keeps no registers across a call.
+                return free_suspect(h, page, b);
+            }
+            return local_free(h, page, b, key);
+        }
+        crate::thread::free::free_slow(h, seg, page, p)
+    }
+}
+
+/// The owner's free of block `b` of `page` (checked already).
+///
+/// # Safety
+/// `h` owns `page`; `b` is an allocated block start of it.
+#[inline(always)]
+pub(crate) unsafe fn local_free(h: *mut Heap, page: *mut Page, b: *mut Block, key: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let pg = &*page;
+        layout::set_next_k(b, pg.local_free.get(), key);
+        pg.local_free.set(b);
+        if !likely(!pg.count_free()) {
+            crate::thread::refill::page_empty(h, page);
+        }
+    }
+}
+
+/// The owner frees a block whose first word looks like a free-list link: confirmed against the
+/// page's lists (abort on a double free), else freed normally.
+#[cold]
+#[inline(never)]
+unsafe fn free_suspect(h: *mut Heap, page: *mut Page, b: *mut Block) {
+    let _busy = tls::SlowPath::enter(h);
+    // SAFETY: `h` owns `page`; `b` is a block start of it.
+    unsafe {
+        owner_double_free_check(&*page, b);
+        local_free(h, page, b, layout::link_key());
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn not_a_block(p: *mut u8) -> ! {
+    os::fatal(format_args!("free(): invalid pointer {:p} (not a block start)", p))
+}
+
+/// The owner frees a block whose first word looks like a free-list link: aborts if it is in the
+/// page's lists (a double free), else goes on (the program stored such a value by chance).
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn owner_double_free_check(page: &Page, b: *mut Block) {
+    // SAFETY: the caller owns the page. Collecting first brings remote frees into the lists.
+    unsafe {
+        if !layout::is_freed(page, b) {
+            return;
+        }
+        layout::collect_remote(page);
+        if layout::in_free_lists(page, b) {
+            os::fatal(format_args!("free(): double free of {:p}", b));
+        }
+    }
+}
 
 #[cold]
 #[inline(never)]

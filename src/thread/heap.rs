@@ -23,7 +23,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::node::COUNTED_NODES;
 
 use crate::layout::List;
-use crate::sys::os::{self, Os, Sys};
+use crate::sys::os::{Os, Sys};
 use crate::layout::{self, Block, Page};
 
 use crate::layout::size_class::CLASSES;
@@ -199,7 +199,7 @@ pub(crate) fn empty_page() -> *mut Page {
 }
 
 #[inline(always)]
-fn likely(b: bool) -> bool {
+pub(crate) fn likely(b: bool) -> bool {
     if !b {
         cold();
     }
@@ -278,92 +278,6 @@ pub(crate) unsafe fn alloc_small_zeroed(c: usize, size: usize) -> *mut u8 {
     }
 }
 
-/// Frees a block (the fast path).
-///
-/// # Safety
-/// `p` is non-null and was returned by this allocator (anything else is detected where cheap).
-#[inline(always)]
-pub(crate) unsafe fn free(p: *mut u8) {
-    let seg = layout::segment_of(p);
-    if !likely(layout::segmap_contains(seg)) {
-        return crate::thread::free::free_unknown(p);
-    }
-    // SAFETY: the segment is live (its bit is set) and contains p.
-    unsafe {
-        let page = layout::page_of(seg, p);
-        let h = tls::heap();
-        #[cfg(feature = "debug-invariants")]
-        check::on_free(seg, page, p);
-        // A flagged page's `owner` never equals a heap's address (`OWNER_SLOW`).
-        if likely((*page).owner.load(Ordering::Relaxed) == h as usize) {
-            let pg = &*page;
-            let b = p as *mut Block;
-            if !likely(pg.is_block(p as usize)) {
-                not_a_block(p);
-            }
-            let key = layout::link_key();
-            if !likely(!layout::may_be_freed(pg, b, key)) {
-                // Cold, and a tail call: the fast path keeps no registers across a call.
-                return free_suspect(h, page, b);
-            }
-            return local_free(h, page, b, key);
-        }
-        crate::thread::free::free_slow(h, seg, page, p)
-    }
-}
-
-/// The owner's free of block `b` of `page` (checked already).
-///
-/// # Safety
-/// `h` owns `page`; `b` is an allocated block start of it.
-#[inline(always)]
-pub(crate) unsafe fn local_free(h: *mut Heap, page: *mut Page, b: *mut Block, key: usize) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        let pg = &*page;
-        layout::set_next_k(b, pg.local_free.get(), key);
-        pg.local_free.set(b);
-        if !likely(!pg.count_free()) {
-            crate::thread::refill::page_empty(h, page);
-        }
-    }
-}
-
-/// The owner frees a block whose first word looks like a free-list link: confirmed against the
-/// page's lists (abort on a double free), else freed normally.
-#[cold]
-#[inline(never)]
-unsafe fn free_suspect(h: *mut Heap, page: *mut Page, b: *mut Block) {
-    let _busy = tls::SlowPath::enter(h);
-    // SAFETY: `h` owns `page`; `b` is a block start of it.
-    unsafe {
-        owner_double_free_check(&*page, b);
-        local_free(h, page, b, layout::link_key());
-    }
-}
-
-#[cold]
-#[inline(never)]
-pub(crate) fn not_a_block(p: *mut u8) -> ! {
-    os::fatal(format_args!("free(): invalid pointer {:p} (not a block start)", p))
-}
-
-/// The owner frees a block whose first word looks like a free-list link: aborts if it is in the
-/// page's lists (a double free), else goes on (the program stored such a value by chance).
-#[cold]
-#[inline(never)]
-pub(crate) unsafe fn owner_double_free_check(page: &Page, b: *mut Block) {
-    // SAFETY: the caller owns the page. Collecting first brings remote frees into the lists.
-    unsafe {
-        if !layout::is_freed(page, b) {
-            return;
-        }
-        layout::collect_remote(page);
-        if layout::in_free_lists(page, b) {
-            os::fatal(format_args!("free(): double free of {:p}", b));
-        }
-    }
-}
 
 #[cold]
 #[inline(never)]
@@ -668,14 +582,15 @@ impl Heap {
 
 /// Expensive invariant checks (`--features debug-invariants`): every test runs with them too.
 #[cfg(feature = "debug-invariants")]
-mod check {
+pub(crate) mod check {
     use super::*;
+    use crate::sys::os;
     use crate::layout::PageKind;
     use crate::layout::{Segment, SEG_HUGE};
 
     /// A freed pointer must be the start of a carved block of a live small span, or a large
     /// span's start, and (for the owner) not already in the page's free lists.
-    pub(super) unsafe fn on_free(seg: *mut Segment, page: *mut Page, p: *mut u8) {
+    pub(crate) unsafe fn on_free(seg: *mut Segment, page: *mut Page, p: *mut u8) {
         // SAFETY: live segment and descriptor (the caller checked the segment map).
         unsafe {
             if (*seg).kind == SEG_HUGE || (*page).kind() != PageKind::Small {

@@ -20,7 +20,7 @@ mod quarantine;
 mod prof;
 
 #[cfg(not(feature = "quarantine"))]
-pub(crate) use heap::free;
+pub(crate) use free::free;
 pub(crate) use heap::{Heap, alloc_small, alloc_small_or, alloc_small_refill, alloc_small_zeroed, busy_heap};
 pub(crate) use large::alloc as alloc_large;
 pub(crate) use tls::{SlowPath, heap as thread_heap};

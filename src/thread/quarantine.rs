@@ -27,7 +27,6 @@ use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::thread::heap;
 use crate::sys::os::{self, Os, Sys};
 use crate::layout::{self, PageKind, SEG_HUGE};
 
@@ -175,7 +174,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
         }
         // Foreign: the normal path reports it.
         // SAFETY: forwarded.
-        return unsafe { heap::free(p) };
+        return unsafe { crate::thread::free::free(p) };
     };
     // SAFETY: `p` starts a small/large block of `bs` bytes (classify), mapped and not freed to
     // the page (the quarantine holds every block freed through here until it really frees it).
@@ -189,7 +188,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
         }
         let q = match Q.try_with(|q| q.get()) {
             Ok(q) if (*q).state != ST_DONE => q,
-            _ => return heap::free(p),
+            _ => return crate::thread::free::free(p),
         };
         let n = bs.min(POISON_MAX);
         ptr::write_bytes(p.add(8), POISON, n - 8);
@@ -226,7 +225,7 @@ unsafe fn evict_one(q: &mut Quarantine) {
         verify(p, bs);
         // Clear the tag, so the block, handed out again, is not taken for a freed one.
         ptr::write(p as *mut u64, 0);
-        heap::free(p);
+        crate::thread::free::free(p);
     }
 }
 

@@ -79,7 +79,7 @@ fn drain_slow() {
         unsafe {
             let next = ptr::read(p.cast::<*mut u8>());
             #[cfg(not(feature = "quarantine"))]
-            crate::thread::heap::free(p);
+            crate::thread::free::free(p);
             #[cfg(feature = "quarantine")]
             crate::thread::quarantine::free(p);
             p = next;
