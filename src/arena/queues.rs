@@ -393,3 +393,51 @@ pub(crate) fn cpus_of_node(node: usize) -> &'static [u32] {
     }
     topology::get().cpus_of(node)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An arena of our own, outside the table (all-zero bytes but the lock, as `init` says).
+    fn arena_alone() -> Box<Arena> {
+        // SAFETY: all-zero bytes are a valid empty arena but for the lock, which `init` sets.
+        let mut a: Box<Arena> = unsafe { Box::new(core::mem::zeroed()) };
+        a.init();
+        a
+    }
+
+    fn page_of_class(c: usize) -> Box<Page> {
+        let p = Box::new(Page::empty());
+        p.class.set(c as u8);
+        p
+    }
+
+    #[test]
+    fn queues_are_first_in_first_out_per_class_and_the_hint_follows_them() {
+        let a = arena_alone();
+        let (c1, c2) = (3usize, 70usize); // two classes in different words of the hint
+        let pages: Vec<Box<Page>> = [c1, c2, c1, c1].iter().map(|&c| page_of_class(c)).collect();
+        let ptrs: Vec<*mut Page> = pages.iter().map(|p| &**p as *const Page as *mut Page).collect();
+        assert!(!a.may_have(c1) && !a.may_have(c2));
+        assert!(a.pop(c1).is_null(), "an empty queue gives nothing");
+        for &p in &ptrs {
+            // SAFETY: our pages, in no list.
+            unsafe { a.push(p) };
+        }
+        assert!(a.may_have(c1) && a.may_have(c2));
+        assert!(!a.may_have(c1 + 1), "the hint names only queued classes");
+        assert_eq!(a.partial.load(Ordering::Relaxed), 4);
+        assert_eq!(a.pop(c1), ptrs[0], "oldest first");
+        assert_eq!(a.pop(c1), ptrs[2]);
+        assert_eq!(a.pop(c2), ptrs[1]);
+        assert!(!a.may_have(c2), "an emptied queue clears its hint");
+        assert_eq!(a.pop(c1), ptrs[3]);
+        assert!(a.pop(c1).is_null());
+        assert!(!a.may_have(c1));
+        assert_eq!(a.partial.load(Ordering::Relaxed), 0);
+        // A page pushed again after its queue emptied is found again (tail reset).
+        // SAFETY: as above.
+        unsafe { a.push(ptrs[0]) };
+        assert_eq!(a.pop(c1), ptrs[0]);
+    }
+}
