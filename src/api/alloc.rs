@@ -112,17 +112,19 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
         return unsafe { if zero { thread::alloc_small_zeroed(c, size) } else { thread::alloc_small(c) } };
     }
     let h = crate::thread::thread_heap();
-    let node = if h == thread::busy_heap() {
+    let reentered = h == thread::busy_heap();
+    let node = if reentered {
         // A signal handler interrupted one of this thread's slow paths: served from the
         // domains as for a thread without a heap, unless that would wait for a lock we hold.
         if crate::thread::reentry_refused() {
             return ptr::null_mut();
         }
-        crate::thread::node_of_this_cpu()
+        let Some(n) = crate::thread::node_of_this_cpu() else { return ptr::null_mut() };
+        Some(n)
     } else {
         None
     };
-    let _busy = crate::thread::SlowPath::enter(h);
+    let _busy = (!reentered).then(|| crate::thread::SlowPath::enter_outer(h));
     let Some(node) = node.or_else(crate::thread::alloc_node) else { return ptr::null_mut() };
     if crate::node::huge_by_policy(size, false, true) {
         // Blocks above the policy's threshold get their own mapping with the policy applied.
@@ -247,7 +249,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
             let q = if h == thread::busy_heap() && crate::thread::reentry_refused() {
                 ptr::null_mut()
             } else {
-                let _busy = crate::thread::SlowPath::enter(h);
+                let _busy = crate::thread::SlowPath::enter_outer(h);
                 node::huge_realloc(seg, p, new_size)
             };
             if !q.is_null() {

@@ -71,7 +71,7 @@ pub(crate) unsafe fn local_free(h: *mut Heap, page: *mut Page, b: *mut Block, ke
 #[cold]
 #[inline(never)]
 unsafe fn free_suspect(h: *mut Heap, page: *mut Page, b: *mut Block) {
-    let _busy = tls::SlowPath::enter(h);
+    let _busy = tls::SlowPath::enter_outer(h);
     // SAFETY: `h` owns `page`; `b` is a block start of it.
     unsafe {
         owner_double_free_check(&*page, b);
@@ -112,7 +112,7 @@ pub(crate) fn free_unknown(p: *mut u8) {
             if h == crate::thread::heap::busy_heap() {
                 return crate::thread::reentry::defer_free(p);
             }
-            let _busy = tls::SlowPath::enter(h);
+            let _busy = tls::SlowPath::enter_outer(h);
             free_huge(seg, p)
         },
         None => os::fatal(format_args!("free(): invalid pointer {:p} (not allocated by domalloc)", p)),
@@ -139,7 +139,7 @@ pub(crate) unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page,
         // SAFETY: a block of a live segment, passed to free.
         return unsafe { crate::thread::reentry::defer_free(p) };
     }
-    let _busy = tls::SlowPath::enter(h);
+    let _busy = tls::SlowPath::enter_outer(h);
     // SAFETY: live segment/page (caller); page fields read per the ownership rules.
     unsafe {
         if (*seg).kind == SEG_HUGE {

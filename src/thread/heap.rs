@@ -286,20 +286,26 @@ unsafe fn alloc_small_slow(h: *mut Heap, c: usize) -> (*mut u8, bool) {
         // A signal handler interrupted one of this thread's slow paths.
         return crate::thread::reentry::alloc_small(c);
     }
-    let _busy = tls::SlowPath::enter(h);
-    let mut h = h;
-    if tls::is_sentinel(h) {
-        if h == dead_heap() {
-            return crate::thread::init::orphan_alloc(c);
+    let r = {
+        let _busy = tls::SlowPath::enter_outer(h);
+        let mut h = h;
+        if tls::is_sentinel(h) {
+            if h == dead_heap() {
+                return crate::thread::init::orphan_alloc(c);
+            }
+            h = crate::thread::init::init_thread_heap();
+            if h.is_null() {
+                return (ptr::null_mut(), false);
+            }
         }
-        h = crate::thread::init::init_thread_heap();
-        if h.is_null() {
-            return (ptr::null_mut(), false);
-        }
-    }
-    // SAFETY: a real heap of this thread.
-    let r = unsafe { (*h).alloc_refill(c) };
-    crate::thread::prof::small_refilled(h, r.0);
+        // SAFETY: a real heap of this thread.
+        let r = unsafe { (*h).alloc_refill(c) };
+        crate::thread::prof::small_refilled(h, r.0);
+        r
+    };
+    // Frees that signal handlers deferred wait for the next refill of any thread (one load
+    // when there are none), not for the end of every slow path.
+    crate::thread::reentry::drain();
     r
 }
 

@@ -239,6 +239,11 @@ pub(crate) fn collect(force: bool) {
     if STATE.load(Ordering::Acquire) != READY {
         return;
     }
+    if crate::thread::tls::heap() != crate::thread::heap::busy_heap() {
+        // Outside a slow path (not the retry after an out-of-memory): frees that signal
+        // handlers deferred go now.
+        crate::thread::reentry::drain();
+    }
     let h = crate::thread::tls::own_heap();
     if !crate::thread::tls::is_sentinel(h) {
         // SAFETY: our own heap.
@@ -791,6 +796,7 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut core::ffi::c_void) {
     // Quarantine build: the thread's quarantine is really freed while its heap still counts them.
     #[cfg(feature = "quarantine")]
     crate::thread::quarantine::flush();
+    crate::thread::reentry::drain();
     crate::sys::in_phase(crate::sys::Phase::Lifecycle, || {
         // SAFETY: the exiting thread's own heap.
         unsafe {

@@ -6,8 +6,8 @@
 //! the busy heap (`tls::SlowPath`), and a handler's calls are served aside:
 //! - allocations from the shared orphan heap under its lock, or null with `ENOMEM` when the
 //!   interrupted path holds an allocator lock (waiting for it would wait for ourselves);
-//! - frees onto a lock-free deferred list, freed for real when the outermost slow path of any
-//!   thread ends (checked there with one load).
+//! - frees onto a lock-free deferred list, freed for real at the next refill of any thread
+//!   (checked there with one load), at thread exit and by `collect` (`malloc_trim`).
 //!
 //! A lock the thread itself holds is never waited for: `lock.rs` aborts with a message naming
 //! the cause instead of hanging. What stays unguarded are the few instructions of the fast paths
@@ -59,7 +59,8 @@ pub(crate) unsafe fn defer_free(p: *mut u8) {
     }
 }
 
-/// Frees what re-entered frees deferred (called as a slow path ends, the heap consistent again).
+/// Frees what re-entered frees deferred (called outside any slow path: the thread's heap is
+/// consistent).
 #[inline]
 pub(crate) fn drain() {
     if DEFERRED.load(Ordering::Relaxed).is_null() {

@@ -20,10 +20,13 @@ pub(crate) fn set_heap(h: *mut Heap) {
     slot::set(h)
 }
 
-/// Whether `h` is one of the shared sentinel heaps.
+/// Whether `h` is the empty or the dead heap (a thread without a heap of its own). The busy heap
+/// never gets here: every path that reads the thread's heap pointer serves it aside first
+/// (`reentry.rs`), and code inside a slow path asks for [`own_heap`].
 #[inline]
 pub(crate) fn is_sentinel(h: *mut Heap) -> bool {
-    h == empty_heap() || h == dead_heap() || h == busy_heap()
+    debug_assert!(h != busy_heap(), "the busy heap taken for the thread's own");
+    h == empty_heap() || h == dead_heap()
 }
 
 /// The thread's own heap, also while a slow path runs (the heap [`SlowPath`] put aside); for
@@ -51,9 +54,9 @@ pub(crate) fn install(h: *mut Heap) {
 
 /// While alive, the thread's heap pointer is the busy heap: a signal handler that interrupts
 /// this slow path and calls malloc or free is served aside (`reentry.rs`): a shared locked heap
-/// for its allocations, a deferred list for its frees, which the guard's drop frees once the
-/// thread's heap is consistent again. Two TLS stores on entry and two on exit, on slow paths
-/// only; the fast paths are unchanged. Inside a slow path (the heap already busy) it does
+/// for its allocations, a deferred list for its frees, which the next refill frees once the
+/// thread's heap is consistent again. Two TLS stores on entry and a load and a store on exit, on
+/// slow paths only; the fast paths are unchanged. Inside a slow path (the heap already busy) it does
 /// nothing: the outermost guard restores.
 pub(crate) struct SlowPath {
     outer: bool,
@@ -72,13 +75,24 @@ impl SlowPath {
     }
 }
 
+impl SlowPath {
+    /// [`Self::enter`] for a caller that knows it is the outermost slow path: `h` is what the
+    /// thread's heap pointer holds now, and it is not the busy heap (checked by the caller,
+    /// which serves a signal handler's call aside instead). Skips the check.
+    #[inline(always)]
+    pub(crate) fn enter_outer(h: *mut Heap) -> Self {
+        saved::set(h);
+        set_heap(busy_heap());
+        SlowPath { outer: true }
+    }
+}
+
 impl Drop for SlowPath {
     #[inline]
     fn drop(&mut self) {
         if self.outer {
+            // (`saved` is read only while the heap is busy: it keeps its stale value.)
             set_heap(saved::get());
-            saved::set(empty_heap());
-            crate::thread::reentry::drain();
         }
     }
 }
