@@ -56,7 +56,10 @@ mod with_sysfs {
                     if !unsafe { libc::CPU_ISSET(cpu, &set) } {
                         continue;
                     }
-                    let key = (read_id(cpu, "physical_package_id").unwrap_or(0), read_id(cpu, "core_id").unwrap_or(cpu as i64));
+                    let key = (
+                        read_id(cpu, "physical_package_id").unwrap_or(0),
+                        read_id(cpu, "core_id").unwrap_or(cpu as i64),
+                    );
                     match cores.iter_mut().find(|(k, _)| *k == key) {
                         Some((_, v)) => v.push(cpu),
                         None => cores.push((key, vec![cpu])),

@@ -217,7 +217,11 @@ impl GuestReport {
     pub fn render(&self) -> String {
         let mut s = String::new();
         // Pattern 9's per-worker fault lines are summed up by `first_touch_table`.
-        for i in self.info.iter().filter(|i| !i.starts_with("INFO pattern=9 recycle-faults") && !i.starts_with("INFO pattern=10 ")) {
+        for i in self
+            .info
+            .iter()
+            .filter(|i| !i.starts_with("INFO pattern=9 recycle-faults") && !i.starts_with("INFO pattern=10 "))
+        {
             s.push_str(&format!("  {i}\n"));
         }
         match self.summary {
@@ -321,7 +325,7 @@ impl GuestReport {
     /// column is `PASS`/`FAIL` (over the row's checks) or `info`. Empty when there is no pattern 9.
     pub fn first_touch_table(&self) -> String {
         type Cell = (u64, u64, u64); // pages, local, minflt
-        // (tpn, phase, api, size), worker node -> cell, [passed, failed, info]
+                                     // (tpn, phase, api, size), worker node -> cell, [passed, failed, info]
         type Row = ([String; 4], BTreeMap<usize, Cell>, [u64; 3]);
         let mut rows: Vec<Row> = Vec::new();
         let mut nodes = std::collections::BTreeSet::new();
@@ -396,8 +400,12 @@ pub struct FirstTouchApis<'a> {
 }
 
 /// The Rust guest's pattern 9 APIs.
-pub const RUST_FIRST_TOUCH_APIS: FirstTouchApis<'static> =
-    FirstTouchApis { plain: &["alloc", "alloc_zeroed"], aligned: &["alloc-align4k"], aligned_size: "64K", remote: "alloc" };
+pub const RUST_FIRST_TOUCH_APIS: FirstTouchApis<'static> = FirstTouchApis {
+    plain: &["alloc", "alloc_zeroed"],
+    aligned: &["alloc-align4k"],
+    aligned_size: "64K",
+    remote: "alloc",
+};
 /// The C program's pattern 9 APIs.
 pub const C_FIRST_TOUCH_APIS: FirstTouchApis<'static> = FirstTouchApis {
     plain: &["malloc", "calloc"],
@@ -465,7 +473,13 @@ impl GuestReport {
     /// first-touch and recycle for every size of `sizes` and api of `apis.plain` (and the aligned
     /// apis at their size, when `sizes` has it), remote-free and realloc-grow for the sizes up
     /// to 4 MiB. Each missing one is described in one string; empty = complete.
-    pub fn first_touch_gaps(&self, tpn: usize, sizes: &[&str], apis: &FirstTouchApis<'_>, nodes: &[usize]) -> Vec<String> {
+    pub fn first_touch_gaps(
+        &self,
+        tpn: usize,
+        sizes: &[&str],
+        apis: &FirstTouchApis<'_>,
+        nodes: &[usize],
+    ) -> Vec<String> {
         let tpn = tpn.to_string();
         let mut want: Vec<(&str, &str, &str)> = Vec::new();
         for &size in sizes {
@@ -492,7 +506,9 @@ impl GuestReport {
                         && r.get("pair").rsplit('>').next() == Some(node.to_string().as_str())
                 });
                 if !found {
-                    gaps.push(format!("tpn={tpn} phase={phase} api={api} size={size} worker node {node}: no passing check"));
+                    gaps.push(format!(
+                        "tpn={tpn} phase={phase} api={api} size={size} worker node {node}: no passing check"
+                    ));
                 }
             }
         }
@@ -547,8 +563,14 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[1].contains("node 0") && lines[1].contains("node 1"), "{t}");
-        assert!(lines[2].contains("100.00% [32/32]") && lines[2].contains("50.00% [32/64]") && lines[2].ends_with("FAIL"), "{t}");
-        assert!(lines[3].contains("recycle") && lines[3].contains("100.00% [3/32]") && lines[3].ends_with("info"), "{t}");
+        assert!(
+            lines[2].contains("100.00% [32/32]") && lines[2].contains("50.00% [32/64]") && lines[2].ends_with("FAIL"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("recycle") && lines[3].contains("100.00% [3/32]") && lines[3].ends_with("info"),
+            "{t}"
+        );
         let r = GuestReport::parse(log);
         let apis = FirstTouchApis { plain: &["alloc"], aligned: &[], aligned_size: "64K", remote: "alloc" };
         let gaps = r.first_touch_gaps(2, &["16K"], &apis, &[0, 1]);

@@ -23,7 +23,6 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-
 /// Builds (or takes from the environment) the static guest binary for `alloc`.
 fn guest_binary(alloc: &'static str) -> PathBuf {
     static DOMALLOC: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -118,12 +117,7 @@ fn boot_env(topology: &str, alloc: &'static str, env: &[&str], args: &[&str], ta
         other => panic!("{topology}/{alloc}: run-guest.sh failed ({other:?}):\n{stderr}"),
     }
     let report = GuestReport::parse(&console);
-    eprintln!(
-        "== {topology} / {alloc}: {:.0}s, log {}\n{}",
-        t.elapsed().as_secs_f64(),
-        log.display(),
-        report.render()
-    );
+    eprintln!("== {topology} / {alloc}: {:.0}s, log {}\n{}", t.elapsed().as_secs_f64(), log.display(), report.render());
     (report, console)
 }
 
@@ -198,7 +192,12 @@ fn assert_sweep(topology: &str, report: &GuestReport, tpns: &[usize], checks: &[
     eprintln!("{topology}: pattern 10 (sweep)\n{}", report.sweep_table());
     for &tpn in tpns {
         let gaps = report.sweep_gaps(tpn, checks, nodes);
-        assert!(gaps.is_empty(), "{topology}: pattern 10 incomplete or failing:\n{}\n{}", gaps.join("\n"), report.sweep_table());
+        assert!(
+            gaps.is_empty(),
+            "{topology}: pattern 10 incomplete or failing:\n{}\n{}",
+            gaps.join("\n"),
+            report.sweep_table()
+        );
     }
 }
 
@@ -212,7 +211,12 @@ fn p9_sizes(spec: &str) -> Vec<&str> {
 /// node, that its recycle rounds report their page faults, and prints its table.
 fn assert_first_touch(topology: &str, report: &GuestReport, spec: &str, tpn: usize, nodes: &[usize]) {
     let gaps = report.first_touch_gaps(tpn, &p9_sizes(spec), &RUST_FIRST_TOUCH_APIS, nodes);
-    assert!(gaps.is_empty(), "{topology}: pattern 9 ({spec}) incomplete:\n{}\n{}", gaps.join("\n"), report.first_touch_table());
+    assert!(
+        gaps.is_empty(),
+        "{topology}: pattern 9 ({spec}) incomplete:\n{}\n{}",
+        gaps.join("\n"),
+        report.first_touch_table()
+    );
     let recycle: Vec<_> = report.results.iter().filter(|r| r.pattern() == 9 && r.get("phase") == "recycle").collect();
     assert!(
         !recycle.is_empty() && recycle.iter().all(|r| r.get("minflt").parse::<u64>().is_ok()),
@@ -262,7 +266,12 @@ fn assert_api_phases(topology: &str, report: &GuestReport) {
             "domalloc-alloc-interleaved",
         ],
     );
-    assert_phases(topology, report, 7, &["bind:1", "preferred:1", "interleave:0-1", "interleave:0-1@1M", "affinity-kept"]);
+    assert_phases(
+        topology,
+        report,
+        7,
+        &["bind:1", "preferred:1", "interleave:0-1", "interleave:0-1@1M", "affinity-kept"],
+    );
     assert_phases(
         topology,
         report,
@@ -369,13 +378,20 @@ fn negative_control_glibc_malloc_fails() {
     // is glibc's behaviour, not a harness fault, and pattern 1 is the harness's sanity check here.
     // Pattern 9 (per-worker first touch) is recorded beside it, not checked: glibc's shares are
     // printed for comparison (its chunk headers and arenas decide them, not the checks).
-    let (report, _) =
-        boot("2n", "system", &["--tpn", "1", "1:thp=never", "2", "3", "4", "5:thp=never", "6", "7:thp=never", P9_GLIBC]);
+    let (report, _) = boot(
+        "2n",
+        "system",
+        &["--tpn", "1", "1:thp=never", "2", "3", "4", "5:thp=never", "6", "7:thp=never", P9_GLIBC],
+    );
     assert!(report.summary.is_some(), "negative control did not finish:\n{}", report.render());
     eprintln!("2n / glibc malloc (informational):\n{}", report.first_touch_table());
     assert!(
         report.results.iter().any(|r| r.pattern() == 9)
-            && report.results.iter().filter(|r| r.pattern() == 9).all(|r| matches!(r.verdict, Verdict::Info | Verdict::Skip)),
+            && report
+                .results
+                .iter()
+                .filter(|r| r.pattern() == 9)
+                .all(|r| matches!(r.verdict, Verdict::Info | Verdict::Skip)),
         "pattern 9 of the glibc control must be measured and informational only"
     );
     // The node API does not exist there: pattern 6 is skipped, not failed.
@@ -401,7 +417,12 @@ fn negative_control_glibc_malloc_fails() {
     }
     assert!(report.crashes.is_empty(), "negative control crashed: {:?}", report.crashes);
     // The harness itself works: the easy pattern passes with glibc too.
-    let p1_fail: Vec<String> = report.results.iter().filter(|r| r.pattern() == 1 && r.verdict == Verdict::Fail).map(|r| r.to_string()).collect();
+    let p1_fail: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| r.pattern() == 1 && r.verdict == Verdict::Fail)
+        .map(|r| r.to_string())
+        .collect();
     assert!(p1_fail.is_empty(), "pattern 1 failed with glibc; the harness is broken:\n{}", p1_fail.join("\n"));
     let failed_patterns: std::collections::BTreeSet<u32> = report.failures().map(|r| r.pattern()).collect();
     eprintln!("glibc malloc fails patterns {failed_patterns:?}");
@@ -448,7 +469,13 @@ fn two_nodes_domalloc_sweep_strict() {
         return;
     }
     let (report, _) = boot_env("2n", "domalloc", &[], &["--tpn", "1,2", P10_2N_STRICT], "-sweep-strict");
-    let checks = ["sweep-first-touch", "sweep-recycle", "sweep-reuse-first-touch", "sweep-reuse-recycle", "sweep-recycle-faults"];
+    let checks = [
+        "sweep-first-touch",
+        "sweep-recycle",
+        "sweep-reuse-first-touch",
+        "sweep-reuse-recycle",
+        "sweep-recycle-faults",
+    ];
     assert_sweep("2n", &report, &[1, 2], &checks, &[0, 1]);
     assert_all_pass("2n", &report, &[10]);
 }

@@ -36,7 +36,8 @@ fn libdir() -> PathBuf {
         let so = match std::env::var("DOMALLOC_SO") {
             Ok(p) => PathBuf::from(p),
             Err(_) => {
-                let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
+                let target_dir =
+                    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
                 let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
                     .current_dir(repo())
                     .args(["build", "--release", "-p", "domalloc-ffi"])
@@ -48,7 +49,10 @@ fn libdir() -> PathBuf {
                     .output()
                     .map_err(|e| format!("running cargo: {e}"))?;
                 if !out.status.success() {
-                    return Err(format!("cargo build -p domalloc-ffi failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+                    return Err(format!(
+                        "cargo build -p domalloc-ffi failed:\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
                 }
                 target_dir.join("release/libdomalloc.so")
             }
@@ -100,7 +104,11 @@ fn boot(topology: &str, tag: &str, envs: &[&str], args: &[&str]) -> (GuestReport
     let log = workdir().join(format!("test-hbw-{topology}-{tag}.log"));
     let t = Instant::now();
     let mut cmd = Command::new(repo().join("scripts/qemu/run-guest.sh"));
-    cmd.args(["--topology", topology, "--thp", "never", "--timeout", &timeout]).arg("--binary").arg(&binary).arg("--log").arg(&log);
+    cmd.args(["--topology", topology, "--thp", "never", "--timeout", &timeout])
+        .arg("--binary")
+        .arg(&binary)
+        .arg("--log")
+        .arg(&log);
     for e in envs {
         cmd.args(["--env", e]);
     }
@@ -108,10 +116,19 @@ fn boot(topology: &str, tag: &str, envs: &[&str], args: &[&str]) -> (GuestReport
     let console = String::from_utf8_lossy(&out.stdout).to_string();
     match out.status.code() {
         Some(0) | Some(1) => {}
-        other => panic!("{topology}: run-guest.sh failed ({other:?}); log {}\n{}", log.display(), String::from_utf8_lossy(&out.stderr)),
+        other => panic!(
+            "{topology}: run-guest.sh failed ({other:?}); log {}\n{}",
+            log.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
     let report = GuestReport::parse(&console);
-    eprintln!("== hbwmalloc program, {topology} {tag}: {:.0}s, log {}\n{}", t.elapsed().as_secs_f64(), log.display(), report.render());
+    eprintln!(
+        "== hbwmalloc program, {topology} {tag}: {:.0}s, log {}\n{}",
+        t.elapsed().as_secs_f64(),
+        log.display(),
+        report.render()
+    );
     (report, console)
 }
 
@@ -132,7 +149,8 @@ fn hbw_two_sockets() {
     if skipped() {
         return;
     }
-    let (r, console) = boot("hmat2s", "domalloc", &[], &["--hbm", "0=2,1=3", "sizes", "remote", "preferred", "bind", "tier"]);
+    let (r, console) =
+        boot("hmat2s", "domalloc", &[], &["--hbm", "0=2,1=3", "sizes", "remote", "preferred", "bind", "tier"]);
     assert_all_pass("hmat2s", &r);
     for pair in ["0>2", "1>3"] {
         // 16 B .. 256 MiB by 4x: 13 sizes.
@@ -155,7 +173,10 @@ fn hbw_two_sockets() {
         assert_eq!(phases(&r, phase, pair), 1, "{phase}");
     }
     // The statistics of the tier-policy process: the budget placed, the rest spilled.
-    let tiers = console.lines().find(|l| l.contains("domalloc: tiers:")).unwrap_or_else(|| panic!("no tiers line in the statistics"));
+    let tiers = console
+        .lines()
+        .find(|l| l.contains("domalloc: tiers:"))
+        .unwrap_or_else(|| panic!("no tiers line in the statistics"));
     assert!(tiers.contains("placed on high-bandwidth nodes 32.0 MiB") && !tiers.contains(" 0 spills"), "{tiers}");
     assert!(r.results.iter().all(|x| x.verdict == Verdict::Pass));
 }
@@ -167,7 +188,11 @@ fn hbw_with_far_cxl_node() {
     }
     let (r, _) = boot("hmat2s-cxl", "domalloc", &[], &["--hbm", "0=2,1=3", "--max", "16M", "sizes"]);
     assert_all_pass("hmat2s-cxl", &r);
-    assert_eq!(phases(&r, "hbw_malloc", "0>2") + phases(&r, "hbw_malloc", "1>3"), 22, "16 B .. 16 MiB by 4x: 11 sizes per socket");
+    assert_eq!(
+        phases(&r, "hbw_malloc", "0>2") + phases(&r, "hbw_malloc", "1>3"),
+        22,
+        "16 B .. 16 MiB by 4x: 11 sizes per socket"
+    );
 }
 
 #[test]
@@ -175,9 +200,14 @@ fn hbw_wrong_nodes_fail() {
     if skipped() {
         return;
     }
-    let (r, _) = boot("hmat2s", "memkind-hbw-nodes-3", &["MEMKIND_HBW_NODES=3"], &["--hbm", "0=2,1=3", "--max", "64K", "sizes"]);
+    let (r, _) =
+        boot("hmat2s", "memkind-hbw-nodes-3", &["MEMKIND_HBW_NODES=3"], &["--hbm", "0=2,1=3", "--max", "64K", "sizes"]);
     assert!(r.crashes.is_empty(), "{:?}", r.crashes);
     let socket0 = r.results.iter().filter(|x| x.get("pair") == "0>2" && x.get("phase") == "hbw_malloc");
-    assert!(socket0.clone().count() > 0 && socket0.clone().all(|x| x.verdict == Verdict::Fail), "socket 0 told to use node 3 must fail:\n{}", r.render());
+    assert!(
+        socket0.clone().count() > 0 && socket0.clone().all(|x| x.verdict == Verdict::Fail),
+        "socket 0 told to use node 3 must fail:\n{}",
+        r.render()
+    );
     assert!(r.results.iter().filter(|x| x.get("pair") == "1>3").all(|x| x.verdict == Verdict::Pass));
 }

@@ -23,7 +23,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-
 /// libdomalloc.so: `$DOMALLOC_SO`, else a release build of domalloc-ffi.
 fn libdomalloc() -> PathBuf {
     static SO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -33,8 +32,7 @@ fn libdomalloc() -> PathBuf {
             return if p.is_file() { Ok(p) } else { Err(format!("DOMALLOC_SO={} is not a file", p.display())) };
         }
         let repo = repo();
-        let target_dir =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let t = Instant::now();
         let out = Command::new(cargo)
@@ -98,8 +96,7 @@ fn rust_guest_dynamic() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
         let repo = repo();
-        let target_dir =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let t = Instant::now();
         // Its own target triple directory: the static guest of `tests/guest.rs` is built with
@@ -115,7 +112,10 @@ fn rust_guest_dynamic() -> PathBuf {
             .output()
             .map_err(|e| format!("running cargo: {e}"))?;
         if !out.status.success() {
-            return Err(format!("cargo build numa-guest --features system failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "cargo build numa-guest --features system failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         let built = target_dir.join("dynamic-guest/release/numa-guest");
         let dest = workdir().join("numa-guest-dynamic-system");
@@ -128,7 +128,14 @@ fn rust_guest_dynamic() -> PathBuf {
 }
 
 /// Boots `topology` and runs `binary` (named `what` in the log's name) under `preload`.
-fn boot_program(binary: &Path, what: &str, topology: &str, preload: Option<&Path>, thp: Option<&str>, args: &[&str]) -> GuestReport {
+fn boot_program(
+    binary: &Path,
+    what: &str,
+    topology: &str,
+    preload: Option<&Path>,
+    thp: Option<&str>,
+    args: &[&str],
+) -> GuestReport {
     let name = if preload.is_some() { "domalloc" } else { "glibc" };
     let _one_at_a_time = serial();
     let timeout = std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| "300".to_string());
@@ -203,7 +210,11 @@ fn assert_every_pattern_passes(topology: &str, report: &GuestReport) {
     let by = report.by_pattern();
     for p in [1, 2, 3, 4, 5, 9] {
         let st = by.get(&p).copied().unwrap_or_default();
-        assert!(st.all_passed(), "{topology}: pattern {p} did not pass under LD_PRELOAD=libdomalloc.so\n{}", report.render());
+        assert!(
+            st.all_passed(),
+            "{topology}: pattern {p} did not pass under LD_PRELOAD=libdomalloc.so\n{}",
+            report.render()
+        );
     }
     assert!(s.failed == 0 && s.crashed == 0 && report.crashes.is_empty(), "{topology}: {}", report.render());
     assert_eq!(report.guest_exit, Some(0), "{topology}: guest program exit status");
@@ -264,11 +275,19 @@ fn c_negative_control_glibc_fails() {
     eprintln!("C program, 2n / glibc malloc (informational):\n{}", report.first_touch_table());
     assert!(
         report.results.iter().any(|r| r.pattern() == 9)
-            && report.results.iter().filter(|r| r.pattern() == 9).all(|r| matches!(r.verdict, Verdict::Info | Verdict::Skip)),
+            && report
+                .results
+                .iter()
+                .filter(|r| r.pattern() == 9)
+                .all(|r| matches!(r.verdict, Verdict::Info | Verdict::Skip)),
         "pattern 9 of the glibc control must be measured and informational only"
     );
     let by = report.by_pattern();
-    assert!(by.get(&1).is_some_and(|s| s.all_passed()), "pattern 1 failed with glibc: the harness is broken\n{}", report.render());
+    assert!(
+        by.get(&1).is_some_and(|s| s.all_passed()),
+        "pattern 1 failed with glibc: the harness is broken\n{}",
+        report.render()
+    );
     let failed: Vec<u32> = by.iter().filter(|(_, s)| !s.all_passed()).map(|(p, _)| *p).collect();
     eprintln!("glibc malloc (C program, no preload) fails patterns {failed:?}");
     assert!(!failed.is_empty(), "glibc malloc passed every pattern: the checks cannot fail\n{}", report.render());
@@ -295,10 +314,20 @@ fn rust_guest_preload_sweep_domalloc() {
         eprintln!("Rust guest under LD_PRELOAD, {topology} / domalloc:\n{}", report.sweep_table());
         for &t in tpns {
             let gaps = report.sweep_gaps(t, &checks, nodes);
-            assert!(gaps.is_empty(), "{topology}: pattern 10 under LD_PRELOAD:\n{}\n{}", gaps.join("\n"), report.sweep_table());
+            assert!(
+                gaps.is_empty(),
+                "{topology}: pattern 10 under LD_PRELOAD:\n{}\n{}",
+                gaps.join("\n"),
+                report.sweep_table()
+            );
         }
         let s = report.summary.unwrap_or_else(|| panic!("{topology}: no SUMMARY line\n{}", report.render()));
-        assert!(s.failed == 0 && s.crashed == 0 && report.crashes.is_empty(), "{topology}: {}\n{}", report.render(), report.sweep_table());
+        assert!(
+            s.failed == 0 && s.crashed == 0 && report.crashes.is_empty(),
+            "{topology}: {}\n{}",
+            report.render(),
+            report.sweep_table()
+        );
     }
     let glibc = boot_program(&guest, "rust-dynamic", "2n", None, None, &["--tpn", "1", "10:thp=never:info"]);
     eprintln!("Rust guest, 2n / glibc malloc (informational):\n{}", glibc.sweep_table());

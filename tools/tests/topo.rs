@@ -154,9 +154,8 @@ fn a_tarball_reads_as_its_folder_and_is_cleaned_up() {
 #[test]
 fn hwloc_gather_topology_tarball_of_this_machine() {
     let tool = "hwloc-gather-topology";
-    let have = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
+    let have =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
     if !have {
         // scripts/test.sh installs Debian's `hwloc`, which has it; CI must not skip.
         assert!(std::env::var_os("CI").is_none(), "{tool} is not installed (Debian package hwloc)");

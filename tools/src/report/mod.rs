@@ -80,7 +80,8 @@ fn unique_labels(ranks: &mut [RankStats], warnings: &mut Vec<String>) {
         ranks.iter().filter(|r| !seen.insert(r.label.clone())).map(|r| r.label.clone()).collect()
     };
     for label in duplicates(ranks) {
-        let files: Vec<String> = ranks.iter().filter(|r| r.label == label).map(|r| r.file.display().to_string()).collect();
+        let files: Vec<String> =
+            ranks.iter().filter(|r| r.label == label).map(|r| r.file.display().to_string()).collect();
         warnings.push(format!("rank {label} appears in {} files: {}", files.len(), files.join(", ")));
     }
     let dup = duplicates(ranks);
@@ -274,7 +275,11 @@ pub fn json(m: &Merged) -> String {
                 .doc
                 .nodes
                 .iter()
-                .map(|n| NodeSummary { node: Some(n.node), counters: &n.counters, remote_free_share: n.counters.remote_share() })
+                .map(|n| NodeSummary {
+                    node: Some(n.node),
+                    counters: &n.counters,
+                    remote_free_share: n.counters.remote_share(),
+                })
                 .collect(),
         })
         .collect();

@@ -96,7 +96,9 @@ pub fn fake_tree(name: &str, cpu_possible: &str, nodes: &[FakeNode]) -> PathBuf 
     fs::write(sys.join("devices/system/cpu/online"), cpus.join(",") + "\n").unwrap();
     let max = nodes.iter().map(|n| n.id).max().unwrap_or(0);
     fs::write(node_dir.join("possible"), format!("0-{max}\n")).unwrap();
-    let ids = |f: &dyn Fn(&FakeNode) -> bool| nodes.iter().filter(|n| f(n)).map(|n| n.id.to_string()).collect::<Vec<_>>().join(",");
+    let ids = |f: &dyn Fn(&FakeNode) -> bool| {
+        nodes.iter().filter(|n| f(n)).map(|n| n.id.to_string()).collect::<Vec<_>>().join(",")
+    };
     fs::write(node_dir.join("online"), ids(&|_| true) + "\n").unwrap();
     fs::write(node_dir.join("has_memory"), ids(&|n| n.mem_kb > 0) + "\n").unwrap();
     fs::write(node_dir.join("has_cpu"), ids(&|n| !n.cpus.is_empty()) + "\n").unwrap();
@@ -107,12 +109,7 @@ pub fn fake_tree(name: &str, cpu_possible: &str, nodes: &[FakeNode]) -> PathBuf 
         fs::write(d.join("distance"), format!("{}\n", n.distance)).unwrap();
         fs::write(
             d.join("meminfo"),
-            format!(
-                "Node {0} MemTotal:       {1} kB\nNode {0} MemFree:        {2} kB\n",
-                n.id,
-                n.mem_kb,
-                n.mem_kb / 2
-            ),
+            format!("Node {0} MemTotal:       {1} kB\nNode {0} MemFree:        {2} kB\n", n.id, n.mem_kb, n.mem_kb / 2),
         )
         .unwrap();
     }

@@ -151,7 +151,8 @@ fn size_list(sizes: &[usize]) -> String {
 
 /// 9: starts one sub-run per case (see the module documentation).
 pub fn pattern9(cfg: &Config, topo: &Topology) {
-    let min_mem = topo.cpu_nodes.iter().map(|n| topo.node_mem_kib.get(n).copied().unwrap_or(0) * 1024).min().unwrap_or(0);
+    let min_mem =
+        topo.cpu_nodes.iter().map(|n| topo.node_mem_kib.get(n).copied().unwrap_or(0) * 1024).min().unwrap_or(0);
     let mut subs = Vec::new();
     let sub = |name: String| Sub { name, env: None, affinity: None, mempolicy: None };
     let mut small = Vec::new();
@@ -324,8 +325,7 @@ pub fn run_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> {
     let a = topo.cpu_nodes[0];
     // The serial region runs on the first CPU node.
     pin(topo, cfg, a, 0);
-    let workers: Vec<(usize, usize)> =
-        topo.cpu_nodes.iter().flat_map(|&n| (0..cfg.tpn).map(move |i| (n, i))).collect();
+    let workers: Vec<(usize, usize)> = topo.cpu_nodes.iter().flat_map(|&n| (0..cfg.tpn).map(move |i| (n, i))).collect();
     let nw = workers.len();
     let slots: Vec<Mutex<Vec<Buf>>> = (0..nw).map(|_| Mutex::new(Vec::new())).collect();
     let outs: Vec<Mutex<Vec<Round>>> = (0..nw).map(|_| Mutex::new(Vec::new())).collect();
@@ -366,7 +366,8 @@ pub fn run_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> {
     for (step, per_worker) in results.iter().enumerate() {
         for (w, &(node, i)) in workers.iter().enumerate() {
             // Who allocated > who uses (realloc-grow: the worker does both).
-            let pair = if matches!(case, Case::ReallocGrow { .. }) { format!("{node}>{node}") } else { format!("{a}>{node}") };
+            let pair =
+                if matches!(case, Case::ReallocGrow { .. }) { format!("{node}>{node}") } else { format!("{a}>{node}") };
             let rs = &per_worker[w];
             match &case {
                 Case::FirstTouch { api, size, .. } => {

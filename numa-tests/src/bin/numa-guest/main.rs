@@ -112,7 +112,9 @@ mod driver {
             .filter(|x| !x.is_empty())
             .map(|x| {
                 let (size, count) = match x.split_once('x') {
-                    Some((s, c)) => (s, Some(c.parse::<usize>().ok().filter(|c| *c > 0).ok_or(format!("bad count in {x}"))?)),
+                    Some((s, c)) => {
+                        (s, Some(c.parse::<usize>().ok().filter(|c| *c > 0).ok_or(format!("bad count in {x}"))?))
+                    }
                     None => (x, None),
                 };
                 let size = parse_size(size).filter(|n| *n > 0).ok_or(format!("bad size {x}"))?;
@@ -211,7 +213,9 @@ mod driver {
                     "child" => o.child = Some(val.parse().map_err(|_| "bad --child".to_string())?),
                     "sub" => o.sub = Some(val),
                     "tpn" => {
-                        o.tpns = val.split(',').map(|v| v.parse::<usize>().map_err(|_| format!("bad tpn {v}")))
+                        o.tpns = val
+                            .split(',')
+                            .map(|v| v.parse::<usize>().map_err(|_| format!("bad tpn {v}")))
                             .collect::<Result<_, _>>()?;
                         o.tpns.retain(|t| *t > 0);
                         o.cfg.tpn = o.tpns.first().copied().unwrap_or(1);
@@ -232,7 +236,12 @@ mod driver {
         let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         println!("INFO allocator={} malloc_from={} kernel={}", crate::ALLOCATOR, sys::malloc_from(), uname.trim());
         println!("INFO topology {}", topo.describe());
-        println!("INFO thp={} numa_balancing={} rss_now={}K", sys::thp_mode(), sys::numa_balancing(), sys::rss_bytes() / 1024);
+        println!(
+            "INFO thp={} numa_balancing={} rss_now={}K",
+            sys::thp_mode(),
+            sys::numa_balancing(),
+            sys::rss_bytes() / 1024
+        );
         println!("INFO memfree {}", sys::node_free());
         #[cfg(not(feature = "system"))]
         println!("INFO domalloc numa_enabled={} current_node={}", domalloc::numa_enabled(), domalloc::current_node());
@@ -343,7 +352,12 @@ mod driver {
     /// The command line of the child for pattern `p` with `tpn` threads per node and the run's
     /// overrides `kv` (validated here, so a typo fails loudly in the parent), and the THP mode
     /// the run wants set, if any.
-    fn child_args(ctx: &Parent, p: u32, kv: &[(String, String)], tpn: usize) -> Result<(Vec<String>, Option<String>), String> {
+    fn child_args(
+        ctx: &Parent,
+        p: u32,
+        kv: &[(String, String)],
+        tpn: usize,
+    ) -> Result<(Vec<String>, Option<String>), String> {
         // Pass every option through, then this run's overrides.
         let mut cargs = passthrough_args(ctx.args);
         let mut thp = ctx.opts.cfg.thp.clone();
@@ -374,7 +388,8 @@ mod driver {
                 return Ok(());
             }
         }
-        let ChildRun { status, counts: (p_ok, p_fail, p_info), secs } = run_child(&ctx.exe, &cargs, ctx.opts.child_timeout)?;
+        let ChildRun { status, counts: (p_ok, p_fail, p_info), secs } =
+            run_child(&ctx.exe, &cargs, ctx.opts.child_timeout)?;
         totals.passed += p_ok;
         totals.failed += p_fail;
         totals.info += p_info;
