@@ -394,34 +394,6 @@ mod tests {
         (hw, dm)
     }
 
-    #[test]
-    fn tiers_from_a_fake_hmat_tree() {
-        let root = std::env::temp_dir().join(format!("domalloc-topo-tiers-{}", std::process::id()));
-        let n = root.join("devices/system/node");
-        std::fs::create_dir_all(root.join("devices/system/cpu")).unwrap();
-        std::fs::write(root.join("devices/system/cpu/possible"), "0-1\n").unwrap();
-        for (id, cpus, dist, bw) in [(0, "0-1", "10 12", 20480), (1, "", "12 10", 81920)] {
-            let d = n.join(format!("node{id}"));
-            std::fs::create_dir_all(d.join("access0/initiators/node0")).unwrap();
-            std::fs::write(d.join("access0/initiators/node0/cpulist"), "0-1\n").unwrap();
-            std::fs::write(d.join("access0/initiators/read_bandwidth"), format!("{bw}\n")).unwrap();
-            std::fs::write(d.join("access0/initiators/read_latency"), "100\n").unwrap();
-            std::fs::write(d.join("cpulist"), format!("{cpus}\n")).unwrap();
-            std::fs::write(d.join("distance"), format!("{dist}\n")).unwrap();
-            std::fs::write(d.join("meminfo"), format!("Node {id} MemTotal: 1048576 kB\n")).unwrap();
-        }
-        for f in ["possible", "online", "has_memory"] {
-            std::fs::write(n.join(f), "0-1\n").unwrap();
-        }
-        let mut t = domalloc::topology::Topology::detect(Some(root.as_os_str().as_encoded_bytes())).unwrap();
-        let lines = tier_lines(&mut t, None).join("\n");
-        assert!(lines.contains("node   1  hbw       -     81920 MB/s 100 ns from node 0"), "{lines}");
-        assert!(lines.contains("cpu node   0: nearest high-bandwidth node 1, nearest capacity node none"), "{lines}");
-        let lines = tier_lines(&mut t, Some("0")).join("\n");
-        assert!(lines.contains("node   1  capacity"), "{lines}");
-        let _ = std::fs::remove_dir_all(&root);
-    }
-
     fn differing(checks: &[Check]) -> Vec<&'static str> {
         checks.iter().filter(|c| matches!(c.verdict, Verdict::Differ(_))).map(|c| c.what).collect()
     }

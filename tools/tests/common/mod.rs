@@ -58,16 +58,9 @@ pub fn allowed_cpus() -> Vec<usize> {
     parse_cpu_list(line.split(':').nth(1).unwrap())
 }
 
-/// `0-2,5` -> [0, 1, 2, 5].
+/// `0-2,5` -> [0, 1, 2, 5] (the launcher's own parser; `""` -> []).
 pub fn parse_cpu_list(s: &str) -> Vec<usize> {
-    let mut v = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => v.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
-            None => v.push(part.parse().unwrap()),
-        }
-    }
-    v
+    domalloc_tools::parse_list(s, &[]).unwrap_or_default()
 }
 
 /// One node of a fake tree.
@@ -83,7 +76,9 @@ pub struct FakeNode {
 }
 
 /// A fake sysfs tree `<dir>/sys/devices/system/...` (the layout hwloc-gather-topology saves;
-/// `DOMALLOC_TOPOLOGY_ROOT` is `<dir>/sys`). Returns `<dir>`.
+/// `DOMALLOC_TOPOLOGY_ROOT` is `<dir>/sys`): the node lists, and each node's cpulist, distance
+/// and meminfo (`MemFree` half of `MemTotal`). Returns `<dir>`. The one fake tree of these
+/// tests: `tests/topo.rs` adds what hwloc or the HMAT tiers read besides.
 pub fn fake_tree(name: &str, cpu_possible: &str, nodes: &[FakeNode]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("domalloc-tools-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
