@@ -2,9 +2,9 @@
 //!
 //! The guest program (`src/bin/numa-guest/`) runs inside a QEMU guest with emulated NUMA nodes
 //! and prints one `RESULT` line per check and a final `SUMMARY` line; the host-side driver
-//! (`tests/guest.rs`) boots the guests through `scripts/qemu/run-guest.sh` and parses those lines
-//! with the functions here. The line format is plain `key=value` tokens so that a person reading
-//! a serial console log can follow it too:
+//! (`tests/guest.rs`) boots the guests through [`qemu`] (`scripts/qemu/run-guest.sh`) and parses
+//! those lines with the functions here. The line format is plain `key=value` tokens so that a
+//! person reading a serial console log can follow it too:
 //!
 //! ```text
 //! RESULT pattern=2 phase=b-alloc pair=0>1 size=4096 threads_per_node=1 objects=512 pages=512 local=512 absent=0 share=1.0000 nodes=1:512 PASS
@@ -13,6 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+pub mod qemu;
 
 /// Parses a size such as `16`, `4K`, `2M`, `1G` (binary units; `k`/`m`/`g` also accepted).
 pub fn parse_size(s: &str) -> Option<usize> {
@@ -577,38 +579,5 @@ mod tests {
         // Missing: recycle on node 0 (none), recycle on node 1 (INFO only), remote-free and realloc-grow.
         assert_eq!(gaps.len(), 6, "{gaps:?}");
         assert!(!gaps.iter().any(|g| g.contains("first-touch")), "{gaps:?}");
-    }
-}
-
-/// Host-side helpers shared by the QEMU test binaries (`tests/guest.rs`, `tests/preload.rs`).
-pub mod harness {
-    use std::path::{Path, PathBuf};
-    use std::sync::{Mutex, MutexGuard};
-
-    /// The repository root.
-    pub fn repo() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
-    }
-
-    /// `numa-tests/work/` (git-ignored), created on first use: guest binaries and console logs.
-    pub fn workdir() -> PathBuf {
-        let w = repo().join("numa-tests/work");
-        std::fs::create_dir_all(&w).expect("create numa-tests/work");
-        w
-    }
-
-    /// One guest at a time (TCG on a small host is slow when guests overlap).
-    pub fn serial() -> MutexGuard<'static, ()> {
-        static LOCK: Mutex<()> = Mutex::new(());
-        LOCK.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether `DOMALLOC_QEMU_TESTS=0` asks to skip the QEMU tests (says so on stderr).
-    pub fn skipped() -> bool {
-        if std::env::var("DOMALLOC_QEMU_TESTS").map(|v| v == "0").unwrap_or(false) {
-            eprintln!("DOMALLOC_QEMU_TESTS=0: QEMU NUMA tests skipped");
-            return true;
-        }
-        false
     }
 }

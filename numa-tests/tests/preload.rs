@@ -16,49 +16,11 @@
 
 #![cfg(target_os = "linux")]
 
-use domalloc_numa_tests::harness::{repo, serial, skipped, workdir};
+use domalloc_numa_tests::qemu::{libdomalloc, repo, skipped, workdir, Boot, Guest};
 use domalloc_numa_tests::{GuestReport, Verdict, C_FIRST_TOUCH_APIS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Instant;
-
-/// libdomalloc.so: `$DOMALLOC_SO`, else a release build of domalloc-ffi.
-fn libdomalloc() -> PathBuf {
-    static SO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    SO.get_or_init(|| {
-        if let Ok(p) = std::env::var("DOMALLOC_SO") {
-            let p = PathBuf::from(p);
-            return if p.is_file() { Ok(p) } else { Err(format!("DOMALLOC_SO={} is not a file", p.display())) };
-        }
-        let repo = repo();
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let t = Instant::now();
-        let out = Command::new(cargo)
-            .current_dir(&repo)
-            .args(["build", "--release", "-p", "domalloc-ffi"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTFLAGS")
-            .env_remove("RUSTC_WRAPPER")
-            .env_remove("CARGO_MAKEFLAGS")
-            .output()
-            .map_err(|e| format!("running cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("cargo build -p domalloc-ffi failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-        }
-        let so = target_dir.join("release/libdomalloc.so");
-        eprintln!("built {} in {:.0}s", so.display(), t.elapsed().as_secs_f64());
-        if so.is_file() {
-            Ok(so)
-        } else {
-            Err(format!("{} missing after the build", so.display()))
-        }
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("cannot get libdomalloc.so: {e}"))
-}
 
 /// The C guest program, built with gcc (dynamically linked).
 fn c_program() -> PathBuf {
@@ -88,45 +50,6 @@ fn boot(topology: &str, preload: Option<&Path>, thp: Option<&str>, args: &[&str]
     boot_program(&c_program(), "c", topology, preload, thp, args)
 }
 
-/// The Rust guest (`numa-guest`) built with glibc malloc as its global allocator
-/// (`--features system`) and linked dynamically, so that `LD_PRELOAD` replaces malloc, calloc,
-/// realloc, posix_memalign and free under it: the same patterns as the static guest, through
-/// the C interface, without a second implementation in C.
-fn rust_guest_dynamic() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let repo = repo();
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let t = Instant::now();
-        // Its own target triple directory: the static guest of `tests/guest.rs` is built with
-        // `+crt-static`, this one without.
-        let out = Command::new(cargo)
-            .current_dir(&repo)
-            .args(["build", "--release", "-p", "domalloc-numa-tests", "--bin", "numa-guest", "--features", "system"])
-            .env("CARGO_TARGET_DIR", target_dir.join("dynamic-guest"))
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTFLAGS")
-            .env_remove("RUSTC_WRAPPER")
-            .env_remove("CARGO_MAKEFLAGS")
-            .output()
-            .map_err(|e| format!("running cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cargo build numa-guest --features system failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let built = target_dir.join("dynamic-guest/release/numa-guest");
-        let dest = workdir().join("numa-guest-dynamic-system");
-        std::fs::copy(&built, &dest).map_err(|e| format!("copy {}: {e}", built.display()))?;
-        eprintln!("built {} in {:.0}s", dest.display(), t.elapsed().as_secs_f64());
-        Ok(dest)
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("cannot build the dynamic Rust guest: {e}"))
-}
-
 /// Boots `topology` and runs `binary` (named `what` in the log's name) under `preload`.
 fn boot_program(
     binary: &Path,
@@ -137,42 +60,19 @@ fn boot_program(
     args: &[&str],
 ) -> GuestReport {
     let name = if preload.is_some() { "domalloc" } else { "glibc" };
-    let _one_at_a_time = serial();
-    let timeout = std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| "300".to_string());
     let log = workdir().join(format!("test-{what}-{topology}-{name}.log"));
-    let t = Instant::now();
-    let mut cmd = Command::new(repo().join("scripts/qemu/run-guest.sh"));
-    cmd.arg("--topology").arg(topology).arg("--binary").arg(binary);
-    if let Some(p) = preload {
-        cmd.arg("--preload").arg(p);
-    }
-    if let Some(mode) = thp {
-        cmd.arg("--thp").arg(mode);
-    }
-    let out = cmd
-        .arg("--timeout")
-        .arg(&timeout)
-        .arg("--log")
-        .arg(&log)
-        .arg("--")
-        .args(args)
-        .output()
-        .expect("run scripts/qemu/run-guest.sh");
-    let console = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    match out.status.code() {
-        Some(0) | Some(1) => {}
-        Some(2) => panic!(
-            "{topology}/{name}: the guest did not finish (boot failure, panic or timeout); log {}\n{stderr}\n{}",
-            log.display(),
-            console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-        ),
-        other => panic!("{topology}/{name}: run-guest.sh failed ({other:?}):\n{stderr}"),
-    }
-    let report = GuestReport::parse(&console);
+    let boot = Boot {
+        binary: Some(binary.to_path_buf()),
+        preload: preload.map(Path::to_path_buf),
+        thp: thp.map(str::to_string),
+        log: Some(log.clone()),
+        ..Boot::new(topology)
+    };
+    let (report, console) =
+        boot.timeout_from_env(300).args(args).report().unwrap_or_else(|e| panic!("{topology}/{name}: {e}"));
     eprintln!(
         "== {what} program, {topology} / {name}: {:.0}s, log {}\n{}{}",
-        t.elapsed().as_secs_f64(),
+        console.seconds,
         log.display(),
         report.pattern_table(),
         report.render()
@@ -304,7 +204,7 @@ fn rust_guest_preload_sweep_domalloc() {
         return;
     }
     let so = libdomalloc();
-    let guest = rust_guest_dynamic();
+    let guest = Guest::Dynamic.binary();
     let checks = ["sweep-first-touch", "sweep-recycle"];
     for (topology, tpn, tpns, nodes) in
         [("2n", "1,2", &[1usize, 2][..], &[0usize, 1][..]), ("4n-unequal", "1", &[1][..], &[0, 1, 2, 3][..])]
