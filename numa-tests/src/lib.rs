@@ -408,12 +408,14 @@ pub const RUST_FIRST_TOUCH_APIS: FirstTouchApis<'static> = FirstTouchApis {
     aligned_size: "64K",
     remote: "alloc",
 };
-/// The C program's pattern 9 APIs.
+/// The pattern 9 APIs of the C path, the guest built with the System allocator: `alloc` is
+/// `malloc`, `alloc_zeroed` `calloc` and `alloc-align4k` `posix_memalign`; `aligned_alloc` and
+/// `memalign` are called as they are.
 pub const C_FIRST_TOUCH_APIS: FirstTouchApis<'static> = FirstTouchApis {
-    plain: &["malloc", "calloc"],
-    aligned: &["posix_memalign", "aligned_alloc", "memalign"],
+    plain: &["alloc", "alloc_zeroed"],
+    aligned: &["alloc-align4k", "aligned_alloc", "memalign"],
     aligned_size: "64K",
-    remote: "malloc",
+    remote: "alloc",
 };
 
 impl GuestReport {

@@ -1,53 +1,39 @@
-//! The C path in the multi-node QEMU guest: a dynamically linked C program
-//! (`numa-tests/c/numa_patterns.c`, plain malloc/calloc/free) runs inside the guest with
-//! `LD_PRELOAD=libdomalloc.so`; the shared libraries it needs are copied into the initramfs by
-//! `scripts/qemu/run-guest.sh --preload`. It prints the same `RESULT`/`SUMMARY` lines as the
-//! Rust guest, so the same parser reads them.
+//! The C path in the multi-node QEMU guest: the guest program `numa-guest` built with glibc
+//! malloc as its global allocator (`--features system`) and linked dynamically, so that std's
+//! System allocator calls `malloc`, `calloc`, `posix_memalign` (alignment 4 KiB), `realloc` and
+//! `free` (and pattern 9 `aligned_alloc` and `memalign` itself): under
+//! `LD_PRELOAD=libdomalloc.so` (copied into the initramfs with every library it needs by
+//! `scripts/qemu/run-guest.sh --preload`) each of those is domalloc's C ABI. The same patterns
+//! as the static guest, one implementation; `C_PATH` gives the C path's defaults (one thread per
+//! node, THP off in patterns 5 and 9; `scripts/qemu/run-guest.sh --c-program` uses the same).
 //!
 //! - `c_preload_two_nodes_domalloc`: 2 nodes, every pattern (1-5 and 9) must pass.
 //! - `c_preload_four_nodes_unequal_domalloc`: 4 nodes with unequal memory, the same.
 //! - `c_negative_control_glibc_fails`: the same program without a preload (glibc malloc) must
 //!   fail at least one pattern, or the checks prove nothing; pattern 9 (per-worker first touch)
 //!   is measured there and printed beside domalloc's, not checked.
+//! - `rust_guest_preload_sweep_domalloc`: pattern 10 (the sweep over every size class) the same
+//!   way, on `2n` and `4n-unequal`.
 //!
 //! Environment: `DOMALLOC_QEMU_TESTS=0` skips; `DOMALLOC_SO` points at a prebuilt
-//! libdomalloc.so (else `cargo build --release -p domalloc-ffi` here); `DOMALLOC_QEMU_TIMEOUT`
-//! seconds per guest (default 300). Logs: `numa-tests/work/test-c-<topology>-<allocator>.log`.
+//! libdomalloc.so (else `cargo build --release -p domalloc-ffi` here), `DOMALLOC_NUMA_GUEST_DYNAMIC`
+//! at a prebuilt guest; `DOMALLOC_QEMU_TIMEOUT` seconds per guest (default 300). Logs:
+//! `numa-tests/work/test-c-<topology>-<allocator>.log`.
 
 #![cfg(target_os = "linux")]
 
-use domalloc_numa_tests::qemu::{libdomalloc, repo, skipped, workdir, Boot, Guest};
+use domalloc_numa_tests::qemu::{libdomalloc, skipped, workdir, Boot, Guest};
 use domalloc_numa_tests::{GuestReport, Verdict, C_FIRST_TOUCH_APIS};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 
-/// The C guest program, built with gcc (dynamically linked).
-fn c_program() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let src = repo().join("numa-tests/c/numa_patterns.c");
-        let bin = workdir().join("numa_patterns-test");
-        let out = Command::new(std::env::var_os("CC").unwrap_or_else(|| "gcc".into()))
-            .args(["-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
-            .arg(&bin)
-            .arg(&src)
-            .output()
-            .map_err(|e| format!("running gcc (install gcc): {e}"))?;
-        if out.status.success() {
-            Ok(bin)
-        } else {
-            Err(format!("gcc {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr)))
-        }
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("cannot build the C guest program: {e}"))
-}
+/// The C path's defaults: one thread per node, THP off in patterns 5 and 9.
+const C_PATH: [&str; 6] = ["--tpn", "1", "--thp5", "never", "--thp9", "never"];
 
-/// Boots `topology` (with `transparent_hugepage=thp` when given) and runs the C program under
-/// `preload` (`None`: glibc malloc).
+/// Boots `topology` (with `transparent_hugepage=thp` when given) and runs the dynamic guest
+/// with the C path's defaults under `preload` (`None`: glibc malloc).
 fn boot(topology: &str, preload: Option<&Path>, thp: Option<&str>, args: &[&str]) -> GuestReport {
-    boot_program(&c_program(), "c", topology, preload, thp, args)
+    let args: Vec<&str> = C_PATH.iter().chain(args).copied().collect();
+    boot_program(&Guest::Dynamic.binary(), "c", topology, preload, thp, &args)
 }
 
 /// Boots `topology` and runs `binary` (named `what` in the log's name) under `preload`.
@@ -85,10 +71,9 @@ fn assert_malloc_from(report: &GuestReport, want: &str) {
     assert!(line.contains(want), "malloc does not come from {want} in the guest: {line:?}");
 }
 
-/// Pattern 9 sizes of the C program (THP is `never` for it by default: `--thp9`): 16K and 64K
-/// with 8 buffers per worker, 256K and 768K with 4, 1536K and 3M with 2 (fewer pages under TCG;
-/// the 64M block runs in the Rust guest); the aligned APIs (posix_memalign, aligned_alloc,
-/// memalign) at 64K.
+/// Pattern 9 sizes of the C path: 16K and 64K with 8 buffers per worker, 256K and 768K with 4,
+/// 1536K and 3M with 2 (fewer pages under TCG; the 64M block runs in the static guest); the
+/// aligned APIs (posix_memalign, aligned_alloc, memalign) at 64K.
 const P9_SIZES: &str = "16K,64K,256Kx4,768Kx4,1536Kx2,3Mx2";
 /// On `4n-unequal` (four workers, one per vCPU) fewer of the bigger ones.
 const P9_SIZES_4N: &str = "16K,64K,256Kx4,768Kx2,1536Kx1,3Mx1";

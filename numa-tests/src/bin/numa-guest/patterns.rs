@@ -51,6 +51,9 @@ pub struct Config {
     pub rss_bound: usize,
     pub split: usize,
     pub thp: Option<String>,
+    /// `--thp5` / `--thp9`: the THP mode of pattern 5 / 9 runs that do not set their own.
+    pub thp5: Option<String>,
+    pub thp9: Option<String>,
     pub pin: Pin,
     pub first_pair_only: bool,
     pub info_only: bool,
@@ -90,6 +93,8 @@ impl Default for Config {
             rss_bound: 64 << 20,
             split: PAGE,
             thp: None,
+            thp5: None,
+            thp9: None,
             pin: Pin::Node,
             first_pair_only: false,
             info_only: false,
