@@ -68,19 +68,20 @@ pub fn cargo_build(args: &[&str], target_dir: &Path, rustflags: Option<&str>) ->
     Ok(())
 }
 
-/// `$var` when set (it must name a file), else what `build` makes; once per process.
+/// `$var` when there is one and it is set (it must name a file), else what `build` makes; once
+/// per process.
 fn cached(
     cell: &'static OnceLock<Result<PathBuf, String>>,
-    var: &str,
+    var: Option<&str>,
     build: impl FnOnce() -> Result<PathBuf, String>,
 ) -> PathBuf {
-    cell.get_or_init(|| match std::env::var_os(var) {
+    cell.get_or_init(|| match var.and_then(std::env::var_os) {
         Some(p) => {
             let p = PathBuf::from(p);
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(format!("{var}={} is not a file", p.display()))
+                Err(format!("{}={} is not a file", var.unwrap_or_default(), p.display()))
             }
         }
         None => build(),
@@ -92,7 +93,7 @@ fn cached(
 /// `libdomalloc.so`: `$DOMALLOC_SO`, else a release build of domalloc-ffi.
 pub fn libdomalloc() -> PathBuf {
     static SO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    cached(&SO, "DOMALLOC_SO", || {
+    cached(&SO, Some("DOMALLOC_SO"), || {
         cargo_build(&["-p", "domalloc-ffi"], &target_dir(), None)?;
         let so = target_dir().join("release/libdomalloc.so");
         if so.is_file() {
@@ -112,19 +113,19 @@ pub enum Guest {
     /// (`$DOMALLOC_NUMA_GUEST_SYSTEM`).
     System,
     /// Dynamic, glibc malloc (`--features system`): `LD_PRELOAD` replaces malloc, calloc,
-    /// realloc, posix_memalign, aligned_alloc, memalign and free under it. The C path
-    /// (`$DOMALLOC_NUMA_GUEST_DYNAMIC`).
+    /// realloc, posix_memalign, aligned_alloc, memalign and free under it: the C path.
     Dynamic,
 }
 
 impl Guest {
-    /// The binary, built once per process (or taken from the environment variable above).
+    /// The binary, built once per process (or taken from the environment variable above, where
+    /// there is one).
     pub fn binary(self) -> PathBuf {
         static CELLS: [OnceLock<Result<PathBuf, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
         let (var, name) = match self {
-            Guest::Domalloc => ("DOMALLOC_NUMA_GUEST", "numa-guest-domalloc"),
-            Guest::System => ("DOMALLOC_NUMA_GUEST_SYSTEM", "numa-guest-system"),
-            Guest::Dynamic => ("DOMALLOC_NUMA_GUEST_DYNAMIC", "numa-guest-dynamic-system"),
+            Guest::Domalloc => (Some("DOMALLOC_NUMA_GUEST"), "numa-guest-domalloc"),
+            Guest::System => (Some("DOMALLOC_NUMA_GUEST_SYSTEM"), "numa-guest-system"),
+            Guest::Dynamic => (None, "numa-guest-dynamic-system"),
         };
         cached(&CELLS[self as usize], var, || {
             // The static builds share target/x86_64-unknown-linux-gnu/release/numa-guest: one

@@ -16,9 +16,8 @@
 //!   way, on `2n` and `4n-unequal`.
 //!
 //! Environment: `DOMALLOC_QEMU_TESTS=0` skips; `DOMALLOC_SO` points at a prebuilt
-//! libdomalloc.so (else `cargo build --release -p domalloc-ffi` here), `DOMALLOC_NUMA_GUEST_DYNAMIC`
-//! at a prebuilt guest; `DOMALLOC_QEMU_TIMEOUT` seconds per guest (default 300). Logs:
-//! `numa-tests/work/test-c-<topology>-<allocator>.log`.
+//! libdomalloc.so (else `cargo build --release -p domalloc-ffi` here); `DOMALLOC_QEMU_TIMEOUT`
+//! seconds per guest (default 300). Logs: `numa-tests/work/test-c-<topology>-<allocator>.log`.
 
 #![cfg(target_os = "linux")]
 
