@@ -175,6 +175,9 @@ pub struct Boot {
     pub topology: String,
     /// `--binary`, or none: `--alloc domalloc` (the script builds the static guest).
     pub binary: Option<PathBuf>,
+    /// `--c-program`: the script builds the C path's guest (dynamic, glibc malloc) and passes
+    /// its defaults (one thread per node, THP off in patterns 5 and 9) before `args`.
+    pub c_program: bool,
     /// `--preload`: a library in `LD_PRELOAD` (a dynamic program only).
     pub preload: Option<PathBuf>,
     /// `--thp`: the guest kernel's transparent huge page mode.
@@ -226,6 +229,9 @@ impl Boot {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(repo().join("scripts/qemu/run-guest.sh"));
         cmd.arg("--topology").arg(&self.topology).env_remove("LD_PRELOAD");
+        if self.c_program {
+            cmd.arg("--c-program");
+        }
         let paths = [
             ("--binary", &self.binary),
             ("--preload", &self.preload),
@@ -290,4 +296,31 @@ impl Boot {
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line() {
+        let boot = Boot {
+            c_program: true,
+            preload: Some("/l/libx.so".into()),
+            thp: Some("never".into()),
+            env: vec!["A=1".into()],
+            timeout_s: Some("30".into()),
+            log: Some("/w/x.log".into()),
+            ..Boot::new("4n-unequal")
+        };
+        let cmd = boot.args(&["--tpn", "1", "2"]).command();
+        assert!(cmd.get_program().to_string_lossy().ends_with("scripts/qemu/run-guest.sh"));
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args.join(" "),
+            "--topology 4n-unequal --c-program --preload /l/libx.so --log /w/x.log --thp never --timeout 30 \
+             --env A=1 -- --tpn 1 2"
+        );
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+    }
 }
