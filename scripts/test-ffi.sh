@@ -27,94 +27,23 @@ trap '[ -n "$KEEP_WORK" ] || rm -rf "$WORK"' EXIT
 export ROOT REL LIB QUICK WORK
 export CFLAGS="-O2 -g -Wall -Wextra -Wno-alloc-size-larger-than -Wno-use-after-free -Wno-free-nonheap-object -Wno-maybe-uninitialized"
 export TESTS=tests/c
-PASSED=0
-FAILED=0
-SKIPPED=0
-FAILED_NAMES=()
+. "$ROOT/scripts/lib.sh"
 
-say() { printf '%s\n' "$*"; }
-
-# ---- packages ----
-
-ensure_packages() {
-    local want=(gcc gfortran openmpi-bin libopenmpi-dev python3 sqlite3 git pkg-config hwloc libhwloc-dev libudev-dev
-                make binutils procps heaptrack)
-    local pyver
-    pyver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
-    [ -n "$pyver" ] && want+=("libpython$pyver-testsuite")
-    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
-        return 0
-    fi
-    local missing=()
-    for p in "${want[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null 2>&1 || true
-    # One by one: a package missing from this release (the Python test suite) must not stop the rest.
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
-        for p in "${missing[@]}"; do apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 || say "  (could not install $p)"; done
+# What PASS shows of a test's log: its last line naming a count or a verdict.
+test_info() {
+    grep -E '(^| )(ok|Mops|threads|forks|ranks|RSS|tests OK|Tests result)' "$1" | grep -v '^domalloc:' | tail -1 | cut -c1-110
 }
 
-# ---- bookkeeping ----
-
-selected() { [ -z "$FILTER" ] || [[ "$1" == *"$FILTER"* ]]; }
-
-# run_test NAME TIMEOUT CMD...: runs CMD (output to $WORK/NAME.log); PASS on exit 0.
-run_test() {
-    local name=$1 limit=$2
-    shift 2
-    selected "$name" || return 0
-    local log="$WORK/$name.log" t0 t1 rc
-    t0=$(date +%s.%N)
-    if declare -F "$1" >/dev/null; then
-        # A shell function: run it in a child bash that has every function of this script.
-        timeout -k 10 "$limit" bash -c "$(declare -f); \"\$@\"" _ "$@" >"$log" 2>&1
-    else
-        timeout -k 10 "$limit" "$@" >"$log" 2>&1
-    fi
-    rc=$?
-    t1=$(date +%s.%N)
-    local secs
-    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
-    if [ $rc -eq 0 ]; then
-        PASSED=$((PASSED + 1))
-        local info
-        info=$(grep -E '(^| )(ok|Mops|threads|forks|ranks|RSS|tests OK|Tests result)' "$log" | grep -v '^domalloc:' | tail -1 | cut -c1-110)
-        say "PASS  $name (${secs}s)${info:+  -- $info}"
-    else
-        FAILED=$((FAILED + 1))
-        FAILED_NAMES+=("$name")
-        [ $rc -eq 124 ] && say "FAIL  $name: timed out after ${limit}s" || say "FAIL  $name (exit $rc, ${secs}s)"
-        tail -n 25 "$log" | sed 's/^/      | /'
-    fi
-}
-
-skip() {
-    selected "$1" || return 0
-    SKIPPED=$((SKIPPED + 1))
-    say "SKIP  $1: $2"
-}
-
-have() { command -v "$1" >/dev/null 2>&1; }
+ensure_packages gcc gfortran openmpi-bin libopenmpi-dev python3 sqlite3 git pkg-config hwloc libhwloc-dev libudev-dev \
+    make binutils procps heaptrack \
+    $(python3 -c 'import sys; print("libpython%d.%d-testsuite" % sys.version_info[:2])' 2>/dev/null)
 
 # preload CMD...: CMD with libdomalloc preloaded.
 preload() { LD_PRELOAD="$LIB${LD_PRELOAD:+:$LD_PRELOAD}" "$@"; }
 
 # ---- build ----
 
-ensure_packages
-say "building libdomalloc (release) in $CARGO_TARGET_DIR"
-t0=$(date +%s)
-if ! cargo build --release -p domalloc-ffi -p domalloc-tools >"$WORK/build.log" 2>&1; then
-    tail -n 40 "$WORK/build.log"
-    say "FAIL  build"
-    say "0 passed, 1 failed"
-    exit 1
-fi
-say "built in $(( $(date +%s) - t0 ))s: $LIB"
+build_release
 # Programs linked with -ldomalloc record the SONAME (libdomalloc.so.0): give the build tree that
 # name too, as a link (ffi/install.sh installs the real file and links).
 SONAME=$(readelf -d "$LIB" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
@@ -479,12 +408,4 @@ fi
 
 # ---- summary ----
 
-say ""
-[ $FAILED -gt 0 ] && say "failed: ${FAILED_NAMES[*]}"
-[ -n "$KEEP_WORK" ] && say "logs kept in $WORK"
-if [ $SKIPPED -gt 0 ]; then
-    say "$PASSED passed, $FAILED failed, $SKIPPED skipped"
-else
-    say "$PASSED passed, $FAILED failed"
-fi
-[ $FAILED -eq 0 ]
+summary

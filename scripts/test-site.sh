@@ -38,70 +38,18 @@ MAJOR=${VERSION%%.*}
 export VERSION MAJOR
 P=$WORK/prefix            # the main installation
 export P
-PASSED=0
-FAILED=0
-SKIPPED=0
-FAILED_NAMES=()
-
-say() { printf '%s\n' "$*"; }
-selected() { [ -z "$FILTER" ] || [[ "$1" == *"$FILTER"* ]]; }
-have() { command -v "$1" >/dev/null 2>&1; }
-
-# run_test NAME TIMEOUT FUNCTION: runs FUNCTION in a child bash (output to $WORK/NAME.log); PASS
-# on exit 0. The log's last line starting with "ok:" is shown.
-run_test() {
-    local name=$1 limit=$2
-    shift 2
-    selected "$name" || return 0
-    local log="$WORK/$name.log" t0=$SECONDS rc
-    # set -e, not pipefail: `cmd | grep -q` would fail whenever grep exits before cmd finished.
-    timeout -k 10 "$limit" bash -c "set -e; $(declare -f); \"\$@\"" _ "$@" >"$log" 2>&1
-    rc=$?
-    if [ $rc -eq 0 ]; then
-        PASSED=$((PASSED + 1))
-        local info
-        info=$(grep '^ok: ' "$log" | tail -1 | cut -c5-120)
-        say "PASS  $name ($((SECONDS - t0))s)${info:+  -- $info}"
-    else
-        FAILED=$((FAILED + 1))
-        FAILED_NAMES+=("$name")
-        [ $rc -eq 124 ] && say "FAIL  $name: timed out after ${limit}s" || say "FAIL  $name (exit $rc, $((SECONDS - t0))s)"
-        tail -n 30 "$log" | sed 's/^/      | /'
-    fi
-}
-skip() {
-    selected "$1" || return 0
-    SKIPPED=$((SKIPPED + 1))
-    say "SKIP  $1: $2"
-}
+. "$ROOT/scripts/lib.sh"
+# A test is a function run under set -e (not pipefail: `cmd | grep -q` would fail whenever grep
+# exits before cmd finished); PASS shows its log's last line starting with "ok:".
+TEST_PRELUDE="set -e;"
 fail() { echo "FAILED: $*" >&2; return 1; }
 
 # ---- packages ----
 
-ensure_packages() {
-    # lmod, cmake, man, EasyBuild's venv; the compilers; hwloc and udev for the launcher's build.
-    local want=(lmod cmake man-db groff-base python3-venv gcc g++ gfortran libc6-dev binutils pkg-config file
-                libhwloc-dev libudev-dev git tar)
-    if [ "$(id -u)" != 0 ] || ! have apt-get || ! have dpkg-query; then return 0; fi
-    local missing=() p
-    for p in "${want[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null 2>&1 || true
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
-        say "  (apt-get install ${missing[*]} failed)"
-}
-ensure_packages
-
-say "building libdomalloc and the launcher (release) in $CARGO_TARGET_DIR"
-if ! cargo build --release -p domalloc-ffi -p domalloc-tools >"$WORK/build.log" 2>&1; then
-    tail -n 40 "$WORK/build.log"
-    say "0 passed, 1 failed"
-    exit 1
-fi
+# lmod, cmake, man, EasyBuild's venv; the compilers; hwloc and udev for the launcher's build.
+ensure_packages lmod cmake man-db groff-base python3-venv gcc g++ gfortran libc6-dev binutils pkg-config file \
+    libhwloc-dev libudev-dev git tar
+build_release
 
 # A small C program: malloc must be domalloc's (domalloc_node_of knows only its own blocks), the
 # header and the library must agree on the version. Linked against the extras.
@@ -705,14 +653,4 @@ check_examples() {
 }
 run_test rust-examples 900 check_examples
 
-# ---- summary ----
-
-say ""
-[ $FAILED -gt 0 ] && say "failed: ${FAILED_NAMES[*]}"
-[ -n "$KEEP_WORK" ] && say "logs kept in $WORK"
-if [ $SKIPPED -gt 0 ]; then
-    say "$PASSED passed, $FAILED failed, $SKIPPED skipped"
-else
-    say "$PASSED passed, $FAILED failed"
-fi
-[ $FAILED -eq 0 ]
+summary

@@ -3,7 +3,7 @@
 //! With the default `hwloc` feature the cores come from hwloc (hwlocality). hwloc is only used
 //! by the benchmark tooling, never inside an allocator. Loading the topology allocates through
 //! whatever malloc is preloaded, which is fine (and the same for every allocator). Without the
-//! feature (the build `bench-suite/scripts/scaling.sh` carries to machines that have no libhwloc)
+//! feature (the build `scripts/scaling.sh` carries to machines that have no libhwloc)
 //! the cores are read from sysfs (`topology/core_id` and `physical_package_id` of every CPU this
 //! process may run on) and threads are bound with `sched_setaffinity`.
 //! If the topology is unavailable or binding fails, threads run unpinned and a single warning is
@@ -56,7 +56,10 @@ mod with_sysfs {
                     if !unsafe { libc::CPU_ISSET(cpu, &set) } {
                         continue;
                     }
-                    let key = (read_id(cpu, "physical_package_id").unwrap_or(0), read_id(cpu, "core_id").unwrap_or(cpu as i64));
+                    let key = (
+                        read_id(cpu, "physical_package_id").unwrap_or(0),
+                        read_id(cpu, "core_id").unwrap_or(cpu as i64),
+                    );
                     match cores.iter_mut().find(|(k, _)| *k == key) {
                         Some((_, v)) => v.push(cpu),
                         None => cores.push((key, vec![cpu])),

@@ -51,8 +51,14 @@ fn callgrind_counts_the_pairs_the_workload_made() {
     }
     let dir = std::env::temp_dir().join(format!("domalloc-icount-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut domalloc = Allocator { name: "domalloc".into(), path: Some(build_domalloc()), what: String::new(), version: String::new() };
-    allocators::probe_under(&icount::probe_wrapper(), &workloads(), &mut domalloc).expect("domalloc serves malloc under valgrind");
+    let mut domalloc = Allocator {
+        name: "domalloc".into(),
+        path: Some(build_domalloc()),
+        what: String::new(),
+        version: String::new(),
+    };
+    allocators::probe_under(&icount::probe_wrapper(), &workloads(), &mut domalloc)
+        .expect("domalloc serves malloc under valgrind");
     let glibc = Allocator { name: "glibc".into(), path: None, what: String::new(), version: String::new() };
 
     let mut pairs = Vec::new();
@@ -78,7 +84,12 @@ fn callgrind_counts_the_pairs_the_workload_made() {
         // rest, a few dozen, are the thread the workload starts and its buffers).
         assert_eq!(m_big, 2 * m_small, "{}", a.name);
         assert_eq!(big.pairs() - small.pairs(), (m_big - m_small) as f64, "{}: {small:?} {big:?}", a.name);
-        assert!(small.pairs() >= m_small as f64 && small.pairs() < m_small as f64 + 200.0, "{}: {} vs {m_small}", a.name, small.pairs());
+        assert!(
+            small.pairs() >= m_small as f64 && small.pairs() < m_small as f64 + 200.0,
+            "{}: {} vs {m_small}",
+            a.name,
+            small.pairs()
+        );
         pairs.push(small.pairs());
         calls.push(small.calls.clone());
     }
@@ -87,4 +98,3 @@ fn callgrind_counts_the_pairs_the_workload_made() {
     assert!((pairs[0] - pairs[1]).abs() <= 10.0, "{calls:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
-

@@ -13,11 +13,8 @@ fn every_workload_passes_its_checks_at_tiny_scale() {
     let names = String::from_utf8(out.stdout).unwrap();
     assert!(names.lines().count() >= 17, "{names}");
     for name in names.lines() {
-        let out = workloads()
-            .args([name, "--scale", "0.002", "--threads", "2"])
-            .env_remove("LD_PRELOAD")
-            .output()
-            .unwrap();
+        let out =
+            workloads().args([name, "--scale", "0.002", "--threads", "2"]).env_remove("LD_PRELOAD").output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.starts_with("RESULT "),
@@ -58,7 +55,11 @@ fn every_workload_has_help() {
 #[test]
 fn xmalloc_shape() {
     let run = |extra: &[&str]| {
-        let out = workloads().args(["xmalloc", "--scale", "0.002", "--threads", "3", "--no-pin"]).args(extra).output().unwrap();
+        let out = workloads()
+            .args(["xmalloc", "--scale", "0.002", "--threads", "3", "--no-pin"])
+            .args(extra)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -71,7 +72,10 @@ fn xmalloc_shape() {
 #[test]
 fn test_stress_knobs() {
     let sum = |load: &str| {
-        let out = workloads().args(["test-stress", "--threads", "4", "--load", load, "--iterations", "2", "--no-pin"]).output().unwrap();
+        let out = workloads()
+            .args(["test-stress", "--threads", "4", "--load", load, "--iterations", "2", "--no-pin"])
+            .output()
+            .unwrap();
         let s = String::from_utf8(out.stdout).unwrap();
         assert!(out.status.success() && s.contains(&format!("load={load} iterations=2")), "{s}");
         s.split_whitespace().find(|kv| kv.starts_with("checksum=")).unwrap().to_string()

@@ -2,9 +2,9 @@
 //!
 //! The guest program (`src/bin/numa-guest/`) runs inside a QEMU guest with emulated NUMA nodes
 //! and prints one `RESULT` line per check and a final `SUMMARY` line; the host-side driver
-//! (`tests/guest.rs`) boots the guests through `scripts/qemu/run-guest.sh` and parses those lines
-//! with the functions here. The line format is plain `key=value` tokens so that a person reading
-//! a serial console log can follow it too:
+//! (`tests/guest.rs`) boots the guests through [`qemu`] (`scripts/qemu/run-guest.sh`) and parses
+//! those lines with the functions here. The line format is plain `key=value` tokens so that a
+//! person reading a serial console log can follow it too:
 //!
 //! ```text
 //! RESULT pattern=2 phase=b-alloc pair=0>1 size=4096 threads_per_node=1 objects=512 pages=512 local=512 absent=0 share=1.0000 nodes=1:512 PASS
@@ -13,6 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+pub mod qemu;
 
 /// Parses a size such as `16`, `4K`, `2M`, `1G` (binary units; `k`/`m`/`g` also accepted).
 pub fn parse_size(s: &str) -> Option<usize> {
@@ -217,7 +219,11 @@ impl GuestReport {
     pub fn render(&self) -> String {
         let mut s = String::new();
         // Pattern 9's per-worker fault lines are summed up by `first_touch_table`.
-        for i in self.info.iter().filter(|i| !i.starts_with("INFO pattern=9 recycle-faults") && !i.starts_with("INFO pattern=10 ")) {
+        for i in self
+            .info
+            .iter()
+            .filter(|i| !i.starts_with("INFO pattern=9 recycle-faults") && !i.starts_with("INFO pattern=10 "))
+        {
             s.push_str(&format!("  {i}\n"));
         }
         match self.summary {
@@ -321,7 +327,7 @@ impl GuestReport {
     /// column is `PASS`/`FAIL` (over the row's checks) or `info`. Empty when there is no pattern 9.
     pub fn first_touch_table(&self) -> String {
         type Cell = (u64, u64, u64); // pages, local, minflt
-        // (tpn, phase, api, size), worker node -> cell, [passed, failed, info]
+                                     // (tpn, phase, api, size), worker node -> cell, [passed, failed, info]
         type Row = ([String; 4], BTreeMap<usize, Cell>, [u64; 3]);
         let mut rows: Vec<Row> = Vec::new();
         let mut nodes = std::collections::BTreeSet::new();
@@ -396,14 +402,20 @@ pub struct FirstTouchApis<'a> {
 }
 
 /// The Rust guest's pattern 9 APIs.
-pub const RUST_FIRST_TOUCH_APIS: FirstTouchApis<'static> =
-    FirstTouchApis { plain: &["alloc", "alloc_zeroed"], aligned: &["alloc-align4k"], aligned_size: "64K", remote: "alloc" };
-/// The C program's pattern 9 APIs.
-pub const C_FIRST_TOUCH_APIS: FirstTouchApis<'static> = FirstTouchApis {
-    plain: &["malloc", "calloc"],
-    aligned: &["posix_memalign", "aligned_alloc", "memalign"],
+pub const RUST_FIRST_TOUCH_APIS: FirstTouchApis<'static> = FirstTouchApis {
+    plain: &["alloc", "alloc_zeroed"],
+    aligned: &["alloc-align4k"],
     aligned_size: "64K",
-    remote: "malloc",
+    remote: "alloc",
+};
+/// The pattern 9 APIs of the C path, the guest built with the System allocator: `alloc` is
+/// `malloc`, `alloc_zeroed` `calloc` and `alloc-align4k` `posix_memalign`; `aligned_alloc` and
+/// `memalign` are called as they are.
+pub const C_FIRST_TOUCH_APIS: FirstTouchApis<'static> = FirstTouchApis {
+    plain: &["alloc", "alloc_zeroed"],
+    aligned: &["alloc-align4k", "aligned_alloc", "memalign"],
+    aligned_size: "64K",
+    remote: "alloc",
 };
 
 impl GuestReport {
@@ -465,7 +477,13 @@ impl GuestReport {
     /// first-touch and recycle for every size of `sizes` and api of `apis.plain` (and the aligned
     /// apis at their size, when `sizes` has it), remote-free and realloc-grow for the sizes up
     /// to 4 MiB. Each missing one is described in one string; empty = complete.
-    pub fn first_touch_gaps(&self, tpn: usize, sizes: &[&str], apis: &FirstTouchApis<'_>, nodes: &[usize]) -> Vec<String> {
+    pub fn first_touch_gaps(
+        &self,
+        tpn: usize,
+        sizes: &[&str],
+        apis: &FirstTouchApis<'_>,
+        nodes: &[usize],
+    ) -> Vec<String> {
         let tpn = tpn.to_string();
         let mut want: Vec<(&str, &str, &str)> = Vec::new();
         for &size in sizes {
@@ -492,7 +510,9 @@ impl GuestReport {
                         && r.get("pair").rsplit('>').next() == Some(node.to_string().as_str())
                 });
                 if !found {
-                    gaps.push(format!("tpn={tpn} phase={phase} api={api} size={size} worker node {node}: no passing check"));
+                    gaps.push(format!(
+                        "tpn={tpn} phase={phase} api={api} size={size} worker node {node}: no passing check"
+                    ));
                 }
             }
         }
@@ -547,46 +567,19 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[1].contains("node 0") && lines[1].contains("node 1"), "{t}");
-        assert!(lines[2].contains("100.00% [32/32]") && lines[2].contains("50.00% [32/64]") && lines[2].ends_with("FAIL"), "{t}");
-        assert!(lines[3].contains("recycle") && lines[3].contains("100.00% [3/32]") && lines[3].ends_with("info"), "{t}");
+        assert!(
+            lines[2].contains("100.00% [32/32]") && lines[2].contains("50.00% [32/64]") && lines[2].ends_with("FAIL"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("recycle") && lines[3].contains("100.00% [3/32]") && lines[3].ends_with("info"),
+            "{t}"
+        );
         let r = GuestReport::parse(log);
         let apis = FirstTouchApis { plain: &["alloc"], aligned: &[], aligned_size: "64K", remote: "alloc" };
         let gaps = r.first_touch_gaps(2, &["16K"], &apis, &[0, 1]);
         // Missing: recycle on node 0 (none), recycle on node 1 (INFO only), remote-free and realloc-grow.
         assert_eq!(gaps.len(), 6, "{gaps:?}");
         assert!(!gaps.iter().any(|g| g.contains("first-touch")), "{gaps:?}");
-    }
-}
-
-/// Host-side helpers shared by the QEMU test binaries (`tests/guest.rs`, `tests/preload.rs`).
-pub mod harness {
-    use std::path::{Path, PathBuf};
-    use std::sync::{Mutex, MutexGuard};
-
-    /// The repository root.
-    pub fn repo() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
-    }
-
-    /// `numa-tests/work/` (git-ignored), created on first use: guest binaries and console logs.
-    pub fn workdir() -> PathBuf {
-        let w = repo().join("numa-tests/work");
-        std::fs::create_dir_all(&w).expect("create numa-tests/work");
-        w
-    }
-
-    /// One guest at a time (TCG on a small host is slow when guests overlap).
-    pub fn serial() -> MutexGuard<'static, ()> {
-        static LOCK: Mutex<()> = Mutex::new(());
-        LOCK.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether `DOMALLOC_QEMU_TESTS=0` asks to skip the QEMU tests (says so on stderr).
-    pub fn skipped() -> bool {
-        if std::env::var("DOMALLOC_QEMU_TESTS").map(|v| v == "0").unwrap_or(false) {
-            eprintln!("DOMALLOC_QEMU_TESTS=0: QEMU NUMA tests skipped");
-            return true;
-        }
-        false
     }
 }

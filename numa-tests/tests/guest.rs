@@ -16,120 +16,28 @@
 
 #![cfg(target_os = "linux")]
 
-use domalloc_numa_tests::harness::{repo, serial, skipped, workdir};
+use domalloc_numa_tests::qemu::{skipped, workdir, Boot, Guest};
 use domalloc_numa_tests::{GuestReport, Verdict, RUST_FIRST_TOUCH_APIS};
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
 
-
-/// Builds (or takes from the environment) the static guest binary for `alloc`.
-fn guest_binary(alloc: &'static str) -> PathBuf {
-    static DOMALLOC: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    static SYSTEM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let (cell, var) = match alloc {
-        "domalloc" => (&DOMALLOC, "DOMALLOC_NUMA_GUEST"),
-        "system" => (&SYSTEM, "DOMALLOC_NUMA_GUEST_SYSTEM"),
-        _ => unreachable!(),
-    };
-    cell.get_or_init(|| {
-        if let Ok(p) = std::env::var(var) {
-            let p = PathBuf::from(p);
-            return if p.is_file() { Ok(p) } else { Err(format!("{var}={} is not a file", p.display())) };
-        }
-        build_guest(alloc)
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("cannot get the {alloc} guest binary: {e}"))
-}
-
-fn build_guest(alloc: &str) -> Result<PathBuf, String> {
-    // Both builds write target/x86_64-unknown-linux-gnu/release/numa-guest: build and copy
-    // one at a time.
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _one_build = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let repo = repo();
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&repo)
-        .args(["build", "--release", "-p", "domalloc-numa-tests", "--bin", "numa-guest"])
-        .args(["--target", "x86_64-unknown-linux-gnu"])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        // Variables the outer `cargo test` sets for this process must not leak into the build.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("CARGO_MAKEFLAGS");
-    if alloc == "system" {
-        cmd.args(["--features", "system"]);
-    }
-    let t = Instant::now();
-    let out = cmd.output().map_err(|e| format!("running cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("cargo build ({alloc}) failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let built = target_dir.join("x86_64-unknown-linux-gnu/release/numa-guest");
-    let dest = workdir().join(format!("numa-guest-{alloc}"));
-    std::fs::copy(&built, &dest).map_err(|e| format!("copy {}: {e}", built.display()))?;
-    eprintln!("built {} in {:.0}s", dest.display(), t.elapsed().as_secs_f64());
-    Ok(dest)
-}
-
-/// Boots `topology` with the `alloc` build, passing `args` to numa-guest.
-fn boot(topology: &str, alloc: &'static str, args: &[&str]) -> (GuestReport, String) {
-    boot_env(topology, alloc, &[], args, "")
+/// Boots `topology` with the `guest` build, passing `args` to numa-guest.
+fn boot(topology: &str, guest: Guest, args: &[&str]) -> (GuestReport, String) {
+    boot_env(topology, guest, &[], args, "")
 }
 
 /// [`boot`] with environment variables (`K=V`) for the guest program; `tag` names the log.
-fn boot_env(topology: &str, alloc: &'static str, env: &[&str], args: &[&str], tag: &str) -> (GuestReport, String) {
-    let binary = guest_binary(alloc);
-    let _one_at_a_time = serial();
-    let timeout = std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| "600".to_string());
+fn boot_env(topology: &str, guest: Guest, env: &[&str], args: &[&str], tag: &str) -> (GuestReport, String) {
+    let alloc = if guest == Guest::Domalloc { "domalloc" } else { "system" };
     let log = workdir().join(format!("test-{topology}-{alloc}{tag}.log"));
-    let t = Instant::now();
-    let mut cmd = Command::new(repo().join("scripts/qemu/run-guest.sh"));
-    for e in env {
-        cmd.arg("--env").arg(e);
-    }
-    let out = cmd
-        .arg("--topology")
-        .arg(topology)
-        .arg("--binary")
-        .arg(&binary)
-        .arg("--timeout")
-        .arg(&timeout)
-        .arg("--log")
-        .arg(&log)
-        .arg("--")
-        .args(args)
-        .output()
-        .expect("run scripts/qemu/run-guest.sh");
-    let console = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    match out.status.code() {
-        Some(0) | Some(1) => {}
-        Some(2) => panic!(
-            "{topology}/{alloc}: the guest did not finish (boot failure, panic or timeout); log {}\n{stderr}\n--- console tail ---\n{}",
-            log.display(),
-            tail(&console, 40)
-        ),
-        other => panic!("{topology}/{alloc}: run-guest.sh failed ({other:?}):\n{stderr}"),
-    }
-    let report = GuestReport::parse(&console);
-    eprintln!(
-        "== {topology} / {alloc}: {:.0}s, log {}\n{}",
-        t.elapsed().as_secs_f64(),
-        log.display(),
-        report.render()
-    );
-    (report, console)
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let boot = Boot {
+        binary: Some(guest.binary()),
+        env: env.iter().map(|e| e.to_string()).collect(),
+        log: Some(log.clone()),
+        ..Boot::new(topology)
+    };
+    let (report, console) =
+        boot.timeout_from_env(600).args(args).report().unwrap_or_else(|e| panic!("{topology}/{alloc}: {e}"));
+    eprintln!("== {topology} / {alloc}: {:.0}s, log {}\n{}", console.seconds, log.display(), report.render());
+    (report, console.text)
 }
 
 /// Asserts the guest finished, every check passed and each pattern in `patterns` was checked.
@@ -198,7 +106,12 @@ fn assert_sweep(topology: &str, report: &GuestReport, tpns: &[usize], checks: &[
     eprintln!("{topology}: pattern 10 (sweep)\n{}", report.sweep_table());
     for &tpn in tpns {
         let gaps = report.sweep_gaps(tpn, checks, nodes);
-        assert!(gaps.is_empty(), "{topology}: pattern 10 incomplete or failing:\n{}\n{}", gaps.join("\n"), report.sweep_table());
+        assert!(
+            gaps.is_empty(),
+            "{topology}: pattern 10 incomplete or failing:\n{}\n{}",
+            gaps.join("\n"),
+            report.sweep_table()
+        );
     }
 }
 
@@ -212,7 +125,12 @@ fn p9_sizes(spec: &str) -> Vec<&str> {
 /// node, that its recycle rounds report their page faults, and prints its table.
 fn assert_first_touch(topology: &str, report: &GuestReport, spec: &str, tpn: usize, nodes: &[usize]) {
     let gaps = report.first_touch_gaps(tpn, &p9_sizes(spec), &RUST_FIRST_TOUCH_APIS, nodes);
-    assert!(gaps.is_empty(), "{topology}: pattern 9 ({spec}) incomplete:\n{}\n{}", gaps.join("\n"), report.first_touch_table());
+    assert!(
+        gaps.is_empty(),
+        "{topology}: pattern 9 ({spec}) incomplete:\n{}\n{}",
+        gaps.join("\n"),
+        report.first_touch_table()
+    );
     let recycle: Vec<_> = report.results.iter().filter(|r| r.pattern() == 9 && r.get("phase") == "recycle").collect();
     assert!(
         !recycle.is_empty() && recycle.iter().all(|r| r.get("minflt").parse::<u64>().is_ok()),
@@ -262,7 +180,12 @@ fn assert_api_phases(topology: &str, report: &GuestReport) {
             "domalloc-alloc-interleaved",
         ],
     );
-    assert_phases(topology, report, 7, &["bind:1", "preferred:1", "interleave:0-1", "interleave:0-1@1M", "affinity-kept"]);
+    assert_phases(
+        topology,
+        report,
+        7,
+        &["bind:1", "preferred:1", "interleave:0-1", "interleave:0-1@1M", "affinity-kept"],
+    );
     assert_phases(
         topology,
         report,
@@ -292,7 +215,7 @@ fn two_nodes_domalloc() {
     args.push("5:thp=always:info");
     args.extend_from_slice(API_RUNS);
     args.extend_from_slice(&[P9_2N_TPN1, P9_2N_TPN2, P10_2N]);
-    let (report, _) = boot("2n", "domalloc", &args);
+    let (report, _) = boot("2n", Guest::Domalloc, &args);
     assert!(topology_line(&report).contains("cpu_nodes=0,1"), "{}", topology_line(&report));
     eprintln!("2n / domalloc:\n{}", report.first_touch_table());
     assert_all_pass("2n", &report, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
@@ -312,7 +235,7 @@ fn four_nodes_unequal_memory_domalloc() {
     args.extend_from_slice(ALL_RUNS);
     args.extend_from_slice(API_RUNS);
     args.extend_from_slice(&[P9_4N, P10_4N]);
-    let (report, _) = boot("4n-unequal", "domalloc", &args);
+    let (report, _) = boot("4n-unequal", Guest::Domalloc, &args);
     assert!(topology_line(&report).contains("cpu_nodes=0,1,2,3"), "{}", topology_line(&report));
     eprintln!("4n-unequal / domalloc:\n{}", report.first_touch_table());
     assert_all_pass("4n-unequal", &report, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
@@ -329,7 +252,7 @@ fn memory_only_node_domalloc() {
     let mut args = vec!["--tpn", "1"];
     args.extend_from_slice(ALL_RUNS);
     args.extend_from_slice(API_RUNS);
-    let (report, _) = boot("memonly", "domalloc", &args);
+    let (report, _) = boot("memonly", Guest::Domalloc, &args);
     assert!(topology_line(&report).contains("memory_only=2"), "{}", topology_line(&report));
     assert_all_pass("memonly", &report, &[1, 2, 3, 4, 5, 6, 7, 8]);
     assert_api_phases("memonly", &report);
@@ -344,7 +267,7 @@ fn sparse_node_ids_domalloc() {
     args.extend_from_slice(ALL_RUNS);
     args.extend_from_slice(API_RUNS);
     args.push(P9_SPARSE);
-    let (report, _) = boot("sparse", "domalloc", &args);
+    let (report, _) = boot("sparse", Guest::Domalloc, &args);
     let topo = topology_line(&report);
     assert!(topo.contains("online=0-1,3") && topo.contains("memory_only=3"), "sparse topology not as planned: {topo}");
     eprintln!("sparse / domalloc:\n{}", report.first_touch_table());
@@ -369,13 +292,20 @@ fn negative_control_glibc_malloc_fails() {
     // is glibc's behaviour, not a harness fault, and pattern 1 is the harness's sanity check here.
     // Pattern 9 (per-worker first touch) is recorded beside it, not checked: glibc's shares are
     // printed for comparison (its chunk headers and arenas decide them, not the checks).
-    let (report, _) =
-        boot("2n", "system", &["--tpn", "1", "1:thp=never", "2", "3", "4", "5:thp=never", "6", "7:thp=never", P9_GLIBC]);
+    let (report, _) = boot(
+        "2n",
+        Guest::System,
+        &["--tpn", "1", "1:thp=never", "2", "3", "4", "5:thp=never", "6", "7:thp=never", P9_GLIBC],
+    );
     assert!(report.summary.is_some(), "negative control did not finish:\n{}", report.render());
     eprintln!("2n / glibc malloc (informational):\n{}", report.first_touch_table());
     assert!(
         report.results.iter().any(|r| r.pattern() == 9)
-            && report.results.iter().filter(|r| r.pattern() == 9).all(|r| matches!(r.verdict, Verdict::Info | Verdict::Skip)),
+            && report
+                .results
+                .iter()
+                .filter(|r| r.pattern() == 9)
+                .all(|r| matches!(r.verdict, Verdict::Info | Verdict::Skip)),
         "pattern 9 of the glibc control must be measured and informational only"
     );
     // The node API does not exist there: pattern 6 is skipped, not failed.
@@ -401,7 +331,12 @@ fn negative_control_glibc_malloc_fails() {
     }
     assert!(report.crashes.is_empty(), "negative control crashed: {:?}", report.crashes);
     // The harness itself works: the easy pattern passes with glibc too.
-    let p1_fail: Vec<String> = report.results.iter().filter(|r| r.pattern() == 1 && r.verdict == Verdict::Fail).map(|r| r.to_string()).collect();
+    let p1_fail: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| r.pattern() == 1 && r.verdict == Verdict::Fail)
+        .map(|r| r.to_string())
+        .collect();
     assert!(p1_fail.is_empty(), "pattern 1 failed with glibc; the harness is broken:\n{}", p1_fail.join("\n"));
     let failed_patterns: std::collections::BTreeSet<u32> = report.failures().map(|r| r.pattern()).collect();
     eprintln!("glibc malloc fails patterns {failed_patterns:?}");
@@ -420,7 +355,7 @@ fn negative_control_domalloc_numa_off_fails() {
         return;
     }
     let (report, _) =
-        boot_env("2n", "domalloc", &["DOMALLOC_NUMA=0"], &["--tpn", "1", "1", "2", "3", "4"], "-numa-off");
+        boot_env("2n", Guest::Domalloc, &["DOMALLOC_NUMA=0"], &["--tpn", "1", "1", "2", "3", "4"], "-numa-off");
     assert!(report.summary.is_some(), "run did not finish:\n{}", report.render());
     assert!(report.crashes.is_empty(), "crashed: {:?}", report.crashes);
     assert!(
@@ -447,8 +382,14 @@ fn two_nodes_domalloc_sweep_strict() {
     if skipped() {
         return;
     }
-    let (report, _) = boot_env("2n", "domalloc", &[], &["--tpn", "1,2", P10_2N_STRICT], "-sweep-strict");
-    let checks = ["sweep-first-touch", "sweep-recycle", "sweep-reuse-first-touch", "sweep-reuse-recycle", "sweep-recycle-faults"];
+    let (report, _) = boot_env("2n", Guest::Domalloc, &[], &["--tpn", "1,2", P10_2N_STRICT], "-sweep-strict");
+    let checks = [
+        "sweep-first-touch",
+        "sweep-recycle",
+        "sweep-reuse-first-touch",
+        "sweep-reuse-recycle",
+        "sweep-recycle-faults",
+    ];
     assert_sweep("2n", &report, &[1, 2], &checks, &[0, 1]);
     assert_all_pass("2n", &report, &[10]);
 }

@@ -21,38 +21,17 @@
 
 #![cfg(target_os = "linux")]
 
-use domalloc_numa_tests::harness::{repo, serial, skipped, workdir};
+use domalloc_numa_tests::qemu::{libdomalloc, repo, skipped, workdir, Boot};
 use domalloc_numa_tests::{GuestReport, Verdict};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Instant;
 
-/// A folder holding libdomalloc.so (`$DOMALLOC_SO`, else a release build of domalloc-ffi) and
-/// its SONAME link, to link the C program against.
+/// A folder holding libdomalloc.so and its SONAME link, to link the C program against.
 fn libdir() -> PathBuf {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
-        let so = match std::env::var("DOMALLOC_SO") {
-            Ok(p) => PathBuf::from(p),
-            Err(_) => {
-                let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
-                let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                    .current_dir(repo())
-                    .args(["build", "--release", "-p", "domalloc-ffi"])
-                    .env("CARGO_TARGET_DIR", &target_dir)
-                    .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                    .env_remove("RUSTFLAGS")
-                    .env_remove("RUSTC_WRAPPER")
-                    .env_remove("CARGO_MAKEFLAGS")
-                    .output()
-                    .map_err(|e| format!("running cargo: {e}"))?;
-                if !out.status.success() {
-                    return Err(format!("cargo build -p domalloc-ffi failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-                }
-                target_dir.join("release/libdomalloc.so")
-            }
-        };
+        let so = libdomalloc();
         let dir = workdir().join("hbwlib");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         std::fs::copy(&so, dir.join("libdomalloc.so")).map_err(|e| format!("{}: {e}", so.display()))?;
@@ -94,25 +73,22 @@ fn program() -> PathBuf {
 }
 
 fn boot(topology: &str, tag: &str, envs: &[&str], args: &[&str]) -> (GuestReport, String) {
-    let binary = program();
-    let _one_at_a_time = serial();
-    let timeout = std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| "300".to_string());
     let log = workdir().join(format!("test-hbw-{topology}-{tag}.log"));
-    let t = Instant::now();
-    let mut cmd = Command::new(repo().join("scripts/qemu/run-guest.sh"));
-    cmd.args(["--topology", topology, "--thp", "never", "--timeout", &timeout]).arg("--binary").arg(&binary).arg("--log").arg(&log);
-    for e in envs {
-        cmd.args(["--env", e]);
-    }
-    let out = cmd.arg("--").args(args).output().expect("run scripts/qemu/run-guest.sh");
-    let console = String::from_utf8_lossy(&out.stdout).to_string();
-    match out.status.code() {
-        Some(0) | Some(1) => {}
-        other => panic!("{topology}: run-guest.sh failed ({other:?}); log {}\n{}", log.display(), String::from_utf8_lossy(&out.stderr)),
-    }
-    let report = GuestReport::parse(&console);
-    eprintln!("== hbwmalloc program, {topology} {tag}: {:.0}s, log {}\n{}", t.elapsed().as_secs_f64(), log.display(), report.render());
-    (report, console)
+    let boot = Boot {
+        binary: Some(program()),
+        thp: Some("never".into()),
+        env: envs.iter().map(|e| e.to_string()).collect(),
+        log: Some(log.clone()),
+        ..Boot::new(topology)
+    };
+    let (report, console) = boot.timeout_from_env(300).args(args).report().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "== hbwmalloc program, {topology} {tag}: {:.0}s, log {}\n{}",
+        console.seconds,
+        log.display(),
+        report.render()
+    );
+    (report, console.text)
 }
 
 fn phases(report: &GuestReport, phase: &str, pair: &str) -> usize {
@@ -132,7 +108,8 @@ fn hbw_two_sockets() {
     if skipped() {
         return;
     }
-    let (r, console) = boot("hmat2s", "domalloc", &[], &["--hbm", "0=2,1=3", "sizes", "remote", "preferred", "bind", "tier"]);
+    let (r, console) =
+        boot("hmat2s", "domalloc", &[], &["--hbm", "0=2,1=3", "sizes", "remote", "preferred", "bind", "tier"]);
     assert_all_pass("hmat2s", &r);
     for pair in ["0>2", "1>3"] {
         // 16 B .. 256 MiB by 4x: 13 sizes.
@@ -155,7 +132,10 @@ fn hbw_two_sockets() {
         assert_eq!(phases(&r, phase, pair), 1, "{phase}");
     }
     // The statistics of the tier-policy process: the budget placed, the rest spilled.
-    let tiers = console.lines().find(|l| l.contains("domalloc: tiers:")).unwrap_or_else(|| panic!("no tiers line in the statistics"));
+    let tiers = console
+        .lines()
+        .find(|l| l.contains("domalloc: tiers:"))
+        .unwrap_or_else(|| panic!("no tiers line in the statistics"));
     assert!(tiers.contains("placed on high-bandwidth nodes 32.0 MiB") && !tiers.contains(" 0 spills"), "{tiers}");
     assert!(r.results.iter().all(|x| x.verdict == Verdict::Pass));
 }
@@ -167,7 +147,11 @@ fn hbw_with_far_cxl_node() {
     }
     let (r, _) = boot("hmat2s-cxl", "domalloc", &[], &["--hbm", "0=2,1=3", "--max", "16M", "sizes"]);
     assert_all_pass("hmat2s-cxl", &r);
-    assert_eq!(phases(&r, "hbw_malloc", "0>2") + phases(&r, "hbw_malloc", "1>3"), 22, "16 B .. 16 MiB by 4x: 11 sizes per socket");
+    assert_eq!(
+        phases(&r, "hbw_malloc", "0>2") + phases(&r, "hbw_malloc", "1>3"),
+        22,
+        "16 B .. 16 MiB by 4x: 11 sizes per socket"
+    );
 }
 
 #[test]
@@ -175,9 +159,14 @@ fn hbw_wrong_nodes_fail() {
     if skipped() {
         return;
     }
-    let (r, _) = boot("hmat2s", "memkind-hbw-nodes-3", &["MEMKIND_HBW_NODES=3"], &["--hbm", "0=2,1=3", "--max", "64K", "sizes"]);
+    let (r, _) =
+        boot("hmat2s", "memkind-hbw-nodes-3", &["MEMKIND_HBW_NODES=3"], &["--hbm", "0=2,1=3", "--max", "64K", "sizes"]);
     assert!(r.crashes.is_empty(), "{:?}", r.crashes);
     let socket0 = r.results.iter().filter(|x| x.get("pair") == "0>2" && x.get("phase") == "hbw_malloc");
-    assert!(socket0.clone().count() > 0 && socket0.clone().all(|x| x.verdict == Verdict::Fail), "socket 0 told to use node 3 must fail:\n{}", r.render());
+    assert!(
+        socket0.clone().count() > 0 && socket0.clone().all(|x| x.verdict == Verdict::Fail),
+        "socket 0 told to use node 3 must fail:\n{}",
+        r.render()
+    );
     assert!(r.results.iter().filter(|x| x.get("pair") == "1>3").all(|x| x.verdict == Verdict::Pass));
 }

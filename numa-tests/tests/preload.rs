@@ -1,14 +1,19 @@
-//! The C path in the multi-node QEMU guest: a dynamically linked C program
-//! (`numa-tests/c/numa_patterns.c`, plain malloc/calloc/free) runs inside the guest with
-//! `LD_PRELOAD=libdomalloc.so`; the shared libraries it needs are copied into the initramfs by
-//! `scripts/qemu/run-guest.sh --preload`. It prints the same `RESULT`/`SUMMARY` lines as the
-//! Rust guest, so the same parser reads them.
+//! The C path in the multi-node QEMU guest: the guest program `numa-guest` built with glibc
+//! malloc as its global allocator (`--features system`) and linked dynamically, so that std's
+//! System allocator calls `malloc`, `calloc`, `posix_memalign` (alignment 4 KiB), `realloc` and
+//! `free` (and pattern 9 `aligned_alloc` and `memalign` itself): under
+//! `LD_PRELOAD=libdomalloc.so` (copied into the initramfs with every library it needs by
+//! `scripts/qemu/run-guest.sh --preload`) each of those is domalloc's C ABI. The same patterns
+//! as the static guest, one implementation; `C_PATH` gives the C path's defaults (one thread per
+//! node, THP off in patterns 5 and 9; `scripts/qemu/run-guest.sh --c-program` uses the same).
 //!
 //! - `c_preload_two_nodes_domalloc`: 2 nodes, every pattern (1-5 and 9) must pass.
 //! - `c_preload_four_nodes_unequal_domalloc`: 4 nodes with unequal memory, the same.
 //! - `c_negative_control_glibc_fails`: the same program without a preload (glibc malloc) must
 //!   fail at least one pattern, or the checks prove nothing; pattern 9 (per-worker first touch)
 //!   is measured there and printed beside domalloc's, not checked.
+//! - `rust_guest_preload_sweep_domalloc`: pattern 10 (the sweep over every size class) the same
+//!   way, on `2n` and `4n-unequal`.
 //!
 //! Environment: `DOMALLOC_QEMU_TESTS=0` skips; `DOMALLOC_SO` points at a prebuilt
 //! libdomalloc.so (else `cargo build --release -p domalloc-ffi` here); `DOMALLOC_QEMU_TIMEOUT`
@@ -16,156 +21,43 @@
 
 #![cfg(target_os = "linux")]
 
-use domalloc_numa_tests::harness::{repo, serial, skipped, workdir};
+use domalloc_numa_tests::qemu::{libdomalloc, skipped, workdir, Boot, Guest};
 use domalloc_numa_tests::{GuestReport, Verdict, C_FIRST_TOUCH_APIS};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::path::Path;
 
+/// The C path's defaults: one thread per node, THP off in patterns 5 and 9.
+const C_PATH: [&str; 6] = ["--tpn", "1", "--thp5", "never", "--thp9", "never"];
 
-/// libdomalloc.so: `$DOMALLOC_SO`, else a release build of domalloc-ffi.
-fn libdomalloc() -> PathBuf {
-    static SO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    SO.get_or_init(|| {
-        if let Ok(p) = std::env::var("DOMALLOC_SO") {
-            let p = PathBuf::from(p);
-            return if p.is_file() { Ok(p) } else { Err(format!("DOMALLOC_SO={} is not a file", p.display())) };
-        }
-        let repo = repo();
-        let target_dir =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let t = Instant::now();
-        let out = Command::new(cargo)
-            .current_dir(&repo)
-            .args(["build", "--release", "-p", "domalloc-ffi"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTFLAGS")
-            .env_remove("RUSTC_WRAPPER")
-            .env_remove("CARGO_MAKEFLAGS")
-            .output()
-            .map_err(|e| format!("running cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("cargo build -p domalloc-ffi failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-        }
-        let so = target_dir.join("release/libdomalloc.so");
-        eprintln!("built {} in {:.0}s", so.display(), t.elapsed().as_secs_f64());
-        if so.is_file() {
-            Ok(so)
-        } else {
-            Err(format!("{} missing after the build", so.display()))
-        }
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("cannot get libdomalloc.so: {e}"))
-}
-
-/// The C guest program, built with gcc (dynamically linked).
-fn c_program() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let src = repo().join("numa-tests/c/numa_patterns.c");
-        let bin = workdir().join("numa_patterns-test");
-        let out = Command::new(std::env::var_os("CC").unwrap_or_else(|| "gcc".into()))
-            .args(["-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
-            .arg(&bin)
-            .arg(&src)
-            .output()
-            .map_err(|e| format!("running gcc (install gcc): {e}"))?;
-        if out.status.success() {
-            Ok(bin)
-        } else {
-            Err(format!("gcc {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr)))
-        }
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("cannot build the C guest program: {e}"))
-}
-
-/// Boots `topology` (with `transparent_hugepage=thp` when given) and runs the C program under
-/// `preload` (`None`: glibc malloc).
+/// Boots `topology` (with `transparent_hugepage=thp` when given) and runs the dynamic guest
+/// with the C path's defaults under `preload` (`None`: glibc malloc).
 fn boot(topology: &str, preload: Option<&Path>, thp: Option<&str>, args: &[&str]) -> GuestReport {
-    boot_program(&c_program(), "c", topology, preload, thp, args)
-}
-
-/// The Rust guest (`numa-guest`) built with glibc malloc as its global allocator
-/// (`--features system`) and linked dynamically, so that `LD_PRELOAD` replaces malloc, calloc,
-/// realloc, posix_memalign and free under it: the same patterns as the static guest, through
-/// the C interface, without a second implementation in C.
-fn rust_guest_dynamic() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let repo = repo();
-        let target_dir =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let t = Instant::now();
-        // Its own target triple directory: the static guest of `tests/guest.rs` is built with
-        // `+crt-static`, this one without.
-        let out = Command::new(cargo)
-            .current_dir(&repo)
-            .args(["build", "--release", "-p", "domalloc-numa-tests", "--bin", "numa-guest", "--features", "system"])
-            .env("CARGO_TARGET_DIR", target_dir.join("dynamic-guest"))
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTFLAGS")
-            .env_remove("RUSTC_WRAPPER")
-            .env_remove("CARGO_MAKEFLAGS")
-            .output()
-            .map_err(|e| format!("running cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("cargo build numa-guest --features system failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-        }
-        let built = target_dir.join("dynamic-guest/release/numa-guest");
-        let dest = workdir().join("numa-guest-dynamic-system");
-        std::fs::copy(&built, &dest).map_err(|e| format!("copy {}: {e}", built.display()))?;
-        eprintln!("built {} in {:.0}s", dest.display(), t.elapsed().as_secs_f64());
-        Ok(dest)
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("cannot build the dynamic Rust guest: {e}"))
+    let args: Vec<&str> = C_PATH.iter().chain(args).copied().collect();
+    boot_program(&Guest::Dynamic.binary(), "c", topology, preload, thp, &args)
 }
 
 /// Boots `topology` and runs `binary` (named `what` in the log's name) under `preload`.
-fn boot_program(binary: &Path, what: &str, topology: &str, preload: Option<&Path>, thp: Option<&str>, args: &[&str]) -> GuestReport {
+fn boot_program(
+    binary: &Path,
+    what: &str,
+    topology: &str,
+    preload: Option<&Path>,
+    thp: Option<&str>,
+    args: &[&str],
+) -> GuestReport {
     let name = if preload.is_some() { "domalloc" } else { "glibc" };
-    let _one_at_a_time = serial();
-    let timeout = std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| "300".to_string());
     let log = workdir().join(format!("test-{what}-{topology}-{name}.log"));
-    let t = Instant::now();
-    let mut cmd = Command::new(repo().join("scripts/qemu/run-guest.sh"));
-    cmd.arg("--topology").arg(topology).arg("--binary").arg(binary);
-    if let Some(p) = preload {
-        cmd.arg("--preload").arg(p);
-    }
-    if let Some(mode) = thp {
-        cmd.arg("--thp").arg(mode);
-    }
-    let out = cmd
-        .arg("--timeout")
-        .arg(&timeout)
-        .arg("--log")
-        .arg(&log)
-        .arg("--")
-        .args(args)
-        .output()
-        .expect("run scripts/qemu/run-guest.sh");
-    let console = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    match out.status.code() {
-        Some(0) | Some(1) => {}
-        Some(2) => panic!(
-            "{topology}/{name}: the guest did not finish (boot failure, panic or timeout); log {}\n{stderr}\n{}",
-            log.display(),
-            console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-        ),
-        other => panic!("{topology}/{name}: run-guest.sh failed ({other:?}):\n{stderr}"),
-    }
-    let report = GuestReport::parse(&console);
+    let boot = Boot {
+        binary: Some(binary.to_path_buf()),
+        preload: preload.map(Path::to_path_buf),
+        thp: thp.map(str::to_string),
+        log: Some(log.clone()),
+        ..Boot::new(topology)
+    };
+    let (report, console) =
+        boot.timeout_from_env(300).args(args).report().unwrap_or_else(|e| panic!("{topology}/{name}: {e}"));
     eprintln!(
         "== {what} program, {topology} / {name}: {:.0}s, log {}\n{}{}",
-        t.elapsed().as_secs_f64(),
+        console.seconds,
         log.display(),
         report.pattern_table(),
         report.render()
@@ -178,10 +70,9 @@ fn assert_malloc_from(report: &GuestReport, want: &str) {
     assert!(line.contains(want), "malloc does not come from {want} in the guest: {line:?}");
 }
 
-/// Pattern 9 sizes of the C program (THP is `never` for it by default: `--thp9`): 16K and 64K
-/// with 8 buffers per worker, 256K and 768K with 4, 1536K and 3M with 2 (fewer pages under TCG;
-/// the 64M block runs in the Rust guest); the aligned APIs (posix_memalign, aligned_alloc,
-/// memalign) at 64K.
+/// Pattern 9 sizes of the C path: 16K and 64K with 8 buffers per worker, 256K and 768K with 4,
+/// 1536K and 3M with 2 (fewer pages under TCG; the 64M block runs in the static guest); the
+/// aligned APIs (posix_memalign, aligned_alloc, memalign) at 64K.
 const P9_SIZES: &str = "16K,64K,256Kx4,768Kx4,1536Kx2,3Mx2";
 /// On `4n-unequal` (four workers, one per vCPU) fewer of the bigger ones.
 const P9_SIZES_4N: &str = "16K,64K,256Kx4,768Kx2,1536Kx1,3Mx1";
@@ -203,7 +94,11 @@ fn assert_every_pattern_passes(topology: &str, report: &GuestReport) {
     let by = report.by_pattern();
     for p in [1, 2, 3, 4, 5, 9] {
         let st = by.get(&p).copied().unwrap_or_default();
-        assert!(st.all_passed(), "{topology}: pattern {p} did not pass under LD_PRELOAD=libdomalloc.so\n{}", report.render());
+        assert!(
+            st.all_passed(),
+            "{topology}: pattern {p} did not pass under LD_PRELOAD=libdomalloc.so\n{}",
+            report.render()
+        );
     }
     assert!(s.failed == 0 && s.crashed == 0 && report.crashes.is_empty(), "{topology}: {}", report.render());
     assert_eq!(report.guest_exit, Some(0), "{topology}: guest program exit status");
@@ -264,11 +159,19 @@ fn c_negative_control_glibc_fails() {
     eprintln!("C program, 2n / glibc malloc (informational):\n{}", report.first_touch_table());
     assert!(
         report.results.iter().any(|r| r.pattern() == 9)
-            && report.results.iter().filter(|r| r.pattern() == 9).all(|r| matches!(r.verdict, Verdict::Info | Verdict::Skip)),
+            && report
+                .results
+                .iter()
+                .filter(|r| r.pattern() == 9)
+                .all(|r| matches!(r.verdict, Verdict::Info | Verdict::Skip)),
         "pattern 9 of the glibc control must be measured and informational only"
     );
     let by = report.by_pattern();
-    assert!(by.get(&1).is_some_and(|s| s.all_passed()), "pattern 1 failed with glibc: the harness is broken\n{}", report.render());
+    assert!(
+        by.get(&1).is_some_and(|s| s.all_passed()),
+        "pattern 1 failed with glibc: the harness is broken\n{}",
+        report.render()
+    );
     let failed: Vec<u32> = by.iter().filter(|(_, s)| !s.all_passed()).map(|(p, _)| *p).collect();
     eprintln!("glibc malloc (C program, no preload) fails patterns {failed:?}");
     assert!(!failed.is_empty(), "glibc malloc passed every pattern: the checks cannot fail\n{}", report.render());
@@ -285,7 +188,7 @@ fn rust_guest_preload_sweep_domalloc() {
         return;
     }
     let so = libdomalloc();
-    let guest = rust_guest_dynamic();
+    let guest = Guest::Dynamic.binary();
     let checks = ["sweep-first-touch", "sweep-recycle"];
     for (topology, tpn, tpns, nodes) in
         [("2n", "1,2", &[1usize, 2][..], &[0usize, 1][..]), ("4n-unequal", "1", &[1][..], &[0, 1, 2, 3][..])]
@@ -295,10 +198,20 @@ fn rust_guest_preload_sweep_domalloc() {
         eprintln!("Rust guest under LD_PRELOAD, {topology} / domalloc:\n{}", report.sweep_table());
         for &t in tpns {
             let gaps = report.sweep_gaps(t, &checks, nodes);
-            assert!(gaps.is_empty(), "{topology}: pattern 10 under LD_PRELOAD:\n{}\n{}", gaps.join("\n"), report.sweep_table());
+            assert!(
+                gaps.is_empty(),
+                "{topology}: pattern 10 under LD_PRELOAD:\n{}\n{}",
+                gaps.join("\n"),
+                report.sweep_table()
+            );
         }
         let s = report.summary.unwrap_or_else(|| panic!("{topology}: no SUMMARY line\n{}", report.render()));
-        assert!(s.failed == 0 && s.crashed == 0 && report.crashes.is_empty(), "{topology}: {}\n{}", report.render(), report.sweep_table());
+        assert!(
+            s.failed == 0 && s.crashed == 0 && report.crashes.is_empty(),
+            "{topology}: {}\n{}",
+            report.render(),
+            report.sweep_table()
+        );
     }
     let glibc = boot_program(&guest, "rust-dynamic", "2n", None, None, &["--tpn", "1", "10:thp=never:info"]);
     eprintln!("Rust guest, 2n / glibc malloc (informational):\n{}", glibc.sweep_table());

@@ -9,8 +9,10 @@
 #   --binary PATH     program to run as the guest payload (default: build the static numa-guest,
 #                     see --alloc). A dynamically linked program is fine: it is copied into the
 #                     initramfs with every shared library `ldd` lists and the dynamic loader.
-#   --c-program       build numa-tests/c/numa_patterns.c with gcc (dynamic) and run it (the C path;
-#                     same RESULT/SUMMARY lines as numa-guest). Implies a dynamic --binary.
+#   --c-program       the C path: numa-guest built with glibc malloc (--features system) and linked
+#                     dynamically, so that --preload replaces malloc, calloc, posix_memalign, realloc
+#                     and free under it; one thread per node and THP off in patterns 5 and 9 unless
+#                     the guest args say otherwise (--tpn, --thp5, --thp9).
 #   --preload PATH    shared library to LD_PRELOAD for the guest program (copied into the initramfs
 #                     with its own dependencies), e.g. libdomalloc.so; needs a dynamic program
 #   --alloc A         domalloc (default) | system: which build of numa-guest to make when no
@@ -29,7 +31,7 @@
 # Guest args (after --) go to numa-guest; see numa-tests/README.md. Example:
 #   scripts/qemu/run-guest.sh --topology 4n-unequal --alloc system -- --tpn 1 2 4
 #   scripts/qemu/run-guest.sh --c-program --preload target/release/libdomalloc.so -- 1 2 3 4 5
-#   scripts/qemu/run-guest.sh --c-program -- 2 4        # glibc malloc in C: the negative control
+#   scripts/qemu/run-guest.sh --c-program -- 2 4        # glibc malloc, C path: the negative control
 #   scripts/qemu/run-guest.sh -- --tpn 1,2 9:thp=never   # per-worker first touch (pattern 9)
 #
 # Exit status: 0 all checks passed, 1 some check failed or a run crashed, 2 the guest did not
@@ -232,29 +234,23 @@ esac
 
 # ---- guest binary ----------------------------------------------------------------------------
 mkdir -p "$workdir"
-if [ -z "$binary" ] && [ "$c_program" = 1 ]; then
-    command -v gcc >/dev/null || die "--c-program needs gcc (Debian: gcc)"
-    binary=$workdir/numa_patterns
-    src=$repo/numa-tests/c/numa_patterns.c
-    if [ ! -x "$binary" ] || [ "$src" -nt "$binary" ]; then
-        echo "run-guest: building $binary (gcc, dynamic)" >&2
-        gcc -O2 -g -Wall -pthread -o "$binary.tmp.$$" "$src" >&2 || die "gcc failed" 4
-        mv -f "$binary.tmp.$$" "$binary"
-    fi
-fi
 if [ -z "$binary" ]; then
-    case "$alloc" in
-        domalloc) features=() ;;
-        system) features=(--features system) ;;
+    target_dir=${CARGO_TARGET_DIR:-$repo/target}
+    case "$c_program:$alloc" in
+        1:*) features=(--features system); target_dir=$target_dir/dynamic-guest; rustflags=
+             guest_args=(--tpn 1 --thp5 never --thp9 never "${guest_args[@]}"); alloc=dynamic-system ;;
+        0:domalloc) features=(); rustflags="-C target-feature=+crt-static" ;;
+        0:system) features=(--features system); rustflags="-C target-feature=+crt-static" ;;
         *) die "unknown --alloc $alloc" ;;
     esac
-    target_dir=${CARGO_TARGET_DIR:-$repo/target}
-    echo "run-guest: building numa-guest ($alloc, static)" >&2
-    (cd "$repo" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-        cargo build --release -p domalloc-numa-tests --bin numa-guest \
-        --target x86_64-unknown-linux-gnu "${features[@]}" >&2) || die "cargo build failed" 4
+    # The static builds name the target triple: RUSTFLAGS then leave build scripts alone.
+    triple=(); built=$target_dir/release/numa-guest
+    [ -n "$rustflags" ] && { triple=(--target x86_64-unknown-linux-gnu); built=$target_dir/x86_64-unknown-linux-gnu/release/numa-guest; }
+    echo "run-guest: building numa-guest ($alloc)" >&2
+    (cd "$repo" && CARGO_TARGET_DIR=$target_dir RUSTFLAGS="${RUSTFLAGS:-}${rustflags:+ $rustflags}" cargo build --release -p domalloc-numa-tests \
+        --bin numa-guest "${triple[@]}" "${features[@]}" >&2) || die "cargo build failed" 4
     binary=$workdir/numa-guest-$alloc
-    cp "$target_dir/x86_64-unknown-linux-gnu/release/numa-guest" "$binary"
+    cp "$built" "$binary"
 fi
 [ -x "$binary" ] || die "no executable $binary" 4
 dynamic=0

@@ -151,7 +151,8 @@ pub struct ShowInput<'a> {
 /// `domalloc run --show`: the policy and binding the program would get, in numactl's words.
 pub fn show_report(m: &Machine, input: &ShowInput<'_>) -> String {
     let mut s = String::new();
-    let parsed = input.policy.and_then(|p| domalloc::options::parse_policy(p.as_bytes()).map(|(pol, min)| (p, pol, min)));
+    let parsed =
+        input.policy.and_then(|p| domalloc::options::parse_policy(p.as_bytes()).map(|(pol, min)| (p, pol, min)));
     let mem = m.memory_nodes();
     let list_of = |mask: &domalloc::NodeMask| mask.iter().collect::<Vec<usize>>();
     use domalloc::options::Policy;
@@ -161,7 +162,9 @@ pub fn show_report(m: &Machine, input: &ShowInput<'_>) -> String {
         Some((_, Policy::Bind(mask), _)) => ("bind", "current".to_string(), list_of(mask), None),
         Some((_, Policy::Preferred(n), _)) => ("preferred", n.to_string(), mem.clone(), None),
         Some((_, Policy::PreferredMany(mask), _)) => ("preferred-many", spaced(&list_of(mask)), mem.clone(), None),
-        Some((_, Policy::Interleave(mask), _)) => ("interleave", "current".to_string(), mem.clone(), Some(list_of(mask))),
+        Some((_, Policy::Interleave(mask), _)) => {
+            ("interleave", "current".to_string(), mem.clone(), Some(list_of(mask)))
+        }
     };
     // The tier policy is not one of numactl's: shown as written.
     let name = match input.policy.filter(|p| domalloc::options::parse_tier(p.as_bytes()).is_some()) {
@@ -174,7 +177,11 @@ pub fn show_report(m: &Machine, input: &ShowInput<'_>) -> String {
         let _ = writeln!(s, "interleavemask: {}", spaced(&il));
     }
     if let Some((_, _, min)) = parsed.filter(|(_, _, min)| *min > 0) {
-        let _ = writeln!(s, "policy applies to: blocks of {} and more (smaller blocks: local)", crate::human_bytes(min as u64));
+        let _ = writeln!(
+            s,
+            "policy applies to: blocks of {} and more (smaller blocks: local)",
+            crate::human_bytes(min as u64)
+        );
     }
     let _ = writeln!(s, "physcpubind: {}", spaced(input.cpus));
     let mut nodes: Vec<usize> = input.cpus.iter().filter_map(|&c| m.node_of_cpu(c)).collect();
@@ -214,7 +221,10 @@ mod tests {
     #[test]
     fn hardware_like_numactl() {
         let r = hardware_report(&two_nodes());
-        assert!(r.starts_with("available: 3 nodes (0-2)\nnode 0 cpus: 0 1\nnode 0 size: 1024 MB\nnode 0 free: 512 MB\n"), "{r}");
+        assert!(
+            r.starts_with("available: 3 nodes (0-2)\nnode 0 cpus: 0 1\nnode 0 size: 1024 MB\nnode 0 free: 512 MB\n"),
+            "{r}"
+        );
         assert!(r.contains("node 1 free: unknown\n"), "{r}");
         assert!(r.contains("node distances:\nnode    0   1   2\n   0:  10  21   -\n"), "{r}");
     }

@@ -100,20 +100,9 @@ pub fn parse_list(text: &str, all: &[usize]) -> Option<Vec<usize>> {
     }
 }
 
-/// Bytes in binary units with one decimal (`12.0 MiB`).
+/// Bytes in binary units with one decimal (`12.0 MiB`, `512 B`).
 pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
+    bytesize::ByteSize(b).display().iec().to_string()
 }
 
 /// Finds `libdomalloc.so`: `explicit`, else `$DOMALLOC_LIB`, else next to this program, in
@@ -192,6 +181,9 @@ mod tests {
     fn bytes_and_preload() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes((1 << 20) - 1), "1024.0 KiB");
         let lib = Path::new("/a/libdomalloc.so");
         assert_eq!(preload_value(lib, None), OsString::from("/a/libdomalloc.so"));
         assert_eq!(

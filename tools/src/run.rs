@@ -158,7 +158,10 @@ fn memory_nodes(label: &str, text: &str, m: &Machine) -> Result<Vec<usize>, Fail
             return Err(format!("run: {label}: node {n} does not exist (nodes: {})", format_list(&m.nodes)));
         }
         if !with_memory.contains(&n) {
-            return Err(format!("run: {label}: node {n} has no memory (nodes with memory: {})", format_list(&with_memory)));
+            return Err(format!(
+                "run: {label}: node {n} has no memory (nodes with memory: {})",
+                format_list(&with_memory)
+            ));
         }
     }
     Ok(ids)
@@ -186,7 +189,10 @@ fn cpus_of_nodes(opt: &str, text: &str, m: &Machine) -> Result<Vec<usize>, Failu
             return Err(format!("run: {opt} {text}: node {n} does not exist (nodes: {})", format_list(&m.nodes)));
         }
         if !with_cpus.contains(&n) {
-            return Err(format!("run: {opt} {text}: node {n} has no CPUs (nodes with CPUs: {})", format_list(&with_cpus)));
+            return Err(format!(
+                "run: {opt} {text}: node {n} has no CPUs (nodes with CPUs: {})",
+                format_list(&with_cpus)
+            ));
         }
         cpus.extend(m.cpus_of[&n].iter().copied());
     }
@@ -215,7 +221,10 @@ fn cpu_list(opt: &str, text: &str, m: &Machine) -> Result<Vec<usize>, Failure> {
             return Err(format!("run: {opt} {text}: CPU {c} does not exist (CPUs: {})", format_list(&m.cpus)));
         }
         if !m.allowed.contains(&c) {
-            return Err(format!("run: {opt} {text}: CPU {c} is not allowed for this process (allowed: {})", format_list(&m.allowed)));
+            return Err(format!(
+                "run: {opt} {text}: CPU {c} is not allowed for this process (allowed: {})",
+                format_list(&m.allowed)
+            ));
         }
     }
     Ok(ids)
@@ -295,7 +304,8 @@ mod tests {
     }
 
     fn plan_of(line: &str) -> Result<RunPlan, Failure> {
-        let cli = crate::cli::Cli::try_parse_from(format!("domalloc run {line}").split_whitespace()).map_err(|e| e.to_string())?;
+        let cli = crate::cli::Cli::try_parse_from(format!("domalloc run {line}").split_whitespace())
+            .map_err(|e| e.to_string())?;
         match cli.command {
             crate::cli::Command::Run(a) => plan(&a, &machine()),
             _ => unreachable!(),

@@ -95,7 +95,10 @@ const LINES: &[(&str, LineRule)] = &[
 /// What the output of a `Run` block must hold, by the block's first line.
 const EXPECT: &[(&str, &[&str])] = &[
     ("LD_PRELOAD=/opt/domalloc/lib/libdomalloc.so.0 ./app", &["app: malloc is domalloc's"]),
-    ("domalloc run -- ./app", &["app: malloc is domalloc's", "domalloc: stats: pid", "agree:", "domalloc report: 4 rank(s)"]),
+    (
+        "domalloc run -- ./app",
+        &["app: malloc is domalloc's", "domalloc: stats: pid", "agree:", "domalloc report: 4 rank(s)"],
+    ),
     ("cc app.c -ldomalloc", &["app: malloc is domalloc's"]),
 ];
 
@@ -135,7 +138,11 @@ fn blocks(text: &str) -> Vec<Block> {
             None => {
                 let info = &trimmed[ticks..];
                 if ticks >= 3 && !info.contains('`') {
-                    open = Some((ticks, indent, Block { line: i + 1, lang: info.trim().to_string(), code: String::new() }));
+                    open = Some((
+                        ticks,
+                        indent,
+                        Block { line: i + 1, lang: info.trim().to_string(), code: String::new() },
+                    ));
                 }
             }
             Some((n, ind, b)) => {
@@ -202,7 +209,12 @@ impl Machine {
         if comment.contains("one-node machine") {
             return self.memory_nodes.len() == 1;
         }
-        if let Some(n) = comment.split("-CPU machine").next().and_then(|h| h.rsplit(' ').next()).and_then(|n| n.parse::<usize>().ok()) {
+        if let Some(n) = comment
+            .split("-CPU machine")
+            .next()
+            .and_then(|h| h.rsplit(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             return self.possible_cpus == if n == 1 { "0".to_string() } else { format!("0-{}", n - 1) };
         }
         true
@@ -223,7 +235,9 @@ fn root() -> PathBuf {
 fn sh(script: &str, cwd: &Path, env: &[(String, String)]) -> std::process::Output {
     let mut c = Command::new("bash");
     c.arg("-c").arg(script).current_dir(cwd);
-    for k in ["LD_PRELOAD", "DOMALLOC_LIB", "DOMALLOC_POLICY", "DOMALLOC_TOPOLOGY_ROOT", "DOMALLOC_STATS", "PKG_CONFIG_PATH"] {
+    for k in
+        ["LD_PRELOAD", "DOMALLOC_LIB", "DOMALLOC_POLICY", "DOMALLOC_TOPOLOGY_ROOT", "DOMALLOC_STATS", "PKG_CONFIG_PATH"]
+    {
         c.env_remove(k);
     }
     for (k, v) in env {
@@ -307,7 +321,9 @@ fn script(code: &str, sb: &Sandbox, m: &Machine) -> (String, Vec<String>) {
         let rule = LINES.iter().find(|(start, _)| t.starts_with(start)).map(|(_, r)| *r);
         let skip = match rule {
             Some(LineRule::Never(why)) => Some(why.to_string()),
-            Some(LineRule::NeedsNode1) if !m.node1_usable() => Some("this machine has no node 1 with usable CPUs".into()),
+            Some(LineRule::NeedsNode1) if !m.node1_usable() => {
+                Some("this machine has no node 1 with usable CPUs".into())
+            }
             Some(LineRule::NeedsCpus01) if !(m.allowed.contains(&0) && m.allowed.contains(&1)) => {
                 Some("CPUs 0 and 1 are not both usable here".into())
             }
@@ -388,7 +404,8 @@ fn output_matches(expected: &[String], actual: &[&str], exact: bool) -> bool {
 
 #[test]
 fn readme_shell_blocks_run() {
-    let readme = std::env::var_os("README_COMMANDS_FILE").map(PathBuf::from).unwrap_or_else(|| root().join("README.md"));
+    let readme =
+        std::env::var_os("README_COMMANDS_FILE").map(PathBuf::from).unwrap_or_else(|| root().join("README.md"));
     let text = fs::read_to_string(&readme).unwrap_or_else(|e| panic!("{}: {e}", readme.display()));
     let shell: Vec<Block> = blocks(&text).into_iter().filter(|b| b.lang == "sh" || b.lang == "console").collect();
 
@@ -436,7 +453,10 @@ fn readme_shell_blocks_run() {
                 let o = sh(&script, &sb.dir, &env);
                 let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
                 assert!(o.status.success(), "{at}: the block fails ({}):\n{all}", o.status);
-                assert!(!all.contains("app: malloc is not domalloc's"), "{at}: a program did not get domalloc's malloc:\n{all}");
+                assert!(
+                    !all.contains("app: malloc is not domalloc's"),
+                    "{at}: a program did not get domalloc's malloc:\n{all}"
+                );
                 for (start, wants) in EXPECT {
                     if first.starts_with(start) {
                         for w in *wants {

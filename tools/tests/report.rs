@@ -39,7 +39,10 @@ fn four_ranks_table_with_the_outlier() {
     assert!(err.is_empty(), "no warnings on valid files: {err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "domalloc report: 4 rank(s), 2 node(s), host(s) node17");
-    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>().join(" "), "rank node in-use peak mapped peak remote frees purged went home");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>().join(" "),
+        "rank node in-use peak mapped peak remote frees purged went home"
+    );
     // Ranks x nodes, then each rank's totals.
     let rows: Vec<Vec<&str>> = lines[2..14].iter().map(|l| l.split_whitespace().collect()).collect();
     let keys: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
@@ -51,8 +54,14 @@ fn four_ranks_table_with_the_outlier() {
     assert_eq!(rows[0][2..].join(" "), "212.0 MiB 236.0 MiB 1.2% of 1.8M 310.0 MiB 10.8k", "rank 0 node 0");
     assert_eq!(rows[11][2..].join(" "), "227.9 MiB 256.8 MiB 41.7% of 1.8M 333.0 MiB 749.2k", "rank 3 totals");
     // Exactly one outlier: rank 3, for its remote-free share, with the reason.
-    assert_eq!(lines[14], "outliers (more than 1.5x or under 1/1.5 of the median of the ranks, and more than 3 MADs from it):");
-    assert_eq!(lines[15], "  rank 3: remote-free share 41.7% vs median 2.6% of 4 ranks: 16.2x the median, 397 MADs from it");
+    assert_eq!(
+        lines[14],
+        "outliers (more than 1.5x or under 1/1.5 of the median of the ranks, and more than 3 MADs from it):"
+    );
+    assert_eq!(
+        lines[15],
+        "  rank 3: remote-free share 41.7% vs median 2.6% of 4 ranks: 16.2x the median, 397 MADs from it"
+    );
     assert_eq!(lines.len(), 16, "{out}");
 }
 
@@ -161,7 +170,10 @@ fn malformed_files_are_rejected_naming_the_file() {
         ("bad/not-json.json", "not valid JSON: EOF while parsing"),
         ("bad/empty.json", "empty file"),
         ("bad/missing-key.json", "does not follow the statistics schema: missing field `went_home` at line"),
-        ("bad/wrong-type.json", "does not follow the statistics schema: invalid type: string \"many\", expected u64 at line"),
+        (
+            "bad/wrong-type.json",
+            "does not follow the statistics schema: invalid type: string \"many\", expected u64 at line",
+        ),
         ("bad/version-2.json", "unsupported \"domalloc_stats\": 2 (this tool reads version 1)"),
         ("bad/not-stats.json", "not a domalloc statistics file (no \"domalloc_stats\" key)"),
         ("bad/no-rank-key.json", "does not follow the statistics schema: missing field `rank`"),
@@ -183,10 +195,18 @@ fn broken_invariants_warn_or_fail_with_strict() {
     assert!(o.status.success());
     assert!(out.starts_with("domalloc report: 1 rank(s)"));
     assert!(err.starts_with(&format!("domalloc: report: warning: {file}: breaks the schema's invariants: ")), "{err}");
-    for want in ["node 0: allocs 52114 - frees 51903 != live_blocks 216", "live_blocks: nodes sum to 216, totals say 211", "remote_frees: nodes sum to 0, totals say 3"] {
+    for want in [
+        "node 0: allocs 52114 - frees 51903 != live_blocks 216",
+        "live_blocks: nodes sum to 216, totals say 211",
+        "remote_frees: nodes sum to 0, totals say 3",
+    ] {
         assert!(err.contains(want), "{want:?} in {err}");
     }
-    assert_refused(&report(&["--strict"], std::slice::from_ref(&file)), &format!("{file}: breaks the schema's invariants"), "strict");
+    assert_refused(
+        &report(&["--strict"], std::slice::from_ref(&file)),
+        &format!("{file}: breaks the schema's invariants"),
+        "strict",
+    );
 }
 
 #[test]
@@ -250,10 +270,15 @@ fn prof_report_symbolises_merges_ranks_and_draws_a_flame_graph() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}\n{out}");
     // Merged over the two ranks, by the symbolised stack.
-    let alpha = out.lines().find(|l| l.contains("prof_marker_alpha")).unwrap_or_else(|| panic!("alpha not symbolised:\n{out}"));
-    assert!(alpha.contains("4.0 MiB") && alpha.split_whitespace().any(|w| w == "2"), "alpha merged over 2 ranks: {alpha}\n{out}");
+    let alpha =
+        out.lines().find(|l| l.contains("prof_marker_alpha")).unwrap_or_else(|| panic!("alpha not symbolised:\n{out}"));
+    assert!(
+        alpha.contains("4.0 MiB") && alpha.split_whitespace().any(|w| w == "2"),
+        "alpha merged over 2 ranks: {alpha}\n{out}"
+    );
     // The remote share of beta's freed bytes: 786432 of 2 MiB.
-    let beta = out.lines().rfind(|l| l.contains("prof_marker_beta")).unwrap_or_else(|| panic!("beta not symbolised:\n{out}"));
+    let beta =
+        out.lines().rfind(|l| l.contains("prof_marker_beta")).unwrap_or_else(|| panic!("beta not symbolised:\n{out}"));
     assert!(beta.contains("37.5%"), "beta's remote share: {beta}\n{out}");
     let c = std::fs::read_to_string(&col).unwrap();
     assert!(c.lines().any(|l| l.contains("prof_marker_alpha") && l.ends_with(&format!(" {}", 4 << 20))), "{c}");

@@ -63,7 +63,8 @@ fn other_options_become_variables() {
     assert_eq!(out, format!("|json|/tmp/s.%r.json|1||0|{lib}\n"));
     assert_eq!(run_sh(&["--stats"], SHOW_ENV, &[]), format!("|1|||||{lib}\n"));
     // --verbose: the variable, and the launcher says what it set.
-    let o = run(&["run", "-v", "--membind", "0", "--", "sh", "-c", "echo $DOMALLOC_VERBOSE"], &[("DOMALLOC_LIB", &lib)]);
+    let o =
+        run(&["run", "-v", "--membind", "0", "--", "sh", "-c", "echo $DOMALLOC_VERBOSE"], &[("DOMALLOC_LIB", &lib)]);
     let (out, err) = text(&o);
     assert_eq!(out, "1\n");
     assert!(err.contains("domalloc: run: DOMALLOC_POLICY=bind:0") && err.contains("LD_PRELOAD="), "{err}");
@@ -132,7 +133,10 @@ fn refusals_are_one_line_and_exit_1() {
         (&["-N", "3"], "none of the CPUs of node(s) 3 (4000) is allowed"),
         (&["--physcpubind", "5000"], "--physcpubind 5000: CPU 5000 does not exist"),
         (&["-C", "4000"], "CPU 4000 is not allowed for this process"),
-        (&["--set", "no_such_option=1"], "unknown option DOMALLOC_NO_SUCH_OPTION (the options: ENVIRONMENT in `man 3 domalloc`"),
+        (
+            &["--set", "no_such_option=1"],
+            "unknown option DOMALLOC_NO_SUCH_OPTION (the options: ENVIRONMENT in `man 3 domalloc`",
+        ),
     ];
     for (args, want) in cases {
         let mut all = vec!["run"];
@@ -143,7 +147,11 @@ fn refusals_are_one_line_and_exit_1() {
         assert!(!marker.exists(), "{args:?}: the program ran");
     }
     // The real machine too: a node no machine has.
-    assert_refused(&run(&["run", "--membind", "1000", "--", "true"], &[("DOMALLOC_LIB", &lib)]), "node 1000 does not exist", "real");
+    assert_refused(
+        &run(&["run", "--membind", "1000", "--", "true"], &[("DOMALLOC_LIB", &lib)]),
+        "node 1000 does not exist",
+        "real",
+    );
     let not_allowed = (0..4096).find(|c| !allowed.contains(c)).unwrap().to_string();
     let o = run(&["run", "-C", &not_allowed, "--", "true"], &[("DOMALLOC_LIB", &lib)]);
     assert_refused(&o, &format!("CPU {not_allowed} "), "real CPU");
@@ -151,7 +159,9 @@ fn refusals_are_one_line_and_exit_1() {
     let o = run(&["run", "--", "true"], &[("DOMALLOC_LIB", "/nonexistent/libdomalloc.so")]);
     assert_refused(&o, "/nonexistent/libdomalloc.so: no such library", "no library");
     // Usage errors are clap's (exit 2): two policies, two bindings, no command.
-    for args in [&["run", "-m", "0", "-i", "0", "true"][..], &["run", "-N", "0", "-C", "0", "true"], &["run", "--stats"]] {
+    for args in
+        [&["run", "-m", "0", "-i", "0", "true"][..], &["run", "-N", "0", "-C", "0", "true"], &["run", "--stats"]]
+    {
         assert_eq!(run(args, &[]).status.code(), Some(2), "{args:?}");
     }
     let _ = std::fs::remove_dir_all(tree);
@@ -180,7 +190,13 @@ fn hardware_like_numactl() {
     // This machine: as many nodes as sysfs lists, each with its CPUs and size.
     let o = run(&["run", "--hardware"], &[]);
     let (out, _) = text(&o);
-    assert!(o.status.success() && out.starts_with("available: ") && out.contains("node 0 size: ") && out.contains("node distances:\n"), "{out}");
+    assert!(
+        o.status.success()
+            && out.starts_with("available: ")
+            && out.contains("node 0 size: ")
+            && out.contains("node distances:\n"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(tree);
 }
 

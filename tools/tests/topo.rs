@@ -10,28 +10,21 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
+fn write(p: &Path, s: &str) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, format!("{s}\n")).unwrap();
+}
+
 /// A two-node, four-CPU tree with what hwloc's Linux backend needs besides what domalloc reads
 /// (per-CPU topology masks, /proc/cpuinfo). `has_memory` is the list domalloc trusts.
 fn hwloc_tree(name: &str, has_memory: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("domalloc-topo-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
+    let node =
+        |id, cpus: &str, distance: &str| FakeNode { id, cpus: cpus.into(), mem_kb: 1 << 20, distance: distance.into() };
+    let dir = fake_tree(&format!("topo-{name}"), "0-3", &[node(0, "0-1", "10 21"), node(1, "2-3", "21 10")]);
     let sys = dir.join("sys/devices/system");
-    let w = |p: &Path, s: &str| {
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, format!("{s}\n")).unwrap();
-    };
-    for (f, v) in [("possible", "0-3"), ("online", "0-3")] {
-        w(&sys.join("cpu").join(f), v);
-    }
-    for (f, v) in [("possible", "0-1"), ("online", "0-1"), ("has_cpu", "0-1"), ("has_memory", has_memory)] {
-        w(&sys.join("node").join(f), v);
-    }
-    for (n, cpus, mask, dist) in [(0, "0-1", "3", "10 21"), (1, "2-3", "c", "21 10")] {
-        let d = sys.join(format!("node/node{n}"));
-        w(&d.join("cpulist"), cpus);
-        w(&d.join("cpumap"), mask);
-        w(&d.join("distance"), dist);
-        w(&d.join("meminfo"), &format!("Node {n} MemTotal:       1048576 kB\nNode {n} MemFree:        524288 kB"));
+    write(&sys.join("node/has_memory"), has_memory);
+    for (n, mask) in [(0, "3"), (1, "c")] {
+        write(&sys.join(format!("node/node{n}/cpumap")), mask);
     }
     let mut cpuinfo = String::new();
     for c in 0..4usize {
@@ -45,13 +38,37 @@ fn hwloc_tree(name: &str, has_memory: &str) -> PathBuf {
             ("core_cpus", own.clone()),
             ("thread_siblings", own),
         ] {
-            w(&t.join(f), &v);
+            write(&t.join(f), &v);
         }
-        w(&sys.join(format!("cpu/cpu{c}/online")), "1");
+        write(&sys.join(format!("cpu/cpu{c}/online")), "1");
         cpuinfo += &format!("processor\t: {c}\nphysical id\t: {pkg}\ncore id\t\t: {}\n\n", c % 2);
     }
-    w(&dir.join("proc/cpuinfo"), &cpuinfo);
+    write(&dir.join("proc/cpuinfo"), &cpuinfo);
     dir
+}
+
+/// Memory tiers from the kernel's HMAT files (`nodeN/access0/initiators/`): node 1 is CPU-less
+/// with four times node 0's read bandwidth, so it is node 0's high-bandwidth node; with node 0
+/// named as the high-bandwidth one, node 1 is capacity memory.
+#[test]
+fn tiers_from_a_fake_hmat_tree() {
+    let node =
+        |id, cpus: &str, distance: &str| FakeNode { id, cpus: cpus.into(), mem_kb: 1 << 20, distance: distance.into() };
+    let dir = fake_tree("topo-tiers", "0-1", &[node(0, "0-1", "10 12"), node(1, "", "12 10")]);
+    let root = dir.join("sys");
+    for (id, bw) in [(0, 20480), (1, 81920)] {
+        let d = root.join(format!("devices/system/node/node{id}/access0/initiators"));
+        write(&d.join("node0/cpulist"), "0-1");
+        write(&d.join("read_bandwidth"), &bw.to_string());
+        write(&d.join("read_latency"), "100");
+    }
+    let mut t = domalloc::topology::Topology::detect(Some(root.as_os_str().as_encoded_bytes())).unwrap();
+    let lines = domalloc_tools::topo::tier_lines(&mut t, None).join("\n");
+    assert!(lines.contains("node   1  hbw       -     81920 MB/s 100 ns from node 0"), "{lines}");
+    assert!(lines.contains("cpu node   0: nearest high-bandwidth node 1, nearest capacity node none"), "{lines}");
+    let lines = domalloc_tools::topo::tier_lines(&mut t, Some("0")).join("\n");
+    assert!(lines.contains("node   1  capacity"), "{lines}");
+    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -154,9 +171,8 @@ fn a_tarball_reads_as_its_folder_and_is_cleaned_up() {
 #[test]
 fn hwloc_gather_topology_tarball_of_this_machine() {
     let tool = "hwloc-gather-topology";
-    let have = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
+    let have =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
     if !have {
         // scripts/test.sh installs Debian's `hwloc`, which has it; CI must not skip.
         assert!(std::env::var_os("CI").is_none(), "{tool} is not installed (Debian package hwloc)");

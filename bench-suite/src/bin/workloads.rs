@@ -58,7 +58,11 @@ fn positive(s: &str) -> Result<f64, String> {
 impl WorkloadArgs {
     /// The workload's parameters; a knob the workload does not take is an error.
     fn params(self, w: &Workload) -> Result<Params, String> {
-        let given = [("load", self.load.is_some()), ("iterations", self.iterations.is_some()), ("object-size", self.object_size.is_some())];
+        let given = [
+            ("load", self.load.is_some()),
+            ("iterations", self.iterations.is_some()),
+            ("object-size", self.object_size.is_some()),
+        ];
         if let Some((k, _)) = given.iter().find(|(k, on)| *on && !w.knobs.contains(k)) {
             return Err(format!("--{k} does not apply to {} (see `workloads {} --help`)", w.name, w.name));
         }
@@ -84,7 +88,9 @@ malloc returns NULL).",
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(Command::new("list").about("Print the workload names, one per line"))
-        .subcommand(Command::new("probe").about("Print which library provides malloc (checks that LD_PRELOAD took effect)"));
+        .subcommand(
+            Command::new("probe").about("Print which library provides malloc (checks that LD_PRELOAD took effect)"),
+        );
     for w in workloads::ALL {
         // augment_args sets the struct's doc as the about text: the workload's own comes after.
         let mut sub = WorkloadArgs::augment_args(Command::new(w.name)).about(w.summary).long_about(w.help);
@@ -116,7 +122,8 @@ fn probe() -> ExitCode {
             let f: extern "C" fn() -> c_int = std::mem::transmute(mi);
             let v = f();
             // 3.3.2 is 30302; releases before 2.1 encoded 2.0.9 as 209.
-            let (maj, min, pat) = if v >= 10000 { (v / 10000, v / 100 % 100, v % 100) } else { (v / 100, v / 10 % 10, v % 10) };
+            let (maj, min, pat) =
+                if v >= 10000 { (v / 10000, v / 100 % 100, v % 100) } else { (v / 100, v / 10 % 10, v % 10) };
             line += &format!(" version=mimalloc-{maj}.{min}.{pat}");
         }
         let je = libc::dlsym(libc::RTLD_DEFAULT, c"mallctl".as_ptr());

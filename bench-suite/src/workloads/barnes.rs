@@ -431,7 +431,9 @@ fn run(p: &Params) -> Result<Outcome, String> {
             }
         }
     }
-    let checksum = bodies.iter().fold(0u64, |h, b| common::mix(h ^ b.pos[0].to_bits() ^ b.pos[1].to_bits().rotate_left(21) ^ b.pos[2].to_bits().rotate_left(42)));
+    let checksum = bodies.iter().fold(0u64, |h, b| {
+        common::mix(h ^ b.pos[0].to_bits() ^ b.pos[1].to_bits().rotate_left(21) ^ b.pos[2].to_bits().rotate_left(42))
+    });
     Ok(Outcome {
         ops: 10,
         checksum,

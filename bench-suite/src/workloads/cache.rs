@@ -83,7 +83,8 @@ fn run_common(p: &Params, scratch: bool) -> Result<Outcome, String> {
     let t = p.threads;
     let rounds = p.scaled(BASE_ROUNDS, t as u64);
     // Passive: objects allocated back to back by the main thread, one per worker.
-    let initial: Vec<usize> = if scratch { (0..t).map(|_| common::xmalloc(OBJ) as usize).collect() } else { Vec::new() };
+    let initial: Vec<usize> =
+        if scratch { (0..t).map(|_| common::xmalloc(OBJ) as usize).collect() } else { Vec::new() };
     let results = common::run_threads(t, |i| {
         if scratch {
             // SAFETY: main gave this worker sole ownership of its initial object.

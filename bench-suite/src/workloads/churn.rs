@@ -81,7 +81,10 @@ fn free_block(p: *mut u8) -> u64 {
     unsafe {
         let w = (p as *const u64).read_unaligned();
         let size = (w >> 32) as usize;
-        if w & 0xffff_ffff != ((p as u64 >> 3) ^ TAG) & 0xffff_ffff || !(8..=68 * 1024).contains(&size) || (size > 8 && *p.add(size - 1) != size as u8) {
+        if w & 0xffff_ffff != ((p as u64 >> 3) ^ TAG) & 0xffff_ffff
+            || !(8..=68 * 1024).contains(&size)
+            || (size > 8 && *p.add(size - 1) != size as u8)
+        {
             common::record_error(format!("churn: block {p:p} lost its contents (word {w:#x})"));
             return 0;
         }

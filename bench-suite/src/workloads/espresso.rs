@@ -72,7 +72,12 @@ impl Family {
         let hdr = common::xmalloc(4 * 8) as *mut u64;
         let data = common::xmalloc(capacity.max(1) * wps * 4) as *mut u32;
         // SAFETY: hdr holds 4 words.
-        unsafe { hdr.write(0); hdr.add(1).write(capacity.max(1) as u64); hdr.add(2).write(wps as u64); hdr.add(3).write(0) };
+        unsafe {
+            hdr.write(0);
+            hdr.add(1).write(capacity.max(1) as u64);
+            hdr.add(2).write(wps as u64);
+            hdr.add(3).write(0)
+        };
         Family { hdr, data }
     }
     fn field(&self, i: usize) -> u64 {
@@ -178,9 +183,7 @@ fn set_var(s: &mut [u32], v: usize, x: u32) {
 
 /// The low bit of every variable's pair, for the words after the size word.
 fn pair_mask(vars: usize) -> Vec<u32> {
-    (0..wps(vars) - 1)
-        .map(|k| (0..16).filter(|j| k * 16 + j < vars).fold(0u32, |m, j| m | 1 << (2 * j)))
-        .collect()
+    (0..wps(vars) - 1).map(|k| (0..16).filter(|j| k * 16 + j < vars).fold(0u32, |m, j| m | 1 << (2 * j))).collect()
 }
 
 /// Variables where a and b do not intersect (espresso's cdist).

@@ -51,13 +51,7 @@ fn run(p: &Params) -> Result<Outcome, String> {
     // The main thread allocates the initial blocks (the workers will free them).
     let mut init = common::rng(p.seed, u64::MAX);
     let arrays: Vec<Mutex<Vec<Blk>>> = (0..t)
-        .map(|_| {
-            Mutex::new(
-                (0..SLOTS)
-                    .map(|_| Blk::new(init.gen_range(MIN..=MAX), init.gen()))
-                    .collect(),
-            )
-        })
+        .map(|_| Mutex::new((0..SLOTS).map(|_| Blk::new(init.gen_range(MIN..=MAX), init.gen())).collect()))
         .collect();
 
     let mut checksum = 0u64;

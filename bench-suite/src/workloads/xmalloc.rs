@@ -177,7 +177,12 @@ fn run(p: &Params) -> Result<Outcome, String> {
     let fixed = object_size(p)?;
     let workers = p.threads;
     let total_batches = p.scaled(BASE_OBJECTS / PER_BATCH as u64, workers as u64);
-    let st = Stack { seed: p.seed, batches: Mutex::new((Vec::with_capacity(LIMIT), workers)), not_empty: Condvar::new(), not_full: Condvar::new() };
+    let st = Stack {
+        seed: p.seed,
+        batches: Mutex::new((Vec::with_capacity(LIMIT), workers)),
+        not_empty: Condvar::new(),
+        not_full: Condvar::new(),
+    };
     let sums = common::run_threads(2 * workers, |i| {
         // Even threads consume, odd threads produce (xmalloc-test starts a releaser, then an
         // allocator, for each worker).

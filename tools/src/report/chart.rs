@@ -105,7 +105,8 @@ fn memory_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
                 .sum();
             let this = r.doc.nodes.iter().find(|x| x.node == node)?.counters.in_use_peak_bytes as f64 / MIB;
             let i = i as u32;
-            let mut bar = Rectangle::new([(SegmentValue::Exact(i), below), (right_edge(m, i), below + this)], colour.filled());
+            let mut bar =
+                Rectangle::new([(SegmentValue::Exact(i), below), (right_edge(m, i), below + this)], colour.filled());
             bar.set_margin(0, 0, 8, 8);
             Some(bar)
         });
@@ -127,7 +128,9 @@ fn memory_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
 fn frees_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
     let n = m.ranks.len() as u32;
     let names = labels(m);
-    let ymax = m.ranks.iter().map(|r| r.doc.totals.local_frees + r.doc.totals.remote_frees).max().unwrap_or(0).max(1) as f64 * 1.2;
+    let ymax = m.ranks.iter().map(|r| r.doc.totals.local_frees + r.doc.totals.remote_frees).max().unwrap_or(0).max(1)
+        as f64
+        * 1.2;
     let mut chart = ChartBuilder::on(area)
         .caption("Frees per rank: local vs remote (remote share on top)", ("sans-serif", 18))
         .margin(12)
@@ -173,7 +176,11 @@ fn frees_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
             let share = t(i).remote_share()?;
             let top = (t(i).local_frees + t(i).remote_frees) as f64;
             let pos = (SegmentValue::CenterOf(i as u32), top + ymax * 0.02);
-            Some(Text::new(format!("{:.1}%", share * 100.0), pos, ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom))))
+            Some(Text::new(
+                format!("{:.1}%", share * 100.0),
+                pos,
+                ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)),
+            ))
         }))
         .map_err(err)?;
     chart

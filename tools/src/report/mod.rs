@@ -80,7 +80,8 @@ fn unique_labels(ranks: &mut [RankStats], warnings: &mut Vec<String>) {
         ranks.iter().filter(|r| !seen.insert(r.label.clone())).map(|r| r.label.clone()).collect()
     };
     for label in duplicates(ranks) {
-        let files: Vec<String> = ranks.iter().filter(|r| r.label == label).map(|r| r.file.display().to_string()).collect();
+        let files: Vec<String> =
+            ranks.iter().filter(|r| r.label == label).map(|r| r.file.display().to_string()).collect();
         warnings.push(format!("rank {label} appears in {} files: {}", files.len(), files.join(", ")));
     }
     let dup = duplicates(ranks);
@@ -187,15 +188,10 @@ pub fn table(m: &Merged) -> String {
     s
 }
 
-fn csv_row(s: &mut String, r: &RankStats, node: &str, c: &Counters) {
+fn csv_row(w: &mut csv::Writer<Vec<u8>>, r: &RankStats, node: &str, c: &Counters) -> csv::Result<()> {
     let share = c.remote_share().map_or(String::new(), |v| format!("{v:.6}"));
     let rank = r.doc.rank.map_or(String::new(), |v| v.to_string());
-    let _ = writeln!(
-        s,
-        "{},{rank},{},{},{node},{},{},{},{},{},{},{},{},{},{share},{},{}",
-        csv_field(&r.label),
-        csv_field(&r.doc.host),
-        r.doc.pid,
+    let numbers = [
         c.allocs,
         c.frees,
         c.in_use_bytes,
@@ -205,32 +201,36 @@ fn csv_row(s: &mut String, r: &RankStats, node: &str, c: &Counters) {
         c.resident_bytes,
         c.local_frees,
         c.remote_frees,
-        c.purged_bytes,
-        c.went_home
-    );
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    ]
+    .map(|n| n.to_string());
+    w.write_field(&r.label)?;
+    w.write_field(rank)?;
+    w.write_field(&r.doc.host)?;
+    w.write_field(r.doc.pid.to_string())?;
+    w.write_field(node)?;
+    w.write_record(numbers.iter().chain([share, c.purged_bytes.to_string(), c.went_home.to_string()].iter()))
 }
 
 /// The table as CSV: one row per rank and node, and one per rank with node `all` (the totals).
 pub fn csv(m: &Merged) -> String {
-    let mut s = String::from(
+    let mut w = csv::Writer::from_writer(Vec::new());
+    csv_rows(&mut w, m).expect("CSV into memory");
+    String::from_utf8(w.into_inner().expect("CSV into memory")).expect("the fields are UTF-8")
+}
+
+fn csv_rows(w: &mut csv::Writer<Vec<u8>>, m: &Merged) -> csv::Result<()> {
+    w.write_record(
         "label,rank,host,pid,node,allocs,frees,in_use_bytes,in_use_peak_bytes,mapped_bytes,mapped_peak_bytes,\
-         resident_bytes,local_frees,remote_frees,remote_free_share,purged_bytes,went_home\n",
-    );
+         resident_bytes,local_frees,remote_frees,remote_free_share,purged_bytes,went_home"
+            .split(','),
+    )?;
     for r in &m.ranks {
         for n in &r.doc.nodes {
-            csv_row(&mut s, r, &n.node.to_string(), &n.counters);
+            csv_row(w, r, &n.node.to_string(), &n.counters)?;
         }
-        csv_row(&mut s, r, "all", &r.doc.totals);
+        csv_row(w, r, "all", &r.doc.totals)?;
     }
-    s
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -274,7 +274,11 @@ pub fn json(m: &Merged) -> String {
                 .doc
                 .nodes
                 .iter()
-                .map(|n| NodeSummary { node: Some(n.node), counters: &n.counters, remote_free_share: n.counters.remote_share() })
+                .map(|n| NodeSummary {
+                    node: Some(n.node),
+                    counters: &n.counters,
+                    remote_free_share: n.counters.remote_share(),
+                })
                 .collect(),
         })
         .collect();

@@ -124,7 +124,11 @@ mod tests {
         let o = find(share, &vals(&[0.02, 0.021, 0.019, 0.40]), 1.5);
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].rank, "3");
-        assert!(o[0].why.starts_with("remote-free share 40.0% vs median 2.1% of 4 ranks: 19.5x the median"), "{}", o[0].why);
+        assert!(
+            o[0].why.starts_with("remote-free share 40.0% vs median 2.1% of 4 ranks: 19.5x the median"),
+            "{}",
+            o[0].why
+        );
         // Regular ranks with one a little off: MAD says far, the ratio says no.
         assert!(find(share, &vals(&[0.30, 0.30, 0.30, 0.31]), 1.5).is_empty());
         // Spread-out ranks: the ratio says far, the MAD says no.

@@ -80,7 +80,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Profile, String> {
     if lines.next() != Some("# domalloc heap profile 1") {
         return Err("not a domalloc heap profile (first line is not `# domalloc heap profile 1`)".into());
     }
-    let mut p = Profile { file: file.to_path_buf(), label: String::new(), sample_bytes: 0, maps: Vec::new(), sites: Vec::new() };
+    let mut p = Profile {
+        file: file.to_path_buf(),
+        label: String::new(),
+        sample_bytes: 0,
+        maps: Vec::new(),
+        sites: Vec::new(),
+    };
     for (n, l) in text.lines().enumerate().skip(1) {
         let bad = |what: &str| format!("line {}: {what}: {l}", n + 1);
         if let Some(rest) = l.strip_prefix("# pid ") {
@@ -110,7 +116,14 @@ pub fn parse(file: &Path, text: &str) -> Result<Profile, String> {
                 return Err(bad("a site line without its 11 fields"));
             }
             let num = |i: usize| f[i].parse::<u64>().map_err(|_| bad("a site figure is not a number"));
-            let frames = if f[10] == "[unknown]" { Vec::new() } else { f[10].split(';').map(|a| hex(a).ok_or_else(|| bad("a frame is not an address"))).collect::<Result<_, _>>()? };
+            let frames = if f[10] == "[unknown]" {
+                Vec::new()
+            } else {
+                f[10]
+                    .split(';')
+                    .map(|a| hex(a).ok_or_else(|| bad("a frame is not an address")))
+                    .collect::<Result<_, _>>()?
+            };
             p.sites.push(RawSite {
                 samples: num(0)?,
                 alloc: num(1)?,
@@ -171,19 +184,23 @@ impl Symbolizer {
         if let Some(v) = self.cache.get(&key) {
             return v.clone();
         }
-        let short = Path::new(&m.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| m.path.clone());
+        let short =
+            Path::new(&m.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| m.path.clone());
         let fallback = vec![format!("{short}+{file_off:#x}")];
         let names = self
             .module(&m.path)
             .and_then(|md| {
-                let &(seg_off, _, seg_addr) = md.segments.iter().find(|&&(o, sz, _)| o <= file_off && file_off < o + sz.max(1))?;
+                let &(seg_off, _, seg_addr) =
+                    md.segments.iter().find(|&&(o, sz, _)| o <= file_off && file_off < o + sz.max(1))?;
                 // A return address follows its call: look up the call (one byte back).
                 let probe = file_off - seg_off + seg_addr - 1;
                 let mut out = Vec::new();
                 if let Ok(mut it) = md.loader.find_frames(probe) {
                     while let Ok(Some(f)) = it.next() {
                         let name = f.function.as_ref().and_then(|n| n.demangle().ok().map(|d| d.into_owned()));
-                        let loc = f.location.as_ref().and_then(|l| Some(format!("{}:{}", Path::new(l.file?).file_name()?.to_string_lossy(), l.line?)));
+                        let loc = f.location.as_ref().and_then(|l| {
+                            Some(format!("{}:{}", Path::new(l.file?).file_name()?.to_string_lossy(), l.line?))
+                        });
                         match (name, loc) {
                             (Some(n), Some(l)) => out.push(format!("{} ({l})", clean(&n))),
                             (Some(n), None) => out.push(clean(&n)),
@@ -238,9 +255,21 @@ impl Site {
 /// Frames of the allocator itself (a profile of a program linked with it, built with frame
 /// pointers, starts with them): dropped from the innermost end.
 fn is_allocator_frame(f: &str) -> bool {
-    ["domalloc::", "<domalloc::", "__rust_alloc", "__rust_realloc", "__rdl_alloc", "__rdl_realloc", "__rg_alloc", "alloc::alloc::", "malloc ", "calloc ", "realloc "]
-        .iter()
-        .any(|p| f.starts_with(p))
+    [
+        "domalloc::",
+        "<domalloc::",
+        "__rust_alloc",
+        "__rust_realloc",
+        "__rdl_alloc",
+        "__rdl_realloc",
+        "__rg_alloc",
+        "alloc::alloc::",
+        "malloc ",
+        "calloc ",
+        "realloc ",
+    ]
+    .iter()
+    .any(|p| f.starts_with(p))
         || f == "malloc"
         || f == "calloc"
         || f == "realloc"
@@ -260,7 +289,8 @@ pub fn merge(profiles: &[Profile], sym: &mut Symbolizer) -> Vec<Site> {
             }
             let e = by_stack.entry(stack.clone()).or_insert_with(|| (Site { stack, ..Default::default() }, usize::MAX));
             let r = &mut e.0.raw;
-            r.lifetime_ms = (r.lifetime_ms * r.freed + s.lifetime_ms * s.freed).checked_div(r.freed + s.freed).unwrap_or(0);
+            r.lifetime_ms =
+                (r.lifetime_ms * r.freed + s.lifetime_ms * s.freed).checked_div(r.freed + s.freed).unwrap_or(0);
             r.samples += s.samples;
             r.alloc += s.alloc;
             r.live += s.live;
@@ -362,7 +392,8 @@ pub fn flame_graph(sites: &[Site], view: &str, title: &str) -> Result<String, St
     opt.count_name = "bytes".into();
     opt.name_type = "Call site:".into();
     let mut svg = Vec::new();
-    inferno::flamegraph::from_lines(&mut opt, text.lines(), &mut svg).map_err(|e| format!("report: flame graph: {e}"))?;
+    inferno::flamegraph::from_lines(&mut opt, text.lines(), &mut svg)
+        .map_err(|e| format!("report: flame graph: {e}"))?;
     String::from_utf8(svg).map_err(|e| format!("report: flame graph: {e}"))
 }
 
@@ -383,13 +414,18 @@ pub fn main(args: &ReportArgs) -> Result<u8, Failure> {
         std::fs::write(p, collapsed(&sites, view)).map_err(|e| format!("report: cannot write {}: {e}", p.display()))?;
     }
     if let Some(p) = &args.svg {
-        let title = format!("domalloc heap profile: bytes {} ({} profile(s))", match view {
-            "alloc" => "allocated",
-            "live" => "live at the end",
-            "peak" => "live at the peak",
-            _ => "freed on another node",
-        }, profiles.len());
-        std::fs::write(p, flame_graph(&sites, view, &title)?).map_err(|e| format!("report: cannot write {}: {e}", p.display()))?;
+        let title = format!(
+            "domalloc heap profile: bytes {} ({} profile(s))",
+            match view {
+                "alloc" => "allocated",
+                "live" => "live at the end",
+                "peak" => "live at the peak",
+                _ => "freed on another node",
+            },
+            profiles.len()
+        );
+        std::fs::write(p, flame_graph(&sites, view, &title)?)
+            .map_err(|e| format!("report: cannot write {}: {e}", p.display()))?;
     }
     print!("{}", tables(&sites, &profiles, args.top));
     for (p, what) in [(&args.collapsed, "collapsed stacks"), (&args.svg, "flame graph")] {

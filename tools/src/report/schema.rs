@@ -204,16 +204,26 @@ pub fn invariant_violations(doc: &StatsDoc) -> Vec<String> {
         }
     }
     if doc.process.rss_peak_bytes < doc.process.rss_bytes {
-        bad.push(format!("process: rss_peak_bytes {} < rss_bytes {}", doc.process.rss_peak_bytes, doc.process.rss_bytes));
+        bad.push(format!(
+            "process: rss_peak_bytes {} < rss_bytes {}",
+            doc.process.rss_peak_bytes, doc.process.rss_bytes
+        ));
     }
-    for (what, c) in std::iter::once(("totals".to_string(), t)).chain(doc.nodes.iter().map(|n| (format!("node {}", n.node), &n.counters))) {
-        for (k, peak, now) in [("in_use", c.in_use_peak_bytes, c.in_use_bytes), ("mapped", c.mapped_peak_bytes, c.mapped_bytes)] {
+    for (what, c) in std::iter::once(("totals".to_string(), t))
+        .chain(doc.nodes.iter().map(|n| (format!("node {}", n.node), &n.counters)))
+    {
+        for (k, peak, now) in
+            [("in_use", c.in_use_peak_bytes, c.in_use_bytes), ("mapped", c.mapped_peak_bytes, c.mapped_bytes)]
+        {
             if peak < now {
                 bad.push(format!("{what}: {k}_peak_bytes {peak} < {k}_bytes {now}"));
             }
         }
         if c.local_frees + c.remote_frees != c.frees {
-            bad.push(format!("{what}: local_frees {} + remote_frees {} != frees {}", c.local_frees, c.remote_frees, c.frees));
+            bad.push(format!(
+                "{what}: local_frees {} + remote_frees {} != frees {}",
+                c.local_frees, c.remote_frees, c.frees
+            ));
         }
     }
     let by_kind: u64 = doc.classes.iter().map(|c| c.allocs).sum::<u64>() + doc.large.allocs + doc.huge.allocs;

@@ -58,16 +58,9 @@ pub fn allowed_cpus() -> Vec<usize> {
     parse_cpu_list(line.split(':').nth(1).unwrap())
 }
 
-/// `0-2,5` -> [0, 1, 2, 5].
+/// `0-2,5` -> [0, 1, 2, 5] (the launcher's own parser; `""` -> []).
 pub fn parse_cpu_list(s: &str) -> Vec<usize> {
-    let mut v = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => v.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
-            None => v.push(part.parse().unwrap()),
-        }
-    }
-    v
+    domalloc_tools::parse_list(s, &[]).unwrap_or_default()
 }
 
 /// One node of a fake tree.
@@ -83,7 +76,9 @@ pub struct FakeNode {
 }
 
 /// A fake sysfs tree `<dir>/sys/devices/system/...` (the layout hwloc-gather-topology saves;
-/// `DOMALLOC_TOPOLOGY_ROOT` is `<dir>/sys`). Returns `<dir>`.
+/// `DOMALLOC_TOPOLOGY_ROOT` is `<dir>/sys`): the node lists, and each node's cpulist, distance
+/// and meminfo (`MemFree` half of `MemTotal`). Returns `<dir>`. The one fake tree of these
+/// tests: `tests/topo.rs` adds what hwloc or the HMAT tiers read besides.
 pub fn fake_tree(name: &str, cpu_possible: &str, nodes: &[FakeNode]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("domalloc-tools-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
@@ -96,7 +91,9 @@ pub fn fake_tree(name: &str, cpu_possible: &str, nodes: &[FakeNode]) -> PathBuf 
     fs::write(sys.join("devices/system/cpu/online"), cpus.join(",") + "\n").unwrap();
     let max = nodes.iter().map(|n| n.id).max().unwrap_or(0);
     fs::write(node_dir.join("possible"), format!("0-{max}\n")).unwrap();
-    let ids = |f: &dyn Fn(&FakeNode) -> bool| nodes.iter().filter(|n| f(n)).map(|n| n.id.to_string()).collect::<Vec<_>>().join(",");
+    let ids = |f: &dyn Fn(&FakeNode) -> bool| {
+        nodes.iter().filter(|n| f(n)).map(|n| n.id.to_string()).collect::<Vec<_>>().join(",")
+    };
     fs::write(node_dir.join("online"), ids(&|_| true) + "\n").unwrap();
     fs::write(node_dir.join("has_memory"), ids(&|n| n.mem_kb > 0) + "\n").unwrap();
     fs::write(node_dir.join("has_cpu"), ids(&|n| !n.cpus.is_empty()) + "\n").unwrap();
@@ -107,12 +104,7 @@ pub fn fake_tree(name: &str, cpu_possible: &str, nodes: &[FakeNode]) -> PathBuf 
         fs::write(d.join("distance"), format!("{}\n", n.distance)).unwrap();
         fs::write(
             d.join("meminfo"),
-            format!(
-                "Node {0} MemTotal:       {1} kB\nNode {0} MemFree:        {2} kB\n",
-                n.id,
-                n.mem_kb,
-                n.mem_kb / 2
-            ),
+            format!("Node {0} MemTotal:       {1} kB\nNode {0} MemFree:        {2} kB\n", n.id, n.mem_kb, n.mem_kb / 2),
         )
         .unwrap();
     }

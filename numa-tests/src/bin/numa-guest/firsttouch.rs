@@ -15,7 +15,8 @@
 //!
 //! Sizes (`--sizes9`, `SIZE` or `SIZExCOUNT`): 16K, 64K, 256K, 768K, 1536K, 3M (`--k9` buffers
 //! each) and `64Mx1`, each through `alloc` and `alloc_zeroed`; the size `--aligned9` (64K) also
-//! with a 4 KiB-aligned `Layout` (`api=alloc-align4k`). A size that needs more than a third of the
+//! with a 4 KiB-aligned `Layout` (`api=alloc-align4k`) and, in the system build (the C path),
+//! through `aligned_alloc` and `memalign`. A size that needs more than a third of the
 //! smallest CPU node's memory (`size x count x tpn x 3`) is skipped with a `SKIP` line.
 //!
 //! Two neighbouring cases that are right today and must stay so (one buffer per worker and size,
@@ -53,9 +54,26 @@ pub(crate) enum Api {
     Alloc,
     /// `alloc_zeroed`, alignment 16 (std's System allocator calls calloc for it).
     Zeroed,
-    /// `alloc` with a 4 KiB-aligned `Layout`.
+    /// `alloc` with a 4 KiB-aligned `Layout` (the System allocator: `posix_memalign`).
     Align4K,
+    /// `aligned_alloc(4096, size)` (the system build: the C library's or a preloaded one's).
+    #[cfg(feature = "system")]
+    AlignedAlloc,
+    /// `memalign(4096, size)` (the system build).
+    #[cfg(feature = "system")]
+    Memalign,
 }
+
+/// Every API of this build.
+const APIS: &[Api] = &[
+    Api::Alloc,
+    Api::Zeroed,
+    Api::Align4K,
+    #[cfg(feature = "system")]
+    Api::AlignedAlloc,
+    #[cfg(feature = "system")]
+    Api::Memalign,
+];
 
 impl Api {
     pub(crate) fn label(self) -> &'static str {
@@ -63,26 +81,35 @@ impl Api {
             Api::Alloc => "alloc",
             Api::Zeroed => "alloc_zeroed",
             Api::Align4K => "alloc-align4k",
+            #[cfg(feature = "system")]
+            Api::AlignedAlloc => "aligned_alloc",
+            #[cfg(feature = "system")]
+            Api::Memalign => "memalign",
         }
     }
 
     fn parse(s: &str) -> Option<Api> {
-        [Api::Alloc, Api::Zeroed, Api::Align4K].into_iter().find(|a| a.label() == s)
+        APIS.iter().copied().find(|a| a.label() == s)
     }
 
     fn layout(self, size: usize) -> Layout {
-        let align = if self == Api::Align4K { 4096 } else { 16 };
+        let align = if matches!(self, Api::Alloc | Api::Zeroed) { 16 } else { 4096 };
         Layout::from_size_align(size, align).expect("valid layout")
     }
 
     pub(crate) fn alloc(self, size: usize) -> Buf {
         let layout = self.layout(size);
-        // SAFETY: size > 0 (sizes are parsed as positive).
+        // The C calls' blocks are freed by `dealloc`: the System allocator's is `free`.
+        // SAFETY: size > 0 (sizes are parsed as positive); 4096 is a power of two, and the
+        // aligned sizes (`--aligned9`) are multiples of it.
         let p = unsafe {
-            if self == Api::Zeroed {
-                alloc_zeroed(layout)
-            } else {
-                alloc(layout)
+            match self {
+                Api::Zeroed => alloc_zeroed(layout),
+                #[cfg(feature = "system")]
+                Api::AlignedAlloc => libc::aligned_alloc(4096, size).cast(),
+                #[cfg(feature = "system")]
+                Api::Memalign => libc::memalign(4096, size).cast(),
+                _ => alloc(layout),
             }
         };
         assert!(!p.is_null(), "{}({size}) failed", self.label());
@@ -151,7 +178,8 @@ fn size_list(sizes: &[usize]) -> String {
 
 /// 9: starts one sub-run per case (see the module documentation).
 pub fn pattern9(cfg: &Config, topo: &Topology) {
-    let min_mem = topo.cpu_nodes.iter().map(|n| topo.node_mem_kib.get(n).copied().unwrap_or(0) * 1024).min().unwrap_or(0);
+    let min_mem =
+        topo.cpu_nodes.iter().map(|n| topo.node_mem_kib.get(n).copied().unwrap_or(0) * 1024).min().unwrap_or(0);
     let mut subs = Vec::new();
     let sub = |name: String| Sub { name, env: None, affinity: None, mempolicy: None };
     let mut small = Vec::new();
@@ -168,11 +196,8 @@ pub fn pattern9(cfg: &Config, topo: &Topology) {
             );
             continue;
         }
-        let mut apis = vec![Api::Alloc, Api::Zeroed];
-        if size == cfg.aligned9 {
-            apis.push(Api::Align4K);
-        }
-        for api in apis {
+        let aligned = |a: &&Api| !matches!(a, Api::Alloc | Api::Zeroed);
+        for api in APIS.iter().filter(|a| size == cfg.aligned9 || !aligned(a)) {
             subs.push(sub(format!("first-touch:{}:{}:{count}", api.label(), format_size(size))));
         }
         if size <= SMALL_CASES_MAX {
@@ -324,8 +349,7 @@ pub fn run_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> {
     let a = topo.cpu_nodes[0];
     // The serial region runs on the first CPU node.
     pin(topo, cfg, a, 0);
-    let workers: Vec<(usize, usize)> =
-        topo.cpu_nodes.iter().flat_map(|&n| (0..cfg.tpn).map(move |i| (n, i))).collect();
+    let workers: Vec<(usize, usize)> = topo.cpu_nodes.iter().flat_map(|&n| (0..cfg.tpn).map(move |i| (n, i))).collect();
     let nw = workers.len();
     let slots: Vec<Mutex<Vec<Buf>>> = (0..nw).map(|_| Mutex::new(Vec::new())).collect();
     let outs: Vec<Mutex<Vec<Round>>> = (0..nw).map(|_| Mutex::new(Vec::new())).collect();
@@ -366,7 +390,8 @@ pub fn run_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> {
     for (step, per_worker) in results.iter().enumerate() {
         for (w, &(node, i)) in workers.iter().enumerate() {
             // Who allocated > who uses (realloc-grow: the worker does both).
-            let pair = if matches!(case, Case::ReallocGrow { .. }) { format!("{node}>{node}") } else { format!("{a}>{node}") };
+            let pair =
+                if matches!(case, Case::ReallocGrow { .. }) { format!("{node}>{node}") } else { format!("{a}>{node}") };
             let rs = &per_worker[w];
             match &case {
                 Case::FirstTouch { api, size, .. } => {

@@ -2,7 +2,9 @@
 //! checks where the pages of allocated memory really are, with `move_pages(2)`.
 //!
 //! The global allocator is chosen at compile time: `domalloc::DomAlloc` by default, glibc's
-//! malloc (`std::alloc::System`) with `--features system` (the negative control).
+//! malloc (`std::alloc::System`) with `--features system`: the negative control when linked
+//! statically, and the C path when linked dynamically and run under `LD_PRELOAD` (std's System
+//! allocator calls malloc, calloc, posix_memalign for alignments above 16, realloc and free).
 //!
 //! ```text
 //! numa-guest [options] [RUN...]
@@ -20,6 +22,7 @@
 //!   --rss-bound B  pattern 2 stream: allowed RSS growth (default 64M)
 //!   --split G      pattern 5: parts split at multiples of G (default 4K)
 //!   --thp MODE     set THP mode (always|madvise|never) before the run
+//!   --thp5 MODE, --thp9 MODE  the same for the runs of pattern 5 / 9 only
 //!   --pin node|cpu pin worker threads to their node's CPUs (default) or to one CPU each
 //!   --pairs all|first  node pairs (A,B) for patterns 2-5: every neighbour pair (default) or one
 //!   --child-timeout S  seconds one run may take (default 300)
@@ -27,7 +30,7 @@
 //!                  (default 16K,64K,256K,768K,1536K,3M,64Mx1)
 //!   --k9 N         pattern 9 buffers per worker where the size gives no count (default 8)
 //!   --aligned9 S   pattern 9: the size also allocated with a 4 KiB-aligned Layout (default 64K;
-//!                  0 = none)
+//!                  0 = none); with `--features system` also with aligned_alloc and memalign
 //!   --seed10 N     pattern 10: the seed of the shuffled order (default: from the clock, printed)
 //!   --orders10 L   pattern 10: orders, `+`-separated (default asc+desc+shuffle)
 //!   --pause10 MS   pattern 10: wait MS ms between phases (an allocator's purge delay passes)
@@ -112,7 +115,9 @@ mod driver {
             .filter(|x| !x.is_empty())
             .map(|x| {
                 let (size, count) = match x.split_once('x') {
-                    Some((s, c)) => (s, Some(c.parse::<usize>().ok().filter(|c| *c > 0).ok_or(format!("bad count in {x}"))?)),
+                    Some((s, c)) => {
+                        (s, Some(c.parse::<usize>().ok().filter(|c| *c > 0).ok_or(format!("bad count in {x}"))?))
+                    }
                     None => (x, None),
                 };
                 let size = parse_size(size).filter(|n| *n > 0).ok_or(format!("bad size {x}"))?;
@@ -143,6 +148,8 @@ mod driver {
             "rss-bound" => cfg.rss_bound = size(val)?,
             "split" => cfg.split = size(val)?.max(sys::PAGE) / sys::PAGE * sys::PAGE,
             "thp" => cfg.thp = Some(val.to_string()),
+            "thp5" => cfg.thp5 = Some(val.to_string()),
+            "thp9" => cfg.thp9 = Some(val.to_string()),
             "pin" => {
                 cfg.pin = match val {
                     "node" => Pin::Node,
@@ -211,7 +218,9 @@ mod driver {
                     "child" => o.child = Some(val.parse().map_err(|_| "bad --child".to_string())?),
                     "sub" => o.sub = Some(val),
                     "tpn" => {
-                        o.tpns = val.split(',').map(|v| v.parse::<usize>().map_err(|_| format!("bad tpn {v}")))
+                        o.tpns = val
+                            .split(',')
+                            .map(|v| v.parse::<usize>().map_err(|_| format!("bad tpn {v}")))
                             .collect::<Result<_, _>>()?;
                         o.tpns.retain(|t| *t > 0);
                         o.cfg.tpn = o.tpns.first().copied().unwrap_or(1);
@@ -232,7 +241,12 @@ mod driver {
         let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         println!("INFO allocator={} malloc_from={} kernel={}", crate::ALLOCATOR, sys::malloc_from(), uname.trim());
         println!("INFO topology {}", topo.describe());
-        println!("INFO thp={} numa_balancing={} rss_now={}K", sys::thp_mode(), sys::numa_balancing(), sys::rss_bytes() / 1024);
+        println!(
+            "INFO thp={} numa_balancing={} rss_now={}K",
+            sys::thp_mode(),
+            sys::numa_balancing(),
+            sys::rss_bytes() / 1024
+        );
         println!("INFO memfree {}", sys::node_free());
         #[cfg(not(feature = "system"))]
         println!("INFO domalloc numa_enabled={} current_node={}", domalloc::numa_enabled(), domalloc::current_node());
@@ -343,10 +357,20 @@ mod driver {
     /// The command line of the child for pattern `p` with `tpn` threads per node and the run's
     /// overrides `kv` (validated here, so a typo fails loudly in the parent), and the THP mode
     /// the run wants set, if any.
-    fn child_args(ctx: &Parent, p: u32, kv: &[(String, String)], tpn: usize) -> Result<(Vec<String>, Option<String>), String> {
+    fn child_args(
+        ctx: &Parent,
+        p: u32,
+        kv: &[(String, String)],
+        tpn: usize,
+    ) -> Result<(Vec<String>, Option<String>), String> {
         // Pass every option through, then this run's overrides.
         let mut cargs = passthrough_args(ctx.args);
-        let mut thp = ctx.opts.cfg.thp.clone();
+        let cfg = &ctx.opts.cfg;
+        let mut thp = match p {
+            5 => cfg.thp5.clone().or(cfg.thp.clone()),
+            9 => cfg.thp9.clone().or(cfg.thp.clone()),
+            _ => cfg.thp.clone(),
+        };
         for (k, v) in kv {
             if k == "tpn" {
                 continue;
@@ -374,7 +398,8 @@ mod driver {
                 return Ok(());
             }
         }
-        let ChildRun { status, counts: (p_ok, p_fail, p_info), secs } = run_child(&ctx.exe, &cargs, ctx.opts.child_timeout)?;
+        let ChildRun { status, counts: (p_ok, p_fail, p_info), secs } =
+            run_child(&ctx.exe, &cargs, ctx.opts.child_timeout)?;
         totals.passed += p_ok;
         totals.failed += p_fail;
         totals.info += p_info;

@@ -51,6 +51,9 @@ pub struct Config {
     pub rss_bound: usize,
     pub split: usize,
     pub thp: Option<String>,
+    /// `--thp5` / `--thp9`: the THP mode of pattern 5 / 9 runs that do not set their own.
+    pub thp5: Option<String>,
+    pub thp9: Option<String>,
     pub pin: Pin,
     pub first_pair_only: bool,
     pub info_only: bool,
@@ -90,6 +93,8 @@ impl Default for Config {
             rss_bound: 64 << 20,
             split: PAGE,
             thp: None,
+            thp5: None,
+            thp9: None,
             pin: Pin::Node,
             first_pair_only: false,
             info_only: false,
@@ -245,7 +250,16 @@ pub fn verdict(info_only: bool, ok: bool) -> &'static str {
 
 #[allow(clippy::too_many_arguments)]
 /// Prints one RESULT line. `extra_ok` folds in a non-locality condition (RSS bound, zeroing).
-pub(crate) fn report(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: &str, t: &Tally, extra: &str, extra_ok: bool) {
+pub(crate) fn report(
+    cfg: &Config,
+    pattern: u32,
+    phase: &str,
+    pair: &str,
+    size: &str,
+    t: &Tally,
+    extra: &str,
+    extra_ok: bool,
+) {
     let ok = t.place.pages > 0 && t.share() >= cfg.threshold && extra_ok;
     let verdict = verdict(cfg.info_only, ok);
     println!(
@@ -293,10 +307,7 @@ pub(crate) fn pairs(topo: &Topology, cfg: &Config) -> Vec<(usize, usize)> {
 pub fn run(p: u32, cfg: &Config, topo: &Topology) -> Result<(), String> {
     let prs = pairs(topo, cfg);
     if p >= 2 && prs.is_empty() {
-        println!(
-            "RESULT pattern={p} phase=- pair=- size=- threads_per_node={} note=needs_two_cpu_nodes SKIP",
-            cfg.tpn
-        );
+        println!("RESULT pattern={p} phase=- pair=- size=- threads_per_node={} note=needs_two_cpu_nodes SKIP", cfg.tpn);
         return Ok(());
     }
     match p {
@@ -321,10 +332,9 @@ pub fn run(p: u32, cfg: &Config, topo: &Topology) -> Result<(), String> {
                 sys::node_free()
             );
         }
-        6 if cfg!(feature = "system") => println!(
-            "RESULT pattern=6 phase=- pair=- size=- threads_per_node={} note=needs_domalloc_api SKIP",
-            cfg.tpn
-        ),
+        6 if cfg!(feature = "system") => {
+            println!("RESULT pattern=6 phase=- pair=- size=- threads_per_node={} note=needs_domalloc_api SKIP", cfg.tpn)
+        }
         #[cfg(not(feature = "system"))]
         6 => crate::policies::pattern6(cfg, topo),
         // With glibc malloc (`--features system`) DOMALLOC_POLICY means nothing: pattern 7 runs
@@ -340,8 +350,7 @@ pub fn run(p: u32, cfg: &Config, topo: &Topology) -> Result<(), String> {
 
 /// 1: threads on every node allocate and touch their own data.
 fn pattern1(cfg: &Config, topo: &Topology) {
-    let workers: Vec<(usize, usize)> =
-        topo.cpu_nodes.iter().flat_map(|&n| (0..cfg.tpn).map(move |i| (n, i))).collect();
+    let workers: Vec<(usize, usize)> = topo.cpu_nodes.iter().flat_map(|&n| (0..cfg.tpn).map(move |i| (n, i))).collect();
     let barrier = Barrier::new(workers.len());
     let per_thread: Vec<Vec<Tally>> = thread::scope(|s| {
         let hs: Vec<_> = workers
@@ -555,7 +564,11 @@ fn pattern3(cfg: &Config, topo: &Topology, a: usize, b: usize) {
                         let mut keep = Vec::new();
                         let mut drop_now = Vec::new();
                         for (j, o) in objs.drain(..).enumerate() {
-                            if j % 2 == 0 { drop_now.push(o) } else { keep.push(o) }
+                            if j % 2 == 0 {
+                                drop_now.push(o)
+                            } else {
+                                keep.push(o)
+                            }
                         }
                         free_objs(drop_now);
                         pin(topo, cfg, b, i);

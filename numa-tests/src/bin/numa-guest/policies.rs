@@ -110,7 +110,17 @@ impl Spread {
 /// Formats one RESULT line for `s` under `expect` (see the module doc for the criteria).
 /// `extra_ok` folds in further conditions (node_of, ...); `info` makes it informational.
 #[allow(clippy::too_many_arguments)]
-fn line(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: usize, s: &Spread, expect: &Expect, extra: &str, extra_ok: bool) -> String {
+fn line(
+    cfg: &Config,
+    pattern: u32,
+    phase: &str,
+    pair: &str,
+    size: usize,
+    s: &Spread,
+    expect: &Expect,
+    extra: &str,
+    extra_ok: bool,
+) -> String {
     let pages = s.place.pages;
     let present = pages - s.place.absent;
     let (local, mut ok, mut more) = match expect {
@@ -119,8 +129,10 @@ fn line(cfg: &Config, pattern: u32, phase: &str, pair: &str, size: usize, s: &Sp
             let local: u64 = set.iter().map(|&n| s.place.on(n)).sum();
             let k = set.len().max(1) as f64;
             let (lo, hi) = (1.0 / k - SPREAD_TOLERANCE, 1.0 / k + SPREAD_TOLERANCE);
-            let shares: Vec<(usize, f64)> =
-                set.iter().map(|&n| (n, if present == 0 { 0.0 } else { s.place.on(n) as f64 / present as f64 })).collect();
+            let shares: Vec<(usize, f64)> = set
+                .iter()
+                .map(|&n| (n, if present == 0 { 0.0 } else { s.place.on(n) as f64 / present as f64 }))
+                .collect();
             let spread_ok = shares.iter().all(|&(_, x)| x >= lo && x <= hi);
             let alternation = if s.adjacent == 0 { 0.0 } else { s.differ as f64 / s.adjacent as f64 };
             let alt_ok = alternation >= MIN_ALTERNATION;
@@ -229,9 +241,8 @@ pub fn pattern6(cfg: &Config, topo: &Topology) {
     }
     let mem_nodes: Vec<usize> = topo.node_mem_kib.iter().filter(|(_, &k)| k > 0).map(|(&n, _)| n).collect();
     for (a, b) in prs {
-        let lines: Vec<String> = thread::scope(|s| {
-            s.spawn(|| node_api_pair(cfg, topo, a, b, &mem_nodes)).join().expect("worker panicked")
-        });
+        let lines: Vec<String> =
+            thread::scope(|s| s.spawn(|| node_api_pair(cfg, topo, a, b, &mem_nodes)).join().expect("worker panicked"));
         for l in lines {
             println!("{l}");
         }
@@ -329,7 +340,15 @@ fn node_of_extra(blocks: &[(usize, usize)], b: usize) -> (String, bool) {
 /// thread on A: `Vec::new_in(Node)`, `DomAlloc::alloc_on_node`, `domalloc::alloc_on_node`, each
 /// freed from A. Returns the RESULT lines (`node_ok`: the handle's own checks passed).
 #[cfg(not(feature = "system"))]
-fn node_api_targeted(cfg: &Config, pair: &str, b: usize, node: domalloc::Node, node_ok: bool, size: usize, count: usize) -> Vec<String> {
+fn node_api_targeted(
+    cfg: &Config,
+    pair: &str,
+    b: usize,
+    node: domalloc::Node,
+    node_ok: bool,
+    size: usize,
+    count: usize,
+) -> Vec<String> {
     use allocator_api2::vec::Vec as AVec;
     let l = layout(size);
     let mut out = Vec::new();
@@ -344,7 +363,17 @@ fn node_api_targeted(cfg: &Config, pair: &str, b: usize, node: domalloc::Node, n
     let blocks: Vec<(usize, usize)> = vecs.iter().map(|v| (v.as_ptr() as usize, v.len())).collect();
     let (e, ok) = node_of_extra(&blocks, b);
     let s = Spread::measure(&blocks, Some(b));
-    out.push(line(cfg, 6, "vec-node", pair, size, &s, &Expect::Node(b), &format!("{e} node_handle_ok={node_ok}"), ok && node_ok));
+    out.push(line(
+        cfg,
+        6,
+        "vec-node",
+        pair,
+        size,
+        &s,
+        &Expect::Node(b),
+        &format!("{e} node_handle_ok={node_ok}"),
+        ok && node_ok,
+    ));
     drop(vecs); // freed by the thread on A: the blocks go home to B
 
     // DomAlloc::alloc_on_node, then domalloc::alloc_on_node.
@@ -442,7 +471,14 @@ enum Worker {
 /// objects at a time, written, measured, freed) and checks afterwards that its affinity is what
 /// it was after it pinned itself (or when it started). `expect(thread node, size)` says where the
 /// pages belong. Returns the RESULT lines: one per size (and expectation), then `affinity-kept`.
-fn workload(cfg: &Config, topo: &Topology, pattern: u32, phase: &str, workers: &[Worker], expect: &(dyn Fn(usize, usize) -> Expect + Sync)) -> Vec<String> {
+fn workload(
+    cfg: &Config,
+    topo: &Topology,
+    pattern: u32,
+    phase: &str,
+    workers: &[Worker],
+    expect: &(dyn Fn(usize, usize) -> Expect + Sync),
+) -> Vec<String> {
     let barrier = Barrier::new(workers.len());
     type Out = (Vec<(Expect, Spread)>, bool, String);
     let outs: Vec<Out> = thread::scope(|s| {
@@ -591,10 +627,11 @@ pub(crate) fn run_subs(cfg: &Config, pattern: u32, subs: &[Sub]) {
 pub fn pattern7(cfg: &Config, topo: &Topology) {
     let (x, b) = two_nodes(topo).expect("checked by the caller");
     let il = node_list(x, b);
-    let subs: Vec<Sub> = [format!("bind:{b}"), format!("preferred:{b}"), format!("interleave:{il}"), format!("interleave:{il}@1M")]
-        .into_iter()
-        .map(|p| Sub { name: p.clone(), env: Some(p), affinity: None, mempolicy: None })
-        .collect();
+    let subs: Vec<Sub> =
+        [format!("bind:{b}"), format!("preferred:{b}"), format!("interleave:{il}"), format!("interleave:{il}@1M")]
+            .into_iter()
+            .map(|p| Sub { name: p.clone(), env: Some(p), affinity: None, mempolicy: None })
+            .collect();
     run_subs(cfg, 7, &subs);
 }
 
@@ -696,7 +733,11 @@ fn pattern8_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> 
                 &format!("{sub}-policy"),
                 "all",
                 mode == want_mode && nodes == want_nodes,
-                &format!("mode={mode} nodes={} want_mode={want_mode} want_nodes={}", sys::join(&nodes), sys::join(&want_nodes)),
+                &format!(
+                    "mode={mode} nodes={} want_mode={want_mode} want_nodes={}",
+                    sys::join(&nodes),
+                    sys::join(&want_nodes)
+                ),
             )];
             lines.extend(workload(cfg, topo, 8, sub, &pinned_everywhere(cfg, topo), &move |_, _| e.clone()));
             lines

@@ -42,8 +42,7 @@ use std::sync::{Barrier, Mutex};
 use std::thread;
 
 /// Large and huge sizes (with buffers per worker) after the small classes.
-const BIG: &[(usize, usize)] =
-    &[(136 << 10, 8), (900 << 10, 4), (1280 << 10, 4), (7 << 20, 2), (33 << 20, 1)];
+const BIG: &[(usize, usize)] = &[(136 << 10, 8), (900 << 10, 4), (1280 << 10, 4), (7 << 20, 2), (33 << 20, 1)];
 /// Buffers per worker for the small sizes (the idiom: 8).
 const SMALL_COUNT: usize = 8;
 
@@ -89,7 +88,8 @@ fn shuffle<T>(v: &mut [T], seed: u64) {
 /// 10: one sub-run per order (see the module documentation).
 pub fn pattern10(cfg: &Config, topo: &Topology) {
     let seed = cfg.seed10.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) % 1_000_000_007
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+            % 1_000_000_007
     });
     let _ = topo;
     let subs: Vec<Sub> = cfg
@@ -134,7 +134,8 @@ pub fn run_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> {
         ("shuffle", Some(s)) => shuffle(&mut sizes, s),
         _ => {}
     }
-    let min_mem = topo.cpu_nodes.iter().map(|n| topo.node_mem_kib.get(n).copied().unwrap_or(0) * 1024).min().unwrap_or(0);
+    let min_mem =
+        topo.cpu_nodes.iter().map(|n| topo.node_mem_kib.get(n).copied().unwrap_or(0) * 1024).min().unwrap_or(0);
     let mut phases: Vec<(usize, usize, Api)> = Vec::new();
     for (i, &(size, count)) in sizes.iter().enumerate() {
         if (size * count * cfg.tpn * 3) as u64 > min_mem {
@@ -163,8 +164,7 @@ pub fn run_sub(cfg: &Config, topo: &Topology, sub: &str) -> Result<(), String> {
     );
     let a = topo.cpu_nodes[0];
     pin(topo, cfg, a, 0);
-    let workers: Vec<(usize, usize)> =
-        topo.cpu_nodes.iter().flat_map(|&n| (0..cfg.tpn).map(move |i| (n, i))).collect();
+    let workers: Vec<(usize, usize)> = topo.cpu_nodes.iter().flat_map(|&n| (0..cfg.tpn).map(move |i| (n, i))).collect();
     let nw = workers.len();
     let slots: Vec<Mutex<Vec<Buf>>> = (0..nw).map(|_| Mutex::new(Vec::new())).collect();
     let outs: Vec<Mutex<Vec<Phase>>> = (0..nw).map(|_| Mutex::new(Vec::new())).collect();

@@ -70,11 +70,8 @@ impl Topology {
             node_mem_kib.insert(n, mem);
         }
         let cpu_nodes = node_cpus.iter().filter(|(_, c)| !c.is_empty()).map(|(n, _)| *n).collect();
-        let memory_only = node_cpus
-            .iter()
-            .filter(|(n, c)| c.is_empty() && node_mem_kib[*n] > 0)
-            .map(|(n, _)| *n)
-            .collect();
+        let memory_only =
+            node_cpus.iter().filter(|(n, c)| c.is_empty() && node_mem_kib[*n] > 0).map(|(n, _)| *n).collect();
         Topology { node_cpus, node_mem_kib, cpu_nodes, memory_only, possible, online }
     }
 
@@ -289,7 +286,8 @@ pub fn node_mask(nodes: &[usize]) -> [libc::c_ulong; 2] {
 /// `execve`, as `numactl` uses it). Makes no allocation: usable between fork and exec.
 pub fn set_mempolicy(mode: i32, mask: &[libc::c_ulong; 2]) -> io::Result<()> {
     // SAFETY: the mask holds 128 bits, and maxnode = 129 tells the kernel to read 128 of them.
-    let rc = unsafe { libc::syscall(libc::SYS_set_mempolicy, mode as libc::c_long, mask.as_ptr(), 129 as libc::c_ulong) };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_set_mempolicy, mode as libc::c_long, mask.as_ptr(), 129 as libc::c_ulong) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -323,7 +321,10 @@ pub fn get_mempolicy() -> io::Result<(i32, Vec<usize>)> {
 /// the order of the online list.
 #[cfg_attr(feature = "system", allow(dead_code))] // pattern 6 only (not in the glibc build)
 pub fn node_distances(n: usize) -> Vec<u32> {
-    read(&format!("/sys/devices/system/node/node{n}/distance")).split_whitespace().filter_map(|v| v.parse().ok()).collect()
+    read(&format!("/sys/devices/system/node/node{n}/distance"))
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect()
 }
 
 /// Appends the pages `[addr, addr + len)` spans (for small objects: the page holding it).
@@ -339,12 +340,7 @@ pub fn pages_of(addr: usize, len: usize, out: &mut Vec<usize>) {
 
 /// Resident set size in bytes (`/proc/self/statm`).
 pub fn rss_bytes() -> usize {
-    read("/proc/self/statm")
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0)
-        * PAGE
+    read("/proc/self/statm").split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0) * PAGE
 }
 
 /// The current THP mode (`always`, `madvise`, `never`), or `unavailable`.

@@ -2,10 +2,10 @@
 # Thread scaling of domalloc against mimalloc v3 (and glibc) on a bigger machine that has only
 # the carried prebuilt binaries: no cargo, no network, no libhwloc.
 #
-#   bench-suite/scripts/scaling.sh prepare          # here: build and stage target/scaling/
-#   bench-suite/scripts/scaling.sh run [options]    # there: run and print the table
-#   bench-suite/scripts/scaling-device.sh           # there, one command: run with the defaults,
-#                                                   # the table also to $OUT/scaling.{md,csv}
+#   scripts/scaling.sh prepare          # here: build and stage target/scaling/
+#   scripts/scaling.sh run [options]    # there: run and print the table
+#   scripts/scaling-device.sh           # there, one command: run with the defaults,
+#                                       # the table also to $OUT/scaling.{md,csv}
 #
 # prepare builds (in this checkout, with cargo) the workloads binary without the hwloc feature
 # (threads are pinned with sched_setaffinity over the cores read from sysfs), libdomalloc.so and
@@ -28,7 +28,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
+repo=$(cd "$here/.." && pwd)
 
 prepare() {
     cd "$repo"
@@ -42,7 +42,7 @@ prepare() {
     strip -o "$repo/target/scaling/libdomalloc.so" "$target/release/libdomalloc.so"
     strip -o "$repo/target/scaling/libmimalloc3.so" "$target/mimalloc3/libmimalloc3.so"
     ls -l "$repo/target/scaling"
-    echo "carry: target/scaling   command: bench-suite/scripts/scaling-device.sh"
+    echo "carry: target/scaling   command: scripts/scaling-device.sh"
 }
 
 run() {
