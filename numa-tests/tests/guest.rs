@@ -215,10 +215,13 @@ fn two_nodes_domalloc() {
     args.push("5:thp=always:info");
     args.extend_from_slice(API_RUNS);
     args.extend_from_slice(&[P9_2N_TPN1, P9_2N_TPN2, P10_2N]);
+    // Pattern 11: the kernel's NUMA balancing switched on; a thread moves to the other node and
+    // keeps using its buffers; what it then frees and allocates again must be on its new node.
+    args.push("11:secs11=8:tpn=1");
     let (report, _) = boot("2n", Guest::Domalloc, &args);
     assert!(topology_line(&report).contains("cpu_nodes=0,1"), "{}", topology_line(&report));
     eprintln!("2n / domalloc:\n{}", report.first_touch_table());
-    assert_all_pass("2n", &report, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_all_pass("2n", &report, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     assert_api_phases("2n", &report);
     assert_first_touch("2n", &report, P9_2N_TPN1, 1, &[0, 1]);
     assert_first_touch("2n", &report, P9_2N_TPN2, 2, &[0, 1]);

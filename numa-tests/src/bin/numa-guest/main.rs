@@ -8,9 +8,9 @@
 //!
 //! ```text
 //! numa-guest [options] [RUN...]
-//!   RUN            P[:key=value...]  P = pattern 1..10 or `all` (default: all). Keys override the
+//!   RUN            P[:key=value...]  P = pattern 1..11 or `all` (1..10; default: all). Keys override the
 //!                  options below for that run: tpn, sizes, large, split, thp, rounds, sizes9, k9,
-//!                  aligned9, seed10, orders10, strict10, pause10, info (=1: results are informational, not checks).
+//!                  aligned9, seed10, orders10, strict10, pause10, secs11, info (=1: results are informational, not checks).
 //!   --tpn 1,2      threads per node; each run is repeated for each value (default 1,2)
 //!   --sizes L      object sizes for patterns 1-4 (default 16,64,256,1K,4K,16K,64K,256K,1M,4M,mixed)
 //!   --large L      array sizes for pattern 5 (default 2M,8M,32M,64M)
@@ -36,6 +36,8 @@
 //!   --pause10 MS   pattern 10: wait MS ms between phases (an allocator's purge delay passes)
 //!   --strict10 1   pattern 10: also check the phases that reuse a size class and the recycle
 //!                  round's faults (default: measured, INFO)
+//!   --secs11 S     pattern 11 (NUMA balancing, `balancing.rs`; run by number only): seconds the
+//!                  thread keeps using its buffers on the other node (default 20)
 //! ```
 //! Pattern 9 (per-worker first touch, `firsttouch.rs`) runs each (size, api) case, `remote-free`
 //! and `realloc-grow` in a sub-run process of its own.
@@ -46,6 +48,7 @@
 //! other's caches. Output: `INFO`, `RESULT ... PASS|FAIL|INFO|SKIP`, `CRASH`, `SUMMARY` lines.
 
 #[cfg(target_os = "linux")]
+mod balancing;
 mod firsttouch;
 #[cfg(target_os = "linux")]
 mod patterns;
@@ -165,6 +168,7 @@ mod driver {
             "aligned9" => cfg.aligned9 = size(val)?,
             "strict10" => cfg.strict10 = val != "0",
             "pause10" => cfg.pause10 = val.parse().map_err(|_| format!("bad pause10 {val}"))?,
+            "secs11" => cfg.secs11 = val.parse().map_err(|_| format!("bad secs11 {val}"))?,
             "seed10" => cfg.seed10 = Some(val.parse().map_err(|_| format!("bad seed10 {val}"))?),
             "orders10" => {
                 cfg.orders10 = val.split('+').map(str::to_string).collect();
@@ -276,7 +280,7 @@ mod driver {
                 vec![pat.parse().map_err(|_| format!("bad run {r}"))?]
             };
             for p in pats {
-                if !(1..=10).contains(&p) {
+                if !(1..=11).contains(&p) {
                     return Err(format!("no pattern {p}"));
                 }
                 plan.push((p, kv.clone()));

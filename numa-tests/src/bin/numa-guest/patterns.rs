@@ -72,6 +72,8 @@ pub struct Config {
     pub strict10: bool,
     /// Pattern 10: milliseconds the main thread waits between phases (0: none).
     pub pause10: u64,
+    /// Pattern 11: seconds the thread keeps using its buffers on the other node.
+    pub secs11: u64,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             orders10: vec!["asc".into(), "desc".into(), "shuffle".into()],
             strict10: false,
             pause10: 0,
+            secs11: 20,
         }
     }
 }
@@ -343,6 +346,7 @@ pub fn run(p: u32, cfg: &Config, topo: &Topology) -> Result<(), String> {
         8 => crate::policies::pattern8(cfg, topo),
         9 => crate::firsttouch::pattern9(cfg, topo),
         10 => crate::sweep::pattern10(cfg, topo),
+        11 => crate::balancing::pattern11(cfg, topo),
         _ => return Err(format!("no pattern {p}")),
     }
     Ok(())
