@@ -380,7 +380,7 @@ fn negative_control_domalloc_numa_off_fails() {
 /// touched) and no page faults in the recycle round. Fails today (see numa-tests/README.md,
 /// pattern 10): run with `--ignored`.
 #[test]
-#[ignore = "issue 20: recycled blocks of a size class are handed to the next phase's serial region as they are (README, pattern 10)"]
+#[ignore = "by default recycled blocks of a size class go to the next phase's serial region as they are (README, multi-phase codes); DOMALLOC_FIRST_TOUCH=always fixes the first touch of those phases at a page fault per page: two_nodes_domalloc_sweep_always"]
 fn two_nodes_domalloc_sweep_strict() {
     if skipped() {
         return;
@@ -395,4 +395,19 @@ fn two_nodes_domalloc_sweep_strict() {
     ];
     assert_sweep("2n", &report, &[1, 2], &checks, &[0, 1]);
     assert_all_pass("2n", &report, &[10]);
+}
+
+/// `DOMALLOC_FIRST_TOUCH=always`: every recycled block of 16 KiB and more is purged as it is
+/// handed out again, so first touch decides in every phase, the phases that reuse a size class
+/// included (checked here with `strict10`); the recycle round then faults its pages in again,
+/// which is the switch's price: that check (`sweep-recycle-faults`) is left out.
+#[test]
+fn two_nodes_domalloc_sweep_always() {
+    if skipped() {
+        return;
+    }
+    let (report, _) =
+        boot_env("2n", Guest::Domalloc, &["DOMALLOC_FIRST_TOUCH=always"], &["--tpn", "1", "10:thp=never:tpn=1:strict10"], "-sweep-always");
+    let checks = ["sweep-first-touch", "sweep-recycle", "sweep-reuse-first-touch", "sweep-reuse-recycle"];
+    assert_sweep("2n", &report, &[1], &checks, &[0, 1]);
 }
