@@ -24,7 +24,7 @@ pub(crate) enum LockKind {
 }
 
 /// What the calling thread is doing, for splitting lock counts: steady state, or one of the
-/// moments whose locks are counted apart (issue 19's targets count steady state).
+/// moments whose locks are counted apart (the contention report's targets count steady state).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
 pub(crate) enum Phase {
