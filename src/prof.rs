@@ -28,8 +28,13 @@
 //! huge frees are slow paths already. A free records the freeing node (remote when it is not the
 //! allocating one) and the lifetime. With profiling off, each hook is one load of a flag that
 //! is false, on paths that are slow already.
+//!
+//! # Periodic dumps (`DOMALLOC_PROF_INTERVAL`)
+//! A thread of the profiler's own ([`start_periodic`]) calls the profile writer the statistics
+//! layer installs, every interval, with every signal blocked; exit and SIGTERM wait for a dump
+//! it is writing ([`stop_periodic`]); it ends when it is the last thread of the process.
 
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::contention::LockKind;
 use crate::lock::Lock;
@@ -576,6 +581,134 @@ pub(crate) fn fork_lock() -> &'static Lock<impl Send> {
 /// The mean sampling interval in bytes.
 pub(crate) fn interval() -> u64 {
     INTERVAL.load(Ordering::Relaxed)
+}
+
+// ---- periodic dumps (`DOMALLOC_PROF_INTERVAL`) ----
+//
+// A thread of the profiler's own writes them: it dumps on time whether or not the program
+// allocates (an HPC code computes for minutes without a call), the program's threads pay
+// nothing (no clock read, no check on any path of theirs), and it holds no lock but the
+// tables' (a leaf) while it writes, with every signal blocked (`Os::spawn_thread`), so no
+// handler runs on it and a dump never waits for a lock a malloc call holds. The background purge
+// thread is not used: it starts only when memory waits to be purged, may be off, and sleeps
+// until its own deadlines.
+
+/// The dumper is between two dumps (also: the value its sleep waits on).
+const PD_IDLE: u32 = 0;
+/// The dumper is writing a profile.
+const PD_DUMPING: u32 = 1;
+/// The process is exiting: no dump starts any more ([`stop_periodic`]).
+const PD_STOPPED: u32 = 2;
+/// The dumper's state, and the futex word both sides sleep on.
+static PERIODIC: AtomicU32 = AtomicU32::new(PD_IDLE);
+/// The process whose dumper runs (0: none; another pid: the parent of this fork child, whose
+/// dumper does not exist here).
+static PERIODIC_PID: AtomicU32 = AtomicU32::new(0);
+/// Writes periodic dump number `n` (installed by the layer that writes profiles).
+static PERIODIC_DUMP: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts the periodic dumps if `DOMALLOC_PROF_INTERVAL` asks for them and this process has no
+/// dumper yet; `dump(n)` writes dump number `n` (1, 2, ...). Starting a thread allocates: call
+/// only where a nested `malloc` is safe (start-up, the API).
+pub(crate) fn start_periodic(dump: fn(u32) -> bool) {
+    if crate::options::get().prof_interval_ms == 0 {
+        return;
+    }
+    let pid = Sys::process_id();
+    if PERIODIC_PID.swap(pid, Ordering::AcqRel) == pid {
+        return;
+    }
+    // A fork child: the parent's dumper (and whatever state it was in) is not here.
+    PERIODIC.store(PD_IDLE, Ordering::Release);
+    PERIODIC_DUMP.store(dump as usize, Ordering::Release);
+    // The thread runs our code until the process ends: the object holding it must stay loaded.
+    os::pin_once();
+    if !Sys::spawn_thread(periodic_main) {
+        PERIODIC_PID.store(0, Ordering::Release);
+        os::eprint(format_args!("domalloc: warning: cannot start the thread of DOMALLOC_PROF_INTERVAL: no periodic profiles\n"));
+    }
+}
+
+/// The process is exiting (or dying of SIGTERM): no periodic dump starts from now on, and one
+/// being written is waited for (a second at most), so that its file is whole. Async-signal-safe;
+/// `in_signal`: from a handler, which waits for nothing if its thread holds the tables' lock
+/// (the dump would wait for it in turn).
+pub(crate) fn stop_periodic(in_signal: bool) {
+    if PERIODIC_PID.load(Ordering::Acquire) != Sys::process_id() {
+        return;
+    }
+    let give_up = Sys::now_ms().saturating_add(1000);
+    loop {
+        match PERIODIC.compare_exchange(PD_IDLE, PD_STOPPED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) | Err(PD_STOPPED) => return,
+            Err(_) if (in_signal && TABLES.held_by_me()) || Sys::now_ms() >= give_up => return,
+            Err(_) => Sys::futex_wait(&PERIODIC, PD_DUMPING, Some(10)),
+        }
+    }
+}
+
+/// The dumper: every `DOMALLOC_PROF_INTERVAL` a profile while sampling is on (a dump that
+/// overran the next deadline skips it). It ends when the process is exiting, and when no other
+/// thread of the process lives (a program whose main thread left with `pthread_exit`: the
+/// process ends with its last thread, which must not be this one).
+extern "C" fn periodic_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
+    let every = crate::options::get().prof_interval_ms.max(1);
+    let f = PERIODIC_DUMP.load(Ordering::Acquire);
+    if f == 0 {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: a non-zero value was stored by `start_periodic` from a `fn(u32) -> bool`.
+    let dump: fn(u32) -> bool = unsafe { core::mem::transmute::<usize, fn(u32) -> bool>(f) };
+    let mut next = Sys::now_ms().saturating_add(every);
+    let mut n = 1u32;
+    loop {
+        if Sys::now_ms() >= next {
+            if PERIODIC.compare_exchange(PD_IDLE, PD_DUMPING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                break; // stopped: the process is exiting
+            }
+            // A file that cannot be written (its warning printed) ends the series: one warning,
+            // not one per interval from every rank of a job.
+            let failed = ON.load(Ordering::Relaxed) && !dump(n);
+            n = n.wrapping_add(1);
+            PERIODIC.store(PD_IDLE, Ordering::Release);
+            Sys::futex_wake(&PERIODIC, u32::MAX);
+            if failed {
+                break;
+            }
+            let now = Sys::now_ms();
+            next = next.saturating_add(every);
+            if next <= now {
+                next = now.saturating_add(every);
+            }
+        }
+        if PERIODIC.load(Ordering::Acquire) == PD_STOPPED || !others_alive() {
+            break;
+        }
+        // Looks at least once a second whether it is alone.
+        let wait = next.saturating_sub(Sys::now_ms()).clamp(1, 1000);
+        Sys::futex_wait(&PERIODIC, PD_IDLE, Some(wait));
+    }
+    core::ptr::null_mut()
+}
+
+/// Whether a thread of the process other than the calling one lives (`Threads:` of
+/// `/proc/self/status`, less the main thread when it is a zombie: it left with `pthread_exit`
+/// and waits for the others). True where that cannot be read.
+fn others_alive() -> bool {
+    let mut buf = [0u8; 4096];
+    let Some(text) = Sys::read_file(b"/proc/self/status\0", &mut buf) else { return true };
+    let (mut threads, mut zombie) = (None, false);
+    for line in text.split(|&c| c == b'\n') {
+        if let Some(rest) = line.strip_prefix(b"Threads:") {
+            threads = crate::util::parse_u64(crate::util::trim(rest));
+        } else if let Some(rest) = line.strip_prefix(b"State:") {
+            zombie = crate::util::trim(rest).first() == Some(&b'Z');
+        }
+    }
+    match threads {
+        Some(t) => t > 1 + zombie as u64,
+        None => true,
+    }
 }
 
 #[cfg(test)]
