@@ -24,8 +24,9 @@
 //! thread, node of the allocating CPU and time, in fixed tables mapped once at [`start`]: call
 //! sites (stack -> allocated, live, live-at-peak, freed and remote-freed bytes) and live sampled
 //! blocks (address -> site). A sampled small block's page gets [`PF_SAMPLED`], which sends every
-//! free of that page to the slow path ([`small_freed`]), where the table is looked up; large and
-//! huge frees are slow paths already. A free records the freeing node (remote when it is not the
+//! free of that page to the slow path ([`small_freed`]), where the table is looked up, until the
+//! page's last live sample is freed (a third table counts them per page); large and huge frees
+//! are slow paths already. A free records the freeing node (remote when it is not the
 //! allocating one) and the lifetime. With profiling off, each hook is one load of a flag that
 //! is false, on paths that are slow already.
 //!
@@ -153,6 +154,16 @@ struct Sample {
     size: u64,
 }
 
+/// One page (span head) holding live sampled blocks, and how many (0 in `page`: free slot).
+#[repr(C)]
+struct SampledPage {
+    page: usize,
+    live: u64,
+}
+
+/// Pages the table of [`SampledPage`] holds: as many as live samples can be, at half load.
+const PAGE_SLOTS: usize = SAMPLES;
+
 /// Executable mappings the profiler knows (re-read at most once a second while sampling).
 const CODE_RANGES: usize = 256;
 
@@ -165,6 +176,7 @@ struct Tables {
     own: (usize, usize),
     sites: *mut Site,
     samples: *mut Sample,
+    pages: *mut SampledPage,
     live: u64,
     peak: u64,
     /// `live` when the sites' `peak_bytes` were last taken (taken again 1/64 above it).
@@ -184,7 +196,9 @@ static TABLES: Lock<Tables> = Lock::new(
         code_read_ms: 0,
         own: (0, 0),
         sites: core::ptr::null_mut(),
-        samples: core::ptr::null_mut(), live: 0, peak: 0, peak_taken: 0, live_samples: 0, dropped: 0 },
+        samples: core::ptr::null_mut(),
+        pages: core::ptr::null_mut(),
+        live: 0, peak: 0, peak_taken: 0, live_samples: 0, dropped: 0 },
 );
 /// Sampling on.
 static ON: AtomicBool = AtomicBool::new(false);
@@ -193,7 +207,11 @@ static EVER: AtomicBool = AtomicBool::new(false);
 /// Mean bytes between samples.
 static INTERVAL: AtomicU64 = AtomicU64::new(512 << 10);
 
-const TABLES_BYTES: usize = (SITES * core::mem::size_of::<Site>() + SAMPLES * core::mem::size_of::<Sample>() + 0xffff) & !0xffff;
+const TABLES_BYTES: usize = (SITES * core::mem::size_of::<Site>()
+    + SAMPLES * core::mem::size_of::<Sample>()
+    + PAGE_SLOTS * core::mem::size_of::<SampledPage>()
+    + 0xffff)
+    & !0xffff;
 
 /// Starts sampling every `interval` bytes on average (0: the option's value); maps the tables
 /// the first time. False if they cannot be mapped.
@@ -208,8 +226,10 @@ pub(crate) fn start(interval: u64) -> bool {
             return false;
         }
         t.sites = m.cast();
-        // SAFETY: inside the mapping (TABLES_BYTES holds both tables).
+        // SAFETY: inside the mapping (TABLES_BYTES holds the three tables).
         t.samples = unsafe { m.add(SITES * core::mem::size_of::<Site>()) }.cast();
+        // SAFETY: as above.
+        t.pages = unsafe { m.add(SITES * core::mem::size_of::<Site>() + SAMPLES * core::mem::size_of::<Sample>()) }.cast();
         EVER.store(true, Ordering::Release);
     }
     drop(t);
@@ -312,7 +332,7 @@ fn small_sample(h: *mut crate::heap::Heap, p: *mut u8) {
         return; // the orphan heap's or a pooled block's: not flagged, not sampled
     }
     let size = pg.block_size.get() as u64;
-    if record(p as usize, size, owed * INTERVAL.load(Ordering::Relaxed)) {
+    if record(p as usize, size, owed * INTERVAL.load(Ordering::Relaxed), page as usize) {
         // Every free of this page now takes the slow path, where the table is looked up.
         pg.flags.set(pg.flags.get() | PF_SAMPLED);
         pg.set_owner(h as usize);
@@ -343,7 +363,7 @@ fn big_sample(p: *mut u8, bytes: usize) {
     let s = bytes as f64;
     let x = s / t;
     let p_sampled = if x > 30.0 { 1.0 } else { 1.0 - 1.0 / exp(x) };
-    record(p as usize, bytes as u64, (s / p_sampled.max(1e-12)) as u64);
+    record(p as usize, bytes as u64, (s / p_sampled.max(1e-12)) as u64, 0);
 }
 
 fn exp(x: f64) -> f64 {
@@ -406,14 +426,22 @@ fn read_code_ranges(t: &mut Tables, now: u64) {
             }
         }
     });
+    // Sorted by start (the kernel lists mappings in address order; made sure of).
+    for i in 1..n {
+        let mut j = i;
+        while j > 0 && code[j - 1].0 > code[j].0 {
+            code.swap(j - 1, j);
+            j -= 1;
+        }
+    }
     t.code_len = n;
     t.own = own;
     t.code_read_ms = now;
 }
 
-/// Records a sample of `size` bytes at `addr` standing for `weight` bytes; false if the tables
-/// do not exist or are full.
-fn record(addr: usize, size: u64, weight: u64) -> bool {
+/// Records a sample of `size` bytes at `addr` standing for `weight` bytes, a small block of
+/// page `page` (0: a large or huge block); false if the tables do not exist or are full.
+fn record(addr: usize, size: u64, weight: u64, page: usize) -> bool {
     let end = stack_end();
     let node = Sys::current_cpu().and_then(|c| crate::topology::get().cpu_node(c)).unwrap_or(0);
     let now = Sys::now_ms();
@@ -428,7 +456,12 @@ fn record(addr: usize, size: u64, weight: u64) -> bool {
     let mut frames = [0usize; MAX_FRAMES];
     let depth = {
         let code = &t.code[..t.code_len];
-        let is_code = |a: usize| code.iter().any(|&(s, e)| s <= a && a < e);
+        // (Asked for every word of the stack the walk scans: a binary search of the ranges,
+        // which `read_code_ranges` keeps sorted and disjoint.)
+        let is_code = |a: usize| {
+            let i = code.partition_point(|&(s, _)| s <= a);
+            i > 0 && a < code[i - 1].1
+        };
         os::frame_walk(&mut frames, end, &is_code, t.own)
     };
     let frames = &frames[..depth];
@@ -477,6 +510,10 @@ fn record(addr: usize, size: u64, weight: u64) -> bool {
         s.threads |= 1 << (thread % 64);
     }
     t.live_samples += 1;
+    if page != 0 {
+        // SAFETY: the pages table, under the lock.
+        unsafe { page_count(t.pages, page, 1) };
+    }
     t.live += weight;
     if t.live > t.peak {
         t.peak = t.live;
@@ -496,18 +533,107 @@ fn record(addr: usize, size: u64, weight: u64) -> bool {
 #[inline]
 pub(crate) fn small_freed(page: &Page, p: *mut u8) {
     if page.flags.get() & PF_SAMPLED != 0 {
-        freed(p as usize);
+        sampled_page_freed(page, p);
     }
 }
 
-/// A block freed: if it was sampled, its site's live bytes go down and the free is recorded.
+/// A block of a page with [`PF_SAMPLED`] freed: recorded if it was sampled; then, when no
+/// sampled block of the page lives any more and the caller's heap owns it, the page loses the
+/// flag, so that its owner's frees take the fast path again (the owner alone writes `flags`;
+/// a page whose last sample another thread frees is cleared at its owner's next free there).
+#[cold]
+#[inline(never)]
+fn sampled_page_freed(page: &Page, p: *mut u8) {
+    #[cfg(test)]
+    FLAGGED_FREES.with(|n| n.set(n.get() + 1));
+    let pg = page as *const Page as usize;
+    if freed_on(p as usize, pg) != 0 {
+        return;
+    }
+    let h = crate::tls::own_heap();
+    if !crate::tls::is_sentinel(h) && page.owned_by(h as usize) {
+        page.flags.set(page.flags.get() & !PF_SAMPLED);
+        page.set_owner(h as usize);
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Frees by this thread of blocks whose page had [`PF_SAMPLED`] (tests).
+    static FLAGGED_FREES: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// Adds `delta` (1 or -1) to page `page`'s live samples in the table at `pages`; returns them.
+/// Backward-shift deletion when they reach 0, as in the samples table.
+///
+/// # Safety
+/// `pages` is the tables' pages table, used under their lock.
+unsafe fn page_count(pages: *mut SampledPage, page: usize, delta: i64) -> u64 {
+    let home = |a: usize| ((a as u64 >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as usize & (PAGE_SLOTS - 1);
+    let mut j = home(page);
+    // SAFETY: indices masked to the table (the caller's contract); at most half its slots are
+    // used (one per live sample at most), so the probe ends at a free slot.
+    unsafe {
+        loop {
+            let a = (*pages.add(j)).page;
+            if a == page || a == 0 {
+                break;
+            }
+            j = (j + 1) & (PAGE_SLOTS - 1);
+        }
+        let e = &mut *pages.add(j);
+        if e.page == 0 {
+            if delta <= 0 {
+                return 0; // no live sample there (a look-up, or a page not counted)
+            }
+            e.page = page;
+        }
+        e.live = (e.live as i64 + delta).max(0) as u64;
+        let left = e.live;
+        if left == 0 {
+            let mut hole = j;
+            let mut k = (j + 1) & (PAGE_SLOTS - 1);
+            loop {
+                let a = (*pages.add(k)).page;
+                if a == 0 {
+                    break;
+                }
+                let h = home(a);
+                let stays = if hole <= k { hole < h && h <= k } else { hole < h || h <= k };
+                if !stays {
+                    core::ptr::copy_nonoverlapping(pages.add(k), pages.add(hole), 1);
+                    hole = k;
+                }
+                k = (k + 1) & (PAGE_SLOTS - 1);
+            }
+            (*pages.add(hole)).page = 0;
+            (*pages.add(hole)).live = 0;
+        }
+        left
+    }
+}
+
+/// A large or huge block freed: recorded if it was sampled.
 #[cold]
 #[inline(never)]
 fn freed(addr: usize) {
+    freed_on(addr, 0);
+}
+
+/// A block freed (of page `page` when small, else 0): if it was sampled, its site's live bytes
+/// go down and the free is recorded. Returns the live samples left on `page` (0 for 0).
+fn freed_on(addr: usize, page: usize) -> u64 {
     let mut t = TABLES.lock();
     if t.samples.is_null() {
-        return;
+        return 0;
     }
+    let left_on_page = |t: &Tables, delta: i64| -> u64 {
+        if page == 0 {
+            return 0;
+        }
+        // SAFETY: the pages table, under the lock.
+        unsafe { page_count(t.pages, page, delta) }
+    };
     let (sites, samples) = (t.sites, t.samples);
     let mut j = slot_of_addr(addr);
     // SAFETY: indices masked to the tables; under the lock.
@@ -515,7 +641,7 @@ fn freed(addr: usize) {
         loop {
             let a = (*samples.add(j)).addr;
             if a == 0 {
-                return; // not sampled
+                return left_on_page(&t, 0); // not sampled
             }
             if a == addr {
                 break;
@@ -553,6 +679,7 @@ fn freed(addr: usize) {
         }
         (*samples.add(hole)).addr = 0;
     }
+    left_on_page(&t, -1)
 }
 
 /// What the profile holds, for a dump: calls `f` with each call site that has samples (under
@@ -714,6 +841,39 @@ fn others_alive() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A page keeps [`PF_SAMPLED`] only while a sampled block of it lives: once the sampled blocks
+    /// are freed, its owner's frees take the fast path again. (The flag used to stay until the
+    /// page was emptied and set up anew: with the default interval, most pages of a running
+    /// program ended up flagged, and most frees went through the slow path and the tables' lock.)
+    #[test]
+    fn a_page_loses_the_sampled_flag_with_its_last_sampled_block() {
+        const N: usize = 4096;
+        assert!(crate::init::ensure_init());
+        let mut blocks = [core::ptr::null_mut::<u8>(); N];
+        let c = crate::size_class::class_of(48);
+        let round = |blocks: &mut [*mut u8; N]| {
+            for b in blocks.iter_mut() {
+                // SAFETY: a valid class.
+                *b = unsafe { crate::heap::alloc_small(c) };
+                assert!(!b.is_null());
+            }
+            for &b in blocks.iter() {
+                // SAFETY: blocks of this allocator, freed once.
+                unsafe { crate::heap::free(b) };
+            }
+        };
+        assert!(start(8 << 10));
+        round(&mut blocks);
+        stop();
+        let sampled = FLAGGED_FREES.with(|n| n.get());
+        assert!(sampled > 0, "4096 blocks of 48 B sampled every 8 KiB: no free found its page flagged");
+        for _ in 0..4 {
+            round(&mut blocks);
+        }
+        let later = FLAGGED_FREES.with(|n| n.get()) - sampled;
+        assert_eq!(later, 0, "{later} frees after the sampled blocks were gone still found their page flagged");
+    }
 
     #[test]
     fn ln_and_exp_are_accurate() {
