@@ -458,7 +458,15 @@ fn record(addr: usize, size: u64, weight: u64, page: usize) -> bool {
         let code = &t.code[..t.code_len];
         // (Asked for every word of the stack the walk scans: a binary search of the ranges,
         // which `read_code_ranges` keeps sorted and disjoint.)
+        let (lo, hi) = match code {
+            [] => (0, 0),
+            [first, .., last] => (first.0, last.1),
+            [only] => (only.0, only.1),
+        };
         let is_code = |a: usize| {
+            if a < lo || a >= hi {
+                return false; // small numbers; stack addresses (above every library here)
+            }
             let i = code.partition_point(|&(s, _)| s <= a);
             i > 0 && a < code[i - 1].1
         };
