@@ -164,6 +164,18 @@ struct SampledPage {
 /// Pages the table of [`SampledPage`] holds: as many as live samples can be, at half load.
 const PAGE_SLOTS: usize = SAMPLES;
 
+/// Counters of the counting filter in front of the pages table (a power of two).
+const FILTER: usize = 4096;
+/// Live sampled small blocks per hash of their page, changed with the pages table (under the
+/// tables' lock) and read without it: a free on a flagged page whose counter is 0 has no sample
+/// to look up, and skips the lock (the producer/consumer pattern: the consumers' frees on pages
+/// whose owner never frees there, so never clears their flag).
+static PAGE_FILTER: [AtomicU32; FILTER] = [const { AtomicU32::new(0) }; FILTER];
+
+fn filter_slot(page: usize) -> usize {
+    ((page as u64 >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize & (FILTER - 1)
+}
+
 /// Executable mappings the profiler knows (re-read at most once a second while sampling).
 const CODE_RANGES: usize = 256;
 
@@ -175,6 +187,10 @@ struct Tables {
     /// The allocator's own code's mapping.
     own: (usize, usize),
     sites: *mut Site,
+    /// The slots of `sites` that have samples, in the order they got their first (the peak
+    /// update and the dumps visit these, not the whole table).
+    used: [u16; SITES],
+    n_used: usize,
     samples: *mut Sample,
     pages: *mut SampledPage,
     live: u64,
@@ -196,6 +212,8 @@ static TABLES: Lock<Tables> = Lock::new(
         code_read_ms: 0,
         own: (0, 0),
         sites: core::ptr::null_mut(),
+        used: [0; SITES],
+        n_used: 0,
         samples: core::ptr::null_mut(),
         pages: core::ptr::null_mut(),
         live: 0, peak: 0, peak_taken: 0, live_samples: 0, dropped: 0 },
@@ -510,6 +528,11 @@ fn record(addr: usize, size: u64, weight: u64, page: usize) -> bool {
         }
         *samples.add(j) = Sample { addr, weight, t_ms: now, site: site as u32, node: node as u16, _pad: 0, thread, size };
         let s = &mut *sites.add(site);
+        let n = t.n_used;
+        if s.samples == 0 && n < SITES {
+            t.used[n] = site as u16;
+            t.n_used = n + 1;
+        }
         s.alloc_bytes += weight;
         s.samples += 1;
         s.live_bytes += weight;
@@ -527,9 +550,9 @@ fn record(addr: usize, size: u64, weight: u64, page: usize) -> bool {
         t.peak = t.live;
         if t.live > t.peak_taken + t.peak_taken / 64 {
             t.peak_taken = t.live;
-            for k in 0..SITES {
-                // SAFETY: inside the table; under the lock.
-                let s = unsafe { &mut *sites.add(k) };
+            for &k in &t.used[..t.n_used] {
+                // SAFETY: a slot of the table; under the lock.
+                let s = unsafe { &mut *sites.add(k as usize) };
                 s.peak_bytes = s.live_bytes;
             }
         }
@@ -555,7 +578,9 @@ fn sampled_page_freed(page: &Page, p: *mut u8) {
     #[cfg(test)]
     FLAGGED_FREES.with(|n| n.set(n.get() + 1));
     let pg = page as *const Page as usize;
-    if freed_on(p as usize, pg) != 0 {
+    // A sample of this page was counted (under the lock, before the block was handed out) before
+    // any thread can free it.
+    if PAGE_FILTER[filter_slot(pg)].load(Ordering::Acquire) != 0 && freed_on(p as usize, pg) != 0 {
         return;
     }
     let h = crate::tls::own_heap();
@@ -596,6 +621,11 @@ unsafe fn page_count(pages: *mut SampledPage, page: usize, delta: i64) -> u64 {
             }
             e.page = page;
         }
+        match delta {
+            1 => PAGE_FILTER[filter_slot(page)].fetch_add(1, Ordering::Release),
+            -1 => PAGE_FILTER[filter_slot(page)].fetch_sub(1, Ordering::Release),
+            _ => 0,
+        };
         e.live = (e.live as i64 + delta).max(0) as u64;
         let left = e.live;
         if left == 0 {
@@ -698,12 +728,9 @@ pub(crate) fn for_each_site(in_signal: bool, f: &mut dyn FnMut(&Site)) -> Option
         return None;
     }
     let t = TABLES.lock();
-    for k in 0..SITES {
-        // SAFETY: inside the table; under the lock.
-        let s = unsafe { &*t.sites.add(k) };
-        if s.samples != 0 {
-            f(s);
-        }
+    for &k in &t.used[..t.n_used] {
+        // SAFETY: a slot of the table; under the lock.
+        f(unsafe { &*t.sites.add(k as usize) });
     }
     Some((t.live, t.peak, t.dropped))
 }
