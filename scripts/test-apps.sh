@@ -15,7 +15,12 @@
 #                   (`domalloc report --strict` checks keys, types and invariants) and merge into a
 #                   table and an SVG chart;
 #   mpi-exchange-report  tests/c/mpi_exchange.c on 4 ranks (mpirun -np 4) with per-rank files,
-#                   merged by `domalloc report`.
+#                   merged by `domalloc report`;
+#   *-prof-*-ranks  hpcc and LAMMPS on 2 and 4 ranks with the heap profiler (DOMALLOC_PROF=1, one
+#                   profile per rank): each rank's file appears with live bytes at its peak, and
+#                   `domalloc report --prof` merges them into a flame graph and top-call-sites
+#                   tables naming the program's functions (LAMMPS_NS::Memory::..., Open MPI's; the
+#                   stripped hpcc's own code as hpcc+offset).
 #
 # A library without the statistics writer (DOMALLOC_STATS_FILE) FAILS the *-stats checks with a
 # message saying so: nothing is skipped.
@@ -330,12 +335,81 @@ mpi_exchange_report() {
     check_stats "$dir/stats" 4
 }
 
+# ---- heap profiles of hpcc and LAMMPS on 2 and 4 ranks ----
+
+# under_domalloc_prof DIR NP CMD...: CMD on NP ranks with libdomalloc preloaded and its heap
+# profiler on (DOMALLOC_PROF=1; DOMALLOC_PROF_SAMPLE=64k, these runs being short), one profile per
+# rank: DIR/<rank>.prof.
+under_domalloc_prof() {
+    local dir=$1 np=$2
+    shift 2
+    mkdir -p "$dir"
+    "${MPIRUN[@]}" -np "$np" -x LD_PRELOAD="$LIB" -x DOMALLOC_PROF=1 -x DOMALLOC_PROF_SAMPLE=64k \
+        -x DOMALLOC_PROF_FILE="$dir/%r.prof" sh -c "$RANK_CHECK" sh "$(basename "$LIB")" "$@"
+}
+
+# check_prof DIR NP NAME...: one profile per rank in DIR, each with sampled live bytes at its peak,
+# merged by `domalloc report --prof` into a flame graph (DIR/flame.svg, bytes live at the peak) and
+# the top-call-sites tables, which must name every NAME (a function of the program).
+check_prof() {
+    local dir=$1 n=$2 r f peak name
+    shift 2
+    ls -l "$dir"
+    for ((r = 0; r < n; r++)); do
+        f="$dir/$r.prof"
+        [ -s "$f" ] || { echo "missing or empty: $r.prof (one profile per rank expected)"; return 1; }
+        peak=$(sed -n 's/^# sampled live_bytes [0-9]* peak \([0-9]*\) .*/\1/p' "$f")
+        [ "${peak:-0}" -gt 0 ] || { echo "$f: no sampled live bytes at the peak"; return 1; }
+    done
+    [ "$(ls "$dir"/*.prof | wc -l)" -eq "$n" ] || { echo "more profiles than ranks (%r not replaced by the rank?)"; return 1; }
+    "$TOOL" report --prof "$dir"/*.prof --top 10 --svg "$dir/flame.svg" >"$dir/report.txt" ||
+        { echo "domalloc report --prof failed on the rank profiles"; return 1; }
+    cat "$dir/report.txt"
+    local ranks
+    ranks=$(seq -s ', ' 0 $((n - 1)) | sed 's/\([0-9][0-9]*\)/rank \1/g')
+    grep -qF "$n profile(s) ($ranks)" "$dir/report.txt" || { echo "the report does not merge ranks 0-$((n - 1))"; return 1; }
+    grep -Eq '^top call sites by bytes live at the peak \(total [1-9]' "$dir/report.txt" ||
+        { echo "no bytes live at the peak in the merged report"; return 1; }
+    grep -q '<svg ' "$dir/flame.svg" || { echo "no flame graph"; return 1; }
+    for name in "$@"; do
+        grep -qF -- "$name" "$dir/report.txt" || { echo "the report names no $name"; return 1; }
+    done
+    echo "ok: $n rank profiles merged, $(sed -n 's/^top call sites by bytes live at the peak (total \(.*\)):/\1/p' "$dir/report.txt") live at the peak; names $*"
+}
+
+hpcc_prof() { # hpcc_prof NP: hpcc on a 1xNP grid, profiled
+    local np=$1 dir="$WORK/hpcc-prof-$1"
+    mkdir -p "$dir"
+    hpcc_input "$dir"
+    sed -i "s/^2            Qs/$np            Qs/" "$dir/hpccinf.txt"
+    (cd "$dir" && under_domalloc_prof "$dir/prof" "$np" hpcc) >"$dir/stdout" 2>&1 ||
+        { tail -20 "$dir/stdout"; echo "hpcc failed under domalloc with DOMALLOC_PROF=1"; return 1; }
+    grep -qx 'Success=1' "$dir/hpccoutf.txt" || { echo "hpcc's checks failed"; return 1; }
+    # Debian's hpcc is stripped (its own frames are hpcc+offset); Open MPI's are named.
+    check_prof "$dir/prof" "$np" 'hpcc+0x' 'mca_base_'
+}
+
+lammps_prof() { # lammps_prof NP: in.lj on NP ranks, profiled
+    local np=$1 dir="$WORK/lammps-prof-$1" lmp
+    lmp=$(lmp_bin) || { echo "no LAMMPS binary (lmp) installed"; return 1; }
+    mkdir -p "$dir"
+    lammps_input "$dir"
+    (cd "$dir" && under_domalloc_prof "$dir/prof" "$np" "$lmp" -in in.lj -log log.lammps -screen none) >"$dir/stdout" 2>&1 ||
+        { tail -20 "$dir/stdout" "$dir/log.lammps"; echo "LAMMPS failed under domalloc with DOMALLOC_PROF=1"; return 1; }
+    [ "$(lammps_thermo "$dir/log.lammps" | grep -c '^ *[0-9]')" -eq 6 ] || { echo "expected 6 thermo rows"; return 1; }
+    check_prof "$dir/prof" "$np" 'LAMMPS_NS::Memory::'
+}
+
 run_test hpcc-same-results 300 hpcc_same_results
 run_test hpcc-stats-files 60 check_stats "$WORK/hpcc/stats" 2
 run_test lammps-mpi-same-thermo 300 lammps_compare mpi
 run_test lammps-mpi-stats-files 60 check_stats "$WORK/lammps-mpi/stats" 2
 run_test lammps-openmp-same-thermo 300 lammps_compare openmp
 run_test mpi-exchange-report 180 mpi_exchange_report
+run_test hpcc-prof-2-ranks 120 hpcc_prof 2
+run_test hpcc-prof-4-ranks 120 hpcc_prof 4
+run_test lammps-prof-2-ranks 120 lammps_prof 2
+run_test lammps-prof-4-ranks 120 lammps_prof 4
 
 say ""
 [ $FAILED -gt 0 ] && say "failed: ${FAILED_NAMES[*]}"

@@ -208,6 +208,33 @@ if rustc --edition 2021 -O -C force-frame-pointers=yes -o "$WORK/prof_sites_rs" 
 else
     run_test rust-prof-three-sites-compile 10 false
 fi
+# DOMALLOC_PROF_INTERVAL=1: a 3 s run leaves numbered profiles (.0001, .0002, ...) beside the
+# one written at exit, each whole and read by `domalloc report --prof`, naming the program's
+# functions, the live bytes growing from one to the next; and a main thread that leaves with
+# pthread_exit still ends the process (the dumper thread is not its last thread).
+prof_periodic() {
+    local d="$WORK/periodic" f n=0 live last=0
+    mkdir -p "$d"
+    env DOMALLOC_PROF=1 DOMALLOC_PROF_INTERVAL=1 DOMALLOC_PROF_FILE="$d/p.%p.prof" LD_PRELOAD="$LIB" "$WORK/prof_periodic" 3 || return 1
+    ls -l "$d"
+    for f in "$d"/p.*.prof.[0-9][0-9][0-9][0-9]; do
+        [ -e "$f" ] || break
+        n=$((n + 1))
+        "$REL/domalloc" report --prof "$f" --top 3 >"$f.txt" || { echo "report --prof rejected $f"; return 1; }
+        head -n 8 "$f.txt"
+        grep -q 'grow (prof_periodic.c' "$f.txt" || { echo "$f: grow() not named"; cat "$f.txt"; return 1; }
+        live=$(sed -n 's/.*sampled live_bytes \([0-9]*\) .*/\1/p' "$f")
+        [ "${live:-0}" -gt "$last" ] || { echo "$f: sampled live bytes ${live:-?}, not above the previous dump's $last"; return 1; }
+        last=$live
+    done
+    [ "$n" -ge 2 ] || { echo "$n periodic profile(s) from a 3 s run with DOMALLOC_PROF_INTERVAL=1"; return 1; }
+    ls "$d"/p.*.prof >/dev/null || { echo "no profile at exit"; return 1; }
+    echo "ok: $n periodic profiles, each read by domalloc report --prof, live bytes growing"
+}
+cc_build prof_periodic "$TESTS/prof_periodic.c" -fno-omit-frame-pointer && run_test c-prof-periodic 60 prof_periodic
+if [ -x "$WORK/last_thread_exits" ]; then
+    run_test c-prof-periodic-pthread-exit 30 env DOMALLOC_PROF=1 DOMALLOC_PROF_INTERVAL=1 DOMALLOC_PROF_FILE="$WORK/lte.%p.prof" LD_PRELOAD="$LIB" "$WORK/last_thread_exits" pthread_exit
+fi
 
 # DOMALLOC_STATS=1 prints per-node figures on stderr at exit.
 stats_report() {

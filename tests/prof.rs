@@ -188,3 +188,55 @@ fn frees_on_another_node_are_counted_as_remote() {
     assert!(freed > 0.6 * want_freed && freed < 1.5 * want_freed, "freed {freed} vs {want_freed}:\n{text}");
     assert!(remote > 0.6 * want_remote && remote < 1.5 * want_remote, "remote-freed {remote} vs {want_remote}:\n{text}");
 }
+
+/// `DOMALLOC_PROF_INTERVAL=1`: a child that runs about 3 s leaves numbered profiles
+/// (`DOMALLOC_PROF_FILE` plus `.0001`, `.0002`, ...), each a whole profile, their elapsed times
+/// about a second apart, beside the one written at exit.
+#[test]
+fn periodic_dumps_write_numbered_profiles() {
+    let name = "periodic_dumps_write_numbered_profiles";
+    if std::env::var(CASE).as_deref() == Ok(name) {
+        let t0 = std::time::Instant::now();
+        let mut kept = Vec::new();
+        while t0.elapsed() < std::time::Duration::from_millis(3200) {
+            for _ in 0..200 {
+                drop(std::hint::black_box(vec![1u8; 4000]));
+            }
+            if kept.len() < 2000 {
+                kept.push(std::hint::black_box(vec![2u8; 8192]));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::mem::forget(kept);
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("domalloc-prof-periodic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("p.prof");
+    let r = common::run_child(
+        CASE,
+        name,
+        &[("DOMALLOC_PROF", "1"), ("DOMALLOC_PROF_SAMPLE", "64k"), ("DOMALLOC_PROF_INTERVAL", "1"), ("DOMALLOC_PROF_FILE", file.to_str().unwrap())],
+        common::CHILD_TIMEOUT,
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let texts: Vec<String> = names.iter().map(|n| std::fs::read_to_string(dir.join(n)).unwrap()).collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(r.status.success() && !r.hung, "{}", r.context(name));
+    assert!(names.contains(&"p.prof".to_string()), "no profile at exit: {names:?}");
+    let numbered: Vec<usize> = (0..names.len()).filter(|&i| names[i] != "p.prof").collect();
+    assert!(numbered.len() >= 2, "3 s with DOMALLOC_PROF_INTERVAL=1: {} periodic profile(s): {names:?}", numbered.len());
+    let mut last_ms = 0;
+    for (k, &i) in numbered.iter().enumerate() {
+        assert_eq!(names[i], format!("p.prof.{:04}", k + 1), "numbered from 0001: {names:?}");
+        let text = &texts[i];
+        assert!(text.starts_with("# domalloc heap profile 1\n"), "{}: {text}", names[i]);
+        assert!(text.lines().any(|l| l == "# view remote_freed_bytes"), "{}: cut short:\n{text}", names[i]);
+        assert!(text.lines().any(|l| l.starts_with("# site ") && !l.starts_with("# site samples")), "{}: no call site:\n{text}", names[i]);
+        let elapsed: u64 = text.lines().nth(1).and_then(|l| l.split_whitespace().skip_while(|w| *w != "elapsed_ms").nth(1)).unwrap().parse().unwrap();
+        assert!(elapsed >= last_ms + 500, "{}: elapsed_ms {elapsed} after {last_ms}", names[i]);
+        last_ms = elapsed;
+    }
+}

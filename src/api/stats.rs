@@ -796,6 +796,7 @@ fn on_term() {
         return;
     }
     write_report(true);
+    crate::thread::prof_stop_periodic(true);
     if crate::thread::prof_active() {
         dump_profile(None, true);
     }
@@ -815,8 +816,8 @@ extern "C" fn at_load() {
         return;
     }
     let o = options::get();
-    if o.prof {
-        crate::thread::prof_start(0);
+    if o.prof && crate::thread::prof_start(0) {
+        crate::thread::prof_start_periodic(dump_numbered);
     }
     if o.stats != StatsFormat::Off || o.prof {
         Sys::catch_signal(crate::sys::os::Signal::Term, on_term, true);
@@ -838,9 +839,15 @@ fn on_prof_signal() {
 // ---- the heap profile ----
 
 /// Starts the sampling heap profiler: one sample every `sample_bytes` allocated on average (0:
-/// `DOMALLOC_PROF_SAMPLE`). False if its tables (about 5 MiB, mapped once) cannot be mapped.
+/// `DOMALLOC_PROF_SAMPLE`). False if its tables (about 5.5 MiB, mapped once) cannot be mapped.
+/// With `DOMALLOC_PROF_INTERVAL` set, also starts the thread that writes the periodic profiles
+/// (creating it allocates: not from a signal handler).
 pub fn prof_start(sample_bytes: u64) -> bool {
-    crate::thread::ensure_init() && crate::thread::prof_start(sample_bytes)
+    let started = crate::thread::ensure_init() && crate::thread::prof_start(sample_bytes);
+    if started {
+        crate::thread::prof_start_periodic(dump_numbered);
+    }
+    started
 }
 
 /// Stops sampling; the blocks sampled so far are still followed to their free.
@@ -884,6 +891,20 @@ pub(crate) fn dump_profile(path: Option<&[u8]>, in_signal: bool) -> bool {
     w.flush();
     Sys::close_fd(fd);
     ok && !w.failed
+}
+
+/// Periodic dump number `n` (`DOMALLOC_PROF_INTERVAL`): to `DOMALLOC_PROF_FILE`'s expansion
+/// with `.0001` (`n` in four digits or more) appended.
+fn dump_numbered(n: u32) -> bool {
+    let mut path = [0u8; 512];
+    let Some(len) = expand_path(options::get().prof_file, &mut path) else { return false };
+    let mut w = BufWriter::new(&mut path[len..]);
+    let _ = write!(w, ".{n:04}\0");
+    if w.truncated {
+        return false;
+    }
+    let end = len + w.as_bytes().len();
+    dump_profile(Some(&path[..end]), false)
 }
 
 /// The profile's views, each a collapsed-stack section (`frame;frame;frame value`).
@@ -988,6 +1009,7 @@ extern "C" fn at_exit() {
     // A SIGTERM from now on (the process is exiting) writes nothing: its report would truncate
     // the file this one is being written to.
     SIGNAL_REPORT.store(true, Ordering::Release);
+    crate::thread::prof_stop_periodic(false);
     write_report(false);
     if crate::thread::prof_active() {
         dump_profile(None, false);

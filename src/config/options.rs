@@ -248,6 +248,23 @@ pub const TABLE: &[OptionDesc] = &[
         show: |o, w| w.write_str(o.prof_signal.map_or("none", Signal::name)),
     },
     OptionDesc {
+        name: "DOMALLOC_PROF_INTERVAL",
+        default: "0",
+        doc: "Also write the profile every this many seconds (`<n>ms`: milliseconds) while the profiler runs, each to `DOMALLOC_PROF_FILE` with `.0001`, `.0002`, ... appended, from a thread of the profiler's own; `0`: only at exit and on the signals.",
+        path: false,
+        parse: |v, o| {
+            let ms = match v.strip_suffix(b"ms") {
+                Some(n) => parse_u64(n),
+                None => parse_u64(v).and_then(|s| s.checked_mul(1000)),
+            };
+            ms.map(|ms| o.prof_interval_ms = ms).is_some()
+        },
+        show: |o, w| match o.prof_interval_ms {
+            ms if ms % 1000 == 0 => write!(w, "{}", ms / 1000),
+            ms => write!(w, "{ms}ms"),
+        },
+    },
+    OptionDesc {
         name: "DOMALLOC_VERBOSE",
         default: "0",
         doc: "`1`: print every option with its value and where it came from (environment or default), and the detected topology, to stderr at start-up.",
@@ -478,6 +495,8 @@ pub struct Options {
     pub prof_file: &'static [u8],
     /// `DOMALLOC_PROF_SIGNAL`.
     pub prof_signal: Option<Signal>,
+    /// `DOMALLOC_PROF_INTERVAL` in milliseconds (0: no periodic dumps).
+    pub prof_interval_ms: u64,
     /// `DOMALLOC_POLICY` named `all`: its mask is every node with memory (set at start-up, once
     /// the topology is known).
     policy_all: bool,
@@ -508,6 +527,7 @@ impl Options {
         prof_sample: 512 << 10,
         prof_file: b"domalloc.%p.prof",
         prof_signal: None,
+        prof_interval_ms: 0,
         policy_all: false,
     };
 

@@ -28,4 +28,4 @@ pub(crate) use reentry::refused as reentry_refused;
 pub(crate) use init::{alloc_node, collect, ensure_init, for_each_live_heap, heap_acquire, heap_totals, heaps_taken_over, node_heap, node_of_this_cpu, pool_held_by_me, retrying_after_release};
 #[cfg(feature = "quarantine")]
 pub(crate) use quarantine::{check_live as quarantine_check_live, flush as quarantine_flush, free as quarantine_free};
-pub(crate) use prof::{Site as ProfSite, active as prof_active, big_allocated as prof_big_allocated, big_freed as prof_big_freed, for_each_site as prof_for_each_site, interval as prof_interval, live_folded as prof_live_folded, start as prof_start, stop as prof_stop};
+pub(crate) use prof::{Site as ProfSite, active as prof_active, big_allocated as prof_big_allocated, big_freed as prof_big_freed, for_each_site as prof_for_each_site, interval as prof_interval, live_folded as prof_live_folded, start as prof_start, start_periodic as prof_start_periodic, stop as prof_stop, stop_periodic as prof_stop_periodic};

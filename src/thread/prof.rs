@@ -24,12 +24,18 @@
 //! thread, node of the allocating CPU and time, in fixed tables mapped once at [`start`]: call
 //! sites (stack -> allocated, live, live-at-peak, freed and remote-freed bytes) and live sampled
 //! blocks (address -> site). A sampled small block's page gets [`PF_SAMPLED`], which sends every
-//! free of that page to the slow path ([`small_freed`]), where the table is looked up; large and
-//! huge frees are slow paths already. A free records the freeing node (remote when it is not the
+//! free of that page to the slow path ([`small_freed`]), where the table is looked up, until the
+//! page's last live sample is freed (a third table counts them per page); large and huge frees
+//! are slow paths already. A free records the freeing node (remote when it is not the
 //! allocating one) and the lifetime. With profiling off, each hook is one load of a flag that
 //! is false, on paths that are slow already.
+//!
+//! # Periodic dumps (`DOMALLOC_PROF_INTERVAL`)
+//! A thread of the profiler's own ([`start_periodic`]) calls the profile writer the statistics
+//! layer installs, every interval, with every signal blocked; exit and SIGTERM wait for a dump
+//! it is writing ([`stop_periodic`]); it ends when it is the last thread of the process.
 
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::sys::LockKind;
 use crate::sys::Lock;
@@ -148,6 +154,28 @@ struct Sample {
     size: u64,
 }
 
+/// One page (span head) holding live sampled blocks, and how many (0 in `page`: free slot).
+#[repr(C)]
+struct SampledPage {
+    page: usize,
+    live: u64,
+}
+
+/// Pages the table of [`SampledPage`] holds: as many as live samples can be, at half load.
+const PAGE_SLOTS: usize = SAMPLES;
+
+/// Counters of the counting filter in front of the pages table (a power of two).
+const FILTER: usize = 4096;
+/// Live sampled small blocks per hash of their page, changed with the pages table (under the
+/// tables' lock) and read without it: a free on a flagged page whose counter is 0 has no sample
+/// to look up, and skips the lock (the producer/consumer pattern: the consumers' frees on pages
+/// whose owner never frees there, so never clears their flag).
+static PAGE_FILTER: [AtomicU32; FILTER] = [const { AtomicU32::new(0) }; FILTER];
+
+fn filter_slot(page: usize) -> usize {
+    ((page as u64 >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize & (FILTER - 1)
+}
+
 /// Executable mappings the profiler knows (re-read at most once a second while sampling).
 const CODE_RANGES: usize = 256;
 
@@ -159,7 +187,12 @@ struct Tables {
     /// The allocator's own code's mapping.
     own: (usize, usize),
     sites: *mut Site,
+    /// The slots of `sites` that have samples, in the order they got their first (the peak
+    /// update and the dumps visit these, not the whole table).
+    used: [u16; SITES],
+    n_used: usize,
     samples: *mut Sample,
+    pages: *mut SampledPage,
     live: u64,
     peak: u64,
     /// `live` when the sites' `peak_bytes` were last taken (taken again 1/64 above it).
@@ -179,7 +212,11 @@ static TABLES: Lock<Tables> = Lock::new(
         code_read_ms: 0,
         own: (0, 0),
         sites: core::ptr::null_mut(),
-        samples: core::ptr::null_mut(), live: 0, peak: 0, peak_taken: 0, live_samples: 0, dropped: 0 },
+        used: [0; SITES],
+        n_used: 0,
+        samples: core::ptr::null_mut(),
+        pages: core::ptr::null_mut(),
+        live: 0, peak: 0, peak_taken: 0, live_samples: 0, dropped: 0 },
 );
 /// Sampling on.
 static ON: AtomicBool = AtomicBool::new(false);
@@ -188,7 +225,11 @@ static EVER: AtomicBool = AtomicBool::new(false);
 /// Mean bytes between samples.
 static INTERVAL: AtomicU64 = AtomicU64::new(512 << 10);
 
-const TABLES_BYTES: usize = (SITES * core::mem::size_of::<Site>() + SAMPLES * core::mem::size_of::<Sample>() + 0xffff) & !0xffff;
+const TABLES_BYTES: usize = (SITES * core::mem::size_of::<Site>()
+    + SAMPLES * core::mem::size_of::<Sample>()
+    + PAGE_SLOTS * core::mem::size_of::<SampledPage>()
+    + 0xffff)
+    & !0xffff;
 
 /// Starts sampling every `interval` bytes on average (0: the option's value); maps the tables
 /// the first time. False if they cannot be mapped.
@@ -203,8 +244,10 @@ pub(crate) fn start(interval: u64) -> bool {
             return false;
         }
         t.sites = m.cast();
-        // SAFETY: inside the mapping (TABLES_BYTES holds both tables).
+        // SAFETY: inside the mapping (TABLES_BYTES holds the three tables).
         t.samples = unsafe { m.add(SITES * core::mem::size_of::<Site>()) }.cast();
+        // SAFETY: as above.
+        t.pages = unsafe { m.add(SITES * core::mem::size_of::<Site>() + SAMPLES * core::mem::size_of::<Sample>()) }.cast();
         EVER.store(true, Ordering::Release);
     }
     drop(t);
@@ -307,7 +350,7 @@ fn small_sample(h: *mut crate::thread::heap::Heap, p: *mut u8) {
         return; // the orphan heap's or a pooled block's: not flagged, not sampled
     }
     let size = pg.block_size.get() as u64;
-    if record(p as usize, size, owed * INTERVAL.load(Ordering::Relaxed)) {
+    if record(p as usize, size, owed * INTERVAL.load(Ordering::Relaxed), page as usize) {
         // Every free of this page now takes the slow path, where the table is looked up.
         pg.flags.set(pg.flags.get() | PF_SAMPLED);
         pg.set_owner(h as usize);
@@ -338,7 +381,7 @@ fn big_sample(p: *mut u8, bytes: usize) {
     let s = bytes as f64;
     let x = s / t;
     let p_sampled = if x > 30.0 { 1.0 } else { 1.0 - 1.0 / exp(x) };
-    record(p as usize, bytes as u64, (s / p_sampled.max(1e-12)) as u64);
+    record(p as usize, bytes as u64, (s / p_sampled.max(1e-12)) as u64, 0);
 }
 
 fn exp(x: f64) -> f64 {
@@ -401,14 +444,22 @@ fn read_code_ranges(t: &mut Tables, now: u64) {
             }
         }
     });
+    // Sorted by start (the kernel lists mappings in address order; made sure of).
+    for i in 1..n {
+        let mut j = i;
+        while j > 0 && code[j - 1].0 > code[j].0 {
+            code.swap(j - 1, j);
+            j -= 1;
+        }
+    }
     t.code_len = n;
     t.own = own;
     t.code_read_ms = now;
 }
 
-/// Records a sample of `size` bytes at `addr` standing for `weight` bytes; false if the tables
-/// do not exist or are full.
-fn record(addr: usize, size: u64, weight: u64) -> bool {
+/// Records a sample of `size` bytes at `addr` standing for `weight` bytes, a small block of
+/// page `page` (0: a large or huge block); false if the tables do not exist or are full.
+fn record(addr: usize, size: u64, weight: u64, page: usize) -> bool {
     let end = stack_end();
     let node = Sys::current_cpu().and_then(|c| crate::config::topology::get().cpu_node(c)).unwrap_or(0);
     let now = Sys::now_ms();
@@ -423,7 +474,20 @@ fn record(addr: usize, size: u64, weight: u64) -> bool {
     let mut frames = [0usize; MAX_FRAMES];
     let depth = {
         let code = &t.code[..t.code_len];
-        let is_code = |a: usize| code.iter().any(|&(s, e)| s <= a && a < e);
+        // (Asked for every word of the stack the walk scans: a binary search of the ranges,
+        // which `read_code_ranges` keeps sorted and disjoint.)
+        let (lo, hi) = match code {
+            [] => (0, 0),
+            [first, .., last] => (first.0, last.1),
+            [only] => (only.0, only.1),
+        };
+        let is_code = |a: usize| {
+            if a < lo || a >= hi {
+                return false; // small numbers; stack addresses (above every library here)
+            }
+            let i = code.partition_point(|&(s, _)| s <= a);
+            i > 0 && a < code[i - 1].1
+        };
         os::frame_walk(&mut frames, end, &is_code, t.own)
     };
     let frames = &frames[..depth];
@@ -464,6 +528,11 @@ fn record(addr: usize, size: u64, weight: u64) -> bool {
         }
         *samples.add(j) = Sample { addr, weight, t_ms: now, site: site as u32, node: node as u16, _pad: 0, thread, size };
         let s = &mut *sites.add(site);
+        let n = t.n_used;
+        if s.samples == 0 && n < SITES {
+            t.used[n] = site as u16;
+            t.n_used = n + 1;
+        }
         s.alloc_bytes += weight;
         s.samples += 1;
         s.live_bytes += weight;
@@ -472,14 +541,18 @@ fn record(addr: usize, size: u64, weight: u64) -> bool {
         s.threads |= 1 << (thread % 64);
     }
     t.live_samples += 1;
+    if page != 0 {
+        // SAFETY: the pages table, under the lock.
+        unsafe { page_count(t.pages, page, 1) };
+    }
     t.live += weight;
     if t.live > t.peak {
         t.peak = t.live;
         if t.live > t.peak_taken + t.peak_taken / 64 {
             t.peak_taken = t.live;
-            for k in 0..SITES {
-                // SAFETY: inside the table; under the lock.
-                let s = unsafe { &mut *sites.add(k) };
+            for &k in &t.used[..t.n_used] {
+                // SAFETY: a slot of the table; under the lock.
+                let s = unsafe { &mut *sites.add(k as usize) };
                 s.peak_bytes = s.live_bytes;
             }
         }
@@ -491,18 +564,114 @@ fn record(addr: usize, size: u64, weight: u64) -> bool {
 #[inline]
 pub(crate) fn small_freed(page: &Page, p: *mut u8) {
     if page.flags.get() & PF_SAMPLED != 0 {
-        freed(p as usize);
+        sampled_page_freed(page, p);
     }
 }
 
-/// A block freed: if it was sampled, its site's live bytes go down and the free is recorded.
+/// A block of a page with [`PF_SAMPLED`] freed: recorded if it was sampled; then, when no
+/// sampled block of the page lives any more and the caller's heap owns it, the page loses the
+/// flag, so that its owner's frees take the fast path again (the owner alone writes `flags`;
+/// a page whose last sample another thread frees is cleared at its owner's next free there).
+#[cold]
+#[inline(never)]
+fn sampled_page_freed(page: &Page, p: *mut u8) {
+    #[cfg(test)]
+    FLAGGED_FREES.with(|n| n.set(n.get() + 1));
+    let pg = page as *const Page as usize;
+    // A sample of this page was counted (under the lock, before the block was handed out) before
+    // any thread can free it.
+    if PAGE_FILTER[filter_slot(pg)].load(Ordering::Acquire) != 0 && freed_on(p as usize, pg) != 0 {
+        return;
+    }
+    let h = crate::thread::tls::own_heap();
+    if !crate::thread::tls::is_sentinel(h) && page.owned_by(h as usize) {
+        page.flags.set(page.flags.get() & !PF_SAMPLED);
+        page.set_owner(h as usize);
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Frees by this thread of blocks whose page had [`PF_SAMPLED`] (tests).
+    static FLAGGED_FREES: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// Adds `delta` (1 or -1) to page `page`'s live samples in the table at `pages`; returns them.
+/// Backward-shift deletion when they reach 0, as in the samples table.
+///
+/// # Safety
+/// `pages` is the tables' pages table, used under their lock.
+unsafe fn page_count(pages: *mut SampledPage, page: usize, delta: i64) -> u64 {
+    let home = |a: usize| ((a as u64 >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as usize & (PAGE_SLOTS - 1);
+    let mut j = home(page);
+    // SAFETY: indices masked to the table (the caller's contract); at most half its slots are
+    // used (one per live sample at most), so the probe ends at a free slot.
+    unsafe {
+        loop {
+            let a = (*pages.add(j)).page;
+            if a == page || a == 0 {
+                break;
+            }
+            j = (j + 1) & (PAGE_SLOTS - 1);
+        }
+        let e = &mut *pages.add(j);
+        if e.page == 0 {
+            if delta <= 0 {
+                return 0; // no live sample there (a look-up, or a page not counted)
+            }
+            e.page = page;
+        }
+        match delta {
+            1 => PAGE_FILTER[filter_slot(page)].fetch_add(1, Ordering::Release),
+            -1 => PAGE_FILTER[filter_slot(page)].fetch_sub(1, Ordering::Release),
+            _ => 0,
+        };
+        e.live = (e.live as i64 + delta).max(0) as u64;
+        let left = e.live;
+        if left == 0 {
+            let mut hole = j;
+            let mut k = (j + 1) & (PAGE_SLOTS - 1);
+            loop {
+                let a = (*pages.add(k)).page;
+                if a == 0 {
+                    break;
+                }
+                let h = home(a);
+                let stays = if hole <= k { hole < h && h <= k } else { hole < h || h <= k };
+                if !stays {
+                    core::ptr::copy_nonoverlapping(pages.add(k), pages.add(hole), 1);
+                    hole = k;
+                }
+                k = (k + 1) & (PAGE_SLOTS - 1);
+            }
+            (*pages.add(hole)).page = 0;
+            (*pages.add(hole)).live = 0;
+        }
+        left
+    }
+}
+
+/// A large or huge block freed: recorded if it was sampled.
 #[cold]
 #[inline(never)]
 fn freed(addr: usize) {
+    freed_on(addr, 0);
+}
+
+/// A block freed (of page `page` when small, else 0): if it was sampled, its site's live bytes
+/// go down and the free is recorded. Returns the live samples left on `page` (0 for 0).
+fn freed_on(addr: usize, page: usize) -> u64 {
     let mut t = TABLES.lock();
     if t.samples.is_null() {
-        return;
+        return 0;
     }
+    let left_on_page = |t: &Tables, delta: i64| -> u64 {
+        if page == 0 {
+            return 0;
+        }
+        // SAFETY: the pages table, under the lock.
+        unsafe { page_count(t.pages, page, delta) }
+    };
     let (sites, samples) = (t.sites, t.samples);
     let mut j = slot_of_addr(addr);
     // SAFETY: indices masked to the tables; under the lock.
@@ -510,7 +679,7 @@ fn freed(addr: usize) {
         loop {
             let a = (*samples.add(j)).addr;
             if a == 0 {
-                return; // not sampled
+                return left_on_page(&t, 0); // not sampled
             }
             if a == addr {
                 break;
@@ -548,6 +717,7 @@ fn freed(addr: usize) {
         }
         (*samples.add(hole)).addr = 0;
     }
+    left_on_page(&t, -1)
 }
 
 /// What the profile holds, for a dump: calls `f` with each call site that has samples (under
@@ -558,12 +728,9 @@ pub(crate) fn for_each_site(in_signal: bool, f: &mut dyn FnMut(&Site)) -> Option
         return None;
     }
     let t = TABLES.lock();
-    for k in 0..SITES {
-        // SAFETY: inside the table; under the lock.
-        let s = unsafe { &*t.sites.add(k) };
-        if s.samples != 0 {
-            f(s);
-        }
+    for &k in &t.used[..t.n_used] {
+        // SAFETY: a slot of the table; under the lock.
+        f(unsafe { &*t.sites.add(k as usize) });
     }
     Some((t.live, t.peak, t.dropped))
 }
@@ -578,9 +745,170 @@ pub(crate) fn interval() -> u64 {
     INTERVAL.load(Ordering::Relaxed)
 }
 
+// ---- periodic dumps (`DOMALLOC_PROF_INTERVAL`) ----
+//
+// A thread of the profiler's own writes them: it dumps on time whether or not the program
+// allocates (an HPC code computes for minutes without a call), the program's threads pay
+// nothing (no clock read, no check on any path of theirs), and it holds no lock but the
+// tables' (a leaf) while it writes, with every signal blocked (`Os::spawn_thread`), so no
+// handler runs on it and a dump never waits for a lock a malloc call holds. The background purge
+// thread is not used: it starts only when memory waits to be purged, may be off, and sleeps
+// until its own deadlines.
+
+/// The dumper is between two dumps (also: the value its sleep waits on).
+const PD_IDLE: u32 = 0;
+/// The dumper is writing a profile.
+const PD_DUMPING: u32 = 1;
+/// The process is exiting: no dump starts any more ([`stop_periodic`]).
+const PD_STOPPED: u32 = 2;
+/// The dumper's state, and the futex word both sides sleep on.
+static PERIODIC: AtomicU32 = AtomicU32::new(PD_IDLE);
+/// The process whose dumper runs (0: none; another pid: the parent of this fork child, whose
+/// dumper does not exist here).
+static PERIODIC_PID: AtomicU32 = AtomicU32::new(0);
+/// Writes periodic dump number `n` (installed by the layer that writes profiles).
+static PERIODIC_DUMP: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts the periodic dumps if `DOMALLOC_PROF_INTERVAL` asks for them and this process has no
+/// dumper yet; `dump(n)` writes dump number `n` (1, 2, ...). Starting a thread allocates: call
+/// only where a nested `malloc` is safe (start-up, the API).
+pub(crate) fn start_periodic(dump: fn(u32) -> bool) {
+    if crate::config::options::get().prof_interval_ms == 0 {
+        return;
+    }
+    let pid = Sys::process_id();
+    if PERIODIC_PID.swap(pid, Ordering::AcqRel) == pid {
+        return;
+    }
+    // A fork child: the parent's dumper (and whatever state it was in) is not here.
+    PERIODIC.store(PD_IDLE, Ordering::Release);
+    PERIODIC_DUMP.store(dump as usize, Ordering::Release);
+    // The thread runs our code until the process ends: the object holding it must stay loaded.
+    os::pin_once();
+    if !Sys::spawn_thread(periodic_main) {
+        PERIODIC_PID.store(0, Ordering::Release);
+        os::eprint(format_args!("domalloc: warning: cannot start the thread of DOMALLOC_PROF_INTERVAL: no periodic profiles\n"));
+    }
+}
+
+/// The process is exiting (or dying of SIGTERM): no periodic dump starts from now on, and one
+/// being written is waited for (a second at most), so that its file is whole. Async-signal-safe;
+/// `in_signal`: from a handler, which waits for nothing if its thread holds the tables' lock
+/// (the dump would wait for it in turn).
+pub(crate) fn stop_periodic(in_signal: bool) {
+    if PERIODIC_PID.load(Ordering::Acquire) != Sys::process_id() {
+        return;
+    }
+    let give_up = Sys::now_ms().saturating_add(1000);
+    loop {
+        match PERIODIC.compare_exchange(PD_IDLE, PD_STOPPED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) | Err(PD_STOPPED) => return,
+            Err(_) if (in_signal && TABLES.held_by_me()) || Sys::now_ms() >= give_up => return,
+            Err(_) => Sys::futex_wait(&PERIODIC, PD_DUMPING, Some(10)),
+        }
+    }
+}
+
+/// The dumper: every `DOMALLOC_PROF_INTERVAL` a profile while sampling is on (a dump that
+/// overran the next deadline skips it). It ends when the process is exiting, and when no other
+/// thread of the process lives (a program whose main thread left with `pthread_exit`: the
+/// process ends with its last thread, which must not be this one).
+extern "C" fn periodic_main(_: *mut core::ffi::c_void) -> *mut core::ffi::c_void {
+    let every = crate::config::options::get().prof_interval_ms.max(1);
+    let f = PERIODIC_DUMP.load(Ordering::Acquire);
+    if f == 0 {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: a non-zero value was stored by `start_periodic` from a `fn(u32) -> bool`.
+    let dump: fn(u32) -> bool = unsafe { core::mem::transmute::<usize, fn(u32) -> bool>(f) };
+    let mut next = Sys::now_ms().saturating_add(every);
+    let mut n = 1u32;
+    loop {
+        if Sys::now_ms() >= next {
+            if PERIODIC.compare_exchange(PD_IDLE, PD_DUMPING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                break; // stopped: the process is exiting
+            }
+            // A file that cannot be written (its warning printed) ends the series: one warning,
+            // not one per interval from every rank of a job.
+            let failed = ON.load(Ordering::Relaxed) && !dump(n);
+            n = n.wrapping_add(1);
+            PERIODIC.store(PD_IDLE, Ordering::Release);
+            Sys::futex_wake(&PERIODIC, u32::MAX);
+            if failed {
+                break;
+            }
+            let now = Sys::now_ms();
+            next = next.saturating_add(every);
+            if next <= now {
+                next = now.saturating_add(every);
+            }
+        }
+        if PERIODIC.load(Ordering::Acquire) == PD_STOPPED || !others_alive() {
+            break;
+        }
+        // Looks at least once a second whether it is alone.
+        let wait = next.saturating_sub(Sys::now_ms()).clamp(1, 1000);
+        Sys::futex_wait(&PERIODIC, PD_IDLE, Some(wait));
+    }
+    core::ptr::null_mut()
+}
+
+/// Whether a thread of the process other than the calling one lives (`Threads:` of
+/// `/proc/self/status`, less the main thread when it is a zombie: it left with `pthread_exit`
+/// and waits for the others). True where that cannot be read.
+fn others_alive() -> bool {
+    let mut buf = [0u8; 4096];
+    let Some(text) = Sys::read_file(b"/proc/self/status\0", &mut buf) else { return true };
+    let (mut threads, mut zombie) = (None, false);
+    for line in text.split(|&c| c == b'\n') {
+        if let Some(rest) = line.strip_prefix(b"Threads:") {
+            threads = crate::sys::parse_u64(crate::sys::trim(rest));
+        } else if let Some(rest) = line.strip_prefix(b"State:") {
+            zombie = crate::sys::trim(rest).first() == Some(&b'Z');
+        }
+    }
+    match threads {
+        Some(t) => t > 1 + zombie as u64,
+        None => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A page keeps [`PF_SAMPLED`] only while a sampled block of it lives: once the sampled blocks
+    /// are freed, its owner's frees take the fast path again. (The flag used to stay until the
+    /// page was emptied and set up anew: with the default interval, most pages of a running
+    /// program ended up flagged, and most frees went through the slow path and the tables' lock.)
+    #[test]
+    fn a_page_loses_the_sampled_flag_with_its_last_sampled_block() {
+        const N: usize = 4096;
+        assert!(crate::thread::ensure_init());
+        let mut blocks = [core::ptr::null_mut::<u8>(); N];
+        let c = crate::layout::size_class::class_of(48);
+        let round = |blocks: &mut [*mut u8; N]| {
+            for b in blocks.iter_mut() {
+                // SAFETY: a valid class.
+                *b = unsafe { crate::thread::alloc_small(c) };
+                assert!(!b.is_null());
+            }
+            for &b in blocks.iter() {
+                // SAFETY: blocks of this allocator, freed once.
+                unsafe { crate::thread::free::free(b) };
+            }
+        };
+        assert!(start(8 << 10));
+        round(&mut blocks);
+        stop();
+        let sampled = FLAGGED_FREES.with(|n| n.get());
+        assert!(sampled > 0, "4096 blocks of 48 B sampled every 8 KiB: no free found its page flagged");
+        for _ in 0..4 {
+            round(&mut blocks);
+        }
+        let later = FLAGGED_FREES.with(|n| n.get()) - sampled;
+        assert_eq!(later, 0, "{later} frees after the sampled blocks were gone still found their page flagged");
+    }
 
     #[test]
     fn ln_and_exp_are_accurate() {

@@ -296,3 +296,40 @@ fn prof_report_refuses_a_file_that_is_not_a_profile() {
     let o = report(&["--prof"], &[data("job4/stats.0.json")]);
     assert_refused(&o, "not a domalloc heap profile", "a statistics file given as a profile");
 }
+
+/// A return address past the end of the symbol before it (a function the symbol table does not
+/// list: the dynamic loader and stripped libraries export a few of theirs) is shown as
+/// `module+0xoffset`, not as that symbol: Open MPI's ranks showed allocations "in"
+/// `_dl_debug_state`, a one-byte function of the loader.
+#[test]
+fn prof_report_names_no_symbol_that_does_not_cover_the_address() {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let lib = "/lib64/ld-linux-x86-64.so.2";
+    let Ok(data) = std::fs::read(lib) else {
+        eprintln!("skipped: no {lib}");
+        return;
+    };
+    let file = object::File::parse(&*data).unwrap();
+    let sym = file.dynamic_symbols().find(|s| s.name() == Ok("_dl_debug_state")).expect("ld.so exports _dl_debug_state");
+    assert!(sym.size() < 16, "_dl_debug_state is a tiny function (size {})", sym.size());
+    let seg = file.segments().find(|s| s.address() <= sym.address() && sym.address() < s.address() + s.size()).unwrap();
+    let file_off = sym.address() - seg.address() + seg.file_range().0;
+    // Past the symbol, and not inside any other exported one.
+    let inside = |a: u64| file.dynamic_symbols().any(|s| s.address() <= a && a < s.address() + s.size());
+    let delta = (0x20..0x400).find(|d| !inside(sym.address() + d)).unwrap();
+    let (start, ra) = (0x10_0000u64, 0x10_0000 + file_off + delta + 1);
+    let path = tmp("ldso.prof");
+    let body = format!(
+        "# domalloc heap profile 1\n# pid 7 rank 0 host h elapsed_ms 5 sample_bytes 524288 live_bytes 0 live_peak_bytes 0\n\
+         # map {start:#x}-{:#x} 0x0 {lib}\n\
+         # site 1 524288 524288 524288 0 0 0 524288,0,0,0 64 1 {ra:#x}\n# sampled live_bytes 524288 peak 524288 dropped_samples 0\n",
+        start + data.len() as u64
+    );
+    std::fs::write(&path, body).unwrap();
+    let o = report(&["--prof"], &[path.to_str().unwrap().to_string()]);
+    let _ = std::fs::remove_file(&path);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!out.contains("_dl_debug_state"), "an address {delta:#x} past the one-byte _dl_debug_state is named after it:\n{out}");
+    assert!(out.contains(&format!("ld-linux-x86-64.so.2+{:#x}", file_off + delta + 1)), "not shown as module+offset:\n{out}");
+}

@@ -15,6 +15,49 @@ pub struct Allocator {
     pub what: String,
     /// Version reported by the probe (or the package), when known.
     pub version: String,
+    /// Environment variables every run under it gets (a `--variant` of another allocator).
+    pub env: Vec<(String, String)>,
+}
+
+impl Allocator {
+    /// Sets the allocator's variables on `cmd`, beside its `LD_PRELOAD` (removed for glibc).
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env_remove("LD_PRELOAD");
+        if let Some(p) = &self.path {
+            cmd.env("LD_PRELOAD", p);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+    }
+}
+
+/// `--variant NAME=BASE:VAR=VALUE[;VAR=VALUE...]`: allocator BASE again, as column NAME, with
+/// those environment variables (`domalloc+prof=domalloc:DOMALLOC_PROF=1`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Variant {
+    /// The column's name.
+    pub name: String,
+    /// The allocator it runs.
+    pub base: String,
+    /// The variables it sets.
+    pub env: Vec<(String, String)>,
+}
+
+impl std::str::FromStr for Variant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Variant, String> {
+        let form = "takes NAME=BASE:VAR=VALUE[;VAR=VALUE...], e.g. domalloc+prof=domalloc:DOMALLOC_PROF=1";
+        let (name, rest) = s.split_once('=').ok_or(form)?;
+        let (base, vars) = rest.split_once(':').ok_or(form)?;
+        let env = vars
+            .split(';')
+            .filter(|v| !v.is_empty())
+            .map(|v| v.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or(form))
+            .collect::<Result<Vec<_>, _>>()?;
+        if name.is_empty() || base.is_empty() || env.is_empty() || name == base {
+            return Err(form.into());
+        }
+        Ok(Variant { name: name.into(), base: base.into(), env })
+    }
 }
 
 /// An allocator that was looked for and not used, with the reason.
@@ -35,6 +78,8 @@ pub struct Search {
     pub domalloc: Option<PathBuf>,
     /// `--lib NAME=PATH` extras (override a built-in of the same name).
     pub extra: Vec<(String, PathBuf)>,
+    /// `--variant` columns: other allocators run with environment variables.
+    pub variants: Vec<Variant>,
 }
 
 /// Records a found (path) or skipped (reason) allocator.
@@ -95,10 +140,11 @@ pub fn discover(search: &Search) -> (Vec<Allocator>, Vec<Skipped>) {
         path: None,
         what: format!("system malloc (glibc {})", glibc_version()),
         version: String::new(),
+        env: Vec::new(),
     });
     // Absolute paths: the apps part runs programs in other directories.
     let mut add = |name: &str, path: Option<PathBuf>, what: String, missing: String| match path {
-        Some(p) => found.push(Allocator { name: name.into(), path: Some(std::fs::canonicalize(&p).unwrap_or(p)), what, version: String::new() }),
+        Some(p) => found.push(Allocator { name: name.into(), path: Some(std::fs::canonicalize(&p).unwrap_or(p)), what, version: String::new(), env: Vec::new() }),
         None => skipped.push(Skipped { name: name.into(), why: missing }),
     };
 
@@ -142,9 +188,23 @@ pub fn discover(search: &Search) -> (Vec<Allocator>, Vec<Skipped>) {
         skipped.retain(|s| &s.name != name);
         if path.is_file() {
             let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            found.push(Allocator { name: name.clone(), path: Some(path), what: "--lib".into(), version: String::new() });
+            found.push(Allocator { name: name.clone(), path: Some(path), what: "--lib".into(), version: String::new(), env: Vec::new() });
         } else {
             skipped.push(Skipped { name: name.clone(), why: format!("{} not found (--lib)", path.display()) });
+        }
+    }
+    for v in &search.variants {
+        found.retain(|a| a.name != v.name);
+        skipped.retain(|s| s.name != v.name);
+        let vars: Vec<String> = v.env.iter().map(|(k, x)| format!("{k}={x}")).collect();
+        match found.iter().find(|a| a.name == v.base).cloned() {
+            Some(mut a) => {
+                a.what = format!("{} with {}", v.base, vars.join(" "));
+                a.name = v.name.clone();
+                a.env.extend(v.env.iter().cloned());
+                found.push(a);
+            }
+            None => skipped.push(Skipped { name: v.name.clone(), why: format!("--variant of {}, which is not available", v.base) }),
         }
     }
     (found, skipped)
@@ -167,10 +227,8 @@ pub fn probe_under(wrapper: &[String], workloads_bin: &Path, a: &mut Allocator) 
         }
         None => Command::new(workloads_bin),
     };
-    cmd.arg("probe").env_remove("LD_PRELOAD");
-    if let Some(p) = &a.path {
-        cmd.env("LD_PRELOAD", p);
-    }
+    cmd.arg("probe");
+    a.apply(&mut cmd);
     let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", Path::new(cmd.get_program()).display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

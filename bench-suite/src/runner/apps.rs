@@ -163,10 +163,7 @@ fn c_sources() -> Vec<PathBuf> {
 }
 
 fn preload_env(cmd: &mut Command, a: &Allocator) {
-    cmd.env_remove("LD_PRELOAD");
-    if let Some(p) = &a.path {
-        cmd.env("LD_PRELOAD", p);
-    }
+    a.apply(cmd);
 }
 
 fn read(p: &Path) -> String {
@@ -228,6 +225,9 @@ fn hpcc(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, String
     }
     if a.path.is_some() {
         cmd.args(["-x", "LD_PRELOAD"]);
+    }
+    for (k, _) in &a.env {
+        cmd.args(["-x", k]);
     }
     cmd.arg("hpcc");
     preload_env(&mut cmd, a);

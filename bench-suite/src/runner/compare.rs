@@ -36,10 +36,7 @@ impl Runner<'_> {
         if !self.s.pin {
             cmd.arg("--no-pin");
         }
-        cmd.env_remove("LD_PRELOAD");
-        if let Some(p) = &a.path {
-            cmd.env("LD_PRELOAD", p);
-        }
+        a.apply(&mut cmd);
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null()).stdout(file.try_clone().expect("dup log")).stderr(file);
         let m = measure::run(&mut cmd, Duration::from_secs_f64(self.s.timeout));

@@ -270,7 +270,7 @@ pub fn run(s: &Settings, bin: &Path, dir: &Path) -> Result<usize, String> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
     let runner = Runner { s: &settings, bin: bin.to_path_buf(), logs };
-    let a = Allocator { name: "domalloc-contention".into(), path: Some(lib.clone()), what: String::new(), version: String::new() };
+    let a = Allocator { name: "domalloc-contention".into(), path: Some(lib.clone()), what: String::new(), version: String::new(), env: Vec::new() };
     let mut rows = Vec::new();
     let mut failed = 0;
     for w in WORKLOADS {

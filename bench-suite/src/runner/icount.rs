@@ -155,10 +155,7 @@ pub fn run_one(bin: &Path, w: &str, a: &Allocator, scale: f64, threads: u64, cg_
     let mut cmd = Command::new("valgrind");
     cmd.args(valgrind_args()).arg(format!("--callgrind-out-file={}", cg_file.display())).arg(bin);
     cmd.args([w, "--scale", &scale.to_string(), "--threads", &threads.to_string(), "--no-pin"]);
-    cmd.env_remove("LD_PRELOAD");
-    if let Some(p) = &a.path {
-        cmd.env("LD_PRELOAD", p);
-    }
+    a.apply(&mut cmd);
     // SAFETY: personality(2) is a plain system call, safe between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

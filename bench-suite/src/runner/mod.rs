@@ -112,6 +112,10 @@ pub struct Options {
     /// Add another allocator (or override a built-in one)
     #[arg(long = "lib", value_name = "NAME=PATH", value_parser = name_path)]
     pub libs: Vec<(String, PathBuf)>,
+    /// Another column: allocator BASE run with environment variables, e.g.
+    /// `domalloc+prof=domalloc:DOMALLOC_PROF=1` (several: `;`-separated; then name it in --allocators)
+    #[arg(long = "variant", value_name = "NAME=BASE:VAR=VALUE")]
+    pub variants: Vec<allocators::Variant>,
     /// Leave an allocator out, reporting REASON (scripts/bench.sh uses it when a build failed;
     /// `domalloc-contention=REASON` skips the contention part's library)
     #[arg(long, value_name = "NAME=REASON", value_parser = name_reason)]
@@ -217,7 +221,12 @@ impl Settings {
             parts.insert(0, Part::Main); // the NUMA section is part of the main report
         }
         parts.dedup();
-        let search = Search { mimalloc3: opts.mimalloc3.clone(), domalloc: opts.domalloc.clone(), extra: opts.libs.clone() };
+        let search = Search {
+            mimalloc3: opts.mimalloc3.clone(),
+            domalloc: opts.domalloc.clone(),
+            extra: opts.libs.clone(),
+            variants: opts.variants.clone(),
+        };
         Settings {
             reps: opts.reps.map_or(if q { 2 } else { 3 }, |r| r as usize),
             scale: opts.scale.unwrap_or(if q { 0.1 } else { 1.0 }),
@@ -477,6 +486,13 @@ mod tests {
         assert_eq!(s.search.extra, vec![("x".to_string(), PathBuf::from("/a/b"))]);
         assert_eq!((s.skip_reason("y"), s.skip_reason("z")), (Some("why"), Some("--skip")));
         assert_eq!(s.opts.workloads, Some(vec!["a".to_string(), "b".to_string()]));
+        let s = settings(&["--variant", "domalloc+prof=domalloc:DOMALLOC_PROF=1;DOMALLOC_PROF_SAMPLE=1M"]);
+        let v = &s.search.variants[0];
+        assert_eq!((v.name.as_str(), v.base.as_str()), ("domalloc+prof", "domalloc"));
+        assert_eq!(v.env, [("DOMALLOC_PROF".into(), "1".into()), ("DOMALLOC_PROF_SAMPLE".into(), "1M".into())]);
+        for bad in ["x", "x=domalloc", "x=domalloc:", "x=domalloc:A", "domalloc=domalloc:A=1"] {
+            assert!(Options::try_parse_from(["bench", "--variant", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

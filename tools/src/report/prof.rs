@@ -143,11 +143,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Profile, String> {
     Ok(p)
 }
 
-/// One module opened for symbolisation: its loader and `PT_LOAD` segments (file offset, file
-/// size, virtual address).
+/// One module opened for symbolisation: its loader, `PT_LOAD` segments (file offset, file
+/// size, virtual address) and the sizes of its symbols by address (the largest where several
+/// share one; 0: not known).
 struct Module {
     loader: addr2line::Loader,
     segments: Vec<(u64, u64, u64)>,
+    sizes: HashMap<u64, u64>,
 }
 
 /// Symbolises return addresses module by module, opening each file once.
@@ -163,12 +165,15 @@ impl Symbolizer {
             .entry(path.to_string())
             .or_insert_with(|| {
                 let data = std::fs::read(path).ok()?;
-                let segments = {
-                    use object::{Object, ObjectSegment};
-                    let file = object::File::parse(&*data).ok()?;
-                    file.segments().map(|s| (s.file_range().0, s.file_range().1, s.address())).collect()
-                };
-                Some(Module { loader: addr2line::Loader::new(path).ok()?, segments })
+                use object::{Object, ObjectSegment, ObjectSymbol};
+                let file = object::File::parse(&*data).ok()?;
+                let segments = file.segments().map(|s| (s.file_range().0, s.file_range().1, s.address())).collect();
+                let mut sizes = HashMap::new();
+                for sym in file.symbols().chain(file.dynamic_symbols()) {
+                    let e = sizes.entry(sym.address()).or_insert(0);
+                    *e = sym.size().max(*e);
+                }
+                Some(Module { loader: addr2line::Loader::new(path).ok()?, segments, sizes })
             })
             .as_ref()
     }
@@ -209,7 +214,14 @@ impl Symbolizer {
                     }
                 }
                 if out.is_empty() {
-                    out.push(clean(&addr2line::demangle_auto(md.loader.find_symbol(probe)?.into(), None)));
+                    // The symbol before the address, unless the address lies past its end: a
+                    // function the table does not list (stripped code; the loader's internals).
+                    let sym = md.loader.find_symbol_info(probe)?;
+                    let size = md.sizes.get(&sym.address()).copied().unwrap_or(0);
+                    if size != 0 && probe >= sym.address() + size {
+                        return None;
+                    }
+                    out.push(clean(&addr2line::demangle_auto(sym.name().into(), None)));
                 }
                 out.reverse(); // find_frames gives the innermost (inlined) frame first
                 Some(out)
