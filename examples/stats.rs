@@ -29,6 +29,11 @@ fn main() {
     }
     let live = s.total(|n| n.allocs) - s.total(|n| n.frees);
     assert!(live > small.len() as u64, "at least the blocks we hold are live ({live})");
-    println!("stats: {} node(s), NUMA logic {}, {} small blocks kept", nodes.len(), if s.numa { "on" } else { "off" }, small.len());
+    println!(
+        "stats: {} node(s), NUMA logic {}, {} small blocks kept",
+        nodes.len(),
+        if s.numa { "on" } else { "off" },
+        small.len()
+    );
     domalloc::print_stats(); // the text report, on stderr
 }

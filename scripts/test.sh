@@ -34,6 +34,14 @@ if command -v rustup >/dev/null; then
 fi
 
 T0=$SECONDS
+step "formatting: the whole tree as rustfmt.toml says (cargo fmt --check)"
+if command -v rustup >/dev/null; then
+    rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+fi
+cargo fmt --all -- --check
+(cd loom-model && cargo fmt -- --check)
+(cd fuzz && cargo fmt -- --check)
+
 step "unit and integration tests (cargo test --workspace)"
 cargo test --workspace --exclude domalloc-numa-tests 2>&1
 

@@ -55,8 +55,8 @@ pub use allocator_api2;
 use core::alloc::{GlobalAlloc, Layout};
 
 pub use crate::api::node_api::{alloc_interleaved, alloc_on_node, hbw, HighBandwidth, Interleaved, Node};
-pub use crate::sys::os::{NodeMask, PurgeMode, Signal};
 pub use crate::api::stats::{prof_dump, prof_start, prof_stop, stats, ClassStats, NodeStats, Stats};
+pub use crate::sys::os::{NodeMask, PurgeMode, Signal};
 
 use api::{alloc, node_api};
 use sys::os;

@@ -18,7 +18,6 @@
 // fails with "cannot allocate memory in static TLS block". That debugging build is not for
 // plugins (the README says so); the other builds run these tests.
 #![cfg(not(feature = "quarantine"))]
-
 // SAFETY (all unsafe blocks in this file): dlopen/dlsym/dlclose of the plugin built here, whose
 // two functions have the signatures declared; plain libc calls.
 #![allow(clippy::undocumented_unsafe_blocks)]

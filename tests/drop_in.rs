@@ -558,7 +558,6 @@ fn fork_during_remote_frees_does_not_hang() {
 
 // ---- 4. idle RSS ----
 
-
 const IDLE_BLOCKS: usize = 400_000;
 const IDLE_SLACK: u64 = 16 << 20;
 

@@ -29,9 +29,7 @@ struct Blk {
 }
 
 fn byte_at(seed: u64, i: usize) -> u8 {
-    let x = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(i as u64 / 8);
+    let x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64 / 8);
     (x ^ (x >> 29) ^ (i as u64)) as u8
 }
 
@@ -66,13 +64,7 @@ impl Blk {
         for i in offsets(self.layout.size()) {
             // SAFETY: i < size, inside the live block.
             let v = unsafe { *self.p.add(i) };
-            assert_eq!(
-                v,
-                byte_at(self.seed, i),
-                "block {:p} ({} B) damaged at byte {i}",
-                self.p,
-                self.layout.size()
-            );
+            assert_eq!(v, byte_at(self.seed, i), "block {:p} ({} B) damaged at byte {i}", self.p, self.layout.size());
         }
     }
 }
@@ -87,17 +79,7 @@ impl Drop for Blk {
 
 /// A working set of every kind of block: small, large, huge.
 fn working_set(seed: u64) -> Vec<Blk> {
-    let sizes = [
-        8,
-        24,
-        100,
-        1000,
-        5000,
-        40 << 10,
-        200 << 10,
-        900 << 10,
-        3 << 20,
-    ];
+    let sizes = [8, 24, 100, 1000, 5000, 40 << 10, 200 << 10, 900 << 10, 3 << 20];
     let mut v = Vec::new();
     for (k, &s) in sizes.iter().cycle().take(90).enumerate() {
         v.push(Blk::new(s, 8, seed + k as u64).expect("working set allocation failed"));
@@ -164,27 +146,13 @@ fn runtime_all_mappings_fail() {
         let w = working_set(1);
         domalloc::set_fault_injection(1, 0);
         let huge = Blk::new(4 << 20, 8, 7);
-        assert!(
-            huge.is_none(),
-            "a huge allocation succeeded with every mapping failing"
-        );
+        assert!(huge.is_none(), "a huge allocation succeeded with every mapping failing");
         let aligned = Blk::new(64 << 10, 1 << 20, 8);
-        assert!(
-            aligned.is_none(),
-            "a 1 MiB-aligned allocation succeeded with every mapping failing"
-        );
+        assert!(aligned.is_none(), "a 1 MiB-aligned allocation succeeded with every mapping failing");
         let (large, failed) = until_null(512 << 10, 4096, 100);
-        assert!(
-            failed,
-            "large allocations never failed ({} served)",
-            large.len()
-        );
+        assert!(failed, "large allocations never failed ({} served)", large.len());
         let (small, failed) = until_null(64, 1 << 22, 10_000);
-        assert!(
-            failed,
-            "small allocations never failed ({} served)",
-            small.len()
-        );
+        assert!(failed, "small allocations never failed ({} served)", small.len());
         // A fresh thread: its heap may need a mapping.
         std::thread::spawn(|| {
             if let Some(b) = Blk::new(48, 8, 5) {
@@ -198,10 +166,7 @@ fn runtime_all_mappings_fail() {
         for b in [small.last(), large.last()].into_iter().flatten() {
             // SAFETY: a live block of `A` with its layout; on null it stays ours (checked below).
             let q = unsafe { A.realloc(b.p, b.layout, 8 << 20) };
-            assert!(
-                q.is_null(),
-                "realloc to a huge size succeeded with every mapping failing"
-            );
+            assert!(q.is_null(), "realloc to a huge size succeeded with every mapping failing");
             b.verify();
         }
         for x in w.iter().chain(&large).chain(&small) {
@@ -222,11 +187,7 @@ fn runtime_fail_after() {
         domalloc::set_fault_injection(0, 3);
         let (huge, failed) = until_null(6 << 20, 100, 50);
         assert!(failed, "huge allocations kept succeeding");
-        assert!(
-            huge.len() <= 3,
-            "{} huge blocks served after 3 allowed mappings",
-            huge.len()
-        );
+        assert!(huge.len() <= 3, "{} huge blocks served after 3 allowed mappings", huge.len());
         domalloc::set_fault_injection(0, 0);
         drop(huge);
         assert_allocates_normally(30);
@@ -238,93 +199,78 @@ fn runtime_fail_after() {
 /// allocations fail, none crash, live blocks keep their contents.
 #[test]
 fn env_fail_every() {
-    case(
-        "env_fail_every",
-        &[("DOMALLOC_FAIL_MAP_EVERY", "7")],
-        || {
-            let mut rng = 0x1234_5678_9abc_def0u64;
-            let mut next = || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng
+    case("env_fail_every", &[("DOMALLOC_FAIL_MAP_EVERY", "7")], || {
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut live: Vec<Blk> = Vec::new();
+        let (mut nulls, mut served) = (0, 0);
+        for k in 0..6000u64 {
+            let r = next();
+            if r % 3 == 0 && !live.is_empty() {
+                let i = (next() as usize) % live.len();
+                live.swap_remove(i);
+                continue;
+            }
+            let size = match r % 10 {
+                0 => (1 << 20) + (next() as usize % (5 << 20)),
+                1 | 2 => (128 << 10) + (next() as usize % (896 << 10)),
+                _ => 1 + next() as usize % 20000,
             };
-            let mut live: Vec<Blk> = Vec::new();
-            let (mut nulls, mut served) = (0, 0);
-            for k in 0..6000u64 {
-                let r = next();
-                if r % 3 == 0 && !live.is_empty() {
-                    let i = (next() as usize) % live.len();
-                    live.swap_remove(i);
-                    continue;
+            match Blk::new(size, 8, k) {
+                Some(b) => {
+                    served += 1;
+                    live.push(b);
                 }
-                let size = match r % 10 {
-                    0 => (1 << 20) + (next() as usize % (5 << 20)),
-                    1 | 2 => (128 << 10) + (next() as usize % (896 << 10)),
-                    _ => 1 + next() as usize % 20000,
-                };
-                match Blk::new(size, 8, k) {
-                    Some(b) => {
-                        served += 1;
-                        live.push(b);
-                    }
-                    None => nulls += 1,
-                }
-                if live.len() > 200 {
-                    live.swap_remove(0);
-                }
+                None => nulls += 1,
             }
-            println!("served {served}, null {nulls}");
-            assert!(
-                nulls > 0,
-                "no allocation failed with every 7th mapping failing"
-            );
-            assert!(served > nulls, "most allocations should still succeed");
-            for b in &live {
-                b.verify();
+            if live.len() > 200 {
+                live.swap_remove(0);
             }
-            domalloc::set_fault_injection(0, 0);
-            assert_allocates_normally(40);
-            drop(live);
-        },
-    );
+        }
+        println!("served {served}, null {nulls}");
+        assert!(nulls > 0, "no allocation failed with every 7th mapping failing");
+        assert!(served > nulls, "most allocations should still succeed");
+        for b in &live {
+            b.verify();
+        }
+        domalloc::set_fault_injection(0, 0);
+        assert_allocates_normally(40);
+        drop(live);
+    });
 }
 
 /// `DOMALLOC_FAIL_MAP_AFTER`: after N mappings everything needing a new one fails; switching
 /// the faults off at run time brings allocation back.
 #[test]
 fn env_fail_after() {
-    case(
-        "env_fail_after",
-        &[("DOMALLOC_FAIL_MAP_AFTER", "12")],
-        || {
-            let mut kept = Vec::new();
-            let mut failed = false;
-            for k in 0..64 {
-                match Blk::new(2 << 20, 8, k) {
-                    Some(b) => kept.push(b),
-                    None => {
-                        failed = true;
-                        break;
-                    }
+    case("env_fail_after", &[("DOMALLOC_FAIL_MAP_AFTER", "12")], || {
+        let mut kept = Vec::new();
+        let mut failed = false;
+        for k in 0..64 {
+            match Blk::new(2 << 20, 8, k) {
+                Some(b) => kept.push(b),
+                None => {
+                    failed = true;
+                    break;
                 }
             }
-            assert!(failed, "allocations never failed after 12 mappings");
-            assert!(kept.len() <= 12);
-            let (small, small_failed) = until_null(1000, 1 << 20, 500);
-            assert!(
-                small_failed,
-                "small allocations never failed ({})",
-                small.len()
-            );
-            for b in kept.iter().chain(&small) {
-                b.verify();
-            }
-            domalloc::set_fault_injection(0, 0);
-            assert_allocates_normally(50);
-            drop((kept, small));
-        },
-    );
+        }
+        assert!(failed, "allocations never failed after 12 mappings");
+        assert!(kept.len() <= 12);
+        let (small, small_failed) = until_null(1000, 1 << 20, 500);
+        assert!(small_failed, "small allocations never failed ({})", small.len());
+        for b in kept.iter().chain(&small) {
+            b.verify();
+        }
+        domalloc::set_fault_injection(0, 0);
+        assert_allocates_normally(50);
+        drop((kept, small));
+    });
 }
 
 /// A failure while the allocator initialises (its very first mappings) leaves it unable to
@@ -332,20 +278,14 @@ fn env_fail_after() {
 /// again is checked by `init_failure_recovers` (a known gap).
 #[test]
 fn init_failure_returns_null() {
-    case(
-        "init_failure_returns_null",
-        &[("DOMALLOC_FAIL_MAP_EVERY", "1")],
-        || {
-            assert!(Blk::new(64, 8, 1).is_none());
-            assert!(Blk::new(300 << 10, 8, 1).is_none());
-            assert!(Blk::new(4 << 20, 8, 1).is_none());
-            // SAFETY: null is allowed.
-            assert_eq!(unsafe { domalloc::raw::usable_size(std::ptr::null()) }, 0);
-            std::thread::spawn(|| assert!(Blk::new(64, 8, 2).is_none()))
-                .join()
-                .unwrap();
-        },
-    );
+    case("init_failure_returns_null", &[("DOMALLOC_FAIL_MAP_EVERY", "1")], || {
+        assert!(Blk::new(64, 8, 1).is_none());
+        assert!(Blk::new(300 << 10, 8, 1).is_none());
+        assert!(Blk::new(4 << 20, 8, 1).is_none());
+        // SAFETY: null is allowed.
+        assert_eq!(unsafe { domalloc::raw::usable_size(std::ptr::null()) }, 0);
+        std::thread::spawn(|| assert!(Blk::new(64, 8, 2).is_none())).join().unwrap();
+    });
 }
 
 /// Initialisation that fails (every mapping fails at start-up) is not final: once mappings
@@ -354,30 +294,18 @@ fn init_failure_returns_null() {
 /// not make every later `malloc` return NULL. (Found by this test; fixed in the core.)
 #[test]
 fn init_failure_recovers() {
-    case(
-        "init_failure_recovers",
-        &[("DOMALLOC_FAIL_MAP_EVERY", "1")],
-        || {
-            assert!(Blk::new(64, 8, 1).is_none());
-            domalloc::set_fault_injection(0, 0);
-            assert!(
-                Blk::new(64, 8, 1).is_some(),
-                "still failing after the faults were switched off"
-            );
-            assert_allocates_normally(60);
-        },
-    );
+    case("init_failure_recovers", &[("DOMALLOC_FAIL_MAP_EVERY", "1")], || {
+        assert!(Blk::new(64, 8, 1).is_none());
+        domalloc::set_fault_injection(0, 0);
+        assert!(Blk::new(64, 8, 1).is_some(), "still failing after the faults were switched off");
+        assert_allocates_normally(60);
+    });
 }
 
 fn vm_size() -> usize {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = s.lines().find(|l| l.starts_with("VmSize:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<usize>()
-        .unwrap()
-        * 1024
+    line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
 }
 
 /// Under an address-space limit (`ulimit -v`): allocations bigger than what is left return
@@ -391,25 +319,16 @@ fn rlimit_address_space() {
         let mut kept: Vec<Blk> = Vec::with_capacity(1024);
         let mut small: Vec<Blk> = Vec::with_capacity(200_000);
         let limit = vm_size() + (384 << 20);
-        let r = libc::rlimit {
-            rlim_cur: limit as libc::rlim_t,
-            rlim_max: libc::RLIM_INFINITY,
-        };
+        let r = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: libc::RLIM_INFINITY };
         // SAFETY: a plain syscall with a valid struct.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &r) }, 0);
         // Too big for what is left: null, not a crash.
         for size in [1usize << 30, 512 << 20, 400 << 20] {
-            assert!(
-                Blk::new(size, 8, 3).is_none(),
-                "{size} bytes fit under a 384 MiB headroom?"
-            );
+            assert!(Blk::new(size, 8, 3).is_none(), "{size} bytes fit under a 384 MiB headroom?");
         }
         // Small blocks keep working.
         for k in 0..100_000 {
-            small.push(
-                Blk::new(16 + k % 240, 8, k as u64)
-                    .expect("small allocation failed under the limit"),
-            );
+            small.push(Blk::new(16 + k % 240, 8, k as u64).expect("small allocation failed under the limit"));
         }
         // Fill the address space with 8 MiB blocks until the allocator says no.
         let mut failed = false;
@@ -428,24 +347,13 @@ fn rlimit_address_space() {
         for b in w.iter().chain(&small).chain(&kept).chain(&more) {
             b.verify();
         }
-        println!(
-            "at the limit: {} big blocks, {} more small ones",
-            kept.len(),
-            more.len()
-        );
+        println!("at the limit: {} big blocks, {} more small ones", kept.len(), more.len());
         // Free the big blocks (and the huge cache): there is room again.
         kept.clear();
         domalloc::collect(true);
-        assert!(
-            Blk::new(8 << 20, 8, 7).is_some(),
-            "no room for an 8 MiB block after freeing"
-        );
+        assert!(Blk::new(8 << 20, 8, 7).is_some(), "no room for an 8 MiB block after freeing");
         let (again, failed) = until_null(64, 50_000, 3_000_000);
-        assert!(
-            !failed,
-            "small allocations failed after freeing ({} served)",
-            again.len()
-        );
+        assert!(!failed, "small allocations failed after freeing ({} served)", again.len());
         drop((w, small, more, again));
     });
 }
@@ -459,43 +367,36 @@ fn rlimit_address_space() {
 /// allocation happens to purge them.
 #[test]
 fn oom_then_recovery_large_blocks_freed_make_room() {
-    case(
-        "oom_then_recovery_large_blocks_freed_make_room",
-        &[("DOMALLOC_PURGE_DELAY", "100")],
-        || {
-            let mut kept: Vec<Blk> = Vec::with_capacity(4096);
-            let limit = vm_size() + 400_000 * 1024;
-            let r = libc::rlimit {
-                rlim_cur: limit as libc::rlim_t,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            // SAFETY: a plain syscall with a valid struct.
-            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &r) }, 0);
-            let mut failed = false;
-            for k in 0..4096 {
-                match Blk::new(1 << 20, 16, k) {
-                    Some(b) => kept.push(b),
-                    None => {
-                        failed = true;
-                        break;
-                    }
+    case("oom_then_recovery_large_blocks_freed_make_room", &[("DOMALLOC_PURGE_DELAY", "100")], || {
+        let mut kept: Vec<Blk> = Vec::with_capacity(4096);
+        let limit = vm_size() + 400_000 * 1024;
+        let r = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: a plain syscall with a valid struct.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &r) }, 0);
+        let mut failed = false;
+        for k in 0..4096 {
+            match Blk::new(1 << 20, 16, k) {
+                Some(b) => kept.push(b),
+                None => {
+                    failed = true;
+                    break;
                 }
             }
-            assert!(failed, "1 MiB blocks never failed under the limit");
-            let n = kept.len();
-            kept.clear(); // verified and freed
-            let big = Blk::new(64 << 20, 16, 7);
-            assert!(
-                big.is_some(),
-                "malloc(64 MiB) returned null after {n} blocks of 1 MiB were freed (address-space \
+        }
+        assert!(failed, "1 MiB blocks never failed under the limit");
+        let n = kept.len();
+        kept.clear(); // verified and freed
+        let big = Blk::new(64 << 20, 16, 7);
+        assert!(
+            big.is_some(),
+            "malloc(64 MiB) returned null after {n} blocks of 1 MiB were freed (address-space \
                  limit 400000 KiB above the start): freed memory is not usable again"
-            );
-            drop(big);
-            let (again, failed) = until_null(1 << 20, n / 2, 9);
-            assert!(!failed, "only {} of {} blocks of 1 MiB fit again after freeing", again.len(), n / 2);
-            println!("oom then recovery: {n} blocks of 1 MiB until null, then 64 MiB and {} x 1 MiB again", again.len());
-        },
-    );
+        );
+        drop(big);
+        let (again, failed) = until_null(1 << 20, n / 2, 9);
+        assert!(!failed, "only {} of {} blocks of 1 MiB fit again after freeing", again.len(), n / 2);
+        println!("oom then recovery: {n} blocks of 1 MiB until null, then 64 MiB and {} x 1 MiB again", again.len());
+    });
 }
 
 /// Environment variable (not an allocator option) that passes the cgroup to the child.
@@ -621,7 +522,8 @@ fn every_entry_point_fails_with_enomem_under_rlimit_as() {
         use std::ffi::c_void;
         use std::sync::{Arc, Barrier};
         const THREADS: usize = 8;
-        const FUNCS: [&str; 8] = ["malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc"];
+        const FUNCS: [&str; 8] =
+            ["malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc"];
         fn errno() -> i32 {
             // SAFETY: the calling thread's errno.
             unsafe { *libc::__errno_location() }
@@ -675,7 +577,11 @@ fn every_entry_point_fails_with_enomem_under_rlimit_as() {
             if e == libc::ENOMEM && (f != 3 || ret == libc::ENOMEM) {
                 return Err(None);
             }
-            Err(Some(format!("{}({size}) failed with errno {e} (return value {ret}), not ENOMEM ({})", FUNCS[f], libc::ENOMEM)))
+            Err(Some(format!(
+                "{}({size}) failed with errno {e} (return value {ret}), not ENOMEM ({})",
+                FUNCS[f],
+                libc::ENOMEM
+            )))
         }
         let start = Arc::new(Barrier::new(THREADS + 1));
         let end = Arc::new(Barrier::new(THREADS + 1));

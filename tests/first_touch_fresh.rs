@@ -78,7 +78,11 @@ fn scenario_fresh_is_untouched() {
     let (mut used, mut fresh) = (Vec::new(), Vec::new());
     for list in [&small, &large] {
         for (i, &s) in list.iter().enumerate() {
-            if i % 2 == 0 { used.push(s) } else { fresh.push(s) }
+            if i % 2 == 0 {
+                used.push(s)
+            } else {
+                fresh.push(s)
+            }
         }
     }
     for &s in &used {
@@ -88,10 +92,21 @@ fn scenario_fresh_is_untouched() {
     for (k, &s) in fresh.iter().enumerate() {
         let l = Layout::from_size_align(s, 16).unwrap();
         let zeroed = k % 2 == 1;
-        let v: Vec<*mut u8> = (0..8).map(|_| unsafe { if zeroed { alloc_zeroed(l) } else { alloc(l) } }).collect();
+        let v: Vec<*mut u8> = (0..8)
+            .map(|_| unsafe {
+                if zeroed {
+                    alloc_zeroed(l)
+                } else {
+                    alloc(l)
+                }
+            })
+            .collect();
         let (pages, res): (usize, usize) = v.iter().fold((0, 0), |(a, b), &p| (a + s / PAGE, b + resident(p, s)));
         if res > 0 {
-            bad.push(format!("size {s} ({}): {res} of ~{pages} pages already resident", if zeroed { "zeroed" } else { "alloc" }));
+            bad.push(format!(
+                "size {s} ({}): {res} of ~{pages} pages already resident",
+                if zeroed { "zeroed" } else { "alloc" }
+            ));
         }
         for &p in &v {
             unsafe { dealloc(p, l) };
@@ -104,7 +119,6 @@ fn scenario_fresh_is_untouched() {
         assert!(bad.is_empty(), "memory handed out as fresh was touched before:\n{}", bad.join("\n"));
     }
 }
-
 
 #[test]
 fn fresh_is_untouched() {
@@ -138,7 +152,15 @@ fn scenario_recycled_blocks() {
         for &p in &v {
             unsafe { dealloc(p, l) };
         }
-        let again: Vec<*mut u8> = (0..4).map(|k| unsafe { if k % 2 == 0 { alloc(l) } else { alloc_zeroed(l) } }).collect();
+        let again: Vec<*mut u8> = (0..4)
+            .map(|k| unsafe {
+                if k % 2 == 0 {
+                    alloc(l)
+                } else {
+                    alloc_zeroed(l)
+                }
+            })
+            .collect();
         let res: usize = again.iter().map(|&p| resident(p, s)).sum();
         for (k, &p) in again.iter().enumerate() {
             if k % 2 == 1 {
@@ -209,6 +231,11 @@ fn run(name: &str, first_touch: &str) {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&root);
-    assert!(out.status.success(), "scenario failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scenario failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "scenario did not run");
 }

@@ -42,7 +42,8 @@ fn a_thread_that_only_frees_batches_its_remote_frees() {
     let before = domalloc::stats();
     let job = Job { blocks: table, n: BLOCKS };
     let mut t: libc::pthread_t = 0;
-    let rc = unsafe { libc::pthread_create(&mut t, core::ptr::null(), free_all, &job as *const Job as *mut libc::c_void) };
+    let rc =
+        unsafe { libc::pthread_create(&mut t, core::ptr::null(), free_all, &job as *const Job as *mut libc::c_void) };
     assert_eq!(rc, 0);
     assert_eq!(unsafe { libc::pthread_join(t, core::ptr::null_mut()) }, 0);
     let after = domalloc::stats();

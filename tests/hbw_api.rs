@@ -120,7 +120,9 @@ fn scenario(name: &str) {
             })
             .join()
             .unwrap();
-            std::thread::spawn(move || on1.iter().for_each(|&p| unsafe { hbw::free(p as *mut c_void) })).join().unwrap();
+            std::thread::spawn(move || on1.iter().for_each(|&p| unsafe { hbw::free(p as *mut c_void) }))
+                .join()
+                .unwrap();
             // Socket 0 again: still its own HBM node, not the memory socket 1 freed.
             let again = std::thread::spawn(|| allocations_for(0, 2)).join().unwrap();
             again.iter().for_each(|&p| unsafe { hbw::free(p as *mut c_void) });
@@ -148,7 +150,10 @@ fn scenario(name: &str) {
             assert_eq!(unsafe { hbw::posix_memalign_psize(&mut p, 64, 64, hbw::PAGESIZE_1GB) }, 22);
             assert_eq!(unsafe { hbw::posix_memalign_psize(&mut p, 64, 4 << 20, hbw::PAGESIZE_2MB) }, 0);
             assert_eq!(p as usize % (2 << 20), 0);
-            assert_eq!(domalloc::node_of(p.cast()), Some(domalloc::topology::get().hbw_node(domalloc::current_node()).unwrap()));
+            assert_eq!(
+                domalloc::node_of(p.cast()),
+                Some(domalloc::topology::get().hbw_node(domalloc::current_node()).unwrap())
+            );
             let q = p;
             assert_eq!(unsafe { hbw::verify_memory_region(std::ptr::null_mut(), 64, 0) }, 22);
             assert_eq!(unsafe { hbw::verify_memory_region(q, 64, 2) }, 22);
@@ -196,7 +201,11 @@ fn scenario(name: &str) {
             let mut buf = vec![0u8; 1 << 16];
             let n = unsafe { domalloc::c::stats_json(buf.as_mut_ptr().cast(), buf.len()) };
             let json = String::from_utf8_lossy(&buf[..n]).to_string();
-            let tiers = json.split("\"tiers\":{").nth(1).and_then(|t| t.split('}').next()).unwrap_or_else(|| panic!("no tiers in {json}"));
+            let tiers = json
+                .split("\"tiers\":{")
+                .nth(1)
+                .and_then(|t| t.split('}').next())
+                .unwrap_or_else(|| panic!("no tiers in {json}"));
             assert!(tiers.contains(&format!("\"hbw_bytes\":{}", 8 << 20)), "{tiers}");
             assert!(!tiers.contains("\"spills\":0"), "32 MiB of small blocks past an 8 MiB budget must spill: {tiers}");
         }
@@ -226,7 +235,12 @@ fn run(name: &str, hmat: bool, env: &[(&str, &str)]) {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&root);
-    assert!(out.status.success(), "scenario {name} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scenario {name} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "scenario {name} did not run");
 }
 

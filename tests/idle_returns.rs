@@ -52,7 +52,6 @@ fn scenario(name: &str, body: fn()) {
     eprintln!("{name}: {}", run.stdout.lines().find(|l| l.contains(" ok:")).unwrap_or("ok"));
 }
 
-
 fn nap_100ms() {
     unsafe {
         let ts = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
@@ -104,7 +103,12 @@ fn huge_block(small_calls: bool) {
         let peak = common::rss_now();
         assert!(peak > base + (60 << 20), "the block was not resident? base {base} peak {peak}");
         dealloc(p, l);
-        expect_back(if small_calls { "64 MiB block, small calls" } else { "64 MiB block, idle" }, base, peak, small_calls);
+        expect_back(
+            if small_calls { "64 MiB block, small calls" } else { "64 MiB block, idle" },
+            base,
+            peak,
+            small_calls,
+        );
     }
 }
 

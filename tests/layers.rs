@@ -138,7 +138,9 @@ fn problems(root: &Path) -> Vec<String> {
     let table = layers(&lib);
     let mut problems = Vec::new();
     if table.len() < 5 {
-        return vec!["the layer table in src/lib.rs was not found (rows `//! | N. name | `folder/` | faces | job |`)".into()];
+        return vec![
+            "the layer table in src/lib.rs was not found (rows `//! | N. name | `folder/` | faces | job |`)".into()
+        ];
     }
     let mut files = Vec::new();
     rs_files(root, &mut files);
@@ -157,12 +159,15 @@ fn problems(root: &Path) -> Vec<String> {
         let code = code_only(&std::fs::read_to_string(path).unwrap());
         for used in used_roots(&code) {
             match table.get(&used) {
-                Some(l) if l.number < own => problems.push(format!("{shown}: uses crate::{used} (layer {}) from layer {own}", l.number)),
+                Some(l) if l.number < own => {
+                    problems.push(format!("{shown}: uses crate::{used} (layer {}) from layer {own}", l.number))
+                }
                 Some(_) => {}
                 None => {
                     // An item of the crate root (`crate::stats()`): lib.rs is layer 1.
                     if own > 1 {
-                        problems.push(format!("{shown}: uses crate::{used} (an item of lib.rs, layer 1) from layer {own}"));
+                        problems
+                            .push(format!("{shown}: uses crate::{used} (an item of lib.rs, layer 1) from layer {own}"));
                     }
                 }
             }
@@ -171,7 +176,9 @@ fn problems(root: &Path) -> Vec<String> {
             let faces = &table[&folder].faces;
             for (m, private) in declared_modules(&code) {
                 if !private && !faces.contains(&m) {
-                    problems.push(format!("{shown}: module `{m}` is not private, and the table names no such face of `{folder}/`"));
+                    problems.push(format!(
+                        "{shown}: module `{m}` is not private, and the table names no such face of `{folder}/`"
+                    ));
                 }
             }
         }

@@ -52,7 +52,11 @@ fn rss_falls_back_after_large_working_set_is_freed() {
     eprintln!("rss: base {} MiB, peak {} MiB, after free+collect {} MiB", base >> 20, peak >> 20, after >> 20);
     assert!(after < base + (24 << 20), "RSS did not fall back: base {base} after {after}");
     // Everything this test allocated is accounted as freed.
-    assert!(small_in_use() <= in_use_before + 64, "stats: {} small blocks still in use (before: {in_use_before})", small_in_use());
+    assert!(
+        small_in_use() <= in_use_before + 64,
+        "stats: {} small blocks still in use (before: {in_use_before})",
+        small_in_use()
+    );
 }
 
 #[test]
@@ -91,8 +95,16 @@ fn thread_churn_stays_bounded() {
     }
     let s = domalloc::stats();
     let mapped: u64 = s.nodes[..s.node_count].iter().map(|n| n.mapped_bytes).sum();
-    eprintln!("3200 threads: mapped {} MiB (after warm-up {} MiB), live heaps {}", mapped >> 20, mapped_after_warmup >> 20, s.live_heaps);
-    assert!(mapped <= mapped_after_warmup + (16 << 20), "memory grows with thread churn: {mapped} vs {mapped_after_warmup}");
+    eprintln!(
+        "3200 threads: mapped {} MiB (after warm-up {} MiB), live heaps {}",
+        mapped >> 20,
+        mapped_after_warmup >> 20,
+        s.live_heaps
+    );
+    assert!(
+        mapped <= mapped_after_warmup + (16 << 20),
+        "memory grows with thread churn: {mapped} vs {mapped_after_warmup}"
+    );
     assert!(s.live_heaps < 64, "heaps of dead threads not recycled: {}", s.live_heaps);
     assert!(s.pages_from_arena + s.heaps_taken_over > 0, "pages of exited threads were never reused");
 }
@@ -120,5 +132,10 @@ fn stats_count_blocks_in_use_per_class() {
     drop(v);
     domalloc::collect(false);
     let after = domalloc::stats();
-    assert!(after.classes[c].in_use <= before.classes[c].in_use + 10, "{} vs {}", after.classes[c].in_use, before.classes[c].in_use);
+    assert!(
+        after.classes[c].in_use <= before.classes[c].in_use + 10,
+        "{} vs {}",
+        after.classes[c].in_use,
+        before.classes[c].in_use
+    );
 }

@@ -74,35 +74,25 @@ fn check_mode_only() -> bool {
 
 #[test]
 fn double_free_large() {
-    case(
-        "double_free_large",
-        &[],
-        &["free()", "double free"],
-        || unsafe {
-            let keep = raw::malloc(200 << 10); // keeps the span's segment busy
-            let p = raw::malloc(200 << 10);
-            raw::free(p);
-            expect_addr(p);
-            raw::free(p);
-            raw::free(keep);
-        },
-    );
+    case("double_free_large", &[], &["free()", "double free"], || unsafe {
+        let keep = raw::malloc(200 << 10); // keeps the span's segment busy
+        let p = raw::malloc(200 << 10);
+        raw::free(p);
+        expect_addr(p);
+        raw::free(p);
+        raw::free(keep);
+    });
 }
 
 #[test]
 fn double_free_huge_cached() {
-    case(
-        "double_free_huge_cached",
-        &[],
-        &["free()", "double free"],
-        || unsafe {
-            let p = raw::malloc(4 << 20);
-            *p = 1;
-            raw::free(p);
-            expect_addr(p);
-            raw::free(p);
-        },
-    );
+    case("double_free_huge_cached", &[], &["free()", "double free"], || unsafe {
+        let p = raw::malloc(4 << 20);
+        *p = 1;
+        raw::free(p);
+        expect_addr(p);
+        raw::free(p);
+    });
 }
 
 #[test]
@@ -124,172 +114,122 @@ fn double_free_huge_uncached() {
 
 #[test]
 fn free_interior_large() {
-    case(
-        "free_interior_large",
-        &[],
-        &["free()", "inside a large block"],
-        || unsafe {
-            let p = raw::malloc(200 << 10);
-            let q = p.add(4096 + 8);
-            expect_addr(q);
-            raw::free(q);
-        },
-    );
+    case("free_interior_large", &[], &["free()", "inside a large block"], || unsafe {
+        let p = raw::malloc(200 << 10);
+        let q = p.add(4096 + 8);
+        expect_addr(q);
+        raw::free(q);
+    });
 }
 
 #[test]
 fn free_interior_huge() {
-    case(
-        "free_interior_huge",
-        &[],
-        &["free()", "inside a huge block"],
-        || unsafe {
-            let p = raw::malloc(4 << 20);
-            let q = p.add(4096);
-            expect_addr(q);
-            raw::free(q);
-        },
-    );
+    case("free_interior_huge", &[], &["free()", "inside a huge block"], || unsafe {
+        let p = raw::malloc(4 << 20);
+        let q = p.add(4096);
+        expect_addr(q);
+        raw::free(q);
+    });
 }
 
 #[test]
 fn realloc_freed_large() {
-    case(
-        "realloc_freed_large",
-        &[],
-        &["realloc()", "double free"],
-        || unsafe {
-            let keep = raw::malloc(200 << 10);
-            let p = raw::malloc(200 << 10);
-            raw::free(p);
-            expect_addr(p);
-            raw::realloc(p, 200 << 10, 16);
-            raw::free(keep);
-        },
-    );
+    case("realloc_freed_large", &[], &["realloc()", "double free"], || unsafe {
+        let keep = raw::malloc(200 << 10);
+        let p = raw::malloc(200 << 10);
+        raw::free(p);
+        expect_addr(p);
+        raw::realloc(p, 200 << 10, 16);
+        raw::free(keep);
+    });
 }
 
 #[test]
 fn usable_size_freed_large() {
-    case(
-        "usable_size_freed_large",
-        &[],
-        &["malloc_usable_size()", "invalid pointer"],
-        || unsafe {
-            let keep = raw::malloc(200 << 10);
-            let p = raw::malloc(200 << 10);
-            raw::free(p);
-            expect_addr(p);
-            std::hint::black_box(raw::usable_size(p));
-            raw::free(keep);
-        },
-    );
+    case("usable_size_freed_large", &[], &["malloc_usable_size()", "invalid pointer"], || unsafe {
+        let keep = raw::malloc(200 << 10);
+        let p = raw::malloc(200 << 10);
+        raw::free(p);
+        expect_addr(p);
+        std::hint::black_box(raw::usable_size(p));
+        raw::free(keep);
+    });
 }
 
 // ---- pointers domalloc never returned ----
 
 #[test]
 fn free_stack_pointer() {
-    case(
-        "free_stack_pointer",
-        &[],
-        &["free()", "not allocated by domalloc"],
-        || unsafe {
-            let mut x = [0u8; 64];
-            let p = std::hint::black_box(x.as_mut_ptr());
-            expect_addr(p);
-            raw::free(p);
-        },
-    );
+    case("free_stack_pointer", &[], &["free()", "not allocated by domalloc"], || unsafe {
+        let mut x = [0u8; 64];
+        let p = std::hint::black_box(x.as_mut_ptr());
+        expect_addr(p);
+        raw::free(p);
+    });
 }
 
 static mut STATIC_BUF: [u64; 8] = [0; 8];
 
 #[test]
 fn free_static_pointer() {
-    case(
-        "free_static_pointer",
-        &[],
-        &["free()", "not allocated by domalloc"],
-        || unsafe {
-            let p = std::hint::black_box(std::ptr::addr_of_mut!(STATIC_BUF) as *mut u8);
-            expect_addr(p);
-            raw::free(p);
-        },
-    );
+    case("free_static_pointer", &[], &["free()", "not allocated by domalloc"], || unsafe {
+        let p = std::hint::black_box(std::ptr::addr_of_mut!(STATIC_BUF) as *mut u8);
+        expect_addr(p);
+        raw::free(p);
+    });
 }
 
 #[test]
 fn free_mmap_pointer() {
-    case(
-        "free_mmap_pointer",
-        &[],
-        &["free()", "not allocated by domalloc"],
-        || unsafe {
-            // Make sure domalloc has segments around, so the map is not empty.
-            let keep = raw::malloc(64);
-            let len = 8 << 20;
-            let m = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(m, libc::MAP_FAILED);
-            // A 4 MiB-aligned address inside the mapping: the form huge blocks take, so the
-            // look-up must reject it by the segment map, not by alignment.
-            let p = ((m as usize + (4 << 20) - 1) & !((4 << 20) - 1)) as *mut u8;
-            expect_addr(p);
-            raw::free(p);
-            raw::free(keep);
-        },
-    );
+    case("free_mmap_pointer", &[], &["free()", "not allocated by domalloc"], || unsafe {
+        // Make sure domalloc has segments around, so the map is not empty.
+        let keep = raw::malloc(64);
+        let len = 8 << 20;
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(m, libc::MAP_FAILED);
+        // A 4 MiB-aligned address inside the mapping: the form huge blocks take, so the
+        // look-up must reject it by the segment map, not by alignment.
+        let p = ((m as usize + (4 << 20) - 1) & !((4 << 20) - 1)) as *mut u8;
+        expect_addr(p);
+        raw::free(p);
+        raw::free(keep);
+    });
 }
 
 #[test]
 fn free_libc_malloc_pointer() {
-    case(
-        "free_libc_malloc_pointer",
-        &[],
-        &["free()", "not allocated by domalloc"],
-        || unsafe {
-            let p = libc::malloc(100) as *mut u8;
-            expect_addr(p);
-            raw::free(p);
-        },
-    );
+    case("free_libc_malloc_pointer", &[], &["free()", "not allocated by domalloc"], || unsafe {
+        let p = libc::malloc(100) as *mut u8;
+        expect_addr(p);
+        raw::free(p);
+    });
 }
 
 #[test]
 fn realloc_foreign_pointer() {
-    case(
-        "realloc_foreign_pointer",
-        &[],
-        &["realloc()", "invalid pointer"],
-        || unsafe {
-            let mut x = [0u8; 64];
-            let p = std::hint::black_box(x.as_mut_ptr());
-            expect_addr(p);
-            raw::realloc(p, 128, 8);
-        },
-    );
+    case("realloc_foreign_pointer", &[], &["realloc()", "invalid pointer"], || unsafe {
+        let mut x = [0u8; 64];
+        let p = std::hint::black_box(x.as_mut_ptr());
+        expect_addr(p);
+        raw::realloc(p, 128, 8);
+    });
 }
 
 #[test]
 fn usable_size_foreign_pointer() {
-    case(
-        "usable_size_foreign_pointer",
-        &[],
-        &["malloc_usable_size()", "invalid pointer"],
-        || unsafe {
-            let mut x = [0u8; 64];
-            let p = std::hint::black_box(x.as_mut_ptr());
-            expect_addr(p);
-            std::hint::black_box(raw::usable_size(p));
-        },
-    );
+    case("usable_size_foreign_pointer", &[], &["malloc_usable_size()", "invalid pointer"], || unsafe {
+        let mut x = [0u8; 64];
+        let p = std::hint::black_box(x.as_mut_ptr());
+        expect_addr(p);
+        std::hint::black_box(raw::usable_size(p));
+    });
 }
 
 // ---- small blocks: detected with `--features debug-invariants` only (owner thread) ----
@@ -299,19 +239,14 @@ fn double_free_small_check_mode() {
     if std::env::var(ENV).is_err() && !check_mode_only() {
         return;
     }
-    case(
-        "double_free_small_check_mode",
-        &[],
-        &["free()", "double free", "debug-invariants build"],
-        || unsafe {
-            let keep = raw::malloc(64);
-            let p = raw::malloc(64);
-            raw::free(p);
-            expect_addr(p);
-            raw::free(p);
-            raw::free(keep);
-        },
-    );
+    case("double_free_small_check_mode", &[], &["free()", "double free", "debug-invariants build"], || unsafe {
+        let keep = raw::malloc(64);
+        let p = raw::malloc(64);
+        raw::free(p);
+        expect_addr(p);
+        raw::free(p);
+        raw::free(keep);
+    });
 }
 
 #[test]
@@ -341,20 +276,15 @@ fn free_interior_small_check_mode() {
 /// checks `freed` in `realloc` (and `malloc_usable_size`); then remove the `ignore`.
 #[test]
 fn realloc_freed_huge() {
-    case(
-        "realloc_freed_huge",
-        &[],
-        &["realloc()", "double free"],
-        || unsafe {
-            let p = raw::malloc(4 << 20);
-            *p = 7;
-            raw::free(p);
-            expect_addr(p);
-            let q = raw::realloc(p, 3 << 20, 16);
-            let r = raw::malloc(4 << 20);
-            println!("realloc of the freed block returned {q:p}; the next 4 MiB block is {r:p}");
-        },
-    );
+    case("realloc_freed_huge", &[], &["realloc()", "double free"], || unsafe {
+        let p = raw::malloc(4 << 20);
+        *p = 7;
+        raw::free(p);
+        expect_addr(p);
+        let q = raw::realloc(p, 3 << 20, 16);
+        let r = raw::malloc(4 << 20);
+        println!("realloc of the freed block returned {q:p}; the next 4 MiB block is {r:p}");
+    });
 }
 
 // ---- small blocks: double and interior frees, detected in every build ----
@@ -398,9 +328,7 @@ fn double_free_small_48_by_owner_is_detected() {
 
 #[test]
 fn double_free_small_3000_by_owner_is_detected() {
-    case("double_free_small_3000_by_owner_is_detected", &[], &["free()", "double free"], || {
-        double_free_by_owner(3000)
-    });
+    case("double_free_small_3000_by_owner_is_detected", &[], &["free()", "double free"], || double_free_by_owner(3000));
 }
 
 /// The second free comes from another thread (one with a heap of its own: its frees of the

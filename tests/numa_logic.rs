@@ -180,7 +180,11 @@ fn scenario_migration_back_and_forth() {
             keep.extend(v);
         }
         let after = domalloc::stats();
-        assert!(after.migrations - before.migrations >= 60, "moves not followed: {} migrations", after.migrations - before.migrations);
+        assert!(
+            after.migrations - before.migrations >= 60,
+            "moves not followed: {} migrations",
+            after.migrations - before.migrations
+        );
         let handed = (after.pages_from_arena - before.pages_from_arena) + (after.pages_fresh - before.pages_fresh);
         // Before: 186 (every move gave every page up). A few new pages are normal (the moves'
         // `Vec` buffers; the quarantine build delays the reuse of freed blocks).
@@ -251,7 +255,12 @@ fn run(name: &str) {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&root);
-    assert!(out.status.success(), "scenario {name} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scenario {name} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "scenario {name} did not run");
 }
 

@@ -18,7 +18,12 @@ fn rss() -> usize {
 
 fn child(name: &str) {
     match name {
-        "stats_at_exit" | "verbose" | "malformed" | "every_option_every_form" | "unknown_option_warns_with_nearest" | "policy_naming_a_missing_node_warns_and_is_ignored" => {
+        "stats_at_exit"
+        | "verbose"
+        | "malformed"
+        | "every_option_every_form"
+        | "unknown_option_warns_with_nearest"
+        | "policy_naming_a_missing_node_warns_and_is_ignored" => {
             let v: Vec<Vec<u8>> = (0..1000).map(|i| vec![1u8; 10 + i]).collect();
             std::hint::black_box(&v);
         }
@@ -81,7 +86,16 @@ fn child(name: &str) {
 fn range_policy(p: *const u8) -> i32 {
     let mut mode: libc::c_int = -1;
     // MPOL_F_ADDR = 2: the policy of the VMA holding `p`.
-    let r = unsafe { libc::syscall(libc::SYS_get_mempolicy, &mut mode as *mut libc::c_int, std::ptr::null_mut::<u64>(), 0usize, p as usize, 2usize) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut mode as *mut libc::c_int,
+            std::ptr::null_mut::<u64>(),
+            0usize,
+            p as usize,
+            2usize,
+        )
+    };
     assert_eq!(r, 0, "get_mempolicy");
     mode & 0xff
 }
@@ -93,7 +107,8 @@ fn run(name: &str, env: &[(&str, &str)]) -> (String, String) {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let (so, se) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "child {name} failed:\n{so}\n{se}");
     assert!(so.contains("1 passed"), "child {name} did not run:\n{so}");
     (so, se)
@@ -113,7 +128,12 @@ fn preferred_many() {
     let root_s = root.to_str().unwrap().to_string();
     let (_, se) = run(
         "preferred_many",
-        &[("DOMALLOC_TOPOLOGY_ROOT", &root_s), ("DOMALLOC_NUMA", "1"), ("DOMALLOC_POLICY", "preferred:0-1"), ("DOMALLOC_VERBOSE", "1")],
+        &[
+            ("DOMALLOC_TOPOLOGY_ROOT", &root_s),
+            ("DOMALLOC_NUMA", "1"),
+            ("DOMALLOC_POLICY", "preferred:0-1"),
+            ("DOMALLOC_VERBOSE", "1"),
+        ],
     );
     let _ = std::fs::remove_dir_all(&root);
     assert!(!se.contains("warning"), "preferred:0-1 was refused:\n{se}");
@@ -139,7 +159,24 @@ macro_rules! case {
 case!(stats_at_exit, &[("DOMALLOC_STATS", "1")], |se| {
     assert!(se.contains("domalloc: stats: pid "), "no report:\n{se}");
     assert!(se.contains(" numa off ") || se.contains(" numa on "), "no NUMA state:\n{se}");
-    assert!(se.lines().any(|l| l.split_whitespace().eq(["domalloc:", "node", "in-use", "peak", "mapped", "map-peak", "resident", "allocs", "frees", "remote", "home", "purged", "huge-hit"])), "no per-node table:\n{se}");
+    assert!(
+        se.lines().any(|l| l.split_whitespace().eq([
+            "domalloc:",
+            "node",
+            "in-use",
+            "peak",
+            "mapped",
+            "map-peak",
+            "resident",
+            "allocs",
+            "frees",
+            "remote",
+            "home",
+            "purged",
+            "huge-hit"
+        ])),
+        "no per-node table:\n{se}"
+    );
     assert!(se.contains("domalloc: class  block-size"), "no per-class table:\n{se}");
 });
 
@@ -157,7 +194,10 @@ case!(malformed, &[("DOMALLOC_PURGE_DELAY", "soon"), ("DOMALLOC_VERBOSE", "1")],
 });
 
 case!(unknown_option_warns_with_nearest, &[("DOMALLOC_STAT", "1")], |se| {
-    assert!(se.contains("domalloc: warning: unknown option DOMALLOC_STAT ignored (did you mean DOMALLOC_STATS?)"), "{se}");
+    assert!(
+        se.contains("domalloc: warning: unknown option DOMALLOC_STAT ignored (did you mean DOMALLOC_STATS?)"),
+        "{se}"
+    );
 });
 
 case!(purge_delay_zero, &[("DOMALLOC_PURGE_DELAY", "0")], |_se| {});
@@ -168,10 +208,14 @@ case!(policy_threshold, &[("DOMALLOC_POLICY", "interleave:0@64k"), ("DOMALLOC_VE
 
 case!(policy_threshold_small, &[("DOMALLOC_POLICY", "bind:0@512")], |_se| {});
 
-case!(policy_naming_a_missing_node_warns_and_is_ignored, &[("DOMALLOC_POLICY", "bind:5"), ("DOMALLOC_VERBOSE", "1")], |se| {
-    assert!(se.contains("domalloc: warning: DOMALLOC_POLICY=bind:5 names node 5, which does not exist or has no memory; using the default (local) placement"), "{se}");
-    assert!(se.contains("; placement: local;"), "default not in force:\n{se}");
-});
+case!(
+    policy_naming_a_missing_node_warns_and_is_ignored,
+    &[("DOMALLOC_POLICY", "bind:5"), ("DOMALLOC_VERBOSE", "1")],
+    |se| {
+        assert!(se.contains("domalloc: warning: DOMALLOC_POLICY=bind:5 names node 5, which does not exist or has no memory; using the default (local) placement"), "{se}");
+        assert!(se.contains("; placement: local;"), "default not in force:\n{se}");
+    }
+);
 
 case!(huge_thp_alignment, &[], |_se| {});
 
@@ -288,7 +332,10 @@ fn every_option_every_form() {
         let line = option_line(&se, name).unwrap_or("(none)");
         let want = format!("domalloc: option {name}={shown} (environment");
         if !line.starts_with(&want) || !warnings(&se).is_empty() {
-            failures.push(format!("{name}={value:?}: expected a line starting {want:?} and no warning; got {line:?}, warnings {:?}", warnings(&se)));
+            failures.push(format!(
+                "{name}={value:?}: expected a line starting {want:?} and no warning; got {line:?}, warnings {:?}",
+                warnings(&se)
+            ));
         }
         // The other options are listed with their defaults.
         let n = se.lines().filter(|l| l.starts_with("domalloc: option DOMALLOC_") && l.ends_with(" (default)")).count();
@@ -309,11 +356,19 @@ fn every_option_every_form() {
     }
     // DOMALLOC_VERBOSE malformed: one warning, and no listing (its default is off).
     let se = verbose_child(&[("DOMALLOC_VERBOSE", "yes")]);
-    if warnings(&se) != ["domalloc: warning: ignoring DOMALLOC_VERBOSE=yes (malformed; using the default)"] || option_line(&se, "DOMALLOC_VERBOSE").is_some() {
+    if warnings(&se) != ["domalloc: warning: ignoring DOMALLOC_VERBOSE=yes (malformed; using the default)"]
+        || option_line(&se, "DOMALLOC_VERBOSE").is_some()
+    {
         failures.push(format!("DOMALLOC_VERBOSE=yes: {se}"));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), good.len() + bad.len() + 1, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        good.len() + bad.len() + 1,
+        failures.join("\n")
+    );
 }
 
 /// `DOMALLOC_POLICY=interleave:all`, `bind:all` and `interleave:all@1M` (the README's
@@ -331,12 +386,17 @@ fn policy_all_nodes() {
     let t = domalloc::topology::Topology::detect(None).unwrap();
     let nodes: Vec<String> = t.memory_nodes().iter().map(|n| n.to_string()).collect();
     let list = nodes.join(",");
-    for (value, kind, min) in [("interleave:all", "interleave", ""), ("bind:all", "bind", ""), ("interleave:all@1M", "interleave", "@1M")] {
+    for (value, kind, min) in
+        [("interleave:all", "interleave", ""), ("bind:all", "bind", ""), ("interleave:all@1M", "interleave", "@1M")]
+    {
         let se = verbose_child(&[("DOMALLOC_POLICY", value)]);
         assert!(warnings(&se).is_empty(), "{value}: {se}");
         let line = option_line(&se, "DOMALLOC_POLICY").unwrap_or("");
         // The list as the policy prints it (ranges): compare the nodes it names.
-        let shown = line.strip_prefix(&format!("domalloc: option DOMALLOC_POLICY={kind}:")).and_then(|r| r.split(' ').next()).unwrap_or("?");
+        let shown = line
+            .strip_prefix(&format!("domalloc: option DOMALLOC_POLICY={kind}:"))
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("?");
         let shown = shown.strip_suffix(min).unwrap_or("?");
         let mut named = Vec::new();
         for part in shown.split(',') {
@@ -366,11 +426,21 @@ fn unreadable_topology_root_falls_back_to_the_machine() {
     let se = verbose_child(&[("DOMALLOC_TOPOLOGY_ROOT", "/nonexistent/domalloc-test")]);
     let w = warnings(&se);
     assert_eq!(w.len(), 1, "{se}");
-    assert!(w[0].starts_with("domalloc: warning: ignoring DOMALLOC_TOPOLOGY_ROOT=/nonexistent/domalloc-test (no topology there"), "{se}");
+    assert!(
+        w[0].starts_with(
+            "domalloc: warning: ignoring DOMALLOC_TOPOLOGY_ROOT=/nonexistent/domalloc-test (no topology there"
+        ),
+        "{se}"
+    );
     let nodes = |s: &str| s.lines().filter(|l| l.starts_with("domalloc: node ")).map(String::from).collect::<Vec<_>>();
     assert_eq!(nodes(&se), nodes(&real), "not the machine's topology:\n{se}");
     assert!(!se.contains("1.0 B of memory") && !se.contains(" 1 B of memory"), "{se}");
-    assert!(option_line(&se, "DOMALLOC_TOPOLOGY_ROOT").unwrap_or("").starts_with("domalloc: option DOMALLOC_TOPOLOGY_ROOT=/sys (default; "), "{se}");
+    assert!(
+        option_line(&se, "DOMALLOC_TOPOLOGY_ROOT")
+            .unwrap_or("")
+            .starts_with("domalloc: option DOMALLOC_TOPOLOGY_ROOT=/sys (default; "),
+        "{se}"
+    );
 }
 
 /// Unknown `%` sequences of `DOMALLOC_STATS_FILE`: one warning saying what is written, and the
@@ -390,7 +460,8 @@ fn stats_file_unknown_percent_warns() {
     let w = warnings(&se);
     assert_eq!(w.len(), 1, "{se}");
     assert!(w[0].contains("unknown sequence %q") && w[0].contains("is written as it is: \"%q\""), "{se}");
-    let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let files: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(files.len() == 1 && files[0].starts_with("s-%q-") && !files[0].contains("%p"), "{files:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

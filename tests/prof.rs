@@ -54,7 +54,8 @@ fn profile_api_writes_a_profile_whose_totals_match() {
     }
     let r = common::run_child(CASE, name, &[("PROF_PATH", path.to_str().unwrap())], common::CHILD_TIMEOUT);
     assert!(r.status.success() && !r.hung, "{}", r.context(name));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("no profile at {}: {e}\n{}", path.display(), r.context(name)));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no profile at {}: {e}\n{}", path.display(), r.context(name)));
     let _ = std::fs::remove_file(&path);
     assert!(text.starts_with("# domalloc heap profile 1\n"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("# map 0x")), "no module map:\n{text}");
@@ -91,15 +92,37 @@ fn profile_api_writes_a_profile_whose_totals_match() {
     assert_eq!(view_sum("live_bytes"), live);
     let total = (CHURN + KEPT + 40 * 200_000) as f64;
     assert!(sites >= 1);
-    assert!((alloc as f64) > 0.6 * total && (alloc as f64) < 1.5 * total, "allocated bytes {alloc} vs {total} allocated while sampling");
-    assert!((live as f64) > 0.5 * KEPT as f64 && (live as f64) < 1.6 * KEPT as f64 + (4 << 20) as f64, "live bytes {live} vs {KEPT} kept");
+    assert!(
+        (alloc as f64) > 0.6 * total && (alloc as f64) < 1.5 * total,
+        "allocated bytes {alloc} vs {total} allocated while sampling"
+    );
+    assert!(
+        (live as f64) > 0.5 * KEPT as f64 && (live as f64) < 1.6 * KEPT as f64 + (4 << 20) as f64,
+        "live bytes {live} vs {KEPT} kept"
+    );
 }
 
 #[test]
 fn the_profiler_names_nothing_that_allocates() {
     let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/thread/prof.rs")).unwrap();
     let code: String = src.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
-    for banned in ["Vec", "Box", "String", "format!", "vec!", "to_vec", "to_string", "to_owned", "std::", "alloc::", "println!", "eprintln!", "panic!", "unwrap()", "expect("] {
+    for banned in [
+        "Vec",
+        "Box",
+        "String",
+        "format!",
+        "vec!",
+        "to_vec",
+        "to_string",
+        "to_owned",
+        "std::",
+        "alloc::",
+        "println!",
+        "eprintln!",
+        "panic!",
+        "unwrap()",
+        "expect(",
+    ] {
         assert!(!code.contains(banned), "src/thread/prof.rs names `{banned}`: the profiler runs inside malloc");
     }
 }
@@ -121,7 +144,11 @@ fn two_node_sysfs() -> std::path::PathBuf {
         fs::create_dir_all(&d).unwrap();
         fs::write(d.join("cpulist"), format!("{n}\n")).unwrap();
         fs::write(d.join("distance"), format!("{dist}\n")).unwrap();
-        fs::write(d.join("meminfo"), format!("Node {n} MemTotal:       1048576 kB\nNode {n} MemFree:        1000 kB\n")).unwrap();
+        fs::write(
+            d.join("meminfo"),
+            format!("Node {n} MemTotal:       1048576 kB\nNode {n} MemFree:        1000 kB\n"),
+        )
+        .unwrap();
     }
     root
 }
@@ -147,7 +174,8 @@ fn frees_on_another_node_are_counted_as_remote() {
     if std::env::var(CASE).as_deref() == Ok(name) {
         pin_to_cpu(0);
         assert!(domalloc::prof_start(64 << 10));
-        let blocks: Vec<Vec<u8>> = (0..REMOTE / 300_000).map(|i| std::hint::black_box(vec![i as u8; 300_000])).collect();
+        let blocks: Vec<Vec<u8>> =
+            (0..REMOTE / 300_000).map(|i| std::hint::black_box(vec![i as u8; 300_000])).collect();
         std::thread::spawn(move || {
             pin_to_cpu(1);
             drop(blocks);
@@ -169,7 +197,11 @@ fn frees_on_another_node_are_counted_as_remote() {
     let r = common::run_child(
         CASE,
         name,
-        &[("PROF_PATH", path.to_str().unwrap()), ("DOMALLOC_TOPOLOGY_ROOT", root.to_str().unwrap()), ("DOMALLOC_NUMA", "1")],
+        &[
+            ("PROF_PATH", path.to_str().unwrap()),
+            ("DOMALLOC_TOPOLOGY_ROOT", root.to_str().unwrap()),
+            ("DOMALLOC_NUMA", "1"),
+        ],
         common::CHILD_TIMEOUT,
     );
     let _ = std::fs::remove_dir_all(&root);
@@ -186,7 +218,10 @@ fn frees_on_another_node_are_counted_as_remote() {
     }
     let (want_freed, want_remote) = ((REMOTE + LOCAL) as f64, REMOTE as f64);
     assert!(freed > 0.6 * want_freed && freed < 1.5 * want_freed, "freed {freed} vs {want_freed}:\n{text}");
-    assert!(remote > 0.6 * want_remote && remote < 1.5 * want_remote, "remote-freed {remote} vs {want_remote}:\n{text}");
+    assert!(
+        remote > 0.6 * want_remote && remote < 1.5 * want_remote,
+        "remote-freed {remote} vs {want_remote}:\n{text}"
+    );
 }
 
 /// `DOMALLOC_PROF_INTERVAL=1`: a child that runs about 3 s leaves numbered profiles
@@ -217,25 +252,45 @@ fn periodic_dumps_write_numbered_profiles() {
     let r = common::run_child(
         CASE,
         name,
-        &[("DOMALLOC_PROF", "1"), ("DOMALLOC_PROF_SAMPLE", "64k"), ("DOMALLOC_PROF_INTERVAL", "1"), ("DOMALLOC_PROF_FILE", file.to_str().unwrap())],
+        &[
+            ("DOMALLOC_PROF", "1"),
+            ("DOMALLOC_PROF_SAMPLE", "64k"),
+            ("DOMALLOC_PROF_INTERVAL", "1"),
+            ("DOMALLOC_PROF_FILE", file.to_str().unwrap()),
+        ],
         common::CHILD_TIMEOUT,
     );
-    let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     let texts: Vec<String> = names.iter().map(|n| std::fs::read_to_string(dir.join(n)).unwrap()).collect();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(r.status.success() && !r.hung, "{}", r.context(name));
     assert!(names.contains(&"p.prof".to_string()), "no profile at exit: {names:?}");
     let numbered: Vec<usize> = (0..names.len()).filter(|&i| names[i] != "p.prof").collect();
-    assert!(numbered.len() >= 2, "3 s with DOMALLOC_PROF_INTERVAL=1: {} periodic profile(s): {names:?}", numbered.len());
+    assert!(
+        numbered.len() >= 2,
+        "3 s with DOMALLOC_PROF_INTERVAL=1: {} periodic profile(s): {names:?}",
+        numbered.len()
+    );
     let mut last_ms = 0;
     for (k, &i) in numbered.iter().enumerate() {
         assert_eq!(names[i], format!("p.prof.{:04}", k + 1), "numbered from 0001: {names:?}");
         let text = &texts[i];
         assert!(text.starts_with("# domalloc heap profile 1\n"), "{}: {text}", names[i]);
         assert!(text.lines().any(|l| l == "# view remote_freed_bytes"), "{}: cut short:\n{text}", names[i]);
-        assert!(text.lines().any(|l| l.starts_with("# site ") && !l.starts_with("# site samples")), "{}: no call site:\n{text}", names[i]);
-        let elapsed: u64 = text.lines().nth(1).and_then(|l| l.split_whitespace().skip_while(|w| *w != "elapsed_ms").nth(1)).unwrap().parse().unwrap();
+        assert!(
+            text.lines().any(|l| l.starts_with("# site ") && !l.starts_with("# site samples")),
+            "{}: no call site:\n{text}",
+            names[i]
+        );
+        let elapsed: u64 = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "elapsed_ms").nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(elapsed >= last_ms + 500, "{}: elapsed_ms {elapsed} after {last_ms}", names[i]);
         last_ms = elapsed;
     }

@@ -82,7 +82,13 @@ fn random_layout(rng: &mut StdRng) -> Layout {
 fn alloc_obj(rng: &mut StdRng, tag: u8) -> Obj {
     let layout = random_layout(rng);
     let zeroed = rng.gen_bool(0.1);
-    let p = unsafe { if zeroed { A.alloc_zeroed(layout) } else { A.alloc(layout) } };
+    let p = unsafe {
+        if zeroed {
+            A.alloc_zeroed(layout)
+        } else {
+            A.alloc(layout)
+        }
+    };
     assert!(!p.is_null(), "alloc failed for {layout:?}");
     assert_eq!(p as usize % layout.align(), 0, "misaligned {layout:?}");
     if zeroed {
@@ -174,16 +180,22 @@ fn producer_consumer_random_cross_thread() {
             std::thread::spawn(move || {
                 let mut rng = StdRng::seed_from_u64(t + 7);
                 for round in 0..200 {
-                    let batch: Vec<Obj> = (0..50).map(|i| {
-                        let mut o = alloc_obj(&mut rng, (round * 50 + i) as u8);
-                        if o.layout.size() > (1 << 20) {
-                            // keep cross-thread traffic mostly small/medium
-                            unsafe { A.dealloc(o.p, o.layout) };
-                            o = Obj { p: unsafe { A.alloc(Layout::from_size_align(100, 8).unwrap()) }, layout: Layout::from_size_align(100, 8).unwrap(), tag: 1 };
-                            fill(&o);
-                        }
-                        o
-                    }).collect();
+                    let batch: Vec<Obj> = (0..50)
+                        .map(|i| {
+                            let mut o = alloc_obj(&mut rng, (round * 50 + i) as u8);
+                            if o.layout.size() > (1 << 20) {
+                                // keep cross-thread traffic mostly small/medium
+                                unsafe { A.dealloc(o.p, o.layout) };
+                                o = Obj {
+                                    p: unsafe { A.alloc(Layout::from_size_align(100, 8).unwrap()) },
+                                    layout: Layout::from_size_align(100, 8).unwrap(),
+                                    tag: 1,
+                                };
+                                fill(&o);
+                            }
+                            o
+                        })
+                        .collect();
                     tx.send(batch).unwrap();
                 }
             })

@@ -18,11 +18,14 @@ fn readme_lists_every_option() {
     }
     // The C header's own macros (version macros) may be named too.
     let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/domalloc.h")).unwrap();
-    let macros: Vec<&str> = header.lines().filter_map(|l| l.strip_prefix("#define ")).filter_map(|l| l.split_whitespace().next()).collect();
+    let macros: Vec<&str> =
+        header.lines().filter_map(|l| l.strip_prefix("#define ")).filter_map(|l| l.split_whitespace().next()).collect();
     for word in readme.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("DOMALLOC_") && word.len() > "DOMALLOC_".len() {
             assert!(
-                domalloc::options::TABLE.iter().any(|o| o.name == word) || TOOL_VARIABLES.contains(&word) || macros.contains(&word),
+                domalloc::options::TABLE.iter().any(|o| o.name == word)
+                    || TOOL_VARIABLES.contains(&word)
+                    || macros.contains(&word),
                 "README mentions {word}, which is neither an option, a tool variable nor a macro of include/domalloc.h"
             );
         }

@@ -163,7 +163,11 @@ fn readme_rust_blocks_build_and_run() {
                 None => {}
                 Some(Err(e)) => panic!("{at}: {e}"),
                 Some(Ok(DepLine::Version(req))) => {
-                    assert!(caret_accepts(&req, version), "{at}: `{}` does not accept this version {version}", l.trim());
+                    assert!(
+                        caret_accepts(&req, version),
+                        "{at}: `{}` does not accept this version {version}",
+                        l.trim()
+                    );
                     assert!(
                         PUBLISHED || l.contains("not on crates.io yet"),
                         "{at}: `{}`: the crate is not on crates.io; the line must say `not on crates.io yet`",
@@ -180,7 +184,8 @@ fn readme_rust_blocks_build_and_run() {
             }
         }
     }
-    let (path_line, rel) = path_line.unwrap_or_else(|| panic!("{}: no ```toml line `domalloc = {{ path = ... }}`", readme.display()));
+    let (path_line, rel) =
+        path_line.unwrap_or_else(|| panic!("{}: no ```toml line `domalloc = {{ path = ... }}`", readme.display()));
 
     let rust: Vec<(&Block, bool)> = all
         .iter()
@@ -267,7 +272,10 @@ fn readme_rust_blocks_build_and_run() {
 #[test]
 fn dependency_lines() {
     assert_eq!(dep_line(r#"domalloc = "0.2"    # not on crates.io yet"#), Some(Ok(DepLine::Version("0.2".into()))));
-    assert_eq!(dep_line(r#"domalloc = { path = "../domalloc" }  # beside"#), Some(Ok(DepLine::Path("../domalloc".into()))));
+    assert_eq!(
+        dep_line(r#"domalloc = { path = "../domalloc" }  # beside"#),
+        Some(Ok(DepLine::Path("../domalloc".into())))
+    );
     assert_eq!(dep_line(r#"domalloc = { git = "https://x/y" }"#), Some(Ok(DepLine::Git("https://x/y".into()))));
     assert_eq!(dep_line(r#"domalloc-tools = "1""#), None);
     assert_eq!(dep_line("[dependencies]"), None);

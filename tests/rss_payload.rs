@@ -39,7 +39,6 @@ fn scenario(name: &str, body: fn()) {
     eprintln!("{name}: {}", run.stdout.lines().find(|l| l.contains("payload")).unwrap_or("ok"));
 }
 
-
 /// `count` blocks of `size` bytes, each written whole: the RSS they add is at most 1.1x their
 /// bytes.
 fn blocks_cost_their_payload(size: usize, count: usize) {

@@ -46,18 +46,12 @@ impl Blk {
         Blk(v, tag)
     }
     fn offsets(n: usize) -> impl Iterator<Item = usize> {
-        (0..n.min(8))
-            .chain((8..n).step_by(997))
-            .chain(n.saturating_sub(8).max(8)..n)
+        (0..n.min(8)).chain((8..n).step_by(997)).chain(n.saturating_sub(8).max(8)..n)
     }
     fn check(&self) {
         let n = self.0.len();
         for i in Self::offsets(n) {
-            assert_eq!(
-                self.0[i],
-                self.1 ^ (i as u8),
-                "block of {n} bytes corrupt at {i}"
-            );
+            assert_eq!(self.0[i], self.1 ^ (i as u8), "block of {n} bytes corrupt at {i}");
         }
     }
 }
@@ -108,19 +102,10 @@ fn in_use_by_class() -> Vec<u64> {
 }
 
 fn soak_secs() -> u64 {
-    std::env::var("DOMALLOC_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20)
+    std::env::var("DOMALLOC_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20)
 }
 
-fn worker(
-    id: usize,
-    rx: Receiver<Vec<Blk>>,
-    peers: Vec<Sender<Vec<Blk>>>,
-    stop: Arc<AtomicBool>,
-    ops: Arc<AtomicU64>,
-) {
+fn worker(id: usize, rx: Receiver<Vec<Blk>>, peers: Vec<Sender<Vec<Blk>>>, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>) {
     let mut r = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1234_5678));
     let mut live: Vec<Blk> = Vec::new();
     let mut outbox: Vec<Blk> = Vec::new();
@@ -169,9 +154,8 @@ fn churn(peers: Vec<Sender<Vec<Blk>>>, stop: Arc<AtomicBool>, threads: Arc<Atomi
         let to = peers[(k as usize) % peers.len()].clone();
         std::thread::spawn(move || {
             let mut r = Rng(k.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
-            let mut v: Vec<Blk> = (0..2000)
-                .map(|_| Blk::new(pick_size(&mut r) % (64 << 10) + 1, r.next() as u8))
-                .collect();
+            let mut v: Vec<Blk> =
+                (0..2000).map(|_| Blk::new(pick_size(&mut r) % (64 << 10) + 1, r.next() as u8)).collect();
             v.retain(|_| r.below(2) == 0);
             let _ = to.send(v);
         })
@@ -191,15 +175,11 @@ fn forker(stop: Arc<AtomicBool>, forks: Arc<AtomicU64>) {
         if pid == 0 {
             // Child: only this thread exists. Allocate (small, large, huge), use a thread.
             let code = std::panic::catch_unwind(|| {
-                let v: Vec<Blk> = (0..2000)
-                    .map(|i| Blk::new(1 + (i * 37) % 5000, i as u8))
-                    .collect();
+                let v: Vec<Blk> = (0..2000).map(|i| Blk::new(1 + (i * 37) % 5000, i as u8)).collect();
                 let big = Blk::new(300 << 10, 1);
                 let huge = Blk::new(3 << 20, 2);
                 let t = std::thread::spawn(|| {
-                    let w: Vec<Blk> = (0..2000)
-                        .map(|i| Blk::new(1 + (i * 53) % 3000, i as u8))
-                        .collect();
+                    let w: Vec<Blk> = (0..2000).map(|i| Blk::new(1 + (i * 53) % 3000, i as u8)).collect();
                     w.len()
                 });
                 let n = t.join().unwrap();
@@ -228,10 +208,7 @@ fn forker(stop: Arc<AtomicBool>, forks: Arc<AtomicU64>) {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "fork child failed: status {status:#x}"
-        );
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "fork child failed: status {status:#x}");
         forks.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -247,20 +224,11 @@ fn soak() {
     let base = in_use_by_class();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (ops, threads, forks) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let (ops, threads, forks) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..WORKERS).map(|_| channel::<Vec<Blk>>()).unzip();
     let mut handles = Vec::new();
     for (id, rx) in rxs.into_iter().enumerate() {
-        let peers: Vec<_> = txs
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| j != id)
-            .map(|(_, t)| t.clone())
-            .collect();
+        let peers: Vec<_> = txs.iter().enumerate().filter(|&(j, _)| j != id).map(|(_, t)| t.clone()).collect();
         let (stop, ops) = (stop.clone(), ops.clone());
         handles.push(std::thread::spawn(move || worker(id, rx, peers, stop, ops)));
     }
@@ -288,11 +256,8 @@ fn soak() {
     domalloc::collect(true);
     let end_rss = rss_bytes();
     let end = in_use_by_class();
-    let (ops, threads, forks) = (
-        ops.load(Ordering::Relaxed),
-        threads.load(Ordering::Relaxed),
-        forks.load(Ordering::Relaxed),
-    );
+    let (ops, threads, forks) =
+        (ops.load(Ordering::Relaxed), threads.load(Ordering::Relaxed), forks.load(Ordering::Relaxed));
     let mut diffs = Vec::new();
     let mut total_diff: i64 = 0;
     for c in 0..CLASSES {
@@ -315,10 +280,7 @@ fn soak() {
     // What the design promises: everything freed is accounted for (the harness itself keeps a
     // few blocks: channels, thread handles) and the resident set is back near its start.
     let (max_total, max_class, max_rss) = (512, 256, 32usize << 20);
-    let worst_class = (0..CLASSES)
-        .map(|c| (end[c] as i64 - base[c] as i64).abs())
-        .max()
-        .unwrap_or(0);
+    let worst_class = (0..CLASSES).map(|c| (end[c] as i64 - base[c] as i64).abs()).max().unwrap_or(0);
     assert!(
         total_diff.abs() <= max_total && worst_class <= max_class,
         "size-class in_use did not return to its starting values: {total_diff:+} blocks [{}]",
@@ -408,10 +370,7 @@ fn fork_with_busy_lock(child_size: usize, busy: fn(&AtomicBool)) -> Result<usize
         if result.is_err() {
             break;
         }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "child failed: {status:#x}"
-        );
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed: {status:#x}");
         result = Ok(k + 1);
     }
     stop.store(true, Ordering::Relaxed);

@@ -129,7 +129,8 @@ fn check_adds_up(doc: &Value) {
     }
     let p = &doc["process"];
     assert!(u(p, "rss_peak_bytes") >= u(p, "rss_bytes"));
-    let by_kind: u64 = classes.iter().map(|c| u(c, "allocs")).sum::<u64>() + u(&doc["large"], "allocs") + u(&doc["huge"], "allocs");
+    let by_kind: u64 =
+        classes.iter().map(|c| u(c, "allocs")).sum::<u64>() + u(&doc["large"], "allocs") + u(&doc["huge"], "allocs");
     assert_eq!(by_kind, u(totals, "allocs"), "classes + large + huge != total allocations");
     // The workload's own blocks.
     assert!(u(totals, "allocs") > SMALL_BLOCKS + 5000 + 8, "too few allocations counted: {totals}");
@@ -164,7 +165,11 @@ fn json_report_parses_adds_up_and_names_its_file() {
     let (file, text) = run(
         name,
         &dir,
-        &[("DOMALLOC_STATS", "json"), ("DOMALLOC_STATS_FILE", pattern.to_str().unwrap()), ("OMPI_COMM_WORLD_RANK", "3")],
+        &[
+            ("DOMALLOC_STATS", "json"),
+            ("DOMALLOC_STATS_FILE", pattern.to_str().unwrap()),
+            ("OMPI_COMM_WORLD_RANK", "3"),
+        ],
     );
     let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("the report is not JSON ({e}):\n{text}"));
     assert_eq!(doc["domalloc_stats"], 1);
@@ -241,7 +246,12 @@ fn text_report_columns_line_up() {
     let pattern = dir.join("t.%p.%r.txt");
     let (file, text) = run(name, &dir, &[("DOMALLOC_STATS", "1"), ("DOMALLOC_STATS_FILE", pattern.to_str().unwrap())]);
     check_columns(&text);
-    let pid: u64 = text.split_whitespace().skip_while(|w| *w != "pid").nth(1).and_then(|w| w.parse().ok()).expect("a pid in the report");
+    let pid: u64 = text
+        .split_whitespace()
+        .skip_while(|w| *w != "pid")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .expect("a pid in the report");
     assert_eq!(file, format!("t.{pid}.norank.txt"), "no rank variable: %r is `norank`");
     assert!(text.contains("huge"), "{text}");
 }
@@ -255,7 +265,11 @@ fn rank_comes_from_each_launchers_variable() {
     for (var, rank) in [("PMIX_RANK", "5"), ("PMI_RANK", "6"), ("MV2_COMM_WORLD_RANK", "7"), ("SLURM_PROCID", "8")] {
         let dir = fresh_dir(var);
         let pattern = dir.join("r.%r.json");
-        let (file, text) = run(name, &dir, &[("DOMALLOC_STATS", "json"), ("DOMALLOC_STATS_FILE", pattern.to_str().unwrap()), (var, rank)]);
+        let (file, text) = run(
+            name,
+            &dir,
+            &[("DOMALLOC_STATS", "json"), ("DOMALLOC_STATS_FILE", pattern.to_str().unwrap()), (var, rank)],
+        );
         assert_eq!(file, format!("r.{rank}.json"), "{var}");
         let doc: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(doc["rank"].as_u64(), rank.parse().ok(), "{var}");

@@ -157,7 +157,9 @@ fn agrees_with_hwloc_on_this_machine() {
 fn add_hmat(root: &Path, target: usize, initiators: &[usize], bw_mbs: u32, lat_ns: u32) {
     let d = root.join(format!("devices/system/node/node{target}/access0/initiators"));
     fs::create_dir_all(&d).unwrap();
-    for (f, v) in [("read_bandwidth", bw_mbs), ("write_bandwidth", bw_mbs), ("read_latency", lat_ns), ("write_latency", lat_ns)] {
+    for (f, v) in
+        [("read_bandwidth", bw_mbs), ("write_bandwidth", bw_mbs), ("read_latency", lat_ns), ("write_latency", lat_ns)]
+    {
         fs::write(d.join(f), format!("{v}\n")).unwrap();
     }
     for i in initiators {

@@ -51,9 +51,17 @@ fn callgrind_counts_the_pairs_the_workload_made() {
     }
     let dir = std::env::temp_dir().join(format!("domalloc-icount-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut domalloc = Allocator { name: "domalloc".into(), path: Some(build_domalloc()), what: String::new(), version: String::new(), env: Vec::new() };
-    allocators::probe_under(&icount::probe_wrapper(), &workloads(), &mut domalloc).expect("domalloc serves malloc under valgrind");
-    let glibc = Allocator { name: "glibc".into(), path: None, what: String::new(), version: String::new(), env: Vec::new() };
+    let mut domalloc = Allocator {
+        name: "domalloc".into(),
+        path: Some(build_domalloc()),
+        what: String::new(),
+        version: String::new(),
+        env: Vec::new(),
+    };
+    allocators::probe_under(&icount::probe_wrapper(), &workloads(), &mut domalloc)
+        .expect("domalloc serves malloc under valgrind");
+    let glibc =
+        Allocator { name: "glibc".into(), path: None, what: String::new(), version: String::new(), env: Vec::new() };
 
     let mut pairs = Vec::new();
     let mut calls = Vec::new();

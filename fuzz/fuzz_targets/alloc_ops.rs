@@ -65,11 +65,7 @@ impl Worker {
                 }
             }
         });
-        Worker {
-            jobs: Some(jtx),
-            done: drx,
-            handle: Some(handle),
-        }
+        Worker { jobs: Some(jtx), done: drx, handle: Some(handle) }
     }
 
     fn run(&self, job: Job) -> usize {
@@ -105,9 +101,7 @@ struct Live {
 }
 
 fn pattern(tag: u8, i: usize) -> u8 {
-    tag.wrapping_mul(151)
-        .wrapping_add((i % 253) as u8)
-        .wrapping_add((i >> 16) as u8)
+    tag.wrapping_mul(151).wrapping_add((i % 253) as u8).wrapping_add((i >> 16) as u8)
 }
 
 /// Offsets of `[0, n)` that fill/check touch.
@@ -160,11 +154,7 @@ unsafe fn check(b: &Live, upto: usize, what: &str) {
 
 unsafe fn check_zero(p: *const u8, size: usize) {
     for i in offsets(size) {
-        assert_eq!(
-            *p.add(i),
-            0,
-            "alloc_zeroed: byte {i} of {p:p} (size {size}) is not zero"
-        );
+        assert_eq!(*p.add(i), 0, "alloc_zeroed: byte {i} of {p:p} (size {size}) is not zero");
     }
 }
 
@@ -228,38 +218,22 @@ impl Model {
     fn insert_range(&mut self, b: &Live) {
         let (s, e) = (b.ptr, b.ptr + b.usable);
         if let Some((&ps, &pe)) = self.ranges.range(..e).next_back() {
-            assert!(
-                pe <= s || ps >= e,
-                "block {s:#x}..{e:#x} overlaps live block {ps:#x}..{pe:#x}"
-            );
+            assert!(pe <= s || ps >= e, "block {s:#x}..{e:#x} overlaps live block {ps:#x}..{pe:#x}");
         }
         self.ranges.insert(s, e);
     }
 
     /// Validates a fresh block and records it.
     unsafe fn admit(&mut self, p: *mut u8, size: usize, align: usize, zeroed: bool) {
-        assert_eq!(
-            p as usize % align,
-            0,
-            "{p:p} not aligned to {align} (size {size})"
-        );
+        assert_eq!(p as usize % align, 0, "{p:p} not aligned to {align} (size {size})");
         let usable = domalloc::raw::usable_size(p);
-        assert!(
-            usable >= size,
-            "usable_size {usable} < size {size} for {p:p}"
-        );
+        assert!(usable >= size, "usable_size {usable} < size {size} for {p:p}");
         assert!(domalloc::node_of(p).is_some(), "node_of({p:p}) is None");
         if zeroed {
             check_zero(p, size);
         }
         self.next_tag = self.next_tag.wrapping_add(1);
-        let b = Live {
-            ptr: p as usize,
-            size,
-            align,
-            usable,
-            tag: self.next_tag,
-        };
+        let b = Live { ptr: p as usize, size, align, usable, tag: self.next_tag };
         self.insert_range(&b);
         fill(&b);
         self.bytes += size;
@@ -271,12 +245,7 @@ fn run(data: &[u8]) {
     let mut input = Input { data, pos: 0 };
     let threads = 1 + input.byte() as usize % 3;
     let mut workers: Vec<Worker> = (1..threads).map(|_| Worker::spawn()).collect();
-    let mut m = Model {
-        live: Vec::new(),
-        ranges: BTreeMap::new(),
-        bytes: 0,
-        next_tag: 0,
-    };
+    let mut m = Model { live: Vec::new(), ranges: BTreeMap::new(), bytes: 0, next_tag: 0 };
     let mut failing = false;
     let mut ops = 0;
     while input.more() && ops < 512 {
@@ -297,11 +266,7 @@ fn run(data: &[u8]) {
                 let zeroed = op == 1;
                 let layout = Layout::from_size_align(size, align).unwrap();
                 let p = on(&workers, t, move || unsafe {
-                    (if zeroed {
-                        A.alloc_zeroed(layout)
-                    } else {
-                        A.alloc(layout)
-                    }) as usize
+                    (if zeroed { A.alloc_zeroed(layout) } else { A.alloc(layout) }) as usize
                 }) as *mut u8;
                 if p.is_null() {
                     assert!(was_failing, "alloc({size}, {align}) returned null");
@@ -340,25 +305,17 @@ fn run(data: &[u8]) {
                 unsafe { check(&b, usize::MAX, "before realloc") };
                 m.ranges.remove(&b.ptr);
                 let (p, layout) = (b.ptr, Layout::from_size_align(b.size, b.align).unwrap());
-                let q = on(&workers, t, move || unsafe {
-                    A.realloc(p as *mut u8, layout, new_size) as usize
-                }) as *mut u8;
+                let q =
+                    on(&workers, t, move || unsafe { A.realloc(p as *mut u8, layout, new_size) as usize }) as *mut u8;
                 if q.is_null() {
-                    assert!(
-                        was_failing,
-                        "realloc({:#x}, {} -> {new_size}) returned null",
-                        b.ptr, b.size
-                    );
+                    assert!(was_failing, "realloc({:#x}, {} -> {new_size}) returned null", b.ptr, b.size);
                     // The block must be untouched and still ours.
                     unsafe { check(&b, usize::MAX, "after a failed realloc") };
                     m.insert_range(&b);
                     m.live.push(b);
                 } else {
                     // Contents up to the smaller size moved along.
-                    let moved = Live {
-                        ptr: q as usize,
-                        ..b
-                    };
+                    let moved = Live { ptr: q as usize, ..b };
                     unsafe { check(&moved, new_size, "after realloc") };
                     m.bytes -= moved.size;
                     unsafe { m.admit(q, new_size, moved.align, false) };

@@ -210,7 +210,8 @@ impl Shared {
             return;
         }
         // SAFETY: taken with Acquire, published with Release: the chain is ours.
-        let (tail, n) = unsafe { remote::chain_end(&(), head, self.blocks.len() as u32) }.expect("cycle in the remote-free chain");
+        let (tail, n) =
+            unsafe { remote::chain_end(&(), head, self.blocks.len() as u32) }.expect("cycle in the remote-free chain");
         let mut got = Vec::new();
         let mut b = head;
         while !b.is_null() {

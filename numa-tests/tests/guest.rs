@@ -406,8 +406,13 @@ fn two_nodes_domalloc_sweep_always() {
     if skipped() {
         return;
     }
-    let (report, _) =
-        boot_env("2n", Guest::Domalloc, &["DOMALLOC_FIRST_TOUCH=always"], &["--tpn", "1", "10:thp=never:tpn=1:strict10"], "-sweep-always");
+    let (report, _) = boot_env(
+        "2n",
+        Guest::Domalloc,
+        &["DOMALLOC_FIRST_TOUCH=always"],
+        &["--tpn", "1", "10:thp=never:tpn=1:strict10"],
+        "-sweep-always",
+    );
     let checks = ["sweep-first-touch", "sweep-recycle", "sweep-reuse-first-touch", "sweep-reuse-recycle"];
     assert_sweep("2n", &report, &[1], &checks, &[0, 1]);
 }

@@ -3,12 +3,12 @@
 
 use core::ptr;
 
-use crate::sys;
-use crate::thread;
-use crate::node;
-use crate::sys::os;
-use crate::layout::{self, PageKind, LARGE_MAX, PAGE_SIZE, SEG_HUGE};
 use crate::layout::size_class::{class_for, class_size, LOOKUP16, LOOKUP8, LOOKUP_MAX};
+use crate::layout::{self, PageKind, LARGE_MAX, PAGE_SIZE, SEG_HUGE};
+use crate::node;
+use crate::sys;
+use crate::sys::os;
+use crate::thread;
 
 /// Largest size any request may have (isize::MAX less room for alignment arithmetic).
 pub(crate) const MAX_ALLOC: usize = (isize::MAX as usize) - (1 << 30) - (4 << 20);
@@ -109,7 +109,13 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
     }
     if let Some(c) = class_for(size, align) {
         // SAFETY: valid class; the block holds `size` bytes.
-        return unsafe { if zero { thread::alloc_small_zeroed(c, size) } else { thread::alloc_small(c) } };
+        return unsafe {
+            if zero {
+                thread::alloc_small_zeroed(c, size)
+            } else {
+                thread::alloc_small(c)
+            }
+        };
     }
     let h = crate::thread::thread_heap();
     let reentered = h == thread::busy_heap();
@@ -219,7 +225,9 @@ unsafe fn block_size(p: *const u8) -> usize {
         }
         match (*page).kind() {
             PageKind::Small => (*page).block_size.get() as usize,
-            PageKind::Large if (*page).used() == 1 && ptr::eq((*page).span_start(), p) => (*page).block_size.get() as usize,
+            PageKind::Large if (*page).used() == 1 && ptr::eq((*page).span_start(), p) => {
+                (*page).block_size.get() as usize
+            }
             _ => os::fatal(format_args!("malloc_usable_size(): invalid pointer or freed block {:p}", p)),
         }
     }
@@ -263,7 +271,9 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
                 PageKind::Small => {
                     let bs = (*page).block_size.get() as usize;
                     // Same or next-smaller class: stay.
-                    if new_size <= bs && (new_size > bs / 2 || bs <= 16 || class_for(new_size, align).map(class_size) == Some(bs)) {
+                    if new_size <= bs
+                        && (new_size > bs / 2 || bs <= 16 || class_for(new_size, align).map(class_size) == Some(bs))
+                    {
                         return p;
                     }
                     bs

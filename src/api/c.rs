@@ -446,7 +446,11 @@ pub fn version() -> *const core::ffi::c_char {
 /// `domalloc_stats_print`: the text statistics report to file descriptor `fd`; 0 on success,
 /// -1 if writing failed.
 pub fn stats_print(fd: c_int) -> c_int {
-    if crate::api::stats::print_to(fd, crate::config::options::StatsFormat::Text) { 0 } else { -1 }
+    if crate::api::stats::print_to(fd, crate::config::options::StatsFormat::Text) {
+        0
+    } else {
+        -1
+    }
 }
 
 /// `domalloc_stats_json`: writes the JSON statistics document into `buf` (`size` bytes),
@@ -477,7 +481,11 @@ pub unsafe fn stats_json(buf: *mut core::ffi::c_char, size: usize) -> usize {
 /// allocated on average (0: `DOMALLOC_PROF_SAMPLE`); 0 on success, -1 if its tables cannot be
 /// mapped.
 pub fn prof_start(sample_bytes: usize) -> c_int {
-    if crate::api::stats::prof_start(sample_bytes as u64) { 0 } else { -1 }
+    if crate::api::stats::prof_start(sample_bytes as u64) {
+        0
+    } else {
+        -1
+    }
 }
 
 /// `domalloc_prof_stop`: stops sampling (blocks sampled so far are still followed).
@@ -498,7 +506,11 @@ pub unsafe fn prof_dump(path: *const core::ffi::c_char) -> c_int {
         let p = unsafe { core::ffi::CStr::from_ptr(path) };
         crate::api::stats::dump_profile(Some(p.to_bytes_with_nul()), false)
     };
-    if ok { 0 } else { -1 }
+    if ok {
+        0
+    } else {
+        -1
+    }
 }
 
 #[cfg(test)]

@@ -9,4 +9,3 @@ pub(crate) mod alloc;
 pub mod c;
 pub(crate) mod node_api;
 pub mod stats;
-

@@ -22,10 +22,10 @@ use core::ptr::{self, NonNull};
 use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::api::alloc::{free, MAX_ALIGN, MAX_ALLOC};
-use crate::thread::Heap;
-use crate::sys::os::{NodeMask, OS_PAGE};
-use crate::layout::size_class::class_for;
 use crate::config::topology;
+use crate::layout::size_class::class_for;
+use crate::sys::os::{NodeMask, OS_PAGE};
+use crate::thread::Heap;
 
 /// Whether `node` exists and has memory.
 fn valid_node(node: usize) -> bool {
@@ -136,7 +136,8 @@ impl Interleaved {
     }
     /// Over `nodes`; `None` if the set is empty or names a node without memory.
     pub fn over(nodes: NodeMask) -> Option<Interleaved> {
-        let ok = crate::thread::ensure_init() && !nodes.is_empty() && nodes.iter().all(|n| topology::get().has_memory(n));
+        let ok =
+            crate::thread::ensure_init() && !nodes.is_empty() && nodes.iter().all(|n| topology::get().has_memory(n));
         ok.then_some(Interleaved { nodes: Some(nodes) })
     }
 }
@@ -201,8 +202,8 @@ pub mod hbw {
     use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 
     use super::{alloc_interleaved, alloc_on_node};
-    use crate::sys::os::{NodeMask, Os, Sys, OS_PAGE, PAGE_ABSENT};
     use crate::config::topology::{self, Tier};
+    use crate::sys::os::{NodeMask, Os, Sys, OS_PAGE, PAGE_ABSENT};
 
     /// `HBW_POLICY_BIND`.
     pub const POLICY_BIND: c_int = 1;
@@ -324,7 +325,10 @@ pub mod hbw {
                         let from = crate::thread::alloc_node().unwrap_or(0);
                         let mut others = t.tier_nodes(Tier::HighBandwidth);
                         while p.is_null() {
-                            let Some(n) = others.iter().filter(|&n| n != h).min_by_key(|&n| (t.distance(from, n), n)) else { break };
+                            let Some(n) = others.iter().filter(|&n| n != h).min_by_key(|&n| (t.distance(from, n), n))
+                            else {
+                                break;
+                            };
                             let mut rest = NodeMask::empty();
                             others.iter().filter(|&m| m != n && m != h).for_each(|m| rest.insert(m));
                             others = rest;
@@ -345,7 +349,11 @@ pub mod hbw {
 
     /// `hbw_check_available`: 0 when there is a high-bandwidth node, else `ENODEV`.
     pub fn check_available() -> c_int {
-        if super::HighBandwidth::available() { 0 } else { ENODEV }
+        if super::HighBandwidth::available() {
+            0
+        } else {
+            ENODEV
+        }
     }
 
     /// `hbw_get_policy`.

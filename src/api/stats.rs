@@ -13,10 +13,10 @@ use core::fmt::{self, Write};
 use core::sync::atomic::Ordering;
 
 use crate::config::options::{self, StatsFormat};
-use crate::sys::os::{Os, Sys};
-use crate::layout::{PageKind, PAGES, SEG_NORMAL};
-use crate::layout::size_class::{class_size, CLASSES};
 use crate::config::topology;
+use crate::layout::size_class::{class_size, CLASSES};
+use crate::layout::{PageKind, PAGES, SEG_NORMAL};
+use crate::sys::os::{Os, Sys};
 use crate::sys::{BufWriter, Bytes};
 
 /// Nodes a [`Stats`] value can describe (node ids at or above are folded into the last slot).
@@ -211,29 +211,31 @@ fn snapshot(in_signal: bool) -> Stats {
     let slot_of_node = |n: usize| slot_of.get(n).copied().unwrap_or(usize::MAX);
     let pool_ok = !(in_signal && crate::thread::pool_held_by_me());
     s.partial |= !pool_ok;
-    pool_ok.then(|| crate::thread::for_each_live_heap(|h| {
-        let slot = slot_of_node(h.node());
-        for c in 0..CLASSES {
-            let (a, f, r) = h.bin_counts(c);
-            s.classes[c].allocs += a;
-            s.classes[c].frees += f + r;
-            if slot != usize::MAX {
-                s.nodes[slot].allocs += a;
-                s.nodes[slot].frees += f;
-            }
-        }
-        for (n, c) in h.freed_to.iter().enumerate() {
-            let f = c.load(Ordering::Relaxed);
-            let to = slot_of_node(n);
-            if f != 0 && to != usize::MAX {
-                s.nodes[to].frees += f;
-                if n != h.node() {
-                    s.nodes[to].remote_frees += f;
-                    s.nodes[to].went_home += f;
+    pool_ok.then(|| {
+        crate::thread::for_each_live_heap(|h| {
+            let slot = slot_of_node(h.node());
+            for c in 0..CLASSES {
+                let (a, f, r) = h.bin_counts(c);
+                s.classes[c].allocs += a;
+                s.classes[c].frees += f + r;
+                if slot != usize::MAX {
+                    s.nodes[slot].allocs += a;
+                    s.nodes[slot].frees += f;
                 }
             }
-        }
-    }));
+            for (n, c) in h.freed_to.iter().enumerate() {
+                let f = c.load(Ordering::Relaxed);
+                let to = slot_of_node(n);
+                if f != 0 && to != usize::MAX {
+                    s.nodes[to].frees += f;
+                    if n != h.node() {
+                        s.nodes[to].remote_frees += f;
+                        s.nodes[to].went_home += f;
+                    }
+                }
+            }
+        })
+    });
     if pool_ok {
         let (t, live) = crate::thread::heap_totals();
         s.remote_frees = t[0];
@@ -248,7 +250,8 @@ fn snapshot(in_signal: bool) -> Stats {
     s.live_bytes = if s.partial {
         folded
     } else {
-        let small: u64 = s.classes.iter().map(|c| c.allocs.wrapping_sub(c.frees).wrapping_mul(c.block_size as u64)).sum();
+        let small: u64 =
+            s.classes.iter().map(|c| c.allocs.wrapping_sub(c.frees).wrapping_mul(c.block_size as u64)).sum();
         small.wrapping_add(s.total(|n| n.large_bytes + n.huge_bytes))
     };
     s.live_peak_bytes = peak.max(s.live_bytes);
@@ -363,7 +366,9 @@ fn node_resident(s: &mut Stats, slot_of: &[usize; 1024]) {
         for tok in l.split(|&c| c == b' ') {
             if tok.first() == Some(&b'N') {
                 if let Some(eq) = tok.iter().position(|&c| c == b'=') {
-                    if let (Some(n), Some(pages)) = (crate::sys::parse_u64(&tok[1..eq]), crate::sys::parse_u64(&tok[eq + 1..])) {
+                    if let (Some(n), Some(pages)) =
+                        (crate::sys::parse_u64(&tok[1..eq]), crate::sys::parse_u64(&tok[eq + 1..]))
+                    {
                         if let Some(&slot) = slot_of.get(n as usize) {
                             if slot != usize::MAX {
                                 nodes[slot].resident_bytes += pages * page_kb * 1024;
@@ -504,7 +509,13 @@ pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
         s.heaps_taken_over
     )?;
     if let Some((hbw, spilled, spills)) = crate::node::tier_counts() {
-        writeln!(w, "domalloc: tiers: placed on high-bandwidth nodes {}; spilled to the local node {} in {} spills", Bytes(hbw), Bytes(spilled), spills)?;
+        writeln!(
+            w,
+            "domalloc: tiers: placed on high-bandwidth nodes {}; spilled to the local node {} in {} spills",
+            Bytes(hbw),
+            Bytes(spilled),
+            spills
+        )?;
     }
     writeln!(
         w,
@@ -513,11 +524,17 @@ pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
         Bytes(s.live_peak_bytes),
         if s.partial { "; partial: written in a signal handler that interrupted the allocator" } else { "" }
     )?;
-    const NODE_HDR: [&str; 12] =
-        ["node", "in-use", "peak", "mapped", "map-peak", "resident", "allocs", "frees", "remote", "home", "purged", "huge-hit"];
+    const NODE_HDR: [&str; 12] = [
+        "node", "in-use", "peak", "mapped", "map-peak", "resident", "allocs", "frees", "remote", "home", "purged",
+        "huge-hit",
+    ];
     w.write_str("domalloc: ")?;
     for (i, h) in NODE_HDR.iter().enumerate() {
-        if i == 0 { write!(w, "{h:>5}")? } else { write!(w, " {h:>11}")? }
+        if i == 0 {
+            write!(w, "{h:>5}")?
+        } else {
+            write!(w, " {h:>11}")?
+        }
     }
     w.write_str("\n")?;
     for n in &s.nodes[..s.node_count] {
@@ -538,7 +555,11 @@ pub(crate) fn write_text(w: &mut dyn Write, s: &Stats) -> fmt::Result {
             n.huge_cache_hits
         )?;
     }
-    writeln!(w, "domalloc: {:>5} {:>11} {:>8} {:>10} {:>10} {:>12} {:>12} {:>10}", "class", "block-size", "spans", "capacity", "in-use", "allocs", "frees", "live")?;
+    writeln!(
+        w,
+        "domalloc: {:>5} {:>11} {:>8} {:>10} {:>10} {:>12} {:>12} {:>10}",
+        "class", "block-size", "spans", "capacity", "in-use", "allocs", "frees", "live"
+    )?;
     for (c, cs) in s.classes.iter().enumerate() {
         if cs.spans == 0 && cs.allocs == 0 {
             continue;
@@ -645,7 +666,11 @@ pub(crate) fn write_json(w: &mut dyn Write, s: &Stats) -> fmt::Result {
         )?;
     }
     let kind = |w: &mut dyn Write, name: &str, a: u64, f: u64, bytes: u64| {
-        write!(w, ",\"{name}\":{{\"allocs\":{a},\"frees\":{f},\"live_blocks\":{},\"in_use_bytes\":{bytes}}}", a.wrapping_sub(f))
+        write!(
+            w,
+            ",\"{name}\":{{\"allocs\":{a},\"frees\":{f},\"live_blocks\":{},\"in_use_bytes\":{bytes}}}",
+            a.wrapping_sub(f)
+        )
     };
     w.write_str("]")?;
     kind(w, "large", total.large_allocs, total.large_frees, total.large_bytes)?;
@@ -759,7 +784,6 @@ pub(crate) fn expand_path(template: &[u8], out: &mut [u8]) -> Option<usize> {
     Some(w.as_bytes().len() - 1)
 }
 
-
 /// The report asked for by `DOMALLOC_STATS`, to its file or stderr; `in_signal`: from the
 /// SIGTERM handler (see [`snapshot`]).
 fn write_report(in_signal: bool) {
@@ -775,7 +799,10 @@ fn write_report(in_signal: bool) {
                 print_snapshot(fd, o.stats, in_signal);
                 Sys::close_fd(fd);
             } else {
-                crate::sys::os::eprint(format_args!("domalloc: warning: cannot write the statistics file {}\n", core::str::from_utf8(&path).unwrap_or("?").trim_end_matches('\0')));
+                crate::sys::os::eprint(format_args!(
+                    "domalloc: warning: cannot write the statistics file {}\n",
+                    core::str::from_utf8(&path).unwrap_or("?").trim_end_matches('\0')
+                ));
             }
         }
         None => {
@@ -883,7 +910,10 @@ pub(crate) fn dump_profile(path: Option<&[u8]>, in_signal: bool) -> bool {
     };
     let fd = Sys::create_file(path);
     if fd < 0 {
-        crate::sys::os::eprint(format_args!("domalloc: warning: cannot write the heap profile {}\n", core::str::from_utf8(path).unwrap_or("?").trim_end_matches('\0')));
+        crate::sys::os::eprint(format_args!(
+            "domalloc: warning: cannot write the heap profile {}\n",
+            core::str::from_utf8(path).unwrap_or("?").trim_end_matches('\0')
+        ));
         return false;
     }
     let mut w = FdWriter::new(fd);
@@ -934,7 +964,14 @@ pub(crate) fn write_profile(w: &mut dyn Write, in_signal: bool) -> fmt::Result {
     let mut r = Ok(());
     Sys::for_each_mapping(&mut |m| {
         if m.executable && !m.path.is_empty() && r.is_ok() {
-            r = writeln!(w, "# map {:#x}-{:#x} {:#x} {}", m.start, m.end, m.offset, core::str::from_utf8(m.path).unwrap_or("?"));
+            r = writeln!(
+                w,
+                "# map {:#x}-{:#x} {:#x} {}",
+                m.start,
+                m.end,
+                m.offset,
+                core::str::from_utf8(m.path).unwrap_or("?")
+            );
         }
     });
     r?;
@@ -967,7 +1004,9 @@ pub(crate) fn write_profile(w: &mut dyn Write, in_signal: bool) -> fmt::Result {
     });
     r?;
     let Some((sampled_live, sampled_peak, dropped)) = totals else {
-        return w.write_str("# no profile: the profiler was never started, or its lock is held by the interrupted thread\n");
+        return w.write_str(
+            "# no profile: the profiler was never started, or its lock is held by the interrupted thread\n",
+        );
     };
     writeln!(w, "# sampled live_bytes {sampled_live} peak {sampled_peak} dropped_samples {dropped}")?;
     for (v, name) in PROF_VIEWS.iter().enumerate() {

@@ -4,8 +4,13 @@
 //! returning memory to the OS: the maintenance sweep and the background purge thread (`purge`).
 //! Other layers use only what this file re-exports.
 
-mod queues;
 mod purge;
+mod queues;
 
-pub(crate) use queues::{Arena, arena, arena_index, arena_node, cpus_of_node, fork_locks, node_arena, push_list, set_table};
-pub(crate) use purge::{forget_purge_thread, free_span_list, maintain, page_queued, purge_thread_running, purge_wanted, set_heap_trim, sweep_all, thread_exited, thread_started};
+pub(crate) use purge::{
+    forget_purge_thread, free_span_list, maintain, page_queued, purge_thread_running, purge_wanted, set_heap_trim,
+    sweep_all, thread_exited, thread_started,
+};
+pub(crate) use queues::{
+    arena, arena_index, arena_node, cpus_of_node, fork_locks, node_arena, push_list, set_table, Arena,
+};

@@ -11,11 +11,11 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering}
 
 use crate::arena::queues::{arena, arena_index, cpu_arena_count, node_arena};
 use crate::config;
-use crate::node::{domain, domain_slots};
 use crate::config::options::{self, PurgeThread};
-use crate::sys::os::{Os, Sys};
-use crate::layout::PAGE_SIZE;
 use crate::config::topology;
+use crate::layout::PAGE_SIZE;
+use crate::node::{domain, domain_slots};
+use crate::sys::os::{Os, Sys};
 
 /// Periodic work from heap slow paths: unless the purge thread does it, sweep node `node` at
 /// most once per purge delay (without waiting for busy locks).
@@ -206,7 +206,10 @@ fn pending_bytes() -> u64 {
 
 /// Bytes handed out (spans and huge blocks) on every node.
 fn in_use_bytes() -> u64 {
-    (0..domain_slots()).filter(|&n| domain(n).node == n).map(|n| domain(n).counters.in_use_bytes()).fold(0, u64::saturating_add)
+    (0..domain_slots())
+        .filter(|&n| domain(n).node == n)
+        .map(|n| domain(n).counters.in_use_bytes())
+        .fold(0, u64::saturating_add)
 }
 
 /// A thread exited: pages it left with blocks in use (in the arenas, or given up full) empty
@@ -265,7 +268,9 @@ fn start_purge_thread() {
     // The thread runs our code until the process ends: the object holding it must stay loaded
     // (a plugin carrying its own copy of the allocator may be `dlclose`d).
     crate::sys::os::pin_once();
-    if PURGE_THREAD.compare_exchange(PT_IDLE, PT_RUNNING, Ordering::AcqRel, Ordering::Relaxed).is_ok() && !Sys::spawn_thread(purge_main) {
+    if PURGE_THREAD.compare_exchange(PT_IDLE, PT_RUNNING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        && !Sys::spawn_thread(purge_main)
+    {
         PURGE_THREAD.store(PT_FAILED, Ordering::Relaxed);
     }
 }

@@ -19,14 +19,14 @@ use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::config;
-use crate::sys::LockKind;
-use crate::node;
-use crate::sys::{ForkLock, ForkStage, Lock};
+use crate::config::topology;
+use crate::layout::size_class::CLASSES;
 use crate::layout::Page;
 use crate::layout::{SpanPlacement, PLACEMENTS};
-use crate::layout::size_class::CLASSES;
-use crate::config::topology;
+use crate::node;
+use crate::sys::LockKind;
 use crate::sys::SetOnce;
+use crate::sys::{ForkLock, ForkStage, Lock};
 
 /// Span sizes (pages) the empty-span cache keeps, 1..=EMPTY_SIZES.
 const EMPTY_SIZES: usize = 16;
@@ -333,7 +333,11 @@ pub(crate) fn cpu_arena_count() -> usize {
 #[inline]
 pub(crate) fn arena_index(cpu: usize) -> usize {
     let n = TABLE.get().n_cpus;
-    if n == 0 { 0 } else { cpu % n }
+    if n == 0 {
+        0
+    } else {
+        cpu % n
+    }
 }
 
 /// Index of node `node`'s own arena (for node-targeted heaps and memory-only nodes).
@@ -347,7 +351,11 @@ pub(crate) fn node_arena(node: usize) -> usize {
 /// The node whose pages arena `i` holds.
 pub(crate) fn arena_node(i: usize) -> usize {
     let t = TABLE.get();
-    if i >= t.n_cpus { i - t.n_cpus } else { node::node_of_cpu(i) }
+    if i >= t.n_cpus {
+        i - t.n_cpus
+    } else {
+        node::node_of_cpu(i)
+    }
 }
 
 /// Arena number `i` (from [`arena_index`] or [`node_arena`]).

@@ -3,11 +3,10 @@
 //! Options are read once, during global initialisation, straight from the environment block
 //! (no allocation). The README's option table is checked against [`TABLE`] by a test.
 
-
 use core::fmt::{self, Write};
 
-use crate::sys::os::{self, NodeMask, Os, PurgeMode, Signal, Sys};
 use crate::config::topology;
+use crate::sys::os::{self, NodeMask, Os, PurgeMode, Signal, Sys};
 use crate::sys::{edit_distance, parse_size, parse_u64, SetOnce};
 
 fn getenv(name: &[u8]) -> Option<&'static [u8]> {
@@ -599,13 +598,8 @@ fn parse_policy_or_all(v: &[u8]) -> Option<(Policy, usize, bool)> {
             return Some(m);
         }
         let mut ok = true;
-        if !crate::sys::for_each_in_list(arg, |n| {
-            if n >= NodeMask::CAPACITY {
-                ok = false
-            } else {
-                m.insert(n)
-            }
-        }) || !ok
+        if !crate::sys::for_each_in_list(arg, |n| if n >= NodeMask::CAPACITY { ok = false } else { m.insert(n) })
+            || !ok
             || m.is_empty()
         {
             return None;
@@ -764,7 +758,11 @@ pub(crate) fn print_all(line: &mut dyn FnMut(&[u8])) {
             }
             Source::Malformed => {
                 let raw = getenv(d.name.as_bytes()).unwrap_or(b"");
-                write!(w, " (default; the environment's {} is not used: see the warning above)", core::str::from_utf8(&raw[..raw.len().min(64)]).unwrap_or("?"))
+                write!(
+                    w,
+                    " (default; the environment's {} is not used: see the warning above)",
+                    core::str::from_utf8(&raw[..raw.len().min(64)]).unwrap_or("?")
+                )
             }
         };
         let _ = writeln!(w);
@@ -800,7 +798,10 @@ fn warn_unknown() {
             return;
         }
         let known = |n: &str| n.as_bytes() == name;
-        if TABLE.iter().any(|o| known(o.name)) || NOT_ALLOCATOR_OPTIONS.iter().any(|n| known(n)) || is_test_variable(name) {
+        if TABLE.iter().any(|o| known(o.name))
+            || NOT_ALLOCATOR_OPTIONS.iter().any(|n| known(n))
+            || is_test_variable(name)
+        {
             return;
         }
         let nearest = TABLE.iter().min_by_key(|o| edit_distance(o.name.as_bytes(), name)).map_or("", |o| o.name);

@@ -6,8 +6,8 @@
 use core::fmt::Write;
 
 use crate::config::options::{self, Policy};
-use crate::sys::os::{Os, Sys};
 use crate::config::topology;
+use crate::sys::os::{Os, Sys};
 use crate::sys::{BufWriter, Bytes, SetOnce};
 
 /// The decisions of start-up.
@@ -31,8 +31,14 @@ pub(crate) struct Config {
 
 impl Config {
     /// Before start-up: one node, local placement.
-    const UNSET: Config =
-        Config { numa: false, page_queries: false, policy: Policy::Local, policy_min_size: 0, policy_external: false, start_ms: 0 };
+    const UNSET: Config = Config {
+        numa: false,
+        page_queries: false,
+        policy: Policy::Local,
+        policy_min_size: 0,
+        policy_external: false,
+        start_ms: 0,
+    };
 }
 
 static CONFIG: SetOnce<Config> = SetOnce::new(Config::UNSET);
@@ -122,7 +128,13 @@ pub(crate) fn print_banner() {
     } else {
         write!(w, "NUMA off (one domain)")
     };
-    let _ = write!(w, "; CPU ids 0-{}, node ids 0-{}; placement: {}", t.cpu_ids().saturating_sub(1), t.node_ids().saturating_sub(1), policy);
+    let _ = write!(
+        w,
+        "; CPU ids 0-{}, node ids 0-{}; placement: {}",
+        t.cpu_ids().saturating_sub(1),
+        t.node_ids().saturating_sub(1),
+        policy
+    );
     if min > 0 {
         let _ = write!(w, " for blocks of {} and more", Bytes(min as u64));
     }
@@ -131,16 +143,25 @@ pub(crate) fn print_banner() {
     }
     let _ = match o.purge_delay_ms {
         u64::MAX => write!(w, "; free memory is kept (never purged)"),
-        ms => write!(w, "; free memory goes back to the OS after {} ms ({})", ms, match o.purge_mode {
-            crate::sys::os::PurgeMode::DontNeed => "MADV_DONTNEED",
-            crate::sys::os::PurgeMode::Free => "MADV_FREE",
-        }),
+        ms => write!(
+            w,
+            "; free memory goes back to the OS after {} ms ({})",
+            ms,
+            match o.purge_mode {
+                crate::sys::os::PurgeMode::DontNeed => "MADV_DONTNEED",
+                crate::sys::os::PurgeMode::Free => "MADV_FREE",
+            }
+        ),
     };
-    let _ = writeln!(w, "; huge pages: {}", match (o.thp, o.segment_thp) {
-        (true, _) => "on segments and huge blocks",
-        (false, true) => "on segments",
-        (false, false) => "off",
-    });
+    let _ = writeln!(
+        w,
+        "; huge pages: {}",
+        match (o.thp, o.segment_thp) {
+            (true, _) => "on segments and huge blocks",
+            (false, true) => "on segments",
+            (false, false) => "off",
+        }
+    );
     Sys::write_fd(2, w.as_bytes());
     options::print_all(&mut |line| {
         Sys::write_fd(2, line);

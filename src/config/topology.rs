@@ -309,8 +309,12 @@ impl Topology {
     }
     /// Bytes of memory on node `n` (as the OS reports; 1 when present but of unknown size).
     pub fn memory(&self, n: usize) -> u64 {
-        // SAFETY: bounds checked.
-        if n < self.node_ids { unsafe { *self.node_mem.add(n) } } else { 0 }
+        if n < self.node_ids {
+            // SAFETY: bounds checked.
+            unsafe { *self.node_mem.add(n) }
+        } else {
+            0
+        }
     }
     /// The node CPU `cpu` belongs to, if known.
     pub fn cpu_node(&self, cpu: usize) -> Option<usize> {
@@ -374,18 +378,30 @@ impl Topology {
     }
     /// Node `n`'s memory tier.
     pub fn tier(&self, n: usize) -> Tier {
-        // SAFETY: bounds checked.
-        if n < self.node_ids { Tier::from_u8(unsafe { *self.node_tier.add(n) }) } else { Tier::None }
+        if n < self.node_ids {
+            // SAFETY: bounds checked.
+            Tier::from_u8(unsafe { *self.node_tier.add(n) })
+        } else {
+            Tier::None
+        }
     }
     /// HMAT read bandwidth of node `n` from its best initiators, MB/s (0: not given).
     pub fn bandwidth(&self, n: usize) -> u32 {
-        // SAFETY: bounds checked.
-        if n < self.node_ids { unsafe { *self.node_bw.add(n) } } else { 0 }
+        if n < self.node_ids {
+            // SAFETY: bounds checked.
+            unsafe { *self.node_bw.add(n) }
+        } else {
+            0
+        }
     }
     /// HMAT read latency of node `n` from its best initiators, ns (0: not given).
     pub fn latency(&self, n: usize) -> u32 {
-        // SAFETY: bounds checked.
-        if n < self.node_ids { unsafe { *self.node_lat.add(n) } } else { 0 }
+        if n < self.node_ids {
+            // SAFETY: bounds checked.
+            unsafe { *self.node_lat.add(n) }
+        } else {
+            0
+        }
     }
     /// Whether HMAT names node `i` a best initiator of memory node `t`.
     pub fn is_initiator(&self, i: usize, t: usize) -> bool {

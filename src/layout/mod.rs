@@ -5,14 +5,21 @@
 //! (`remote`, also compiled by loom-model/); size classes (`size_class`, public); the intrusive
 //! list (`list`). Other layers use only what this file re-exports.
 
-mod segment;
 mod codec;
+mod list;
 mod page;
 mod remote;
+mod segment;
 pub mod size_class;
-mod list;
 
-pub(crate) use segment::{LARGE_MAX, PAGES, PAGE_SHIFT, PAGE_SIZE, PLACEMENTS, PageKind, SEGMENT_SIZE, SEG_HUGE, SEG_NORMAL, Segment, SpanPlacement, THP_SIZE, big_aligned_segment, init_header, lookup, page_of, segmap_contains, segmap_set, segment_of};
 pub(crate) use codec::Codec;
-pub(crate) use page::{Block, PF_PLACED, PF_SAMPLED, Page, bump, collect, collect_remote, disown, extend, give_up, hold_back, in_free_lists, is_freed, is_unused, link_key, may_be_freed, pop, push_remote, reclaim, set_link_key, set_next, set_next_k, take_counts};
 pub(crate) use list::{Linked, List};
+pub(crate) use page::{
+    bump, collect, collect_remote, disown, extend, give_up, hold_back, in_free_lists, is_freed, is_unused, link_key,
+    may_be_freed, pop, push_remote, reclaim, set_link_key, set_next, set_next_k, take_counts, Block, Page, PF_PLACED,
+    PF_SAMPLED,
+};
+pub(crate) use segment::{
+    big_aligned_segment, init_header, lookup, page_of, segmap_contains, segmap_set, segment_of, PageKind, Segment,
+    SpanPlacement, LARGE_MAX, PAGES, PAGE_SHIFT, PAGE_SIZE, PLACEMENTS, SEGMENT_SIZE, SEG_HUGE, SEG_NORMAL, THP_SIZE,
+};

@@ -33,10 +33,10 @@ use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 
 use static_assertions::const_assert;
 
-use crate::sys::os;
 use crate::layout::remote::{self, Link};
 use crate::layout::segment::{Segment, SpanPlacement, PAGE_SHIFT, SEGMENT_MASK};
 use crate::layout::size_class::MAX_PLACED_BLOCKS;
+use crate::sys::os;
 
 /// A free block: the first word links to the next (encoded).
 #[repr(C)]
@@ -662,7 +662,9 @@ unsafe fn link_shuffled(page: &Page, first: usize, n: usize) {
     for (i, x) in idx[..n].iter_mut().enumerate() {
         *x = i as u16;
     }
-    let mut r = (link_key() as u64) ^ (page as *const Page as u64).rotate_left(29) ^ (first as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut r = (link_key() as u64)
+        ^ (page as *const Page as u64).rotate_left(29)
+        ^ (first as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     for i in (1..n).rev() {
         // xorshift64*
         r ^= r >> 12;
@@ -759,7 +761,10 @@ pub(crate) unsafe fn collect_remote(page: &Page) {
     // SAFETY: the chain was published with Release by the pushers and taken with Acquire; we
     // own it now. Longer than the span's blocks means a cycle: corrupted (double free).
     let Some((tail, n)) = (unsafe { remote::chain_end(page, head, page.reserved()) }) else {
-        os::fatal(format_args!("free(): double free or corrupted remote-free list in the span at {:p}", page.span_start()))
+        os::fatal(format_args!(
+            "free(): double free or corrupted remote-free list in the span at {:p}",
+            page.span_start()
+        ))
     };
     // SAFETY: as above.
     unsafe { set_next(tail, page.free.get()) };
@@ -784,7 +789,10 @@ unsafe fn append(page: &Page, a: *mut Block, b: *mut Block) {
             t = next;
             n += 1;
             if n > page.reserved() {
-                os::fatal(format_args!("free(): double free detected in the span at {:p} (a free list loops)", page.span_start()));
+                os::fatal(format_args!(
+                    "free(): double free detected in the span at {:p} (a free list loops)",
+                    page.span_start()
+                ));
             }
         }
         set_next(t, b);
@@ -840,7 +848,10 @@ pub(crate) fn give_up(page: &Page, me: usize) -> bool {
 /// # Safety
 /// `me` is the calling thread's heap and `page` a live small span head.
 pub(crate) unsafe fn reclaim(page: &Page, me: usize) -> bool {
-    if page.last_owner.load(Ordering::Relaxed) != me || page.owner.load(Ordering::Relaxed) != 0 || !remote::try_reclaim(&page.xfree) {
+    if page.last_owner.load(Ordering::Relaxed) != me
+        || page.owner.load(Ordering::Relaxed) != 0
+        || !remote::try_reclaim(&page.xfree)
+    {
         return false;
     }
     page.set_owner(me);

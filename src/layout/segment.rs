@@ -22,8 +22,8 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use static_assertions::const_assert;
 
-use crate::sys::os::ADDRESS_LIMIT;
 pub(crate) use crate::layout::page::{Page, PageKind};
+use crate::sys::os::ADDRESS_LIMIT;
 
 /// log2 of the segment size.
 pub(crate) const SEGMENT_SHIFT: usize = 22;
@@ -136,7 +136,14 @@ impl Segment {
 /// # Safety
 /// `seg` is the start of a 4 MiB-aligned chunk of a fresh zeroed mapping of ours, at least a
 /// page long, that nobody else knows.
-pub(crate) unsafe fn init_header(seg: *mut Segment, kind: u8, placement: u8, node: usize, map_start: *mut u8, map_size: usize) {
+pub(crate) unsafe fn init_header(
+    seg: *mut Segment,
+    kind: u8,
+    placement: u8,
+    node: usize,
+    map_start: *mut u8,
+    map_size: usize,
+) {
     // SAFETY: the caller's contract; zero bytes are valid for every field.
     unsafe {
         let s = &mut *seg;

@@ -85,7 +85,11 @@ pub const fn is_placed(c: usize) -> bool {
 pub const fn class_align(c: usize) -> usize {
     let s = class_size(c);
     let a = 1usize << s.trailing_zeros();
-    if a > PAGE_SIZE { PAGE_SIZE } else { a }
+    if a > PAGE_SIZE {
+        PAGE_SIZE
+    } else {
+        a
+    }
 }
 
 /// The class for `size` bytes at alignment `align`, or `None` if no small class fits.
@@ -219,8 +223,12 @@ mod tests {
                 if let Some(c) = class_for(size, align) {
                     assert!(class_size(c) >= size);
                     assert_eq!(class_size(c) % align.min(PAGE_SIZE), 0, "size {size} align {align}");
-                    assert!(class_size(c) - size < align.max(class_size(class_of(size)) - size + 1) || class_size(c) - size <= align,
-                        "size {size} align {align} -> {}", class_size(c));
+                    assert!(
+                        class_size(c) - size < align.max(class_size(class_of(size)) - size + 1)
+                            || class_size(c) - size <= align,
+                        "size {size} align {align} -> {}",
+                        class_size(c)
+                    );
                 }
             }
             align *= 2;

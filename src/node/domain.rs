@@ -20,17 +20,17 @@ use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config;
-use crate::layout::List;
-use crate::sys::{ForkLock, ForkStage, Lock};
 use crate::config::options::{self, Policy};
-use crate::sys::os::{self, Os, Placement, Sys};
+use crate::config::topology;
+use crate::layout::size_class::CLASSES;
+use crate::layout::List;
 use crate::layout::{
     init_header, segmap_set, Page, PageKind, Segment, SpanPlacement, PAGES, PAGE_SHIFT, PAGE_SIZE, PLACEMENTS,
     SEGMENT_SIZE, SEG_NORMAL,
 };
-use crate::layout::size_class::CLASSES;
-use crate::config::topology;
+use crate::sys::os::{self, Os, Placement, Sys};
 use crate::sys::SetOnce;
+use crate::sys::{ForkLock, ForkStage, Lock};
 
 /// Every page that can hold spans: all but the header page (and, in hardened builds, the last
 /// page, whose last OS page is a guard: an overflow off the segment's end faults before it
@@ -143,7 +143,10 @@ struct PurgeRun {
 impl Domain {
     pub(crate) fn init(&mut self, node: usize) {
         self.node = node;
-        self.lock = Lock::new(crate::sys::LockKind::Domain, Spans { segs: [const { List::new() }; PLACEMENTS], next_purge: u64::MAX });
+        self.lock = Lock::new(
+            crate::sys::LockKind::Domain,
+            Spans { segs: [const { List::new() }; PLACEMENTS], next_purge: u64::MAX },
+        );
         self.huge_cache.init();
         self.pool.init();
     }
@@ -336,7 +339,11 @@ impl Domain {
                 // way). Under steady churn memory changes mapping only on this schedule.
                 let now = Sys::now_ms();
                 let at = s.purge_at.get();
-                let at = if at == 0 { now.saturating_add(delay) } else { at.saturating_add(delay / 10).min(now.saturating_add(delay)) };
+                let at = if at == 0 {
+                    now.saturating_add(delay)
+                } else {
+                    at.saturating_add(delay / 10).min(now.saturating_add(delay))
+                };
                 s.purge_at.set(at);
                 g.next_purge = g.next_purge.min(at);
             }
@@ -472,7 +479,9 @@ impl Domain {
         let interleaved = matches!(policy, Policy::Interleave(_)) && placement == SpanPlacement::Policy;
         match placement {
             SpanPlacement::Policy => crate::node::placement::apply_policy(p, SEGMENT_SIZE, self.node, true),
-            SpanPlacement::Bound if config::numa_enabled() => crate::node::placement::apply_policy(p, SEGMENT_SIZE, self.node, false),
+            SpanPlacement::Bound if config::numa_enabled() => {
+                crate::node::placement::apply_policy(p, SEGMENT_SIZE, self.node, false)
+            }
             _ => {}
         }
         let thp = match placement {
@@ -595,7 +604,11 @@ fn find_run(free: u64, n: usize) -> Option<usize> {
             return None;
         }
     }
-    if m == 0 { None } else { Some(m.trailing_zeros() as usize) }
+    if m == 0 {
+        None
+    } else {
+        Some(m.trailing_zeros() as usize)
+    }
 }
 
 // ---- the table of domains ----

@@ -17,11 +17,11 @@
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sys::LockKind;
-use crate::sys::Lock;
-use crate::sys::os::{self, Os, Sys};
-use crate::layout::{self, Block, PAGES, Page, PageKind};
 use crate::layout::size_class::{class_size, CLASSES, PLACED_MIN_CLASS};
+use crate::layout::{self, Block, Page, PageKind, PAGES};
+use crate::sys::os::{self, Os, Sys};
+use crate::sys::Lock;
+use crate::sys::LockKind;
 
 const SMALL: usize = CLASSES - PLACED_MIN_CLASS;
 const SMALL_WORDS: usize = SMALL.div_ceil(64);
@@ -51,7 +51,10 @@ pub(crate) struct HomePool {
 
 impl HomePool {
     pub(crate) fn init(&mut self) {
-        self.lists = Lock::new(LockKind::Other, Lists { small: [ptr::null_mut(); SMALL], large: [ptr::null_mut(); PAGES], trimmed: false });
+        self.lists = Lock::new(
+            LockKind::Other,
+            Lists { small: [ptr::null_mut(); SMALL], large: [ptr::null_mut(); PAGES], trimmed: false },
+        );
     }
 
     /// Whether the pool is empty (a hint).
@@ -234,7 +237,7 @@ impl HomePool {
 }
 
 /// Checks that `b` is a live placed block start of class `c` (a pool link that does not lead to
-/// one was overwritten: heap overflow or write after free) 
+/// one was overwritten: heap overflow or write after free)
 fn valid_block(b: *mut Block, c: usize) {
     if let Some((seg, page)) = layout::lookup(b as *const u8) {
         // SAFETY: a live segment and its descriptor.

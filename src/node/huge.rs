@@ -16,13 +16,13 @@
 use core::ptr;
 use core::sync::atomic::Ordering;
 
-use crate::sys::LockKind;
-use crate::node::domain::Domain;
-use crate::sys::Lock;
 use crate::config::options::{self, Policy};
-use crate::sys::os::{self, Os, Sys, OS_PAGE};
-use crate::node::placement;
 use crate::layout::{init_header, segmap_set, Segment, SpanPlacement, PAGE_SIZE, SEGMENT_SIZE, SEG_HUGE, THP_SIZE};
+use crate::node::domain::Domain;
+use crate::node::placement;
+use crate::sys::os::{self, Os, Sys, OS_PAGE};
+use crate::sys::Lock;
+use crate::sys::LockKind;
 
 pub(crate) use crate::layout::LARGE_MAX;
 
@@ -57,7 +57,10 @@ unsafe impl Send for CacheSlots {}
 
 impl HugeCache {
     pub(crate) fn init(&mut self) {
-        self.slots = Lock::new(LockKind::Other, CacheSlots { seg: [ptr::null_mut(); CACHE_SLOTS], freed_at: [0; CACHE_SLOTS], bytes: 0 });
+        self.slots = Lock::new(
+            LockKind::Other,
+            CacheSlots { seg: [ptr::null_mut(); CACHE_SLOTS], freed_at: [0; CACHE_SLOTS], bytes: 0 },
+        );
     }
 
     fn take(&self, size: usize, align: usize) -> *mut Segment {
@@ -739,7 +742,10 @@ mod tests {
     /// A cache of our own, outside any domain.
     fn cache() -> HugeCache {
         HugeCache {
-            slots: Lock::new(LockKind::Other, CacheSlots { seg: [ptr::null_mut(); CACHE_SLOTS], freed_at: [0; CACHE_SLOTS], bytes: 0 }),
+            slots: Lock::new(
+                LockKind::Other,
+                CacheSlots { seg: [ptr::null_mut(); CACHE_SLOTS], freed_at: [0; CACHE_SLOTS], bytes: 0 },
+            ),
             held: AtomicUsize::new(0),
         }
     }
@@ -772,7 +778,8 @@ mod tests {
         let c = cache();
         let limit = 1 << 30;
         let blocks = [8 * MIB, 16 * MIB, 32 * MIB];
-        let segs: Vec<*mut Segment> = blocks.iter().enumerate().map(|(i, &b)| header(b, 0x7e00_0000_0000 + i * (64 << 20))).collect();
+        let segs: Vec<*mut Segment> =
+            blocks.iter().enumerate().map(|(i, &b)| header(b, 0x7e00_0000_0000 + i * (64 << 20))).collect();
         for &s in &segs {
             assert!(c.put(s, limit, u64::MAX));
         }

@@ -6,14 +6,20 @@
 //! re-exports.
 
 mod domain;
+mod home_pool;
 mod huge;
 mod placement;
-mod home_pool;
 
-pub(crate) use domain::{COUNTED_NODES, Domain, SPAN_UNIT, domain, domain_slots, fork_locks, holds_a_domain_lock, init_span, node_of_cpu, set_table, solo_node};
-pub(crate) use huge::{alloc as huge_alloc, alloc_placed as huge_alloc_placed, cache_age_ms as huge_cache_age_ms, check_live as huge_check_live, free as huge_free, realloc as huge_realloc};
-pub(crate) use placement::{BlockKind, Home, home_of, huge_by_policy, span_placement, tier_counts};
+pub(crate) use domain::{
+    domain, domain_slots, fork_locks, holds_a_domain_lock, init_span, node_of_cpu, set_table, solo_node, Domain,
+    COUNTED_NODES, SPAN_UNIT,
+};
 #[cfg(feature = "hardened")]
 pub(crate) use huge::flush_retired as huge_flush_retired;
+pub(crate) use huge::{
+    alloc as huge_alloc, alloc_placed as huge_alloc_placed, cache_age_ms as huge_cache_age_ms,
+    check_live as huge_check_live, free as huge_free, realloc as huge_realloc,
+};
 #[cfg(feature = "quarantine")]
 pub(crate) use huge::{mark_freed as huge_mark_freed, retire as huge_retire};
+pub(crate) use placement::{home_of, huge_by_policy, span_placement, tier_counts, BlockKind, Home};

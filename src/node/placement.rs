@@ -13,9 +13,9 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::config;
 use crate::config::options::Policy;
-use crate::sys::os::{self, Os, Placement, Sys, OS_PAGE, PAGE_ABSENT};
 use crate::layout::size_class::{class_of, class_size, is_placed, SMALL_MAX};
 use crate::layout::SpanPlacement;
+use crate::sys::os::{self, Os, Placement, Sys, OS_PAGE, PAGE_ABSENT};
 
 /// Pages asked about per block: all of them up to this many, else evenly spaced ones.
 pub(crate) const SAMPLES: usize = 32;
@@ -70,7 +70,11 @@ pub(crate) fn home_of(p: *const u8, len: usize) -> Home {
     }
     let best = (0..distinct).max_by_key(|&j| (counts[j], core::cmp::Reverse(ids[j]))).unwrap_or(0);
     let node = ids[best] as usize;
-    if distinct == 1 { Home::On(node) } else { Home::Mixed(node) }
+    if distinct == 1 {
+        Home::On(node)
+    } else {
+        Home::Mixed(node)
+    }
 }
 
 /// Applies the placement for memory of domain `node`: the configured policy when it applies to
@@ -158,7 +162,9 @@ fn tier_node(size: usize, node: usize) -> usize {
     let Some(hbw) = crate::config::topology::get().hbw_node(node) else { return node };
     let size = size as u64;
     let fits = t.budget == 0
-        || TIER_HBW_BYTES.fetch_update(Relaxed, Relaxed, |used| (used + size <= t.budget).then_some(used + size)).is_ok();
+        || TIER_HBW_BYTES
+            .fetch_update(Relaxed, Relaxed, |used| (used + size <= t.budget).then_some(used + size))
+            .is_ok();
     if fits {
         if t.budget == 0 {
             TIER_HBW_BYTES.fetch_add(size, Relaxed);

@@ -100,7 +100,9 @@ impl<T> Lock<T> {
                 }
                 continue;
             }
-            if v & WAITERS == 0 && self.word.compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            if v & WAITERS == 0
+                && self.word.compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed).is_err()
+            {
                 continue;
             }
             contention::futex_wait();

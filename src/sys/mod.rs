@@ -5,13 +5,13 @@
 //! the only place that names a libc type or a system call. Other layers use only what this file
 //! re-exports (`os` is its own face).
 
-mod lock;
-mod sync;
 mod contention;
-mod util;
+mod lock;
 pub(crate) mod os;
+mod sync;
+mod util;
 
+pub(crate) use contention::{in_phase, op, report_line, set_domain_lock_probe, LockKind, Phase};
 pub(crate) use lock::{ForkLock, ForkStage, Lock};
-pub(crate) use sync::{AtomicUsize, Ordering, cas_retry};
-pub(crate) use contention::{LockKind, Phase, in_phase, op, report_line, set_domain_lock_probe};
-pub(crate) use util::{BufWriter, Bytes, SetOnce, edit_distance, for_each_in_list, parse_size, parse_u64, trim};
+pub(crate) use sync::{cas_retry, AtomicUsize, Ordering};
+pub(crate) use util::{edit_distance, for_each_in_list, parse_size, parse_u64, trim, BufWriter, Bytes, SetOnce};

@@ -75,10 +75,18 @@ pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
 /// Strips ASCII whitespace on both ends.
 pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = s {
-        if first.is_ascii_whitespace() { s = rest } else { break }
+        if first.is_ascii_whitespace() {
+            s = rest
+        } else {
+            break;
+        }
     }
     while let [rest @ .., last] = s {
-        if last.is_ascii_whitespace() { s = rest } else { break }
+        if last.is_ascii_whitespace() {
+            s = rest
+        } else {
+            break;
+        }
     }
     s
 }
@@ -158,7 +166,11 @@ impl fmt::Display for Bytes {
         // Formatted into a buffer first so that width and alignment (`{:>11}`) apply.
         let mut buf = [0u8; 32];
         let mut w = BufWriter::new(&mut buf);
-        let _ = if u == 0 { fmt::write(&mut w, format_args!("{} B", v)) } else { fmt::write(&mut w, format_args!("{}.{} {}", v, frac, UNITS[u])) };
+        let _ = if u == 0 {
+            fmt::write(&mut w, format_args!("{} B", v))
+        } else {
+            fmt::write(&mut w, format_args!("{}.{} {}", v, frac, UNITS[u]))
+        };
         f.pad(core::str::from_utf8(w.as_bytes()).unwrap_or("?"))
     }
 }

@@ -8,11 +8,11 @@
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::layout::{self, Block, Page, PageKind, Segment, PF_PLACED, SEG_HUGE};
 use crate::node::COUNTED_NODES;
-use crate::thread::heap::{bump, empty_page, likely, Heap, REMOTE_BATCH};
 use crate::node::{self, Home};
 use crate::sys::os::{self, Os, Sys};
-use crate::layout::{self, Block, PF_PLACED, Page, PageKind, SEG_HUGE, Segment};
+use crate::thread::heap::{bump, empty_page, likely, Heap, REMOTE_BATCH};
 use crate::thread::tls;
 
 /// Frees a block (the fast path).
@@ -331,5 +331,4 @@ impl Heap {
         self.pend_tail.set(ptr::null_mut());
         self.pend_count.set(0);
     }
-
 }

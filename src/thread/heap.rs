@@ -23,8 +23,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::node::COUNTED_NODES;
 
 use crate::layout::List;
-use crate::sys::os::{Os, Sys};
 use crate::layout::{self, Block, Page};
+use crate::sys::os::{Os, Sys};
 
 use crate::layout::size_class::CLASSES;
 use crate::thread::tls;
@@ -130,7 +130,12 @@ const fn sentinel(kind: u8) -> SyncHeap {
     let ep = &EMPTY_PAGE.0 as *const Page as *mut Page;
     SyncHeap(Heap {
         bins: [const {
-            Bin { page: Cell::new(&EMPTY_PAGE.0 as *const Page as *mut Page), allocs: AtomicU64::new(0), frees: AtomicU64::new(0), rfrees: AtomicU64::new(0) }
+            Bin {
+                page: Cell::new(&EMPTY_PAGE.0 as *const Page as *mut Page),
+                allocs: AtomicU64::new(0),
+                frees: AtomicU64::new(0),
+                rfrees: AtomicU64::new(0),
+            }
         }; CLASSES],
         cpu_ptr: Cell::new(&ZERO_CPU),
         cpu: Cell::new(0),
@@ -266,18 +271,18 @@ pub(crate) unsafe fn alloc_small_zeroed(c: usize, size: usize) -> *mut u8 {
     unsafe {
         let bin = (*h).bins.get_unchecked(c);
         let page = bin.page.get();
-        let (p, zero) = if likely(ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get() && !(*page).free.get().is_null()) {
-            (layout::pop(&*page).cast::<u8>(), false)
-        } else {
-            alloc_small_slow(h, c)
-        };
+        let (p, zero) =
+            if likely(ptr::read_volatile((*h).cpu_ptr.get()) == (*h).cpu.get() && !(*page).free.get().is_null()) {
+                (layout::pop(&*page).cast::<u8>(), false)
+            } else {
+                alloc_small_slow(h, c)
+            };
         if !p.is_null() && !zero {
             ptr::write_bytes(p, 0, size);
         }
         p
     }
 }
-
 
 #[cold]
 #[inline(never)]
@@ -590,9 +595,9 @@ impl Heap {
 #[cfg(feature = "debug-invariants")]
 pub(crate) mod check {
     use super::*;
-    use crate::sys::os;
     use crate::layout::PageKind;
     use crate::layout::{Segment, SEG_HUGE};
+    use crate::sys::os;
 
     /// A freed pointer must be the start of a carved block of a live small span, or a large
     /// span's start, and (for the owner) not already in the page's free lists.
@@ -604,7 +609,10 @@ pub(crate) mod check {
             }
             let pg = &*page;
             if !pg.is_block(p as usize) || pg.block_index(p as usize) >= pg.capacity() as usize {
-                os::fatal(format_args!("free(): invalid pointer {:p} (not a block start: never handed out; debug-invariants build)", p));
+                os::fatal(format_args!(
+                    "free(): invalid pointer {:p} (not a block start: never handed out; debug-invariants build)",
+                    p
+                ));
             }
             if pg.owned_by(tls::heap() as usize) && layout::in_free_lists(pg, p.cast()) {
                 os::fatal(format_args!("free(): double free of {:p} (debug-invariants build)", p));

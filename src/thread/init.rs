@@ -22,17 +22,17 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use crate::arena::{self, Arena};
+use crate::config::options::{self, NumaMode, Policy};
+use crate::config::topology;
 use crate::config::{self, Config};
+use crate::layout::List;
+use crate::node::{self, domain, domain_slots, Domain};
+use crate::sys::os::{self, Os, ProcessPolicy, Sys, ThreadKey, OS_PAGE};
 use crate::sys::LockKind;
-use crate::node::{self, Domain, domain, domain_slots};
+use crate::sys::SetOnce;
+use crate::sys::{ForkLock, ForkStage, Lock};
 use crate::thread::heap::{dead_heap, Heap, HeapCounters};
 use crate::thread::tls;
-use crate::layout::List;
-use crate::sys::{ForkLock, ForkStage, Lock};
-use crate::config::options::{self, NumaMode, Policy};
-use crate::sys::os::{self, Os, ProcessPolicy, Sys, ThreadKey, OS_PAGE};
-use crate::config::topology;
-use crate::sys::SetOnce;
 
 const UNINIT: u8 = 0;
 const READY: u8 = 2;
@@ -131,7 +131,9 @@ fn init_locked() -> bool {
     let Some(key) = key else {
         // SAFETY: our own fresh mappings (or null), not published.
         unsafe {
-            for (p, n) in [(domains.cast::<u8>(), dom_bytes), (arenas.cast(), arena_bytes), (node_heaps.cast(), nh_bytes)] {
+            for (p, n) in
+                [(domains.cast::<u8>(), dom_bytes), (arenas.cast(), arena_bytes), (node_heaps.cast(), nh_bytes)]
+            {
                 if !p.is_null() {
                     os::unmap(p, n);
                 }
@@ -232,7 +234,6 @@ fn nearest_in(topo: &topology::Topology, n: usize, mask: &crate::sys::os::NodeMa
     best.1
 }
 
-
 /// Returns free memory to the OS now; with `force`, also memory whose purge delay has not
 /// passed, and the huge caches and home pools.
 pub(crate) fn collect(force: bool) {
@@ -315,7 +316,15 @@ unsafe impl Send for Pool {}
 
 static POOL: Lock<Pool> = Lock::new(
     LockKind::Process,
-    Pool { free: ptr::null_mut(), parked: ptr::null_mut(), live: List::new(), live_count: 0, chunk: ptr::null_mut(), chunk_left: 0, retired: [0; 5] },
+    Pool {
+        free: ptr::null_mut(),
+        parked: ptr::null_mut(),
+        live: List::new(),
+        live_count: 0,
+        chunk: ptr::null_mut(),
+        chunk_left: 0,
+        retired: [0; 5],
+    },
 );
 
 const HEAP_CHUNK: usize = 256 << 10;
@@ -771,8 +780,12 @@ pub(crate) fn alloc_node() -> Option<usize> {
         return Some(crate::node::node_of_cpu(Sys::current_cpu().unwrap_or(0)));
     }
     let h = init_thread_heap();
-    // SAFETY: our own new heap.
-    if h.is_null() { None } else { Some(unsafe { (*h).node() }) }
+    if h.is_null() {
+        None
+    } else {
+        // SAFETY: our own new heap.
+        Some(unsafe { (*h).node() })
+    }
 }
 
 /// The node of the CPU the calling thread runs on, without touching its heap (a re-entered
@@ -816,7 +829,6 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut core::ffi::c_void) {
     // the purge thread, started here if enough is in use, looks at them. No lock is held.
     crate::arena::thread_exited();
 }
-
 
 #[cfg(test)]
 mod tests {

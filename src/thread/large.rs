@@ -10,10 +10,10 @@
 use core::ptr;
 use core::sync::atomic::Ordering;
 
-use crate::thread::heap::Heap;
-use crate::sys::os;
-use crate::layout::{PAGE_SHIFT, PAGE_SIZE, Page, PageKind, SpanPlacement};
+use crate::layout::{Page, PageKind, SpanPlacement, PAGE_SHIFT, PAGE_SIZE};
 use crate::node::{self, Home};
+use crate::sys::os;
+use crate::thread::heap::Heap;
 use crate::thread::tls;
 
 /// Allocates a large block (one span of whole pages) from node `node`'s domain: a span freed on
@@ -46,7 +46,11 @@ pub(crate) fn alloc(node: usize, size: usize, zero: bool) -> *mut u8 {
         }
     }
     if page.is_null() {
-        let arena = if tls::is_sentinel(h) || crate::arena::arena_node(arena as usize) != node { crate::arena::node_arena(node) as u32 } else { arena };
+        let arena = if tls::is_sentinel(h) || crate::arena::arena_node(arena as usize) != node {
+            crate::arena::node_arena(node) as u32
+        } else {
+            arena
+        };
         page = crate::thread::init::retrying_after_release(|| d.alloc_span(n, PageKind::Large, arena, placement));
         if page.is_null() {
             return ptr::null_mut();

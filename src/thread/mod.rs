@@ -8,24 +8,32 @@
 //! teardown, heap pool, fork (`init`); the quarantine build (`quarantine`); live bytes and the
 //! sampling profiler (`prof`). Other layers use only what this file re-exports.
 
-mod heap;
-mod refill;
 mod free;
-mod large;
-mod tls;
-mod reentry;
+mod heap;
 mod init;
+mod large;
+mod prof;
 #[cfg(feature = "quarantine")]
 mod quarantine;
-mod prof;
+mod reentry;
+mod refill;
+mod tls;
 
 #[cfg(not(feature = "quarantine"))]
 pub(crate) use free::free;
-pub(crate) use heap::{Heap, alloc_small, alloc_small_or, alloc_small_refill, alloc_small_zeroed, busy_heap};
+pub(crate) use heap::{alloc_small, alloc_small_or, alloc_small_refill, alloc_small_zeroed, busy_heap, Heap};
+pub(crate) use init::{
+    alloc_node, collect, ensure_init, for_each_live_heap, heap_acquire, heap_totals, heaps_taken_over, node_heap,
+    node_of_this_cpu, pool_held_by_me, retrying_after_release,
+};
 pub(crate) use large::alloc as alloc_large;
-pub(crate) use tls::{SlowPath, heap as thread_heap};
-pub(crate) use reentry::refused as reentry_refused;
-pub(crate) use init::{alloc_node, collect, ensure_init, for_each_live_heap, heap_acquire, heap_totals, heaps_taken_over, node_heap, node_of_this_cpu, pool_held_by_me, retrying_after_release};
+pub(crate) use prof::{
+    active as prof_active, big_allocated as prof_big_allocated, big_freed as prof_big_freed,
+    for_each_site as prof_for_each_site, interval as prof_interval, live_folded as prof_live_folded,
+    start as prof_start, start_periodic as prof_start_periodic, stop as prof_stop, stop_periodic as prof_stop_periodic,
+    Site as ProfSite,
+};
 #[cfg(feature = "quarantine")]
 pub(crate) use quarantine::{check_live as quarantine_check_live, flush as quarantine_flush, free as quarantine_free};
-pub(crate) use prof::{Site as ProfSite, active as prof_active, big_allocated as prof_big_allocated, big_freed as prof_big_freed, for_each_site as prof_for_each_site, interval as prof_interval, live_folded as prof_live_folded, start as prof_start, start_periodic as prof_start_periodic, stop as prof_stop, stop_periodic as prof_stop_periodic};
+pub(crate) use reentry::refused as reentry_refused;
+pub(crate) use tls::{heap as thread_heap, SlowPath};

@@ -37,11 +37,11 @@
 
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::sys::LockKind;
-use crate::sys::Lock;
-use crate::sys::os::{self, Os, Sys};
-use crate::layout::{Page, PF_SAMPLED};
 use crate::layout::size_class::class_size;
+use crate::layout::{Page, PF_SAMPLED};
+use crate::sys::os::{self, Os, Sys};
+use crate::sys::Lock;
+use crate::sys::LockKind;
 
 /// Live bytes as folded so far (signed: a remote free may be counted before the owner folds the
 /// block's allocation).
@@ -216,7 +216,12 @@ static TABLES: Lock<Tables> = Lock::new(
         n_used: 0,
         samples: core::ptr::null_mut(),
         pages: core::ptr::null_mut(),
-        live: 0, peak: 0, peak_taken: 0, live_samples: 0, dropped: 0 },
+        live: 0,
+        peak: 0,
+        peak_taken: 0,
+        live_samples: 0,
+        dropped: 0,
+    },
 );
 /// Sampling on.
 static ON: AtomicBool = AtomicBool::new(false);
@@ -247,7 +252,8 @@ pub(crate) fn start(interval: u64) -> bool {
         // SAFETY: inside the mapping (TABLES_BYTES holds the three tables).
         t.samples = unsafe { m.add(SITES * core::mem::size_of::<Site>()) }.cast();
         // SAFETY: as above.
-        t.pages = unsafe { m.add(SITES * core::mem::size_of::<Site>() + SAMPLES * core::mem::size_of::<Sample>()) }.cast();
+        t.pages =
+            unsafe { m.add(SITES * core::mem::size_of::<Site>() + SAMPLES * core::mem::size_of::<Sample>()) }.cast();
         EVER.store(true, Ordering::Release);
     }
     drop(t);
@@ -526,7 +532,8 @@ fn record(addr: usize, size: u64, weight: u64, page: usize) -> bool {
         while (*samples.add(j)).addr != 0 {
             j = (j + 1) & (SAMPLES - 1);
         }
-        *samples.add(j) = Sample { addr, weight, t_ms: now, site: site as u32, node: node as u16, _pad: 0, thread, size };
+        *samples.add(j) =
+            Sample { addr, weight, t_ms: now, site: site as u32, node: node as u16, _pad: 0, thread, size };
         let s = &mut *sites.add(site);
         let n = t.n_used;
         if s.samples == 0 && n < SITES {
@@ -787,7 +794,9 @@ pub(crate) fn start_periodic(dump: fn(u32) -> bool) {
     os::pin_once();
     if !Sys::spawn_thread(periodic_main) {
         PERIODIC_PID.store(0, Ordering::Release);
-        os::eprint(format_args!("domalloc: warning: cannot start the thread of DOMALLOC_PROF_INTERVAL: no periodic profiles\n"));
+        os::eprint(format_args!(
+            "domalloc: warning: cannot start the thread of DOMALLOC_PROF_INTERVAL: no periodic profiles\n"
+        ));
     }
 }
 

@@ -27,8 +27,8 @@ use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sys::os::{self, Os, Sys};
 use crate::layout::{self, PageKind, SEG_HUGE};
+use crate::sys::os::{self, Os, Sys};
 
 /// Blocks a thread's quarantine holds at most.
 pub(crate) const SLOTS: usize = 256;
@@ -125,7 +125,10 @@ fn classify(p: *mut u8, what: &str) -> Option<usize> {
                 // `capacity` is the owner's: other threads check the block grid only.
                 let owner = pg.owned_by(crate::thread::tls::heap() as usize);
                 if !pg.is_block(p as usize) || (owner && pg.block_index(p as usize) >= pg.capacity() as usize) {
-                    os::fatal(format_args!("{}(): invalid pointer {:p} (not a block start; quarantine build)", what, p));
+                    os::fatal(format_args!(
+                        "{}(): invalid pointer {:p} (not a block start; quarantine build)",
+                        what, p
+                    ));
                 }
                 Some(bs)
             }
@@ -181,10 +184,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
     unsafe {
         let w = p as *mut u64;
         if ptr::read(w) == tag(p) {
-            os::fatal(format_args!(
-                "free(): double free of {:p} (it waits in the quarantine)",
-                p
-            ));
+            os::fatal(format_args!("free(): double free of {:p} (it waits in the quarantine)", p));
         }
         let q = match Q.try_with(|q| q.get()) {
             Ok(q) if (*q).state != ST_DONE => q,

@@ -11,10 +11,10 @@
 use core::ptr;
 use core::sync::atomic::Ordering;
 
-use crate::thread::heap::{bump, empty_page, Heap, MAINTAIN_EVERY};
-use crate::layout::{self, Block, PF_PLACED, Page, PageKind, SpanPlacement};
 use crate::layout::size_class::{class_size, is_placed, span_blocks, span_pages};
+use crate::layout::{self, Block, Page, PageKind, SpanPlacement, PF_PLACED};
 use crate::sys::os::{Os, Sys};
+use crate::thread::heap::{bump, empty_page, Heap, MAINTAIN_EVERY};
 
 impl Heap {
     /// Refill path for class `c`: returns a block (and whether it reads as zero), or null (out
@@ -130,7 +130,9 @@ impl Heap {
             }
         } else {
             let d = crate::node::domain(self.node());
-            page = crate::thread::init::retrying_after_release(|| d.alloc_span(n, PageKind::Small, self.arena.get(), placement));
+            page = crate::thread::init::retrying_after_release(|| {
+                d.alloc_span(n, PageKind::Small, self.arena.get(), placement)
+            });
             if page.is_null() {
                 return page;
             }
@@ -202,7 +204,6 @@ impl Heap {
         unsafe { self.queues[c].remove(page) };
         self.sync_bin(c);
     }
-
 }
 
 /// A page of ours dropped to zero used blocks.
@@ -285,7 +286,10 @@ unsafe fn take_block(page: &Page) -> Option<(*mut Block, bool)> {
 #[inline]
 fn refresh_blocks(page: &Page) -> bool {
     let from = crate::config::options::get().fresh_blocks_from;
-    from != 0 && page.block_size.get() as usize >= from && page.placement() == SpanPlacement::FirstTouch && crate::config::numa_enabled()
+    from != 0
+        && page.block_size.get() as usize >= from
+        && page.placement() == SpanPlacement::FirstTouch
+        && crate::config::numa_enabled()
 }
 
 /// Purges recycled block `b` of `size` bytes (a multiple of the OS page, page-aligned: a placed

@@ -310,7 +310,8 @@ fn prof_report_names_no_symbol_that_does_not_cover_the_address() {
         return;
     };
     let file = object::File::parse(&*data).unwrap();
-    let sym = file.dynamic_symbols().find(|s| s.name() == Ok("_dl_debug_state")).expect("ld.so exports _dl_debug_state");
+    let sym =
+        file.dynamic_symbols().find(|s| s.name() == Ok("_dl_debug_state")).expect("ld.so exports _dl_debug_state");
     assert!(sym.size() < 16, "_dl_debug_state is a tiny function (size {})", sym.size());
     let seg = file.segments().find(|s| s.address() <= sym.address() && sym.address() < s.address() + s.size()).unwrap();
     let file_off = sym.address() - seg.address() + seg.file_range().0;
@@ -330,6 +331,12 @@ fn prof_report_names_no_symbol_that_does_not_cover_the_address() {
     let _ = std::fs::remove_file(&path);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(!out.contains("_dl_debug_state"), "an address {delta:#x} past the one-byte _dl_debug_state is named after it:\n{out}");
-    assert!(out.contains(&format!("ld-linux-x86-64.so.2+{:#x}", file_off + delta + 1)), "not shown as module+offset:\n{out}");
+    assert!(
+        !out.contains("_dl_debug_state"),
+        "an address {delta:#x} past the one-byte _dl_debug_state is named after it:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("ld-linux-x86-64.so.2+{:#x}", file_off + delta + 1)),
+        "not shown as module+offset:\n{out}"
+    );
 }

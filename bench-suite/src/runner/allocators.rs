@@ -88,7 +88,8 @@ type AddFn<'a> = dyn FnMut(&str, Option<PathBuf>, String, String) + 'a;
 /// Standard library directories, multiarch first.
 fn lib_dirs() -> Vec<PathBuf> {
     let arch = std::env::consts::ARCH;
-    let mut v = vec![PathBuf::from(format!("/usr/lib/{arch}-linux-gnu")), PathBuf::from(format!("/lib/{arch}-linux-gnu"))];
+    let mut v =
+        vec![PathBuf::from(format!("/usr/lib/{arch}-linux-gnu")), PathBuf::from(format!("/lib/{arch}-linux-gnu"))];
     for d in ["/usr/lib64", "/usr/lib", "/usr/local/lib", "/lib64", "/lib"] {
         v.push(PathBuf::from(d));
     }
@@ -122,10 +123,7 @@ fn glibc_version() -> String {
 
 /// The directory of the running executable (`<target>/release`).
 pub fn exe_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."))
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Looks for every known allocator. Returns the candidates found (not yet probed) and the
@@ -144,7 +142,13 @@ pub fn discover(search: &Search) -> (Vec<Allocator>, Vec<Skipped>) {
     });
     // Absolute paths: the apps part runs programs in other directories.
     let mut add = |name: &str, path: Option<PathBuf>, what: String, missing: String| match path {
-        Some(p) => found.push(Allocator { name: name.into(), path: Some(std::fs::canonicalize(&p).unwrap_or(p)), what, version: String::new(), env: Vec::new() }),
+        Some(p) => found.push(Allocator {
+            name: name.into(),
+            path: Some(std::fs::canonicalize(&p).unwrap_or(p)),
+            what,
+            version: String::new(),
+            env: Vec::new(),
+        }),
         None => skipped.push(Skipped { name: name.into(), why: missing }),
     };
 
@@ -180,7 +184,10 @@ pub fn discover(search: &Search) -> (Vec<Allocator>, Vec<Skipped>) {
         "domalloc",
         dom.is_file().then(|| dom.clone()),
         "this project (cargo build --release -p domalloc-ffi)".into(),
-        format!("{} not found (build it with `cargo build --release -p domalloc-ffi`; or pass --domalloc PATH)", dom.display()),
+        format!(
+            "{} not found (build it with `cargo build --release -p domalloc-ffi`; or pass --domalloc PATH)",
+            dom.display()
+        ),
     );
 
     for (name, path) in &search.extra {
@@ -188,7 +195,13 @@ pub fn discover(search: &Search) -> (Vec<Allocator>, Vec<Skipped>) {
         skipped.retain(|s| &s.name != name);
         if path.is_file() {
             let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            found.push(Allocator { name: name.clone(), path: Some(path), what: "--lib".into(), version: String::new(), env: Vec::new() });
+            found.push(Allocator {
+                name: name.clone(),
+                path: Some(path),
+                what: "--lib".into(),
+                version: String::new(),
+                env: Vec::new(),
+            });
         } else {
             skipped.push(Skipped { name: name.clone(), why: format!("{} not found (--lib)", path.display()) });
         }
@@ -204,7 +217,10 @@ pub fn discover(search: &Search) -> (Vec<Allocator>, Vec<Skipped>) {
                 a.env.extend(v.env.iter().cloned());
                 found.push(a);
             }
-            None => skipped.push(Skipped { name: v.name.clone(), why: format!("--variant of {}, which is not available", v.base) }),
+            None => skipped.push(Skipped {
+                name: v.name.clone(),
+                why: format!("--variant of {}, which is not available", v.base),
+            }),
         }
     }
     (found, skipped)

@@ -48,7 +48,12 @@ pub struct AppRun {
 }
 
 fn have(prog: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {prog}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The programs an app needs.
@@ -189,7 +194,10 @@ fn thermo_lines(log: &str) -> String {
 }
 
 fn hash_file(p: &Path) -> u64 {
-    fs::read(p).unwrap_or_default().iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    fs::read(p)
+        .unwrap_or_default()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 struct Ran {
@@ -216,7 +224,17 @@ fn exit_ok(r: &Ran) -> Result<(), String> {
 fn hpcc(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, String), String>) {
     let _ = fs::write(dir.join("hpccinf.txt"), HPCCINF);
     let mut cmd = Command::new("mpirun");
-    cmd.args(["-np", "2", "--oversubscribe", "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none"]);
+    cmd.args([
+        "-np",
+        "2",
+        "--oversubscribe",
+        "--mca",
+        "btl",
+        "self,vader",
+        "--mca",
+        "btl_vader_single_copy_mechanism",
+        "none",
+    ]);
     // Ranks yield while they wait (2 ranks may share a core with other work).
     cmd.args(["--mca", "mpi_yield_when_idle", "1"]);
     // SAFETY: geteuid has no preconditions.
@@ -307,7 +325,8 @@ fn gcc(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, String)
         if srcs.is_empty() {
             return Err("no C sources found".into());
         }
-        let hashes: Vec<String> = (0..srcs.len()).map(|i| format!("{:016x}", hash_file(&dir.join(format!("obj{i}.o"))))).collect();
+        let hashes: Vec<String> =
+            (0..srcs.len()).map(|i| format!("{:016x}", hash_file(&dir.join(format!("obj{i}.o"))))).collect();
         Ok((format!("{} object files", srcs.len()), hashes.join(" ")))
     });
     (r, check)
@@ -332,14 +351,29 @@ fn redis(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, Strin
     let Some(port) = free_port() else { return fail("no free port on 127.0.0.1".into()) };
     let p = port.to_string();
     let mut srv = Command::new("redis-server");
-    srv.args(["--port", &p, "--bind", "127.0.0.1", "--protected-mode", "yes", "--save", "", "--appendonly", "no", "--daemonize", "no"]);
+    srv.args([
+        "--port",
+        &p,
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ]);
     srv.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     preload_env(&mut srv, a);
     let mut child = match srv.spawn() {
         Ok(c) => c,
         Err(e) => return fail(format!("redis-server: {e}")),
     };
-    let cli = |args: &[&str]| Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &p]).args(args).env_remove("LD_PRELOAD").output();
+    let cli = |args: &[&str]| {
+        Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &p]).args(args).env_remove("LD_PRELOAD").output()
+    };
     let t0 = Instant::now();
     while !cli(&["ping"]).is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG")) {
         if t0.elapsed() > Duration::from_secs(20) || child.try_wait().ok().flatten().is_some() {
@@ -350,7 +384,21 @@ fn redis(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, Strin
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut bench = Command::new("redis-benchmark");
-    bench.args(["-h", "127.0.0.1", "-p", &p, "-n", "10000", "-c", "20", "-d", "100", "-q", "-t", "set,get,incr,lpush,lpop,sadd,hset,lrange_100"]);
+    bench.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-n",
+        "10000",
+        "-c",
+        "20",
+        "-d",
+        "100",
+        "-q",
+        "-t",
+        "set,get,incr,lpush,lpop,sadd,hset,lrange_100",
+    ]);
     bench.env_remove("LD_PRELOAD");
     let mut r = run_cmd(bench, dir, timeout);
     let rss = vm_hwm_kib(child.id());
@@ -453,7 +501,9 @@ pub fn tables(runs: &[AppRun], allocs: &[String], reference: &str) -> (Table, Ta
                     let v = if metric == 0 { c.wall } else { c.rss };
                     row.push(match (v, base) {
                         _ if c.runs > 0 && c.good == 0 => "FAIL".into(),
-                        (Some(v), Some(b)) if b > 0.0 => format!("{:.2}{}", v / b, if c.good < c.runs { "!" } else { "" }),
+                        (Some(v), Some(b)) if b > 0.0 => {
+                            format!("{:.2}{}", v / b, if c.good < c.runs { "!" } else { "" })
+                        }
                         _ => "-".into(),
                     });
                 }
@@ -502,7 +552,10 @@ pub fn run(s: &Settings, allocs: &[Allocator], dir: &Path) -> Result<usize, Stri
     for app in APPS {
         let missing: Vec<&str> = needs(app).iter().copied().filter(|p| !have(p)).collect();
         if !missing.is_empty() {
-            println!("  SKIPPED {app}: {} not found (scripts/bench.sh --apps installs the Debian packages)", missing.join(", "));
+            println!(
+                "  SKIPPED {app}: {} not found (scripts/bench.sh --apps installs the Debian packages)",
+                missing.join(", ")
+            );
             skipped.push(format!("{app}: {} not found", missing.join(", ")));
             continue;
         }
@@ -510,14 +563,25 @@ pub fn run(s: &Settings, allocs: &[Allocator], dir: &Path) -> Result<usize, Stri
             for a in allocs {
                 let r = run_app(app, a, &work, s.timeout.max(120.0));
                 let v = r.verdict.as_ref().map_or_else(|e| format!("FAIL {e}"), |w| format!("ok ({w})"));
-                println!("  {app:<8} rep {}/{reps} {:<10} wall {:>7.3}s rss {:>7.1} MiB  {v}", rep + 1, a.name, r.wall, r.rss_kib as f64 / 1024.0);
+                println!(
+                    "  {app:<8} rep {}/{reps} {:<10} wall {:>7.3}s rss {:>7.1} MiB  {v}",
+                    rep + 1,
+                    a.name,
+                    r.wall,
+                    r.rss_kib as f64 / 1024.0
+                );
                 runs.push(r);
             }
         }
     }
     compare_outputs(&mut runs);
     let (time, rss, detail) = tables(&runs, &names, &reference);
-    println!("\n== app wall time relative to {reference}\n{}\n== app peak RSS relative to {reference}\n{}\n{}", time.text(), rss.text(), detail.text());
+    println!(
+        "\n== app wall time relative to {reference}\n{}\n== app peak RSS relative to {reference}\n{}\n{}",
+        time.text(),
+        rss.text(),
+        detail.text()
+    );
     let mut md = format!(
         "# Real applications — {}\n\n- Command: `{}`\n- Source: {}\n- Machine: {}\n- {reps} run(s) per app and allocator; ratios of \
 medians to **{reference}**, lower is better; `FAIL` = the app's output check failed (see the detail table).\n\n",
@@ -526,14 +590,25 @@ medians to **{reference}**, lower is better; `FAIL` = the app's output check fai
         super::git_describe(),
         super::machine()
     );
-    md += &format!("## Wall time relative to {reference}\n\n{}\n## Peak RSS relative to {reference}\n\n{}\n## Detail\n\n{}", time.markdown(), rss.markdown(), detail.markdown());
+    md += &format!(
+        "## Wall time relative to {reference}\n\n{}\n## Peak RSS relative to {reference}\n\n{}\n## Detail\n\n{}",
+        time.markdown(),
+        rss.markdown(),
+        detail.markdown()
+    );
     for sk in &skipped {
         md += &format!("\n- SKIPPED {sk}");
     }
     md += "\n";
     super::write(&dir.join("apps.md"), &md)?;
     let rows = runs.iter().map(|r| {
-        vec![r.app.clone(), r.alloc.clone(), format!("{:.6}", r.wall), r.rss_kib.to_string(), r.verdict.as_ref().map_or_else(|e| format!("FAIL: {e}"), |w| format!("ok: {w}"))]
+        vec![
+            r.app.clone(),
+            r.alloc.clone(),
+            format!("{:.6}", r.wall),
+            r.rss_kib.to_string(),
+            r.verdict.as_ref().map_or_else(|e| format!("FAIL: {e}"), |w| format!("ok: {w}")),
+        ]
     });
     super::write(&dir.join("apps.csv"), &csv_text(&["app", "allocator", "wall_s", "peak_rss_kib", "status"], rows))?;
     if fs::read_dir(&work).map(|mut d| d.next().is_none()).unwrap_or(false) {
@@ -548,12 +623,23 @@ mod tests {
     use super::*;
 
     fn run(app: &str, alloc: &str, wall: f64, fp: &str) -> AppRun {
-        AppRun { app: app.into(), alloc: alloc.into(), wall, rss_kib: 2048, verdict: Ok("x".into()), fingerprint: fp.into() }
+        AppRun {
+            app: app.into(),
+            alloc: alloc.into(),
+            wall,
+            rss_kib: 2048,
+            verdict: Ok("x".into()),
+            fingerprint: fp.into(),
+        }
     }
 
     #[test]
     fn different_output_is_a_failure_and_ratios_follow_the_reference() {
-        let mut runs = vec![run("lammps", "mimalloc3", 2.0, "a"), run("lammps", "glibc", 1.0, "a"), run("lammps", "domalloc", 3.0, "b")];
+        let mut runs = vec![
+            run("lammps", "mimalloc3", 2.0, "a"),
+            run("lammps", "glibc", 1.0, "a"),
+            run("lammps", "domalloc", 3.0, "b"),
+        ];
         compare_outputs(&mut runs);
         assert!(runs[0].verdict.is_ok() && runs[1].verdict.is_ok());
         assert_eq!(runs[2].verdict, Err("output differs from the glibc run's".into()));

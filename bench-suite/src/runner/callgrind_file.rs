@@ -44,7 +44,8 @@ pub fn entry(name: &str) -> Option<Entry> {
     }
     let n = n.strip_prefix("__libc_").or_else(|| n.strip_prefix("mi_")).unwrap_or(n);
     Some(match n {
-        "malloc" | "calloc" | "posix_memalign" | "__posix_memalign" | "aligned_alloc" | "memalign" | "valloc" | "pvalloc" => Entry::Alloc,
+        "malloc" | "calloc" | "posix_memalign" | "__posix_memalign" | "aligned_alloc" | "memalign" | "valloc"
+        | "pvalloc" => Entry::Alloc,
         "free" | "cfree" | "free_sized" | "free_aligned_sized" | "free_size" | "free_aligned" => Entry::Free,
         "realloc" | "reallocarray" | "reallocf" => Entry::Both,
         "malloc_usable_size" | "usable_size" => Entry::Other,
@@ -54,7 +55,8 @@ pub fn entry(name: &str) -> Option<Entry> {
 
 /// glibc's own malloc internals that call its entry points (the thread-exit tcache flush frees
 /// every cached block through `free`); calls from them are not the program's.
-const GLIBC_INTERNAL: [&str; 4] = ["__malloc_arena_thread_freeres", "tcache_thread_shutdown", "arena_thread_freeres", "__libc_thread_freeres"];
+const GLIBC_INTERNAL: [&str; 4] =
+    ["__malloc_arena_thread_freeres", "tcache_thread_shutdown", "arena_thread_freeres", "__libc_thread_freeres"];
 
 /// Where the allocator's code lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,7 +135,11 @@ impl Events {
 
     fn cost(&self, v: &[u64]) -> Cost {
         let get = |i: usize| v.get(i).copied().unwrap_or(0);
-        Cost { ir: self.ir.map_or(0, get), d1: self.d1.iter().map(|&i| get(i)).sum(), ll: self.ll.iter().map(|&i| get(i)).sum() }
+        Cost {
+            ir: self.ir.map_or(0, get),
+            d1: self.d1.iter().map(|&i| get(i)).sum(),
+            ll: self.ll.iter().map(|&i| get(i)).sum(),
+        }
     }
 }
 
@@ -217,7 +223,11 @@ pub fn parse(text: &str, home: &Home) -> Result<Profile, String> {
                         *p.calls.entry(plain_name(&cfn).to_string()).or_default() += n;
                         p.alloc.add(cost);
                     }
-                } else if outside && !home.owns(&callee_ob) && callee_ob != ob && matches!(entry(&cfn), Some(Entry::Alloc | Entry::Free | Entry::Both)) {
+                } else if outside
+                    && !home.owns(&callee_ob)
+                    && callee_ob != ob
+                    && matches!(entry(&cfn), Some(Entry::Alloc | Entry::Free | Entry::Both))
+                {
                     p.foreign += n;
                 }
             }

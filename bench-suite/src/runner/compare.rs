@@ -23,7 +23,14 @@ pub struct Runner<'a> {
 
 impl Runner<'_> {
     /// One run of workload `w` under allocator `a` with extra arguments and environment.
-    pub fn one_with(&self, rep: usize, w: &str, a: &Allocator, args: &[String], env: &[(String, String)]) -> (Record, String) {
+    pub fn one_with(
+        &self,
+        rep: usize,
+        w: &str,
+        a: &Allocator,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> (Record, String) {
         let log = self.logs.join(format!("{w}.{}.{rep}.log", a.name));
         let file = fs::File::create(&log).expect("create log file");
         let mut cmd = Command::new(&self.bin);
@@ -98,7 +105,10 @@ pub fn check_checksums(records: &mut [Record]) {
         for r in records.iter_mut().filter(|r| r.workload == w && r.ok) {
             if r.checksum.as_deref().unwrap_or("") != majority {
                 r.ok = false;
-                r.status = format!("checksum {} differs from the other runs' {majority}", r.checksum.clone().unwrap_or_default());
+                r.status = format!(
+                    "checksum {} differs from the other runs' {majority}",
+                    r.checksum.clone().unwrap_or_default()
+                );
             }
         }
     }
@@ -165,7 +175,10 @@ fn print_report(c: &Ctx<'_>, sum: &Summary, failed: &[&Record], logs: &Path) {
     let reference = &sum.reference;
     println!();
     for w in &sum.workloads {
-        println!("== {w} (threads {}, medians and min-max of {} reps; x ref = ratio to {reference}, lower is better)", c.threads, c.s.reps);
+        println!(
+            "== {w} (threads {}, medians and min-max of {} reps; x ref = ratio to {reference}, lower is better)",
+            c.threads, c.s.reps
+        );
         print!("{}", report::workload_table(sum, w).text());
         println!();
     }
@@ -182,7 +195,12 @@ fn print_report(c: &Ctx<'_>, sum: &Summary, failed: &[&Record], logs: &Path) {
         }
         println!("  logs: {}", logs.display());
     }
-    println!("\nTotal time {} (load average at start {}, at end {})", super::secs(c.took), c.load_start, super::loadavg());
+    println!(
+        "\nTotal time {} (load average at start {}, at end {})",
+        super::secs(c.took),
+        c.load_start,
+        super::loadavg()
+    );
 }
 
 fn warn_if_loaded(load: &str) {
@@ -197,7 +215,14 @@ fn warn_if_loaded(load: &str) {
 }
 
 /// Runs the main part; returns the number of failed runs.
-pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], skipped: &[Skipped], dir: &Path, stamp: &str) -> Result<usize, String> {
+pub fn run(
+    s: &Settings,
+    bin: &Path,
+    allocs: &[Allocator],
+    skipped: &[Skipped],
+    dir: &Path,
+    stamp: &str,
+) -> Result<usize, String> {
     let wnames = select_workloads(s)?;
     let names: Vec<String> = allocs.iter().map(|a| a.name.clone()).collect();
     let reference = super::reference(s, &names)?;
@@ -233,7 +258,13 @@ pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], skipped: &[Skipped], 
     Ok(failed.len())
 }
 
-fn write_files(c: &Ctx<'_>, sum: &Summary, failed: &[&Record], numa: &numa::NumaOutcome, dir: &Path) -> Result<(), String> {
+fn write_files(
+    c: &Ctx<'_>,
+    sum: &Summary,
+    failed: &[&Record],
+    numa: &numa::NumaOutcome,
+    dir: &Path,
+) -> Result<(), String> {
     let title = format!("Allocator comparison {} — {}", c.stamp, super::machine());
     let files = [
         ("results.csv", report::summary_csv(sum), "latest.csv"),
@@ -247,7 +278,11 @@ fn write_files(c: &Ctx<'_>, sum: &Summary, failed: &[&Record], numa: &numa::Numa
     if let Some(csv) = numa.csv() {
         super::write(&dir.join("numa.csv"), &csv)?;
     }
-    println!("Wrote {0}/results.{{csv,md,svg}}, {0}/runs.csv and {1}/latest.{{csv,md,svg}}", dir.display(), c.s.out.display());
+    println!(
+        "Wrote {0}/results.{{csv,md,svg}}, {0}/runs.csv and {1}/latest.{{csv,md,svg}}",
+        dir.display(),
+        c.s.out.display()
+    );
     Ok(())
 }
 
@@ -332,7 +367,12 @@ mod tests {
     fn ratios_geomean_ranges_and_files() {
         let ws = vec!["a".to_string(), "b".to_string()];
         let al = vec!["ref".to_string(), "x".to_string()];
-        let mut recs = vec![rec("a", "ref", 1.0, true), rec("a", "x", 2.0, true), rec("b", "ref", 2.0, true), rec("b", "x", 1.0, true)];
+        let mut recs = vec![
+            rec("a", "ref", 1.0, true),
+            rec("a", "x", 2.0, true),
+            rec("b", "ref", 2.0, true),
+            rec("b", "x", 1.0, true),
+        ];
         recs.push(Record { rep: 1, ..rec("a", "x", 3.0, true) });
         recs.push(rec("b", "x", 9.0, false));
         let s = Summary::new(&ws, &al, "ref", &recs);

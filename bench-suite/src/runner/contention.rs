@@ -116,8 +116,23 @@ fn verdict(r: &Row) -> Option<&'static str> {
 /// The table: counters per million operations.
 pub fn table(rows: &[Row]) -> Table {
     let head = [
-        "workload", "threads", "wall s", "Mops", "domain/Mop", "process/Mop", "arena/Mop", "other/Mop", "shared/10k", "steady/10k",
-        "start+exit/Mop", "contended/Mop", "futex waits/Mop", "CAS retries/Mop", "syscalls/Mop", "syscalls_under_domain_lock", "target",
+        "workload",
+        "threads",
+        "wall s",
+        "Mops",
+        "domain/Mop",
+        "process/Mop",
+        "arena/Mop",
+        "other/Mop",
+        "shared/10k",
+        "steady/10k",
+        "start+exit/Mop",
+        "contended/Mop",
+        "futex waits/Mop",
+        "CAS retries/Mop",
+        "syscalls/Mop",
+        "syscalls_under_domain_lock",
+        "target",
     ];
     let rows = rows
         .iter()
@@ -157,7 +172,9 @@ pub fn flatness(rows: &[Row]) -> Vec<(String, Option<f64>)> {
         let per_op: Vec<(u64, f64)> = rows
             .iter()
             .filter(|r| r.workload == w)
-            .filter_map(|r| r.counters.as_ref().ok().map(|c| (r.threads, c.shared_locks() as f64 / c.get("ops").max(1) as f64)))
+            .filter_map(|r| {
+                r.counters.as_ref().ok().map(|c| (r.threads, c.shared_locks() as f64 / c.get("ops").max(1) as f64))
+            })
             .collect();
         let lo = per_op.iter().min_by_key(|x| x.0);
         let hi = per_op.iter().max_by_key(|x| x.0);
@@ -173,8 +190,22 @@ pub fn flatness(rows: &[Row]) -> Vec<(String, Option<f64>)> {
 
 /// The CSV: every counter of the line, raw and per million ops.
 pub fn csv(rows: &[Row]) -> String {
-    let mut keys: Vec<String> = rows.iter().filter_map(|r| r.counters.as_ref().ok()).flat_map(|c| c.0.keys().cloned()).collect();
-    for k in ["ops", "locks_domain", "locks_process", "locks_arena", "locks_other", "contended", "futex_waits", "cas_retries", "mmap", "munmap", "madvise", "syscalls_under_domain_lock"] {
+    let mut keys: Vec<String> =
+        rows.iter().filter_map(|r| r.counters.as_ref().ok()).flat_map(|c| c.0.keys().cloned()).collect();
+    for k in [
+        "ops",
+        "locks_domain",
+        "locks_process",
+        "locks_arena",
+        "locks_other",
+        "contended",
+        "futex_waits",
+        "cas_retries",
+        "mmap",
+        "munmap",
+        "madvise",
+        "syscalls_under_domain_lock",
+    ] {
         keys.push(k.to_string());
     }
     keys.sort();
@@ -189,7 +220,11 @@ pub fn csv(rows: &[Row]) -> String {
             Ok(c) => {
                 v.push("ok".into());
                 v.extend(keys.iter().map(|k| c.get(k).to_string()));
-                v.extend(keys.iter().filter(|k| *k != "ops").map(|k| c.per_mop(c.get(k)).map_or(String::new(), |x| format!("{x:.3}"))));
+                v.extend(
+                    keys.iter()
+                        .filter(|k| *k != "ops")
+                        .map(|k| c.per_mop(c.get(k)).map_or(String::new(), |x| format!("{x:.3}"))),
+                );
                 v.push(verdict(r).unwrap_or("").to_string());
             }
             Err(why) => {
@@ -270,7 +305,13 @@ pub fn run(s: &Settings, bin: &Path, dir: &Path) -> Result<usize, String> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
     let runner = Runner { s: &settings, bin: bin.to_path_buf(), logs };
-    let a = Allocator { name: "domalloc-contention".into(), path: Some(lib.clone()), what: String::new(), version: String::new(), env: Vec::new() };
+    let a = Allocator {
+        name: "domalloc-contention".into(),
+        path: Some(lib.clone()),
+        what: String::new(),
+        version: String::new(),
+        env: Vec::new(),
+    };
     let mut rows = Vec::new();
     let mut failed = 0;
     for w in WORKLOADS {
@@ -285,10 +326,15 @@ pub fn run(s: &Settings, bin: &Path, dir: &Path) -> Result<usize, String> {
                 failed += 1;
                 Err(format!("run failed: {}", rec.status))
             } else {
-                parse(&out).ok_or_else(|| "no `domalloc: contention:` line (library built without --features contention-stats?)".to_string())
+                parse(&out).ok_or_else(|| {
+                    "no `domalloc: contention:` line (library built without --features contention-stats?)".to_string()
+                })
             };
             let row = Row { workload: w.into(), threads: t, wall: rec.wall, counters };
-            print!("{}", table(std::slice::from_ref(&row)).text().lines().nth(1).map(|l| format!("  {l}\n")).unwrap_or_default());
+            print!(
+                "{}",
+                table(std::slice::from_ref(&row)).text().lines().nth(1).map(|l| format!("  {l}\n")).unwrap_or_default()
+            );
             rows.push(row);
         }
     }
@@ -304,7 +350,8 @@ pub fn run(s: &Settings, bin: &Path, dir: &Path) -> Result<usize, String> {
 mod tests {
     use super::*;
 
-    const LINE: &str = "domalloc: contention: ops=2000000 locks_domain=150 locks_process=50 locks_arena=1000 locks_other=3 \
+    const LINE: &str =
+        "domalloc: contention: ops=2000000 locks_domain=150 locks_process=50 locks_arena=1000 locks_other=3 \
 contended=20 futex_waits=7 cas_retries=400 mmap=10 munmap=4 madvise=6 syscalls_under_domain_lock=2 new_key=9 \
 locks_steady=200 locks_thread_start_exit=1003";
 
@@ -321,7 +368,9 @@ locks_steady=200 locks_thread_start_exit=1003";
     #[test]
     fn table_csv_and_targets() {
         let c = parse(LINE).unwrap();
-        let ok = Counters(c.0.iter().map(|(k, v)| (k.clone(), if k == "syscalls_under_domain_lock" { 0 } else { *v })).collect());
+        let ok = Counters(
+            c.0.iter().map(|(k, v)| (k.clone(), if k == "syscalls_under_domain_lock" { 0 } else { *v })).collect(),
+        );
         let rows = vec![
             Row { workload: "larson".into(), threads: 2, wall: 1.0, counters: Ok(ok.clone()) },
             Row { workload: "larson".into(), threads: 64, wall: 2.0, counters: Ok(c.clone()) },
@@ -329,7 +378,13 @@ locks_steady=200 locks_thread_start_exit=1003";
         ];
         let t = table(&rows).text();
         // 200 shared locks per 2M ops = 100 per Mop = 1.00 per 10k: on the target.
-        assert!(t.contains("larson") && t.contains("1.00") && t.contains("75.00") && t.contains("OVER (syscall under lock)"), "{t}");
+        assert!(
+            t.contains("larson")
+                && t.contains("1.00")
+                && t.contains("75.00")
+                && t.contains("OVER (syscall under lock)"),
+            "{t}"
+        );
         assert!(t.lines().nth(1).unwrap().ends_with("ok"), "{t}");
         assert!(t.contains("no counters: run failed"), "{t}");
         assert_eq!(flatness(&rows)[0], ("larson".to_string(), Some(1.0)));

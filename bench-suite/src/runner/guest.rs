@@ -93,16 +93,24 @@ pub fn guest_allocs(allocs: &[Allocator]) -> Vec<GuestAlloc> {
             "glibc" | "mimalloc3" => v.push(GuestAlloc { name: a.name.clone(), lib: a.path.clone(), env: None }),
             "domalloc" => {
                 v.push(GuestAlloc { name: "domalloc".into(), lib: a.path.clone(), env: None });
-                v.push(GuestAlloc { name: "domalloc-nonuma".into(), lib: a.path.clone(), env: Some("DOMALLOC_NUMA=0".into()) });
+                v.push(GuestAlloc {
+                    name: "domalloc-nonuma".into(),
+                    lib: a.path.clone(),
+                    env: Some("DOMALLOC_NUMA=0".into()),
+                });
                 // More columns of the same library with other options:
                 // BENCH_GUEST_VARIANTS="domalloc-reuse:DOMALLOC_FIRST_TOUCH=reuse,...".
-                for var in std::env::var("BENCH_GUEST_VARIANTS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+                for var in
+                    std::env::var("BENCH_GUEST_VARIANTS").unwrap_or_default().split(',').filter(|s| !s.is_empty())
+                {
                     if let Some((name, env)) = var.split_once(':') {
                         v.push(GuestAlloc { name: name.into(), lib: a.path.clone(), env: Some(env.replace(';', " ")) });
                     }
                 }
             }
-            n if n.starts_with("domalloc-") => v.push(GuestAlloc { name: a.name.clone(), lib: a.path.clone(), env: None }),
+            n if n.starts_with("domalloc-") => {
+                v.push(GuestAlloc { name: a.name.clone(), lib: a.path.clone(), env: None })
+            }
             _ => {}
         }
     }
@@ -140,13 +148,23 @@ pub fn guest_script(allocs: &[GuestAlloc], threads: &[u64], workloads: &[GuestWo
     s += "irq() { awk -v k=\"$1:\" '$1 == k { for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i } END { print n + 0 }' /proc/interrupts; }\n";
     s += "counts() { echo \"$(irq TLB) $(irq CAL) $(awk '$1 == \"pgfault\" { print $2 }' /proc/vmstat)\"; }\n";
     for a in allocs {
-        let pre = a.lib.as_ref().map_or(String::new(), |l| format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()));
-        let _ = writeln!(s, "echo \"GUESTPROBE alloc={} $(LD_PRELOAD={pre} /bench/workloads probe 2>&1 | tail -n 1)\"", a.name);
+        let pre = a
+            .lib
+            .as_ref()
+            .map_or(String::new(), |l| format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()));
+        let _ = writeln!(
+            s,
+            "echo \"GUESTPROBE alloc={} $(LD_PRELOAD={pre} /bench/workloads probe 2>&1 | tail -n 1)\"",
+            a.name
+        );
     }
     for w in workloads {
         for t in threads {
             for a in allocs {
-                let pre = a.lib.as_ref().map_or(String::new(), |l| format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()));
+                let pre = a
+                    .lib
+                    .as_ref()
+                    .map_or(String::new(), |l| format!("/bench/lib/{}", l.file_name().unwrap().to_string_lossy()));
                 let env = a.env.clone().unwrap_or_default();
                 let _ = writeln!(
                     s,
@@ -188,7 +206,14 @@ pub fn build_payload(work: &Path, bin: &Path, allocs: &[GuestAlloc], body: &str)
         copy_into(&stage, d, &d.to_string_lossy())?;
     }
     let tgz = work.join("bundle.tgz");
-    let st = Command::new("tar").arg("-C").arg(&stage).args(["-czf"]).arg(&tgz).arg(".").status().map_err(|e| format!("tar: {e}"))?;
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&stage)
+        .args(["-czf"])
+        .arg(&tgz)
+        .arg(".")
+        .status()
+        .map_err(|e| format!("tar: {e}"))?;
     if !st.success() {
         return Err("tar failed".into());
     }
@@ -216,7 +241,9 @@ pub fn parse_console(topology: &str, console: &str) -> Vec<Cell> {
         let Some(i) = line.find("GUESTBENCH alloc=") else { continue };
         let toks: Vec<&str> = line[i + 11..].split_whitespace().collect();
         let field = |k: &str| toks.iter().find_map(|t| t.strip_prefix(k)?.strip_prefix('='));
-        let (Some(alloc), Some(threads)) = (field("alloc"), field("threads").and_then(|t| t.parse().ok())) else { continue };
+        let (Some(alloc), Some(threads)) = (field("alloc"), field("threads").and_then(|t| t.parse().ok())) else {
+            continue;
+        };
         let seconds = match (field("rc"), field("elapsed_s").and_then(|v| v.parse::<f64>().ok())) {
             (Some("0"), Some(s)) => Ok(s),
             (rc, _) => Err(format!("FAIL (exit {})", rc.unwrap_or("?"))),
@@ -239,7 +266,8 @@ fn cell<'a>(cells: &'a [Cell], topo: &str, w: &str, t: u64, a: &str) -> Option<&
 /// Markdown table: rows (topology, workload, threads), columns allocators: seconds and ratio to
 /// mimalloc3, then the kernel's counts (TLB shootdowns / function-call interrupts / page faults).
 pub fn markdown_table(cells: &[Cell], allocs: &[String]) -> String {
-    let mut rows: Vec<(String, String, u64)> = cells.iter().map(|c| (c.topology.clone(), c.workload.clone(), c.threads)).collect();
+    let mut rows: Vec<(String, String, u64)> =
+        cells.iter().map(|c| (c.topology.clone(), c.workload.clone(), c.threads)).collect();
     rows.dedup();
     let mut head = vec!["topology".to_string(), "workload".to_string(), "threads".to_string()];
     head.extend(allocs.iter().cloned());
@@ -277,19 +305,30 @@ pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], dir: &Path) -> Result
     println!("\n== Guest benchmark: test-stress in QEMU guests ({} allocators)", gallocs.len());
     let script = super::repo().join("scripts/qemu/run-guest.sh");
     let quick = s.opts.quick;
-    let load: u64 = env_or("BENCH_GUEST_LOAD", if quick { "1" } else { "2" }).parse().map_err(|e| format!("BENCH_GUEST_LOAD: {e}"))?;
-    let iterations: u64 = env_or("BENCH_GUEST_ITERATIONS", if quick { "1" } else { "2" }).parse().map_err(|e| format!("BENCH_GUEST_ITERATIONS: {e}"))?;
+    let load: u64 = env_or("BENCH_GUEST_LOAD", if quick { "1" } else { "2" })
+        .parse()
+        .map_err(|e| format!("BENCH_GUEST_LOAD: {e}"))?;
+    let iterations: u64 = env_or("BENCH_GUEST_ITERATIONS", if quick { "1" } else { "2" })
+        .parse()
+        .map_err(|e| format!("BENCH_GUEST_ITERATIONS: {e}"))?;
     let churn_rounds = env_or("BENCH_GUEST_CHURN_ROUNDS", if quick { "1" } else { "5" });
     let workloads: Vec<GuestWorkload> = env_or("BENCH_GUEST_WORKLOADS", "test-stress,churn")
         .split(',')
         .map(|w| match w.trim() {
-            "test-stress" => Ok(GuestWorkload { name: "test-stress".into(), args: format!("--load {load} --iterations {iterations}") }),
-            "churn" => Ok(GuestWorkload { name: "churn".into(), args: format!("--load 20 --iterations {churn_rounds}") }),
+            "test-stress" => Ok(GuestWorkload {
+                name: "test-stress".into(),
+                args: format!("--load {load} --iterations {iterations}"),
+            }),
+            "churn" => {
+                Ok(GuestWorkload { name: "churn".into(), args: format!("--load 20 --iterations {churn_rounds}") })
+            }
             other => Err(format!("BENCH_GUEST_WORKLOADS: {other}: the guest part runs test-stress and churn")),
         })
         .collect::<Result<_, _>>()?;
-    let threads: Vec<u64> = env_or("BENCH_GUEST_THREADS", "8,32").split(',').filter_map(|t| t.trim().parse().ok()).collect();
-    let topologies: Vec<String> = env_or("BENCH_GUEST_TOPOLOGIES", "1n8,4n2").split(',').map(|t| t.trim().to_string()).collect();
+    let threads: Vec<u64> =
+        env_or("BENCH_GUEST_THREADS", "8,32").split(',').filter_map(|t| t.trim().parse().ok()).collect();
+    let topologies: Vec<String> =
+        env_or("BENCH_GUEST_TOPOLOGIES", "1n8,4n2").split(',').map(|t| t.trim().to_string()).collect();
     let timeout = env_or("BENCH_GUEST_TIMEOUT", "1200");
     let work = super::repo().join("numa-tests/work/bench-guest");
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
@@ -312,8 +351,10 @@ pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], dir: &Path) -> Result
         let console = String::from_utf8_lossy(&out.stdout);
         let got = parse_console(topo, &console);
         let took = t0.elapsed().as_secs_f64();
-        let cpus = console.lines().find_map(|l| l.split("GUESTBENCH-START cpus=").nth(1)).unwrap_or("?").trim().to_string();
-        let probes: Vec<String> = console.lines().filter(|l| l.contains("GUESTPROBE")).map(|l| l.trim().to_string()).collect();
+        let cpus =
+            console.lines().find_map(|l| l.split("GUESTBENCH-START cpus=").nth(1)).unwrap_or("?").trim().to_string();
+        let probes: Vec<String> =
+            console.lines().filter(|l| l.contains("GUESTPROBE")).map(|l| l.trim().to_string()).collect();
         if !console.contains("GUESTBENCH-END") {
             let err = String::from_utf8_lossy(&out.stderr);
             let why = err.lines().rev().find(|l| l.starts_with("run-guest")).unwrap_or("").to_string();
@@ -364,7 +405,20 @@ seconds (the workload's own clock) and the ratio to mimalloc3; then what the gue
     });
     super::write(
         &dir.join("guest.csv"),
-        &csv_text(&["topology", "workload", "threads", "allocator", "guest_seconds", "status", "tlb_shootdowns", "call_interrupts", "page_faults"], rows),
+        &csv_text(
+            &[
+                "topology",
+                "workload",
+                "threads",
+                "allocator",
+                "guest_seconds",
+                "status",
+                "tlb_shootdowns",
+                "call_interrupts",
+                "page_faults",
+            ],
+            rows,
+        ),
     )?;
     super::write(&dir.join("guest.md"), &md)?;
     println!("Wrote {0}/guest.md and {0}/guest.csv", dir.display());
@@ -395,7 +449,11 @@ GUESTBENCH alloc=domalloc workload=churn threads=8 rc=134 tlb=1 cal=2 faults=3 \
     fn script_runs_every_cell() {
         let a = vec![
             GuestAlloc { name: "glibc".into(), lib: None, env: None },
-            GuestAlloc { name: "domalloc-nonuma".into(), lib: Some("/x/libdomalloc.so".into()), env: Some("DOMALLOC_NUMA=0".into()) },
+            GuestAlloc {
+                name: "domalloc-nonuma".into(),
+                lib: Some("/x/libdomalloc.so".into()),
+                env: Some("DOMALLOC_NUMA=0".into()),
+            },
         ];
         let w = vec![
             GuestWorkload { name: "test-stress".into(), args: "--load 5 --iterations 5".into() },

@@ -78,10 +78,11 @@ pub const CACHES: [&str; 3] = ["--I1=32768,8,64", "--D1=32768,8,64", "--LL=83886
 
 /// The callgrind command line before the output file and the program.
 pub fn valgrind_args() -> Vec<String> {
-    let mut v: Vec<String> = ["--tool=callgrind", "--cache-sim=yes", "--fair-sched=yes", "--compress-strings=no", "--compress-pos=no"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> =
+        ["--tool=callgrind", "--cache-sim=yes", "--fair-sched=yes", "--compress-strings=no", "--compress-pos=no"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     v.extend(CACHES.iter().map(|s| s.to_string()));
     v
 }
@@ -184,7 +185,8 @@ pub fn run_one(bin: &Path, w: &str, a: &Allocator, scale: f64, threads: u64, cg_
     let _ = fs::remove_file(&log);
     row.section = part.is_file();
     let path = if row.section { &part } else { cg_file };
-    row.profile = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display())).and_then(|t| parse(&t, &Home::of(a)));
+    row.profile =
+        fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display())).and_then(|t| parse(&t, &Home::of(a)));
     if let Ok(p) = &row.profile {
         if p.pairs() == 0.0 {
             row.profile = Err("no malloc/free calls counted into the allocator".into());
@@ -196,7 +198,9 @@ pub fn run_one(bin: &Path, w: &str, a: &Allocator, scale: f64, threads: u64, cg_
 /// `valgrind --version`, or why it cannot run.
 pub fn valgrind_version() -> Result<String, String> {
     let out = Command::new("valgrind").arg("--version").output().map_err(|e| {
-        format!("valgrind not found ({e}): install it (Debian: apt-get install valgrind; scripts/bench.sh --icount does)")
+        format!(
+            "valgrind not found ({e}): install it (Debian: apt-get install valgrind; scripts/bench.sh --icount does)"
+        )
     })?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -297,7 +301,11 @@ impl Report {
     /// Arranges the runs; a checksum that differs from another allocator's fails the run.
     pub fn new(workloads: Vec<String>, allocs: Vec<String>, reference: String, mut rows: Vec<Row>) -> Report {
         for w in &workloads {
-            let sums: Vec<String> = rows.iter().filter(|r| &r.workload == w && r.profile.is_ok()).filter_map(|r| r.checksum.clone()).collect();
+            let sums: Vec<String> = rows
+                .iter()
+                .filter(|r| &r.workload == w && r.profile.is_ok())
+                .filter_map(|r| r.checksum.clone())
+                .collect();
             if let Some(first) = sums.first().cloned() {
                 if sums.iter().any(|s| *s != first) {
                     for r in rows.iter_mut().filter(|r| &r.workload == w && r.profile.is_ok()) {
@@ -309,7 +317,8 @@ impl Report {
         let mut cells = BTreeMap::new();
         for w in &workloads {
             for a in &allocs {
-                let ok: Vec<&Row> = rows.iter().filter(|r| &r.workload == w && &r.alloc == a && r.profile.is_ok()).collect();
+                let ok: Vec<&Row> =
+                    rows.iter().filter(|r| &r.workload == w && &r.alloc == a && r.profile.is_ok()).collect();
                 let Some(first) = ok.first() else { continue };
                 let mut cell = Cell { row: (*first).clone(), spread: None };
                 for other in &ok[1..] {
@@ -404,14 +413,31 @@ pub fn ir_table(r: &Report) -> Table {
 /// Every (workload, allocator): the per-pair counts and ratios.
 pub fn detail_table(r: &Report) -> Table {
     let head = [
-        "workload", "allocator", "pairs", "malloc+free Ir", "library Ir", "total Ir", "malloc+free D1", "total D1", "malloc+free LL", "total LL",
-        "x ref malloc+free Ir", "x ref total Ir", "x ref total D1", "run s", "rep spread",
+        "workload",
+        "allocator",
+        "pairs",
+        "malloc+free Ir",
+        "library Ir",
+        "total Ir",
+        "malloc+free D1",
+        "total D1",
+        "malloc+free LL",
+        "total LL",
+        "x ref malloc+free Ir",
+        "x ref total Ir",
+        "x ref total D1",
+        "run s",
+        "rep spread",
     ];
     let mut rows = Vec::new();
     for w in &r.workloads {
         for a in &r.allocs {
             let Some(c) = r.cell(w, a) else {
-                let why = r.rows.iter().find(|x| &x.workload == w && &x.alloc == a).and_then(|x| x.profile.as_ref().err().cloned());
+                let why = r
+                    .rows
+                    .iter()
+                    .find(|x| &x.workload == w && &x.alloc == a)
+                    .and_then(|x| x.profile.as_ref().err().cloned());
                 let mut v = vec![w.clone(), a.clone()];
                 v.extend(std::iter::repeat_n("-".to_string(), head.len() - 3));
                 v.push(format!("FAIL: {}", why.unwrap_or_else(|| "not run".into())));
@@ -464,16 +490,51 @@ pub fn geomean_lines(r: &Report) -> Vec<String> {
 /// `geomean` rows.
 pub fn csv(r: &Report) -> String {
     let head = [
-        "workload", "allocator", "rep", "reference", "scale", "status", "counted", "allocs", "frees", "pairs", "alloc_ir", "alloc_d1", "alloc_ll",
-        "lib_ir", "lib_d1", "lib_ll", "total_ir", "total_d1", "total_ll", "alloc_ir_per_pair", "lib_ir_per_pair", "total_ir_per_pair",
-        "alloc_d1_per_pair", "total_d1_per_pair", "alloc_ll_per_pair", "total_ll_per_pair", "ratio_alloc_ir", "ratio_total_ir",
-        "ratio_total_d1", "ratio_total_ll", "wall_s", "checksum", "workload_ops",
+        "workload",
+        "allocator",
+        "rep",
+        "reference",
+        "scale",
+        "status",
+        "counted",
+        "allocs",
+        "frees",
+        "pairs",
+        "alloc_ir",
+        "alloc_d1",
+        "alloc_ll",
+        "lib_ir",
+        "lib_d1",
+        "lib_ll",
+        "total_ir",
+        "total_d1",
+        "total_ll",
+        "alloc_ir_per_pair",
+        "lib_ir_per_pair",
+        "total_ir_per_pair",
+        "alloc_d1_per_pair",
+        "total_d1_per_pair",
+        "alloc_ll_per_pair",
+        "total_ll_per_pair",
+        "ratio_alloc_ir",
+        "ratio_total_ir",
+        "ratio_total_d1",
+        "ratio_total_ll",
+        "wall_s",
+        "checksum",
+        "workload_ops",
     ];
     let f6 = |v: f64| format!("{v:.6}");
     let o6 = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     let mut rows = Vec::new();
     for x in &r.rows {
-        let mut v = vec![x.workload.clone(), x.alloc.clone(), (x.rep + 1).to_string(), r.reference.clone(), x.scale.to_string()];
+        let mut v = vec![
+            x.workload.clone(),
+            x.alloc.clone(),
+            (x.rep + 1).to_string(),
+            r.reference.clone(),
+            x.scale.to_string(),
+        ];
         match &x.profile {
             Ok(p) => {
                 let pairs = p.pairs();
@@ -587,7 +648,8 @@ first level, LL = last-level misses (instructions and data), simulated caches {}
     for (n, v, p) in &h.allocs {
         let _ = writeln!(md, "| {n} | {} | {p} |", if v.is_empty() { "-" } else { v });
     }
-    let _ = write!(md, "\n## malloc+free instructions per pair (ratio to {})\n\n{}", r.reference, ir_table(r).markdown());
+    let _ =
+        write!(md, "\n## malloc+free instructions per pair (ratio to {})\n\n{}", r.reference, ir_table(r).markdown());
     md += "\n## Geometric means of the ratios\n\n";
     for l in geomean_lines(r) {
         let _ = writeln!(md, "- {l}");
@@ -604,7 +666,14 @@ first level, LL = last-level misses (instructions and data), simulated caches {}
         md += "None.\n";
     }
     for f in failed {
-        let _ = writeln!(md, "- {} under {} (run {}): {}", f.workload, f.alloc, f.rep + 1, f.profile.as_ref().err().map_or("", |s| s.as_str()));
+        let _ = writeln!(
+            md,
+            "- {} under {} (run {}): {}",
+            f.workload,
+            f.alloc,
+            f.rep + 1,
+            f.profile.as_ref().err().map_or("", |s| s.as_str())
+        );
     }
     if r.rows.iter().any(|x| x.profile.is_ok() && !x.section) {
         md += "\nSome runs counted the whole process (no dump of the workload section: client requests are \
@@ -691,7 +760,13 @@ pub fn run(s: &Settings, bin: &Path, found: &[Allocator], dir: &Path, stamp: &st
         cg_dir: cg_dir.clone(),
         allocs: allocs
             .iter()
-            .map(|a| (a.name.clone(), a.version.clone(), a.path.as_ref().map_or("(none)".into(), |p| format!("`{}`", p.display()))))
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    a.version.clone(),
+                    a.path.as_ref().map_or("(none)".into(), |p| format!("`{}`", p.display())),
+                )
+            })
             .collect(),
         took,
     };

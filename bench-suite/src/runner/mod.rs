@@ -274,7 +274,12 @@ pub fn timestamp() -> String {
 pub fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     // SAFETY: uname fills the zeroed struct.
     let kernel = unsafe {
@@ -309,7 +314,9 @@ pub fn git_describe() -> String {
 
 /// The 1, 5 and 15 minute load averages.
 pub fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// `12s` or `3m05s`.
@@ -350,7 +357,8 @@ pub fn workloads_bin() -> Result<PathBuf, String> {
 /// Finds, filters (`--allocators`, `--skip`) and probes the allocators.
 pub fn select_allocators(s: &Settings, bin: &Path) -> Result<(Vec<Allocator>, Vec<Skipped>), String> {
     let (found, mut skipped) = allocators::discover(&s.search);
-    let known: Vec<String> = found.iter().map(|a| a.name.clone()).chain(skipped.iter().map(|s| s.name.clone())).collect();
+    let known: Vec<String> =
+        found.iter().map(|a| a.name.clone()).chain(skipped.iter().map(|s| s.name.clone())).collect();
     let wanted = |n: &str| s.opts.allocators.as_ref().is_none_or(|l| l.iter().any(|x| x == n));
     for n in s.opts.allocators.iter().flatten() {
         if !known.contains(n) {
@@ -394,7 +402,10 @@ pub fn reference(s: &Settings, names: &[String]) -> Result<String, String> {
     match &s.opts.reference {
         Some(r) if names.contains(r) => Ok(r.clone()),
         Some(r) => Err(format!("--reference {r} is not among the allocators run")),
-        None => Ok(["mimalloc3", "mimalloc2"].iter().find(|n| names.iter().any(|x| x == *n)).map_or(names[0].clone(), |s| s.to_string())),
+        None => Ok(["mimalloc3", "mimalloc2"]
+            .iter()
+            .find(|n| names.iter().any(|x| x == *n))
+            .map_or(names[0].clone(), |s| s.to_string())),
     }
 }
 

@@ -185,7 +185,8 @@ had at least 99% of its pages local. Patterns: see numa-tests/README.md.\n\n"
     /// or `None` when the section did not run.
     pub fn csv(&self) -> Option<String> {
         let NumaOutcome::Done { topology, runs } = self else { return None };
-        let head = ["allocator", "topology", "pattern", "checks", "failed", "pages", "local", "share", "min_share", "pass"];
+        let head =
+            ["allocator", "topology", "pattern", "checks", "failed", "pages", "local", "share", "min_share", "pass"];
         let rows = runs.iter().flat_map(|r| {
             r.patterns.iter().map(move |(p, c)| {
                 vec![
@@ -266,7 +267,13 @@ pub fn run_section(allocs: &[Allocator]) -> NumaOutcome {
         }
         let problem = (!problems.is_empty()).then(|| problems.join("; "));
         let line: Vec<String> = PATTERNS.iter().map(|(p, _)| format!("p{p} {}", cell_text(patterns.get(p)))).collect();
-        println!("  {:<10} {:>4.0}s  {}{}", a.name, seconds, line.join("  "), problem.as_deref().map(|p| format!("  [{p}]")).unwrap_or_default());
+        println!(
+            "  {:<10} {:>4.0}s  {}{}",
+            a.name,
+            seconds,
+            line.join("  "),
+            problem.as_deref().map(|p| format!("  [{p}]")).unwrap_or_default()
+        );
         runs.push(AllocRun { name: a.name.clone(), patterns, problem, seconds });
     }
     NumaOutcome::Done { topology, runs }

@@ -238,14 +238,27 @@ impl Table {
 /// Per-workload table: medians and ratios of every allocator.
 pub fn workload_table(s: &Summary, w: &str) -> Table {
     let r = &s.reference;
-    let head = ["allocator", "wall s", "min–max", "x ref", "cpu s", "min–max", "x ref", "peak RSS MiB", "min–max", "x ref", "ok/runs"];
+    let head = [
+        "allocator",
+        "wall s",
+        "min–max",
+        "x ref",
+        "cpu s",
+        "min–max",
+        "x ref",
+        "peak RSS MiB",
+        "min–max",
+        "x ref",
+        "ok/runs",
+    ];
     let rows = s
         .allocs
         .iter()
         .map(|a| {
             let c = s.cell(w, a).cloned().unwrap_or_default();
             let name = if a == r { format!("{a} (ref)") } else { a.clone() };
-            let okruns = if c.ok == c.runs { format!("{}/{}", c.ok, c.runs) } else { format!("{}/{} FAIL", c.ok, c.runs) };
+            let okruns =
+                if c.ok == c.runs { format!("{}/{}", c.ok, c.runs) } else { format!("{}/{} FAIL", c.ok, c.runs) };
             vec![
                 name,
                 f3(c.wall),
@@ -338,9 +351,24 @@ fn o6(v: Option<f64>) -> String {
 /// columns come last, after the columns of earlier versions.
 pub fn summary_csv(s: &Summary) -> String {
     let head = [
-        "workload", "allocator", "reference", "runs", "ok", "wall_median_s", "cpu_median_s", "peak_rss_median_mib",
-        "wall_ratio", "cpu_ratio", "peak_rss_ratio", "failures", "wall_min_s", "wall_max_s", "cpu_min_s", "cpu_max_s",
-        "peak_rss_min_mib", "peak_rss_max_mib",
+        "workload",
+        "allocator",
+        "reference",
+        "runs",
+        "ok",
+        "wall_median_s",
+        "cpu_median_s",
+        "peak_rss_median_mib",
+        "wall_ratio",
+        "cpu_ratio",
+        "peak_rss_ratio",
+        "failures",
+        "wall_min_s",
+        "wall_max_s",
+        "cpu_min_s",
+        "cpu_max_s",
+        "peak_rss_min_mib",
+        "peak_rss_max_mib",
     ];
     let lo = |r: Option<(f64, f64)>| o6(r.map(|r| r.0));
     let hi = |r: Option<(f64, f64)>| o6(r.map(|r| r.1));
@@ -381,7 +409,8 @@ pub fn summary_csv(s: &Summary) -> String {
 }
 
 /// Columns of the per-run CSV.
-pub const RUNS_CSV_HEAD: [&str; 10] = ["rep", "workload", "allocator", "status", "wall_s", "user_s", "sys_s", "peak_rss_kib", "work_s", "checksum"];
+pub const RUNS_CSV_HEAD: [&str; 10] =
+    ["rep", "workload", "allocator", "status", "wall_s", "user_s", "sys_s", "peak_rss_kib", "work_s", "checksum"];
 
 /// One row of the per-run CSV.
 pub fn runs_csv_row(r: &Record) -> Vec<String> {

@@ -93,18 +93,28 @@ fn draw(out: &mut String, s: &Summary, groups: &[String], title: &str, size: (u3
             });
             let series = chart.draw_series(bars)?;
             if pi == 0 {
-                series.label(a.as_str()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                series
+                    .label(a.as_str())
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
             }
-            let failed = groups.iter().enumerate().filter(|(_, g)| s.cell(g, a).is_some_and(|c| c.runs > 0 && c.ok == 0));
+            let failed =
+                groups.iter().enumerate().filter(|(_, g)| s.cell(g, a).is_some_and(|c| c.runs > 0 && c.ok == 0));
             let red = ("sans-serif", 13).into_font().color(&RED).pos(Pos::new(HPos::Center, VPos::Bottom));
-            chart.draw_series(failed.map(|(gi, _)| Text::new("×", (gi as f64 + 0.1 + (ai as f64 + 0.5) * 0.8 / na, 1.0), red.clone())))?;
+            chart
+                .draw_series(failed.map(|(gi, _)| {
+                    Text::new("×", (gi as f64 + 0.1 + (ai as f64 + 0.5) * 0.8 / na, 1.0), red.clone())
+                }))?;
         }
         // Workload names under the bars, rotated.
         let names = ("sans-serif", 11).into_font().transform(FontTransform::Rotate90);
         for (gi, g) in groups.iter().enumerate() {
             let (x, y) = chart.backend_coord(&(gi as f64 + 0.5, lo));
             let style = if g == "geomean" { names.clone().style(FontStyle::Bold) } else { names.clone() };
-            panel.draw(&Text::new(g.clone(), (x - panel.get_base_pixel().0 + 6, y - panel.get_base_pixel().1 + 6), style))?;
+            panel.draw(&Text::new(
+                g.clone(),
+                (x - panel.get_base_pixel().0 + 6, y - panel.get_base_pixel().1 + 6),
+                style,
+            ))?;
         }
         if pi == 0 {
             chart

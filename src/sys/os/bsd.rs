@@ -72,7 +72,12 @@ pub(super) unsafe fn map_aligned(size: usize, align: usize, flag: Option<libc::c
 ///
 /// # Safety
 /// As [`super::Os::resize_in_place`].
-pub(super) unsafe fn resize_in_place(ptr: *mut u8, old_size: usize, new_size: usize, no_replace_flag: libc::c_int) -> bool {
+pub(super) unsafe fn resize_in_place(
+    ptr: *mut u8,
+    old_size: usize,
+    new_size: usize,
+    no_replace_flag: libc::c_int,
+) -> bool {
     if new_size <= old_size {
         if new_size < old_size {
             // SAFETY: the tail belongs to the caller's mapping and is no longer used.
@@ -98,5 +103,9 @@ pub(super) unsafe fn resize_in_place(ptr: *mut u8, old_size: usize, new_size: us
 pub(super) fn current_cpu() -> Option<usize> {
     // SAFETY: no preconditions.
     let c = unsafe { libc::sched_getcpu() };
-    if c >= 0 { Some(c as usize) } else { None }
+    if c >= 0 {
+        Some(c as usize)
+    } else {
+        None
+    }
 }

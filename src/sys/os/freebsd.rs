@@ -67,7 +67,11 @@ fn thread_domain() -> Option<(DomainSet, libc::c_int)> {
             &mut policy,
         )
     };
-    if r == 0 { Some((mask, policy)) } else { None }
+    if r == 0 {
+        Some((mask, policy))
+    } else {
+        None
+    }
 }
 
 /// Sets the calling thread's domain policy (`CPU_LEVEL_WHICH`, `CPU_WHICH_TID`, id -1 = self).
@@ -171,12 +175,22 @@ impl Os for Sys {
             None => (0, ptr::null_mut()),
         };
         // SAFETY: UMTX_OP_WAIT_UINT_PRIVATE sleeps while the word equals `expected`.
-        unsafe { _umtx_op(word.as_ptr().cast(), UMTX_OP_WAIT_UINT_PRIVATE, expected as libc::c_ulong, size as *mut libc::c_void, tsp) };
+        unsafe {
+            _umtx_op(
+                word.as_ptr().cast(),
+                UMTX_OP_WAIT_UINT_PRIVATE,
+                expected as libc::c_ulong,
+                size as *mut libc::c_void,
+                tsp,
+            )
+        };
     }
 
     fn futex_wake(word: &AtomicU32, n: u32) {
         // SAFETY: UMTX_OP_WAKE_PRIVATE wakes sleepers on our word.
-        unsafe { _umtx_op(word.as_ptr().cast(), UMTX_OP_WAKE_PRIVATE, n as libc::c_ulong, ptr::null_mut(), ptr::null_mut()) };
+        unsafe {
+            _umtx_op(word.as_ptr().cast(), UMTX_OP_WAKE_PRIVATE, n as libc::c_ulong, ptr::null_mut(), ptr::null_mut())
+        };
     }
 
     fn set_errno(e: i32) {
@@ -189,6 +203,12 @@ const UMTX_OP_WAIT_UINT_PRIVATE: libc::c_int = 15;
 const UMTX_OP_WAKE_PRIVATE: libc::c_int = 16;
 
 extern "C" {
-    fn _umtx_op(obj: *mut libc::c_void, op: libc::c_int, val: libc::c_ulong, uaddr: *mut libc::c_void, uaddr2: *mut libc::c_void) -> libc::c_int;
+    fn _umtx_op(
+        obj: *mut libc::c_void,
+        op: libc::c_int,
+        val: libc::c_ulong,
+        uaddr: *mut libc::c_void,
+        uaddr2: *mut libc::c_void,
+    ) -> libc::c_int;
     fn thr_self(id: *mut libc::c_long) -> libc::c_int;
 }

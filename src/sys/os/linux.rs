@@ -82,9 +82,7 @@ impl Os for Sys {
             return dst;
         }
         // SAFETY: [ptr, old_size) is ours (caller) and [dst, new_size) we just mapped.
-        let r = unsafe {
-            libc::mremap(ptr.cast(), old_size, new_size, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dst)
-        };
+        let r = unsafe { libc::mremap(ptr.cast(), old_size, new_size, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dst) };
         if r == libc::MAP_FAILED {
             // SAFETY: dst is still ours.
             unsafe { posix::unmap(dst, new_size) };
@@ -155,7 +153,11 @@ impl Os for Sys {
     fn current_cpu() -> Option<usize> {
         // SAFETY: no preconditions (vDSO on x86_64).
         let c = unsafe { libc::sched_getcpu() };
-        if c >= 0 { Some(c as usize) } else { None }
+        if c >= 0 {
+            Some(c as usize)
+        } else {
+            None
+        }
     }
 
     fn read_topology(root: Option<&[u8]>, sink: &mut dyn TopologySink) -> bool {
@@ -230,7 +232,9 @@ impl Os for Sys {
     fn random_u64() -> u64 {
         let mut r = 0u64;
         // SAFETY: getrandom into an 8-byte local; GRND_NONBLOCK never blocks at early boot.
-        let n = unsafe { libc::syscall(libc::SYS_getrandom, &mut r as *mut u64 as *mut c_void, 8usize, libc::GRND_NONBLOCK) };
+        let n = unsafe {
+            libc::syscall(libc::SYS_getrandom, &mut r as *mut u64 as *mut c_void, 8usize, libc::GRND_NONBLOCK)
+        };
         if n == 8 {
             posix::mix_entropy(r)
         } else {
@@ -384,7 +388,9 @@ pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> b
 
     for &node in &online[..n_online] {
         let node = node as usize;
-        if let Some(s) = read(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/cpulist", node)), &mut buf) {
+        if let Some(s) =
+            read(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/cpulist", node)), &mut buf)
+        {
             for_each_in_list(s, |c| {
                 if c < cpu_ids {
                     sink.cpu(c, node)
@@ -392,7 +398,9 @@ pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> b
             });
         }
         let mut mem = 0u64;
-        if let Some(s) = read(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/meminfo", node)), &mut buf) {
+        if let Some(s) =
+            read(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/meminfo", node)), &mut buf)
+        {
             mem = parse_meminfo_total(s).unwrap_or(0);
         }
         if mem_list_known && !has_memory.contains(node) {
@@ -401,7 +409,9 @@ pub(crate) fn read_sysfs_topology(root: &[u8], sink: &mut dyn TopologySink) -> b
             mem = 1; // has memory, size unknown
         }
         sink.node_memory(node, mem);
-        if let Some(s) = read(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/distance", node)), &mut buf) {
+        if let Some(s) =
+            read(path(&mut pbuf, root, format_args!("/devices/system/node/node{}/distance", node)), &mut buf)
+        {
             for (i, d) in s.split(|c| c.is_ascii_whitespace()).filter(|t| !t.is_empty()).enumerate() {
                 if i < n_online {
                     if let Some(d) = parse_u64(d) {
@@ -437,7 +447,11 @@ fn read_hmat_access(root: &[u8], online: &[u16], sink: &mut dyn TopologySink) {
         }
         for &i in online {
             let mut ipath = [0u8; 512];
-            let p = path(&mut ipath, root, format_args!("/devices/system/node/node{}/access0/initiators/node{}/cpulist", t, i));
+            let p = path(
+                &mut ipath,
+                root,
+                format_args!("/devices/system/node/node{}/access0/initiators/node{}/cpulist", t, i),
+            );
             if read(p, &mut buf).is_some() {
                 sink.access(t, i as usize, bw.unwrap_or(0), lat.unwrap_or(0));
             }

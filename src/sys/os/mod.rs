@@ -17,9 +17,9 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 pub(crate) mod posix;
 pub(crate) mod tls;
 // Sysctl parsing for the BSD ports; pure, so compiled (and unit-tested) on every OS.
-mod bsd_sysctl;
 #[cfg(any(target_os = "freebsd", target_os = "dragonfly"))]
 mod bsd;
+mod bsd_sysctl;
 
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
@@ -102,7 +102,11 @@ impl NodeMask {
     /// The `i`-th node of the set (ascending order), cyclically.
     pub fn nth_cyclic(&self, i: usize) -> Option<usize> {
         let n = self.len();
-        if n == 0 { None } else { self.iter().nth(i % n) }
+        if n == 0 {
+            None
+        } else {
+            self.iter().nth(i % n)
+        }
     }
     /// The raw words, as `mbind`'s `nodemask` wants them.
     #[allow(dead_code)]
@@ -134,7 +138,11 @@ impl core::fmt::Display for NodeMask {
                 f.write_str(",")?;
             }
             first = false;
-            if end == n { write!(f, "{n}")? } else { write!(f, "{n}-{end}")? }
+            if end == n {
+                write!(f, "{n}")?
+            } else {
+                write!(f, "{n}-{end}")?
+            }
             n = end + 1;
         }
         Ok(())
@@ -501,7 +509,12 @@ pub(crate) struct Mapping<'a> {
 /// the program built with frame pointers; a call the compiler turned into a jump (a tail call)
 /// leaves no return address, so its caller stands for it.
 #[inline(never)]
-pub(crate) fn frame_walk(out: &mut [usize], stack_end: usize, is_code: &dyn Fn(usize) -> bool, own: (usize, usize)) -> usize {
+pub(crate) fn frame_walk(
+    out: &mut [usize],
+    stack_end: usize,
+    is_code: &dyn Fn(usize) -> bool,
+    own: (usize, usize),
+) -> usize {
     #[allow(unused_mut)]
     let (mut fp, sp): (usize, usize);
     #[cfg(target_arch = "x86_64")]
@@ -554,7 +567,9 @@ pub(crate) fn frame_walk(out: &mut [usize], stack_end: usize, is_code: &dyn Fn(u
         // hold stale ones, never above it; a tail call leaves none: then the record's function
         // stands for its callee).
         let limit = stack_end.min(sp.saturating_add(64 << 10));
-        let valid_next = |l: usize, next: usize| next == 0 || (next % 16 == 0 && next > l && next.checked_add(16).is_some_and(|e| e <= stack_end));
+        let valid_next = |l: usize, next: usize| {
+            next == 0 || (next % 16 == 0 && next > l && next.checked_add(16).is_some_and(|e| e <= stack_end))
+        };
         let mut l = (sp + 15) & !15;
         while l + 16 <= limit {
             let (next, ra) = (read(l), read(l + 8));
@@ -595,7 +610,7 @@ fn follows_call(ra: usize, is_code: &dyn Fn(usize) -> bool) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         let call_ind = |modrm: u8| modrm & 0x38 == 0x10; // FF /2
-        // call rel32; call *disp32(%rip) or *disp32(reg); *(reg)/disp8(reg); *reg; with SIB.
+                                                         // call rel32; call *disp32(%rip) or *disp32(reg); *(reg)/disp8(reg); *reg; with SIB.
         b(5) == 0xe8
             || (b(6) == 0xff && call_ind(b(5)))
             || (b(7) == 0xff && call_ind(b(6)))
@@ -745,7 +760,9 @@ static PINNED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(
 /// from another thread while the first one works returns at once. Allocates the first time:
 /// call only where a nested `malloc` is safe.
 pub(crate) fn pin_once() {
-    if PINNED.load(Ordering::Acquire) != 0 || PINNED.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+    if PINNED.load(Ordering::Acquire) != 0
+        || PINNED.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_err()
+    {
         return;
     }
     Sys::pin_own_object();

@@ -24,7 +24,11 @@ pub(crate) unsafe fn mmap_anon(hint: *mut u8, size: usize, extra_flags: libc::c_
             0,
         )
     };
-    if p == libc::MAP_FAILED { ptr::null_mut() } else { p.cast() }
+    if p == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        p.cast()
+    }
 }
 
 /// Aligned anonymous mapping by over-allocating and trimming both ends.
@@ -73,9 +77,8 @@ pub(crate) unsafe fn map_aligned_trim(size: usize, align: usize, extra_flags: li
 pub(crate) unsafe fn map_reserved_aligned(size: usize, align: usize, offset: usize) -> *mut u8 {
     let Some(over) = size.checked_add(align) else { return ptr::null_mut() };
     // SAFETY: a fresh anonymous inaccessible mapping touches no existing memory.
-    let q = unsafe {
-        libc::mmap(ptr::null_mut(), over, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-    };
+    let q =
+        unsafe { libc::mmap(ptr::null_mut(), over, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
     if q == libc::MAP_FAILED {
         return ptr::null_mut();
     }
@@ -161,7 +164,9 @@ pub(crate) fn environ_find(name: &[u8]) -> Option<&'static [u8]> {
     environ_each(&mut |entry| {
         if found.is_none() && entry.len() > name.len() && entry[name.len()] == b'=' && &entry[..name.len()] == name {
             // SAFETY: environment strings live for the process (as getenv's results do).
-            found = Some(unsafe { core::slice::from_raw_parts(entry.as_ptr().add(name.len() + 1), entry.len() - name.len() - 1) });
+            found = Some(unsafe {
+                core::slice::from_raw_parts(entry.as_ptr().add(name.len() + 1), entry.len() - name.len() - 1)
+            });
         }
     });
     found
@@ -312,7 +317,11 @@ pub(crate) fn mix_entropy(seed: u64) -> u64 {
         ^ mix(&stack as *const u8 as u64)
         ^ mix((mix_entropy as *const () as u64).rotate_left(17))
         ^ mix(now_ms().rotate_left(40));
-    if k == 0 { 0x5bd1_e995_c2b2_ae35 } else { k }
+    if k == 0 {
+        0x5bd1_e995_c2b2_ae35
+    } else {
+        k
+    }
 }
 
 /// Raises SIGABRT.
@@ -339,7 +348,11 @@ pub(crate) fn timespec_ms(ms: u64) -> libc::timespec {
 pub(crate) fn thread_key_create(dtor: unsafe extern "C" fn(*mut c_void)) -> Option<ThreadKey> {
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: valid out-pointer and destructor.
-    if unsafe { libc::pthread_key_create(&mut key, Some(dtor)) } == 0 { Some(ThreadKey(key as u64)) } else { None }
+    if unsafe { libc::pthread_key_create(&mut key, Some(dtor)) } == 0 {
+        Some(ThreadKey(key as u64))
+    } else {
+        None
+    }
 }
 
 /// `pthread_setspecific`.
@@ -437,7 +450,11 @@ fn own_object_unloadable() -> bool {
 }
 
 /// `pthread_atfork`.
-pub(crate) fn atfork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) -> bool {
+pub(crate) fn atfork(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) -> bool {
     // SAFETY: plain function pointers with static lifetime.
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
 }
@@ -587,7 +604,11 @@ pub(crate) fn for_each_mapping(f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
         let _inode = fields.next();
         let path = crate::sys::util::trim(fields.next().unwrap_or(b""));
         let Some(dash) = range.iter().position(|&c| c == b'-') else { return };
-        let (Some(start), Some(end), Some(offset)) = (parse_hex(&range[..dash]), parse_hex(&range[dash + 1..]), parse_hex(off)) else { return };
+        let (Some(start), Some(end), Some(offset)) =
+            (parse_hex(&range[..dash]), parse_hex(&range[dash + 1..]), parse_hex(off))
+        else {
+            return;
+        };
         f(super::Mapping {
             start: start as usize,
             end: end as usize,

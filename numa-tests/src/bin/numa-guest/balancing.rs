@@ -131,7 +131,11 @@ pub fn pattern11(cfg: &Config, topo: &Topology) {
                             format!("{}={sh:.3}", k.name)
                         })
                         .collect();
-                    println!("INFO pattern=11 phase=timeline t={:.0}s on_node={b} {}", t0.elapsed().as_secs_f64(), line.join(" "));
+                    println!(
+                        "INFO pattern=11 phase=timeline t={:.0}s on_node={b} {}",
+                        t0.elapsed().as_secs_f64(),
+                        line.join(" ")
+                    );
                 }
             }
             for (i, k) in kinds.iter().enumerate() {

@@ -49,6 +49,7 @@
 
 #[cfg(target_os = "linux")]
 mod balancing;
+#[cfg(target_os = "linux")]
 mod firsttouch;
 #[cfg(target_os = "linux")]
 mod patterns;
