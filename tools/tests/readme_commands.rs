@@ -63,6 +63,7 @@ const BLOCKS: &[(&str, Plan)] = &[
         Plan::Skip("two release builds with LTO; scripts/test.sh tests both features (cargo test --features ...)"),
     ),
     ("scripts/qemu/run-guest.sh --binary", Plan::Skip("QEMU guests, minutes each; cargo test -p domalloc-numa-tests runs them")),
+    ("scripts/qemu/run-guest.sh --topology 2n -- --tpn 1 11", Plan::Skip("a QEMU guest for 30 s; tests/guest.rs of numa-tests runs pattern 11")),
     ("cargo test -p domalloc-numa-tests --release", Plan::Skip("QEMU guests, minutes each; scripts/test.sh runs the first line")),
     ("cc app.c -ldomalloc", Plan::Run),
     (
