@@ -2,8 +2,9 @@
 //!
 //! For every allocator of the run, boots the 2-node QEMU guest of `numa-tests/` (software
 //! emulation, no KVM) through `scripts/qemu/run-guest.sh --c-program --preload <library>` and
-//! runs the C locality program (`numa-tests/c/numa_patterns.c`: plain malloc/calloc/free) in it
-//! with `LD_PRELOAD=<allocator>` (glibc: no preload). The program asks the guest kernel where
+//! runs the guest's locality patterns in it through the C interface (the Rust guest built with
+//! the system allocator: plain malloc/calloc/posix_memalign/free) with `LD_PRELOAD=<allocator>`
+//! (glibc: no preload). The program asks the guest kernel where
 //! each page is (`move_pages` with no target nodes) and prints one `RESULT` line per check; this
 //! module folds them per pattern into the share of pages found on the expected node and renders
 //! a Markdown table (rows = patterns, columns = allocators) and CSV rows.
@@ -140,7 +141,7 @@ impl NumaOutcome {
             NumaOutcome::Done { topology, runs } => {
                 let mut md = format!(
                     "Locality patterns of the multi-node QEMU guest (`numa-tests/`, topology `{topology}`, TCG), \
-run by the C program `numa-tests/c/numa_patterns.c` with `LD_PRELOAD=<allocator>` inside the guest. \
+run through the C interface (the guest program built with the system allocator) with `LD_PRELOAD=<allocator>` inside the guest. \
 Cells: pages on the expected node over all checks of the pattern (move_pages); PASS = every check \
 had at least 99% of its pages local. Patterns: see numa-tests/README.md.\n\n"
                 );
