@@ -372,7 +372,12 @@ check_prof() {
         { echo "no bytes live at the peak in the merged report"; return 1; }
     grep -q '<svg ' "$dir/flame.svg" || { echo "no flame graph"; return 1; }
     for name in "$@"; do
-        grep -qF -- "$name" "$dir/report.txt" || { echo "the report names no $name"; return 1; }
+        # A name with `|` is a choice of fixed strings (sampled call sites differ from run to run).
+        if [[ $name == *"|"* ]]; then
+            grep -qE -- "$name" "$dir/report.txt" || { echo "the report names none of $name"; return 1; }
+        else
+            grep -qF -- "$name" "$dir/report.txt" || { echo "the report names no $name"; return 1; }
+        fi
     done
     echo "ok: $n rank profiles merged, $(sed -n 's/^top call sites by bytes live at the peak (total \(.*\)):/\1/p' "$dir/report.txt") live at the peak; names $*"
 }
@@ -386,7 +391,9 @@ hpcc_prof() { # hpcc_prof NP: hpcc on a 1xNP grid, profiled
         { tail -20 "$dir/stdout"; echo "hpcc failed under domalloc with DOMALLOC_PROF=1"; return 1; }
     grep -qx 'Success=1' "$dir/hpccoutf.txt" || { echo "hpcc's checks failed"; return 1; }
     # Debian's hpcc is stripped (its own frames are hpcc+offset); Open MPI's are named.
-    check_prof "$dir/prof" "$np" 'hpcc+0x' 'mca_base_'
+    # Open MPI's own allocations: which of its functions the samples catch varies (a 2-rank run
+    # once named ompi_ and opal_ functions but no mca_base_ one).
+    check_prof "$dir/prof" "$np" 'hpcc+0x' 'mca_base_|ompi_|opal_'
 }
 
 lammps_prof() { # lammps_prof NP: in.lj on NP ranks, profiled
