@@ -155,6 +155,38 @@ fn realloc_huge_down_and_back_returns() {
     });
 }
 
+/// A cached 60 MiB block reused for 30 MiB while 40 MiB of other huge blocks are live keeps its
+/// 30 MiB tail resident (fault-free for a later bigger request); the program then makes no
+/// allocator call: the tail goes back, while both blocks stay live.
+#[test]
+fn resident_tail_of_a_reused_huge_block_returns() {
+    scenario("resident_tail_of_a_reused_huge_block_returns", || unsafe {
+        let mib = 1usize << 20;
+        let l = |n: usize| Layout::from_size_align(n * mib, 16).unwrap();
+        let base = common::rss_now();
+        let keep = alloc(l(40));
+        assert!(!keep.is_null());
+        keep.write_bytes(1, 40 * mib);
+        std::hint::black_box(keep);
+        let x = alloc(l(60));
+        assert!(!x.is_null());
+        x.write_bytes(2, 60 * mib);
+        std::hint::black_box(x);
+        dealloc(x, l(60));
+        let y = alloc(l(30));
+        assert!(!y.is_null());
+        y.write_bytes(3, 30 * mib);
+        std::hint::black_box(y);
+        let peak = common::rss_now();
+        assert!(peak > base + (90 << 20), "the tail was not kept: RSS {} MiB above the baseline", (peak - base) >> 20);
+        expect_back("30 MiB taken from a 60 MiB block, 40 MiB more live", base + (70 << 20), peak, false);
+        assert_eq!(*y.add(30 * mib - 1), 3);
+        assert_eq!(*keep.add(40 * mib - 1), 1);
+        dealloc(y, l(30));
+        dealloc(keep, l(40));
+    });
+}
+
 /// Four threads allocate 64 MiB each in 64 KiB blocks (touched) and exit; the main thread frees
 /// every block, then makes no allocator call: the pages the threads left in the arenas, emptied
 /// by the main thread's frees, go back. b541f39 keeps all of it (the 1 GiB case: 1096

@@ -157,6 +157,10 @@ fn alloc_huge(node: usize, size: usize, align: usize, zero: bool, placed: bool, 
     let d = crate::node::domain(node);
     let p = crate::thread::retrying_after_release(|| node::huge_alloc(d, size, align, zero, placed, policy));
     big_allocated(p);
+    if d.counters.huge_slack.load(core::sync::atomic::Ordering::Relaxed) != 0 {
+        // A reused block kept its tail resident: the sweeps give it back if it stays unused.
+        crate::arena::purge_wanted();
+    }
     p
 }
 

@@ -94,7 +94,8 @@ pub(crate) fn sweep(node: usize, now: u64, force: bool, wait: bool) -> u64 {
     let age = if force { 0 } else { crate::node::huge_cache_age_ms() };
     if age != u64::MAX {
         d.huge_cache.trim(age);
-        if d.huge_cache.bytes() > 0 {
+        let slack = crate::node::huge_trim_slack(d, age);
+        if slack || d.huge_cache.bytes() > 0 {
             next = next.min(now.saturating_add(age.max(1)));
         }
     }
@@ -191,6 +192,7 @@ fn pending_bytes() -> u64 {
         }
         sum = sum.saturating_add(d.dirty_bytes.load(Ordering::SeqCst));
         sum = sum.saturating_add(d.huge_cache.bytes_hint() as u64);
+        sum = sum.saturating_add(d.counters.huge_slack.load(Ordering::Relaxed));
         if !d.pool.is_empty() {
             sum = sum.saturating_add(PAGE_SIZE as u64);
         }

@@ -18,7 +18,7 @@
 use core::cell::Cell;
 use core::mem::size_of;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use static_assertions::const_assert;
 
@@ -98,6 +98,10 @@ pub(crate) struct Segment {
     pub(crate) huge_data: Cell<*mut u8>,
     pub(crate) huge_size: Cell<usize>,
     pub(crate) huge_align: Cell<usize>,
+    /// Huge, live: bytes past its size that stay resident from a bigger block it reused (spare
+    /// capacity not given back), counted in its domain's `huge_slack`; written under its
+    /// domain's huge-cache lock, read without it by the block's owner.
+    pub(crate) huge_slack: AtomicUsize,
     /// One descriptor per page.
     pub(crate) pages: [Page; PAGES],
 }

@@ -18,7 +18,7 @@ pub(crate) use domain::{
 pub(crate) use huge::flush_retired as huge_flush_retired;
 pub(crate) use huge::{
     alloc as huge_alloc, alloc_placed as huge_alloc_placed, cache_age_ms as huge_cache_age_ms,
-    check_live as huge_check_live, free as huge_free, realloc as huge_realloc,
+    check_live as huge_check_live, free as huge_free, realloc as huge_realloc, trim_slack as huge_trim_slack,
 };
 #[cfg(feature = "quarantine")]
 pub(crate) use huge::{mark_freed as huge_mark_freed, retire as huge_retire};
