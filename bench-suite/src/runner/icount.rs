@@ -61,6 +61,7 @@ pub const SCALES: &[(&str, f64)] = &[
     ("cfrac", 0.005),
     ("sh6bench", 0.003),
     ("large", 0.1),
+    ("malloc-large", 0.01),
     ("mleak", 0.005),
     ("barnes", 0.01),
     ("espresso", 0.03),

@@ -14,6 +14,7 @@ pub mod espresso;
 pub mod glibc;
 pub mod large;
 pub mod larson;
+pub mod malloc_large;
 pub mod mleak;
 pub mod mstress;
 pub mod rptest;
@@ -46,6 +47,7 @@ pub const ALL: &[Workload] = &[
     cfrac::WORKLOAD,
     sh6bench::WORKLOAD,
     large::WORKLOAD,
+    malloc_large::WORKLOAD,
     mleak::WORKLOAD,
     barnes::WORKLOAD,
     espresso::WORKLOAD,
