@@ -42,6 +42,12 @@ cargo fmt --all -- --check
 (cd loom-model && cargo fmt -- --check)
 (cd fuzz && cargo fmt -- --check)
 
+step "lints: clippy on every crate and target, warnings are errors"
+if command -v rustup >/dev/null; then
+    rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+fi
+cargo clippy --workspace --all-targets -- -D warnings
+
 step "unit and integration tests (cargo test --workspace)"
 cargo test --workspace --exclude domalloc-numa-tests 2>&1
 

@@ -5,7 +5,6 @@
 
 use std::process::Command;
 
-#[allow(dead_code)]
 mod common;
 
 #[global_allocator]

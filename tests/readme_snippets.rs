@@ -19,41 +19,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-struct Block {
-    /// 1-based line of the opening fence.
-    line: usize,
-    lang: String,
-    code: String,
-}
+#[path = "common/markdown.rs"]
+mod markdown;
 
-/// The fenced code blocks of a CommonMark text: an opening fence is three or more backticks
-/// followed by an info string without backticks, the closing one as many backticks or more.
-fn blocks(text: &str) -> Vec<Block> {
-    let mut out = Vec::new();
-    let mut open: Option<(usize, Block)> = None;
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        let ticks = trimmed.len() - trimmed.trim_start_matches('`').len();
-        match &mut open {
-            None => {
-                let info = &trimmed[ticks..];
-                if ticks >= 3 && !info.contains('`') {
-                    open = Some((ticks, Block { line: i + 1, lang: info.trim().to_string(), code: String::new() }));
-                }
-            }
-            Some((n, b)) => {
-                if ticks >= *n && trimmed[ticks..].trim().is_empty() {
-                    out.push(open.take().unwrap().1);
-                } else {
-                    b.code.push_str(line);
-                    b.code.push('\n');
-                }
-            }
-        }
-    }
-    assert!(open.is_none(), "an unclosed ``` block");
-    out
-}
+use markdown::{blocks, Block};
 
 /// `rust`, `rust,no_run`, `rust,ignore`, ... -> (is Rust, run it, skip it).
 fn rust_kind(lang: &str) -> Option<(bool, bool)> {

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod callgrind;
+pub mod chart;
 pub mod common;
 pub mod pin;
 pub mod runner;

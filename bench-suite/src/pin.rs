@@ -5,7 +5,7 @@
 //! whatever malloc is preloaded, which is fine (and the same for every allocator). Without the
 //! feature (the build `scripts/scaling.sh` carries to machines that have no libhwloc)
 //! the cores are read from sysfs (`topology/core_id` and `physical_package_id` of every CPU this
-//! process may run on) and threads are bound with `sched_setaffinity`.
+//! process may run on) and threads are bound with `sched_setaffinity` (nix's wrapper).
 //! If the topology is unavailable or binding fails, threads run unpinned and a single warning is
 //! printed.
 
@@ -28,6 +28,8 @@ fn warn_once(msg: &str) {
 #[cfg(not(feature = "hwloc"))]
 mod with_sysfs {
     use super::{warn_once, OnceLock};
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
 
     /// The CPUs of each core, in (package, core id) order.
     static CORES: OnceLock<Vec<Vec<usize>>> = OnceLock::new();
@@ -43,19 +45,12 @@ mod with_sysfs {
                 if !enabled {
                     return Vec::new();
                 }
-                // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
-                let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-                // SAFETY: pid 0 = this thread; the size matches the set.
-                if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+                let Ok(set) = sched_getaffinity(Pid::from_raw(0)) else {
                     warn_once("sched_getaffinity failed");
                     return Vec::new();
-                }
+                };
                 let mut cores: Vec<((i64, i64), Vec<usize>)> = Vec::new();
-                for cpu in 0..libc::CPU_SETSIZE as usize {
-                    // SAFETY: cpu < CPU_SETSIZE.
-                    if !unsafe { libc::CPU_ISSET(cpu, &set) } {
-                        continue;
-                    }
+                for cpu in (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)) {
                     let key = (
                         read_id(cpu, "physical_package_id").unwrap_or(0),
                         read_id(cpu, "core_id").unwrap_or(cpu as i64),
@@ -74,14 +69,12 @@ mod with_sysfs {
     /// Binds the calling thread to core `index % cores` (no-op when pinning is off).
     pub fn pin_current(index: usize) {
         let Some(cores) = CORES.get().filter(|c| !c.is_empty()) else { return };
-        // SAFETY: a zeroed cpu_set_t is valid; CPU_SET only sets bits below CPU_SETSIZE.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let mut set = CpuSet::new();
         for &cpu in &cores[index % cores.len()] {
-            // SAFETY: cpu came from CPU_ISSET over 0..CPU_SETSIZE.
-            unsafe { libc::CPU_SET(cpu, &mut set) };
+            // Every CPU came from `set.is_set` over `0..CpuSet::count()`: setting it cannot fail.
+            let _ = set.set(cpu);
         }
-        // SAFETY: pid 0 = the calling thread; the size matches the set.
-        if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        if sched_setaffinity(Pid::from_raw(0), &set).is_err() {
             warn_once("sched_setaffinity failed");
         }
     }

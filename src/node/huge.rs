@@ -886,8 +886,8 @@ mod tests {
         assert_eq!(c.bytes_hint(), blocks.iter().map(|b| b + PAGE_SIZE + GUARD - PAGE_SIZE).sum::<usize>());
         assert_eq!(cap_of(c.take(10 * MIB, 16)), 16 * MIB, "10 MiB: the smallest block that holds it");
         assert_eq!(cap_of(c.take(40 * MIB, 16)), 32 * MIB, "40 MiB: nothing holds it, the largest smaller block grows");
-        assert_eq!(cap_of(c.take(1 * MIB, 16)), 8 * MIB);
-        assert!(c.take(1 * MIB, 16).is_null(), "an empty cache hands out nothing");
+        assert_eq!(cap_of(c.take(MIB, 16)), 8 * MIB);
+        assert!(c.take(MIB, 16).is_null(), "an empty cache hands out nothing");
         assert_eq!(c.bytes_hint(), 0);
         for s in segs {
             // SAFETY: allocated above, out of the cache.

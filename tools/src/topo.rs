@@ -131,17 +131,9 @@ pub fn tier_lines(t: &mut domalloc::topology::Topology, hbw: Option<&str>) -> Ve
             .to_string();
     if let Some(list) = hbw {
         let mut m = domalloc::NodeMask::empty();
-        let ok = list.split(',').all(|part| {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
-                (Ok(a), Ok(b)) if a <= b && b < domalloc::NodeMask::CAPACITY => {
-                    (a..=b).for_each(|n| m.insert(n));
-                    true
-                }
-                _ => false,
-            }
-        });
-        if ok && !m.is_empty() {
+        let nodes = crate::parse_list(list, &[]).filter(|ids| ids.iter().all(|&n| n < domalloc::NodeMask::CAPACITY));
+        nodes.iter().flatten().for_each(|&n| m.insert(n));
+        if !m.is_empty() {
             t.set_hbw_nodes(&m);
             source = format!("high-bandwidth nodes {list} from the environment");
         }

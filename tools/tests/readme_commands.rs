@@ -19,11 +19,15 @@
 //! `README_COMMANDS_FILE=path/to/file.md` checks another file (README text before it is merged).
 
 mod common;
+#[path = "../../tests/common/markdown.rs"]
+mod markdown;
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use markdown::{blocks, Block};
 
 /// What to do with a block.
 #[derive(Clone, Copy, Debug)]
@@ -120,46 +124,6 @@ int main(void) {
 "#;
 
 const APP_F90: &str = "program app\n  print *, 'app: Fortran'\nend program app\n";
-
-struct Block {
-    line: usize,
-    lang: String,
-    code: String,
-}
-
-/// The fenced blocks of a CommonMark text (fences may be indented, as in a list item).
-fn blocks(text: &str) -> Vec<Block> {
-    let mut out = Vec::new();
-    let mut open: Option<(usize, usize, Block)> = None;
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        let indent = line.len() - trimmed.len();
-        let ticks = trimmed.len() - trimmed.trim_start_matches('`').len();
-        match &mut open {
-            None => {
-                let info = &trimmed[ticks..];
-                if ticks >= 3 && !info.contains('`') {
-                    open = Some((
-                        ticks,
-                        indent,
-                        Block { line: i + 1, lang: info.trim().to_string(), code: String::new() },
-                    ));
-                }
-            }
-            Some((n, ind, b)) => {
-                if ticks >= *n && trimmed[ticks..].trim().is_empty() {
-                    out.push(open.take().unwrap().2);
-                } else {
-                    let strip = line.len() - line.trim_start().len();
-                    b.code.push_str(&line[strip.min(*ind)..]);
-                    b.code.push('\n');
-                }
-            }
-        }
-    }
-    assert!(open.is_none(), "an unclosed ``` block");
-    out
-}
 
 /// Lines joined where they end with `\`.
 fn logical_lines(code: &str) -> Vec<String> {

@@ -216,7 +216,7 @@ fn no_files_is_a_usage_error() {
 
 #[test]
 fn the_chart_needs_no_font_library() {
-    // plotters is built without its font features (see tools/Cargo.toml); a crate of the
+    // plotters is built without its font features (see bench-suite/Cargo.toml); a crate of the
     // workspace that turned them on again would link fontconfig/freetype into the binary.
     let Ok(o) = std::process::Command::new("ldd").arg(env!("CARGO_BIN_EXE_domalloc")).output() else { return };
     let libs = String::from_utf8_lossy(&o.stdout);

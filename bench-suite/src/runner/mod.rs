@@ -259,15 +259,7 @@ pub fn repo() -> PathBuf {
 
 /// `YYYY-MM-DD_HHMMSS` in local time.
 pub fn timestamp() -> String {
-    // SAFETY: time/localtime_r/strftime with valid buffers.
-    unsafe {
-        let t = libc::time(std::ptr::null_mut());
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&t, &mut tm);
-        let mut buf = [0u8; 32];
-        let n = libc::strftime(buf.as_mut_ptr().cast(), buf.len(), c"%Y-%m-%d_%H%M%S".as_ptr(), &tm);
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
+    jiff::ZonedDateTime::now().strftime("%Y-%m-%d_%H%M%S").to_string()
 }
 
 /// CPU model, CPU count and kernel, for report headers.
@@ -281,12 +273,8 @@ pub fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    // SAFETY: uname fills the zeroed struct.
-    let kernel = unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        libc::uname(&mut u);
-        std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned()
-    };
+    let kernel =
+        nix::sys::utsname::uname().map_or_else(|_| String::new(), |u| u.release().to_string_lossy().into_owned());
     format!("{cpu}, {} CPUs, Linux {kernel}", crate::common::default_threads())
 }
 
@@ -466,6 +454,15 @@ fn run(s: &Settings) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamp_and_kernel() {
+        let t = timestamp();
+        let shape: String = t.chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect();
+        assert_eq!(shape, "9999-99-99_999999", "{t}");
+        let m = machine();
+        assert!(m.contains(", Linux ") && !m.ends_with("Linux "), "{m}");
+    }
 
     fn settings(args: &[&str]) -> Settings {
         let o = Options::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).unwrap();

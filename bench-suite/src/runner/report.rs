@@ -198,30 +198,23 @@ pub struct Table {
 }
 
 impl Table {
-    /// Aligned plain text (first column left-aligned, the others right-aligned).
+    /// Aligned plain text (first column left-aligned, the others right-aligned, two spaces
+    /// between columns).
     pub fn text(&self) -> String {
-        let n = self.head.len();
-        let mut w = vec![0; n];
-        for row in std::iter::once(&self.head).chain(&self.rows) {
-            for (i, c) in row.iter().enumerate() {
-                w[i] = w[i].max(c.chars().count());
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::NOTHING).set_header(&self.head).add_rows(&self.rows);
+        for (i, c) in t.column_iter_mut().enumerate() {
+            if i > 0 {
+                c.set_padding((2, 0)).set_cell_alignment(comfy_table::CellAlignment::Right);
+            } else {
+                c.set_padding((0, 0));
             }
         }
-        let mut s = String::new();
-        for row in std::iter::once(&self.head).chain(&self.rows) {
-            for (i, c) in row.iter().enumerate() {
-                if i == 0 {
-                    let _ = write!(s, "{c:<width$}", width = w[0]);
-                } else {
-                    let _ = write!(s, "  {c:>width$}", width = w[i]);
-                }
-            }
-            s.push('\n');
-        }
-        s
+        t.to_string() + "\n"
     }
 
-    /// GitHub-flavoured Markdown.
+    /// GitHub-flavoured Markdown, with the same alignment (the `:---`/`---:` row, which
+    /// comfy-table's Markdown preset does not write).
     pub fn markdown(&self) -> String {
         let mut s = format!("| {} |\n|", self.head.join(" | "));
         for i in 0..self.head.len() {
@@ -431,4 +424,26 @@ pub fn runs_csv_row(r: &Record) -> Vec<String> {
 /// The per-run CSV of all records.
 pub fn runs_csv(records: &[Record]) -> String {
     csv_text(&RUNS_CSV_HEAD, records.iter().map(runs_csv_row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Table;
+
+    #[test]
+    fn table_text_and_markdown() {
+        let cells = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let t = Table {
+            head: cells(&["allocator", "wall s", "min–max"]),
+            rows: vec![cells(&["glibc (ref)", "2.500", "2.000–3.000"]), cells(&["domalloc", "12.1", ""])],
+        };
+        assert_eq!(
+            t.text(),
+            "allocator    wall s      min–max\nglibc (ref)   2.500  2.000–3.000\ndomalloc       12.1             \n"
+        );
+        assert_eq!(
+            t.markdown(),
+            "| allocator | wall s | min–max |\n| :--- | ---: | ---: |\n| glibc (ref) | 2.500 | 2.000–3.000 |\n| domalloc | 12.1 |  |\n"
+        );
+    }
 }

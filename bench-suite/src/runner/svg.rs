@@ -1,16 +1,14 @@
 //! The chart (plotters, SVG backend): grouped bars of each allocator's ratio to the reference,
 //! one panel for wall time and one for peak RSS, on a log axis through 1.0 (bars above the
 //! line are slower / bigger than the reference, below are faster / smaller). A red `×` marks
-//! an allocator whose runs of a workload all failed.
-//!
-//! plotters is built with only its SVG backend: text is measured with plotters' built-in
-//! estimate (no font-kit, fontconfig or freetype, which a fresh Debian does not have) and
-//! written as SVG `<text>`, so the viewer's sans-serif font draws it.
+//! an allocator whose runs of a workload all failed. Drawn with the one plotters set-up,
+//! [`crate::chart`].
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::report::{Metric, Summary};
+use crate::chart::{self, font, legend, swatch, Area};
 
 const PALETTE: &[RGBColor] = &[
     RGBColor(0x4e, 0x79, 0xa7),
@@ -24,17 +22,13 @@ const PALETTE: &[RGBColor] = &[
     RGBColor(0x9c, 0x75, 0x5f),
 ];
 
-type Error = Box<dyn std::error::Error>;
-
 /// Renders the chart. `title` goes on top (date, machine).
 pub fn chart(s: &Summary, title: &str) -> String {
-    let mut out = String::new();
     let groups: Vec<String> = s.workloads.iter().cloned().chain(std::iter::once("geomean".to_string())).collect();
     let width = (120 + groups.len() * (14 * s.allocs.len().max(1) + 18)) as u32;
-    if let Err(e) = draw(&mut out, s, &groups, title, (width.max(900), 860)) {
-        return format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"40\"><text x=\"10\" y=\"25\">chart failed: {e}</text></svg>\n");
-    }
-    out
+    chart::svg((width.max(900), 860), |root| draw(root, s, &groups, title)).unwrap_or_else(|e| {
+        format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"40\"><text x=\"10\" y=\"25\">chart failed: {e}</text></svg>\n")
+    })
 }
 
 fn value(s: &Summary, g: &str, a: &str, m: Metric) -> Option<f64> {
@@ -52,19 +46,17 @@ fn range(s: &Summary, groups: &[String], m: Metric) -> (f64, f64) {
     (2f64.powf(lo.log2().floor()).max(1.0 / 16.0), 2f64.powf(hi.log2().ceil()).min(16.0))
 }
 
-fn draw(out: &mut String, s: &Summary, groups: &[String], title: &str, size: (u32, u32)) -> Result<(), Error> {
-    let root = SVGBackend::with_string(out, size).into_drawing_area();
-    root.fill(&WHITE)?;
+fn draw(root: &Area<'_>, s: &Summary, groups: &[String], title: &str) -> Result<(), chart::Error> {
     let subtitle = format!("ratio to {} (log scale; 1.0 = reference; lower is better; × = failed)", s.reference);
-    root.draw(&Text::new(title.to_string(), (60, 8), ("sans-serif", 15).into_font().style(FontStyle::Bold)))?;
-    root.draw(&Text::new(subtitle, (60, 28), ("sans-serif", 11).into_font().color(&RGBColor(0x55, 0x55, 0x55))))?;
+    root.draw(&Text::new(title.to_string(), (60, 8), font(15).style(FontStyle::Bold)))?;
+    root.draw(&Text::new(subtitle, (60, 28), font(11).color(&RGBColor(0x55, 0x55, 0x55))))?;
     let panels = root.margin(44, 0, 0, 0).split_evenly((2, 1));
     let n = groups.len() as f64;
     let na = s.allocs.len().max(1) as f64;
     for (pi, (panel, m)) in panels.iter().zip([Metric::Wall, Metric::Rss]).enumerate() {
         let (lo, hi) = range(s, groups, m);
         let mut chart = ChartBuilder::on(panel)
-            .caption(m.label(), ("sans-serif", 13).into_font().style(FontStyle::Bold))
+            .caption(m.label(), font(13).style(FontStyle::Bold))
             .margin_right(20)
             .x_label_area_size(95)
             .y_label_area_size(50)
@@ -72,7 +64,7 @@ fn draw(out: &mut String, s: &Summary, groups: &[String], title: &str, size: (u3
         chart.configure_mesh().disable_mesh().x_labels(0).y_labels(0).y_label_formatter(&|_| String::new()).draw()?;
         // Grid lines and labels at the powers of two (plotters' log-scale ticks are decimal).
         let base = panel.get_base_pixel();
-        let label = ("sans-serif", 11).into_font().color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
+        let label = font(11).color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
         let mut g = lo;
         while g <= hi * 1.0001 {
             chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, g), (n, g)], RGBColor(0xcc, 0xcc, 0xcc))))?;
@@ -93,20 +85,18 @@ fn draw(out: &mut String, s: &Summary, groups: &[String], title: &str, size: (u3
             });
             let series = chart.draw_series(bars)?;
             if pi == 0 {
-                series
-                    .label(a.as_str())
-                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                series.label(a.as_str()).legend(swatch(color));
             }
             let failed =
                 groups.iter().enumerate().filter(|(_, g)| s.cell(g, a).is_some_and(|c| c.runs > 0 && c.ok == 0));
-            let red = ("sans-serif", 13).into_font().color(&RED).pos(Pos::new(HPos::Center, VPos::Bottom));
+            let red = font(13).color(&RED).pos(Pos::new(HPos::Center, VPos::Bottom));
             chart
                 .draw_series(failed.map(|(gi, _)| {
                     Text::new("×", (gi as f64 + 0.1 + (ai as f64 + 0.5) * 0.8 / na, 1.0), red.clone())
                 }))?;
         }
         // Workload names under the bars, rotated.
-        let names = ("sans-serif", 11).into_font().transform(FontTransform::Rotate90);
+        let names = font(11).transform(FontTransform::Rotate90);
         for (gi, g) in groups.iter().enumerate() {
             let (x, y) = chart.backend_coord(&(gi as f64 + 0.5, lo));
             let style = if g == "geomean" { names.clone().style(FontStyle::Bold) } else { names.clone() };
@@ -117,14 +107,8 @@ fn draw(out: &mut String, s: &Summary, groups: &[String], title: &str, size: (u3
             ))?;
         }
         if pi == 0 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()?;
+            legend(&mut chart)?;
         }
     }
-    root.present()?;
     Ok(())
 }

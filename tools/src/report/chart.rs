@@ -1,10 +1,10 @@
 //! The SVG chart of `domalloc report --svg`, drawn with plotters' SVG backend: peak memory in use
 //! per rank, stacked by node (top), and local vs remote frees per rank with the remote share on
 //! each bar (bottom). Outlier ranks carry a `*` under their bar.
-//!
-//! plotters is built without its font features: text is laid out with its built-in size
-//! estimate and written as SVG `<text>`, which the viewer renders, so no font library is linked.
+//! Drawn with the project's one plotters set-up, the comparison suite's `chart` module.
 
+use domalloc_bench_suite::chart::plotters;
+use domalloc_bench_suite::chart::{self, font, legend, swatch, Area};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -25,12 +25,6 @@ const LOCAL: RGBColor = RGBColor(31, 119, 180);
 const REMOTE: RGBColor = RGBColor(255, 127, 14);
 const MIB: f64 = 1048576.0;
 
-type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
-
-fn err<E: std::fmt::Debug>(e: E) -> String {
-    format!("report: cannot draw the chart: {e:?}")
-}
-
 fn labels(m: &Merged) -> Vec<String> {
     m.ranks.iter().map(|r| if m.is_outlier(&r.label) { format!("{} *", r.label) } else { r.label.clone() }).collect()
 }
@@ -39,16 +33,12 @@ fn labels(m: &Merged) -> Vec<String> {
 pub fn svg(m: &Merged) -> Result<String, String> {
     let n = m.ranks.len().max(1);
     let width = (160 + 70 * n).clamp(640, 4000) as u32;
-    let mut out = String::new();
-    {
-        let root = SVGBackend::with_string(&mut out, (width, 760)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    chart::svg((width, 760), |root| {
         let (top, bottom) = root.split_vertically(380);
         memory_panel(&top, m)?;
-        frees_panel(&bottom, m)?;
-        root.present().map_err(err)?;
-    }
-    Ok(out)
+        frees_panel(&bottom, m)
+    })
+    .map_err(|e| format!("report: cannot draw the chart: {e:?}"))
 }
 
 /// The x axis' last segment: one segment per rank (plotters' integer ranges include their end),
@@ -66,7 +56,7 @@ fn right_edge(m: &Merged, i: u32) -> SegmentValue<u32> {
     }
 }
 
-fn memory_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
+fn memory_panel(area: &Area<'_>, m: &Merged) -> Result<(), chart::Error> {
     let n = m.ranks.len() as u32;
     let names = labels(m);
     let stacks: Vec<f64> =
@@ -74,12 +64,11 @@ fn memory_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
     let ymax = stacks.iter().copied().fold(0.0, f64::max).max(1.0) * 1.15;
     let outlier_note = if m.outliers.is_empty() { "" } else { "  (* outlier, see the table)" };
     let mut chart = ChartBuilder::on(area)
-        .caption(format!("Peak memory in use per rank, by node{outlier_note}"), ("sans-serif", 18))
+        .caption(format!("Peak memory in use per rank, by node{outlier_note}"), font(18))
         .margin(12)
         .x_label_area_size(32)
         .y_label_area_size(64)
-        .build_cartesian_2d((0..last_rank(m)).into_segmented(), 0.0..ymax)
-        .map_err(err)?;
+        .build_cartesian_2d((0..last_rank(m)).into_segmented(), 0.0..ymax)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -91,8 +80,7 @@ fn memory_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
         .y_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("rank")
         .y_desc("MiB (per-node peaks, stacked)")
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     for (k, &node) in m.nodes.iter().enumerate() {
         let colour = NODE_COLOURS[k % NODE_COLOURS.len()];
         let bars = m.ranks.iter().enumerate().filter_map(|(i, r)| {
@@ -110,34 +98,23 @@ fn memory_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
             bar.set_margin(0, 0, 8, 8);
             Some(bar)
         });
-        chart
-            .draw_series(bars)
-            .map_err(err)?
-            .label(format!("node {node}"))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+        chart.draw_series(bars)?.label(format!("node {node}")).legend(swatch(colour));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)
+    legend(&mut chart)
 }
 
-fn frees_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
+fn frees_panel(area: &Area<'_>, m: &Merged) -> Result<(), chart::Error> {
     let n = m.ranks.len() as u32;
     let names = labels(m);
     let ymax = m.ranks.iter().map(|r| r.doc.totals.local_frees + r.doc.totals.remote_frees).max().unwrap_or(0).max(1)
         as f64
         * 1.2;
     let mut chart = ChartBuilder::on(area)
-        .caption("Frees per rank: local vs remote (remote share on top)", ("sans-serif", 18))
+        .caption("Frees per rank: local vs remote (remote share on top)", font(18))
         .margin(12)
         .x_label_area_size(32)
         .y_label_area_size(64)
-        .build_cartesian_2d((0..last_rank(m)).into_segmented(), 0.0..ymax)
-        .map_err(err)?;
+        .build_cartesian_2d((0..last_rank(m)).into_segmented(), 0.0..ymax)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -149,8 +126,7 @@ fn frees_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
         .y_label_formatter(&|v| short_count(*v as u64))
         .x_desc("rank")
         .y_desc("frees")
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     let bar = |i: usize, lo: f64, hi: f64, c: RGBColor| {
         let i = i as u32;
         let mut r = Rectangle::new([(SegmentValue::Exact(i), lo), (right_edge(m, i), hi)], c.filled());
@@ -159,35 +135,25 @@ fn frees_panel(area: &Area<'_>, m: &Merged) -> Result<(), String> {
     };
     let t = |i: usize| &m.ranks[i].doc.totals;
     chart
-        .draw_series((0..m.ranks.len()).map(|i| bar(i, 0.0, t(i).local_frees as f64, LOCAL)))
-        .map_err(err)?
+        .draw_series((0..m.ranks.len()).map(|i| bar(i, 0.0, t(i).local_frees as f64, LOCAL)))?
         .label("local frees")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], LOCAL.filled()));
+        .legend(swatch(LOCAL));
     chart
         .draw_series((0..m.ranks.len()).map(|i| {
             let local = t(i).local_frees as f64;
             bar(i, local, local + t(i).remote_frees as f64, REMOTE)
-        }))
-        .map_err(err)?
+        }))?
         .label("remote frees")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], REMOTE.filled()));
-    chart
-        .draw_series((0..m.ranks.len()).filter_map(|i| {
-            let share = t(i).remote_share()?;
-            let top = (t(i).local_frees + t(i).remote_frees) as f64;
-            let pos = (SegmentValue::CenterOf(i as u32), top + ymax * 0.02);
-            Some(Text::new(
-                format!("{:.1}%", share * 100.0),
-                pos,
-                ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)),
-            ))
-        }))
-        .map_err(err)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)
+        .legend(swatch(REMOTE));
+    chart.draw_series((0..m.ranks.len()).filter_map(|i| {
+        let share = t(i).remote_share()?;
+        let top = (t(i).local_frees + t(i).remote_frees) as f64;
+        let pos = (SegmentValue::CenterOf(i as u32), top + ymax * 0.02);
+        Some(Text::new(
+            format!("{:.1}%", share * 100.0),
+            pos,
+            font(12).color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)),
+        ))
+    }))?;
+    legend(&mut chart)
 }
