@@ -60,6 +60,9 @@ cargo test -p domalloc --features hardened --tests 2>&1
 step "tests again in the quarantine build (--features quarantine: quarantine, poisoning, guard pages)"
 cargo test -p domalloc --features quarantine --tests 2>&1
 
+step "lock counts of the contention-stats build (--features contention-stats)"
+cargo test -p domalloc --features contention-stats --test contention_counts 2>&1
+
 step "C ABI with real programs (scripts/test-ffi.sh)"
 scripts/test-ffi.sh
 

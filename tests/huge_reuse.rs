@@ -168,17 +168,22 @@ fn large_blocks_are_reused_without_faults_on_one_node() {
         return;
     }
     for &size in &[200 << 10, 512 << 10, 900 << 10] {
-        let p = unsafe { raw::malloc(size) };
-        assert!(!p.is_null());
-        touch(p, size, 1);
-        unsafe { raw::free(p) };
-        let q = unsafe { raw::malloc(size) };
-        assert!(!q.is_null());
-        let f = minor_faults();
-        touch(q, size, 2);
-        let faults = minor_faults() - f;
-        check(q, size, 2);
-        unsafe { raw::free(q) };
+        // The fewest of three tries: a sweep of the purge thread may purge a segment's dirty
+        // pages (the span just freed among them) when an older free's deadline comes due.
+        let mut faults = i64::MAX;
+        for _ in 0..3 {
+            let p = unsafe { raw::malloc(size) };
+            assert!(!p.is_null());
+            touch(p, size, 1);
+            unsafe { raw::free(p) };
+            let q = unsafe { raw::malloc(size) };
+            assert!(!q.is_null());
+            let f = minor_faults();
+            touch(q, size, 2);
+            faults = faults.min(minor_faults() - f);
+            check(q, size, 2);
+            unsafe { raw::free(q) };
+        }
         assert!(faults < (size / 4096) as i64 / 4, "{size} B: reuse took {faults} page faults ({} pages)", size / 4096);
     }
 }

@@ -4,8 +4,11 @@
 //! that its owner gave up (full) receives its first remote free. A heap that needs a page for a
 //! class looks in the arena of the CPU it runs on, then in the other arenas of the same node,
 //! before asking the node's domain for a fresh span. Pages in an arena keep receiving remote frees
-//! (lock-free); the arena's lock only guards the list links. FIFO order gives queued pages the
-//! longest time to collect frees before they are reused.
+//! (lock-free). A page arrives on its class's inbox, a lock-free stack, and the next heap that
+//! looks takes the whole inbox and adopts every page on it: a page's round trip (given up full,
+//! queued by its first remote free, adopted again by the producer's next refill) takes no lock.
+//! Only the sweeps, which walk queued pages for those that remote frees emptied, move inbox
+//! pages to the locked FIFO queues; heaps take from those when the inbox is empty.
 //!
 //! Spans that become empty park here too (up to [`EMPTY_MAX_PAGES`] pages per arena), ready for
 //! the next span any thread of the CPU needs, of any class or a large block: in steady state the
@@ -16,7 +19,7 @@
 //! node-targeted heaps (which run on any CPU) and of memory-only nodes.
 
 use core::ptr;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config;
 use crate::config::topology;
@@ -48,6 +51,14 @@ unsafe impl Send for Queues {}
 /// One CPU's (or node's) arena. All-zero bytes are a valid empty arena but for the lock's kind
 /// (set by [`Arena::init`]).
 pub(crate) struct Arena {
+    /// Pages queued since a heap or a sweep last looked, per class: a lock-free stack linked
+    /// through `next` (pushers CAS onto it; a heap takes the whole stack with one swap and
+    /// adopts every page), so a page's round trip through the arena (given up full, its first
+    /// remote free queues it, its owner's next refill adopts it again: a producer/consumer
+    /// pair's every page) takes no lock.
+    inbox: [AtomicPtr<Page>; CLASSES],
+    /// Pages a sweep moved out of the inboxes to look at, and pages waiting since: FIFO per
+    /// class, under the lock.
     queues: Lock<Queues>,
     /// Partly used pages queued (a hint read without the lock).
     partial: AtomicUsize,
@@ -77,17 +88,40 @@ impl Arena {
         );
     }
 
-    /// Queues an unowned page with blocks in use.
+    /// Queues an unowned page with blocks in use (lock-free: onto its class's inbox).
     ///
     /// # Safety
     /// `page` is a small span's head, owned by nobody, in no list.
     pub(crate) unsafe fn push(&self, page: *mut Page) {
-        let mut q = self.queues.lock();
-        // SAFETY: forwarded, under the lock.
-        unsafe { self.link(&mut q, page) };
+        // Counted first: a heap may take the page as soon as the CAS publishes it.
+        self.partial.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's page: its links are ours until the CAS publishes them.
+        unsafe {
+            let slot = &self.inbox[(*page).class.get() as usize];
+            (*page).prev.set(ptr::null_mut());
+            let mut head = slot.load(Ordering::Relaxed);
+            loop {
+                (*page).next.set(head);
+                // Release: the links (and everything the page's last owner wrote) go with it.
+                match slot.compare_exchange_weak(head, page, Ordering::Release, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(h) => head = h,
+                }
+            }
+        }
     }
 
-    /// Links `page` at the tail of its class's queue.
+    /// Takes class `c`'s inbox: a list of pages linked through `next` (null: none).
+    fn take_inbox(&self, c: usize) -> *mut Page {
+        if self.inbox[c].load(Ordering::Relaxed).is_null() {
+            return ptr::null_mut();
+        }
+        // Acquire: pairs with the pushes' release (links, and the pages' contents).
+        self.inbox[c].swap(ptr::null_mut(), Ordering::Acquire)
+    }
+
+    /// Links `page` (taken from an inbox: counted in `partial` already) at the tail of its
+    /// class's queue.
     ///
     /// # Safety
     /// As [`Self::push`]; `q` is this arena's locked queues.
@@ -105,7 +139,6 @@ impl Arena {
             }
             q.tail[c] = page;
         }
-        self.partial.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether class `c`'s queue may hold a page (a hint: no lock).
@@ -114,8 +147,23 @@ impl Arena {
         self.nonempty[c / 64].load(Ordering::Relaxed) & 1 << (c % 64) != 0
     }
 
-    /// Takes the oldest queued page of class `c`, if any.
+    /// Takes pages of class `c`: every page of its inbox (a list linked through `next`, for the
+    /// caller to adopt them all), else the oldest page of its queue (its `next` null), else
+    /// null. Only the queue takes the lock.
     pub(crate) fn pop(&self, c: usize) -> *mut Page {
+        let list = self.take_inbox(c);
+        if !list.is_null() {
+            let mut n = 0;
+            let mut p = list;
+            while !p.is_null() {
+                n += 1;
+                // SAFETY: pages taken from the inbox are ours, their links published to us.
+                p = unsafe { (*p).next.get() };
+            }
+            self.partial.fetch_sub(n, Ordering::Relaxed);
+            self.pops.store(self.pops.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+            return list;
+        }
         if !self.may_have(c) {
             return ptr::null_mut();
         }
@@ -211,6 +259,16 @@ impl Arena {
         let walk = force || pops == self.pops_seen.load(Ordering::Relaxed);
         self.pops_seen.store(pops, Ordering::Relaxed);
         for c in (0..CLASSES).filter(|_| walk) {
+            // The inbox's pages join the queue, to be looked at with the others.
+            let mut p = self.take_inbox(c);
+            while !p.is_null() {
+                // SAFETY: taken from the inbox: ours to link, under the lock.
+                unsafe {
+                    let next = (*p).next.get();
+                    self.link(&mut q, p);
+                    p = next;
+                }
+            }
             let mut prev: *mut Page = ptr::null_mut();
             let mut p = q.head[c];
             while !p.is_null() {
@@ -366,29 +424,20 @@ pub(crate) fn arena(i: usize) -> &'static Arena {
     unsafe { &*t.arenas.add(i.min(t.n_cpus + t.n_nodes - 1)) }
 }
 
-/// Queues the pages of list `p` (linked through `next`) in their arenas, taking each arena's
-/// lock once per run of pages of that arena (a thread that exits or migrates gives up all its
-/// pages at once: one lock round instead of one per page).
+/// Queues the pages of list `p` (linked through `next`) in their arenas (a thread that exits or
+/// migrates gives up all its pages at once), lock-free.
 ///
 /// # Safety
 /// Every page of the list is a small span's head with blocks in use, owned by nobody, in no
 /// other list.
 pub(crate) unsafe fn push_list(mut p: *mut Page) {
     while !p.is_null() {
-        // SAFETY: live span heads (the caller's contract).
-        let i = unsafe { (*p).arena.get() } as usize;
-        let a = arena(i);
-        let mut q = a.queues.lock();
-        while !p.is_null() {
-            // SAFETY: as above; each page is linked once, under its arena's lock.
-            unsafe {
-                if (*p).arena.get() as usize != i {
-                    break;
-                }
-                let next = (*p).next.get();
-                a.link(&mut q, p);
-                p = next;
-            }
+        // SAFETY: live span heads (the caller's contract); each is pushed once, after its
+        // successor was read.
+        unsafe {
+            let next = (*p).next.get();
+            arena((*p).arena.get() as usize).push(p);
+            p = next;
         }
     }
 }
@@ -420,17 +469,61 @@ mod tests {
         p
     }
 
+    /// The pages of list `p` (linked through `next`), in order.
+    fn list(mut p: *mut Page) -> Vec<*mut Page> {
+        let mut v = Vec::new();
+        while !p.is_null() {
+            v.push(p);
+            // SAFETY: our test pages.
+            p = unsafe { (*p).next.get() };
+        }
+        v
+    }
+
+    #[test]
+    fn the_inbox_gives_every_page_of_one_class_at_once_without_the_lock() {
+        let a = arena_alone();
+        let (c1, c2) = (3usize, 70usize);
+        let pages: Vec<Box<Page>> = [c1, c2, c1, c1].iter().map(|&c| page_of_class(c)).collect();
+        let ptrs: Vec<*mut Page> = pages.iter().map(|p| &**p as *const Page as *mut Page).collect();
+        assert!(a.pop(c1).is_null(), "an empty arena gives nothing");
+        for &p in &ptrs {
+            // SAFETY: our pages, in no list.
+            unsafe { a.push(p) };
+        }
+        assert_eq!(a.partial.load(Ordering::Relaxed), 4);
+        assert!(!a.may_have(c1) && !a.may_have(c2), "the locked queues stay empty");
+        let g = a.queues.lock();
+        assert_eq!(
+            list(a.pop(c1)),
+            vec![ptrs[3], ptrs[2], ptrs[0]],
+            "the whole inbox, newest first, while the lock is held"
+        );
+        assert_eq!(list(a.pop(c2)), vec![ptrs[1]]);
+        drop(g);
+        assert!(a.pop(c1).is_null() && a.pop(c2).is_null());
+        assert_eq!(a.partial.load(Ordering::Relaxed), 0);
+        // SAFETY: as above.
+        unsafe { a.push(ptrs[0]) };
+        assert_eq!(list(a.pop(c1)), vec![ptrs[0]], "pushed again after it was taken");
+    }
+
     #[test]
     fn queues_are_first_in_first_out_per_class_and_the_hint_follows_them() {
         let a = arena_alone();
         let (c1, c2) = (3usize, 70usize); // two classes in different words of the hint
         let pages: Vec<Box<Page>> = [c1, c2, c1, c1].iter().map(|&c| page_of_class(c)).collect();
         let ptrs: Vec<*mut Page> = pages.iter().map(|p| &**p as *const Page as *mut Page).collect();
+        // As a sweep queues inbox pages: counted, then linked under the lock.
+        let queue = |p: *mut Page| {
+            a.partial.fetch_add(1, Ordering::Relaxed);
+            let mut q = a.queues.lock();
+            // SAFETY: our pages, in no list, under the lock.
+            unsafe { a.link(&mut q, p) };
+        };
         assert!(!a.may_have(c1) && !a.may_have(c2));
-        assert!(a.pop(c1).is_null(), "an empty queue gives nothing");
         for &p in &ptrs {
-            // SAFETY: our pages, in no list.
-            unsafe { a.push(p) };
+            queue(p);
         }
         assert!(a.may_have(c1) && a.may_have(c2));
         assert!(!a.may_have(c1 + 1), "the hint names only queued classes");
@@ -443,9 +536,8 @@ mod tests {
         assert!(a.pop(c1).is_null());
         assert!(!a.may_have(c1));
         assert_eq!(a.partial.load(Ordering::Relaxed), 0);
-        // A page pushed again after its queue emptied is found again (tail reset).
-        // SAFETY: as above.
-        unsafe { a.push(ptrs[0]) };
+        // A page queued again after its queue emptied is found again (tail reset).
+        queue(ptrs[0]);
         assert_eq!(a.pop(c1), ptrs[0]);
     }
 }

@@ -35,15 +35,8 @@ impl Heap {
 
     /// A block of class `c`: from our queue, an arena page, the home pool, or a new span.
     pub(crate) fn find_block(&self, c: usize) -> (*mut Block, bool) {
-        // Our own queue: each turn either finds a block or gives the head page up.
-        loop {
-            let page = self.bins[c].page.get();
-            if page == empty_page() {
-                break;
-            }
-            if let Some(r) = self.take_or_give_up(c, page) {
-                return r;
-            }
+        if let Some(r) = self.take_from_queue(c) {
+            return r;
         }
         // Pages of this node that nobody owns (left by exited or migrated threads, or given up
         // full and since freed into).
@@ -52,9 +45,20 @@ impl Heap {
             if page.is_null() {
                 break;
             }
+            // An inbox comes whole (a list through `next`): every page joins our queue, the
+            // first at its head.
+            // SAFETY: pages taken from an arena are nobody's but ours now.
+            let mut rest = unsafe { (*page).next.get() };
             bump(&self.counters.pages_from_arena, 1);
             self.adopt(c, page);
-            if let Some(r) = self.take_or_give_up(c, page) {
+            while !rest.is_null() {
+                // SAFETY: as above.
+                let next = unsafe { (*rest).next.get() };
+                bump(&self.counters.pages_from_arena, 1);
+                self.adopt_back(c, rest);
+                rest = next;
+            }
+            if let Some(r) = self.take_from_queue(c) {
                 return r;
             }
         }
@@ -80,6 +84,19 @@ impl Heap {
         self.adopt(c, page);
         // SAFETY: our page, with blocks to hand out.
         unsafe { take_block(&*page) }.unwrap_or((ptr::null_mut(), false))
+    }
+
+    /// A block from our queue `c`: each turn either finds one or gives the head page up.
+    fn take_from_queue(&self, c: usize) -> Option<(*mut Block, bool)> {
+        loop {
+            let page = self.bins[c].page.get();
+            if page == empty_page() {
+                return None;
+            }
+            if let Some(r) = self.take_or_give_up(c, page) {
+                return Some(r);
+            }
+        }
     }
 
     /// For a page at the head of queue `c`: a block if it has one now (after collecting or
@@ -144,7 +161,8 @@ impl Heap {
         page
     }
 
-    /// Takes a page of class `c` from this CPU's arena or another arena of this node.
+    /// Takes pages of class `c` from this CPU's arena or another arena of this node (see
+    /// `Arena::pop`: a whole inbox, linked through `next`, or one queued page).
     pub(crate) fn take_from_arenas(&self, c: usize) -> *mut Page {
         let own = crate::arena::arena(self.arena.get() as usize);
         let p = own.pop(c);
@@ -179,6 +197,17 @@ impl Heap {
             (*page).prev.set(ptr::null_mut());
         }
         self.queue_push_front(c, page);
+    }
+
+    /// Makes an unowned page ours and puts it at the tail of its queue.
+    pub(crate) fn adopt_back(&self, c: usize, page: *mut Page) {
+        // SAFETY: the page came from an arena: nobody else owns it.
+        unsafe {
+            (*page).set_owner(self as *const Heap as usize);
+            (*page).next.set(ptr::null_mut());
+            (*page).prev.set(ptr::null_mut());
+        }
+        self.queue_push_back(c, page);
     }
 
     /// Queue `c`'s head becomes the fast path's page (the empty page for an empty queue).
