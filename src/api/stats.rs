@@ -354,7 +354,6 @@ fn process_rss(s: &mut Stats) {
 fn node_resident(s: &mut Stats, slot_of: &[usize; 1024]) {
     let mut buf = [0u8; 8192];
     let mut line = [0u8; 1024];
-    let mut len = 0usize;
     let nodes = &mut s.nodes;
     let mut handle = |l: &[u8]| {
         let mut page_kb = 4u64;
@@ -379,20 +378,7 @@ fn node_resident(s: &mut Stats, slot_of: &[usize; 1024]) {
             }
         }
     };
-    Sys::read_file_chunks(b"/proc/self/numa_maps\0", &mut buf, &mut |chunk| {
-        for &c in chunk {
-            if c == b'\n' {
-                handle(&line[..len]);
-                len = 0;
-            } else if len < line.len() {
-                line[len] = c;
-                len += 1;
-            }
-        }
-    });
-    if len > 0 {
-        handle(&line[..len]);
-    }
+    crate::sys::os::read_file_lines(b"/proc/self/numa_maps\0", &mut buf, &mut line, &mut handle);
 }
 
 // ---- writers ----

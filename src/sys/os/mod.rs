@@ -15,6 +15,7 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub(crate) mod posix;
+pub(crate) use posix::read_file_lines;
 pub(crate) mod tls;
 // Sysctl parsing for the BSD ports; pure, so compiled (and unit-tested) on every OS.
 #[cfg(any(target_os = "freebsd", target_os = "dragonfly"))]
@@ -424,11 +425,6 @@ pub(crate) trait Os {
         posix::read_file(path, buf)
     }
 
-    /// Reads the file at `path` (NUL-terminated) in chunks of `buf`'s size, calling `f` with each
-    /// (for files too large for one buffer, e.g. `/proc/self/numa_maps`). Returns whether it opened.
-    fn read_file_chunks(path: &[u8], buf: &mut [u8], f: &mut dyn FnMut(&[u8])) -> bool {
-        posix::read_file_chunks(path, buf, f)
-    }
 
     /// This machine's host name into `buf` (no NUL); its length.
     fn host_name(buf: &mut [u8]) -> usize {

@@ -595,7 +595,6 @@ pub(crate) fn catch_signal(s: super::Signal, hook: fn(), then_default: bool) -> 
 pub(crate) fn for_each_mapping(f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
     let mut buf = [0u8; 4096];
     let mut line = [0u8; 512];
-    let mut len = 0usize;
     let mut handle = |l: &[u8]| {
         // start-end perms offset dev inode path
         let mut fields = l.splitn(6, |&c| c == b' ');
@@ -618,10 +617,18 @@ pub(crate) fn for_each_mapping(f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
             path,
         });
     };
-    let opened = read_file_chunks(b"/proc/self/maps\0", &mut buf, &mut |chunk| {
+    read_file_lines(b"/proc/self/maps\0", &mut buf, &mut line, &mut handle)
+}
+
+/// Calls `f` with each line of file `path` (without its newline; a line longer than `line` is
+/// cut to its length), read through the stack buffers `buf` and `line`: no allocation. False
+/// if the file could not be opened.
+pub(crate) fn read_file_lines(path: &[u8], buf: &mut [u8], line: &mut [u8], f: &mut dyn FnMut(&[u8])) -> bool {
+    let mut len = 0usize;
+    let opened = read_file_chunks(path, buf, &mut |chunk| {
         for &c in chunk {
             if c == b'\n' {
-                handle(&line[..len]);
+                f(&line[..len]);
                 len = 0;
             } else if len < line.len() {
                 line[len] = c;
@@ -630,7 +637,7 @@ pub(crate) fn for_each_mapping(f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
         }
     });
     if len > 0 {
-        handle(&line[..len]);
+        f(&line[..len]);
     }
     opened
 }
