@@ -356,7 +356,7 @@ fn small_sample(h: *mut crate::thread::heap::Heap, p: *mut u8) {
         return; // the orphan heap's or a pooled block's: not flagged, not sampled
     }
     let size = pg.block_size.get() as u64;
-    if record(p as usize, size, owed * INTERVAL.load(Ordering::Relaxed), page as usize) {
+    if record(p as usize, size, owed * INTERVAL.load(Ordering::Relaxed), page as usize, os::stack_pointer()) {
         // Every free of this page now takes the slow path, where the table is looked up.
         pg.flags.set(pg.flags.get() | PF_SAMPLED);
         pg.set_owner(h as usize);
@@ -387,7 +387,7 @@ fn big_sample(p: *mut u8, bytes: usize) {
     let s = bytes as f64;
     let x = s / t;
     let p_sampled = if x > 30.0 { 1.0 } else { 1.0 - 1.0 / exp(x) };
-    record(p as usize, bytes as u64, (s / p_sampled.max(1e-12)) as u64, 0);
+    record(p as usize, bytes as u64, (s / p_sampled.max(1e-12)) as u64, 0, os::stack_pointer());
 }
 
 fn exp(x: f64) -> f64 {
@@ -403,18 +403,15 @@ fn exp(x: f64) -> f64 {
     sum * f64::from_bits(((k + 1023).clamp(1, 2046) as u64) << 52)
 }
 
-/// The end of the calling thread's stack mapping (cached per thread; 0 if not found).
+/// The end of the calling thread's stack mapping (cached per thread; 0 if not found). Looked up
+/// at the thread's first sample: one question to the kernel ([`Os::readable_mapping_of`]), not
+/// a read of every mapping of the process (which cost larson, whose threads come and go, 15%
+/// of all its instructions).
 fn stack_end() -> usize {
     let w = words();
     if w[W_STACK_END] == 0 {
         let sp = os::stack_pointer();
-        let mut end = 1usize;
-        Sys::for_each_mapping(&mut |m| {
-            if m.readable && m.start <= sp && sp < m.end {
-                end = m.end;
-            }
-        });
-        w[W_STACK_END] = end as u64;
+        w[W_STACK_END] = Sys::readable_mapping_of(sp).map_or(1, |(_, end)| end) as u64;
     }
     match w[W_STACK_END] as usize {
         1 => 0,
@@ -439,7 +436,7 @@ fn read_code_ranges(t: &mut Tables, now: u64) {
     let here = read_code_ranges as *const () as usize;
     let (mut n, mut own) = (0, (0, 0));
     let code = &mut t.code;
-    Sys::for_each_mapping(&mut |m| {
+    Sys::for_each_code_mapping(&mut |m| {
         if m.executable && m.readable && n < CODE_RANGES {
             code[n] = (m.start, m.end);
             n += 1;
@@ -464,8 +461,11 @@ fn read_code_ranges(t: &mut Tables, now: u64) {
 }
 
 /// Records a sample of `size` bytes at `addr` standing for `weight` bytes, a small block of
-/// page `page` (0: a large or huge block); false if the tables do not exist or are full.
-fn record(addr: usize, size: u64, weight: u64, page: usize) -> bool {
+/// page `page` (0: a large or huge block); false if the tables do not exist or are full. `sp`:
+/// the caller's stack pointer (the call stack is searched above it: the frames below are the
+/// profiler's own).
+#[inline(never)]
+fn record(addr: usize, size: u64, weight: u64, page: usize, sp: usize) -> bool {
     let end = stack_end();
     let node = Sys::current_cpu().and_then(|c| crate::config::topology::get().cpu_node(c)).unwrap_or(0);
     let now = Sys::now_ms();
@@ -494,7 +494,7 @@ fn record(addr: usize, size: u64, weight: u64, page: usize) -> bool {
             let i = code.partition_point(|&(s, _)| s <= a);
             i > 0 && a < code[i - 1].1
         };
-        os::frame_walk(&mut frames, end, &is_code, t.own)
+        os::frame_walk(&mut frames, sp, end, &is_code, t.own)
     };
     let frames = &frames[..depth];
     let (sites, samples) = (t.sites, t.samples);
@@ -917,6 +917,58 @@ mod tests {
         }
         let later = FLAGGED_FREES.with(|n| n.get()) - sampled;
         assert_eq!(later, 0, "{later} frees after the sampled blocks were gone still found their page flagged");
+    }
+
+    /// Threads that come and go find their stack's end without reading every mapping of the
+    /// process: the first sample of each thread read all of `/proc/self/maps` (larson, whose
+    /// threads come and go: 15% of all its instructions). Counted, on kernels that answer
+    /// `PROCMAP_QUERY` (Linux 6.11 and later); elsewhere the maps are still read, once a thread.
+    #[test]
+    fn threads_that_come_and_go_find_their_stack_without_reading_the_maps() {
+        const THREADS: usize = 16;
+        let maps_reads = || crate::sys::os::posix::MAPS_READS.with(|n| n.get());
+        let before = maps_reads();
+        let supported = Sys::readable_mapping_of(os::stack_pointer()).is_some() && maps_reads() == before;
+        let reads: u64 = (0..THREADS)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let before = maps_reads();
+                    let sp = os::stack_pointer();
+                    let end = stack_end();
+                    assert!(end > sp, "the stack's end {end:#x} is not above the stack pointer {sp:#x}");
+                    assert_eq!(stack_end(), end, "looked up once a thread");
+                    maps_reads() - before
+                })
+                .join()
+                .unwrap()
+            })
+            .sum();
+        if !supported {
+            eprintln!("no PROCMAP_QUERY here: {reads} reads of /proc/self/maps for {THREADS} threads");
+            return;
+        }
+        assert_eq!(reads, 0, "{THREADS} threads read all of /proc/self/maps {reads} times to find their stacks");
+    }
+
+    /// A stack walk reads a bounded window of the stack whatever the program: with no frame
+    /// record above the allocator (a program built without frame pointers) it used to scan
+    /// 64 KiB of stack for one, about 200,000 instructions a sample.
+    #[test]
+    fn a_walk_without_frame_records_reads_a_bounded_window() {
+        std::thread::spawn(|| {
+            let pad = core::hint::black_box([0u64; 16 << 10]); // 128 KiB of zeros above the walk
+            let end = Sys::readable_mapping_of(os::stack_pointer()).map(|(_, e)| e).unwrap();
+            let mut out = [0usize; MAX_FRAMES];
+            let before = os::WALK_READS.with(|n| n.get());
+            let n = os::frame_walk(&mut out, 0, end, &|_| false, (0, 0));
+            let reads = os::WALK_READS.with(|n| n.get()) - before;
+            assert_eq!(n, 0, "no code anywhere: no frames");
+            let bound = (os::WALK_WINDOW / 8 * 3 / 2 + 2 * MAX_FRAMES) as u64;
+            assert!(reads <= bound, "the walk read {reads} stack words (bound {bound})");
+            core::hint::black_box(&pad);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
