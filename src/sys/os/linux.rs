@@ -245,6 +245,123 @@ impl Os for Sys {
     fn set_errno(e: i32) {
         posix::set_errno(e)
     }
+
+    fn readable_mapping_of(addr: usize) -> Option<(usize, usize)> {
+        let mut found = None;
+        match procmap_query(addr, PROCMAP_QUERY_VMA_READABLE, &mut |m| found = Some((m.start, m.end))) {
+            true => found,
+            false => posix::readable_mapping_of(addr),
+        }
+    }
+
+    fn for_each_code_mapping(f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
+        let flags = PROCMAP_QUERY_VMA_READABLE | PROCMAP_QUERY_VMA_EXECUTABLE | PROCMAP_QUERY_COVERING_OR_NEXT_VMA;
+        procmap_query(0, flags, f)
+            || Self::for_each_mapping(&mut |m| {
+                if m.readable && m.executable {
+                    f(m)
+                }
+            })
+    }
+}
+
+/// `struct procmap_query` of `<linux/fs.h>` (Linux 6.11).
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: libc::c_ulong =
+    (3 << 30) | ((core::mem::size_of::<ProcmapQuery>() as libc::c_ulong) << 16) | ((b'f' as libc::c_ulong) << 8) | 17;
+/// `PROCMAP_QUERY_VMA_READABLE`: only a readable mapping answers.
+const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
+/// `PROCMAP_QUERY_VMA_EXECUTABLE`: only an executable one.
+const PROCMAP_QUERY_VMA_EXECUTABLE: u64 = 0x04;
+/// `PROCMAP_QUERY_COVERING_OR_NEXT_VMA`: the mapping holding the address, else the next one.
+const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
+/// The kernel refused `PROCMAP_QUERY` once (older than 6.11): not asked again.
+static NO_PROCMAP_QUERY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Asks the kernel for the mapping holding `addr` that `flags` accept (`PROCMAP_QUERY`) and
+/// calls `f` with it; with `PROCMAP_QUERY_COVERING_OR_NEXT_VMA` in `flags`, for every such
+/// mapping from `addr` on. False where the kernel cannot be asked (then nothing was called:
+/// read `/proc/self/maps` instead). One open and close, one ioctl per mapping; no allocation,
+/// async-signal-safe, and `errno` is left as it was (the caller may be a `malloc` that
+/// succeeds).
+fn procmap_query(addr: usize, flags: u64, f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
+    use core::sync::atomic::Ordering;
+    if NO_PROCMAP_QUERY.load(Ordering::Relaxed) {
+        return false;
+    }
+    let saved = posix::errno();
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(b"/proc/self/maps\0".as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        posix::set_errno(saved);
+        return false;
+    }
+    let mut name = [0u8; 512];
+    let (mut at, mut asked) = (addr as u64, false);
+    // (A bound on the mappings listed, as the kernel's own: `vm.max_map_count`'s default.)
+    for _ in 0..65_530 {
+        let mut q = ProcmapQuery {
+            size: core::mem::size_of::<ProcmapQuery>() as u64,
+            query_flags: flags,
+            query_addr: at,
+            vma_name_size: name.len() as u32,
+            vma_name_addr: name.as_mut_ptr() as u64,
+            ..ProcmapQuery::default()
+        };
+        // SAFETY: the ioctl reads and writes `q`, and writes at most `vma_name_size` bytes of
+        // `name`.
+        let r = unsafe { libc::ioctl(fd, PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) };
+        if r != 0 {
+            if posix::errno() != libc::ENOENT {
+                // Not this kernel's (ENOTTY, EINVAL): the caller reads the file. (A mapping
+                // listed already is not listed twice: this happens at the first question.)
+                if !asked {
+                    NO_PROCMAP_QUERY.store(true, Ordering::Relaxed);
+                    posix::close_fd(fd);
+                    posix::set_errno(saved);
+                    return false;
+                }
+            }
+            break; // ENOENT: no (further) mapping
+        }
+        asked = true;
+        let len = (q.vma_name_size as usize).min(name.len()).saturating_sub(1); // less its NUL
+        f(super::Mapping {
+            start: q.vma_start as usize,
+            end: q.vma_end as usize,
+            readable: q.vma_flags & PROCMAP_QUERY_VMA_READABLE != 0,
+            executable: q.vma_flags & PROCMAP_QUERY_VMA_EXECUTABLE != 0,
+            offset: q.vma_offset,
+            path: &name[..len],
+        });
+        if flags & PROCMAP_QUERY_COVERING_OR_NEXT_VMA == 0 || q.vma_end <= at {
+            break;
+        }
+        at = q.vma_end;
+    }
+    posix::close_fd(fd);
+    posix::set_errno(saved);
+    true
 }
 
 /// glibc's hooks: its single-thread flag and its stdio list lock (exported since 2.32 and 2.2.5).
@@ -490,6 +607,29 @@ mod tests {
         assert_eq!(parse_meminfo_total(s), Some(16314468 * 1024));
         assert_eq!(parse_meminfo_total(b"nothing"), None);
         assert_eq!(parse_meminfo_field(s, b"MemFree:"), Some(3 * 1024));
+    }
+
+    /// What `PROCMAP_QUERY` answers is what `/proc/self/maps` lists: the stack's mapping, and
+    /// the executable mappings with their paths (where the kernel answers; else both are the
+    /// file's).
+    #[test]
+    fn the_kernels_answers_match_the_maps_file() {
+        let local = 0u8;
+        let here = &local as *const u8 as usize;
+        assert_eq!(Sys::readable_mapping_of(here), posix::readable_mapping_of(here));
+        assert!(Sys::readable_mapping_of(here).is_some_and(|(s, e)| s <= here && here < e));
+        assert_eq!(Sys::readable_mapping_of(8), None, "nothing is mapped at address 8");
+        let mut asked: std::vec::Vec<(usize, usize, u64, std::vec::Vec<u8>)> = std::vec::Vec::new();
+        assert!(Sys::for_each_code_mapping(&mut |m| asked.push((m.start, m.end, m.offset, m.path.to_vec()))));
+        let mut read = std::vec::Vec::new();
+        posix::for_each_mapping(&mut |m| {
+            if m.readable && m.executable {
+                read.push((m.start, m.end, m.offset, m.path.to_vec()));
+            }
+        });
+        assert_eq!(asked, read);
+        let code = Sys::readable_mapping_of as *const () as usize;
+        assert!(asked.iter().any(|&(s, e, _, _)| s <= code && code < e), "this code's mapping is listed");
     }
 
     #[test]

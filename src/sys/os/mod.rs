@@ -476,6 +476,25 @@ pub(crate) trait Os {
     fn for_each_mapping(f: &mut dyn FnMut(Mapping<'_>)) -> bool {
         posix::for_each_mapping(f)
     }
+
+    /// The readable mapping that holds `addr`, as `(start, end)`, found without allocating (the
+    /// profiler bounds its stack walks by it). Here: every mapping read with
+    /// [`Os::for_each_mapping`]; Linux asks the kernel for that one (`PROCMAP_QUERY`, 6.11 and
+    /// later: no text to write and parse) and reads them all only where it cannot.
+    fn readable_mapping_of(addr: usize) -> Option<(usize, usize)> {
+        posix::readable_mapping_of(addr)
+    }
+
+    /// Calls `f` with each readable and executable mapping, in address order (see
+    /// [`Os::for_each_mapping`], whose answer this is, filtered: Linux asks the kernel for these
+    /// alone where it can). False where the platform cannot list them.
+    fn for_each_code_mapping(f: &mut dyn FnMut(Mapping<'_>)) -> bool {
+        Self::for_each_mapping(&mut |m| {
+            if m.readable && m.executable {
+                f(m)
+            }
+        })
+    }
 }
 
 /// One mapping of the process (see [`Os::for_each_mapping`]).
@@ -489,24 +508,51 @@ pub(crate) struct Mapping<'a> {
     pub(crate) path: &'a [u8],
 }
 
+/// Stack bytes above `from` that [`frame_walk`] reads at most, looking for the program's call
+/// into the allocator and its frame record: the allocator's frames above the profiler's (about
+/// 100 bytes on the paths of `malloc`; the profiler's own add 700) and the caller's locals. A bound,
+/// so that a sample costs about the same whatever the program: one built without frame pointers
+/// has no record to find, and the walk used to scan up to 64 KiB for one (about 200,000
+/// instructions a sample).
+pub(crate) const WALK_WINDOW: usize = 4 << 10;
+/// Bytes above the program's call into the allocator, as [`frame_walk`] found it, read for a
+/// later return address into the allocator (the word found was then a stale one in the
+/// allocator's frames) or for the program's frame record.
+const WALK_CONFIRM: usize = 512;
+
 /// Return addresses of the calling code's callers, innermost first, into `out`; how many were
 /// written (0 on architectures without a walk here). Nothing is read outside
 /// `[stack pointer, stack_end)` (`stack_end`: the end of the readable mapping that holds the
-/// stack), so the walk never faults; it is safe in a signal handler.
+/// stack), so the walk never faults; it is safe in a signal handler. `from`: where the search
+/// of the stack for the program's frames starts (the stack pointer of the allocator function
+/// that asked, whose callees' frames are known to be the allocator's; 0: here).
 ///
 /// The frame-pointer chain from the register as it is here, each record checked (16-aligned,
-/// strictly above the last, its return address in code: `is_code`), when its first return
+/// strictly above the last, its return address in code (`is_code`)), when its first return
 /// address lies in `own` (the allocator's own code: it was built with frame pointers too).
-/// Otherwise the allocator's frames keep none (its fast paths are built without), so the
-/// register holds the caller's frame or data: the stack is scanned upwards for the program's
-/// first frame record, and below it for the program's return address into the allocator (see
-/// the comments inside). A heuristic: a stale record left below the live stack can be taken for
-/// the program's, and a code pointer among the caller's locals for its call. Full depth needs
-/// the program built with frame pointers; a call the compiler turned into a jump (a tail call)
-/// leaves no return address, so its caller stands for it.
+/// Otherwise the allocator's frames keep none (its fast paths are built without), and the words
+/// above `from` are read once, [`WALK_WINDOW`] bytes at most:
+/// - the first frame record there that is the program's (16-aligned, its return address in code
+///   outside the allocator and after a call instruction, the next record valid) starts the
+///   chain, and the highest word below it that is a return address into code outside the
+///   allocator (it follows a call instruction) is the program's call into the allocator (dead
+///   slots lower down may hold stale ones, never above it; a tail call leaves none: then the
+///   record's function stands for its callee);
+/// - with no record there (a program built without frame pointers, or a caller with more locals
+///   than [`WALK_CONFIRM`]), the program's call is the first such word above the last return
+///   address into the allocator's own code (where its frames end; found only where `own` is
+///   known: the allocator is a shared library), and the chain goes on from the frame-pointer
+///   register if it still holds a valid record above that word (code built without frame
+///   pointers saves and restores the register when it uses it); else that call is the whole
+///   stack.
+///
+/// A heuristic: a stale record or return address left in a frame can be taken for the
+/// program's. Full depth needs the program built with frame pointers; a call the compiler turned
+/// into a jump (a tail call) leaves no return address, so its caller stands for it.
 #[inline(never)]
 pub(crate) fn frame_walk(
     out: &mut [usize],
+    from: usize,
     stack_end: usize,
     is_code: &dyn Fn(usize) -> bool,
     own: (usize, usize),
@@ -525,7 +571,7 @@ pub(crate) fn frame_walk(
     };
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
-        let _ = (out, stack_end, is_code, own);
+        let _ = (out, from, stack_end, is_code, own);
         return 0;
     }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -534,16 +580,20 @@ pub(crate) fn frame_walk(
             return 0;
         }
         let read = |a: usize| -> usize {
+            #[cfg(test)]
+            WALK_READS.with(|n| n.set(n.get() + 1));
             // SAFETY: every caller checks `sp <= a` and `a + 8 <= stack_end`: inside the
             // stack's readable mapping.
             unsafe { core::ptr::read_volatile(a as *const usize) }
         };
+        // Stack addresses are not code (the cheap test first: most words of a stack are).
+        let code = |v: usize| !(sp <= v && v < stack_end) && is_code(v);
         let mine = |ra: usize| own.0 <= ra && ra < own.1;
         let chain = |out: &mut [usize], mut fp: usize, mut low: usize| -> usize {
             let mut n = 0;
             while n < out.len() && fp % 16 == 0 && fp > low && fp.checked_add(16).is_some_and(|e| e <= stack_end) {
                 let (next, ra) = (read(fp), read(fp + 8));
-                if !is_code(ra) {
+                if !code(ra) {
                     break;
                 }
                 out[n] = ra;
@@ -557,41 +607,61 @@ pub(crate) fn frame_walk(
         if n > 0 && mine(out[0]) {
             return n;
         }
-        // The first frame record above the stack pointer that is the program's: 16-aligned, its
-        // return address in code outside the allocator, the next record valid. Below it, the highest word that is a return address into code outside
-        // the allocator is the program's call into the allocator (dead slots lower down may
-        // hold stale ones, never above it; a tail call leaves none: then the record's function
-        // stands for its callee).
-        let limit = stack_end.min(sp.saturating_add(64 << 10));
+        let start = from.max(sp);
+        let limit = stack_end.min(start.saturating_add(WALK_WINDOW));
         let valid_next = |l: usize, next: usize| {
             next == 0 || (next % 16 == 0 && next > l && next.checked_add(16).is_some_and(|e| e <= stack_end))
         };
-        let mut l = (sp + 15) & !15;
-        while l + 16 <= limit {
-            let (next, ra) = (read(l), read(l + 8));
+        // One pass over the window's words: the program's first frame record; below it the
+        // highest return address outside the allocator; and the first one above the last return
+        // address into the allocator (`after_own`), taken for the program's call once
+        // [`WALK_CONFIRM`] bytes above it held none into the allocator.
+        let (mut highest, mut after_own, mut seen_own) = ((0usize, 0usize), (0usize, 0usize), false);
+        // (Two words at a time: a record's two, each word's code test made once.)
+        let mut a = (start + 15) & !15;
+        while a + 16 <= limit && (after_own.1 == 0 || a < after_own.0 + WALK_CONFIRM) {
+            let (v, ra) = (read(a), read(a + 8));
+            let ra_code = code(ra);
             // (The next record's return address must be code too; past it, chains often end in
             // a frame of code built without frame pointers, such as the C library's start.)
-            let record = is_code(ra) && !mine(ra) && valid_next(l, next) && (next == 0 || is_code(read(next + 8)));
-            if record {
-                let mut top = 0;
-                let mut a = (sp + 7) & !7;
-                while a < l {
-                    let v = read(a);
-                    if is_code(v) && !mine(v) && follows_call(v, is_code) {
-                        top = v;
-                    }
-                    a += 8;
+            if ra_code && !mine(ra) && valid_next(a, v) && (v == 0 || code(read(v + 8))) && follows_call(ra, is_code) {
+                if highest.1 != 0 {
+                    out[0] = highest.1;
+                    return 1 + chain(&mut out[1..], a, sp);
                 }
-                if top != 0 {
-                    out[0] = top;
-                    return 1 + chain(&mut out[1..], l, sp);
-                }
-                return chain(out, l, sp);
+                return chain(out, a, sp);
             }
-            l += 16;
+            for (at, w, w_code) in [(a, v, code(v)), (a + 8, ra, ra_code)] {
+                if w_code && follows_call(w, is_code) {
+                    if mine(w) {
+                        (seen_own, after_own) = (true, (0, 0));
+                    } else {
+                        highest = (at, w);
+                        if seen_own && after_own.1 == 0 {
+                            after_own = (at, w);
+                        }
+                    }
+                }
+            }
+            a += 16;
         }
-        0
+        // No record: the program's call into the allocator, then the chain from the register if
+        // it still holds a record above it.
+        if after_own.1 == 0 {
+            return 0;
+        }
+        out[0] = after_own.1;
+        if fp > after_own.0 {
+            return 1 + chain(&mut out[1..], fp, after_own.0);
+        }
+        1
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Stack words [`frame_walk`] read on this thread (tests).
+    pub(crate) static WALK_READS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
 }
 
 /// Whether `ra` follows a call instruction (so it can be a return address, not a function

@@ -593,6 +593,8 @@ pub(crate) fn catch_signal(s: super::Signal, hook: fn(), then_default: bool) -> 
 /// `/proc/self/maps`, one line at a time through stack buffers (see
 /// [`super::Os::for_each_mapping`]); false where there is no such file (BSD without linprocfs).
 pub(crate) fn for_each_mapping(f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
+    #[cfg(test)]
+    MAPS_READS.with(|n| n.set(n.get() + 1));
     let mut buf = [0u8; 4096];
     let mut line = [0u8; 512];
     let mut handle = |l: &[u8]| {
@@ -640,6 +642,23 @@ pub(crate) fn read_file_lines(path: &[u8], buf: &mut [u8], line: &mut [u8], f: &
         f(&line[..len]);
     }
     opened
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Times this thread read the whole of `/proc/self/maps` ([`for_each_mapping`]; tests).
+    pub(crate) static MAPS_READS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// See [`super::Os::readable_mapping_of`]: every mapping read until the one holding `addr`.
+pub(crate) fn readable_mapping_of(addr: usize) -> Option<(usize, usize)> {
+    let mut found = None;
+    for_each_mapping(&mut |m| {
+        if m.readable && m.start <= addr && addr < m.end {
+            found = Some((m.start, m.end));
+        }
+    });
+    found
 }
 
 fn parse_hex(s: &[u8]) -> Option<u64> {
