@@ -425,7 +425,6 @@ pub(crate) trait Os {
         posix::read_file(path, buf)
     }
 
-
     /// This machine's host name into `buf` (no NUL); its length.
     fn host_name(buf: &mut [u8]) -> usize {
         posix::host_name(buf)
