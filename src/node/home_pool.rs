@@ -253,3 +253,61 @@ fn valid_block(b: *mut Block, c: usize) {
     }
     os::fatal(format_args!("malloc(): corrupted free list: a pooled block link leads to {:p}, not a free block of its size (heap overflow or write after free)", b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of our own, outside any domain (all-zero bytes but the lock, as `init` says).
+    fn pool_alone() -> Box<HomePool> {
+        // SAFETY: all-zero bytes are a valid empty pool but for the lock, which `init` sets.
+        let mut p: Box<HomePool> = unsafe { Box::new(core::mem::zeroed()) };
+        p.init();
+        p
+    }
+
+    fn span_of(n: u32) -> Box<Page> {
+        let p = Box::new(Page::empty());
+        p.set_span_pages(n);
+        p
+    }
+
+    #[test]
+    fn large_spans_are_kept_per_size_and_the_hints_follow_them() {
+        let pool = pool_alone();
+        assert!(pool.is_empty());
+        assert!(pool.take_large(3).is_null(), "an empty pool gives nothing");
+        let spans: Vec<Box<Page>> = [3u32, 5, 3].iter().map(|&n| span_of(n)).collect();
+        let ptrs: Vec<*mut Page> = spans.iter().map(|p| &**p as *const Page as *mut Page).collect();
+        for &p in &ptrs {
+            // SAFETY: our test spans, in no list.
+            unsafe { pool.put_large(p) };
+        }
+        assert_eq!(pool.count.load(Ordering::Relaxed), 3);
+        assert!(pool.may_have(64 * SMALL_WORDS + 3) && pool.may_have(64 * SMALL_WORDS + 5));
+        assert!(!pool.may_have(64 * SMALL_WORDS + 4), "only sizes held are hinted");
+        assert!(pool.take_large(4).is_null(), "exactly the size asked for");
+        assert_eq!(pool.take_large(3), ptrs[2], "the last one kept first");
+        assert_eq!(pool.take_large(3), ptrs[0]);
+        assert!(!pool.may_have(64 * SMALL_WORDS + 3), "an emptied list clears its hint");
+        assert!(pool.take_large(3).is_null());
+        assert_eq!(pool.take_large(5), ptrs[1]);
+        assert!(pool.is_empty());
+        assert!(pool.take_large(PAGES).is_null(), "no list beyond a segment's pages");
+    }
+
+    #[test]
+    fn hints_of_small_and_large_lists_do_not_overlap() {
+        let pool = pool_alone();
+        pool.mark(SMALL - 1, true);
+        assert!(pool.may_have(SMALL - 1));
+        for n in 0..PAGES {
+            assert!(!pool.may_have(64 * SMALL_WORDS + n), "large list {n} hinted by a small list's bit");
+        }
+        pool.mark(64 * SMALL_WORDS, true);
+        for i in 0..SMALL - 1 {
+            assert!(!pool.may_have(i), "small list {i} hinted by a large list's bit");
+        }
+        assert!(pool.take_block(PLACED_MIN_CLASS).is_null(), "a hint without a block gives nothing");
+    }
+}
