@@ -1,5 +1,7 @@
 //! The host side of the QEMU guests, in one place: building the guest programs and
-//! `libdomalloc.so`, booting `scripts/qemu/run-guest.sh` and reading its exit status.
+//! `libdomalloc.so`, booting `scripts/qemu/run-guest.sh` and reading its exit status. The tests
+//! of this crate and the comparison suite's guest parts (`bench --numa`, `bench --guest`) boot
+//! their guests through [`Boot`].
 //!
 //! `run-guest.sh` exits 0 when every check passed, 1 when one failed or a run crashed, 2 when the
 //! guest did not finish (boot failure, kernel panic, timeout), 3 when a tool is missing and 4 when
@@ -264,9 +266,7 @@ impl Boot {
             Some(0) => Status::Passed,
             Some(1) => Status::Failed,
             Some(2) => Status::DidNotFinish,
-            Some(3 | 4) => {
-                Status::Unavailable(stderr.lines().rev().find(|l| l.starts_with("run-guest")).unwrap_or("").to_string())
-            }
+            Some(3 | 4) => Status::Unavailable(last_words(&stderr).to_string()),
             other => Status::Other(other),
         };
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -290,6 +290,17 @@ impl Boot {
             other => Err(format!("{}: run-guest.sh failed ({other:?}); log {log}\n{}", self.topology, c.stderr)),
         }
     }
+}
+
+impl Console {
+    /// The script's last line of its own (`run-guest: ...`): why it stopped, when it did.
+    pub fn last_words(&self) -> &str {
+        last_words(&self.stderr)
+    }
+}
+
+fn last_words(stderr: &str) -> &str {
+    stderr.lines().rev().find(|l| l.starts_with("run-guest")).unwrap_or("")
 }
 
 /// The last `n` lines of `s`.

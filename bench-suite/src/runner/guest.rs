@@ -4,9 +4,10 @@
 //! The user's measurement that started issue 16: mimalloc's test-stress at 32 threads in a
 //! guest with 8 vCPUs (TCG on 2 host cores) took 36 s with glibc, 12 s with mimalloc and
 //! 110-228 s with domalloc. This part reproduces the setting with the suite's `test-stress`
-//! workload, booting `scripts/qemu/run-guest.sh` once per topology — `1n8` (one node, 8 vCPUs)
-//! and `4n2` (4 nodes x 2 vCPUs) — and running every allocator at 8 and 32 threads in that one
-//! boot: glibc, mimalloc v3, domalloc, and domalloc with `DOMALLOC_NUMA=0`.
+//! workload, booting `scripts/qemu/run-guest.sh` (through numa-tests' driver,
+//! `domalloc_numa_tests::qemu`) once per topology — `1n8` (one node, 8 vCPUs) and `4n2` (4 nodes
+//! x 2 vCPUs) — and running every allocator at 8 and 32 threads in that one boot: glibc,
+//! mimalloc v3, domalloc, and domalloc with `DOMALLOC_NUMA=0`.
 //!
 //! One boot runs several allocators because the guest payload is a generated shell script (a
 //! self-extracting bundle): it carries, base64-encoded, a tarball of the workloads binary, the
@@ -24,7 +25,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+
+use domalloc_numa_tests::qemu::{self, Boot};
 
 use super::allocators::Allocator;
 use super::report::csv_text;
@@ -303,7 +305,6 @@ pub fn markdown_table(cells: &[Cell], allocs: &[String]) -> String {
 pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], dir: &Path) -> Result<usize, String> {
     let gallocs = guest_allocs(allocs);
     println!("\n== Guest benchmark: test-stress in QEMU guests ({} allocators)", gallocs.len());
-    let script = super::repo().join("scripts/qemu/run-guest.sh");
     let quick = s.opts.quick;
     let load: u64 = env_or("BENCH_GUEST_LOAD", if quick { "1" } else { "2" })
         .parse()
@@ -330,35 +331,30 @@ pub fn run(s: &Settings, bin: &Path, allocs: &[Allocator], dir: &Path) -> Result
     let topologies: Vec<String> =
         env_or("BENCH_GUEST_TOPOLOGIES", "1n8,4n2").split(',').map(|t| t.trim().to_string()).collect();
     let timeout = env_or("BENCH_GUEST_TIMEOUT", "1200");
-    let work = super::repo().join("numa-tests/work/bench-guest");
+    let work = qemu::workdir().join("bench-guest");
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let payload = build_payload(&work, bin, &gallocs, &guest_script(&gallocs, &threads, &workloads))?;
     let mut cells = Vec::new();
     let mut notes = Vec::new();
     for topo in &topologies {
         let log = work.join(format!("bench-guest-{topo}.log"));
-        let t0 = Instant::now();
-        let out = Command::new(&script)
-            .args(["--topology", topo, "--timeout", &timeout, "--binary"])
-            .arg(&payload)
-            .arg("--log")
-            .arg(&log)
-            .arg("--workdir")
-            .arg(&work)
-            .env_remove("LD_PRELOAD")
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        let console = String::from_utf8_lossy(&out.stdout);
-        let got = parse_console(topo, &console);
-        let took = t0.elapsed().as_secs_f64();
+        let boot = Boot {
+            binary: Some(payload.clone()),
+            timeout_s: Some(timeout.clone()),
+            log: Some(log.clone()),
+            workdir: Some(work.clone()),
+            ..Boot::new(topo)
+        };
+        let out = boot.run()?;
+        let console = &out.text;
+        let got = parse_console(topo, console);
+        let took = out.seconds;
         let cpus =
             console.lines().find_map(|l| l.split("GUESTBENCH-START cpus=").nth(1)).unwrap_or("?").trim().to_string();
         let probes: Vec<String> =
             console.lines().filter(|l| l.contains("GUESTPROBE")).map(|l| l.trim().to_string()).collect();
         if !console.contains("GUESTBENCH-END") {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let why = err.lines().rev().find(|l| l.starts_with("run-guest")).unwrap_or("").to_string();
-            notes.push(format!("{topo}: guest did not finish ({why}; log {})", log.display()));
+            notes.push(format!("{topo}: guest did not finish ({}; log {})", out.last_words(), log.display()));
         }
         for c in &got {
             let v = c.seconds.as_ref().map_or_else(|e| e.clone(), |s| format!("{s:.2} s"));
