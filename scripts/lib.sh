@@ -72,12 +72,14 @@ ensure_packages() {
         done
 }
 
-# build_release: cargo build --release -p domalloc-ffi -p domalloc-tools into $CARGO_TARGET_DIR;
-# on failure the build log's tail, "FAIL  build" and exit 1.
+# build_release [ARGS...]: cargo build --release ARGS (default: -p domalloc-ffi -p domalloc-tools,
+# libdomalloc and the launcher) into $CARGO_TARGET_DIR; on failure the build log's tail,
+# "FAIL  build" and exit 1.
 build_release() {
-    say "building libdomalloc and the launcher (release) in $CARGO_TARGET_DIR"
+    [ $# -gt 0 ] || set -- -p domalloc-ffi -p domalloc-tools
+    say "building (cargo build --release $*) in $CARGO_TARGET_DIR"
     local t0=$SECONDS
-    if ! cargo build --release -p domalloc-ffi -p domalloc-tools >"$WORK/build.log" 2>&1; then
+    if ! cargo build --release "$@" >"$WORK/build.log" 2>&1; then
         tail -n 40 "$WORK/build.log"
         say "FAIL  build"
         say "0 passed, 1 failed"
