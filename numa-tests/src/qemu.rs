@@ -186,6 +186,9 @@ pub struct Boot {
     pub thp: Option<String>,
     /// `--env K=V` for the guest program.
     pub env: Vec<String>,
+    /// `--file`: files the program uses, copied into the guest at the same paths with the
+    /// shared libraries they need.
+    pub files: Vec<PathBuf>,
     /// `--timeout` in seconds (none: the script's default).
     pub timeout_s: Option<String>,
     /// `--workdir` (none: `numa-tests/work`).
@@ -252,6 +255,9 @@ impl Boot {
         }
         for e in &self.env {
             cmd.arg("--env").arg(e);
+        }
+        for f in &self.files {
+            cmd.arg("--file").arg(f);
         }
         cmd.arg("--").args(&self.args);
         cmd
