@@ -23,9 +23,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::allocators::Allocator;
+use super::hpc::{self, Outcome};
+use super::measure;
 use super::report::{csv_text, median, range, Table};
 use super::Settings;
-use super::{hpc, measure};
 
 /// MPI ranks of hpcc and LAMMPS.
 const RANKS: u32 = 2;
@@ -105,10 +106,6 @@ fn c_sources() -> Vec<PathBuf> {
     v
 }
 
-fn preload_env(cmd: &mut Command, a: &Allocator) {
-    a.apply(cmd);
-}
-
 fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_default()
 }
@@ -120,53 +117,27 @@ fn hash_file(p: &Path) -> u64 {
         .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
-struct Ran {
-    m: measure::Measured,
-    out: String,
-}
-
-fn run_cmd(mut cmd: Command, dir: &Path, timeout: f64) -> Ran {
-    let (m, out) = measure::run_in(&mut cmd, dir, Duration::from_secs_f64(timeout));
-    Ran { m, out }
-}
-
-fn exit_ok(r: &Ran) -> Result<(), String> {
-    if r.m.exit == measure::Exit::Code(0) {
-        Ok(())
-    } else {
-        Err(super::compare::failure(&r.m.exit, &r.out))
-    }
-}
-
-/// hpcc and LAMMPS: `runner::hpc`'s run on [`RANKS`] ranks, the allocator preloaded in each.
-fn mpi_app(app: hpc::App, dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, String), String>) {
-    let run = hpc::Run { preload: a.path.clone(), env: a.env.clone(), ..hpc::Run::new(app, RANKS) };
-    let o = run.run(dir, Duration::from_secs_f64(timeout));
-    (Ran { m: o.measured, out: o.output }, o.check)
-}
-
-fn sqlite(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, String), String>) {
+fn sqlite(dir: &Path, a: &Allocator, timeout: Duration) -> Outcome {
     let _ = fs::write(dir.join("script.sql"), sql_script());
     let _ = fs::remove_file(dir.join("bench.db"));
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg("sqlite3 -batch bench.db < script.sql");
-    preload_env(&mut cmd, a);
-    let r = run_cmd(cmd, dir, timeout);
-    let _ = fs::remove_file(dir.join("bench.db"));
-    let check = exit_ok(&r).and_then(|_| {
+    a.apply(&mut cmd);
+    let o = Outcome::run(cmd, dir, timeout, |out| {
         let want = sql_expected_count();
-        if r.out.lines().next() != Some(want.as_str()) {
-            Err(format!("first result {:?}, expected {want:?}", r.out.lines().next().unwrap_or("")))
-        } else if r.out.lines().count() != 8 {
-            Err(format!("{} result lines, expected 8", r.out.lines().count()))
+        if out.lines().next() != Some(want.as_str()) {
+            Err(format!("first result {:?}, expected {want:?}", out.lines().next().unwrap_or("")))
+        } else if out.lines().count() != 8 {
+            Err(format!("{} result lines, expected 8", out.lines().count()))
         } else {
-            Ok(("query results".to_string(), r.out.clone()))
+            Ok(("query results".to_string(), out.to_string()))
         }
     });
-    (r, check)
+    let _ = fs::remove_file(dir.join("bench.db"));
+    o
 }
 
-fn gcc(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, String), String>) {
+fn gcc(dir: &Path, a: &Allocator, timeout: Duration) -> Outcome {
     let srcs = c_sources();
     let mut script = String::from("set -e\n");
     let include = super::repo().join("include");
@@ -181,17 +152,15 @@ fn gcc(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, String)
     }
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(&script);
-    preload_env(&mut cmd, a);
-    let r = run_cmd(cmd, dir, timeout);
-    let check = exit_ok(&r).and_then(|_| {
+    a.apply(&mut cmd);
+    Outcome::run(cmd, dir, timeout, |_| {
         if srcs.is_empty() {
             return Err("no C sources found".into());
         }
         let hashes: Vec<String> =
             (0..srcs.len()).map(|i| format!("{:016x}", hash_file(&dir.join(format!("obj{i}.o"))))).collect();
         Ok((format!("{} object files", srcs.len()), hashes.join(" ")))
-    });
-    (r, check)
+    })
 }
 
 fn free_port() -> Option<u16> {
@@ -205,8 +174,8 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn redis(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, String), String>) {
-    let fail = |why: String| (Ran { m: measure::Measured::failed(why.clone()), out: why.clone() }, Err(why));
+fn redis(dir: &Path, a: &Allocator, timeout: Duration) -> Outcome {
+    let fail = Outcome::failed;
     let Some(port) = free_port() else { return fail("no free port on 127.0.0.1".into()) };
     let p = port.to_string();
     let mut srv = Command::new("redis-server");
@@ -225,7 +194,7 @@ fn redis(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, Strin
         "no",
     ]);
     srv.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    preload_env(&mut srv, a);
+    a.apply(&mut srv);
     let mut child = match srv.spawn() {
         Ok(c) => c,
         Err(e) => return fail(format!("redis-server: {e}")),
@@ -259,7 +228,7 @@ fn redis(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, Strin
         "set,get,incr,lpush,lpop,sadd,hset,lrange_100",
     ]);
     bench.env_remove("LD_PRELOAD");
-    let mut r = run_cmd(bench, dir, timeout);
+    let (mut measured, output) = measure::run_in(&mut bench, dir, timeout);
     let rss = vm_hwm_kib(child.id());
     let _ = cli(&["shutdown", "nosave"]);
     let t1 = Instant::now();
@@ -274,19 +243,18 @@ fn redis(dir: &Path, a: &Allocator, timeout: f64) -> (Ran, Result<(String, Strin
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    r.m.maxrss_kib = rss;
-    let check = exit_ok(&r).and_then(|_| {
-        let tests = r.out.lines().filter(|l| l.contains("requests per second")).count();
-        let err = r.out.lines().find(|l| l.contains("ERR") || l.to_lowercase().contains("error"));
-        match (err, status) {
-            (Some(e), _) => Err(format!("redis-benchmark: {}", e.trim())),
-            (None, None) => Err("redis-server did not exit after SHUTDOWN NOSAVE (killed)".into()),
-            (None, Some(st)) if !st.success() => Err(format!("redis-server exited with {st}")),
-            _ if tests < 8 => Err(format!("redis-benchmark reported {tests} of 8 tests")),
-            _ => Ok((format!("{tests} tests, no errors"), String::new())),
-        }
-    });
-    (r, check)
+    measured.maxrss_kib = rss;
+    let tests = output.lines().filter(|l| l.contains("requests per second")).count();
+    let err = output.lines().find(|l| l.contains("ERR") || l.to_lowercase().contains("error"));
+    let check = match (err, status) {
+        _ if measured.exit != measure::Exit::Code(0) => Err(super::compare::failure(&measured.exit, &output)),
+        (Some(e), _) => Err(format!("redis-benchmark: {}", e.trim())),
+        (None, None) => Err("redis-server did not exit after SHUTDOWN NOSAVE (killed)".into()),
+        (None, Some(st)) if !st.success() => Err(format!("redis-server exited with {st}")),
+        _ if tests < 8 => Err(format!("redis-benchmark reported {tests} of 8 tests")),
+        _ => Ok((format!("{tests} tests, no errors"), String::new())),
+    };
+    Outcome { measured, output, check }
 }
 
 /// One run of one app under one allocator, in a fresh directory.
@@ -294,21 +262,31 @@ fn run_app(app: &str, a: &Allocator, work: &Path, timeout: f64) -> AppRun {
     let dir = work.join(format!("{app}-{}", a.name));
     let _ = fs::remove_dir_all(&dir);
     let _ = fs::create_dir_all(&dir);
-    let (r, check) = match app {
-        "hpcc" => mpi_app(hpc::App::Hpcc, &dir, a, timeout),
-        "lammps" => mpi_app(hpc::App::Lammps, &dir, a, timeout),
+    let timeout = Duration::from_secs_f64(timeout);
+    // hpcc and LAMMPS: `runner::hpc` on [`RANKS`] ranks, the allocator preloaded in each.
+    let mpi = |app| hpc::Run { preload: a.path.clone(), env: a.env.clone(), ..hpc::Run::new(app, RANKS) };
+    let r = match app {
+        "hpcc" => mpi(hpc::App::Hpcc).run(&dir, timeout),
+        "lammps" => mpi(hpc::App::Lammps).run(&dir, timeout),
         "sqlite3" => sqlite(&dir, a, timeout),
         "gcc" => gcc(&dir, a, timeout),
         _ => redis(&dir, a, timeout),
     };
-    let (verdict, fingerprint) = match check {
+    let (verdict, fingerprint) = match r.check {
         Ok((what, fp)) => (Ok(what), fp),
         Err(e) => (Err(e), String::new()),
     };
     if verdict.is_ok() {
         let _ = fs::remove_dir_all(&dir);
     }
-    AppRun { app: app.into(), alloc: a.name.clone(), wall: r.m.wall, rss_kib: r.m.maxrss_kib, verdict, fingerprint }
+    AppRun {
+        app: app.into(),
+        alloc: a.name.clone(),
+        wall: r.measured.wall,
+        rss_kib: r.measured.maxrss_kib,
+        verdict,
+        fingerprint,
+    }
 }
 
 /// Marks runs whose fingerprint differs from the reference run's (glibc's, else the first good one).

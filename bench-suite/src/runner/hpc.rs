@@ -55,9 +55,12 @@ pub struct Outcome {
     pub measured: measure::Measured,
     /// Everything the run printed (`output.txt` in its directory).
     pub output: String,
-    /// `Ok((what was checked, the deterministic results))` or `Err(why the run failed)`.
-    pub check: Result<(String, String), String>,
+    /// What was checked and the deterministic results, or why the run failed.
+    pub check: Checked,
 }
+
+/// `Ok((what was checked, the deterministic results))` or `Err(why the run failed)`.
+pub type Checked = Result<(String, String), String>;
 
 const HPCCINF: &str = "HPLinpack benchmark input file
 Innovative Computing Laboratory, University of Tennessee
@@ -115,6 +118,23 @@ fix          1 all nve
 thermo       20
 run          100
 ";
+
+impl Outcome {
+    /// Runs `cmd` in `dir` ([`measure::run_in`]) and `check`s what it printed when it exits 0.
+    pub fn run(mut cmd: Command, dir: &Path, timeout: Duration, check: impl FnOnce(&str) -> Checked) -> Outcome {
+        let (measured, output) = measure::run_in(&mut cmd, dir, timeout);
+        let check = match measured.exit {
+            measure::Exit::Code(0) => check(&output),
+            _ => Err(super::compare::failure(&measured.exit, &output)),
+        };
+        Outcome { measured, output, check }
+    }
+
+    /// A run that could not start.
+    pub fn failed(why: String) -> Outcome {
+        Outcome { measured: measure::Measured::failed(why.clone()), output: why.clone(), check: Err(why) }
+    }
+}
 
 /// Run by every preloaded rank as `sh -c RANK_CHECK sh LIBRARY PROGRAM ARGS...`: proves with
 /// shell built-ins only (a child process would be a program of its own under the allocator)
@@ -231,23 +251,15 @@ impl Run {
     /// killed after `timeout`) and checks what it wrote.
     pub fn run(&self, dir: &Path, timeout: Duration) -> Outcome {
         let setup = fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()));
-        let mut cmd = match setup.and_then(|_| self.write_inputs(dir)).and_then(|_| self.command()) {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome { measured: measure::Measured::failed(e.clone()), output: e.clone(), check: Err(e) }
-            }
-        };
-        let (measured, output) = measure::run_in(&mut cmd, dir, timeout);
-        let check = match measured.exit {
-            measure::Exit::Code(0) => self.check(dir),
-            _ => Err(super::compare::failure(&measured.exit, &output)),
-        };
-        Outcome { measured, output, check }
+        match setup.and_then(|_| self.write_inputs(dir)).and_then(|_| self.command()) {
+            Ok(cmd) => Outcome::run(cmd, dir, timeout, |_| self.check(dir)),
+            Err(e) => Outcome::failed(e),
+        }
     }
 
     /// Checks the output files of a run that exited 0 in `dir`: `Ok((what was checked, the
     /// deterministic results))`.
-    pub fn check(&self, dir: &Path) -> Result<(String, String), String> {
+    pub fn check(&self, dir: &Path) -> Checked {
         let read = |f: &str| fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"));
         match self.app {
             App::Hpcc => {
