@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Real HPC codes under libdomalloc, each run under glibc's malloc and under LD_PRELOAD=libdomalloc.so
-# for every rank, with the results compared. hpcc and LAMMPS are run by `hpc-app` (bench-suite's
-# runner::hpc, the one that `scripts/bench.sh --apps` uses): it writes the inputs, runs them under
-# mpirun, checks their output and writes their deterministic results to <dir>/results.
+# for every rank, with the results compared. hpcc and LAMMPS run through `hpc-app` (bench-suite's
+# runner::hpc: the inputs, mpirun line and checks of `scripts/bench.sh --apps`; <dir>/results).
 #
 #   hpcc            HPC Challenge, 2 MPI ranks, small problem (N=1000): every verification line
 #                   (HPL and PTRANS residual checks, RandomAccess errors, STREAM validation) passes

@@ -10,7 +10,7 @@ use domalloc_bench_suite::runner::hpc::{App, Run};
 /// Runs hpcc, LAMMPS (or the MPI program after `--`) on N ranks under an allocator, as
 /// `bench --apps` does: writes the inputs into DIR, runs there (output in DIR/output.txt),
 /// checks the output and writes the deterministic results to DIR/results (identical under every
-/// correct allocator). Exits 1 when the run or a check failed.
+/// correct allocator). Exits 1 when the run or a check failed; stops it after 10 minutes.
 #[derive(Parser, Debug)]
 #[command(name = "hpc-app")]
 struct Options {
@@ -32,11 +32,8 @@ struct Options {
     /// A variable for every rank
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = name_value)]
     env: Vec<(String, String)>,
-    /// Time limit in seconds
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
     /// The program and its arguments (`run`)
-    #[arg(last = true)]
+    #[arg(last = true, required_if_eq("app", "run"))]
     program: Vec<String>,
 }
 
@@ -50,14 +47,10 @@ fn main() -> ExitCode {
     let app = match o.app.as_str() {
         "hpcc" => App::Hpcc,
         "lammps" => App::Lammps,
-        _ if o.program.is_empty() => {
-            eprintln!("hpc-app run: name the program after --");
-            return ExitCode::FAILURE;
-        }
         _ => App::Program(o.program.clone()),
     };
     let run = Run { preload: o.preload, env: o.env, threads: o.threads, ..Run::new(app, o.ranks) };
-    let r = run.run(&o.dir, Duration::from_secs(o.timeout));
+    let r = run.run(&o.dir, Duration::from_secs(600));
     let what = format!("{} on {} rank(s)", o.app, o.ranks);
     match r.check {
         Ok((checked, results)) => {

@@ -160,10 +160,8 @@ pub fn lmp() -> Option<PathBuf> {
 
 /// Whether this LAMMPS has the OPENMP package (`lmp -h` lists the installed packages).
 fn lmp_has_openmp(lmp: &Path) -> bool {
-    let Ok(out) = Command::new(lmp).arg("-h").env_remove("LD_PRELOAD").stdin(Stdio::null()).output() else {
-        return false;
-    };
-    let help = String::from_utf8_lossy(&out.stdout);
+    let out = Command::new(lmp).arg("-h").env_remove("LD_PRELOAD").stdin(Stdio::null()).output();
+    let help = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     help.lines()
         .skip_while(|l| !l.starts_with("Installed packages"))
         .take_while(|l| !l.starts_with("List of"))
@@ -178,16 +176,9 @@ impl Run {
 
     /// The programs the run needs that are not installed.
     pub fn missing(&self) -> Vec<&'static str> {
-        let mut m = Vec::new();
-        if !have("mpirun") {
-            m.push("mpirun");
-        }
-        match self.app {
-            App::Hpcc if !have("hpcc") => m.push("hpcc"),
-            App::Lammps if lmp().is_none() => m.push("lmp"),
-            _ => {}
-        }
-        m
+        let needs = [("mpirun", true), ("hpcc", self.app == App::Hpcc), ("lmp", self.app == App::Lammps)];
+        let found = |p: &str| if p == "lmp" { lmp().is_some() } else { have(p) };
+        needs.iter().filter(|(p, needed)| *needed && !found(p)).map(|(p, _)| *p).collect()
     }
 
     /// Writes the app's inputs into `dir`.
@@ -213,20 +204,14 @@ impl Run {
             .env_remove("LD_PRELOAD");
         let mut env =
             vec![("OMP_NUM_THREADS".into(), self.threads.to_string()), ("OPENBLAS_NUM_THREADS".into(), "1".into())];
-        let lib = match &self.preload {
-            Some(p) => {
-                let p = fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                env.push(("LD_PRELOAD".into(), p.display().to_string()));
-                p.file_name().map(|f| f.to_string_lossy().into_owned())
-            }
-            None => None,
-        };
-        env.extend(self.env.iter().cloned());
+        let lib = self.preload.as_ref().map(|p| fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display())));
+        let lib = lib.transpose()?;
+        env.extend(lib.iter().map(|p| ("LD_PRELOAD".into(), p.display().to_string())).chain(self.env.iter().cloned()));
         for (k, v) in &env {
             cmd.arg("-x").arg(format!("{k}={v}"));
         }
-        if let Some(lib) = lib {
-            cmd.args(["sh", "-c", RANK_CHECK, "sh", &lib]);
+        if let Some(name) = lib.as_ref().and_then(|p| p.file_name()) {
+            cmd.args(["sh", "-c", RANK_CHECK, "sh"]).arg(name);
         }
         match &self.app {
             App::Hpcc => _ = cmd.arg("hpcc"),
@@ -402,7 +387,7 @@ mod tests {
             preload: Some(lib.clone()),
             ..Run::new(App::Program(vec!["./x".into(), "1".into()]), 4)
         };
-        let args: Vec<String> = run.command().unwrap().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args = run.command().unwrap().get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
         let line = args.join(" ");
         let env = format!("-x LD_PRELOAD={} -x DOMALLOC_STATS=json sh -c", lib.display());
         assert!(line.contains(&format!("-np 4 -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 {env}")), "{line}");
