@@ -218,12 +218,6 @@ impl Boot {
         Boot { topology: topology.to_string(), ..Boot::default() }
     }
 
-    /// `--timeout` from `$DOMALLOC_QEMU_TIMEOUT`, else `default` seconds.
-    pub fn timeout_from_env(mut self, default: u64) -> Boot {
-        self.timeout_s = Some(std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| default.to_string()));
-        self
-    }
-
     /// The program's arguments.
     pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Boot {
         self.args.extend(args.iter().map(|a| a.as_ref().to_string()));
@@ -295,6 +289,19 @@ impl Boot {
             )),
             other => Err(format!("{}: run-guest.sh failed ({other:?}); log {log}\n{}", self.topology, c.stderr)),
         }
+    }
+}
+
+impl Boot {
+    /// For the tests: [`Boot::report`] with the timeout `$DOMALLOC_QEMU_TIMEOUT` (else
+    /// `timeout` seconds); prints `== WHAT: seconds, log` and the report; panics with the
+    /// reason when the guest did not finish.
+    pub fn expect(mut self, what: &str, timeout: u64) -> (GuestReport, Console) {
+        self.timeout_s = Some(std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| timeout.to_string()));
+        let log = self.log.as_deref().map_or("-".into(), |l| l.display().to_string());
+        let (report, console) = self.report().unwrap_or_else(|e| panic!("{what}: {e}"));
+        eprintln!("== {what}: {:.0}s, log {log}\n{}", console.seconds, report.render());
+        (report, console)
     }
 }
 
