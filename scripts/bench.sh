@@ -33,6 +33,7 @@ cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 TARGET="$CARGO_TARGET_DIR"
 log() { printf '==> %s\n' "$*"; }
+. "$ROOT/scripts/lib.sh"
 
 QUICK= OUT_GIVEN= WANT_CONTENTION= WANT_APPS= WANT_ICOUNT=
 prev=
@@ -57,39 +58,12 @@ done
 
 # 1. System packages -----------------------------------------------------------------------
 PKGS=(libhwloc-dev libudev-dev pkg-config libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4)
-# The apps of --apps (redis-server's postinst would start a daemon: see policy-rc.d below).
+# The apps of --apps (ensure_packages keeps redis-server's postinst from starting a daemon).
 [ -n "$WANT_APPS" ] && PKGS+=(hpcc lammps sqlite3 redis-server redis-tools openmpi-bin gcc)
 # The instruction report runs the workloads under callgrind.
 [ -n "$WANT_ICOUNT" ] && PKGS+=(valgrind)
-if command -v dpkg-query >/dev/null 2>&1; then
-  missing=()
-  for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if ((${#missing[@]})); then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      log "installing ${missing[*]}"
-      export DEBIAN_FRONTEND=noninteractive
-      # Keep package scripts from starting services (redis-server) while installing.
-      POLICY=/usr/sbin/policy-rc.d POLICY_MADE=
-      if [ ! -e "$POLICY" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod +x "$POLICY" && POLICY_MADE=1
-      fi
-      if ! apt-get install -y -q "${missing[@]}"; then
-        apt-get update -q || true
-        # One at a time, so that one unknown package does not block the others.
-        for p in "${missing[@]}"; do
-          apt-get install -y -q "$p" || log "WARNING: could not install $p"
-        done
-      fi
-      [ -n "$POLICY_MADE" ] && rm -f "$POLICY"
-    else
-      log "WARNING: not root (or no apt-get): cannot install ${missing[*]}; peers that are missing will be skipped"
-    fi
-  fi
-else
-  log "not a Debian system: install hwloc (dev), libudev (dev), pkg-config, jemalloc, mimalloc and tcmalloc yourself; missing peers are skipped"
-fi
+APT_RECOMMENDS=1 ensure_packages "${PKGS[@]}"
+have dpkg-query || log "not a Debian system: install hwloc (dev), libudev (dev), pkg-config, jemalloc, mimalloc and tcmalloc yourself; missing peers are skipped"
 
 # 2. The suite -------------------------------------------------------------------------------
 log "building the suite (cargo build --release -p domalloc-bench-suite)"

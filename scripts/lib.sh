@@ -55,29 +55,36 @@ skip() {
 }
 
 # ensure_packages PKG...: as root on Debian, installs those not installed (all at once, else one
-# by one: a package this release lacks must not stop the rest). Elsewhere it does nothing.
+# by one: a package this release lacks must not stop the rest), keeping package scripts from
+# starting services (redis-server) meanwhile; without recommended packages unless APT_RECOMMENDS=1.
+# Elsewhere it does nothing.
 ensure_packages() {
     if [ "$(id -u)" != 0 ] || ! have apt-get || ! have dpkg-query; then return 0; fi
-    local missing=() p
+    local missing=() p policy=/usr/sbin/policy-rc.d made= opt=--no-install-recommends
+    [ -z "${APT_RECOMMENDS:-}" ] || opt=--install-recommends
     for p in "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     say "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    [ -e $policy ] || { printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && made=1; }
     apt-get update -qq >/dev/null 2>&1 || true
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+    apt-get install -y -qq $opt "${missing[@]}" >/dev/null 2>&1 ||
         for p in "${missing[@]}"; do
-            apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 || say "  (could not install $p)"
+            apt-get install -y -qq $opt "$p" >/dev/null 2>&1 || say "  (could not install $p)"
         done
+    [ -z "$made" ] || rm -f $policy
 }
 
-# build_release: cargo build --release -p domalloc-ffi -p domalloc-tools into $CARGO_TARGET_DIR;
-# on failure the build log's tail, "FAIL  build" and exit 1.
+# build_release [ARGS...]: cargo build --release ARGS (default: -p domalloc-ffi -p domalloc-tools,
+# libdomalloc and the launcher) into $CARGO_TARGET_DIR; on failure the build log's tail,
+# "FAIL  build" and exit 1.
 build_release() {
-    say "building libdomalloc and the launcher (release) in $CARGO_TARGET_DIR"
+    [ $# -gt 0 ] || set -- -p domalloc-ffi -p domalloc-tools
+    say "building (cargo build --release $*) in $CARGO_TARGET_DIR"
     local t0=$SECONDS
-    if ! cargo build --release -p domalloc-ffi -p domalloc-tools >"$WORK/build.log" 2>&1; then
+    if ! cargo build --release "$@" >"$WORK/build.log" 2>&1; then
         tail -n 40 "$WORK/build.log"
         say "FAIL  build"
         say "0 passed, 1 failed"

@@ -1,6 +1,6 @@
 //! The domalloc allocator comparison suite.
 //!
-//! Two binaries live in this crate:
+//! Three binaries live in this crate:
 //!
 //! * `workloads` — the classic allocator stress programs (larson, xmalloc, cache-scratch,
 //!   cache-thrash, rptest, mstress, cfrac, sh6bench, large, mleak) and workloads in the shape of
@@ -14,8 +14,11 @@
 //!   `wait4`, and writes CSV, Markdown and SVG reports under `results/`; further parts give the
 //!   contention report, the QEMU guest benchmark, real applications and the instruction report
 //!   (malloc+free instructions per pair under callgrind).
+//! * `hpc-app` — one hpcc, LAMMPS or other MPI run on N ranks under an allocator, with the
+//!   inputs and checks of `bench --apps` (`runner::hpc`): `scripts/test-apps.sh` runs its
+//!   scenarios with it.
 //!
-//! The modules here are shared by both binaries.
+//! The modules here are shared by the binaries.
 
 #![warn(missing_docs)]
 

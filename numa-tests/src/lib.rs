@@ -214,6 +214,16 @@ impl GuestReport {
         self.results.iter().filter(|r| r.verdict == Verdict::Pass)
     }
 
+    /// Panics unless the guest finished, no check failed, no run crashed and the program exited
+    /// 0 (`what` names the run in the message).
+    pub fn assert_passed(&self, what: &str) {
+        let s = self.summary.unwrap_or_else(|| panic!("{what}: no SUMMARY line\n{}", self.render()));
+        let bad: Vec<String> = self.failures().map(|r| format!("  {r}")).chain(self.crashes.iter().cloned()).collect();
+        let counts = format!("{} of {} checks failed, {} runs crashed", s.failed, s.passed + s.failed, s.crashed);
+        assert!(bad.is_empty() && s.failed == 0 && s.crashed == 0, "{what}: {counts}:\n{}", bad.join("\n"));
+        assert_eq!(self.guest_exit, Some(0), "{what}: guest program exit status");
+    }
+
     /// A readable multi-line report: summary, then every failed and informational line (not
     /// pattern 9's per-worker `recycle-faults` lines: see [`GuestReport::first_touch_table`]).
     pub fn render(&self) -> String {

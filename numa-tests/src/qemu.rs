@@ -1,5 +1,7 @@
 //! The host side of the QEMU guests, in one place: building the guest programs and
-//! `libdomalloc.so`, booting `scripts/qemu/run-guest.sh` and reading its exit status.
+//! `libdomalloc.so`, booting `scripts/qemu/run-guest.sh` and reading its exit status. The tests
+//! of this crate and the comparison suite's guest parts (`bench --numa`, `bench --guest`) boot
+//! their guests through [`Boot`].
 //!
 //! `run-guest.sh` exits 0 when every check passed, 1 when one failed or a run crashed, 2 when the
 //! guest did not finish (boot failure, kernel panic, timeout), 3 when a tool is missing and 4 when
@@ -184,6 +186,9 @@ pub struct Boot {
     pub thp: Option<String>,
     /// `--env K=V` for the guest program.
     pub env: Vec<String>,
+    /// `--file`: files the program uses, copied into the guest at the same paths with the
+    /// shared libraries they need.
+    pub files: Vec<PathBuf>,
     /// `--timeout` in seconds (none: the script's default).
     pub timeout_s: Option<String>,
     /// `--workdir` (none: `numa-tests/work`).
@@ -211,12 +216,6 @@ impl Boot {
     /// A boot of `topology` with everything else the script's default.
     pub fn new(topology: &str) -> Boot {
         Boot { topology: topology.to_string(), ..Boot::default() }
-    }
-
-    /// `--timeout` from `$DOMALLOC_QEMU_TIMEOUT`, else `default` seconds.
-    pub fn timeout_from_env(mut self, default: u64) -> Boot {
-        self.timeout_s = Some(std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| default.to_string()));
-        self
     }
 
     /// The program's arguments.
@@ -251,6 +250,9 @@ impl Boot {
         for e in &self.env {
             cmd.arg("--env").arg(e);
         }
+        for f in &self.files {
+            cmd.arg("--file").arg(f);
+        }
         cmd.arg("--").args(&self.args);
         cmd
     }
@@ -264,9 +266,7 @@ impl Boot {
             Some(0) => Status::Passed,
             Some(1) => Status::Failed,
             Some(2) => Status::DidNotFinish,
-            Some(3 | 4) => {
-                Status::Unavailable(stderr.lines().rev().find(|l| l.starts_with("run-guest")).unwrap_or("").to_string())
-            }
+            Some(3 | 4) => Status::Unavailable(last_words(&stderr).to_string()),
             other => Status::Other(other),
         };
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -290,6 +290,30 @@ impl Boot {
             other => Err(format!("{}: run-guest.sh failed ({other:?}); log {log}\n{}", self.topology, c.stderr)),
         }
     }
+}
+
+impl Boot {
+    /// For the tests: [`Boot::report`] with the timeout `$DOMALLOC_QEMU_TIMEOUT` (else
+    /// `timeout` seconds); prints `== WHAT: seconds, log` and the report; panics with the
+    /// reason when the guest did not finish.
+    pub fn expect(mut self, what: &str, timeout: u64) -> (GuestReport, Console) {
+        self.timeout_s = Some(std::env::var("DOMALLOC_QEMU_TIMEOUT").unwrap_or_else(|_| timeout.to_string()));
+        let log = self.log.as_deref().map_or("-".into(), |l| l.display().to_string());
+        let (report, console) = self.report().unwrap_or_else(|e| panic!("{what}: {e}"));
+        eprintln!("== {what}: {:.0}s, log {log}\n{}", console.seconds, report.render());
+        (report, console)
+    }
+}
+
+impl Console {
+    /// The script's last line of its own (`run-guest: ...`): why it stopped, when it did.
+    pub fn last_words(&self) -> &str {
+        last_words(&self.stderr)
+    }
+}
+
+fn last_words(stderr: &str) -> &str {
+    stderr.lines().rev().find(|l| l.starts_with("run-guest")).unwrap_or("")
 }
 
 /// The last `n` lines of `s`.

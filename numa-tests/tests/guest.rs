@@ -28,36 +28,19 @@ fn boot(topology: &str, guest: Guest, args: &[&str]) -> (GuestReport, String) {
 fn boot_env(topology: &str, guest: Guest, env: &[&str], args: &[&str], tag: &str) -> (GuestReport, String) {
     let alloc = if guest == Guest::Domalloc { "domalloc" } else { "system" };
     let log = workdir().join(format!("test-{topology}-{alloc}{tag}.log"));
-    let boot = Boot {
-        binary: Some(guest.binary()),
-        env: env.iter().map(|e| e.to_string()).collect(),
-        log: Some(log.clone()),
-        ..Boot::new(topology)
-    };
-    let (report, console) =
-        boot.timeout_from_env(600).args(args).report().unwrap_or_else(|e| panic!("{topology}/{alloc}: {e}"));
-    eprintln!("== {topology} / {alloc}: {:.0}s, log {}\n{}", console.seconds, log.display(), report.render());
+    let env = env.iter().map(|e| e.to_string()).collect();
+    let boot = Boot { binary: Some(guest.binary()), env, log: Some(log), ..Boot::new(topology) };
+    let (report, console) = boot.args(args).expect(&format!("{topology} / {alloc}"), 600);
     (report, console.text)
 }
 
 /// Asserts the guest finished, every check passed and each pattern in `patterns` was checked.
 fn assert_all_pass(topology: &str, report: &GuestReport, patterns: &[u32]) {
-    let summary = report.summary.unwrap_or_else(|| panic!("{topology}: no SUMMARY line\n{}", report.render()));
-    let failures: Vec<String> = report.failures().map(|r| format!("  {r}")).collect();
-    assert!(
-        failures.is_empty() && summary.failed == 0 && summary.crashed == 0 && report.crashes.is_empty(),
-        "{topology}: {} of {} locality checks failed, {} runs crashed:\n{}\n{}",
-        summary.failed,
-        summary.passed + summary.failed,
-        summary.crashed,
-        failures.join("\n"),
-        report.crashes.join("\n")
-    );
+    report.assert_passed(topology);
     for p in patterns {
         let n = report.passes().filter(|r| r.pattern() == *p).count();
         assert!(n > 0, "{topology}: pattern {p} produced no passing check\n{}", report.render());
     }
-    assert_eq!(report.guest_exit, Some(0), "{topology}: guest program exit status");
 }
 
 fn topology_line(report: &GuestReport) -> &str {

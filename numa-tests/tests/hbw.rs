@@ -74,33 +74,14 @@ fn program() -> PathBuf {
 
 fn boot(topology: &str, tag: &str, envs: &[&str], args: &[&str]) -> (GuestReport, String) {
     let log = workdir().join(format!("test-hbw-{topology}-{tag}.log"));
-    let boot = Boot {
-        binary: Some(program()),
-        thp: Some("never".into()),
-        env: envs.iter().map(|e| e.to_string()).collect(),
-        log: Some(log.clone()),
-        ..Boot::new(topology)
-    };
-    let (report, console) = boot.timeout_from_env(300).args(args).report().unwrap_or_else(|e| panic!("{e}"));
-    eprintln!(
-        "== hbwmalloc program, {topology} {tag}: {:.0}s, log {}\n{}",
-        console.seconds,
-        log.display(),
-        report.render()
-    );
+    let env = envs.iter().map(|e| e.to_string()).collect();
+    let boot = Boot { binary: Some(program()), thp: Some("never".into()), env, log: Some(log), ..Boot::new(topology) };
+    let (report, console) = boot.args(args).expect(&format!("hbwmalloc program, {topology} {tag}"), 300);
     (report, console.text)
 }
 
 fn phases(report: &GuestReport, phase: &str, pair: &str) -> usize {
     report.results.iter().filter(|r| r.get("phase") == phase && r.get("pair") == pair).count()
-}
-
-fn assert_all_pass(topology: &str, report: &GuestReport) {
-    assert!(report.crashes.is_empty(), "{topology}: {:?}", report.crashes);
-    let failed: Vec<String> = report.failures().map(|r| r.raw.clone()).collect();
-    assert!(failed.is_empty(), "{topology}: failed checks:\n{}", failed.join("\n"));
-    assert_eq!(report.summary.map(|s| s.failed), Some(0), "{topology}: {}", report.render());
-    assert_eq!(report.guest_exit, Some(0));
 }
 
 #[test]
@@ -110,7 +91,7 @@ fn hbw_two_sockets() {
     }
     let (r, console) =
         boot("hmat2s", "domalloc", &[], &["--hbm", "0=2,1=3", "sizes", "remote", "preferred", "bind", "tier"]);
-    assert_all_pass("hmat2s", &r);
+    r.assert_passed("hmat2s");
     for pair in ["0>2", "1>3"] {
         // 16 B .. 256 MiB by 4x: 13 sizes.
         assert_eq!(phases(&r, "hbw_malloc", pair), 13, "{pair}");
@@ -146,7 +127,7 @@ fn hbw_with_far_cxl_node() {
         return;
     }
     let (r, _) = boot("hmat2s-cxl", "domalloc", &[], &["--hbm", "0=2,1=3", "--max", "16M", "sizes"]);
-    assert_all_pass("hmat2s-cxl", &r);
+    r.assert_passed("hmat2s-cxl");
     assert_eq!(
         phases(&r, "hbw_malloc", "0>2") + phases(&r, "hbw_malloc", "1>3"),
         22,

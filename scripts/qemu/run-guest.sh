@@ -21,6 +21,9 @@
 #                     default: the kernel's default (Debian: always, but the kernel turns THP off
 #                     in guests with less than 512 MiB of RAM)
 #   --env K=V         environment variable for the guest program (repeatable), e.g. DOMALLOC_VERBOSE=1
+#   --file PATH       a file the guest program uses (repeatable; an absolute path): copied into the
+#                     initramfs at the same path, with the shared libraries it needs (bench --guest:
+#                     its shell script runs the workloads under the allocators' libraries)
 #   --timeout S       wall-clock limit for the guest (default 600)
 #   --start-timeout S a boot that has not reached /init (GUEST-START) after S seconds is killed
 #                     and booted again (default 120; TCG now and then hangs in early boot)
@@ -54,6 +57,7 @@ log=
 preload=
 c_program=0
 envs=()
+files=()
 guest_args=()
 
 die() { echo "run-guest: $1" >&2; exit "${2:-3}"; }
@@ -97,6 +101,7 @@ while [ $# -gt 0 ]; do
         --alloc) alloc=$2; shift 2 ;;
         --thp) thp=$2; shift 2 ;;
         --env) envs+=("$2"); shift 2 ;;
+        --file) files+=("$2"); shift 2 ;;
         --timeout) timeout_s=$2; shift 2 ;;
         --start-timeout) start_timeout=$2; shift 2 ;;
         --boot-attempts) boot_attempts=$2; shift 2 ;;
@@ -287,23 +292,30 @@ else
     cp "$binary" "$root/numa-guest"
 fi
 guest_preload=
+deps=
 if [ "$dynamic" = 1 ]; then
     deps=$(shared_deps "$binary")
+    [ -n "$deps" ] || die "ldd found no libraries for $binary" 4
     if [ -n "$preload" ]; then
         mkdir -p "$root/preload"
         guest_preload=/preload/$(basename "$preload")
         cp -L "$preload" "$root$guest_preload"
         deps="$deps"$'\n'"$(shared_deps "$preload")"
     fi
-    [ -n "$deps" ] || die "ldd found no libraries for $binary" 4
-    for lib in $(printf '%s\n' "$deps" | sort -u); do
-        mkdir -p "$root$(dirname "$lib")"
-        cp -L "$lib" "$root$lib"
-    done
-    # The loader may be asked for through the /lib64 link on merged-/usr systems.
-    if [ ! -e "$root/lib64/ld-linux-x86-64.so.2" ] && [ -e /lib64/ld-linux-x86-64.so.2 ]; then
-        mkdir -p "$root/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
-    fi
+fi
+for f in "${files[@]}"; do
+    [[ $f == /* ]] && [ -r "$f" ] || die "--file $f: not an absolute path to a readable file" 4
+    mkdir -p "$root$(dirname "$f")"
+    strip -o "$root$f" "$f" 2>/dev/null || cp -L "$f" "$root$f"
+    deps="$deps"$'\n'"$(shared_deps "$f")"
+done
+for lib in $(printf '%s\n' "$deps" | sort -u); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+done
+# The loader may be asked for through the /lib64 link on merged-/usr systems.
+if [ -n "$deps" ] && [ ! -e "$root/lib64/ld-linux-x86-64.so.2" ] && [ -e /lib64/ld-linux-x86-64.so.2 ]; then
+    mkdir -p "$root/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 fi
 cat > "$root/init" <<'INIT'
 #!/bin/busybox sh

@@ -1,7 +1,9 @@
 //! Running one child and measuring it with `wait4`: wall time, user and system CPU time and
 //! peak RSS of exactly that process.
 
-use std::process::Command;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -49,6 +51,13 @@ pub struct Measured {
     pub maxrss_kib: u64,
 }
 
+impl Measured {
+    /// A run that did not start (`why`).
+    pub fn failed(why: String) -> Measured {
+        Measured { exit: Exit::Spawn(why), wall: 0.0, user: 0.0, sys: 0.0, maxrss_kib: 0 }
+    }
+}
+
 fn tv(t: libc::timeval) -> f64 {
     t.tv_sec as f64 + t.tv_usec as f64 * 1e-6
 }
@@ -60,7 +69,7 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Measured {
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return Measured { exit: Exit::Spawn(e.to_string()), wall: 0.0, user: 0.0, sys: 0.0, maxrss_kib: 0 };
+            return Measured::failed(e.to_string());
         }
     };
     let pid = child.id() as libc::pid_t;
@@ -90,7 +99,7 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Measured {
         let e = std::io::Error::last_os_error();
         drop(done_tx);
         let _ = watchdog.join();
-        return Measured { exit: Exit::Spawn(format!("wait4: {e}")), wall: 0.0, user: 0.0, sys: 0.0, maxrss_kib: 0 };
+        return Measured::failed(format!("wait4: {e}"));
     }
     let wall = start.elapsed().as_secs_f64();
     let _ = done_tx.send(());
@@ -107,4 +116,14 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Measured {
         Exit::Code(-1)
     };
     Measured { exit, wall, user: tv(ru.ru_utime), sys: tv(ru.ru_stime), maxrss_kib: ru.ru_maxrss as u64 }
+}
+
+/// [`run`] in `dir`, stdin empty, stdout and stderr to `dir/output.txt`; with what it printed.
+pub fn run_in(cmd: &mut Command, dir: &Path, timeout: Duration) -> (Measured, String) {
+    let log = dir.join("output.txt");
+    let m = match fs::File::create(&log).and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok((out, err)) => run(cmd.current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err), timeout),
+        Err(e) => Measured::failed(format!("{}: {e}", log.display())),
+    };
+    (m, fs::read_to_string(&log).unwrap_or_default())
 }

@@ -11,6 +11,7 @@ pub mod callgrind_file;
 pub mod compare;
 pub mod contention;
 pub mod guest;
+pub mod hpc;
 pub mod icount;
 pub mod measure;
 pub mod numa;

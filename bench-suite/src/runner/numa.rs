@@ -1,13 +1,14 @@
 //! `bench --numa`: the NUMA locality section.
 //!
 //! For every allocator of the run, boots the 2-node QEMU guest of `numa-tests/` (software
-//! emulation, no KVM) through `scripts/qemu/run-guest.sh --c-program --preload <library>` and
-//! runs the guest's locality patterns in it through the C interface (the Rust guest built with
-//! the system allocator: plain malloc/calloc/posix_memalign/free) with `LD_PRELOAD=<allocator>`
-//! (glibc: no preload). The program asks the guest kernel where
-//! each page is (`move_pages` with no target nodes) and prints one `RESULT` line per check; this
-//! module folds them per pattern into the share of pages found on the expected node and renders
-//! a Markdown table (rows = patterns, columns = allocators) and CSV rows.
+//! emulation, no KVM) through numa-tests' driver (`domalloc_numa_tests::qemu`, i.e.
+//! `scripts/qemu/run-guest.sh --c-program --preload <library>`) and runs the guest's locality
+//! patterns in it through the C interface (the Rust guest built with the system allocator: plain
+//! malloc/calloc/posix_memalign/free) with `LD_PRELOAD=<allocator>` (glibc: no preload). The
+//! program asks the guest kernel where each page is (`move_pages` with no target nodes) and
+//! prints one `RESULT` line per check; numa-tests folds them per pattern
+//! ([`GuestReport::by_pattern`]: the share of pages found on the expected node) and this module
+//! renders a Markdown table (rows = patterns, columns = allocators) and CSV rows.
 //!
 //! Patterns (see numa-tests/README.md): 1 own data, 2 remote free (+ producer/consumer stream
 //! with an RSS bound), 3 migration (a thread moves itself A->B), 4 thread turnover (threads on A
@@ -17,11 +18,12 @@
 //! Environment: `BENCH_NUMA_TOPOLOGY` (default `2n`), `BENCH_NUMA_TIMEOUT` seconds per guest
 //! (default 300). Console logs: `numa-tests/work/bench-<topology>-<allocator>.log`.
 
-use super::allocators::Allocator;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Instant;
+
+use domalloc_numa_tests::qemu::{self, Boot, Status};
+use domalloc_numa_tests::{GuestReport, PatternStats};
+
+use super::allocators::Allocator;
 
 /// Pattern numbers and names, in table order.
 const PATTERNS: &[(u32, &str)] = &[
@@ -32,39 +34,13 @@ const PATTERNS: &[(u32, &str)] = &[
     (5, "5 calloc + first touch"),
 ];
 
-/// Per-pattern totals of one allocator's guest run.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct PatternCell {
-    /// Checks that held.
-    pub passed: u64,
-    /// Checks that failed.
-    pub failed: u64,
-    /// Pages measured over all checks.
-    pub pages: u64,
-    /// Of those, pages on the expected node.
-    pub local: u64,
-    /// Lowest local share of one check.
-    pub min_share: f64,
-}
-
-impl PatternCell {
-    /// Local pages / pages (NaN when nothing was measured).
-    pub fn share(&self) -> f64 {
-        if self.pages == 0 {
-            f64::NAN
-        } else {
-            self.local as f64 / self.pages as f64
-        }
-    }
-}
-
 /// One allocator's guest run.
 #[derive(Clone, Debug)]
 pub struct AllocRun {
     /// Allocator name.
     pub name: String,
     /// Per pattern (missing = no checked line for it).
-    pub patterns: BTreeMap<u32, PatternCell>,
+    pub patterns: BTreeMap<u32, PatternStats>,
     /// Why the run is incomplete (guest did not finish, crashes, malloc not replaced), if so.
     pub problem: Option<String>,
     /// Seconds the guest took.
@@ -87,38 +63,7 @@ pub enum NumaOutcome {
     },
 }
 
-/// Folds the `RESULT ... PASS|FAIL` lines of a console log per pattern.
-pub fn parse_console(console: &str) -> BTreeMap<u32, PatternCell> {
-    let mut m: BTreeMap<u32, PatternCell> = BTreeMap::new();
-    for line in console.lines() {
-        let Some(i) = line.find("RESULT ") else { continue };
-        let toks: Vec<&str> = line[i + 7..].split_whitespace().collect();
-        let pass = match toks.last() {
-            Some(&"PASS") => true,
-            Some(&"FAIL") => false,
-            _ => continue,
-        };
-        let field = |k: &str| toks.iter().find_map(|t| t.strip_prefix(k)?.strip_prefix('='));
-        let Some(p) = field("pattern").and_then(|v| v.parse::<u32>().ok()) else { continue };
-        let pages: u64 = field("pages").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let local: u64 = field("local").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let share: f64 = field("share").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-        let c = m.entry(p).or_insert(PatternCell { min_share: 1.0, ..Default::default() });
-        if pass {
-            c.passed += 1;
-        } else {
-            c.failed += 1;
-        }
-        c.pages += pages;
-        c.local += local;
-        if share.is_finite() && share < c.min_share {
-            c.min_share = share;
-        }
-    }
-    m
-}
-
-fn cell_text(c: Option<&PatternCell>) -> String {
+fn cell_text(c: Option<&PatternStats>) -> String {
     match c {
         None => "-".into(),
         Some(c) if c.failed == 0 => format!("{:.1}% PASS", c.share() * 100.0),
@@ -208,60 +153,44 @@ had at least 99% of its pages local. Patterns: see numa-tests/README.md.\n\n"
     }
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Runs the NUMA locality patterns for every allocator in the 2-node QEMU guest.
 pub fn run_section(allocs: &[Allocator]) -> NumaOutcome {
-    let script = repo().join("scripts/qemu/run-guest.sh");
-    if !script.is_file() {
-        return NumaOutcome::Pending(format!("{} not found", script.display()));
-    }
     let topology = std::env::var("BENCH_NUMA_TOPOLOGY").unwrap_or_else(|_| "2n".into());
     let timeout = std::env::var("BENCH_NUMA_TIMEOUT").unwrap_or_else(|_| "300".into());
-    let workdir = repo().join("numa-tests/work");
+    let workdir = qemu::workdir();
     let mut runs = Vec::new();
     println!("\n== NUMA section: topology {topology}, allocators {}", allocs.len());
     // (`--variant` columns are left out: their variables do not reach the guest.)
     for a in allocs.iter().filter(|a| a.env.is_empty()) {
         let log = workdir.join(format!("bench-{topology}-{}.log", a.name));
-        let mut cmd = Command::new(&script);
-        cmd.args(["--topology", &topology, "--c-program", "--timeout", &timeout])
-            .arg("--workdir")
-            .arg(&workdir)
-            .arg("--log")
-            .arg(&log)
-            .env_remove("LD_PRELOAD");
-        if let Some(p) = &a.path {
-            cmd.arg("--preload").arg(p);
+        let boot = Boot {
+            c_program: true,
+            preload: a.path.clone(),
+            timeout_s: Some(timeout.clone()),
+            workdir: Some(workdir.clone()),
+            log: Some(log.clone()),
+            ..Boot::new(&topology)
         }
-        cmd.args(["--", "1", "2", "3", "4", "5"]);
-        let t = Instant::now();
-        let out = match cmd.output() {
-            Ok(o) => o,
-            Err(e) => return NumaOutcome::Pending(format!("cannot run {}: {e}", script.display())),
+        .args(&["1", "2", "3", "4", "5"]);
+        let c = match boot.run() {
+            Ok(c) => c,
+            Err(e) => return NumaOutcome::Pending(e),
         };
-        let seconds = t.elapsed().as_secs_f64();
-        let console = String::from_utf8_lossy(&out.stdout);
-        let code = out.status.code();
-        if matches!(code, Some(3) | Some(4)) {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let why = err.lines().rev().find(|l| l.starts_with("run-guest")).unwrap_or("").to_string();
-            return NumaOutcome::Pending(format!("run-guest.sh exit {code:?} under {}: {why}", a.name));
+        if let Status::Unavailable(why) = &c.status {
+            return NumaOutcome::Pending(format!("run-guest.sh could not run under {}: {why}", a.name));
         }
-        let patterns = parse_console(&console);
+        let report = GuestReport::parse(&c.text);
+        let patterns = report.by_pattern();
         let mut problems = Vec::new();
-        if code == Some(2) || !console.contains("SUMMARY ") {
+        if c.status == Status::DidNotFinish || report.summary.is_none() {
             problems.push(format!("guest did not finish (log {})", log.display()));
         }
-        let crashes = console.lines().filter(|l| l.contains("CRASH ")).count();
-        if crashes > 0 {
-            problems.push(format!("{crashes} pattern runs crashed"));
+        if !report.crashes.is_empty() {
+            problems.push(format!("{} pattern runs crashed", report.crashes.len()));
         }
         if let Some(p) = &a.path {
             let file = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-            let from = console.lines().find(|l| l.contains("INFO allocator=")).unwrap_or("");
+            let from = report.info.iter().find(|l| l.starts_with("INFO allocator=")).map_or("", |l| l.as_str());
             if !from.contains(&format!("malloc_from=/preload/{file}")) {
                 problems.push(format!("malloc did not come from the preloaded {file}: {}", from.trim()));
             }
@@ -271,11 +200,11 @@ pub fn run_section(allocs: &[Allocator]) -> NumaOutcome {
         println!(
             "  {:<10} {:>4.0}s  {}{}",
             a.name,
-            seconds,
+            c.seconds,
             line.join("  "),
             problem.as_deref().map(|p| format!("  [{p}]")).unwrap_or_default()
         );
-        runs.push(AllocRun { name: a.name.clone(), patterns, problem, seconds });
+        runs.push(AllocRun { name: a.name.clone(), patterns, problem, seconds: c.seconds });
     }
     NumaOutcome::Done { topology, runs }
 }
@@ -290,7 +219,7 @@ mod tests {
 RESULT pattern=2 phase=a-alloc pair=0>1 size=4K threads_per_node=1 objects=1 pages=10 local=10 absent=0 share=1.0000 nodes=0:10 PASS\n\
 RESULT pattern=1 phase=own pair=all size=16 threads_per_node=1 objects=1 pages=4 local=4 absent=0 share=1.0000 nodes=0:4 PASS\n\
 RESULT pattern=3 phase=- pair=- size=- threads_per_node=1 note=x SKIP\nSUMMARY passed=2 failed=1 info=0 crashed=0\n";
-        let m = parse_console(log);
+        let m = GuestReport::parse(log).by_pattern();
         assert_eq!(m.len(), 2);
         assert_eq!((m[&2].passed, m[&2].failed, m[&2].pages, m[&2].local), (1, 1, 20, 19));
         assert!((m[&2].min_share - 0.9).abs() < 1e-9);
