@@ -50,7 +50,9 @@ fn run(p: &Params) -> Result<Outcome, String> {
         for _ in 0..iterations {
             let slot = rng.gen_range(0..SLOTS);
             let size = rng.gen_range(5 * MIB..=25 * MIB);
-            let b = common::xmalloc(size);
+            // (Through `black_box`: the compiler would turn malloc + memset(0) into calloc,
+            // which writes nothing to fresh pages; the C++ program writes every byte.)
+            let b = std::hint::black_box(common::xmalloc(size));
             // SAFETY: `b` has `size` writable bytes.
             unsafe { std::ptr::write_bytes(b, 0, size) };
             ops += 1;
