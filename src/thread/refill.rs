@@ -190,24 +190,24 @@ impl Heap {
 
     /// Makes an unowned page ours and puts it at the head of its queue.
     pub(crate) fn adopt(&self, c: usize, page: *mut Page) {
+        self.take_ownership(page);
+        self.queue_push_front(c, page);
+    }
+
+    /// Makes an unowned page ours and puts it at the tail of its queue (the rest of an inbox).
+    fn adopt_back(&self, c: usize, page: *mut Page) {
+        self.take_ownership(page);
+        self.queue_push_back(c, page);
+    }
+
+    /// Makes an unowned page (from an arena or the domain) ours, in no list.
+    fn take_ownership(&self, page: *mut Page) {
         // SAFETY: the page came from an arena or the domain: nobody else owns it.
         unsafe {
             (*page).set_owner(self as *const Heap as usize);
             (*page).next.set(ptr::null_mut());
             (*page).prev.set(ptr::null_mut());
         }
-        self.queue_push_front(c, page);
-    }
-
-    /// Makes an unowned page ours and puts it at the tail of its queue.
-    pub(crate) fn adopt_back(&self, c: usize, page: *mut Page) {
-        // SAFETY: the page came from an arena: nobody else owns it.
-        unsafe {
-            (*page).set_owner(self as *const Heap as usize);
-            (*page).next.set(ptr::null_mut());
-            (*page).prev.set(ptr::null_mut());
-        }
-        self.queue_push_back(c, page);
     }
 
     /// Queue `c`'s head becomes the fast path's page (the empty page for an empty queue).
