@@ -48,7 +48,7 @@ pub(crate) struct NodeCounters {
     pub(crate) large_frees: AtomicU64,
     pub(crate) huge_blocks: AtomicU64,
     pub(crate) huge_bytes: AtomicU64,
-    /// Resident spare capacity of live huge blocks (see `huge::SLACK_SHARE`).
+    /// Resident spare capacity of live huge blocks (see `huge::keep_slack`).
     pub(crate) huge_slack: AtomicU64,
     pub(crate) huge_total: AtomicU64,
     pub(crate) huge_frees: AtomicU64,

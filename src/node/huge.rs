@@ -33,17 +33,7 @@ const CACHE_SLOTS: usize = 8;
 /// (the system call and its TLB shootdown would cost more than they give back).
 const LEND_MIN: usize = 2 << 20;
 
-/// A reused block's unused tail (its slack) stays resident, fault-free when the block, freed
-/// again, is reused for a bigger request, while its domain's slack stays within one
-/// `SLACK_SHARE`th of the live huge bytes and a slot of the slack table is free; otherwise it
-/// is given back now, as `DOMALLOC_PURGE` says. Kept slack is given back by the sweeps once it
-/// is older than the cached blocks may get (`cache_age_ms`), and by `malloc_trim`. A program
-/// cycling through huge blocks of varying sizes (mimalloc-bench's malloc-large: 20 live blocks
-/// of 5-25 MiB) reuses resident pages instead of faulting them in again (1.78 M page faults
-/// became 0.17 M); a 100 MiB block reused for 28 MiB still gives its tail back at once.
-const SLACK_SHARE: u64 = 1;
-
-/// Live blocks with slack a domain keeps track of (see [`SLACK_SHARE`]).
+/// Live blocks with slack a domain keeps track of (see [`keep_slack`]).
 const SLACK_SLOTS: usize = 32;
 
 /// Hardened builds: a `PROT_NONE` guard page right after each huge block (counted in its mapping)
@@ -321,13 +311,14 @@ unsafe fn fit_cached(d: &Domain, seg: *mut Segment, data_size: usize) -> *mut Se
     };
     if hs >= data_size {
         // A block more than a quarter too big keeps its mapping as spare capacity (a later
-        // `realloc` grows into it, a later request of its size reuses it) but gives the unused
-        // tail's pages back as the purge mode says: with `dontneed` (the default) they leave
-        // the RSS now (`sort -S 100M` reused its 100 MB buffer's block for a 28 MB one and
-        // peaked at 183 MB with the tail lent lazily, `MADV_FREE` pages counting as resident;
-        // glibc 104 MB); with `free` they stay resident, and fault-free on the next write,
-        // unless the system needs the memory. On a multi-node machine the next toucher places
-        // them again.
+        // `realloc` grows into it, a later request of its size reuses it). Its unused tail's
+        // pages stay resident as slack while the node's live huge blocks pay for it (see
+        // `keep_slack`); otherwise they go back as the purge mode says: with `dontneed` (the
+        // default) they leave the RSS now (`sort -S 100M` reused its 100 MB buffer's block for
+        // a 28 MB one and peaked at 183 MB with the tail lent lazily, `MADV_FREE` pages
+        // counting as resident; glibc 104 MB); with `free` they stay resident, and fault-free
+        // on the next write, unless the system needs the memory. On a multi-node machine the
+        // next toucher places them again.
         s.huge_size.set(data_size);
         let tail = hs - data_size;
         if tail > (data_size / 4).max(LEND_MIN) {
@@ -708,15 +699,20 @@ fn usable(s: &Segment) -> usize {
     capacity(s) - GUARD
 }
 
-/// Keeps the `tail` bytes past live block `seg`'s size resident as its slack (see
-/// [`SLACK_SHARE`]) if the domain's budget and slack table allow; false: the caller gives them
-/// back.
+/// Keeps the `tail` bytes past live block `seg`'s size resident as its slack, fault-free when
+/// the block, freed again, is reused for a bigger request, if the domain's slack stays within
+/// its live huge bytes and a slot of the slack table is free; false: the caller gives them back
+/// now. Kept slack is given back by the sweeps once it is older than cached blocks may get
+/// (`cache_age_ms`), and by `malloc_trim`. A program cycling through huge blocks of varying
+/// sizes (mimalloc-bench's malloc-large: 20 live blocks of 5-25 MiB) reuses resident pages
+/// instead of faulting them in again (1.78 M page faults became 0.15 M); a 100 MiB block reused
+/// for 28 MiB still gives its tail back at once.
 fn keep_slack(d: &Domain, seg: *mut Segment, tail: usize) -> bool {
     let live = d.counters.huge_bytes.load(Ordering::Relaxed);
     // (The block being handed out is not counted in `huge_bytes` yet.)
     // SAFETY: a live header of ours.
     let live = live + unsafe { (*seg).huge_size.get() } as u64;
-    if d.counters.huge_slack.load(Ordering::Relaxed) + tail as u64 > live / SLACK_SHARE {
+    if d.counters.huge_slack.load(Ordering::Relaxed) + tail as u64 > live {
         return false;
     }
     let mut g = d.huge_cache.slots.lock();
