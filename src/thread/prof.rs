@@ -654,23 +654,7 @@ unsafe fn page_count(pages: *mut SampledPage, page: usize, delta: i64) -> u64 {
         e.live = (e.live as i64 + delta).max(0) as u64;
         let left = e.live;
         if left == 0 {
-            let mut hole = j;
-            let mut k = (j + 1) & (PAGE_SLOTS - 1);
-            loop {
-                let a = (*pages.add(k)).page;
-                if a == 0 {
-                    break;
-                }
-                let h = home(a);
-                let stays = if hole <= k { hole < h && h <= k } else { hole < h || h <= k };
-                if !stays {
-                    core::ptr::copy_nonoverlapping(pages.add(k), pages.add(hole), 1);
-                    hole = k;
-                }
-                k = (k + 1) & (PAGE_SLOTS - 1);
-            }
-            (*pages.add(hole)).page = 0;
-            (*pages.add(hole)).live = 0;
+            remove_probed(pages, PAGE_SLOTS, j, |e| e.page, home, |e| *e = SampledPage { page: 0, live: 0 });
         }
         left
     }
@@ -730,26 +714,46 @@ fn freed_on(addr: usize, page: usize) -> u64 {
         if page != 0 {
             SAMPLE_FILTER[block_filter_slot(addr)].fetch_sub(1, Ordering::Release);
         }
-        // Backward-shift deletion (linear probing without tombstones).
-        let mut hole = j;
-        let mut k = (j + 1) & (SAMPLES - 1);
+        remove_probed(samples, SAMPLES, j, |e| e.addr, slot_of_addr, |e| e.addr = 0);
+    }
+    left_on_page(&t, -1)
+}
+
+/// Empties slot `j` of a linear-probing table of `len` entries (a power of two) at `table`,
+/// moving the later entries of its run back (backward-shift deletion: no tombstones), so every
+/// entry stays reachable from its home slot. `key(e)`: an entry's key (0: an empty slot);
+/// `home(key)`: the slot its probe starts at; `clear(e)` empties an entry.
+///
+/// # Safety
+/// `table` holds `len` entries that only the caller uses now; `j < len`.
+unsafe fn remove_probed<T>(
+    table: *mut T,
+    len: usize,
+    j: usize,
+    key: impl Fn(&T) -> usize,
+    home: impl Fn(usize) -> usize,
+    clear: impl FnOnce(&mut T),
+) {
+    let mut hole = j;
+    let mut k = (j + 1) & (len - 1);
+    // SAFETY: indices masked to the table (the caller's contract).
+    unsafe {
         loop {
-            let a = (*samples.add(k)).addr;
+            let a = key(&*table.add(k));
             if a == 0 {
                 break;
             }
-            let home = slot_of_addr(a);
+            let h = home(a);
             // Move `k` into the hole unless its home lies cyclically in (hole, k].
-            let stays = if hole <= k { hole < home && home <= k } else { hole < home || home <= k };
+            let stays = if hole <= k { hole < h && h <= k } else { hole < h || h <= k };
             if !stays {
-                core::ptr::copy_nonoverlapping(samples.add(k), samples.add(hole), 1);
+                core::ptr::copy_nonoverlapping(table.add(k), table.add(hole), 1);
                 hole = k;
             }
-            k = (k + 1) & (SAMPLES - 1);
+            k = (k + 1) & (len - 1);
         }
-        (*samples.add(hole)).addr = 0;
+        clear(&mut *table.add(hole));
     }
-    left_on_page(&t, -1)
 }
 
 /// What the profile holds, for a dump: calls `f` with each call site that has samples (under
