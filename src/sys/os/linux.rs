@@ -256,12 +256,7 @@ impl Os for Sys {
 
     fn for_each_code_mapping(f: &mut dyn FnMut(super::Mapping<'_>)) -> bool {
         let flags = PROCMAP_QUERY_VMA_READABLE | PROCMAP_QUERY_VMA_EXECUTABLE | PROCMAP_QUERY_COVERING_OR_NEXT_VMA;
-        procmap_query(0, flags, f)
-            || Self::for_each_mapping(&mut |m| {
-                if m.readable && m.executable {
-                    f(m)
-                }
-            })
+        procmap_query(0, flags, f) || super::code_mappings_of_all::<Self>(f)
     }
 }
 

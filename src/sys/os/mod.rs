@@ -488,12 +488,17 @@ pub(crate) trait Os {
     /// [`Os::for_each_mapping`], whose answer this is, filtered: Linux asks the kernel for these
     /// alone where it can). False where the platform cannot list them.
     fn for_each_code_mapping(f: &mut dyn FnMut(Mapping<'_>)) -> bool {
-        Self::for_each_mapping(&mut |m| {
-            if m.readable && m.executable {
-                f(m)
-            }
-        })
+        code_mappings_of_all::<Self>(f)
     }
+}
+
+/// [`Os::for_each_code_mapping`] from every mapping [`Os::for_each_mapping`] lists.
+fn code_mappings_of_all<O: Os + ?Sized>(f: &mut dyn FnMut(Mapping<'_>)) -> bool {
+    O::for_each_mapping(&mut |m| {
+        if m.readable && m.executable {
+            f(m)
+        }
+    })
 }
 
 /// One mapping of the process (see [`Os::for_each_mapping`]).
