@@ -530,6 +530,7 @@ pub mod hbw {
                 k += 1;
                 page += OS_PAGE;
             }
+            crate::sys::syscall(crate::sys::Syscall::MovePages);
             if !Sys::page_nodes(&addrs[..k], &mut nodes[..k]) {
                 return EFAULT;
             }

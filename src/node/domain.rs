@@ -256,6 +256,7 @@ impl Domain {
                 return;
             }
             let bytes = h.span_bytes();
+            crate::sys::event(crate::sys::Event::FreshPurge);
             let zeroed = os::purge(h.span_start(), bytes, os::PurgeMode::DontNeed);
             self.counters.purged_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             self.counters.fresh_purges.fetch_add(1, Ordering::Relaxed);

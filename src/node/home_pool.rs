@@ -88,9 +88,8 @@ impl HomePool {
     pub(crate) unsafe fn put_block(&self, c: usize, b: *mut Block) {
         let mut g = self.lists.lock();
         let slot = &mut g.small[c - PLACED_MIN_CLASS];
-        // SAFETY: the freed block is ours; the link points to another pooled block or null.
-        unsafe { layout::set_next(b, *slot) };
-        *slot = b;
+        // SAFETY: the caller's freed block; the list is the pool's.
+        *slot = unsafe { link_pooled(b, *slot) };
         g.trimmed = false;
         self.mark(c - PLACED_MIN_CLASS, true);
         drop(g);
@@ -109,13 +108,8 @@ impl HomePool {
         if b.is_null() {
             return b;
         }
-        valid_block(b, c);
-        // SAFETY: a pooled block of ours; its link decodes to another pooled block or null,
-        // which is checked when it is taken in turn (links cross spans here).
-        unsafe {
-            *slot = layout::Codec::current().read(b.cast()) as *mut Block;
-            (*b).next = ptr::null_mut();
-        }
+        // SAFETY: the head of the pool's list of class `c`.
+        *slot = unsafe { unlink_pooled(b, c) };
         if g.small[c - PLACED_MIN_CLASS].is_null() {
             self.mark(c - PLACED_MIN_CLASS, false);
         }
@@ -238,6 +232,36 @@ impl HomePool {
 
 /// Checks that `b` is a live placed block start of class `c` (a pool link that does not lead to
 /// one was overwritten: heap overflow or write after free)
+/// Links freed placed block `b` in front of the list of pooled blocks `head` (null: empty),
+/// through its first word, encoded like every free-list link; returns the new head. (The home
+/// pools' lists, and the heaps' own caches of them.)
+///
+/// # Safety
+/// `b` is a placed block the program freed, now the caller's; `head` is such a list of the
+/// same class, the caller's.
+pub(crate) unsafe fn link_pooled(b: *mut Block, head: *mut Block) -> *mut Block {
+    // SAFETY: the caller's block; the link points to another pooled block or null.
+    unsafe { layout::set_next(b, head) };
+    b
+}
+
+/// Takes `b`, the head of a list of pooled blocks of class `c` (see [`link_pooled`]), out of
+/// it: checks that it is a block of that class (a corrupted link aborts), clears its first word
+/// and returns the next head.
+///
+/// # Safety
+/// `b` is the non-null head of such a list, the caller's.
+pub(crate) unsafe fn unlink_pooled(b: *mut Block, c: usize) -> *mut Block {
+    valid_block(b, c);
+    // SAFETY: a pooled block; its link decodes to another pooled block or null, which is
+    // checked when it is taken in turn (links cross spans here).
+    unsafe {
+        let next = layout::Codec::current().read(b.cast()) as *mut Block;
+        (*b).next = ptr::null_mut();
+        next
+    }
+}
+
 fn valid_block(b: *mut Block, c: usize) {
     if let Some((seg, page)) = layout::lookup(b as *const u8) {
         // SAFETY: a live segment and its descriptor.

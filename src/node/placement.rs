@@ -45,6 +45,7 @@ pub(crate) fn home_of(p: *const u8, len: usize) -> Home {
         *a = (p as usize & !(OS_PAGE - 1)) + (i * pages / k) * OS_PAGE;
     }
     let mut nodes = [PAGE_ABSENT; SAMPLES];
+    crate::sys::syscall(crate::sys::Syscall::MovePages);
     if !Sys::page_nodes(&addrs[..k], &mut nodes[..k]) {
         return Home::Unknown;
     }
@@ -94,6 +95,7 @@ pub(crate) fn apply_policy(p: *mut u8, size: usize, node: usize, policy_applies:
         return;
     }
     // Only bind where the OS can do it per range, without touching the pages now.
+    crate::sys::syscall(crate::sys::Syscall::Mbind);
     // SAFETY: our own fresh mapping.
     unsafe { Sys::place(p, size, Placement::Preferred(node)) };
 }
@@ -102,6 +104,7 @@ pub(crate) fn apply_policy(p: *mut u8, size: usize, node: usize, policy_applies:
 /// by first-touching each page while the thread's placement points at the page's node (the
 /// BSDs). Returns whether the placement could be applied.
 pub(crate) fn place_range(p: *mut u8, len: usize, placement: Placement<'_>) -> bool {
+    crate::sys::syscall(crate::sys::Syscall::Mbind);
     // SAFETY: the caller passes an untouched range of its own mapping.
     if unsafe { Sys::place(p, len, placement) } {
         return true;

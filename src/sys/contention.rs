@@ -8,6 +8,8 @@
 //! parses it. `ops` counts malloc-family and free calls through the entry points. Lock
 //! acquisitions are also split by what the thread was doing (`locks_steady`,
 //! `locks_thread_start_exit`, `locks_node_moves`), with the number of node moves followed.
+//! System calls are counted by kind (`mmap`, `munmap`, `madvise`, `move_pages`, `mbind`), and
+//! what the NUMA paths did ([`Event`]: `home_pool_puts`, `home_pool_takes`, `fresh_purges`).
 
 /// Which lock an acquisition counts under.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -47,6 +49,23 @@ pub(crate) enum Syscall {
     Munmap = 1,
     /// `madvise` (purges).
     Madvise = 2,
+    /// `move_pages` without target nodes: where pages are (a freed placed block's or span's home).
+    MovePages = 3,
+    /// `mbind` (a policy or a node applied to a range).
+    Mbind = 4,
+}
+
+/// What the NUMA paths did, counted (the contention report's `home_pool_puts` ...).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum Event {
+    /// A placed block (16 KiB and more, first touch) freed whose pages are on another node than
+    /// its span: sent to that node's home pool.
+    HomePoolPut = 0,
+    /// A refill served from its node's home pool.
+    HomePoolTake = 1,
+    /// A span reused for first touch that had been used since its last purge: purged first.
+    FreshPurge = 2,
 }
 
 #[cfg(feature = "contention-stats")]
@@ -59,7 +78,8 @@ mod imp {
     pub(super) static CONTENDED: AtomicU64 = AtomicU64::new(0);
     pub(super) static FUTEX_WAITS: AtomicU64 = AtomicU64::new(0);
     pub(super) static CAS_RETRIES: AtomicU64 = AtomicU64::new(0);
-    pub(super) static SYSCALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+    pub(super) static SYSCALLS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+    pub(super) static EVENTS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
     pub(super) static UNDER_DOMAIN: AtomicU64 = AtomicU64::new(0);
     /// Lock acquisitions by [`super::Phase`] (all kinds together).
     pub(super) static LOCKS_BY_PHASE: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
@@ -132,6 +152,13 @@ pub(crate) fn in_phase<R>(_phase: Phase, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Counts one NUMA-path event.
+#[inline(always)]
+pub(crate) fn event(_e: Event) {
+    #[cfg(feature = "contention-stats")]
+    imp::add(&imp::EVENTS[_e as usize]);
+}
+
 /// Counts a futex sleep.
 #[inline(always)]
 pub(crate) fn futex_wait() {
@@ -185,7 +212,7 @@ pub(crate) fn report_line(w: &mut dyn core::fmt::Write) -> bool {
         let s = |i: usize| imp::SYSCALLS[i].load(Relaxed);
         let _ = write!(
             w,
-            "domalloc: contention: ops={} locks_domain={} locks_process={} locks_arena={} locks_other={} contended={} futex_waits={} cas_retries={} mmap={} munmap={} madvise={} syscalls_under_domain_lock={} locks_steady={} locks_thread_start_exit={} locks_node_moves={} node_moves={}",
+            "domalloc: contention: ops={} locks_domain={} locks_process={} locks_arena={} locks_other={} contended={} futex_waits={} cas_retries={} mmap={} munmap={} madvise={} move_pages={} mbind={} syscalls_under_domain_lock={} locks_steady={} locks_thread_start_exit={} locks_node_moves={} node_moves={} home_pool_puts={} home_pool_takes={} fresh_purges={}",
             imp::OPS.load(Relaxed),
             l(0),
             l(1),
@@ -197,11 +224,16 @@ pub(crate) fn report_line(w: &mut dyn core::fmt::Write) -> bool {
             s(0),
             s(1),
             s(2),
+            s(3),
+            s(4),
             imp::UNDER_DOMAIN.load(Relaxed),
             imp::LOCKS_BY_PHASE[0].load(Relaxed),
             imp::LOCKS_BY_PHASE[1].load(Relaxed),
             imp::LOCKS_BY_PHASE[2].load(Relaxed),
-            imp::MOVES.load(Relaxed)
+            imp::MOVES.load(Relaxed),
+            imp::EVENTS[0].load(Relaxed),
+            imp::EVENTS[1].load(Relaxed),
+            imp::EVENTS[2].load(Relaxed)
         );
         return true;
     }

@@ -11,7 +11,9 @@ pub(crate) mod os;
 mod sync;
 mod util;
 
-pub(crate) use contention::{in_phase, op, report_line, set_domain_lock_probe, LockKind, Phase};
+pub(crate) use contention::{
+    event, in_phase, op, report_line, set_domain_lock_probe, syscall, Event, LockKind, Phase, Syscall,
+};
 pub(crate) use lock::{ForkLock, ForkStage, Lock};
 pub(crate) use sync::{cas_retry, AtomicUsize, Ordering};
 pub(crate) use util::{edit_distance, for_each_in_list, parse_size, parse_u64, trim, BufWriter, Bytes, SetOnce};

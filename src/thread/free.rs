@@ -218,6 +218,11 @@ unsafe fn to_home_pool(h: *mut Heap, page: &Page, b: *mut Block, home: usize) {
     count_foreign_free(h, page, c, 1);
     let dest = crate::node::domain(home);
     dest.counters.went_home.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: `h` is this thread's heap when not a sentinel; the block is resident on `home`.
+    if !tls::is_sentinel(h) && unsafe { (*h).node() } == home && unsafe { (*h).cache_placed(c, b) } {
+        return;
+    }
+    crate::sys::event(crate::sys::Event::HomePoolPut);
     // SAFETY: the caller's block, resident on `home`.
     unsafe { dest.pool.put_block(c, b) };
 }

@@ -33,6 +33,9 @@ pub(crate) fn alloc(node: usize, size: usize, zero: bool) -> *mut u8 {
     let arena = unsafe { (*h).arena_index() } as u32;
     let mut page = if placement == SpanPlacement::FirstTouch { d.pool.take_large(n) } else { ptr::null_mut() };
     let pooled = !page.is_null();
+    if pooled {
+        crate::sys::event(crate::sys::Event::HomePoolTake);
+    }
     if page.is_null() && !tls::is_sentinel(h) && crate::arena::arena_node(arena as usize) == node {
         page = crate::arena::arena(arena as usize).take_empty(n, placement);
         if !page.is_null() {
@@ -108,6 +111,7 @@ pub(crate) unsafe fn free(h: *mut Heap, page: *mut Page, p: *mut u8) {
             Home::On(n) if n != span_node && n < crate::node::domain_slots() && crate::node::domain(n).node == n => {
                 let dest = crate::node::domain(n);
                 dest.counters.went_home.fetch_add(1, Ordering::Relaxed);
+                crate::sys::event(crate::sys::Event::HomePoolPut);
                 pg.set_home(0, n);
                 // SAFETY: the program freed it; its pages are on `n`.
                 unsafe { dest.pool.put_large(page) };

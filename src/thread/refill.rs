@@ -64,7 +64,13 @@ impl Heap {
         }
         // A placed block freed on this node whose span belongs to another (no page fault).
         if is_placed(c) && !self.pinned.get() && crate::config::numa_enabled() {
-            let b = crate::node::domain(self.node()).pool.take_block(c);
+            let mut b = self.take_placed(c);
+            if b.is_null() {
+                b = crate::node::domain(self.node()).pool.take_block(c);
+                if !b.is_null() {
+                    crate::sys::event(crate::sys::Event::HomePoolTake);
+                }
+            }
             if !b.is_null() {
                 // SAFETY: a block of a live span: it leaves the pool.
                 unsafe { pool_taken(b, c) };

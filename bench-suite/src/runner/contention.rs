@@ -55,9 +55,10 @@ impl Counters {
             self.shared_locks() + self.get("locks_arena") + self.get("locks_other")
         }
     }
-    /// mmap + munmap + madvise.
+    /// mmap + munmap + madvise + move_pages + mbind (the last two: 0 from a library that does
+    /// not count them).
     pub fn syscalls(&self) -> u64 {
-        self.get("mmap") + self.get("munmap") + self.get("madvise")
+        self.get("mmap") + self.get("munmap") + self.get("madvise") + self.get("move_pages") + self.get("mbind")
     }
     /// `v` per million operations.
     pub fn per_mop(&self, v: u64) -> Option<f64> {
