@@ -230,8 +230,6 @@ impl HomePool {
     }
 }
 
-/// Checks that `b` is a live placed block start of class `c` (a pool link that does not lead to
-/// one was overwritten: heap overflow or write after free)
 /// Links freed placed block `b` in front of the list of pooled blocks `head` (null: empty),
 /// through its first word, encoded like every free-list link; returns the new head. (The home
 /// pools' lists, and the heaps' own caches of them.)
@@ -262,6 +260,8 @@ pub(crate) unsafe fn unlink_pooled(b: *mut Block, c: usize) -> *mut Block {
     }
 }
 
+/// Checks that `b` is a live placed block start of class `c` (a pool link that does not lead to
+/// one was overwritten: heap overflow or write after free)
 fn valid_block(b: *mut Block, c: usize) {
     if let Some((seg, page)) = layout::lookup(b as *const u8) {
         // SAFETY: a live segment and its descriptor.
