@@ -52,6 +52,7 @@ fn scenario(name: &str) {
         "producer_consumer_bounded" => scenario_producer_consumer_bounded(),
         "migration" => scenario_migration(),
         "migration_back_and_forth" => scenario_migration_back_and_forth(),
+        "scheduler_move" => scenario_scheduler_move(),
         "thread_replacement" => scenario_thread_replacement(),
         "node_targeted" => scenario_node_targeted(),
         other => panic!("unknown scenario {other}"),
@@ -195,6 +196,67 @@ fn scenario_migration_back_and_forth() {
     .unwrap();
 }
 
+/// Lets the calling thread run on both CPUs (no allocation).
+fn allow_both() {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(1, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+fn current_cpu() -> usize {
+    unsafe { libc::sched_getcpu() as usize }
+}
+
+/// The scheduler moves a thread whose affinity spans both nodes (unpinned) to node 1: its
+/// blocks keep coming from node 0 until it has been seen on node 1 for `DOMALLOC_FOLLOW_DELAY`
+/// (300 ms here), then from node 1; a move the program makes (an affinity within one node) is
+/// followed at once. (Before: every move was followed at the next allocation.)
+fn scenario_scheduler_move() {
+    std::thread::spawn(|| {
+        pin(0);
+        let keep = alloc_many(100, 64);
+        assert_eq!(share_on(&keep, 0), 1.0);
+        let mut followed_after_delay = false;
+        for attempt in 0..20 {
+            // On CPU 1 (node 1) with an affinity of both CPUs, as the scheduler leaves it; no
+            // allocation in between, so the heap first sees the move below.
+            pin(1);
+            allow_both();
+            let before = domalloc::stats().migrations;
+            let soon = alloc_many(300, 64);
+            let big = alloc_many(1, 200_000); // large: the CPU is asked on every one
+            if current_cpu() == 1 {
+                assert_eq!(share_on(&soon, 0), 1.0, "attempt {attempt}: a scheduler move followed at once");
+                assert_eq!(share_on(&big, 0), 1.0, "attempt {attempt}: a scheduler move followed at once (large)");
+                assert_eq!(domalloc::stats().migrations, before, "attempt {attempt}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            if current_cpu() != 1 {
+                continue; // the scheduler moved it back meanwhile: try again
+            }
+            let later = alloc_many(1, 200_000);
+            if current_cpu() != 1 {
+                continue;
+            }
+            assert_eq!(share_on(&later, 1), 1.0, "attempt {attempt}: not followed after the delay");
+            assert_eq!(domalloc::stats().migrations, before + 1, "attempt {attempt}");
+            followed_after_delay = true;
+            break;
+        }
+        assert!(followed_after_delay, "the thread never stayed on CPU 1 for the delay in 20 attempts");
+        // The program moves it (an affinity within node 0): followed at once.
+        pin(0);
+        let back = alloc_many(1, 200_000);
+        assert_eq!(share_on(&back, 0), 1.0, "a pinned move not followed at once");
+        drop(keep);
+    })
+    .join()
+    .unwrap();
+}
+
 /// Threads on node 0 come and go; a new thread on node 1 gets node-1 pages, none of the dead
 /// threads' node-0 pages.
 fn scenario_thread_replacement() {
@@ -252,6 +314,7 @@ fn run(name: &str) {
         // No background purge: it could unmap A's emptied segments and a fresh mapping of B's
         // could land at the same addresses, which the reuse checks (by address) would count.
         .env("DOMALLOC_PURGE_THREAD", "0")
+        .env("DOMALLOC_FOLLOW_DELAY", "300")
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&root);
@@ -283,6 +346,10 @@ fn migration() {
 #[test]
 fn migration_back_and_forth() {
     run("migration_back_and_forth");
+}
+#[test]
+fn scheduler_move() {
+    run("scheduler_move");
 }
 #[test]
 fn thread_replacement() {

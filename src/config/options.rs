@@ -132,6 +132,20 @@ pub const TABLE: &[OptionDesc] = &[
         },
     },
     OptionDesc {
+        name: "DOMALLOC_FOLLOW_DELAY",
+        default: "1000",
+        doc: "Multi-node machines: milliseconds a thread that the scheduler moved to another node must stay there before its allocations follow it (its blocks come from its old node's pages meanwhile); a thread whose affinity keeps it on the new node (moved by the program, numactl, OpenMP binding) is followed at once; `0` = always at once, `never` = only such threads.",
+        path: false,
+        parse: |v, o| match v {
+            b"never" => set(&mut o.follow_delay_ms, u64::MAX),
+            _ => parse_u64(v).filter(|&ms| ms != u64::MAX).map(|ms| o.follow_delay_ms = ms).is_some(),
+        },
+        show: |o, w| match o.follow_delay_ms {
+            u64::MAX => w.write_str("never"),
+            ms => write!(w, "{ms}"),
+        },
+    },
+    OptionDesc {
         name: "DOMALLOC_POLICY",
         default: "local",
         doc: "Placement: `local`, `bind:<nodes>`, `preferred:<nodes>` (several nodes: `MPOL_PREFERRED_MANY`), `interleave:<nodes>`, optional `@<size>` threshold (e.g. `interleave:0-3@1M`); `<nodes>` is a list such as `0-3,6` or `all` (every node with memory). `hbw[:<budget>][<<size>]`: blocks below `<size>` (default 1M) on the high-bandwidth node nearest the allocating thread, up to `<budget>` bytes per process (default: no limit), then on the thread's own node; bigger blocks local.",
@@ -462,6 +476,8 @@ pub struct Options {
     pub segment_thp: bool,
     /// `DOMALLOC_NUMA`.
     pub numa: NumaMode,
+    /// `DOMALLOC_FOLLOW_DELAY` in ms; `u64::MAX` = never (only threads pinned to the new node).
+    pub follow_delay_ms: u64,
     /// `DOMALLOC_POLICY` policy.
     pub policy: Policy,
     /// `DOMALLOC_POLICY` threshold: the policy applies to blocks of at least this size (0 = all).
@@ -510,6 +526,7 @@ impl Options {
         thp: false,
         segment_thp: true,
         numa: NumaMode::Auto,
+        follow_delay_ms: 1000,
         policy: Policy::Local,
         policy_min_size: 0,
         topology_root: None,

@@ -682,6 +682,29 @@ pub(crate) fn node_of_cpu(cpu: usize) -> usize {
     domain(n).policy_home
 }
 
+/// Whether the calling thread's affinity keeps it on node `node` (every CPU it may run on is
+/// that node's, as [`node_of_cpu`] maps them): the program or its launcher put it there, so a
+/// move there is followed at once. False when the OS cannot say. A system call: slow paths.
+pub(crate) fn affinity_within(node: usize) -> bool {
+    let mut mask = [0u64; os::CPU_WORDS];
+    if !Sys::thread_cpus(&mut mask) {
+        return false;
+    }
+    let mut any = false;
+    for (w, &word) in mask.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            let cpu = w * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if node_of_cpu(cpu) != node {
+                return false;
+            }
+            any = true;
+        }
+    }
+    any
+}
+
 /// Whether the calling thread holds some domain's lock (the contention counters' probe).
 pub(crate) fn holds_a_domain_lock() -> bool {
     (0..domain_slots()).any(|n| domain(n).lock.held_by_me())

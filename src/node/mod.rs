@@ -11,8 +11,8 @@ mod huge;
 mod placement;
 
 pub(crate) use domain::{
-    domain, domain_slots, fork_locks, holds_a_domain_lock, init_span, node_of_cpu, set_table, solo_node, Domain,
-    COUNTED_NODES, SPAN_UNIT,
+    affinity_within, domain, domain_slots, fork_locks, holds_a_domain_lock, init_span, node_of_cpu, set_table,
+    solo_node, Domain, COUNTED_NODES, SPAN_UNIT,
 };
 pub(crate) use home_pool::{link_pooled, unlink_pooled};
 #[cfg(feature = "hardened")]

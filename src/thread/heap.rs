@@ -123,6 +123,11 @@ pub(crate) struct Heap {
     pub(crate) placed: [Cell<*mut Block>; CLASSES - PLACED_MIN_CLASS],
     /// Bytes in `placed`.
     pub(crate) placed_bytes: Cell<u32>,
+    /// A node the scheduler moved the thread to, not followed yet ([`NO_NODE`]: none), and
+    /// when the heap first saw it there (ms): see [`Heap::may_follow`].
+    pub(crate) follow_node: Cell<u32>,
+    /// See `follow_node`.
+    pub(crate) follow_since: Cell<u64>,
 }
 
 /// Bytes of placed blocks a heap keeps for itself (see [`Heap::placed`]): two of the largest
@@ -180,6 +185,8 @@ const fn sentinel(kind: u8) -> SyncHeap {
         freed_to: [const { AtomicU64::new(0) }; COUNTED_NODES],
         placed: [const { Cell::new(ptr::null_mut()) }; CLASSES - PLACED_MIN_CLASS],
         placed_bytes: Cell::new(0),
+        follow_node: Cell::new(NO_NODE),
+        follow_since: Cell::new(0),
     })
 }
 
@@ -472,6 +479,7 @@ impl Heap {
         self.cpu.set(cpu);
         self.arena.set(crate::arena::arena_index(cpu as usize) as u32);
         self.node.set(crate::node::node_of_cpu(cpu as usize) as u32);
+        self.follow_node.set(NO_NODE);
     }
 
     /// The node this heap allocates from.
@@ -565,15 +573,22 @@ impl Heap {
         } else {
             return;
         };
-        if cpu == self.cpu.get() {
+        if cpu == self.cpu.get() && self.follow_node.get() == NO_NODE {
             return;
         }
-        self.arena.set(crate::arena::arena_index(cpu as usize) as u32);
         let node = crate::node::node_of_cpu(cpu as usize) as u32;
         if tracked {
             self.cpu.set(cpu);
         }
+        if node == self.node.get() {
+            self.follow_node.set(NO_NODE);
+        } else if !self.may_follow(node) {
+            // Not yet: the blocks keep coming from this node's pages (and its CPU's arena).
+            return;
+        }
+        self.arena.set(crate::arena::arena_index(cpu as usize) as u32);
         if node != self.node.get() {
+            self.follow_node.set(NO_NODE);
             self.flush_pending();
             self.flush_placed();
             for c in 0..CLASSES {
@@ -589,6 +604,33 @@ impl Heap {
             bump(&self.counters.migrations, 1);
             crate::node::domain(node as usize).counters.migrations_in.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the heap follows its thread to `node`, another node than the heap's, now: at
+    /// once when the thread's affinity keeps it on `node` (the program, numactl or an OpenMP
+    /// binding moved it: it stays); else only once the heap has seen it there for
+    /// `DOMALLOC_FOLLOW_DELAY` (1000 ms: the kernel's own NUMA-balancing scan delay) without
+    /// seeing it on another node in between. A thread the scheduler moves (an oversubscribed
+    /// node, unpinned threads) is often moved again soon, and following costs the new node's
+    /// pages for every class the thread uses: under thread churn on 4 nodes, 32 threads
+    /// followed 500-650 moves per run, each taking pages from the new node's arenas and
+    /// domain (13,000 domain and 15,000 arena locks; 360-480 spans purged for first touch,
+    /// each a TLB shootdown on every CPU of the process); with the delay, 1.
+    fn may_follow(&self, node: u32) -> bool {
+        let delay = crate::config::options::get().follow_delay_ms;
+        if delay == 0 {
+            return true;
+        }
+        let now = Sys::now_ms();
+        if self.follow_node.get() != node {
+            if crate::node::affinity_within(node as usize) {
+                return true;
+            }
+            self.follow_node.set(node);
+            self.follow_since.set(now);
+            return false;
+        }
+        now.saturating_sub(self.follow_since.get()) >= delay
     }
 
     /// The thread now runs on `node`: the current queues are stashed (still owned) in the

@@ -150,6 +150,23 @@ impl Os for Sys {
         rseq_cpu_id_ptr()
     }
 
+    fn thread_cpus(mask: &mut [u64; super::CPU_WORDS]) -> bool {
+        // SAFETY: all-zero bytes are an empty `cpu_set_t`.
+        let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+        // SAFETY: the calling thread (0); `set` is a `cpu_set_t` of the size passed.
+        if unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+            return false;
+        }
+        *mask = [0; super::CPU_WORDS];
+        for cpu in 0..(64 * super::CPU_WORDS).min(libc::CPU_SETSIZE as usize) {
+            // SAFETY: `cpu` is below `CPU_SETSIZE`.
+            if unsafe { libc::CPU_ISSET(cpu, &set) } {
+                mask[cpu / 64] |= 1 << (cpu % 64);
+            }
+        }
+        true
+    }
+
     fn current_cpu() -> Option<usize> {
         // SAFETY: no preconditions (vDSO on x86_64).
         let c = unsafe { libc::sched_getcpu() };

@@ -314,6 +314,13 @@ pub(crate) trait Os {
         None
     }
 
+    /// The CPUs the calling thread may run on (its affinity) as bits of `mask`: CPU `i` is bit
+    /// `i % 64` of word `i / 64` (CPUs from `64 * CPU_WORDS` up are left out). False where the
+    /// OS cannot say. A system call: slow paths only.
+    fn thread_cpus(_mask: &mut [u64; CPU_WORDS]) -> bool {
+        false
+    }
+
     /// Bytes of memory free on node `node` now (Linux: `MemFree` of the node's `meminfo`);
     /// `None` where the OS does not say. A system call or two: slow paths only.
     fn node_free_memory(_node: usize) -> Option<u64> {
@@ -858,6 +865,9 @@ pub(crate) unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool {
     // SAFETY: forwarded contract.
     unsafe { Sys::purge(ptr, size, mode) }
 }
+
+/// Words of the CPU masks [`Os::thread_cpus`] fills (1024 CPUs, glibc's `cpu_set_t`).
+pub(crate) const CPU_WORDS: usize = 16;
 
 /// The OS page size assumed everywhere (4 KiB on every supported platform).
 pub(crate) const OS_PAGE: usize = 4096;
