@@ -219,9 +219,19 @@ impl Arena {
         if n == 0 || n > EMPTY_SIZES || self.empties.load(Ordering::Relaxed) < n {
             return ptr::null_mut();
         }
+        // A parked span for first touch would be purged before it is handed out: its domain
+        // maps new memory instead while it can (parked spans go back on the purge schedule).
+        let skip = |p: *mut Page| {
+            // SAFETY: a parked span of ours, read under the queues' lock.
+            let node = unsafe { (*p).node() };
+            placement == SpanPlacement::FirstTouch && crate::node::domain(node).maps_instead_of_purging()
+        };
         let mut q = self.queues.lock();
         let slot = &mut q.empty[placement as usize][n - 1];
         let p = *slot;
+        if !p.is_null() && skip(p) {
+            return ptr::null_mut();
+        }
         if !p.is_null() {
             // SAFETY: a parked span of ours.
             *slot = unsafe { (*p).next.get() };

@@ -130,6 +130,11 @@ pub(crate) struct Domain {
     pub(crate) dirty_bytes: AtomicU64,
 }
 
+/// Used free memory of a node (waiting for the purge schedule) up to which spans for first
+/// touch come from new mappings rather than from used pages purged on reuse
+/// ([`Domain::maps_instead_of_purging`]): it bounds what that adds to the resident memory.
+const FRESH_RESERVE: u64 = 32 << 20;
+
 /// Segments `alloc_span` searches for a run of still-resident free pages before taking any run.
 const DIRTY_SEARCH: usize = 8;
 /// Dirty runs purged per lock round.
@@ -159,6 +164,7 @@ impl Domain {
     pub(crate) fn alloc_span(&self, n: usize, kind: PageKind, arena: u32, placement: SpanPlacement) -> *mut Page {
         debug_assert!((1..PAGES).contains(&n));
         let mut fresh: *mut Segment = ptr::null_mut();
+        let mut mapped = false;
         loop {
             let mut g = self.lock.lock();
             if !fresh.is_null() {
@@ -168,6 +174,16 @@ impl Domain {
             }
             let first_touch = placement == SpanPlacement::FirstTouch;
             if let Some((seg, i)) = find_span(&g.segs[placement as usize], n, first_touch) {
+                // SAFETY: a live segment of ours under the lock.
+                let used = unsafe { (*seg).nonzero_mask.get() } & run_mask(i, n) != 0;
+                if first_touch && used && !mapped && self.maps_instead_of_purging() {
+                    // Only used pages fit, which `make_untouched` would purge: map a segment
+                    // instead (once), and the used pages wait for the purge schedule.
+                    drop(g);
+                    mapped = true;
+                    fresh = self.new_segment(placement);
+                    continue;
+                }
                 // SAFETY: a live segment of ours under the lock; pages i..i+n are free.
                 let head = unsafe { self.carve_locked(&mut g, placement, seg, i, n, kind, arena) };
                 drop(g);
@@ -229,6 +245,18 @@ impl Domain {
             self.counters.note_in_use();
             head
         }
+    }
+
+    /// Whether a span for first touch should come from newly mapped memory rather than from
+    /// used pages purged for it: while the node's used free memory waiting for the purge
+    /// schedule is at most [`FRESH_RESERVE`]. Purging on reuse is one `madvise` per span and, on
+    /// a machine with many CPUs, a TLB shootdown on every CPU running the process; mapping is
+    /// neither (threads that start, exit and start again on several nodes: 47 such purges in
+    /// one run of `test-stress` at 32 threads on 8 nodes).
+    pub(crate) fn maps_instead_of_purging(&self) -> bool {
+        crate::config::numa_enabled()
+            && options::get().fresh_spans
+            && self.dirty_bytes.load(Ordering::Relaxed) <= FRESH_RESERVE
     }
 
     /// Makes a span about to be handed out for first touch untouched memory: a span carved from
