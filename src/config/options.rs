@@ -71,7 +71,7 @@ pub const TABLE: &[OptionDesc] = &[
     OptionDesc {
         name: "DOMALLOC_FIRST_TOUCH",
         default: "fresh",
-        doc: "Multi-node machines, blocks from 16 KiB: `fresh` purges a span that was used since its last purge before it is handed out again for first touch (one madvise per span), so the toucher's node decides in every phase of a program; `reuse` hands it out with its pages where they are (no madvise, no page faults: for programs whose threads allocate what they touch themselves, under heavy thread churn); `always[@<size>]` is `fresh`, and a freed block of at least `<size>` (default and minimum 16K) is purged too before it is handed out again (one madvise per block), so first touch decides again for recycled blocks: for multi-phase codes whose serial region allocates what workers on other nodes touch.",
+        doc: "Multi-node machines, blocks from 16 KiB: `fresh` hands out only untouched memory for first touch, so the toucher's node decides in every phase of a program: a new mapping while the node's used free memory is under 32 MiB, else a span used since its last purge, purged first (one madvise per span); `reuse` hands it out with its pages where they are (no madvise, no page faults: for programs whose threads allocate what they touch themselves, under heavy thread churn); `always[@<size>]` is `fresh`, and a freed block of at least `<size>` (default and minimum 16K) is purged too before it is handed out again (one madvise per block), so first touch decides again for recycled blocks: for multi-phase codes whose serial region allocates what workers on other nodes touch.",
         path: false,
         parse: |v, o| match v {
             b"fresh" => set(&mut o.fresh_spans, true) && set(&mut o.fresh_blocks_from, 0),
