@@ -53,6 +53,7 @@ fn scenario(name: &str) {
         "migration" => scenario_migration(),
         "migration_back_and_forth" => scenario_migration_back_and_forth(),
         "scheduler_move" => scenario_scheduler_move(),
+        "pinned_while_pending" => scenario_pinned_while_pending(),
         "thread_replacement" => scenario_thread_replacement(),
         "node_targeted" => scenario_node_targeted(),
         other => panic!("unknown scenario {other}"),
@@ -257,6 +258,36 @@ fn scenario_scheduler_move() {
     .unwrap();
 }
 
+/// A thread the scheduler put on node 1 (not followed yet) pins itself there without moving
+/// again (the numa-tests guests' workers, an OpenMP runtime binding its threads after they
+/// started): its next allocation is on node 1. (The affinity was first asked only when the move
+/// was first seen, so such a thread got node-0 blocks for the whole delay: pattern 2 of the
+/// 2-node guest, half of the node-1 allocations on node 0.)
+fn scenario_pinned_while_pending() {
+    std::thread::spawn(|| {
+        pin(0);
+        let keep = alloc_many(100, 64);
+        for attempt in 0..20 {
+            pin(1);
+            allow_both();
+            let soon = alloc_many(1, 200_000);
+            if current_cpu() != 1 || share_on(&soon, 0) != 1.0 {
+                pin(0);
+                let _ = alloc_many(1, 200_000);
+                continue; // moved back meanwhile: try again from node 0
+            }
+            pin(1); // already on CPU 1: no CPU change
+            let pinned = alloc_many(1, 200_000);
+            assert_eq!(share_on(&pinned, 1), 1.0, "attempt {attempt}: pinned to node 1, still served from node 0");
+            drop(keep);
+            return;
+        }
+        panic!("the thread never stayed on CPU 1 in 20 attempts");
+    })
+    .join()
+    .unwrap();
+}
+
 /// Threads on node 0 come and go; a new thread on node 1 gets node-1 pages, none of the dead
 /// threads' node-0 pages.
 fn scenario_thread_replacement() {
@@ -350,6 +381,10 @@ fn migration_back_and_forth() {
 #[test]
 fn scheduler_move() {
     run("scheduler_move");
+}
+#[test]
+fn pinned_while_pending() {
+    run("pinned_while_pending");
 }
 #[test]
 fn thread_replacement() {

@@ -608,7 +608,8 @@ impl Heap {
 
     /// Whether the heap follows its thread to `node`, another node than the heap's, now: at
     /// once when the thread's affinity keeps it on `node` (the program, numactl or an OpenMP
-    /// binding moved it: it stays); else only once the heap has seen it there for
+    /// binding moved it: it stays; asked at every refill while a move is pending, since a
+    /// thread often pins itself only after the scheduler placed it); else only once the heap has seen it there for
     /// `DOMALLOC_FOLLOW_DELAY` (1000 ms: the kernel's own NUMA-balancing scan delay) without
     /// seeing it on another node in between. A thread the scheduler moves (an oversubscribed
     /// node, unpinned threads) is often moved again soon, and following costs the new node's
@@ -621,11 +622,11 @@ impl Heap {
         if delay == 0 {
             return true;
         }
+        if crate::node::affinity_within(node as usize) {
+            return true;
+        }
         let now = Sys::now_ms();
         if self.follow_node.get() != node {
-            if crate::node::affinity_within(node as usize) {
-                return true;
-            }
             self.follow_node.set(node);
             self.follow_since.set(now);
             return false;
