@@ -74,7 +74,7 @@ size_t domalloc_stats_json(char *buf, size_t size);
 
 /* The sampling heap profiler (README: "Heap profiling"). Starts sampling one allocation per
  * `sample_bytes` allocated on average (0: DOMALLOC_PROF_SAMPLE, 512 KiB by default); 0 on
- * success, -1 if its tables (about 5.5 MiB, mapped once) cannot be mapped. With
+ * success, -1 if its tables (about 4.5 MiB, mapped once) cannot be mapped. With
  * DOMALLOC_PROF_INTERVAL set, also starts the thread that writes the periodic profiles (it
  * allocates: not from a signal handler). */
 int domalloc_prof_start(size_t sample_bytes);

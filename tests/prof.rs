@@ -295,3 +295,158 @@ fn periodic_dumps_write_numbered_profiles() {
         last_ms = elapsed;
     }
 }
+
+/// The live bytes the profiler's gauge holds (folded at refills), from a profile's header.
+fn folded_live_bytes(path: &str) -> i64 {
+    assert!(domalloc::prof_dump(Some(path)));
+    let text = std::fs::read_to_string(path).unwrap();
+    let header = text.lines().nth(1).unwrap();
+    header.split_whitespace().skip_while(|w| *w != "live_bytes").nth(1).unwrap().parse().unwrap()
+}
+
+/// Allocations, zeroed allocations and reallocations of small sizes with profiling on at a
+/// small interval, every block freed at the end; returns how many were promoted samples (large
+/// blocks in the place of small ones). Checks what the program sees: zeroed blocks read as
+/// zero, a reallocated block keeps its contents.
+fn small_churn(ops: usize) -> usize {
+    use domalloc::raw;
+    const SLOTS: usize = 1024;
+    let mut slots = [(std::ptr::null_mut::<u8>(), 0usize); SLOTS];
+    let (mut x, mut promoted) = (0x9e37_79b9_7f4a_7c15u64, 0);
+    for _ in 0..ops {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = (x >> 8) as usize % SLOTS;
+        let size = 16 + (x >> 24) as usize % 2000;
+        let (old, old_size) = slots[i];
+        // SAFETY: the blocks of `slots` are live blocks of `old_size` bytes (null: none).
+        let p = unsafe {
+            match x % 10 {
+                0..=1 => {
+                    raw::free(old);
+                    let p = raw::calloc(size);
+                    assert!(!p.is_null());
+                    assert!(std::slice::from_raw_parts(p, size).iter().all(|&b| b == 0), "calloc({size}): not zero");
+                    p
+                }
+                2 if !old.is_null() => {
+                    let p = raw::realloc(old, size, 16);
+                    assert!(!p.is_null());
+                    let kept = old_size.min(size);
+                    assert!(
+                        std::slice::from_raw_parts(p, kept).iter().all(|&b| b == old_size as u8),
+                        "realloc({old_size} -> {size}) lost the contents"
+                    );
+                    p
+                }
+                _ => {
+                    raw::free(old);
+                    raw::malloc(size)
+                }
+            }
+        };
+        assert!(!p.is_null());
+        // SAFETY: a live block of at least `size` bytes.
+        let usable = unsafe {
+            std::ptr::write_bytes(p, size as u8, size);
+            raw::usable_size(p)
+        };
+        assert!(usable >= size);
+        promoted += (usable >= 64 << 10) as usize;
+        slots[i] = (p, size);
+    }
+    for (p, _) in slots {
+        // SAFETY: live blocks (or null), freed once.
+        unsafe { raw::free(p) };
+    }
+    promoted
+}
+
+/// A sampled small allocation is served from a large block (promoted): the small block the
+/// refill handed out goes back to its page, the large block counts in the live bytes at its
+/// usable size and leaves them at that size when freed. After a thread allocated and freed
+/// thousands of samples this way, and its pages were folded (`collect(true)` gives up the
+/// parked heap's pages), the live bytes (the gauge, and the statistics' exact count) are where
+/// they were before it started: no drift.
+#[test]
+fn promoted_samples_leave_the_live_bytes_where_they_were() {
+    let name = "promoted_samples_leave_the_live_bytes_where_they_were";
+    let path = std::env::temp_dir().join(format!("domalloc-prof-live-{}.prof", std::process::id()));
+    if std::env::var(CASE).as_deref() == Ok(name) {
+        let path = std::env::var("PROF_PATH").unwrap();
+        // Live throughout: the gauge may not drop below it unseen (it reads 0 when negative).
+        let ballast = std::hint::black_box(vec![1u8; 8 << 20]);
+        domalloc::collect(true);
+        let before = (folded_live_bytes(&path), domalloc::stats().live_bytes as i64);
+        let promoted = std::thread::spawn(|| {
+            assert!(domalloc::prof_start(8 << 10));
+            let promoted = small_churn(100_000);
+            domalloc::prof_stop();
+            promoted
+        })
+        .join()
+        .unwrap();
+        domalloc::collect(true);
+        let after = (folded_live_bytes(&path), domalloc::stats().live_bytes as i64);
+        drop(ballast);
+        println!("promoted {promoted}, live bytes (gauge, statistics) before {before:?}, after {after:?}");
+        assert!(promoted >= 1000, "{promoted} promoted samples");
+        for (what, b, a) in [("gauge", before.0, after.0), ("statistics", before.1, after.1)] {
+            assert!((a - b).abs() <= 64 << 10, "live bytes ({what}) {b} before, {a} after {promoted} promoted samples");
+        }
+        return;
+    }
+    let r = common::run_child(CASE, name, &[("PROF_PATH", path.to_str().unwrap())], common::CHILD_TIMEOUT);
+    let _ = std::fs::remove_file(&path);
+    assert!(r.status.success() && !r.hung, "{}", r.context(name));
+}
+
+/// A promoted sample comes from the node its small block would have come from: a thread on
+/// node 1 of a fake two-node machine gets blocks of node 1, promoted or not; small blocks for
+/// node 0 (`alloc_on_node`) come from node 0's heap, which does not sample (they count towards
+/// the thread's next sample).
+#[test]
+fn promoted_samples_come_from_the_node_of_the_small_block() {
+    let name = "promoted_samples_come_from_the_node_of_the_small_block";
+    if std::env::var(CASE).as_deref() == Ok(name) {
+        use domalloc::raw;
+        pin_to_cpu(1);
+        assert!(domalloc::prof_start(1 << 10));
+        let layout = std::alloc::Layout::from_size_align(48, 8).unwrap();
+        // SAFETY: plain allocations.
+        let mine: Vec<*mut u8> = (0..20_000).map(|_| unsafe { raw::malloc(48) }).collect();
+        let on0: Vec<*mut u8> = (0..5_000).map(|_| domalloc::alloc_on_node(layout, 0)).collect();
+        domalloc::prof_stop();
+        let mut promoted = 0;
+        for &p in &mine {
+            assert_eq!(domalloc::node_of(p), Some(1), "a block of a thread on node 1");
+            // SAFETY: a live block.
+            promoted += (unsafe { raw::usable_size(p) } >= 64 << 10) as usize;
+        }
+        for &p in &on0 {
+            assert_eq!(domalloc::node_of(p), Some(0), "a block for node 0");
+            // SAFETY: a live block.
+            assert!(unsafe { raw::usable_size(p) } < 64 << 10, "a block for node 0 promoted");
+        }
+        assert!(promoted > 0, "20000 blocks of 48 B sampled every KiB: none promoted");
+        for p in mine.into_iter().chain(on0) {
+            // SAFETY: live blocks, freed once.
+            unsafe { raw::free(p) };
+        }
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipped: needs 2 CPUs");
+        return;
+    }
+    let root = two_node_sysfs();
+    let r = common::run_child(
+        CASE,
+        name,
+        &[("DOMALLOC_TOPOLOGY_ROOT", root.to_str().unwrap()), ("DOMALLOC_NUMA", "1")],
+        common::CHILD_TIMEOUT,
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(r.status.success() && !r.hung, "{}", r.context(name));
+}

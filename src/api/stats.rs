@@ -852,7 +852,7 @@ fn on_prof_signal() {
 // ---- the heap profile ----
 
 /// Starts the sampling heap profiler: one sample every `sample_bytes` allocated on average (0:
-/// `DOMALLOC_PROF_SAMPLE`). False if its tables (about 5.5 MiB, mapped once) cannot be mapped.
+/// `DOMALLOC_PROF_SAMPLE`). False if its tables (about 4.5 MiB, mapped once) cannot be mapped.
 /// With `DOMALLOC_PROF_INTERVAL` set, also starts the thread that writes the periodic profiles
 /// (creating it allocates: not from a signal handler).
 pub fn prof_start(sample_bytes: u64) -> bool {

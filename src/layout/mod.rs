@@ -17,7 +17,6 @@ pub(crate) use list::{Linked, List};
 pub(crate) use page::{
     bump, collect, collect_remote, disown, extend, give_up, hold_back, in_free_lists, is_freed, is_unused, link_key,
     may_be_freed, pop, push_remote, reclaim, set_link_key, set_next, set_next_k, take_counts, Block, Page, PF_PLACED,
-    PF_SAMPLED,
 };
 pub(crate) use segment::{
     big_aligned_segment, init_header, lookup, page_of, segmap_contains, segmap_set, segment_of, PageKind, Segment,

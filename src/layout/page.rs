@@ -64,8 +64,6 @@ const POOLED: u16 = 1 << 15;
 /// Page flag: blocks' homes are checked on free (a first-touch span on a multi-node machine).
 /// Any flag sends the owner's frees to the slow path (through [`OWNER_SLOW`]).
 pub(crate) const PF_PLACED: u8 = 1;
-/// Page flag: the page holds blocks the heap profiler sampled (`prof.rs`): their frees are looked up.
-pub(crate) const PF_SAMPLED: u8 = 2;
 
 /// Bit 0 of `owner` (heaps are aligned): set on a flagged page, so that the owner's free, which
 /// compares `owner` with its heap's address and nothing else, takes the slow path.

@@ -66,6 +66,22 @@ pub(crate) unsafe fn local_free(h: *mut Heap, page: *mut Page, b: *mut Block, ke
     }
 }
 
+/// A block the refill just handed out to heap `h` that the program will not get (the heap
+/// profiler serves a sampled allocation from a large block instead: `prof.rs`): it goes back
+/// as the owner's local free puts a block back, so the page's counts see one allocation and one
+/// free, folded at the next refill, and the live bytes do not move. (No placed-block check: the
+/// program never had the block, whose home is what it was when the refill took it; an untouched
+/// one gets its first OS page placed by the link written here, on the heap's node.)
+///
+/// # Safety
+/// `h` is the calling thread's heap and owns `page`; `b` is an allocated block start of it,
+/// counted in the page's counts (taken from its lists, carved, or bumped; not from a home pool).
+#[cold]
+pub(crate) unsafe fn free_unused(h: *mut Heap, page: *mut Page, b: *mut Block) {
+    // SAFETY: the caller's contract is `local_free`'s.
+    unsafe { local_free(h, page, b, layout::link_key()) }
+}
+
 /// The owner frees a block whose first word looks like a free-list link: confirmed against the
 /// page's lists (abort on a double free), else freed normally.
 #[cold]
@@ -152,7 +168,6 @@ pub(crate) unsafe fn free_slow(h: *mut Heap, seg: *mut Segment, page: *mut Page,
                     not_a_block(p);
                 }
                 let b = p as *mut Block;
-                crate::thread::prof::small_freed(pg, p);
                 if pg.flags.get() & PF_PLACED != 0 && crate::config::numa_enabled() {
                     let home = placed_home(pg, b);
                     if home != pg.node() {

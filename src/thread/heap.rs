@@ -328,9 +328,9 @@ unsafe fn alloc_small_slow(h: *mut Heap, c: usize) -> (*mut u8, bool) {
             }
         }
         // SAFETY: a real heap of this thread.
-        let r = unsafe { (*h).alloc_refill(c) };
-        crate::thread::prof::small_refilled(h, r.0);
-        r
+        let (p, zero) = unsafe { (*h).alloc_refill(c) };
+        // The heap profiler may serve a sampled allocation from a large block instead.
+        crate::thread::prof::small_refilled(h, p, zero)
     };
     // Frees that signal handlers deferred wait for the next refill of any thread (one load
     // when there are none), not for the end of every slow path.

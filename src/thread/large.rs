@@ -19,7 +19,24 @@ use crate::thread::tls;
 /// Allocates a large block (one span of whole pages) from node `node`'s domain: a span freed on
 /// this node whose pages are here (home pool), one parked in the CPU's arena, or a fresh one.
 pub(crate) fn alloc(node: usize, size: usize, zero: bool) -> *mut u8 {
-    let n = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
+    let (p, reads_zero) = alloc_uncleared(node, size);
+    if zero && !p.is_null() && !reads_zero {
+        // SAFETY: a block of at least `size` bytes, ours until handed out.
+        unsafe { ptr::write_bytes(p, 0, size) };
+    }
+    p
+}
+
+/// The usable size of a large block for `size` bytes: its span's whole pages.
+#[inline]
+pub(crate) fn usable_size(size: usize) -> usize {
+    (size + PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
+/// [`alloc`] without clearing: the block, and whether it reads as zero (a fresh or purged span;
+/// one from a home pool or parked in an arena is dirty). Null (and false) when out of memory.
+pub(crate) fn alloc_uncleared(node: usize, size: usize) -> (*mut u8, bool) {
+    let n = usable_size(size) >> PAGE_SHIFT;
     let d = crate::node::domain(node);
     // First-touch segments also on one node: they never get transparent huge pages, so a large
     // block costs the pages the program touches, not the 2 MiB pages around them (300 touched
@@ -56,7 +73,7 @@ pub(crate) fn alloc(node: usize, size: usize, zero: bool) -> *mut u8 {
         };
         page = crate::thread::init::retrying_after_release(|| d.alloc_span(n, PageKind::Large, arena, placement));
         if page.is_null() {
-            return ptr::null_mut();
+            return (ptr::null_mut(), false);
         }
     }
     // SAFETY: a span of ours until freed.
@@ -75,13 +92,9 @@ pub(crate) fn alloc(node: usize, size: usize, zero: bool) -> *mut u8 {
         c.large_blocks.fetch_add(1, Ordering::Relaxed);
         c.large_bytes.fetch_add((n << PAGE_SHIFT) as u64, Ordering::Relaxed);
         c.large_allocs.fetch_add(1, Ordering::Relaxed);
-        let p = pg.span_start();
-        if zero && !pg.is_zero.get() {
-            ptr::write_bytes(p, 0, size);
-        }
         // The program writes it from now on (a pooled or parked span comes back dirty).
-        pg.is_zero.set(false);
-        p
+        let zero = pg.is_zero.replace(false);
+        (pg.span_start(), zero)
     }
 }
 
