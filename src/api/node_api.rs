@@ -244,12 +244,17 @@ pub mod hbw {
         }
     }
 
-    /// The high-bandwidth node nearest the calling thread.
+    /// The high-bandwidth node nearest the CPU the calling thread runs on now (memkind's
+    /// choice). Not its heap's node: the heap follows a thread the scheduler moved only after
+    /// `DOMALLOC_FOLLOW_DELAY`, while a block for a given node costs the same from any thread.
     fn nearest() -> Option<usize> {
         if !crate::thread::ensure_init() {
             return None;
         }
-        let node = crate::thread::alloc_node()?;
+        let node = match Sys::current_cpu() {
+            Some(cpu) => crate::node::node_of_cpu(cpu),
+            None => crate::thread::alloc_node()?,
+        };
         topology::get().hbw_node(node)
     }
 
