@@ -834,11 +834,18 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut core::ffi::c_void) {
 mod tests {
     use super::*;
 
-    /// Whether any allocator lock is held.
+    /// Whether an allocator lock stays held. The unit tests share the process with other tests'
+    /// threads, which take allocator locks for a moment: only a lock still held after 500 ms
+    /// counts (one the handlers left held stays held).
     fn any_locked() -> bool {
-        let mut locked = false;
-        each_lock(|l| locked |= l.locked());
-        locked
+        (0..500).all(|_| {
+            let mut locked = false;
+            each_lock(|l| locked |= l.locked());
+            if locked {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            locked
+        })
     }
 
     /// `fork_prepare` holds every lock of every layer (each layer names its own, stage by
