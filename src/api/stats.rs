@@ -246,6 +246,10 @@ fn snapshot(in_signal: bool) -> Stats {
         s.live_heaps = live;
     }
     s.heaps_taken_over = crate::thread::heaps_taken_over();
+    if !in_signal {
+        // (In a signal handler the word may be half-updated by the interrupted code.)
+        crate::thread::prof_flush_own_live();
+    }
     let (folded, peak) = crate::thread::prof_live_folded();
     s.live_bytes = if s.partial {
         folded

@@ -246,7 +246,7 @@ unsafe fn to_home_pool(h: *mut Heap, page: &Page, b: *mut Block, home: usize) {
 /// a sentinel): in the heap's own counters (plain stores, no shared line), else in the page's
 /// domain.
 fn count_foreign_free(h: *mut Heap, page: &Page, c: usize, n: u64) {
-    crate::thread::prof::freed_small(c, n);
+    crate::thread::prof::freed_small(h, c, n);
     if tls::is_sentinel(h) {
         let d = crate::node::domain(page.node());
         d.counters.class_frees[c].fetch_add(n, Ordering::Relaxed);

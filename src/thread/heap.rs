@@ -128,6 +128,8 @@ pub(crate) struct Heap {
     pub(crate) follow_node: Cell<u32>,
     /// See `follow_node`.
     pub(crate) follow_since: Cell<u64>,
+    /// Live bytes this heap counted and has not yet added to the shared gauge (`prof.rs`).
+    pub(crate) live_acc: Cell<i64>,
 }
 
 /// Bytes of placed blocks a heap keeps for itself (see [`Heap::placed`]): two of the largest
@@ -187,6 +189,7 @@ const fn sentinel(kind: u8) -> SyncHeap {
         placed_bytes: Cell::new(0),
         follow_node: Cell::new(NO_NODE),
         follow_since: Cell::new(0),
+        live_acc: Cell::new(0),
     })
 }
 
@@ -498,7 +501,7 @@ impl Heap {
     pub(crate) fn fold_page(&self, page: &Page) {
         let (a, f) = layout::take_counts(page);
         if a != 0 || f != 0 {
-            crate::thread::prof::fold_small(page.class.get() as usize, a, f);
+            crate::thread::prof::fold_small(self as *const Heap as *mut Heap, page.class.get() as usize, a, f);
             let bin = &self.bins[page.class.get() as usize];
             bump(&bin.allocs, a as u64);
             bump(&bin.frees, f as u64);

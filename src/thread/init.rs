@@ -251,6 +251,10 @@ pub(crate) fn collect(force: bool) {
         unsafe { (*h).flush_pending() };
     }
     arena::sweep_all(force);
+    if crate::thread::tls::heap() != crate::thread::heap::busy_heap() {
+        // The sweep folded pages: the calling thread's gathered live bytes go to the gauge.
+        crate::thread::prof::flush_own_live();
+    }
 }
 
 /// After the OS refused memory: gives back everything free or cached (parked spans, dirty
@@ -817,6 +821,8 @@ pub(crate) unsafe extern "C" fn thread_done(arg: *mut core::ffi::c_void) {
             (*h).fold_counts();
         }
         tls::set_heap(dead_heap());
+        // (From here on the thread's live-byte counts go to the shared gauge directly.)
+        crate::thread::prof::flush_live(h);
         // SAFETY: as above.
         if unsafe { (*h).has_pages() } {
             // Its pages stay with it for the next thread of its node (or the sweep's trim).

@@ -29,9 +29,9 @@ pub(crate) use init::{
 pub(crate) use large::alloc as alloc_large;
 pub(crate) use prof::{
     active as prof_active, big_allocated as prof_big_allocated, big_freed as prof_big_freed,
-    for_each_site as prof_for_each_site, interval as prof_interval, live_folded as prof_live_folded,
-    start as prof_start, start_periodic as prof_start_periodic, stop as prof_stop, stop_periodic as prof_stop_periodic,
-    Site as ProfSite,
+    flush_own_live as prof_flush_own_live, for_each_site as prof_for_each_site, interval as prof_interval,
+    live_folded as prof_live_folded, start as prof_start, start_periodic as prof_start_periodic, stop as prof_stop,
+    stop_periodic as prof_stop_periodic, Site as ProfSite,
 };
 #[cfg(feature = "quarantine")]
 pub(crate) use quarantine::{check_live as quarantine_check_live, flush as quarantine_flush, free as quarantine_free};
