@@ -189,23 +189,9 @@ fn frees_on_another_node_are_counted_as_remote() {
         domalloc::prof_stop(); // (else the exit dump writes DOMALLOC_PROF_FILE's default here)
         return;
     }
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        eprintln!("skipped: needs 2 CPUs");
+    if !run_on_two_nodes(name, &[("PROF_PATH", path.to_str().unwrap())]) {
         return;
     }
-    let root = two_node_sysfs();
-    let r = common::run_child(
-        CASE,
-        name,
-        &[
-            ("PROF_PATH", path.to_str().unwrap()),
-            ("DOMALLOC_TOPOLOGY_ROOT", root.to_str().unwrap()),
-            ("DOMALLOC_NUMA", "1"),
-        ],
-        common::CHILD_TIMEOUT,
-    );
-    let _ = std::fs::remove_dir_all(&root);
-    assert!(r.status.success() && !r.hung, "{}", r.context(name));
     let text = std::fs::read_to_string(&path).unwrap();
     let _ = std::fs::remove_file(&path);
     let (mut freed, mut remote) = (0f64, 0f64);
@@ -436,17 +422,21 @@ fn promoted_samples_come_from_the_node_of_the_small_block() {
         }
         return;
     }
+    run_on_two_nodes(name, &[]);
+}
+
+/// Runs case `name` in a child on a fake two-node machine with `env` besides; false (skipped)
+/// on a machine with fewer than 2 CPUs.
+fn run_on_two_nodes(name: &str, env: &[(&str, &str)]) -> bool {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!("skipped: needs 2 CPUs");
-        return;
+        return false;
     }
     let root = two_node_sysfs();
-    let r = common::run_child(
-        CASE,
-        name,
-        &[("DOMALLOC_TOPOLOGY_ROOT", root.to_str().unwrap()), ("DOMALLOC_NUMA", "1")],
-        common::CHILD_TIMEOUT,
-    );
+    let mut all = vec![("DOMALLOC_TOPOLOGY_ROOT", root.to_str().unwrap()), ("DOMALLOC_NUMA", "1")];
+    all.extend_from_slice(env);
+    let r = common::run_child(CASE, name, &all, common::CHILD_TIMEOUT);
     let _ = std::fs::remove_dir_all(&root);
     assert!(r.status.success() && !r.hung, "{}", r.context(name));
+    true
 }

@@ -42,14 +42,8 @@ pub const TABLE: &[OptionDesc] = &[
         default: "1000",
         doc: "Milliseconds an empty span waits before its pages are returned to the OS; 0 = at once, `never` = keep.",
         path: false,
-        parse: |v, o| match v {
-            b"never" => set(&mut o.purge_delay_ms, u64::MAX),
-            _ => parse_u64(v).filter(|&ms| ms != u64::MAX).map(|ms| o.purge_delay_ms = ms).is_some(),
-        },
-        show: |o, w| match o.purge_delay_ms {
-            u64::MAX => w.write_str("never"),
-            ms => write!(w, "{ms}"),
-        },
+        parse: |v, o| parse_ms_or_never(v, &mut o.purge_delay_ms),
+        show: |o, w| show_ms_or_never(o.purge_delay_ms, w),
     },
     OptionDesc {
         name: "DOMALLOC_PURGE",
@@ -136,14 +130,8 @@ pub const TABLE: &[OptionDesc] = &[
         default: "1000",
         doc: "Multi-node machines: milliseconds a thread that the scheduler moved to another node must stay there before its allocations follow it (its blocks come from its old node's pages meanwhile); a thread whose affinity keeps it on the new node (moved by the program, numactl, OpenMP binding) is followed at once; `0` = always at once, `never` = only such threads.",
         path: false,
-        parse: |v, o| match v {
-            b"never" => set(&mut o.follow_delay_ms, u64::MAX),
-            _ => parse_u64(v).filter(|&ms| ms != u64::MAX).map(|ms| o.follow_delay_ms = ms).is_some(),
-        },
-        show: |o, w| match o.follow_delay_ms {
-            u64::MAX => w.write_str("never"),
-            ms => write!(w, "{ms}"),
-        },
+        parse: |v, o| parse_ms_or_never(v, &mut o.follow_delay_ms),
+        show: |o, w| show_ms_or_never(o.follow_delay_ms, w),
     },
     OptionDesc {
         name: "DOMALLOC_POLICY",
@@ -456,6 +444,22 @@ pub fn parse_tier(v: &[u8]) -> Option<TierPolicy> {
         Some(b) => usize::try_from(parse_size(b).filter(|&b| b > 0)?).ok()?,
     };
     Some(TierPolicy { budget, below })
+}
+
+/// A delay in ms, or `never` (`u64::MAX`).
+fn parse_ms_or_never(v: &[u8], ms: &mut u64) -> bool {
+    match v {
+        b"never" => set(ms, u64::MAX),
+        _ => parse_u64(v).filter(|&n| n != u64::MAX).map(|n| *ms = n).is_some(),
+    }
+}
+
+/// Writes what [`parse_ms_or_never`] reads.
+fn show_ms_or_never(ms: u64, w: &mut dyn Write) -> fmt::Result {
+    match ms {
+        u64::MAX => w.write_str("never"),
+        ms => write!(w, "{ms}"),
+    }
 }
 
 /// Parsed options.

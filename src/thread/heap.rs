@@ -583,15 +583,13 @@ impl Heap {
         if tracked {
             self.cpu.set(cpu);
         }
-        if node == self.node.get() {
-            self.follow_node.set(NO_NODE);
-        } else if !self.may_follow(node) {
+        if node != self.node.get() && !self.may_follow(node) {
             // Not yet: the blocks keep coming from this node's pages (and its CPU's arena).
             return;
         }
+        self.follow_node.set(NO_NODE);
         self.arena.set(crate::arena::arena_index(cpu as usize) as u32);
         if node != self.node.get() {
-            self.follow_node.set(NO_NODE);
             self.flush_pending();
             self.flush_placed();
             for c in 0..CLASSES {
@@ -612,9 +610,9 @@ impl Heap {
     /// Whether the heap follows its thread to `node`, another node than the heap's, now: at
     /// once when the thread's affinity keeps it on `node` (the program, numactl or an OpenMP
     /// binding moved it: it stays; asked at every refill while a move is pending, since a
-    /// thread often pins itself only after the scheduler placed it); else only once the heap has seen it there for
-    /// `DOMALLOC_FOLLOW_DELAY` (1000 ms: the kernel's own NUMA-balancing scan delay) without
-    /// seeing it on another node in between. A thread the scheduler moves (an oversubscribed
+    /// thread often pins itself only after the scheduler placed it); else only once the heap
+    /// has seen it there for `DOMALLOC_FOLLOW_DELAY` (1000 ms: the kernel's own NUMA-balancing
+    /// scan delay) without seeing it on another node in between. A thread the scheduler moves (an oversubscribed
     /// node, unpinned threads) is often moved again soon, and following costs the new node's
     /// pages for every class the thread uses: under thread churn on 4 nodes, 32 threads
     /// followed 500-650 moves per run, each taking pages from the new node's arenas and

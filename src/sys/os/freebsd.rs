@@ -146,21 +146,7 @@ impl Os for Sys {
     }
 
     fn thread_cpus(mask: &mut [u64; super::CPU_WORDS]) -> bool {
-        let size = core::mem::size_of::<libc::cpuset_t>();
-        // SAFETY: all-zero bytes are an empty set.
-        let mut set: libc::cpuset_t = unsafe { core::mem::zeroed() };
-        // SAFETY: our own thread; `set` is a `cpuset_t` of the size passed.
-        if unsafe { libc::pthread_getaffinity_np(libc::pthread_self(), size, &mut set) } != 0 {
-            return false;
-        }
-        *mask = [0; super::CPU_WORDS];
-        for cpu in 0..(64 * super::CPU_WORDS).min(8 * size) {
-            // SAFETY: `cpu` is below the set's size in bits.
-            if unsafe { libc::CPU_ISSET(cpu, &set) } {
-                mask[cpu / 64] |= 1 << (cpu % 64);
-            }
-        }
-        true
+        bsd::thread_cpus(mask)
     }
 
     fn current_cpu() -> Option<usize> {
